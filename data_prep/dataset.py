@@ -1,0 +1,68 @@
+"""A prepared data folder: `meta.json`, `tokenizer.json` and token shards per split.
+
+This module is the one place that reads the folder; training and sampling go through
+`load()`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .shards import open_shard
+from .tokenizer import CharTokenizer
+
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+DATA_FORMAT = "gpt-prepared-data"
+DATA_VERSION = 1
+SPLITS = ("train", "val")
+
+
+@dataclass
+class PreparedData:
+    path: Path
+    meta: dict
+    tokenizer: CharTokenizer
+
+    def split(self, name: str) -> list[np.ndarray]:
+        """The split's token ids: one read-only memory-mapped array per shard."""
+        if name not in self.meta["splits"]:
+            raise DataError(f"no split {name!r} in {self.path} (it has {', '.join(self.meta['splits'])})")
+        info = self.meta["splits"][name]
+        arrays = [open_shard(self.path / s) for s in info["shards"]]
+        found = sum(len(a) for a in arrays)
+        if found != info["tokens"]:
+            raise DataError(f"{self.path}: split {name!r} should hold {info['tokens']} tokens but its shards hold {found}")
+        return arrays
+
+    def num_tokens(self, name: str) -> int:
+        return int(self.meta["splits"][name]["tokens"])
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{what} {path} is unreadable or corrupt ({e})") from None
+
+
+def load(path: str | Path) -> PreparedData:
+    """Open a folder written by `gpt-prepare`, validating its format version and shards."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"data folder {path} does not exist (run gpt-prepare first)")
+    if not (path / META_FILE).exists():
+        raise DataError(f"{path} is not a prepared data folder: it has no {META_FILE} (run gpt-prepare first)")
+    meta = read_json(path / META_FILE, "data metadata")
+    if meta.get("format") != DATA_FORMAT:
+        raise DataError(f"{path / META_FILE} is not a gpt-prepare metadata file")
+    if int(meta.get("version", 0)) > DATA_VERSION:
+        raise DataError(f"{path} was made by a newer gpt-prepare (format version {meta['version']}, this toolkit reads up to {DATA_VERSION}); upgrade the toolkit")
+    tokenizer = CharTokenizer.from_dict(read_json(path / TOKENIZER_FILE, "tokenizer"))
+    return PreparedData(path=path, meta=meta, tokenizer=tokenizer)

@@ -1,0 +1,99 @@
+"""Token shards: one binary file of token ids behind a 32-byte header.
+
+Header (little-endian): magic b"GPTOKENS", u32 format version, u32 bytes per token
+(1, 2 or 4: unsigned), u64 token count, 8 reserved zero bytes. The ids follow, so a shard
+opens zero-copy with `np.memmap(path, dtype, offset=32)`. The header's count must match the
+file size exactly, which catches truncated and padded files.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+MAGIC = b"GPTOKENS"
+SHARD_VERSION = 1
+HEADER = struct.Struct("<8sIIQ8x")
+HEADER_SIZE = HEADER.size  # 32
+DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+
+
+def pack_header(n_tokens: int, dtype: np.dtype) -> bytes:
+    return HEADER.pack(MAGIC, SHARD_VERSION, np.dtype(dtype).itemsize, n_tokens)
+
+
+def create_shard(path: Path, n_tokens: int, dtype: np.dtype) -> None:
+    """Create a shard of the final size, ids to be filled in later (by several writers)."""
+    with open(path, "wb") as f:
+        f.write(pack_header(n_tokens, dtype))
+        f.truncate(HEADER_SIZE + n_tokens * np.dtype(dtype).itemsize)
+
+
+def write_shard(path: Path, ids: np.ndarray, dtype: np.dtype) -> None:
+    with open(path, "wb") as f:
+        f.write(pack_header(len(ids), dtype))
+        f.write(np.ascontiguousarray(ids, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
+
+
+def read_header(path: Path) -> tuple[np.dtype, int]:
+    """Validate a shard's header against its size; returns (dtype, token count)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_SIZE)
+    except OSError as e:
+        raise DataError(f"cannot read shard {path}: {e.strerror}") from None
+    if len(raw) < HEADER_SIZE:
+        raise DataError(f"shard {path} is truncated: {size} bytes, shorter than its header")
+    magic, version, width, count = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise DataError(f"{path} is not a token shard (bad magic bytes)")
+    if version > SHARD_VERSION:
+        raise DataError(f"shard {path} has format version {version}, newer than this toolkit supports ({SHARD_VERSION}); upgrade it")
+    if width not in DTYPES:
+        raise DataError(f"shard {path} is corrupt: unknown token width {width}")
+    expected = HEADER_SIZE + count * width
+    if size != expected:
+        what = "truncated" if size < expected else "corrupt (longer than its header says)"
+        raise DataError(f"shard {path} is {what}: {size} bytes, expected {expected} for {count} tokens")
+    return DTYPES[width], count
+
+
+def open_shard(path: Path) -> np.ndarray:
+    """The shard's token ids, memory-mapped read-only."""
+    dtype, count = read_header(path)
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(count,))
+
+
+class SplitWriter:
+    """Writes a split's token stream, whose total length is known in advance, into shards
+    of at most `shard_tokens` ids. `write_at` lets several processes fill disjoint ranges."""
+
+    def __init__(self, folder: Path, split: str, total: int, shard_tokens: int, dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        self.shard_tokens = shard_tokens
+        self.paths = [folder / f"{split}_{i:04d}.bin" for i in range(max(1, -(-total // shard_tokens)))]
+        self.sizes = [min(shard_tokens, total - i * shard_tokens) for i in range(len(self.paths))]
+        self.sizes[-1] = max(self.sizes[-1], 0)
+
+    def create(self) -> None:
+        for path, n in zip(self.paths, self.sizes):
+            create_shard(path, n, self.dtype)
+
+    def write_at(self, offset: int, ids: np.ndarray) -> None:
+        data = np.ascontiguousarray(ids, dtype=self.dtype.newbyteorder("<"))
+        while len(data):
+            shard, local = divmod(offset, self.shard_tokens)
+            n = min(len(data), self.sizes[shard] - local)
+            fd = os.open(self.paths[shard], os.O_WRONLY)
+            try:
+                os.pwrite(fd, data[:n].tobytes(), HEADER_SIZE + local * self.dtype.itemsize)
+            finally:
+                os.close(fd)
+            data, offset = data[n:], offset + n

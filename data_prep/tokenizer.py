@@ -1,0 +1,218 @@
+"""Character-level tokenizer with byte fallback, stored as JSON.
+
+Token ids are laid out as: special tokens, then the vocabulary's characters (most frequent
+first), then, when byte fallback is on, the 256 UTF-8 byte tokens. A character outside the
+vocabulary becomes the byte tokens of its UTF-8 encoding, so no text is ever lost; with
+`oov="unk"` it becomes the single unknown token instead (lossy, chosen by the user).
+
+Encoding is vectorised: the text becomes an array of code points (through UTF-32) and a
+lookup table maps them to ids, so there is no Python loop over characters.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+TOKENIZER_KIND = "char"
+TOKENIZER_VERSION = 1
+EOT = "<|endoftext|>"
+UNK = "<|unk|>"
+OOV_MODES = ("byte", "unk", "error")
+
+
+def codepoints(text: str) -> np.ndarray:
+    """The text's code points as a uint32 array (surrogates pass through unchanged)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def utf8_length(cps: np.ndarray) -> np.ndarray:
+    """Bytes each code point takes in UTF-8."""
+    return 1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)
+
+
+def smallest_dtype(n_tokens: int) -> np.dtype:
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if n_tokens <= np.iinfo(dt).max + 1:
+            return np.dtype(dt)
+    raise DataError(f"a vocabulary of {n_tokens} tokens is too large")
+
+
+@dataclass
+class CharTokenizer:
+    chars: list[str]
+    oov: str = "byte"  # byte | unk | error: what happens to a character outside `chars`
+    specials: list[str] = field(default_factory=lambda: [EOT])
+
+    def __post_init__(self) -> None:
+        if self.oov not in OOV_MODES:
+            raise DataError(f"unknown out-of-vocabulary mode {self.oov!r} (choose from {', '.join(OOV_MODES)})")
+        if self.oov == "unk" and UNK not in self.specials:
+            self.specials = [*self.specials, UNK]
+        if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
+            raise DataError("tokenizer vocabulary must be distinct single characters")
+        self.char_offset = len(self.specials)
+        self.byte_offset = self.char_offset + len(self.chars) if self.oov == "byte" else None
+        self.eot_id = self.specials.index(EOT)
+        self.unk_id = self.specials.index(UNK) if UNK in self.specials else None
+        # code point -> id; the last slot is the "outside the table" sentinel (-1)
+        cps = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        size = int(cps.max()) + 2 if len(cps) else 1
+        self._lut = np.full(size, -1, dtype=np.int32)
+        self._lut[cps] = np.arange(len(cps), dtype=np.int32) + self.char_offset
+        self._pieces: list[bytes] | None = None
+
+    # -- sizes -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.char_offset + len(self.chars) + (256 if self.oov == "byte" else 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return smallest_dtype(len(self))
+
+    # -- encoding ------------------------------------------------------------------------
+    def lookup(self, cps: np.ndarray) -> np.ndarray:
+        """Ids of code points, -1 where a code point is outside the vocabulary."""
+        return self._lut[np.minimum(cps, len(self._lut) - 1)]
+
+    def token_lengths(self, cps: np.ndarray, counts: np.ndarray) -> int:
+        """Tokens that characters `cps` occurring `counts` times encode to (for sizing)."""
+        inside = self.lookup(cps) >= 0
+        per_char = np.where(inside | (self.oov != "byte"), 1, utf8_length(cps))
+        return int((per_char.astype(np.int64) * counts).sum())
+
+    def encode_array(self, text: str, eot_after: Sequence[int] = ()) -> np.ndarray:
+        """Encode `text` to an int64 id array; an end-of-text token follows each char offset in `eot_after`."""
+        cps = codepoints(text)
+        ids = self.lookup(cps).astype(np.int64)
+        missing = ids < 0
+        if missing.any():
+            if self.oov == "error":
+                bad = sorted({chr(c) for c in cps[missing][:1000]})
+                raise DataError("characters not in the vocabulary: " + " ".join(f"{c!r} (U+{ord(c):04X})" for c in bad[:10]))
+            if self.oov == "unk":
+                ids[missing] = self.unk_id
+                missing = np.zeros_like(missing)
+        if not missing.any():
+            return np.insert(ids, np.asarray(eot_after, dtype=np.int64), self.eot_id) if len(eot_after) else ids
+        # byte fallback: each missing character expands into its UTF-8 bytes
+        lengths = np.where(missing, utf8_length(cps), 1)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        out = np.empty(int(ends[-1]), dtype=np.int64)
+        out[starts[~missing]] = ids[~missing]
+        mc, ms, ml = cps[missing].astype(np.int64), starts[missing], lengths[missing]
+        # UTF-8 lead byte then continuation bytes, computed arithmetically per length
+        lead_mark = np.array([0, 0x00, 0xC0, 0xE0, 0xF0])[ml]
+        out[ms] = (lead_mark | (mc >> (6 * (ml - 1)))) + self.byte_offset
+        for k in range(1, 4):
+            sel = ml > k
+            shift = 6 * (ml[sel] - 1 - k)
+            out[ms[sel] + k] = (0x80 | ((mc[sel] >> shift) & 0x3F)) + self.byte_offset
+        if len(eot_after):
+            b = np.asarray(eot_after, dtype=np.int64)
+            token_pos = np.where(b > 0, ends[np.maximum(b - 1, 0)], 0)
+            out = np.insert(out, token_pos, self.eot_id)
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def unknown_chars(self, text: str) -> list[str]:
+        cps = codepoints(text)
+        return sorted({chr(c) for c in cps[self.lookup(cps) < 0]})
+
+    # -- decoding ------------------------------------------------------------------------
+    def piece(self, token_id: int) -> bytes:
+        if self._pieces is None:
+            pieces = [s.encode() for s in self.specials] + [c.encode("utf-8", "surrogatepass") for c in self.chars]
+            if self.oov == "byte":
+                pieces += [bytes([b]) for b in range(256)]
+            self._pieces = pieces
+        return self._pieces[token_id]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return b"".join(self.piece(int(i)) for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", "replace")
+
+    def incremental_decoder(self) -> "IncrementalDecoder":
+        return IncrementalDecoder(self)
+
+    # -- storage -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "kind": TOKENIZER_KIND,
+            "version": TOKENIZER_VERSION,
+            "oov": self.oov,
+            "special_tokens": self.specials,
+            "chars": "".join(self.chars),
+            "byte_fallback": self.oov == "byte",
+            "vocab_size": len(self),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CharTokenizer":
+        if not isinstance(d, dict) or d.get("kind") != TOKENIZER_KIND:
+            raise DataError(f"not a character tokenizer (kind {d.get('kind') if isinstance(d, dict) else None!r})")
+        if int(d.get("version", 0)) > TOKENIZER_VERSION:
+            raise DataError(f"tokenizer format version {d['version']} is newer than this toolkit supports ({TOKENIZER_VERSION}); upgrade it")
+        tok = cls(chars=list(d["chars"]), oov=d["oov"], specials=list(d["special_tokens"]))
+        if "vocab_size" in d and d["vocab_size"] != len(tok):
+            raise DataError(f"tokenizer file is inconsistent: it says {d['vocab_size']} tokens but defines {len(tok)}")
+        return tok
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "CharTokenizer":
+        try:
+            return cls.from_dict(json.loads(text))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"tokenizer JSON is malformed ({e})") from None
+
+    def fingerprint(self) -> str:
+        """A short hash that tells two vocabularies apart (checkpoints record it)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class IncrementalDecoder:
+    """Turns ids into text one id at a time, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: CharTokenizer):
+        self.tokenizer = tokenizer
+        self._dec = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def push(self, token_id: int) -> str:
+        return self._dec.decode(self.tokenizer.piece(token_id))
+
+    def flush(self) -> str:
+        return self._dec.decode(b"", final=True)
+
+
+def build_vocab(cps: np.ndarray, counts: np.ndarray, *, max_vocab: int, min_count: int, oov: str) -> list[str]:
+    """Characters to keep: count >= min_count, most frequent first, ties by code point, so
+    that special tokens plus characters (plus 256 byte tokens when they are needed) fit in
+    max_vocab. Returns the characters in id order."""
+    order = np.lexsort((cps, -counts))
+    keep = [int(cps[i]) for i in order if counts[i] >= min_count]
+    n_special = 1 + (oov == "unk")
+    room = max_vocab - n_special
+    if len(keep) > room and oov == "byte":
+        room -= 256
+    if room < 1:
+        raise DataError(f"--max-vocab {max_vocab} leaves no room for characters")
+    return [chr(c) for c in keep[:room]]
