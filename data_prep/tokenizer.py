@@ -80,56 +80,48 @@ class CharTokenizer:
         return smallest_dtype(len(self))
 
     # -- encoding ------------------------------------------------------------------------
-    def lookup(self, cps: np.ndarray) -> np.ndarray:
-        """Ids of code points, -1 where a code point is outside the vocabulary."""
-        return self._lut[np.minimum(cps, len(self._lut) - 1)]
-
     def token_lengths(self, cps: np.ndarray, counts: np.ndarray) -> int:
         """Tokens that characters `cps` occurring `counts` times encode to (for sizing)."""
-        inside = self.lookup(cps) >= 0
+        inside = self._lut.take(cps, mode="clip") >= 0
         per_char = np.where(inside | (self.oov != "byte"), 1, utf8_length(cps))
         return int((per_char.astype(np.int64) * counts).sum())
 
     def encode_array(self, text: str, eot_after: Sequence[int] = ()) -> np.ndarray:
-        """Encode `text` to an int64 id array; an end-of-text token follows each char offset in `eot_after`."""
-        cps = codepoints(text)
-        ids = self.lookup(cps).astype(np.int64)
-        missing = ids < 0
-        if missing.any():
-            if self.oov == "error":
-                bad = sorted({chr(c) for c in cps[missing][:1000]})
-                raise DataError("characters not in the vocabulary: " + " ".join(f"{c!r} (U+{ord(c):04X})" for c in bad[:10]))
-            if self.oov == "unk":
-                ids[missing] = self.unk_id
-                missing = np.zeros_like(missing)
-        if not missing.any():
-            return np.insert(ids, np.asarray(eot_after, dtype=np.int64), self.eot_id) if len(eot_after) else ids
-        # byte fallback: each missing character expands into its UTF-8 bytes
-        lengths = np.where(missing, utf8_length(cps), 1)
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
-        out = np.empty(int(ends[-1]), dtype=np.int64)
-        out[starts[~missing]] = ids[~missing]
-        mc, ms, ml = cps[missing].astype(np.int64), starts[missing], lengths[missing]
-        # UTF-8 lead byte then continuation bytes, computed arithmetically per length
-        lead_mark = np.array([0, 0x00, 0xC0, 0xE0, 0xF0])[ml]
-        out[ms] = (lead_mark | (mc >> (6 * (ml - 1)))) + self.byte_offset
-        for k in range(1, 4):
-            sel = ml > k
-            shift = 6 * (ml[sel] - 1 - k)
-            out[ms[sel] + k] = (0x80 | ((mc[sel] >> shift) & 0x3F)) + self.byte_offset
-        if len(eot_after):
-            b = np.asarray(eot_after, dtype=np.int64)
-            token_pos = np.where(b > 0, ends[np.maximum(b - 1, 0)], 0)
-            out = np.insert(out, token_pos, self.eot_id)
-        return out
+        """Encode `text` to an int32 id array; an end-of-text token follows each char offset in `eot_after`."""
+        return self.encode_codepoints(codepoints(text), eot_after)
+
+    def encode_codepoints(self, cps: np.ndarray, eot_after: Sequence[int] = ()) -> np.ndarray:
+        ids = self._lut.take(cps, mode="clip")
+        missing = np.flatnonzero(ids < 0)
+        eots = np.asarray(eot_after, dtype=np.int64)
+        if len(missing) and self.oov == "error":
+            bad = sorted({chr(c) for c in cps[missing[:1000]].tolist()})
+            raise DataError("characters not in the vocabulary: " + " ".join(f"{c!r} (U+{ord(c):04X})" for c in bad[:10]))
+        if len(missing) and self.oov == "unk":
+            ids[missing] = self.unk_id
+        elif len(missing):
+            # byte fallback: make room after each missing character for the rest of its
+            # UTF-8 bytes, then write the bytes arithmetically; only missing characters are touched
+            mc = cps[missing].astype(np.int64)
+            ml = utf8_length(mc)
+            extra = np.concatenate(([0], np.cumsum(ml - 1)))
+            ids = np.insert(ids, np.repeat(missing + 1, ml - 1), 0)
+            start = missing + extra[:-1]
+            lead_mark = np.array([0, 0x00, 0xC0, 0xE0, 0xF0])[ml]
+            ids[start] = (lead_mark | (mc >> (6 * (ml - 1)))) + self.byte_offset
+            for k in range(1, 4):
+                sel = ml > k
+                ids[start[sel] + k] = (0x80 | ((mc[sel] >> (6 * (ml[sel] - 1 - k))) & 0x3F)) + self.byte_offset
+            if len(eots):
+                eots = eots + extra[np.searchsorted(missing, eots, "left")]
+        return np.insert(ids, eots, self.eot_id) if len(eots) else ids
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
 
     def unknown_chars(self, text: str) -> list[str]:
         cps = codepoints(text)
-        return sorted({chr(c) for c in cps[self.lookup(cps) < 0]})
+        return sorted({chr(c) for c in cps[self._lut.take(cps, mode="clip") < 0].tolist()})
 
     # -- decoding ------------------------------------------------------------------------
     def piece(self, token_id: int) -> bytes:

@@ -1,0 +1,80 @@
+"""`gpt-prepare`: turn a corpus into a character vocabulary and train/val token shards."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import DataError
+from .prepare import PrepareOptions, prepare
+
+EPILOG = """
+inputs: files or folders (searched recursively). Formats are detected from content:
+plain UTF-8 text, .xz/.gz/.bz2 compressed text, tar archives (plain or compressed, nested
+like OpenWebText's urlsf_subset*.xz files), .json/.jsonl/.parquet files and datasets saved
+with datasets' save_to_disk (see --text-field). Each file, archive member or record is one
+document; documents are separated by an end-of-text token.
+
+output: FOLDER/meta.json, FOLDER/tokenizer.json, FOLDER/train_NNNN.bin, FOLDER/val_NNNN.bin
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpt-prepare", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = PrepareOptions()
+    p.add_argument("inputs", nargs="+", help="corpus files or folders")
+    p.add_argument("--out", default="data", help="output folder (default: ./data)")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty output folder (only once the new one is complete)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of documents (by content hash) for validation; a corpus of under 100 documents is split inside each document instead (default: %(default)s)")
+    p.add_argument("--max-vocab", type=int, default=d.max_vocab, help="most tokens in the vocabulary, special and byte tokens included (default: %(default)s)")
+    p.add_argument("--min-char-count", type=int, default=d.min_char_count, help="characters seen fewer times than this in train are left out of the vocabulary (default: %(default)s)")
+    p.add_argument("--oov", choices=("byte", "unk"), default=d.oov, help="characters outside the vocabulary: 'byte' encodes them losslessly as UTF-8 byte tokens, 'unk' as one unknown token (default: %(default)s)")
+    p.add_argument("--text-field", default=d.text_field, help="text column of JSON/Parquet records and saved datasets (default: %(default)s)")
+    p.add_argument("--shard-tokens", type=int, default=d.shard_tokens, help="most tokens per shard file (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes; 0 uses all cores (default: 0)")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad file or invalid UTF-8 instead of skipping or replacing and counting")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def format_summary(summary) -> str:
+    m = summary.meta
+    lines = []
+    for s in ("train", "val"):
+        sp = m["splits"][s]
+        lines.append(f"{s:>5}: {sp['documents']:,} documents, {sp['characters']:,} characters, {sp['tokens']:,} tokens in {len(sp['shards'])} shard(s)")
+    cov = m["coverage"]
+    fallback = "byte fallback" if cov["byte_fallback"] else "unknown token" if cov["unknown_token"] else "no fallback needed"
+    lines.append(f"vocabulary: {m['vocab_size']} tokens ({cov['vocabulary_characters']} of {cov['distinct_characters']} distinct characters, {fallback}), {m['dtype']} ids")
+    lines.append(f"coverage: {cov['train']:.4%} of train characters, {cov['val']:.4%} of val characters")
+    sk = m["skipped"]
+    lines.append(f"split by {m['split_mode']}; skipped {sk['files']} file(s) and {sk['members']} archive member(s); {sk['invalid_utf8_replaced']} invalid UTF-8 sequence(s) replaced")
+    lines.append(f"{summary.text_bytes / 1e6:.1f} MB of text in {summary.seconds:.1f} s ({summary.mb_per_s:.1f} MB/s) -> {summary.out}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = PrepareOptions(
+        val_fraction=args.val_fraction, max_vocab=args.max_vocab, min_char_count=args.min_char_count, oov=args.oov,
+        text_field=args.text_field, shard_tokens=args.shard_tokens, workers=args.workers, strict=args.strict,
+        force=args.force, progress=not args.quiet,
+    )
+    try:
+        summary = prepare(args.inputs, args.out, opts)
+    except DataError as e:
+        print(f"gpt-prepare: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gpt-prepare: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    shown = summary.warnings[:20]
+    for w in shown:
+        print(f"gpt-prepare: warning: {w}", file=sys.stderr)
+    if len(summary.warnings) > len(shown):
+        print(f"gpt-prepare: warning: ... and {len(summary.warnings) - len(shown)} more", file=sys.stderr)
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

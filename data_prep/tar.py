@@ -1,0 +1,90 @@
+"""A small streaming tar reader: the regular files of an archive as (name, bytes).
+
+The standard library's `tarfile` parses every header field in Python; OpenWebText holds
+millions of small members, so this reader parses only what it needs (name, size, type,
+GNU long names and pax overrides) and checks each header's checksum, which is what tells a
+corrupt or truncated archive from a good one.
+"""
+from __future__ import annotations
+
+from typing import BinaryIO, Iterator
+
+BLOCK = 512
+
+
+class TarError(Exception):
+    pass
+
+
+def _number(field: bytes) -> int:
+    if field and field[0] & 0x80:  # base-256, used for sizes over 8 GiB
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    return int(digits, 8) if digits else 0
+
+
+def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
+    data = stream.read(n)
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            raise TarError(f"truncated tar archive (unexpected end of data in {what})")
+        data += more
+    return data
+
+
+def _checksum_ok(header: bytes) -> bool:
+    stored = _number(header[148:156])
+    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+
+
+def iter_tar(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    while True:
+        header = stream.read(BLOCK)
+        if not header or header == b"\0" * len(header):
+            return  # end-of-archive marker (or a clean end of stream)
+        if len(header) < BLOCK:
+            header += _read_exact(stream, BLOCK - len(header), "a header")
+        if not _checksum_ok(header):
+            raise TarError("corrupt tar archive (header checksum mismatch)")
+        kind = header[156:157]
+        size = int(pax.get("size", _number(header[124:136])))
+        data = _read_exact(stream, size, "a member") if size else b""
+        padding = -size % BLOCK
+        if padding:
+            _read_exact(stream, padding, "member padding")
+        if kind == b"L":
+            long_name = data.rstrip(b"\0").decode("utf-8", "replace")
+            continue
+        if kind in (b"x", b"g"):
+            if kind == b"x":
+                pax = _parse_pax(data)
+            continue
+        name = pax.get("path") or long_name or _header_name(header)
+        long_name, pax = None, {}
+        if kind in (b"0", b"\0", b"7"):
+            yield name, data
+
+
+def _header_name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0]
+    if header[257:262] == b"ustar":
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "replace")
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    out, pos = {}, 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos += length
+    return out
