@@ -1,0 +1,1 @@
+"""Character-level GPT: models, training loop, checkpoints and generation."""

@@ -1,0 +1,184 @@
+"""The models: a bigram baseline and a decoder-only transformer (GPT), written from scratch.
+
+GPT = token embedding (+ learned position embedding, or rotary embeddings applied to
+queries and keys) -> n_layer x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> head.
+Both models map token ids (B, T) to next-token logits (B, T, vocab) and, given targets,
+the mean cross-entropy. The GPT also decodes incrementally against a `KVCache`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+
+
+class Bigram(nn.Module):
+    """Next-token logits read straight from a table indexed by the current token."""
+
+    supports_kv_cache = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.table = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, idx, targets=None, cache=None, last_only=False):
+        if last_only:
+            idx = idx[:, -1:]
+        logits = self.table(idx)  # (B, T, V)
+        return logits, lm_loss(logits, targets)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+# -- rotary position embeddings ------------------------------------------------------------------
+def rope_tables(positions: torch.Tensor, head_size: int, base: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, (T, head_size/2), for integer positions (angles computed in float64)."""
+    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device=positions.device) / head_size)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+h/2}) pair of x (B, H, T, hs) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# -- transformer ---------------------------------------------------------------------------------
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_size, self.dropout = cfg.n_head, cfg.head_size, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # one fused projection
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj.is_residual_out = True
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs): the window's keys and values
+            S = k.size(2)
+            if T == 1:  # one new token sees the whole window
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:  # new token i (window position S-T+i) sees window positions <= its own
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj.is_residual_out = True
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), rope, cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    supports_kv_cache = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            # the input and output embeddings share one matrix: fewer parameters, and a
+            # rare token's output row learns from its every occurrence as input too
+            self.head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(torch.arange(cfg.block_size), cfg.head_size, cfg.rope_base, torch.float32)
+            # buffers, not parameters, and not saved: rotary embeddings are a fixed function
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            # residual outputs are scaled down with depth so the residual stream's variance
+            # does not grow with the number of layers
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(m, "is_residual_out", False) else 0.02
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None, last_only: bool = False):
+        """Logits (B, T, V) for tokens idx (B, T) at window positions start..start+T-1,
+        where start is 0, or the cache's length when decoding incrementally."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"{start + T} tokens do not fit the context of {self.config.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.head(self.ln_f(x))  # (B, T, V)
+        return logits, lm_loss(logits, targets)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    cfg.validate()
+    return GPT(cfg) if cfg.kind == "gpt" else Bigram(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6 per parameter (forward and backward of each matmul)
+    plus attention's score and weighted-sum products over the context."""
+    if cfg.kind == "bigram":
+        return 6.0 * cfg.vocab_size  # one row read per token; the cost is the softmax
+    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
