@@ -1,0 +1,131 @@
+"""Checkpoints: the one place that writes and reads them (training and sampling share it).
+
+A run folder holds `latest.pt`, `best.pt` (lowest validation loss), `config.json`,
+`tokenizer.json` and `metrics.jsonl`. A checkpoint holds only tensors and plain Python
+values and is loaded with `torch.load(weights_only=True)`: nothing in it is unpickled as
+an arbitrary object. Writes are atomic: a temporary file in the same folder is written,
+flushed and fsynced, then renamed over the old file, so a crash at any moment (a
+`kill -9` mid-save included) leaves the previous checkpoint loadable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from data_prep import CharTokenizer, DataError
+
+from .config import ConfigError, ModelConfig
+from .model import build_model
+
+CKPT_FORMAT = "gpt-checkpoint"
+CKPT_VERSION = 1
+LATEST, BEST = "latest.pt", "best.pt"
+DEFAULT_ROOT = Path("checkpoints")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, corrupt, too new or does not fit the data/options."""
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync it, rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the rename itself durable
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict:
+    """Weights without the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes."""
+    out = {}
+    for k, v in model.state_dict().items():
+        for prefix in ("_orig_mod.", "module."):
+            k = k.replace(prefix, "")
+        out[k] = v
+    return out
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    state = {"format": CKPT_FORMAT, "version": CKPT_VERSION, **state}
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path} holds arbitrary Python objects and is refused (only weights-only checkpoints load): {first}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint written by gpt-train")
+    if int(state.get("version", 0)) > CKPT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {state['version']}, newer than this toolkit reads ({CKPT_VERSION}); upgrade it")
+    return state
+
+
+def newest_run(root: Path = DEFAULT_ROOT) -> Path:
+    runs = [p.parent for p in root.glob(f"*/{LATEST}")] if root.is_dir() else []
+    if not runs:
+        raise CheckpointError(f"no runs with a checkpoint under {root}/ (train one with gpt-train, or pass --ckpt)")
+    return max(runs, key=lambda p: ((p / LATEST).stat().st_mtime, p.name))
+
+
+def resolve_checkpoint(path: str | Path | None, prefer: str = BEST) -> Path:
+    """A checkpoint file from a file path, a run folder (its best, else latest checkpoint)
+    or nothing (the newest run under ./checkpoints)."""
+    p = newest_run() if path is None else Path(path)
+    if p.is_dir():
+        for name in (prefer, LATEST, BEST):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST})")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return p
+
+
+def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, CharTokenizer]:
+    """The model (in eval mode, on `device`) and tokenizer a checkpoint describes."""
+    try:
+        cfg = ModelConfig.from_dict(state["model_config"])
+        model = build_model(cfg)
+        tokenizer = CharTokenizer.from_json(state["tokenizer"])
+    except (KeyError, TypeError, ConfigError, DataError) as e:
+        raise CheckpointError(f"checkpoint is missing or has a bad model description ({e})") from None
+    if len(tokenizer) != cfg.vocab_size:
+        raise CheckpointError(f"checkpoint's tokenizer has {len(tokenizer)} tokens but its model expects {cfg.vocab_size}")
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint weights do not match its model config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), tokenizer
+
+
+def write_run_files(run_dir: Path, config: dict, tokenizer: CharTokenizer) -> None:
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
+    atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_json())
