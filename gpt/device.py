@@ -1,0 +1,67 @@
+"""Choosing the device and the compute precision, shared by training and sampling."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DeviceError(Exception):
+    """A device or precision that this machine cannot provide."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple's MPS, then CPU. An explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {name}: Apple MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unsupported device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA GPUs that support it, fp16 (with a gradient scaler) on older
+    ones, fp32 elsewhere: CPUs without native bf16 run bf16 matmuls far slower than fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise DeviceError(f"unknown dtype {name!r} (use auto, fp32, bf16 or fp16)")
+    dtype = DTYPES[name]
+    if device.type == "cpu" and dtype != torch.float32:
+        warnings.warn(f"{name} on CPU is emulated on most processors and much slower than fp32", stacklevel=2)
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for the forward pass; a no-op in fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        # TF32 matmuls on Ampere and newer: fp32 range, much faster, ample precision here
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
