@@ -499,7 +499,8 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions) ->
     # vocabulary from the training counts; byte tokens only if some character needs them,
     # so a clean corpus keeps a tiny vocabulary
     train_cps = np.flatnonzero(total["train"])
-    vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count, oov=opts.oov)
+    val_only = bool((total["val"] * (total["train"] == 0)).any())
+    vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count, oov=opts.oov, others_outside=val_only)
     in_vocab = np.zeros(N_CODEPOINTS, bool)
     in_vocab[[ord(c) for c in vocab]] = True
     outside = bool(((total["train"] + total["val"]) * ~in_vocab).any())

@@ -195,15 +195,17 @@ class IncrementalDecoder:
         return self._dec.decode(b"", final=True)
 
 
-def build_vocab(cps: np.ndarray, counts: np.ndarray, *, max_vocab: int, min_count: int, oov: str) -> list[str]:
+def build_vocab(cps: np.ndarray, counts: np.ndarray, *, max_vocab: int, min_count: int, oov: str, others_outside: bool = False) -> list[str]:
     """Characters to keep: count >= min_count, most frequent first, ties by code point, so
     that special tokens plus characters (plus 256 byte tokens when they are needed) fit in
-    max_vocab. Returns the characters in id order."""
+    max_vocab. `others_outside`: some text has characters that are not in `cps` at all
+    (seen only in val), so fallback tokens are needed whatever is kept. Returns the
+    characters in id order."""
     order = np.lexsort((cps, -counts))
     keep = [int(cps[i]) for i in order if counts[i] >= min_count]
     n_special = 1 + (oov == "unk")
     room = max_vocab - n_special
-    if len(keep) > room and oov == "byte":
+    if oov == "byte" and (len(keep) > room or len(keep) < len(cps) or others_outside):
         room -= 256
     if room < 1:
         raise DataError(f"--max-vocab {max_vocab} leaves no room for characters")

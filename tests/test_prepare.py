@@ -1,0 +1,171 @@
+"""prepare(): corpus -> vocabulary -> train/val shards, checked by decoding what it wrote."""
+import string
+
+import numpy as np
+import pytest
+
+from data_prep import prepare as prepare_module
+from data_prep import sources
+
+UNICODE = (
+    "Plain ASCII, then accents: naïve café Zürich; CJK 東京 한국어; emoji 🙂🎉👩‍👩‍👧; "
+    "combining e\u0301 a\u0308; astral \U0001d11e \U00020000 \U0010fffd; "
+    "Windows line\r\nend, tab\tseparated, a lone \r and\n"
+)
+
+
+def test_unicode_text_round_trips_losslessly_through_byte_fallback(tmp_path, prepare_data, read_documents):
+    text = UNICODE * 20 + "".join(chr(c) for c in range(0x3041, 0x3097))  # many rare characters
+    (tmp_path / "unicode.txt").write_text(text, encoding="utf-8", newline="")
+    _, data = prepare_data(tmp_path / "unicode.txt", max_vocab=300)
+    assert data.meta["coverage"]["byte_fallback"]
+    assert len(data.tokenizer.chars) < len(set(text))  # some characters go through byte tokens
+    assert data.meta["vocab_size"] == 300
+    (train,), (val,) = read_documents(data, "train"), read_documents(data, "val")
+    assert train + val == text
+
+
+def test_text_read_in_many_chunks_and_batches_round_trips(tmp_path, prepare_data, read_documents, monkeypatch):
+    # chunks of 1000 bytes split multi-byte characters; batches of 700 characters mix
+    # 16-bit and 32-bit scratch storage
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 700)
+    text = (UNICODE + "plain ascii filler line without astral characters\n" * 20) * 30
+    (tmp_path / "big.txt").write_text(text, encoding="utf-8", newline="")
+    _, data = prepare_data(tmp_path / "big.txt", max_vocab=280)
+    (train,), (val,) = read_documents(data, "train"), read_documents(data, "val")
+    assert train + val == text
+
+
+def test_a_single_file_is_split_inside_its_text_last_tenth_to_val(tmp_path, prepare_data, read_documents):
+    text = "".join(f"line {i}: the quick brown fox\n" for i in range(1000))
+    (tmp_path / "one.txt").write_text(text)
+    _, data = prepare_data(tmp_path / "one.txt")
+    (train,), (val,) = read_documents(data, "train"), read_documents(data, "val")
+    assert data.meta["split_mode"] == "text"
+    assert len(val) == round(len(text) * 0.1)
+    assert train + val == text
+
+
+def test_unk_mode_maps_characters_outside_the_vocabulary_to_one_token(tmp_path, prepare_data):
+    text = "ab" * 500 + "🙂東"
+    (tmp_path / "t.txt").write_text(text)
+    _, data = prepare_data(tmp_path / "t.txt", oov="unk", max_vocab=4, val_fraction=0.5)
+    tok = data.tokenizer
+    assert data.meta["coverage"]["unknown_token"] and tok.chars == ["a", "b"] and len(tok) == 4
+    val = np.concatenate(data.split("val")).tolist()
+    assert val[-3:] == [tok.unk_id, tok.unk_id, tok.eot_id]
+
+
+def test_a_clean_corpus_gets_its_distinct_characters_plus_end_of_text_as_uint8_ids(tmp_path, prepare_data):
+    alphabet = string.ascii_letters + " \n.,;:!?'-&$3"
+    assert len(alphabet) == 65
+    (tmp_path / "shakespeare.txt").write_text("".join(alphabet[(i * 7) % 65] for i in range(20_000)))
+    _, data = prepare_data(tmp_path / "shakespeare.txt")
+    assert data.meta["vocab_size"] == len(data.tokenizer) == 66
+    assert sorted(data.tokenizer.chars) == sorted(alphabet)
+    assert data.meta["dtype"] == "uint8" and data.split("train")[0].dtype == np.uint8
+    assert not data.meta["coverage"]["byte_fallback"]
+
+
+def test_the_vocabulary_never_exceeds_max_vocab_when_rare_characters_are_left_out(tmp_path, prepare_data, read_documents):
+    text = "".join(chr(0x4E00 + i) * (1 + i % 3) for i in range(400)) * 3
+    (tmp_path / "t.txt").write_text(text)
+    _, data = prepare_data(tmp_path / "t.txt", min_char_count=4, max_vocab=300)
+    assert data.meta["coverage"]["byte_fallback"]
+    assert len(data.tokenizer) <= 300
+    (train,), (val,) = read_documents(data, "train"), read_documents(data, "val")
+    assert train + val == text
+
+
+def test_the_vocabulary_never_exceeds_max_vocab_when_val_has_characters_train_lacks(tmp_path, prepare_data, read_documents):
+    train_text = "".join(chr(0x4E00 + i) for i in range(300)) * 9
+    val_text = "🙂" * 300
+    (tmp_path / "t.txt").write_text(train_text + val_text)
+    _, data = prepare_data(tmp_path / "t.txt", max_vocab=301)
+    assert len(data.tokenizer) <= 301
+    assert read_documents(data, "val") == [val_text]
+
+
+@pytest.mark.parametrize("layout", ["folder", "outer tar"])
+def test_owt_tokens_hold_only_document_text_never_tar_headers(layout, owt_folder, owt_tar, owt_archives, prepare_data, read_documents):
+    _, data = prepare_data(owt_folder if layout == "folder" else owt_tar)
+    decoded = "".join(read_documents(data, "train") + read_documents(data, "val"))
+    assert "\0" not in decoded and "ustar" not in decoded
+    for name, docs in owt_archives.items():
+        assert name not in decoded
+        assert not any(member in decoded for member, _text in docs)
+
+
+@pytest.mark.parametrize("layout", ["folder", "outer tar"])
+def test_owt_documents_come_out_whole_one_per_end_of_text_token(layout, owt_folder, owt_tar, owt_texts, prepare_data, read_documents):
+    _, data = prepare_data(owt_folder if layout == "folder" else owt_tar)
+    train, val = read_documents(data, "train"), read_documents(data, "val")
+    assert data.meta["split_mode"] == "document"
+    ids = np.concatenate(data.split("train") + data.split("val"))
+    assert int((ids == data.tokenizer.eot_id).sum()) == len(owt_texts) == 120
+    assert sorted(train + val) == sorted(owt_texts)
+
+
+def test_document_split_puts_no_document_in_both_train_and_val(owt_folder, prepare_data, read_documents):
+    _, data = prepare_data(owt_folder)
+    train, val = read_documents(data, "train"), read_documents(data, "val")
+    assert val and train and not set(train) & set(val)
+    assert data.meta["splits"]["val"]["documents"] == len(val)
+
+
+def test_identical_documents_always_share_a_split(tmp_path, prepare_data, read_documents):
+    for i in range(150):
+        (tmp_path / "docs").mkdir(exist_ok=True)
+        (tmp_path / "docs" / f"{i:03d}.txt").write_text(f"document number {i % 50}\n" * 5)
+    _, data = prepare_data(tmp_path / "docs", val_fraction=0.3)
+    train, val = read_documents(data, "train"), read_documents(data, "val")
+    assert len(train) + len(val) == 150 and val and train
+    assert not set(train) & set(val)
+
+
+def test_an_outer_tar_and_a_folder_of_its_archives_give_the_same_shards(owt_folder, owt_tar, prepare_data, folder_bytes):
+    _, a = prepare_data(owt_folder)
+    _, b = prepare_data(owt_tar)
+    shards = lambda d: {k: v for k, v in folder_bytes(d.path).items() if k.endswith(".bin")}
+    assert shards(a) == shards(b)
+
+
+def test_the_same_inputs_and_options_give_byte_identical_output(owt_folder, prepare_data, folder_bytes):
+    _, a = prepare_data(owt_folder)
+    _, b = prepare_data(owt_folder)
+    assert folder_bytes(a.path) == folder_bytes(b.path)
+
+
+def test_one_and_two_workers_give_byte_identical_output(owt_tar, tmp_path, prepare_data, folder_bytes):
+    (tmp_path / "extra.txt").write_text(UNICODE * 10)
+    _, a = prepare_data(owt_tar, tmp_path / "extra.txt", workers=1, max_vocab=300)
+    _, b = prepare_data(owt_tar, tmp_path / "extra.txt", workers=2, max_vocab=300)
+    assert folder_bytes(a.path) == folder_bytes(b.path)
+
+
+def test_small_shards_hold_the_same_tokens_as_one_big_shard(owt_folder, prepare_data):
+    _, one = prepare_data(owt_folder)
+    _, many = prepare_data(owt_folder, shard_tokens=5000)
+    assert len(many.meta["splits"]["train"]["shards"]) > 3
+    for split in ("train", "val"):
+        assert all(len(s) <= 5000 for s in many.split(split))
+        assert np.array_equal(np.concatenate(one.split(split)), np.concatenate(many.split(split)))
+
+
+def test_meta_records_sources_counts_and_options(owt_folder, prepare_data, owt_texts):
+    summary, data = prepare_data(owt_folder)
+    meta = data.meta
+    assert [s["documents"] for s in meta["sources"]] == [40, 40, 40]
+    assert all(len(s["sha256"]) == 64 for s in meta["sources"])
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 120
+    assert meta["splits"]["train"]["characters"] + meta["splits"]["val"]["characters"] == sum(map(len, owt_texts))
+    assert summary.text_bytes == sum(len(t.encode()) for t in owt_texts)
+    assert meta["options"]["val_fraction"] == 0.1
+
+
+def test_a_leading_byte_order_mark_is_not_part_of_the_text(tmp_path, prepare_data, read_documents):
+    (tmp_path / "bom.txt").write_bytes("\ufeffhello world, this is text\n".encode() * 10)
+    _, data = prepare_data(tmp_path / "bom.txt")
+    (train,), (val,) = read_documents(data, "train"), read_documents(data, "val")
+    assert train + val == ("\ufeffhello world, this is text\n" * 10)[1:]

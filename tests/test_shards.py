@@ -1,0 +1,114 @@
+"""Token shards and the prepared-data folder: what is written reads back, and every kind
+of damage or a newer format is refused on load with a DataError that says what is wrong."""
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import data_prep
+from data_prep import DataError
+from data_prep.shards import HEADER_SIZE, SplitWriter, open_shard, write_shard
+
+
+@pytest.fixture
+def prepared(tmp_path, prepare_data):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a small corpus for shard tests\n" * 50, encoding="utf-8")
+    summary, data = prepare_data(corpus)
+    return data.path
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_a_written_shard_reads_back_memory_mapped(tmp_path, dtype):
+    ids = np.arange(1000, dtype=np.int64) % np.iinfo(dtype).max
+    write_shard(tmp_path / "s.bin", ids, dtype)
+    back = open_shard(tmp_path / "s.bin")
+    assert back.dtype == dtype and np.array_equal(back, ids)
+
+
+def test_split_writer_fills_shards_from_disjoint_ranges_in_any_order(tmp_path):
+    ids = np.arange(25, dtype=np.uint16)
+    w = SplitWriter(tmp_path, "train", total=25, shard_tokens=10, dtype=np.uint16)
+    w.create()
+    w.write_at(13, ids[13:])
+    w.write_at(0, ids[:13])
+    shards = [open_shard(p) for p in w.paths]
+    assert [len(s) for s in shards] == [10, 10, 5]
+    assert np.array_equal(np.concatenate(shards), ids)
+
+
+def test_an_empty_shard_opens_as_an_empty_array(tmp_path):
+    write_shard(tmp_path / "s.bin", np.zeros(0), np.uint8)
+    assert len(open_shard(tmp_path / "s.bin")) == 0
+
+
+def test_corrupt_magic_is_refused_on_load(prepared):
+    shard = prepared / "train_0000.bin"
+    shard.write_bytes(b"NOTOKENS" + shard.read_bytes()[8:])
+    with pytest.raises(DataError, match="not a token shard"):
+        data_prep.load(prepared).split("train")
+
+
+def test_a_truncated_shard_is_refused_on_load(prepared):
+    shard = prepared / "train_0000.bin"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    with pytest.raises(DataError, match="truncated"):
+        data_prep.load(prepared).split("train")
+
+
+def test_a_shard_shorter_than_its_header_is_refused_on_load(prepared):
+    shard = prepared / "val_0000.bin"
+    shard.write_bytes(shard.read_bytes()[: HEADER_SIZE - 1])
+    with pytest.raises(DataError, match="truncated"):
+        data_prep.load(prepared).split("val")
+
+
+def test_a_padded_shard_is_refused_on_load(prepared):
+    shard = prepared / "train_0000.bin"
+    shard.write_bytes(shard.read_bytes() + b"\0")
+    with pytest.raises(DataError, match="longer than its header"):
+        data_prep.load(prepared).split("train")
+
+
+def test_a_newer_shard_format_version_is_refused_on_load(prepared):
+    shard = prepared / "train_0000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[8:12] = struct.pack("<I", 2)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="format version 2, newer"):
+        data_prep.load(prepared).split("train")
+
+
+def test_a_newer_data_format_version_in_meta_is_refused_on_load(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    meta["version"] = 99
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="newer gpt-prepare.*version 99"):
+        data_prep.load(prepared)
+
+
+def test_corrupt_meta_json_is_refused_on_load(prepared):
+    (prepared / "meta.json").write_text("{not json")
+    with pytest.raises(DataError, match="corrupt"):
+        data_prep.load(prepared)
+
+
+def test_a_split_whose_shards_hold_fewer_tokens_than_meta_says_is_refused(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    meta["splits"]["train"]["tokens"] += 1
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="should hold"):
+        data_prep.load(prepared).split("train")
+
+
+def test_loading_a_folder_that_was_never_prepared_says_so(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data_prep.load(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no meta.json"):
+        data_prep.load(tmp_path)
+
+
+def test_asking_for_an_unknown_split_names_the_ones_there_are(prepared):
+    with pytest.raises(DataError, match="it has train, val"):
+        data_prep.load(prepared).split("test")

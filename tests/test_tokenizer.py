@@ -1,0 +1,119 @@
+"""CharTokenizer: characters, byte fallback, the unknown token and JSON storage."""
+import numpy as np
+import pytest
+
+from data_prep import CharTokenizer, DataError
+from data_prep.tokenizer import EOT, build_vocab, codepoints, smallest_dtype
+
+UNICODE = "héllo wörld\r\n\tcafé 東京 🙂🎉 e\u0301 \U0001d11e \U0010fffd naïve — “ok”"
+
+
+def test_encode_decode_round_trips_text_whose_characters_are_all_in_the_vocabulary():
+    tok = CharTokenizer(chars=sorted(set(UNICODE)), oov="error")
+    ids = tok.encode(UNICODE)
+    assert len(ids) == len(UNICODE)
+    assert tok.decode(ids) == UNICODE
+
+
+def test_byte_fallback_round_trips_characters_outside_the_vocabulary():
+    tok = CharTokenizer(chars=list("helo wrd"), oov="byte")
+    ids = tok.encode(UNICODE)
+    assert tok.decode_bytes(ids).decode("utf-8") == UNICODE
+
+
+def test_byte_fallback_spends_one_token_per_utf8_byte_of_an_unknown_character():
+    tok = CharTokenizer(chars=list("ab"), oov="byte")
+    for ch in ("é", "東", "🙂"):
+        ids = tok.encode("a" + ch + "b")
+        assert len(ids) == 2 + len(ch.encode())
+        assert [i - tok.byte_offset for i in ids[1:-1]] == list(ch.encode())
+
+
+def test_unk_mode_maps_each_unknown_character_to_the_one_unknown_token():
+    tok = CharTokenizer(chars=list("abc"), oov="unk")
+    ids = tok.encode("a🙂b東c")
+    assert ids == [tok.encode("a")[0], tok.unk_id, tok.encode("b")[0], tok.unk_id, tok.encode("c")[0]]
+    assert len(tok) == 2 + 3  # end-of-text and unknown, then the characters
+
+
+def test_tokenizer_without_fallback_raises_data_error_naming_the_unknown_characters():
+    tok = CharTokenizer(chars=list("abc"), oov="error")
+    with pytest.raises(DataError, match="not in the vocabulary") as err:
+        tok.encode("abc東x")
+    assert "'東' (U+6771)" in str(err.value) and "'x' (U+0078)" in str(err.value)
+
+
+def test_end_of_text_tokens_follow_the_given_offsets_even_after_byte_fallback():
+    tok = CharTokenizer(chars=list("ab"), oov="byte")
+    ids = tok.encode_array("a🙂b", eot_after=[2, 3]).tolist()
+    assert ids == tok.encode("a🙂") + [tok.eot_id] + tok.encode("b") + [tok.eot_id]
+
+
+def test_token_lengths_predicts_the_encoded_length():
+    tok = CharTokenizer(chars=list("ab é"), oov="byte")
+    text = "ab é東🙂 aa"
+    cps, counts = np.unique(codepoints(text), return_counts=True)
+    assert tok.token_lengths(cps, counts) == len(tok.encode(text))
+
+
+def test_incremental_decoder_holds_back_an_incomplete_utf8_sequence():
+    tok = CharTokenizer(chars=list("a"), oov="byte")
+    dec = tok.incremental_decoder()
+    out = [dec.push(i) for i in tok.encode("a🙂a")]
+    assert out == ["a", "", "", "", "🙂", "a"]
+    assert dec.flush() == ""
+
+
+def test_json_storage_round_trips_the_vocabulary_and_ids():
+    tok = CharTokenizer(chars=list("zyx東🙂"), oov="unk")
+    again = CharTokenizer.from_json(tok.to_json())
+    assert again.to_dict() == tok.to_dict()
+    assert again.encode("x🙂?") == tok.encode("x🙂?")
+    assert again.fingerprint() == tok.fingerprint()
+
+
+def test_a_newer_tokenizer_format_version_is_refused():
+    d = CharTokenizer(chars=list("ab")).to_dict()
+    d["version"] += 1
+    with pytest.raises(DataError, match="newer"):
+        CharTokenizer.from_dict(d)
+
+
+def test_malformed_tokenizer_json_is_a_data_error():
+    with pytest.raises(DataError, match="malformed"):
+        CharTokenizer.from_json('{"kind": "char"')
+
+
+def test_id_layout_is_specials_then_characters_then_bytes():
+    tok = CharTokenizer(chars=list("ab"), oov="byte")
+    assert tok.specials == [EOT] and tok.eot_id == 0
+    assert tok.encode("ab") == [1, 2]
+    assert tok.byte_offset == 3 and len(tok) == 3 + 256
+
+
+def test_build_vocab_keeps_the_most_frequent_characters_ties_by_code_point():
+    cps = np.array([ord(c) for c in "abcd"])
+    counts = np.array([5, 9, 5, 1])
+    assert build_vocab(cps, counts, max_vocab=4, min_count=1, oov="error") == ["b", "a", "c"]
+    assert build_vocab(cps, counts, max_vocab=100, min_count=2, oov="error") == ["b", "a", "c"]
+
+
+def test_build_vocab_leaves_room_for_byte_tokens_only_when_characters_are_left_out():
+    cps = np.arange(0x100, 0x100 + 300)
+    counts = np.ones(300, np.int64)
+    assert len(build_vocab(cps, counts, max_vocab=301, min_count=1, oov="byte")) == 300
+    assert len(build_vocab(cps, counts, max_vocab=262, min_count=1, oov="byte")) == 5
+
+
+def test_smallest_dtype_fits_the_vocabulary():
+    assert smallest_dtype(256) == np.uint8
+    assert smallest_dtype(257) == np.uint16
+    assert smallest_dtype(70_000) == np.uint32
+
+
+def test_build_vocab_leaves_room_for_byte_tokens_when_rare_or_val_only_characters_need_them():
+    cps = np.arange(0x100, 0x100 + 100)
+    counts = np.where(np.arange(100) < 90, 5, 1)
+    assert len(build_vocab(cps, counts, max_vocab=300, min_count=2, oov="byte")) == 300 - 1 - 256
+    assert len(build_vocab(cps, counts, max_vocab=300, min_count=1, oov="byte", others_outside=True)) == 300 - 1 - 256
+    assert len(build_vocab(cps, counts, max_vocab=300, min_count=1, oov="byte")) == 100
