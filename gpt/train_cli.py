@@ -1,0 +1,102 @@
+"""`gpt-train`: train a bigram or GPT model on a folder prepared by gpt-prepare.
+
+Also the torchrun entry point: `torchrun --nproc_per_node=N -m gpt.train ...` (or the
+`gpt-train` script under torchrun) trains with DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import warnings
+
+from data_prep import DataError
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .device import DeviceError
+from .presets import PRESETS
+from .train import TrainConfig, TrainError, train
+
+EPILOG = """presets ({names}); explicit options override a preset's values:
+  cpu-small  4 layers, 4 heads, 192 channels, context 128, batch 24, lr 3e-3, 10 min budget (CPU default)
+  baby-gpt   6 layers, 6 heads, 384 channels, context 256, batch 64, dropout 0.2, lr 1e-3, 5000 steps (GPU default)
+  bench      4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 steps (the throughput benchmark)
+  bigram     the bigram baseline
+
+run folder (--out): latest.pt, best.pt, config.json, tokenizer.json, metrics.jsonl.
+Ctrl-C or SIGTERM saves a checkpoint at the next step boundary; --resume continues exactly.
+Multi-GPU / multi-node: torchrun --nproc_per_node=N -m gpt.train [options] (see README).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="gpt-train", description="Train a character-level bigram or GPT model.",
+                                epilog=EPILOG.format(names=", ".join(PRESETS)), formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data", help="prepared data folder (default: ./data)")
+    a("--out", help="run folder (default: checkpoints/<model>-<date>-<time>; with --resume, the newest run)")
+    a("--resume", action="store_true", help="continue the run in --out (default: the newest run under ./checkpoints) from its latest checkpoint")
+    a("--overwrite", action="store_true", help="start a new run in an --out folder that already holds one")
+    a("--preset", choices=sorted(PRESETS), help="a named configuration (default: cpu-small on CPU, baby-gpt on CUDA, unless model options are given)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=("gpt", "bigram"), help=f"model kind (default: {d.model})")
+    g.add_argument("--pos", choices=("rope", "learned"), help=f"position information: rotary (rope) or learned absolute embeddings (default: {d.pos})")
+    g.add_argument("--n-layer", type=int, help=f"decoder blocks (default: {d.n_layer})")
+    g.add_argument("--n-head", type=int, help=f"attention heads (default: {d.n_head})")
+    g.add_argument("--n-embd", type=int, help=f"channels (default: {d.n_embd})")
+    g.add_argument("--block-size", type=int, help=f"context length in tokens (default: {d.block_size})")
+    g.add_argument("--dropout", type=float, help=f"dropout rate (default: {d.dropout})")
+    g.add_argument("--bias", action="store_const", const=True, help="biases in linear and norm layers (default: none)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, help=f"sequences per micro-batch per process (default: {d.batch_size})")
+    g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default: {d.grad_accum})")
+    g.add_argument("--max-iters", type=int, help=f"optimizer steps (default: {d.max_iters})")
+    g.add_argument("--max-time", type=float, help="wall-clock budget in seconds for the whole run; the learning rate decays over it")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr})")
+    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default: lr / 10)")
+    g.add_argument("--warmup-iters", type=int, help=f"linear warmup steps (default: {d.warmup_iters})")
+    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices (default: {d.weight_decay})")
+    g.add_argument("--beta1", type=float, help=f"AdamW beta1 (default: {d.beta1})")
+    g.add_argument("--beta2", type=float, help=f"AdamW beta2 (default: {d.beta2})")
+    g.add_argument("--grad-clip", type=float, help=f"gradient norm clip, 0 for none (default: {d.grad_clip})")
+    g = p.add_argument_group("evaluation and logging")
+    g.add_argument("--eval-interval", type=int, help=f"steps between evaluations and checkpoints (default: {d.eval_interval})")
+    g.add_argument("--eval-windows", type=int, help=f"fixed validation windows per evaluation (default: {d.eval_windows})")
+    g.add_argument("--log-interval", type=int, help=f"steps between metrics.jsonl lines (default: {d.log_interval})")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("machine")
+    g.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA GPUs that support it, fp16 with a gradient scaler on older ones, fp32 on CPU")
+    g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (falls back to eager with a warning if it fails)")
+    g.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "preset", "quiet") and v is not None}
+    if args.quiet:
+        overrides["progress"] = False
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"gpt-train: warning: {msg}\n"
+    try:
+        result = train(args.preset, overrides, resume=args.resume, overwrite=args.overwrite)
+    except (DataError, ConfigError, DeviceError, CheckpointError, TrainError) as e:
+        print(f"gpt-train: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gpt-train: interrupted before a step boundary; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    if result.stopped_by.startswith("signal"):
+        name = result.stopped_by.split()[1]
+        print(f"gpt-train: stopped by {name} at step {result.step}; checkpoint saved in {result.run_dir}; "
+              f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
+        return 128 + int(getattr(signal, name))
+    loss = f"final val loss {result.val_loss:.4f}" if result.val_loss is not None else "no evaluation"
+    print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss} (best {result.best_val_loss:.4f}); run folder {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
