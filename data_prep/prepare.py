@@ -83,7 +83,7 @@ class UnitResult:
     error: str | None = None
     docs_chars: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     docs_val: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    counts: dict = field(default_factory=dict)  # split -> (code points, counts), split by document hash
+    counts: dict = field(default_factory=lambda: {s: sparse(np.zeros(0, np.int64)) for s in SPLITS})  # split -> (code points, counts), split by document hash
     batches: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     invalid_utf8: int = 0
     skipped: list = field(default_factory=list)
@@ -229,7 +229,11 @@ def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
         scratch.close()
     except (src.SourceError, *src.DECODE_ERRORS) as e:
         scratch.file.close()
-        result.error = describe_error(unit.name, e)
+        if unit.kind == "bytes" and not opts.strict:
+            # one file of an archive of archives: skipped alone, as it would be in a folder
+            result.skipped = [describe_error(unit.name, e)]
+        else:
+            result.error = describe_error(unit.name, e)
         return result
     result.docs_chars = np.array(docs_chars, np.int64)
     result.docs_val = np.array(scratch.docs_val, bool)
@@ -432,12 +436,12 @@ def _read_pass(sources: list[src.Source], work: Path, opts: PrepareOptions, work
     warnings: list[str] = []
     source_info: list[dict] = []
     for s in sources:
+        size, error = 0, None
         try:
             size = s.size
         except OSError as e:
-            size = 0
-            warnings.append(f"{s.path}: unreadable ({e.strerror})")
-        source_info.append({"path": str(s.path), "bytes": size, "sha256": None, "documents": 0, "error": None})
+            error = f"{s.path}: unreadable ({e.strerror})"
+        source_info.append({"path": str(s.path), "bytes": size, "sha256": None, "documents": 0, "error": error})
     results: list[UnitResult] = []
     bar = tqdm(total=sum(i["bytes"] for i in source_info), unit="B", unit_scale=True, desc="reading", disable=not opts.progress, leave=False)
     for r in run_ordered(_Scan(work, opts), make_units(sources, source_info), workers):
@@ -472,7 +476,9 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions) ->
     n_docs = sum(len(r.docs_chars) for r in results)
     n_skipped = sum(1 for i in source_info if i["error"])
     if n_docs == 0:
-        raise DataError("no text found in the inputs" + (f" ({n_skipped} file(s) skipped as unusable)" if n_skipped else ""))
+        # the skip warnings are never shown when nothing is written: say why here
+        reasons = [i["error"] for i in source_info if i["error"]]
+        raise DataError("no text found in the inputs" + (f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})" if reasons else ""))
     scratch = {r.index: ScratchReader(work / f"{r.index:07d}.cp", r.batches) for r in results}
 
     # split by document when there are enough documents on both sides, else inside the text

@@ -114,6 +114,22 @@ def read_documents():
 
 
 @pytest.fixture
+def whole_documents():
+    """Every input document, sorted, put back together from both splits: split by document,
+    each is in one split; split inside the text, document i is train[i] + val[i] (for
+    documents long enough to have both parts)."""
+
+    def read(data: data_prep.PreparedData) -> list[str]:
+        train, val = split_documents(data, "train"), split_documents(data, "val")
+        if data.meta["split_mode"] == "text":
+            assert len(train) == len(val)
+            return sorted(t + v for t, v in zip(train, val))
+        return sorted(train + val)
+
+    return read
+
+
+@pytest.fixture
 def folder_bytes():
     """Every file of a folder as {relative path: bytes}."""
 

@@ -1,0 +1,82 @@
+"""`gpt-prepare` as a user runs it: a summary on success; on an expected failure, one
+line on stderr, a non-zero exit and no traceback."""
+import json
+
+import pytest
+
+import data_prep
+
+GOOD = "good text that is long enough to split into train and val\n" * 20
+
+
+def assert_one_error_line(proc, *fragments):
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpt-prepare: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_writes_the_folder_and_prints_a_summary(tmp_path, run_cli):
+    (tmp_path / "t.txt").write_text(GOOD)
+    proc = run_cli("t.txt", "--out", "data", "--quiet", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "train:" in proc.stdout and "vocabulary:" in proc.stdout
+    assert data_prep.load(tmp_path / "data").num_tokens("train") > 0
+
+
+def test_cli_prints_skip_warnings_on_success(tmp_path, run_cli):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "t.txt").write_text(GOOD)
+    (tmp_path / "corpus" / "blob.bin").write_bytes(b"\x00" * 100)
+    proc = run_cli("corpus", "--out", "data", "--quiet", "--workers", "1")
+    assert proc.returncode == 0
+    assert proc.stderr.startswith("gpt-prepare: warning: skipped ") and "blob.bin" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "files, args, fragments",
+    [
+        pytest.param({}, ["nope.txt"], ["does not exist", "nope.txt"], id="missing input"),
+        pytest.param({"empty.txt": b""}, ["empty.txt"], ["no text found"], id="no text"),
+        pytest.param({"blob.bin": b"\x00\x01" * 64}, ["blob.bin"], ["no text found", "binary content"], id="binary only"),
+        pytest.param({"bad.txt": GOOD.encode() + b"\xff"}, ["bad.txt", "--strict"], ["invalid UTF-8"], id="strict invalid UTF-8"),
+        pytest.param({"bad.xz": b"\xfd7zXZ\x00" + b"garbage" * 20}, ["bad.xz", "--strict"], ["bad.xz", "--strict"], id="strict corrupt xz"),
+        pytest.param({"r.jsonl": b'{"body": "x"}\n'}, ["r.jsonl"], ["no field 'text' (fields: body)", "--text-field"], id="missing text field"),
+        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--val-fraction", "1.5"], ["--val-fraction"], id="bad option"),
+    ],
+)
+def test_cli_reports_an_expected_failure_in_one_line(tmp_path, run_cli, files, args, fragments):
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    proc = run_cli(*args, "--out", "data", "--quiet", "--workers", "1")
+    assert_one_error_line(proc, *fragments)
+    assert not (tmp_path / "data").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_refuses_an_existing_output_without_force_and_leaves_it_untouched(tmp_path, run_cli):
+    (tmp_path / "t.txt").write_text(GOOD)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    proc = run_cli("t.txt", "--out", "data", "--quiet")
+    assert_one_error_line(proc, "already exists", "--force")
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["notes.txt"]
+
+
+def test_cli_force_replaces_an_existing_output(tmp_path, run_cli):
+    (tmp_path / "t.txt").write_text(GOOD)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    proc = run_cli("t.txt", "--out", "data", "--quiet", "--force", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "data" / "notes.txt").exists()
+    assert json.loads((tmp_path / "data" / "meta.json").read_text())["format"] == "gpt-prepared-data"
+
+
+def test_cli_help_describes_inputs_and_output(run_cli):
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "--text-field" in proc.stdout and "meta.json" in proc.stdout

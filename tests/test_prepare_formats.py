@@ -1,0 +1,136 @@
+"""Input formats, detected from content: records through `datasets` (JSON lines, JSON,
+Parquet, save_to_disk folders) and compressed or archived text."""
+import bz2
+import gzip
+import json
+import lzma
+
+import pytest
+
+from data_prep import DataError
+
+from conftest import tar_bytes
+
+RECORDS = [{"id": i, "text": f"record {i}: some text with ünïcödé 🙂\n" * (1 + i % 3), "title": f"title {i}"} for i in range(120)]
+TEXTS = sorted(r["text"] for r in RECORDS)  # enough records to split by document
+
+
+def all_documents(data, read_documents):
+    return sorted(read_documents(data, "train") + read_documents(data, "val"))
+
+
+def test_json_lines_records_are_one_document_each(tmp_path, prepare_data, read_documents):
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    _, data = prepare_data(path)
+    assert all_documents(data, read_documents) == TEXTS
+    assert sum(data.meta["splits"][s]["documents"] for s in ("train", "val")) == len(RECORDS)
+
+
+def test_a_json_file_of_records_is_read(tmp_path, prepare_data, read_documents):
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(RECORDS))
+    _, data = prepare_data(path)
+    assert all_documents(data, read_documents) == TEXTS
+
+
+def test_a_parquet_file_is_read(tmp_path, prepare_data, read_documents):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(RECORDS), tmp_path / "records.parquet")
+    _, data = prepare_data(tmp_path / "records.parquet")
+    assert all_documents(data, read_documents) == TEXTS
+
+
+def test_a_saved_dataset_dict_folder_is_read_split_by_split(tmp_path, prepare_data, read_documents):
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(RECORDS[:20]),
+        "test": datasets.Dataset.from_list(RECORDS[20:]),
+    }).save_to_disk(str(folder))
+    _, data = prepare_data(folder)
+    assert all_documents(data, read_documents) == TEXTS
+
+
+def test_a_saved_dataset_inside_a_searched_folder_is_found(tmp_path, prepare_data, read_documents):
+    import datasets
+
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(tmp_path / "corpus" / "saved"))
+    _, data = prepare_data(tmp_path / "corpus")
+    assert all_documents(data, read_documents) == TEXTS
+
+
+def test_text_field_chooses_the_column(tmp_path, prepare_data, read_documents):
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    _, data = prepare_data(path, text_field="title")
+    assert all_documents(data, read_documents) == sorted(r["title"] for r in RECORDS)
+
+
+@pytest.mark.parametrize("name", ["records.jsonl", "records.parquet"])
+def test_a_missing_text_field_is_an_error_naming_the_fields(tmp_path, prepare_data, name):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    else:
+        pq.write_table(pa.Table.from_pylist(RECORDS), path)
+    with pytest.raises(DataError, match=r"no field 'body' \(fields: id, text, title\)"):
+        prepare_data(path, text_field="body")
+
+
+COMPRESSORS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESSORS))
+def test_compressed_text_is_decompressed(tmp_path, prepare_data, read_documents, kind):
+    text = "compressed text, line after line 東京🙂\n" * 200
+    (tmp_path / f"doc.txt.{kind}").write_bytes(COMPRESSORS[kind](text.encode()))
+    _, data = prepare_data(tmp_path / f"doc.txt.{kind}")
+    assert "".join(read_documents(data, "train") + read_documents(data, "val")) == text
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESSORS))
+def test_compression_is_detected_by_content_not_by_name(tmp_path, prepare_data, read_documents, kind):
+    text = "this file is named .txt but holds compressed bytes\n" * 100
+    (tmp_path / "misleading.txt").write_bytes(COMPRESSORS[kind](text.encode()))
+    _, data = prepare_data(tmp_path / "misleading.txt")
+    assert "".join(read_documents(data, "train") + read_documents(data, "val")) == text
+
+
+def test_compressed_json_lines_are_read_as_records(tmp_path, prepare_data, read_documents):
+    path = tmp_path / "records.jsonl.gz"
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in RECORDS).encode()))
+    _, data = prepare_data(path)
+    assert all_documents(data, read_documents) == TEXTS
+
+
+def test_a_text_file_named_json_is_read_as_text(tmp_path, prepare_data, read_documents):
+    text = "not json at all, just prose\n" * 50
+    (tmp_path / "notes.json").write_text(text)
+    _, data = prepare_data(tmp_path / "notes.json")
+    assert "".join(read_documents(data, "train") + read_documents(data, "val")) == text
+
+
+@pytest.mark.parametrize("compress", ["none", "gz", "xz"])
+def test_a_tar_of_text_files_gives_one_document_per_member(tmp_path, prepare_data, read_documents, compress):
+    texts = [f"member {i} text\n" * (5 + i) for i in range(6)]
+    raw = tar_bytes([(f"dir/m{i}.txt", t.encode()) for i, t in enumerate(texts)])
+    (tmp_path / "docs.tar").write_bytes(raw if compress == "none" else COMPRESSORS[compress](raw))
+    _, data = prepare_data(tmp_path / "docs.tar")
+    ids_per_split = [data.meta["splits"][s]["documents"] for s in ("train", "val")]
+    assert ids_per_split[0] == 6  # under 100 documents: each is split inside its text
+    train, val = read_documents(data, "train"), read_documents(data, "val")
+    assert [t + v for t, v in zip(train, val)] == texts
+
+
+def test_tar_members_with_long_names_are_read(tmp_path, prepare_data, read_documents):
+    name = "a/" + "very-long-directory-name/" * 8 + "member.txt"
+    (tmp_path / "long.tar").write_bytes(tar_bytes([(name, b"long named member text\n" * 20)]))
+    _, data = prepare_data(tmp_path / "long.tar")
+    assert "".join(read_documents(data, "train") + read_documents(data, "val")) == "long named member text\n" * 20
