@@ -26,10 +26,15 @@ def make_document(rng: random.Random, index: int) -> str:
     return f"Document {index}: " + "\n".join(lines) + "\n"
 
 
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    """A tar archive of (name, content) members, with fixed metadata so it is reproducible."""
+def tar_bytes(members: list[tuple[str, bytes]], format: int = tarfile.GNU_FORMAT, folders: tuple[str, ...] = ()) -> bytes:
+    """A tar archive of (name, content) members after entries for `folders`, with fixed
+    metadata so it is reproducible."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=format) as tar:
+        for name in folders:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_500_000_000
+            tar.addfile(info)
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 1_500_000_000, 0o644
@@ -71,7 +76,8 @@ def owt_folder(tmp_path, owt_archives) -> Path:
 def owt_tar(tmp_path, owt_archives) -> Path:
     """The OpenWebText release as distributed: one tar holding the xz-compressed tars."""
     path = tmp_path / "openwebtext.tar"
-    path.write_bytes(tar_bytes([(f"openwebtext/{name}", owt_archive_bytes(docs)) for name, docs in sorted(owt_archives.items())]))
+    members = [(f"openwebtext/{name}", owt_archive_bytes(docs)) for name, docs in sorted(owt_archives.items())]
+    path.write_bytes(tar_bytes(members, folders=("openwebtext",)))
     return path
 
 

@@ -4,6 +4,7 @@ import bz2
 import gzip
 import json
 import lzma
+import tarfile
 
 import pytest
 
@@ -134,3 +135,17 @@ def test_tar_members_with_long_names_are_read(tmp_path, prepare_data, read_docum
     (tmp_path / "long.tar").write_bytes(tar_bytes([(name, b"long named member text\n" * 20)]))
     _, data = prepare_data(tmp_path / "long.tar")
     assert "".join(read_documents(data, "train") + read_documents(data, "val")) == "long named member text\n" * 20
+
+
+def test_a_compressed_outer_tar_of_archives_is_read(tmp_path, owt_tar, owt_texts, prepare_data, whole_documents):
+    (tmp_path / "openwebtext.tar.xz").write_bytes(lzma.compress(owt_tar.read_bytes()))
+    _, data = prepare_data(tmp_path / "openwebtext.tar.xz")
+    assert whole_documents(data) == sorted(owt_texts)
+
+
+def test_pax_archives_with_long_unicode_names_and_folder_entries_yield_their_files(tmp_path, prepare_data, whole_documents):
+    texts = [f"pax member {i} ünïcode text\n" * 10 for i in range(3)]
+    raw = tar_bytes([(f"dïr/名前-{i}-" + "x" * 120 + ".txt", t.encode()) for i, t in enumerate(texts)], format=tarfile.PAX_FORMAT, folders=("dïr",))
+    (tmp_path / "pax.tar").write_bytes(raw)
+    _, data = prepare_data(tmp_path / "pax.tar")
+    assert whole_documents(data) == sorted(texts)
