@@ -176,7 +176,7 @@ def set_rng_state(s: dict) -> None:
 
 def is_out_of_memory(e: BaseException) -> bool:
     msg = str(e).lower()
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
 
 
 class Trainer:
@@ -415,7 +415,7 @@ class Trainer:
                     val_loss = self.record_eval(write, history, bar)
             else:  # a signal or a request: checkpoint where we are, quickly
                 self.save(None)
-        except (torch.OutOfMemoryError, RuntimeError) as e:
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if is_out_of_memory(e):
                 raise TrainError(f"a batch of {cfg.batch_size} x {cfg.block_size} tokens does not fit in {self.device} memory; lower --batch-size or --block-size (--grad-accum keeps the effective batch)") from None
             raise

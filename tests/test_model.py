@@ -1,0 +1,83 @@
+"""The models' defining properties: causality, rotary embeddings, and cached decoding."""
+import math
+
+import pytest
+import torch
+
+from gpt.config import ConfigError, ModelConfig
+from gpt.kv_cache import KVCache
+from gpt.model import apply_rope, build_model, count_parameters, rope_tables
+
+
+def small(pos="rope", **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0, pos=pos, **kw)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_changing_later_tokens_never_changes_earlier_logits(pos):
+    model = small(pos)
+    idx = torch.randint(0, 40, (3, 16))
+    base, _ = model(idx)
+    for t in (0, 5, 14):
+        changed = idx.clone()
+        changed[:, t + 1 :] = torch.randint(0, 40, changed[:, t + 1 :].shape)
+        out, _ = model(changed)
+        assert torch.allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-6)
+        assert not torch.allclose(out[:, t + 1 :], base[:, t + 1 :])
+
+
+def test_rope_adds_no_parameters():
+    rope, learned = small("rope"), small("learned")
+    assert count_parameters(learned) - count_parameters(rope) == 16 * 32  # exactly the position table
+    assert not any("rope" in name for name in rope.state_dict())
+
+
+def test_rope_attention_scores_depend_only_on_relative_position():
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(i, j):
+        cos, sin = rope_tables(torch.tensor([i, j]), 8, 10000.0, torch.float64)
+        qi = apply_rope(q.double(), cos[:1], sin[:1])
+        kj = apply_rope(k.double(), cos[1:], sin[1:])
+        return (qi * kj).sum().item()
+
+    assert score(7, 3) == pytest.approx(score(107, 103), abs=1e-9)
+    assert score(7, 3) == pytest.approx(score(4, 0), abs=1e-9)
+    assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-6)
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_incremental_decoding_with_cache_matches_full_forward(pos):
+    model = small(pos)
+    idx = torch.randint(0, 40, (2, 16))
+    full, _ = model(idx)
+    cache = KVCache.for_model(model, 2, "cpu", torch.float32)
+    steps = [model(idx[:, :9], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(9, 16)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_sequence_longer_than_context_is_refused():
+    with pytest.raises(ValueError, match="context"):
+        small()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_output_head_is_tied_to_token_embedding():
+    model = small()
+    assert model.head.weight is model.wte.weight
+
+
+def test_residual_projections_start_smaller_with_depth():
+    torch.manual_seed(0)
+    deep = build_model(ModelConfig(vocab_size=40, block_size=16, n_layer=8, n_head=2, n_embd=64))
+    std = deep.blocks[0].attn.proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(16), rel=0.15)
+
+
+def test_bad_model_config_is_refused_clearly():
+    with pytest.raises(ConfigError, match="multiple of n_head"):
+        build_model(ModelConfig(vocab_size=10, n_embd=30, n_head=4))
+    with pytest.raises(ConfigError, match="pos"):
+        build_model(ModelConfig(vocab_size=10, pos="alibi"))

@@ -1,0 +1,211 @@
+"""gpt-train: learning, exact resume, crash-safe checkpoints, and clear errors."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gpt import checkpoint as ck
+from gpt.train import NonFiniteLoss, Trainer, TrainError, train
+from train_support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared(tmp_path_factory.mktemp("train"))
+
+
+def opts(data, out, **kw):
+    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", **kw}
+
+
+def test_gpt_learns_well_below_uniform_entropy(data, tmp_path):
+    result = train(overrides=opts(data, tmp_path / "run", max_iters=150), log=lambda s: None)
+    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
+    assert result.val_loss < 0.5 * math.log(vocab)
+
+
+def test_bigram_learns_and_gpt_beats_it(data, tmp_path):
+    bigram = train(overrides=opts(data, tmp_path / "bigram", model="bigram", max_iters=150, lr=3e-2), log=lambda s: None)
+    gpt = train(overrides=opts(data, tmp_path / "gpt", max_iters=150), log=lambda s: None)
+    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
+    assert bigram.val_loss < 0.75 * math.log(vocab)
+    assert gpt.val_loss < bigram.val_loss - 0.2
+
+
+def test_resumed_run_matches_uninterrupted_run_step_for_step(data, tmp_path):
+    kw = dict(max_iters=30, dropout=0.1, eval_interval=7)  # dropout: the torch RNG must resume too
+    whole = train(overrides=opts(data, tmp_path / "whole", **kw), log=lambda s: None)
+    first = train(overrides=opts(data, tmp_path / "split", **kw), should_stop=lambda step: step == 12, log=lambda s: None)
+    assert first.stopped_by == "request" and first.step == 12
+    rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
+    resumed = dict(first.history + rest.history)
+    assert [resumed[s] for s in range(1, 31)] == [dict(whole.history)[s] for s in range(1, 31)]
+    assert rest.val_loss == whole.val_loss
+
+
+def test_run_folder_holds_everything_sampling_needs(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=20), log=lambda s: None)
+    run = tmp_path / "run"
+    assert {"latest.pt", "best.pt", "config.json", "tokenizer.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)  # plain tensors and values only
+    model, tok = ck.model_from_checkpoint(state)
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model"])
+    assert tok.decode(tok.encode("the cat")) == "the cat"
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert evals[-1]["step"] == 20 and {"tokens", "elapsed", "train_loss", "val_bpc"} <= set(evals[-1])
+    assert {"lr", "tokens_per_s"} <= set(records[0])
+
+
+def test_interrupted_save_leaves_previous_checkpoint_loadable(data, tmp_path, monkeypatch):
+    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    latest = tmp_path / "run" / "latest.pt"
+    before = ck.load_checkpoint(latest)
+
+    def dies_midway(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 partial bytes")
+        raise KeyboardInterrupt  # as if the process were stopped in the middle of writing
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(latest, {"step": 999})
+    after = ck.load_checkpoint(latest)
+    assert after["step"] == before["step"] == 10
+    assert [p.name for p in latest.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_checkpoint_killed_mid_write_keeps_previous_one(data, tmp_path):
+    """A real `kill -9` while a large checkpoint is being written."""
+    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    latest = tmp_path / "run" / "latest.pt"
+    script = (
+        "import torch, sys; from gpt import checkpoint as ck\n"
+        "print('go', flush=True)\n"
+        "ck.save_checkpoint(__import__('pathlib').Path(sys.argv[1]), {'big': torch.zeros(400_000_000, dtype=torch.uint8)})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(latest)], stdout=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.readline()
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    assert ck.load_checkpoint(latest)["step"] == 10
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
+    import argparse
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": ck.CKPT_FORMAT, "version": 1, "args": argparse.Namespace(lr=1.0)}, path)
+    with pytest.raises(ck.CheckpointError, match="arbitrary Python objects"):
+        ck.load_checkpoint(path)
+
+
+def test_truncated_and_newer_checkpoints_are_refused(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
+    latest = tmp_path / "run" / "latest.pt"
+    raw = latest.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ck.CheckpointError, match="corrupt or truncated"):
+        ck.load_checkpoint(tmp_path / "cut.pt")
+    state = ck.load_checkpoint(latest)
+    torch.save({**state, "version": ck.CKPT_VERSION + 1}, tmp_path / "new.pt")
+    with pytest.raises(ck.CheckpointError, match="newer"):
+        ck.load_checkpoint(tmp_path / "new.pt")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    good = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+    real_step = Trainer.train_step
+
+    def goes_bad(self, lr):
+        loss = real_step(self, lr)
+        return loss * float("nan") if self.step >= 13 else loss
+
+    monkeypatch.setattr(Trainer, "train_step", goes_bad)
+    with pytest.raises(NonFiniteLoss, match="at step 14"):
+        train(overrides={"out": str(tmp_path / "run"), "max_iters": 40, "progress": False}, resume=True, log=lambda s: None)
+    kept = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert kept["step"] == good["step"] == 10
+    assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_resume_with_other_vocabulary_or_shape_is_refused(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
+    other = prepared(tmp_path / "other", n_docs=120, seed=3)
+    (tmp_path / "other" / "corpus" / "extra.txt").write_text("ZQXJ")  # not used: other data already prepared
+    import data_prep.prepare as dp
+
+    dp.prepare([tmp_path / "other" / "corpus"], tmp_path / "other2", dp.PrepareOptions(workers=1, progress=False))
+    with pytest.raises(TrainError, match="different vocabulary"):
+        train(overrides={"out": str(tmp_path / "run"), "data": str(tmp_path / "other2"), "progress": False}, resume=True, log=lambda s: None)
+    with pytest.raises(TrainError, match="--n-layer"):
+        train(overrides={"out": str(tmp_path / "run"), "n_layer": 3, "progress": False}, resume=True, log=lambda s: None)
+
+
+def test_existing_run_is_not_overwritten_without_asking(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
+    with pytest.raises(TrainError, match="--resume continues it"):
+        train(overrides=opts(data, tmp_path / "run", max_iters=5), log=lambda s: None)
+
+
+def test_max_time_stops_on_budget_with_decayed_learning_rate(data, tmp_path):
+    result = train(overrides=opts(data, tmp_path / "run", max_iters=None, max_time=3.0, min_lr=1e-5), log=lambda s: None)
+    assert result.stopped_by == "max_time"
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "lr" in l]
+    assert records[-1]["lr"] < 0.25 * 3e-3
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(data, tmp_path):
+    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet", "--n-layer", "2", "--n-head", "2",
+            "--n-embd", "32", "--block-size", "32", "--batch-size", "8", "--max-iters", "100000", "--eval-interval", "50"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "gpt.train", *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not (tmp_path / "run" / "latest.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    step = ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"]
+    assert step >= 50
+    again = run_cli("gpt.train", "--resume", "--out", str(tmp_path / "run"), "--max-iters", str(step + 5), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == step + 5
+
+
+@pytest.mark.parametrize(
+    "make_args, fragments",
+    [
+        (lambda d, t: ["--data", str(t / "missing")], ["does not exist"]),
+        (lambda d, t: ["--data", str(t)], ["not a prepared data folder"]),
+        (lambda d, t: ["--data", str(d), "--block-size", "100000000"], ["--block-size", "larger than the data"]),
+        (lambda d, t: ["--data", str(d), "--device", "cuda"], ["CUDA is not available"]),
+        (lambda d, t: ["--data", str(d), "--batch-size", "20000000", "--block-size", "1000"], ["does not fit", "--batch-size"]),
+        (lambda d, t: ["--data", str(d), "--max-iters", "0"], ["--max-iters"]),
+        (lambda d, t: ["--resume", "--out", str(t / "nothing")], ["checkpoint"]),
+    ],
+    ids=["missing-data", "empty-data-folder", "block-size-too-large", "no-cuda", "batch-too-large", "bad-max-iters", "resume-nothing"],
+)
+def test_bad_input_gives_one_clear_line(data, tmp_path, make_args, fragments):
+    base = ["--out", str(tmp_path / "r"), "--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--max-iters", "2", "--quiet"]
+    proc = run_cli("gpt.train", *base, *make_args(data, tmp_path))  # the case's own options come last and win
+    assert_one_line_error(proc, "gpt-train", *fragments)
+
+
+def test_data_from_a_newer_format_is_refused(data, tmp_path):
+    import shutil
+
+    newer = tmp_path / "newer"
+    shutil.copytree(data, newer)
+    meta = json.loads((newer / "meta.json").read_text())
+    (newer / "meta.json").write_text(json.dumps({**meta, "version": 99}))
+    proc = run_cli("gpt.train", "--data", str(newer), "--out", str(tmp_path / "r"), "--max-iters", "1", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "newer")
