@@ -1,0 +1,142 @@
+"""Benchmark gpt-prepare against `xz -dc` on the same corpus, measured in the same run.
+
+    python bench/prepare_bench.py CORPUS [--copies N] [--workers 2] [--out FOLDER]
+
+`xz -dc` over every .xz file of the corpus on one core is the floor: decompression is
+the part no reader can skip. gpt-prepare then runs as a user runs it (a subprocess, with
+`--workers`), while /proc is polled for the resident memory of its main process and of its
+workers; the kernel's own peak for the whole process tree comes from wait4(). With
+`--copies N` the corpus is first copied N times into a temporary folder (each copy in its
+own subfolder), so a small sample becomes a realistic size. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def build_copies(corpus: Path, copies: int, into: Path) -> Path:
+    for i in range(copies):
+        shutil.copytree(corpus, into / f"copy{i:03d}")
+    return into
+
+
+def time_xz(corpus: Path) -> float:
+    files = sorted(str(p) for p in corpus.rglob("*.xz"))
+    if not files:
+        raise SystemExit(f"prepare_bench: no .xz files under {corpus}")
+    t0 = time.perf_counter()
+    subprocess.run(["xz", "-dc", "--threads=1", *files], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_MB
+    except (OSError, IndexError, ValueError):
+        return 0.0  # the process is gone
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+class MemoryPoller(threading.Thread):
+    """Samples the resident memory of a process and of its children every few milliseconds."""
+
+    def __init__(self, pid: int, interval: float = 0.01):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.main_mb = self.worker_mb = self.total_mb = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            main = rss_mb(self.pid)
+            workers = [rss_mb(c) for c in children(self.pid)]
+            self.main_mb = max(self.main_mb, main)
+            self.worker_mb = max([self.worker_mb, *workers])
+            self.total_mb = max(self.total_mb, main + sum(workers))
+            time.sleep(self.interval)
+
+
+def run_prepare(corpus: Path, out: Path, workers: int) -> dict:
+    cmd = [sys.executable, "-m", "data_prep.cli", str(corpus), "--out", str(out), "--force", "--quiet", "--workers", str(workers)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    poller = MemoryPoller(proc.pid)
+    poller.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    poller.stop.set()
+    poller.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"prepare_bench: gpt-prepare failed ({proc.returncode}):\n{stderr}")
+    text_mb = float(re.search(r"([\d.]+) MB of text in", stdout).group(1))
+    return {
+        "seconds": seconds,
+        "text_mb": text_mb,
+        "peak_rss_mb": {
+            "main": round(poller.main_mb, 1),
+            "worker": round(poller.worker_mb, 1),
+            "all_processes": round(poller.total_mb, 1),
+            "largest_process_kernel": round(usage.ru_maxrss / 1e3, 1),  # ru_maxrss is in KiB
+        },
+    }
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu_model": model, "python": sys.version.split()[0]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("corpus", type=Path)
+    p.add_argument("--copies", type=int, default=1, help="copies of the corpus to prepare together (default: 1)")
+    p.add_argument("--workers", type=int, default=2, help="gpt-prepare --workers (default: 2)")
+    p.add_argument("--out", type=Path, help="keep the prepared folder here (default: a temporary folder, removed)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="prepare_bench-") as tmp:
+        corpus = build_copies(args.corpus, args.copies, Path(tmp) / "corpus") if args.copies > 1 else args.corpus
+        xz_seconds = time_xz(corpus)
+        result = run_prepare(corpus, args.out or Path(tmp) / "data", args.workers)
+    print(json.dumps({
+        "corpus": str(args.corpus),
+        "copies": args.copies,
+        "workers": args.workers,
+        "text_mb": result["text_mb"],
+        "mb_per_s": round(result["text_mb"] / result["seconds"], 1),
+        "seconds": round(result["seconds"], 2),
+        "xz_seconds": round(xz_seconds, 2),
+        "ratio": round(result["seconds"] / xz_seconds, 2),
+        "peak_rss_mb": result["peak_rss_mb"],
+        "machine": machine(),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
