@@ -125,6 +125,7 @@ class TrainResult:
     best_val_loss: float | None
     stopped_by: str  # "max_iters", "max_time", "signal SIGINT"/"signal SIGTERM", "request"
     history: list = field(default_factory=list)  # (step, train loss) of every step
+    model: torch.nn.Module | None = None  # the trained model (this rank's copy)
 
 
 class StopFlag:
@@ -424,7 +425,7 @@ class Trainer:
             stop.restore()
             if metrics:
                 metrics.close()
-        return TrainResult(self.run_dir, self.step, self.tokens, val_loss, None if math.isinf(self.best_val) else self.best_val, stopped_by, history)
+        return TrainResult(self.run_dir, self.step, self.tokens, val_loss, None if math.isinf(self.best_val) else self.best_val, stopped_by, history, self.model)
 
     def record_eval(self, write, history, bar) -> float:
         val_loss = self.evaluate()

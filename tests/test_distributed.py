@@ -1,0 +1,63 @@
+"""Data-parallel training under torchrun with gloo on CPU (2 processes)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt import checkpoint as ck
+from gpt.train import train
+from train_support import ROOT, TINY_MODEL, prepared
+
+WORKER = ROOT / "tests" / "ddp_worker.py"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared(tmp_path_factory.mktemp("ddp"))
+
+
+def torchrun(nproc: int, out, mode: str, options: dict) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER), str(out), mode, json.dumps(options)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def weights(folder, rank):
+    return torch.load(folder / f"rank{rank}.pt", weights_only=True)
+
+
+def test_two_processes_train_and_end_with_identical_weights(data, tmp_path):
+    options = {**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 40}
+    torchrun(2, tmp_path / "dump", "sampled", options)
+    w0, w1 = weights(tmp_path / "dump", 0), weights(tmp_path / "dump", 1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    losses0 = json.loads((tmp_path / "dump" / "rank0.losses").read_text())
+    losses1 = json.loads((tmp_path / "dump" / "rank1.losses").read_text())
+    assert losses0 != losses1  # each rank drew its own batches
+    assert sum(losses0[-5:]) / 5 < 0.7 * losses0[0]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch"] == 2 * TINY_MODEL["batch_size"]
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_ranks_at_batch_b_equal_one_process_at_batch_2b(data, tmp_path, grad_accum):
+    base = {**TINY_MODEL, "data": str(data), "device": "cpu", "block_size": 16, "max_iters": 1, "warmup_iters": 0, "lr": 1e-2}
+    torchrun(2, tmp_path / "two", "fixed", {**base, "out": str(tmp_path / "r2"), "batch_size": 8 // grad_accum, "grad_accum": grad_accum})
+    torchrun(1, tmp_path / "one", "fixed", {**base, "out": str(tmp_path / "r1"), "batch_size": 16})
+    two, one = weights(tmp_path / "two", 0), weights(tmp_path / "one", 0)
+    assert all(torch.allclose(two[k], one[k], atol=1e-6) for k in one)
+
+
+def test_run_written_by_two_processes_resumes_on_one(data, tmp_path):
+    options = {**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 20}
+    torchrun(2, tmp_path / "dump", "sampled", options)
+    state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert state["step"] == 20 and state["world_size"] == 2 and len(state["rank_states"]) == 2
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True, log=lambda s: None)
+    assert result.step == 30 and result.val_loss < 3.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 1
