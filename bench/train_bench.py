@@ -1,0 +1,92 @@
+"""Training benchmarks on CPU, printed as JSON.
+
+    python bench/train_bench.py [--corpus tinyshakespeare.txt] [--quality-time 140] [--skip-quality]
+
+throughput: tokens/s of the 4-layer, 4-head, 128-channel model (context 64, batch 12), and
+its model FLOPs utilisation against this machine's fp32 matmul peak measured in the same
+run. quality: val loss after --quality-time seconds of `gpt-train --preset cpu-small`,
+with the loss curve. bigram: val loss of the bigram baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data_prep.prepare import PrepareOptions, prepare
+from gpt.config import ModelConfig
+from gpt.model import build_model, count_parameters, flops_per_token
+from gpt.train import train
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
+
+
+def matmul_peak(seconds: float = 3.0, n: int = 1024) -> float:
+    """fp32 GFLOP/s of large square matrix products on all torch threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def throughput(data: Path, tmp: Path, steps: int, compile_: bool) -> dict:
+    out = tmp / f"throughput-{'compiled' if compile_ else 'eager'}"
+    train("bench", {"data": str(data), "out": str(out), "device": "cpu", "max_iters": steps, "eval_interval": 10**9,
+                    "log_interval": 10, "progress": False, "compile": compile_}, log=lambda s: None)
+    logged = [r for r in metrics(out) if "tokens_per_s" in r]
+    steady = logged[len(logged) // 5 :]  # the first fifth: warm-up (and compilation)
+    tokens_per_s = sum(r["tokens_per_s"] for r in steady) / len(steady)
+    cfg = ModelConfig(vocab_size=json.loads((data / "meta.json").read_text())["vocab_size"], block_size=64, n_layer=4, n_head=4, n_embd=128)
+    n_params = count_parameters(build_model(cfg))
+    return {"tokens_per_s": round(tokens_per_s), "flops_per_token": flops_per_token(cfg, n_params), "params": n_params}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--quality-time", type=float, default=140)
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also measure throughput with torch.compile")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_:
+        tmp = Path(tmp_)
+        data = tmp / "data"
+        prepare([args.corpus], data, PrepareOptions(workers=1, progress=False))
+        peak = matmul_peak()
+        result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                              "torch": torch.__version__, "fp32_matmul_peak_gflops": round(peak, 1)}}
+        for compile_ in ([False, True] if args.compile else [False]):
+            t = throughput(data, tmp, args.steps, compile_)
+            t["mfu"] = round(t["tokens_per_s"] * t["flops_per_token"] / (peak * 1e9), 3)
+            t["vs_reference_12k_tokens_per_s"] = round(t["tokens_per_s"] / 12000, 2)
+            result["throughput_compiled" if compile_ else "throughput"] = t
+        bigram = train("bigram", {"data": str(data), "out": str(tmp / "bigram"), "device": "cpu", "progress": False}, log=lambda s: None)
+        result["bigram"] = {"val_loss": round(bigram.val_loss, 4), "steps": bigram.step}
+        if not args.skip_quality:
+            t0 = time.perf_counter()
+            run = train("cpu-small", {"data": str(data), "out": str(tmp / "quality"), "device": "cpu", "max_time": args.quality_time,
+                                       "progress": False}, log=lambda s: None)
+            curve = [(r["step"], round(r["elapsed"], 1), round(r["val_loss"], 4)) for r in metrics(tmp / "quality") if "val_loss" in r]
+            result["quality"] = {"preset": "cpu-small", "max_time_s": args.quality_time, "wall_s": round(time.perf_counter() - t0, 1),
+                                 "steps": run.step, "val_loss": round(run.val_loss, 4), "target": 1.75, "reached": run.val_loss <= 1.75,
+                                 "reference_val_loss_at_140s": 1.886, "curve_step_elapsed_valloss": curve}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
