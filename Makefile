@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/gpt-prepare $(CORPUS) --out $(DEMO)/data --force
+	@echo "gpt-prepare $(if $(filter $(origin CORPUS),file),<the Python standard library's *.py files>,$(CORPUS)) --out $(DEMO)/data --force"
+	@$(VENV)/bin/gpt-prepare $(CORPUS) --out $(DEMO)/data --force
 	$(VENV)/bin/gpt-train --data $(DEMO)/data --out $(DEMO)/run --preset cpu-small --max-time $(DEMO_TIME) --overwrite
 	$(VENV)/bin/gpt-sample --ckpt $(DEMO)/run --max-new-tokens 300 --prompt "def "
 
