@@ -20,7 +20,7 @@ import torch
 
 from data_prep import CharTokenizer, DataError
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from .device import autocast, resolve_device, resolve_dtype
 from .kv_cache import KVCache
 
@@ -41,7 +41,8 @@ class SamplingOptions:
     use_kv_cache: bool = True
     slide: int | None = None  # tokens the window jumps when it moves; None: block_size // 4
 
-    def validate(self, block_size: int) -> None:
+    def validate(self, block_size: int | None = None) -> None:
+        """Raise GenerationError for a bad value; --slide is checked against block_size once known."""
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise GenerationError(f"--temperature must be a number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -50,8 +51,8 @@ class SamplingOptions:
             raise GenerationError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 0:
             raise GenerationError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
-        if self.slide is not None and not 1 <= self.slide <= block_size:
-            raise GenerationError(f"--slide must be between 1 and the model's context ({block_size}), got {self.slide}")
+        if self.slide is not None and not 1 <= self.slide <= (block_size or self.slide):
+            raise GenerationError(f"--slide must be between 1 and the model's context ({block_size or 'its length'}), got {self.slide}")
 
     def window_slide(self, block_size: int) -> int:
         return self.slide if self.slide is not None else max(1, block_size // 4)
@@ -94,7 +95,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         # so the most likely token always stays
         drop_ranked = probs.cumsum(-1) - probs >= top_p
         logits = logits.masked_fill(drop_ranked.scatter(-1, order, drop_ranked), -math.inf)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    try:
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    except RuntimeError as e:  # it checks its input: only inf or nan logits get here
+        raise GenerationError(f"the model's next-token probabilities are not finite numbers ({e})") from None
 
 
 class StopText:
@@ -170,7 +174,12 @@ class Generator:
         under ./checkpoints). Raises CheckpointError or DeviceError for the user to read."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        model, tokenizer = model_from_checkpoint(load_checkpoint(resolve_checkpoint(path)), dev)
+        ckpt = resolve_checkpoint(path)
+        model, tokenizer = model_from_checkpoint(load_checkpoint(ckpt), dev)
+        # torch.load does not verify the stored tensors' checksums, so damaged bytes inside a
+        # well-formed file load silently; non-finite weights are the visible sign
+        if not all(bool(t.isfinite().all()) for t in model.state_dict().values() if t.is_floating_point()):
+            raise CheckpointError(f"{ckpt} has weights that are not finite numbers (the file is damaged, or its training diverged)")
         return cls(model, tokenizer, dev, dt)
 
     def encode_prompt(self, prompt: str) -> list[int]:

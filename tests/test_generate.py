@@ -2,6 +2,7 @@
 on small models trained for a few dozen steps so that their predictions are not uniform."""
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from pathlib import Path
@@ -53,16 +54,30 @@ def write_checkpoint(run_dir: Path, model, tok: CharTokenizer, cfg: ModelConfig)
     return path
 
 
-@pytest.fixture(scope="module", params=["rope", "learned"])
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Models this small run fastest on one thread, and do not slow to a crawl when other
+    processes hold the cores (OpenMP threads waiting on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def trained_generator(pos: str) -> Generator:
+    model, tok, _cfg = train_tiny_model(pos=pos)
+    return Generator(model, tok, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(params=["rope", "learned"])
 def generator(request) -> Generator:
-    model, tok, _cfg = train_tiny_model(pos=request.param)
-    return Generator(model, tok, torch.device("cpu"), torch.float32)
+    return trained_generator(request.param)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def rope_generator() -> Generator:
-    model, tok, _cfg = train_tiny_model(pos="rope")
-    return Generator(model, tok, torch.device("cpu"), torch.float32)
+    return trained_generator("rope")
 
 
 def all_tokens(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int = 1) -> list[list[int]]:

@@ -1,0 +1,141 @@
+"""`gpt-sample`: sample text from a trained checkpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .device import DeviceError
+from .generate import GenerationError, Generator, SamplingOptions
+
+EPILOG = """
+output: with one sample, the prompt and then the text are printed as they are generated
+(whole characters only; text that could be the start of a --stop string is held back until
+it is clear). With --num-samples N > 1 the samples are generated together in one batch and
+printed, in order, when the batch is done, each after a line '--- sample i of N ---'.
+
+stopping: a sample ends at the end-of-text token (unless --ignore-eot), just before the
+first --stop string in its generated text, or after --max-new-tokens tokens.
+
+context: generation can run past the model's context. The model sees at most its context
+length of the most recent tokens; when that fills up the window jumps forward by --slide
+tokens and the KV cache is rebuilt from the tokens still in it (--slide 1 always keeps
+exactly the most recent context-length tokens, at the cost of a rebuild per token).
+
+examples:
+  gpt-sample --prompt "ROMEO:"                       newest run under ./checkpoints
+  gpt-sample --ckpt checkpoints/run1 --num-samples 4 --max-new-tokens 200 --seed 1
+  echo "First Citizen:" | gpt-sample --prompt-file - --temperature 0 --stop '\\n\\n'
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(prog="gpt-sample", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = SamplingOptions()
+    p.add_argument("--ckpt", help="a run folder (its best checkpoint) or a checkpoint file (default: the newest run under ./checkpoints)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default="", help="text to continue; empty (the default) samples unconditionally, from the end-of-text token")
+    src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 file ('-': standard input)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="most tokens to generate per sample (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples to generate together in one batch (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed and options give the same output (default: a fresh one each run)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="below 1 is more conservative, above 1 more random; 0 always picks the most likely token (default: %(default)s)")
+    p.add_argument("--top-k", type=int, help="sample only from the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: only from the fewest most likely tokens whose probability adds up to p, in (0, 1]")
+    p.add_argument("--stop", action="append", default=[], metavar="STRING", help="end a sample just before this text (repeatable; backslash escapes such as \\n and \\t are understood)")
+    p.add_argument("--ignore-eot", action="store_true", help="go on past the end-of-text token (it is shown as <|endoftext|>)")
+    p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt before it")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (default: %(default)s)")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context for every token (slow; for checking the cache)")
+    p.add_argument("--slide", type=int, help="tokens the context window jumps forward when it is full (default: a quarter of the context)")
+    return p
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes are reported like every other error: one line, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def unescape(text: str) -> str:
+    """Backslash escapes (\\n, \\t, \\\\, \\u00e9 ...) in a command-line string; other text as is."""
+    try:
+        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise GenerationError(f"--stop {text!r} has a malformed backslash escape") from None
+
+
+def read_prompt(args) -> str:
+    if args.prompt_file is None:
+        return args.prompt
+    name = "standard input" if args.prompt_file == "-" else args.prompt_file
+    try:
+        data = sys.stdin.buffer.read() if args.prompt_file == "-" else Path(args.prompt_file).read_bytes()
+    except OSError as e:
+        raise GenerationError(f"cannot read the prompt file {name}: {e.strerror or e}") from None
+    if not data:
+        raise GenerationError(f"the prompt file {name} is empty (for an unconditional sample, give no prompt)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GenerationError(f"the prompt file {name} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def sample(args) -> None:
+    options = SamplingOptions(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        stop=[unescape(s) for s in args.stop], stop_at_eot=not args.ignore_eot, seed=args.seed,
+        use_kv_cache=not args.no_kv_cache, slide=args.slide,
+    )
+    options.validate()
+    if args.num_samples < 1:
+        raise GenerationError(f"--num-samples must be at least 1, got {args.num_samples}")
+    prompt = read_prompt(args)
+    generator = Generator.load(args.ckpt, device=args.device, dtype=args.dtype)
+    options.validate(generator.block_size)
+    generator.encode_prompt(prompt)  # refuse a prompt that cannot be encoded before printing anything
+    out = sys.stdout
+    echo = "" if args.no_echo else prompt
+    if args.num_samples == 1:
+        out.write(echo)
+        out.flush()
+        for piece in generator.stream(prompt, options):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+    else:
+        for i, text in enumerate(generator.generate(prompt, options, args.num_samples), start=1):
+            out.write(f"--- sample {i} of {args.num_samples} ---\n{echo}{text}\n")
+    out.flush()
+
+
+def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gpt-sample: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = warning_line
+            sample(args)
+    except (CheckpointError, DeviceError, GenerationError) as e:
+        print(f"gpt-sample: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader (e.g. `head`) went away: stop quietly, and keep Python from complaining
+        # again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
