@@ -304,7 +304,8 @@ def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
 
     def flush(split: str) -> None:
         if pieces[split]:
-            ids = tok.encode_codepoints(np.concatenate(pieces[split]), eots[split])
+            cps = pieces[split][0] if len(pieces[split]) == 1 else np.concatenate(pieces[split])
+            ids = tok.encode_codepoints(cps, eots[split], dtype=writers[split].dtype)
             writers[split].write_at(offsets[split], ids)
             offsets[split] += len(ids)
         pieces[split], eots[split], pending[split] = [], [], 0

@@ -93,7 +93,7 @@ class SplitWriter:
             n = min(len(data), self.sizes[shard] - local)
             fd = os.open(self.paths[shard], os.O_WRONLY)
             try:
-                os.pwrite(fd, data[:n].tobytes(), HEADER_SIZE + local * self.dtype.itemsize)
+                os.pwrite(fd, data[:n], HEADER_SIZE + local * self.dtype.itemsize)
             finally:
                 os.close(fd)
             data, offset = data[n:], offset + n

@@ -65,6 +65,7 @@ class CharTokenizer:
         size = int(cps.max()) + 2 if len(cps) else 1
         self._lut = np.full(size, -1, dtype=np.int32)
         self._lut[cps] = np.arange(len(cps), dtype=np.int32) + self.char_offset
+        self._luts: dict[np.dtype, np.ndarray] = {}  # the same table in narrower id types
         self._pieces: list[bytes] | None = None
 
     # -- sizes -------------------------------------------------------------------------
@@ -90,9 +91,22 @@ class CharTokenizer:
         """Encode `text` to an int32 id array; an end-of-text token follows each char offset in `eot_after`."""
         return self.encode_codepoints(codepoints(text), eot_after)
 
-    def encode_codepoints(self, cps: np.ndarray, eot_after: Sequence[int] = ()) -> np.ndarray:
-        ids = self._lut.take(cps, mode="clip")
-        missing = np.flatnonzero(ids < 0)
+    def _lookup_table(self, dtype: np.dtype | None) -> tuple[np.ndarray, int]:
+        """The code point -> id table in `dtype` (int32 when None) and its "outside" value.
+        An unsigned type whose largest value is no id marks outside characters with that
+        value, so ids never pass through a wider type."""
+        if dtype is None or np.dtype(dtype).kind != "u" or len(self) > np.iinfo(dtype).max:
+            return self._lut, -1
+        dtype = np.dtype(dtype)
+        if dtype not in self._luts:
+            self._luts[dtype] = self._lut.astype(dtype)  # -1 wraps to the type's largest value
+        return self._luts[dtype], int(np.iinfo(dtype).max)
+
+    def encode_codepoints(self, cps: np.ndarray, eot_after: Sequence[int] = (), dtype: np.dtype | None = None) -> np.ndarray:
+        """Ids of code points `cps` as int32, or as `dtype` (e.g. a shard's own id type)."""
+        lut, outside = self._lookup_table(dtype)
+        ids = lut.take(cps, mode="clip")
+        missing = np.flatnonzero(ids == outside)
         eots = np.asarray(eot_after, dtype=np.int64)
         if len(missing) and self.oov == "error":
             bad = sorted({chr(c) for c in cps[missing[:1000]].tolist()})
@@ -100,21 +114,26 @@ class CharTokenizer:
         if len(missing) and self.oov == "unk":
             ids[missing] = self.unk_id
         elif len(missing):
-            # byte fallback: make room after each missing character for the rest of its
-            # UTF-8 bytes, then write the bytes arithmetically; only missing characters are touched
+            # byte fallback: one insertion makes room after each missing character for the
+            # rest of its UTF-8 bytes (and places the end-of-text tokens, after those bytes
+            # where both fall at one place); then the bytes are written arithmetically
             mc = cps[missing].astype(np.int64)
             ml = utf8_length(mc)
             extra = np.concatenate(([0], np.cumsum(ml - 1)))
-            ids = np.insert(ids, np.repeat(missing + 1, ml - 1), 0)
-            start = missing + extra[:-1]
+            room = np.repeat(missing + 1, ml - 1)
+            values = np.zeros(len(room) + len(eots), ids.dtype)
+            values[len(room) :] = self.eot_id
+            ids = np.insert(ids, np.concatenate((room, eots)), values)
+            start = missing + extra[:-1] + np.searchsorted(eots, missing, "right")
             lead_mark = np.array([0, 0x00, 0xC0, 0xE0, 0xF0])[ml]
             ids[start] = (lead_mark | (mc >> (6 * (ml - 1)))) + self.byte_offset
             for k in range(1, 4):
                 sel = ml > k
                 ids[start[sel] + k] = (0x80 | ((mc[sel] >> (6 * (ml[sel] - 1 - k))) & 0x3F)) + self.byte_offset
-            if len(eots):
-                eots = eots + extra[np.searchsorted(missing, eots, "left")]
-        return np.insert(ids, eots, self.eot_id) if len(eots) else ids
+            eots = eots[:0]
+        if len(eots):
+            ids = np.insert(ids, eots, self.eot_id)
+        return ids if dtype is None or ids.dtype == dtype else ids.astype(dtype)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()

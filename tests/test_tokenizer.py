@@ -117,3 +117,18 @@ def test_build_vocab_leaves_room_for_byte_tokens_when_rare_or_val_only_character
     assert len(build_vocab(cps, counts, max_vocab=300, min_count=2, oov="byte")) == 300 - 1 - 256
     assert len(build_vocab(cps, counts, max_vocab=300, min_count=1, oov="byte", others_outside=True)) == 300 - 1 - 256
     assert len(build_vocab(cps, counts, max_vocab=300, min_count=1, oov="byte")) == 100
+
+
+@pytest.mark.parametrize("oov, n_chars", [("byte", 10), ("byte", 300), ("unk", 253), ("unk", 254)])
+def test_encoding_straight_to_a_narrow_id_type_gives_the_same_ids(oov, n_chars):
+    # ("unk", 254) makes exactly 256 ids: uint8 then has no spare value to mark unknown characters
+    rng = np.random.default_rng(0)
+    chars = [chr(0x100 + i) for i in range(n_chars)]
+    tok = CharTokenizer(chars=chars, oov=oov)
+    cps = rng.choice([ord(c) for c in chars] + [0x41, 0xE9, 0x6771, 0x1F642], size=5000).astype(np.uint32)
+    eots = np.sort(rng.choice(np.arange(1, 5001), size=300, replace=False))
+    wide = tok.encode_codepoints(cps, eots)
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if len(tok) <= np.iinfo(dtype).max + 1:
+            narrow = tok.encode_codepoints(cps, eots, dtype=dtype)
+            assert narrow.dtype == dtype and np.array_equal(narrow, wide)
