@@ -166,6 +166,19 @@ class Peekable:
             pass
 
 
+def content_head(stream: BinaryIO, n: int = 1 << 16, out: int = 1 << 12) -> bytes:
+    """Up to `out` leading bytes of the content, compression undone by decompressing only
+    that much of the first `n` bytes: a cheap look at what a file holds."""
+    data = stream.read(n)
+    for _ in range(MAX_NESTING):
+        kind = sniff_compression(data[:6])
+        if kind is None:
+            break
+        d = lzma.LZMADecompressor() if kind == "xz" else zlib.decompressobj(31) if kind == "gz" else bz2.BZ2Decompressor()
+        data = d.decompress(data, out)
+    return data[:out]
+
+
 def open_content(stream: BinaryIO) -> Peekable:
     """Undo any layers of compression: the returned stream yields the content itself."""
     s = Peekable(stream)
@@ -335,14 +348,16 @@ def is_dataset_file(path: Path) -> bool:
 
 def archive_of_archives(path: Path) -> bool:
     """True for a tar whose first file is itself compressed or a tar (the OpenWebText
-    release): such archives are split into one unit of work per member, in parallel."""
+    release): such archives are split into one unit of work per member, in parallel.
+    Only the first 4 KB of content are looked at (decompressing is what this costs, for
+    every input file): enough for a few entries before the first file."""
     try:
         with open(path, "rb") as f:
-            content = open_content(f)
-            if not is_tar(content.peek(512)):
-                return False
-            for _name, data in iter_tar(content):
-                return sniff_compression(data[:6]) is not None or is_tar(data[:512])
+            head = content_head(f)
+        if not is_tar(head[:512]):
+            return False
+        for _name, data in iter_tar(io.BytesIO(head), head=512):
+            return sniff_compression(data[:6]) is not None or is_tar(data[:512])
     except (*DECODE_ERRORS, SourceError):
         return False
     return False

@@ -38,7 +38,14 @@ def _checksum_ok(header: bytes) -> bool:
     return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
 
 
-def iter_tar(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+def _skip(stream: BinaryIO, n: int, what: str) -> None:
+    for done in range(0, n, 1 << 20):
+        _read_exact(stream, min(1 << 20, n - done), what)
+
+
+def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of each regular file; with `head`, only each file's first `head`
+    bytes (the rest is read past), which is enough to tell what a file is."""
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
@@ -51,21 +58,21 @@ def iter_tar(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             raise TarError("corrupt tar archive (header checksum mismatch)")
         kind = header[156:157]
         size = int(pax.get("size", _number(header[124:136])))
-        data = _read_exact(stream, size, "a member") if size else b""
-        padding = -size % BLOCK
-        if padding:
-            _read_exact(stream, padding, "member padding")
-        if kind == b"L":
-            long_name = data.rstrip(b"\0").decode("utf-8", "replace")
-            continue
-        if kind in (b"x", b"g"):
-            if kind == b"x":
+        padded = size + -size % BLOCK
+        if kind in (b"L", b"x", b"g"):  # metadata about the next entry (or, "g", all of them)
+            data = _read_exact(stream, padded, "a member")[:size]
+            if kind == b"L":
+                long_name = data.rstrip(b"\0").decode("utf-8", "replace")
+            elif kind == b"x":
                 pax = _parse_pax(data)
             continue
         name = pax.get("path") or long_name or _header_name(header)
         long_name, pax = None, {}
+        read = 0
         if kind in (b"0", b"\0", b"7"):
-            yield name, data
+            read = size if head is None else min(size, head)
+            yield name, _read_exact(stream, read, "a member")
+        _skip(stream, padded - read, "a member")
 
 
 def _header_name(header: bytes) -> str:

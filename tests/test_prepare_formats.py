@@ -149,3 +149,13 @@ def test_pax_archives_with_long_unicode_names_and_folder_entries_yield_their_fil
     (tmp_path / "pax.tar").write_bytes(raw)
     _, data = prepare_data(tmp_path / "pax.tar")
     assert whole_documents(data) == sorted(texts)
+
+
+def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive():
+    import io
+
+    from data_prep.tar import iter_tar
+
+    raw = tar_bytes([("a.bin", b"A" * 3000), ("b.txt", b"short"), ("c.bin", b"C" * 70000)], folders=("d",))
+    assert list(iter_tar(io.BytesIO(raw), head=512)) == [("a.bin", b"A" * 512), ("b.txt", b"short"), ("c.bin", b"C" * 512)]
+    assert list(iter_tar(io.BytesIO(raw))) == [("a.bin", b"A" * 3000), ("b.txt", b"short"), ("c.bin", b"C" * 70000)]
