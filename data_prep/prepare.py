@@ -10,13 +10,15 @@ folder that is renamed into place only when complete.
 """
 from __future__ import annotations
 
-import zlib
 import json
 import os
 import shutil
 import time
+import zlib
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -151,18 +153,18 @@ class ScratchWriter:
         if not self.texts:
             return
         cps = codepoints("".join(self.texts))
-        lengths = np.fromiter(map(len, self.texts), np.int64, len(self.texts))
-        ends = np.cumsum(lengths)
-        val = np.empty(len(self.texts), bool)
-        for i, (new, end, n) in enumerate(zip(self.new_doc, ends.tolist(), lengths.tolist())):
+        val_parts, end = [], 0
+        for text, new in zip(self.texts, self.new_doc):
+            start, end = end, end + len(text)
             if new:
-                self.docs_val.append(val_hash(cps[end - n : end], self.val_fraction))
-            val[i] = self.docs_val[-1]
-        self.all_counts = add_counts(self.all_counts, np.bincount(cps))
-        if val.any():
-            self.val_counts = add_counts(self.val_counts, np.bincount(cps[np.repeat(val, lengths)]))
+                self.docs_val.append(val_hash(cps[start:end], self.val_fraction))
+            if self.docs_val[-1]:
+                val_parts.append(cps[start:end])
         stored = cps.astype(np.uint16) if int(cps.max()) < 0x10000 else cps
-        self.file.write(stored.tobytes())
+        self.all_counts = add_counts(self.all_counts, np.bincount(stored))
+        if val_parts:
+            self.val_counts = add_counts(self.val_counts, np.bincount(np.concatenate(val_parts)))
+        self.file.write(stored)
         self.batches.append((self.offset, len(cps), stored.itemsize))
         self.offset += stored.nbytes
         self.texts, self.new_doc, self.pending = [], [], 0
@@ -332,52 +334,73 @@ def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
 
 
 # -- orchestration ---------------------------------------------------------------------------
-def run_ordered(fn: Callable, jobs: Iterable, workers: int) -> Iterator:
-    """fn(job) for each job, results in job order, with few jobs in flight (archive
-    members read ahead of the workers stay bounded in memory)."""
-    if workers <= 1:
-        yield from map(fn, jobs)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: list[Future] = []
+GROUP_BYTES = 1 << 20  # pass-1 units go to a worker in groups of about this much input
+
+
+class Workers:
+    """Worker processes shared by both passes (none for one worker: jobs run here)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = ProcessPoolExecutor(max_workers=n) if n > 1 else None
+
+    def map(self, fn: Callable, jobs: Iterable) -> Iterator:
+        """fn(job) for each job, results in job order, with few jobs in flight (archive
+        members read ahead of the workers stay bounded in memory)."""
+        if self.pool is None:
+            yield from map(fn, jobs)
+            return
+        pending: deque[Future] = deque()
         for job in jobs:
-            pending.append(pool.submit(fn, job))
-            if len(pending) >= 2 * workers:
-                yield pending.pop(0).result()
-        for f in pending:
-            yield f.result()
+            pending.append(self.pool.submit(fn, job))
+            if len(pending) >= 2 * self.n:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def grouped(items: Iterable, size: Callable, limit: int) -> Iterator[list]:
+    """Consecutive items in groups of about `limit` by `size`: small units of work (an
+    archive member, a small file) would otherwise cost more in process hand-offs than in work."""
+    group, total = [], 0
+    for item in items:
+        group.append(item)
+        total += size(item)
+        if total >= limit:
+            yield group
+            group, total = [], 0
+    if group:
+        yield group
 
 
 class _Scan:  # picklable callables for the process pool
     def __init__(self, work: Path, opts: PrepareOptions):
         self.work, self.opts = work, opts
 
-    def __call__(self, unit: Unit) -> UnitResult:
-        return scan_unit(unit, self.work, self.opts)
+    def __call__(self, units: list[Unit]) -> list[UnitResult]:
+        return [scan_unit(unit, self.work, self.opts) for unit in units]
+
+
+@lru_cache(maxsize=1)
+def _tokenizer(spec: str) -> CharTokenizer:
+    return CharTokenizer.from_json(spec)  # once per worker process, not once per group
 
 
 class _Encode:
-    def __init__(self, tokenizer: dict, writers: dict):
-        self.tokenizer, self.writers = tokenizer, writers
+    def __init__(self, tokenizer: CharTokenizer, writers: dict):
+        self.tokenizer, self.writers = tokenizer.to_json(), writers
 
     def __call__(self, group: list[EncodeJob]) -> dict:
-        tok = CharTokenizer.from_dict(self.tokenizer)
+        tok = _tokenizer(self.tokenizer)
         made = [encode_unit(job, tok, self.writers) for job in group]
         return {s: sum(m[s] for m in made) for s in SPLITS}
-
-
-def grouped(jobs: list[EncodeJob], chars: int) -> Iterator[list[EncodeJob]]:
-    """Consecutive jobs in groups of about `chars` characters: small units (one archive
-    member each) would otherwise cost more in process hand-offs than in encoding."""
-    group, size = [], 0
-    for job in jobs:
-        group.append(job)
-        size += job.chars
-        if size >= chars:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
 
 
 def make_units(sources: list[src.Source], source_info: list[dict]) -> Iterator[Unit]:
@@ -413,7 +436,8 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "work").mkdir(parents=True)
     try:
-        summary = _prepare_into(sources, tmp, opts)
+        with Workers(opts.workers or os.cpu_count() or 1) as workers:
+            summary = _prepare_into(sources, tmp, opts, workers)
         shutil.rmtree(tmp / "work")
         _move_into_place(tmp, out)
     except BaseException:
@@ -433,7 +457,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_pass(sources: list[src.Source], work: Path, opts: PrepareOptions, workers: int) -> tuple[list[UnitResult], list[dict], list[str]]:
+def _read_pass(sources: list[src.Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[list[UnitResult], list[dict], list[str]]:
     warnings: list[str] = []
     source_info: list[dict] = []
     for s in sources:
@@ -445,7 +469,8 @@ def _read_pass(sources: list[src.Source], work: Path, opts: PrepareOptions, work
         source_info.append({"path": str(s.path), "bytes": size, "sha256": None, "documents": 0, "error": error})
     results: list[UnitResult] = []
     bar = tqdm(total=sum(i["bytes"] for i in source_info), unit="B", unit_scale=True, desc="reading", disable=not opts.progress, leave=False)
-    for r in run_ordered(_Scan(work, opts), make_units(sources, source_info), workers):
+    units = grouped(make_units(sources, source_info), lambda u: u.size, GROUP_BYTES)
+    for r in (r for group in workers.map(_Scan(work, opts), units) for r in group):
         bar.update(r.size)
         info = source_info[r.source]
         if r.error:
@@ -470,8 +495,7 @@ def _read_pass(sources: list[src.Source], work: Path, opts: PrepareOptions, work
     return results, source_info, warnings
 
 
-def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions) -> Summary:
-    workers = opts.workers or os.cpu_count() or 1
+def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions, workers: Workers) -> Summary:
     work = tmp / "work"
     results, source_info, warnings = _read_pass(sources, work, opts, workers)
     n_docs = sum(len(r.docs_chars) for r in results)
@@ -526,7 +550,7 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions) ->
     for w in writers.values():
         w.create()
     bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc="encoding", disable=not opts.progress, leave=False)
-    for produced in run_ordered(_Encode(tokenizer.to_dict(), writers), grouped(jobs, BATCH_CHARS), workers):
+    for produced in workers.map(_Encode(tokenizer, writers), grouped(jobs, lambda j: j.chars, BATCH_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
 
