@@ -279,7 +279,7 @@ def describe_error(name: str, e: BaseException) -> str:
 class EncodeJob:
     index: int
     scratch: ScratchReader
-    segments: list  # (split, characters) in order; an end-of-text token follows each
+    segments: tuple  # (in val?, characters) arrays, in order; an end-of-text token follows each
     offsets: dict  # split -> position of this unit's first token in the split
     expected: dict  # split -> tokens this unit must produce
 
@@ -288,14 +288,19 @@ class EncodeJob:
         return int(self.scratch.starts[-1])
 
 
-def document_segments(docs_chars: np.ndarray, docs_val: np.ndarray | None, tails: np.ndarray | None) -> list[tuple[str, int]]:
-    """Split by document (`docs_val`), or inside each document (`tails`: characters to val)."""
+def document_segments(docs_chars: np.ndarray, docs_val: np.ndarray | None, tails: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A unit's segments as (in val?, characters) arrays: its documents, split by document
+    (`docs_val`), or each split inside into a train head and a val tail (`tails`: characters
+    to val), empty parts left out."""
     if docs_val is not None:
-        return [("val" if v else "train", int(n)) for n, v in zip(docs_chars, docs_val)]
-    segments = []
-    for n, t in zip(docs_chars.tolist(), tails.tolist()):
-        segments += [s for s in (("train", n - t), ("val", t)) if s[1]]
-    return segments
+        return docs_val.astype(bool), docs_chars.astype(np.int64)
+    in_val = np.tile([False, True], len(docs_chars))
+    chars = np.stack([docs_chars - tails, tails], axis=1).ravel()
+    return in_val[chars > 0], chars[chars > 0]
+
+
+def segment_list(segments: tuple[np.ndarray, np.ndarray]) -> list[tuple[str, int]]:
+    return [(SPLITS[v], n) for v, n in zip(segments[0].tolist(), segments[1].tolist())]  # SPLITS[True] is "val"
 
 
 def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
@@ -314,7 +319,7 @@ def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
 
     blocks = job.scratch.blocks()
     block, pos = np.zeros(0, np.uint16), 0
-    for split, n in job.segments:
+    for split, n in segment_list(job.segments):
         while n:
             if pos == len(block):
                 block, pos = next(blocks), 0
@@ -540,7 +545,8 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions, wo
     # exact token counts per unit and split give each unit its place in the shards
     jobs, running, split_docs = [], {s: 0 for s in SPLITS}, {s: 0 for s in SPLITS}
     for r, counts, segments in zip(results, unit_counts, unit_segments):
-        n_seg = {s: sum(1 for sp, _ in segments if sp == s) for s in SPLITS}
+        n_val = int(np.count_nonzero(segments[0]))
+        n_seg = {"train": len(segments[0]) - n_val, "val": n_val}
         expected = {s: tokenizer.token_lengths(*counts[s]) + n_seg[s] for s in SPLITS}
         jobs.append(EncodeJob(r.index, scratch[r.index], segments, dict(running), expected))
         for s in SPLITS:
@@ -587,14 +593,14 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions, wo
     return Summary(out=tmp, meta=meta, seconds=0.0, text_bytes=text_bytes, warnings=warnings)
 
 
-def _recount_text_split(scratch: ScratchReader, r: UnitResult, segments: list[tuple[str, int]]) -> dict:
+def _recount_text_split(scratch: ScratchReader, r: UnitResult, segments: tuple[np.ndarray, np.ndarray]) -> dict:
     """Per-split counts when documents are split inside: count the val tails, subtract."""
     whole = np.zeros(N_CODEPOINTS, np.int64)
     for s in SPLITS:
         whole[r.counts[s][0]] += r.counts[s][1]
     val = np.zeros(0, np.int64)
     start = 0
-    for split, n in segments:
+    for split, n in segment_list(segments):
         if split == "val":
             for block in scratch.blocks(start, n):
                 val = add_counts(val, np.bincount(block))
