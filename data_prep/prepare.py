@@ -115,8 +115,11 @@ def add_counts(dense: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def sparse(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code points, counts) of the non-zero entries, in 32 bits where they fit: the main
+    process holds one pair per split and unit of work until pass 2."""
     nz = np.flatnonzero(dense)
-    return nz, dense[nz]
+    counts = dense[nz]
+    return nz.astype(np.uint32), counts.astype(np.uint32) if len(counts) and counts.max() < 2**32 else counts
 
 
 def val_hash(cps: np.ndarray, val_fraction: float) -> bool:
