@@ -130,7 +130,8 @@ def decompressor(stream: BinaryIO, kind: str) -> BinaryIO:
 
 
 def is_tar(head: bytes) -> bool:
-    return len(head) >= 262 and head[257:262] == b"ustar"
+    """Whether `head`, the start of some content, is a tar archive's first header."""
+    return head[257:262] == b"ustar"
 
 
 class Peekable:
@@ -264,10 +265,10 @@ def member_documents(data: bytes, name: str, stats: DecodeStats, strict: bool, d
     kind = sniff_compression(data[:6])
     if kind is not None:
         yield from member_documents(decompress_bytes(data, kind), name, stats, strict, depth + 1)
-    elif is_tar(data[:512]):
+    elif is_tar(data):
         for member, payload in iter_tar(io.BytesIO(data)):
             yield from member_documents(payload, f"{name}::{member}", stats, strict, depth + 1)
-    elif b"\x00" in data[:BINARY_PROBE]:
+    elif data.find(b"\x00", 0, BINARY_PROBE) >= 0:
         if strict:
             raise BinaryContent(f"{name}: binary content, not text")
         stats.skipped.append(f"{name}: binary content, not text")
