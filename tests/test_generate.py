@@ -304,6 +304,6 @@ def test_a_generator_loads_from_a_run_folder_and_samples_in_bf16(tmp_path):
     write_checkpoint(tmp_path / "run", model, tok, cfg)
     with pytest.warns(UserWarning, match="bf16 on CPU"):
         gen = Generator.load(tmp_path / "run", device="cpu", dtype="bf16")
-    assert gen.dtype == torch.bfloat16
+    assert gen.dtype == torch.bfloat16 and gen.model.head.weight.dtype == torch.bfloat16  # cast once, not autocast
     steps = all_tokens(gen, "the", SamplingOptions(max_new_tokens=40, seed=0, stop_at_eot=False), num_samples=2)
     assert len(steps) == 40 and all(len(s) == 2 for s in steps)

@@ -170,7 +170,8 @@ def test_stop_strings_understand_escapes_and_cut_the_output(sample_main):
 def test_a_slow_precision_on_cpu_is_a_one_line_warning(sample_main):
     status, out, err = sample_main("--prompt-file", "prompt.txt", "--device", "cpu", "--dtype", "bf16", "--max-new-tokens", "10", "--top-p", "0.9")
     assert status == 0 and out.startswith("to be")
-    assert err.splitlines() == ["gpt-sample: warning: bf16 on CPU is emulated on most processors and much slower than fp32"]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpt-sample: warning: bf16"), err
 
 
 def test_help_documents_streaming_and_how_samples_are_separated(sample_main):
