@@ -14,6 +14,7 @@ from data_prep import CharTokenizer
 from gpt.checkpoint import plain_state_dict, save_checkpoint
 from gpt.config import ModelConfig
 from gpt.generate import ContextWindow, GenerationError, Generator, SampleText, SamplingOptions, StopText, sample_next
+from gpt.kv_cache import KVCache
 from gpt.model import build_model
 
 DOCUMENTS = [
@@ -121,6 +122,16 @@ def test_cached_and_uncached_agree_for_every_slide_and_a_prompt_longer_than_the_
     opts = SamplingOptions(max_new_tokens=40, temperature=0.9, seed=3, slide=slide, stop_at_eot=False)
     uncached = SamplingOptions(**{**opts.__dict__, "use_kv_cache": False})
     assert all_tokens(rope_generator, prompt, opts) == all_tokens(rope_generator, prompt, uncached)
+
+
+def test_incremental_logits_equal_the_full_forward_to_float_precision(generator):
+    model = generator.model
+    x = torch.randint(0, model.config.vocab_size, (2, BLOCK), generator=torch.Generator().manual_seed(0))
+    cache = KVCache.for_model(model, 2, "cpu", torch.float32)
+    with torch.inference_mode():
+        full, _ = model(x)
+        steps = [model(x[:, :5], cache=cache)[0]] + [model(x[:, i : i + 1], cache=cache)[0] for i in range(5, BLOCK)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_cached_decoding_feeds_the_model_one_token_per_step_between_window_moves(rope_generator):
