@@ -344,6 +344,7 @@ def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
 
 # -- orchestration ---------------------------------------------------------------------------
 GROUP_BYTES = 1 << 20  # pass-1 units go to a worker in groups of about this much input
+GROUP_CHARS = 1 << 21  # and pass-2 units in groups of about this many characters (a short tail)
 
 
 class Workers:
@@ -560,7 +561,7 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions, wo
     for w in writers.values():
         w.create()
     bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc="encoding", disable=not opts.progress, leave=False)
-    for produced in workers.map(_Encode(tokenizer, writers), grouped(jobs, lambda j: j.chars, BATCH_CHARS)):
+    for produced in workers.map(_Encode(tokenizer, writers), grouped(jobs, lambda j: j.chars, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
 
