@@ -549,10 +549,11 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions, wo
 
     # exact token counts per unit and split give each unit its place in the shards
     jobs, running, split_docs = [], {s: 0 for s in SPLITS}, {s: 0 for s in SPLITS}
-    for r, counts, segments in zip(results, unit_counts, unit_segments):
+    char_tokens = {s: tokens_per_unit(tokenizer, [c[s] for c in unit_counts]) for s in SPLITS}
+    for i, (r, segments) in enumerate(zip(results, unit_segments)):
         n_val = int(np.count_nonzero(segments[0]))
         n_seg = {"train": len(segments[0]) - n_val, "val": n_val}
-        expected = {s: tokenizer.token_lengths(*counts[s]) + n_seg[s] for s in SPLITS}
+        expected = {s: int(char_tokens[s][i]) + n_seg[s] for s in SPLITS}
         jobs.append(EncodeJob(r.index, scratch[r.index], segments, dict(running), expected))
         for s in SPLITS:
             running[s] += expected[s]
@@ -596,6 +597,19 @@ def _prepare_into(sources: list[src.Source], tmp: Path, opts: PrepareOptions, wo
     all_cps = np.flatnonzero(total["train"] + total["val"])
     text_bytes = int(((total["train"] + total["val"])[all_cps] * utf8_length(all_cps)).sum())
     return Summary(out=tmp, meta=meta, seconds=0.0, text_bytes=text_bytes, warnings=warnings)
+
+
+def tokens_per_unit(tokenizer: CharTokenizer, counts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Tokens the characters of each unit encode to, given its (code points, counts): the
+    tokenizer's token_lengths for every unit in one go."""
+    sizes = np.array([len(cps) for cps, _ in counts], np.int64)
+    if not sizes.sum():
+        return np.zeros(len(counts), np.int64)
+    cps = np.concatenate([cps for cps, _ in counts])
+    n = np.concatenate([n for _, n in counts]).astype(np.int64)
+    running = np.concatenate(([0], np.cumsum(tokenizer.tokens_per_char(cps) * n)))
+    ends = np.cumsum(sizes)
+    return running[ends] - running[ends - sizes]
 
 
 def _recount_text_split(scratch: ScratchReader, r: UnitResult, segments: tuple[np.ndarray, np.ndarray]) -> dict:

@@ -167,7 +167,7 @@ class Peekable:
             pass
 
 
-def content_head(stream: BinaryIO, n: int = 1 << 16, out: int = 1 << 12) -> bytes:
+def content_head(stream: BinaryIO, n: int, out: int) -> bytes:
     """Up to `out` leading bytes of the content, compression undone by decompressing only
     that much of the first `n` bytes: a cheap look at what a file holds."""
     data = stream.read(n)
@@ -350,17 +350,20 @@ def is_dataset_file(path: Path) -> bool:
 def archive_of_archives(path: Path) -> bool:
     """True for a tar whose first file is itself compressed or a tar (the OpenWebText
     release): such archives are split into one unit of work per member, in parallel.
-    Only the first 4 KB of content are looked at (decompressing is what this costs, for
-    every input file): enough for a few entries before the first file."""
-    try:
-        with open(path, "rb") as f:
-            head = content_head(f)
-        if not is_tar(head[:512]):
+    It runs for every input file, so it decompresses only the first few KB of content."""
+    for out in (1 << 11, 1 << 16):  # most archives' first file starts within 2 KB
+        try:
+            with open(path, "rb") as f:
+                head = content_head(f, n=4 * out, out=out)
+            if not is_tar(head):
+                return False
+            for _name, data in iter_tar(io.BytesIO(head), head=512):
+                return sniff_compression(data[:6]) is not None or is_tar(data)
             return False
-        for _name, data in iter_tar(io.BytesIO(head), head=512):
-            return sniff_compression(data[:6]) is not None or is_tar(data[:512])
-    except (*DECODE_ERRORS, SourceError):
-        return False
+        except TarError:
+            continue  # the look ended among the entries before the first file: look further
+        except (*DECODE_ERRORS, SourceError):
+            return False
     return False
 
 

@@ -81,11 +81,14 @@ class CharTokenizer:
         return smallest_dtype(len(self))
 
     # -- encoding ------------------------------------------------------------------------
+    def tokens_per_char(self, cps: np.ndarray) -> np.ndarray:
+        """Tokens each of the characters `cps` encodes to: one, or its UTF-8 bytes."""
+        inside = self._lut.take(cps, mode="clip") >= 0
+        return np.where(inside | (self.oov != "byte"), 1, utf8_length(cps)).astype(np.int64)
+
     def token_lengths(self, cps: np.ndarray, counts: np.ndarray) -> int:
         """Tokens that characters `cps` occurring `counts` times encode to (for sizing)."""
-        inside = self._lut.take(cps, mode="clip") >= 0
-        per_char = np.where(inside | (self.oov != "byte"), 1, utf8_length(cps))
-        return int((per_char.astype(np.int64) * counts).sum())
+        return int((self.tokens_per_char(cps) * counts).sum())
 
     def encode_array(self, text: str, eot_after: Sequence[int] = ()) -> np.ndarray:
         """Encode `text` to an int32 id array; an end-of-text token follows each char offset in `eot_after`."""

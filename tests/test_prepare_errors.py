@@ -1,6 +1,7 @@
 """Bad input: what is skipped and counted, what fails (always, or under --strict), and
 that a failed run leaves the output folder as it was."""
 import os
+import tarfile
 
 import pytest
 
@@ -115,10 +116,13 @@ def test_a_corrupt_xz_file_fails_under_strict(owt_folder, prepare_data):
         prepare_data(owt_folder, strict=True)
 
 
-def test_a_corrupt_archive_inside_an_outer_tar_is_skipped_alone(tmp_path, owt_archives, prepare_data, whole_documents):
-    members = [(f"openwebtext/{name}", owt_archive_bytes(docs)) for name, docs in sorted(owt_archives.items())]
+@pytest.mark.parametrize("tar_format", ["gnu", "pax with long names"])
+def test_a_corrupt_archive_inside_an_outer_tar_is_skipped_alone(tmp_path, owt_archives, prepare_data, whole_documents, tar_format):
+    folder = "openwebtext" if tar_format == "gnu" else "openwebtext/" + "ünïcode-folder-name-" * 8
+    members = [(f"{folder}/{name}", owt_archive_bytes(docs)) for name, docs in sorted(owt_archives.items())]
     members[1] = (members[1][0], corrupt(members[1][1]))
-    (tmp_path / "openwebtext.tar").write_bytes(tar_bytes(members))
+    fmt = tarfile.GNU_FORMAT if tar_format == "gnu" else tarfile.PAX_FORMAT
+    (tmp_path / "openwebtext.tar").write_bytes(tar_bytes(members, format=fmt, folders=(folder,)))
     summary, data = prepare_data(tmp_path / "openwebtext.tar")
     assert data.meta["skipped"]["members"] == 1
     assert any("urlsf_subset00-2_data.xz" in w for w in summary.warnings)
