@@ -5,7 +5,7 @@
 
 The model is 6 layers, 6 heads, 384 channels, a 256-token context, 65 characters plus the
 end-of-text token and rotary positions (or whatever --ckpt holds). Each measurement
-generates --max-new-tokens tokens past a short prompt, going on past end-of-text, through
+generates --max-new-tokens tokens (after --prompt, if any), going on past end-of-text, through
 the same path `gpt-sample` uses (text decoding included). Prints one JSON object.
 
 The reference rate is 17 tokens/s: a well-known implementation without a cache took 28.9 s
@@ -33,7 +33,6 @@ from gpt.model import build_model, count_parameters  # noqa: E402
 REFERENCE_TOKENS_PER_S = 17.0  # 500 tokens in 28.9 s, no cache
 TARGET_TOKENS_PER_S = 850.0  # one sample, with the cache, on a 2-core CPU
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-PROMPT = "ROMEO:\n"
 
 
 def reference_generator(device: str, dtype: str) -> Generator:
@@ -45,12 +44,12 @@ def reference_generator(device: str, dtype: str) -> Generator:
     return Generator(build_model(cfg).to(dev).eval(), tok, dev, resolve_dtype(dtype, dev))
 
 
-def timed_run(gen: Generator, options: SamplingOptions, num_samples: int) -> dict:
+def timed_run(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int) -> dict:
     """One generation: total seconds, seconds to the first token, tokens per sample."""
     start = time.perf_counter()
     first = None
     steps = 0
-    for _pieces in gen.stream_samples(PROMPT, options, num_samples):
+    for _pieces in gen.stream_samples(prompt, options, num_samples):
         steps += 1
         if first is None:
             first = time.perf_counter() - start
@@ -59,8 +58,8 @@ def timed_run(gen: Generator, options: SamplingOptions, num_samples: int) -> dic
     return {"seconds": seconds, "first_token_s": first, "tokens_per_sample": steps}
 
 
-def measure(gen: Generator, options: SamplingOptions, num_samples: int, repeats: int) -> dict:
-    runs = [timed_run(gen, options, num_samples) for _ in range(repeats)]
+def measure(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int, repeats: int) -> dict:
+    runs = [timed_run(gen, prompt, options, num_samples) for _ in range(repeats)]
     best = min(runs, key=lambda r: r["seconds"])
     tokens = best["tokens_per_sample"] * num_samples
     return {
@@ -78,6 +77,7 @@ def measure(gen: Generator, options: SamplingOptions, num_samples: int, repeats:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="a run folder or checkpoint file to load instead of random weights")
+    p.add_argument("--prompt", default="", help="text to continue (default: none, generation starts from the end-of-text token)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--batch", type=int, default=8, help="samples generated together in the batched measurement (default: 8)")
     p.add_argument("--repeats", type=int, default=3, help="cached runs are repeated and the fastest kept; the uncached run is done once (default: 3)")
@@ -90,18 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     gen = Generator.load(args.ckpt, args.device, args.dtype) if args.ckpt else reference_generator(args.device, args.dtype)
     opts = SamplingOptions(max_new_tokens=args.max_new_tokens, stop_at_eot=False, seed=0)
-    timed_run(gen, SamplingOptions(max_new_tokens=20, stop_at_eot=False, seed=0), 1)  # warm up
-    results = {"cached_1": measure(gen, opts, 1, args.repeats)}
+    timed_run(gen, args.prompt, SamplingOptions(max_new_tokens=20, stop_at_eot=False, seed=0), 1)  # warm up
+    results = {"cached_1": measure(gen, args.prompt, opts, 1, args.repeats)}
     if not args.skip_uncached:
-        results["uncached_1"] = measure(gen, SamplingOptions(**{**opts.__dict__, "use_kv_cache": False}), 1, 1)
-    results[f"cached_{args.batch}"] = measure(gen, opts, args.batch, args.repeats)
+        results["uncached_1"] = measure(gen, args.prompt, SamplingOptions(**{**opts.__dict__, "use_kv_cache": False}), 1, 1)
+    results[f"cached_{args.batch}"] = measure(gen, args.prompt, opts, args.batch, args.repeats)
     cfg = gen.model.config
     report = {
         "model": {"weights": args.ckpt or "random", "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                   "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "pos": cfg.pos, "parameters": count_parameters(gen.model)},
         "device": str(gen.device), "dtype": str(gen.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "new_tokens": args.max_new_tokens, "prompt_tokens": len(gen.encode_prompt(PROMPT)),
+        "new_tokens": args.max_new_tokens, "prompt_tokens": len(gen.encode_prompt(args.prompt)),
         "reference_tokens_per_s": REFERENCE_TOKENS_PER_S, "target_tokens_per_s": TARGET_TOKENS_PER_S,
         "target_met": results["cached_1"]["tokens_per_s"] >= TARGET_TOKENS_PER_S,
         **results,

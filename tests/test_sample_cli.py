@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def workdir(tmp_path_factory) -> Path:
     untrained, _, _ = train_tiny_model(steps=0)
     old = write_checkpoint(root / "checkpoints" / "old", untrained, tok, cfg)
     save_checkpoint(old.parent / "latest.pt", {"model_config": cfg.to_dict(), "model": plain_state_dict(untrained), "tokenizer": tok.to_json()})
-    time.sleep(0.05)  # runs are ordered by their latest.pt's modification time
+    os.utime(old.parent / "latest.pt", (1_000_000_000, 1_000_000_000))  # runs are ordered by their latest.pt's time
     write_checkpoint(root / "checkpoints" / "new", model, tok, cfg)
     save_checkpoint(root / "checkpoints" / "new" / "latest.pt", {"model_config": cfg.to_dict(), "model": plain_state_dict(untrained), "tokenizer": tok.to_json()})
 
