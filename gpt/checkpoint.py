@@ -74,6 +74,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
+        raise CheckpointError(f"{path} is not a checkpoint, or it is truncated or corrupt (not a torch zip archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -123,6 +125,10 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, C
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"checkpoint weights do not match its model config ({str(e).splitlines()[0]})") from None
+    # torch.load does not verify stored checksums: damaged bytes inside a well-formed file
+    # load silently, and non-finite weights are their visible sign
+    if not all(bool(t.isfinite().all()) for t in state["model"].values() if t.is_floating_point()):
+        raise CheckpointError("checkpoint has weights that are not finite numbers (the file is damaged, or its training diverged)")
     return model.to(device).eval(), tokenizer
 
 

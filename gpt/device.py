@@ -49,7 +49,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise DeviceError(f"unknown dtype {name!r} (use auto, fp32, bf16 or fp16)")
     dtype = DTYPES[name]
     if device.type == "cpu" and dtype != torch.float32:
-        warnings.warn(f"{name} on CPU is emulated on most processors and much slower than fp32", stacklevel=2)
+        warnings.warn(f"{name} on CPU: matrix products without native support run much slower than fp32 when training", stacklevel=2)
     return dtype
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -33,6 +32,8 @@ from .distributed import Dist, init_distributed
 from .model import build_model, count_parameters
 from .optim import learning_rate, make_optimizer
 from .presets import PRESETS, default_preset
+from .rng import rng_state, set_rng_state
+from .signals import StopFlag
 
 
 class TrainError(Exception):
@@ -126,53 +127,6 @@ class TrainResult:
     stopped_by: str  # "max_iters", "max_time", "signal SIGINT"/"signal SIGTERM", "request"
     history: list = field(default_factory=list)  # (step, train loss) of every step
     model: torch.nn.Module | None = None  # the trained model (this rank's copy)
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it at step boundaries."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def install(self) -> None:
-        if hasattr(signal, "SIGTERM") and threading_main():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # a second Ctrl-C: the user really wants out now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def restore(self) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(s: dict) -> None:
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in s["python"]))
-    n = s["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -12,7 +12,8 @@ import torch
 
 from gpt import checkpoint as ck
 from gpt.train import NonFiniteLoss, Trainer, TrainError, train
-from train_support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli
+from data_prep.prepare import PrepareOptions, prepare
+from train_support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +139,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
 
 def test_resume_with_other_vocabulary_or_shape_is_refused(data, tmp_path):
     train(overrides=opts(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
-    other = prepared(tmp_path / "other", n_docs=120, seed=3)
-    (tmp_path / "other" / "corpus" / "extra.txt").write_text("ZQXJ")  # not used: other data already prepared
-    import data_prep.prepare as dp
-
-    dp.prepare([tmp_path / "other" / "corpus"], tmp_path / "other2", dp.PrepareOptions(workers=1, progress=False))
+    other = write_corpus(tmp_path / "other")
+    (other / "extra.txt").write_text("ZQXJ vocabulary the first corpus never had\n", encoding="utf-8")
+    prepare([other], tmp_path / "other-data", PrepareOptions(workers=1, progress=False))
     with pytest.raises(TrainError, match="different vocabulary"):
-        train(overrides={"out": str(tmp_path / "run"), "data": str(tmp_path / "other2"), "progress": False}, resume=True, log=lambda s: None)
+        train(overrides={"out": str(tmp_path / "run"), "data": str(tmp_path / "other-data"), "progress": False}, resume=True, log=lambda s: None)
     with pytest.raises(TrainError, match="--n-layer"):
         train(overrides={"out": str(tmp_path / "run"), "n_layer": 3, "progress": False}, resume=True, log=lambda s: None)
 
