@@ -75,7 +75,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
-        raise CheckpointError(f"{path} is not a checkpoint, or it is truncated or corrupt (not a torch zip archive)")
+        raise CheckpointError(f"{path} is corrupt or truncated, or not a checkpoint at all (it is not a complete torch archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
