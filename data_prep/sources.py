@@ -25,6 +25,7 @@ from .errors import DataError
 from .tar import TarError, iter_tar
 
 CHUNK_BYTES = 1 << 22  # text is decoded and handed on in pieces of this many bytes
+STREAM_BUFFER = 1 << 20  # decompressed content is read ahead this far
 BINARY_PROBE = 8192  # a NUL byte in this many leading bytes marks a file as binary
 MAX_NESTING = 4
 JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
@@ -123,10 +124,14 @@ def sniff_compression(head: bytes) -> str | None:
 
 def decompressor(stream: BinaryIO, kind: str) -> BinaryIO:
     if kind == "xz":
-        return lzma.LZMAFile(stream)
-    if kind == "gz":
-        return gzip.GzipFile(fileobj=stream)
-    return bz2.BZ2File(stream)
+        f = lzma.LZMAFile(stream)
+    elif kind == "gz":
+        f = gzip.GzipFile(fileobj=stream)
+    else:
+        f = bz2.BZ2File(stream)
+    # the files buffer 8 KB at a time through Python code; a larger buffer in front means
+    # fewer, larger refills for the many small reads of a tar walk
+    return io.BufferedReader(f, buffer_size=STREAM_BUFFER)
 
 
 def is_tar(head: bytes) -> bool:
@@ -141,6 +146,7 @@ class Peekable:
         self.stream, self.buffer = stream, b""
 
     def peek(self, n: int) -> bytes:
+        self.__dict__.pop("read", None)  # reads go through the buffer again (see read)
         while len(self.buffer) < n:
             more = self.stream.read(n - len(self.buffer))
             if not more:
@@ -149,15 +155,16 @@ class Peekable:
         return self.buffer[:n]
 
     def read(self, n: int = -1) -> bytes:
-        if self.buffer:
-            if n < 0:
-                data, self.buffer = self.buffer + self.stream.read(), b""
-                return data
-            data, self.buffer = self.buffer[:n], self.buffer[n:]
-            if len(data) < n:
-                data += self.stream.read(n - len(data))
+        if not self.buffer:
+            self.read = self.stream.read  # nothing held back: later reads skip this layer
+            return self.stream.read(n)
+        if n < 0:
+            data, self.buffer = self.buffer + self.stream.read(), b""
             return data
-        return self.stream.read(n)
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        if len(data) < n:
+            data += self.stream.read(n - len(data))
+        return data
 
     def readable(self) -> bool:
         return True

@@ -39,8 +39,11 @@ def _checksum_ok(header: bytes) -> bool:
 
 
 def _skip(stream: BinaryIO, n: int, what: str) -> None:
-    for done in range(0, n, 1 << 20):
-        _read_exact(stream, min(1 << 20, n - done), what)
+    while n > 1 << 20:
+        _read_exact(stream, 1 << 20, what)
+        n -= 1 << 20
+    if n:
+        _read_exact(stream, n, what)
 
 
 def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, bytes]]:

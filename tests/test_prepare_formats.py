@@ -159,3 +159,16 @@ def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive(
     raw = tar_bytes([("a.bin", b"A" * 3000), ("b.txt", b"short"), ("c.bin", b"C" * 70000)], folders=("d",))
     assert list(iter_tar(io.BytesIO(raw), head=512)) == [("a.bin", b"A" * 512), ("b.txt", b"short"), ("c.bin", b"C" * 512)]
     assert list(iter_tar(io.BytesIO(raw))) == [("a.bin", b"A" * 3000), ("b.txt", b"short"), ("c.bin", b"C" * 70000)]
+
+
+def test_a_peeked_stream_gives_back_every_byte_once():
+    import io
+
+    from data_prep.sources import Peekable
+
+    s = Peekable(io.BytesIO(bytes(range(200))))
+    assert s.peek(10) == bytes(range(10))
+    assert s.read(4) == bytes(range(4)) and s.read(10) == bytes(range(4, 14))
+    assert s.read(50) == bytes(range(14, 64))
+    assert s.peek(3) == bytes(range(64, 67))
+    assert s.read() == bytes(range(64, 200)) and s.read(5) == b""
