@@ -1,13 +1,15 @@
 """Benchmark gpt-prepare against `xz -dc` on the same corpus, measured in the same run.
 
-    python bench/prepare_bench.py CORPUS [--copies N] [--workers 2] [--out FOLDER]
+    python bench/prepare_bench.py CORPUS [--copies N] [--workers 2] [--repeat R] [--out FOLDER]
 
 `xz -dc` over every .xz file of the corpus on one core is the floor: decompression is
 the part no reader can skip. gpt-prepare then runs as a user runs it (a subprocess, with
 `--workers`), while /proc is polled for the resident memory of its main process and of its
-workers; the kernel's own peak for the whole process tree comes from wait4(). With
-`--copies N` the corpus is first copied N times into a temporary folder (each copy in its
-own subfolder), so a small sample becomes a realistic size. Prints one JSON object.
+workers; wait4() adds the kernel's peak for the largest process of the tree and the CPU
+seconds of all of them. With `--copies N` the corpus is first copied N times into a
+temporary folder (each copy in its own subfolder), so a small sample becomes a realistic
+size. Prints one JSON object. On a shared machine the timings are only as good as its
+quiet: the load average at the start is reported, and --repeat keeps the fastest runs.
 """
 from __future__ import annotations
 
