@@ -6,7 +6,7 @@ import torch
 
 from gpt.config import ConfigError, ModelConfig
 from gpt.kv_cache import KVCache
-from gpt.model import apply_rope, build_model, count_parameters, rope_tables
+from gpt.model import apply_rope, build_model, count_parameters, rope_matrix, rope_tables
 
 
 def small(pos="rope", **kw):
@@ -49,9 +49,20 @@ def test_rope_attention_scores_depend_only_on_relative_position():
     assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-6)
 
 
-@pytest.mark.parametrize("pos", ["rope", "learned"])
-def test_incremental_decoding_with_cache_matches_full_forward(pos):
-    model = small(pos)
+def test_rope_matrix_rotates_exactly_as_apply_rope():
+    torch.manual_seed(2)
+    x = torch.randn(3, 2, 1, 8, dtype=torch.float64)
+    cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float64)
+    torch.testing.assert_close(x @ rope_matrix(cos[0], sin[0]), apply_rope(x, cos, sin))
+
+
+@pytest.mark.parametrize("pos,bias", [("rope", False), ("learned", False), ("rope", True)])
+def test_incremental_decoding_with_cache_matches_full_forward(pos, bias):
+    model = small(pos, bias=bias)
+    with torch.no_grad():  # biases start at zero: make them count
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.1)
     idx = torch.randint(0, 40, (2, 16))
     full, _ = model(idx)
     cache = KVCache.for_model(model, 2, "cpu", torch.float32)
