@@ -92,7 +92,18 @@ def discover(paths: list[str | Path]) -> list[Source]:
 
 
 # -- byte-level helpers ----------------------------------------------------------------------
-class HashingReader:
+class ReadStream:
+    """What the stream wrappers below share: readable, and can be read to the end."""
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+class HashingReader(ReadStream):
     """A read-only file wrapper that hashes and counts every byte read through it."""
 
     def __init__(self, raw: BinaryIO):
@@ -103,13 +114,6 @@ class HashingReader:
         self.sha256.update(data)
         self.bytes_read += len(data)
         return data
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
     def close(self) -> None:
         pass
@@ -139,7 +143,7 @@ def is_tar(head: bytes) -> bool:
     return head[257:262] == b"ustar"
 
 
-class Peekable:
+class Peekable(ReadStream):
     """A stream whose first bytes can be looked at before it is read from the start."""
 
     def __init__(self, stream: BinaryIO):
@@ -165,13 +169,6 @@ class Peekable:
         if len(data) < n:
             data += self.stream.read(n - len(data))
         return data
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
 
 def content_head(stream: BinaryIO, n: int, out: int) -> bytes:

@@ -19,7 +19,7 @@ from .presets import PRESETS
 from .train import TrainConfig, TrainError, train
 
 EPILOG = """presets ({names}); explicit options override a preset's values:
-  cpu-small  4 layers, 4 heads, 192 channels, context 128, batch 24, lr 3e-3, 10 min budget (CPU default)
+  cpu-small  4 layers, 4 heads, 128 channels, context 64, batch 24, lr 5e-3, 10 min budget (CPU default)
   baby-gpt   6 layers, 6 heads, 384 channels, context 256, batch 64, dropout 0.2, lr 1e-3, 5000 steps (GPU default)
   bench      4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 steps (the throughput benchmark)
   bigram     the bigram baseline
