@@ -103,7 +103,7 @@ class CausalSelfAttention(nn.Module):
         qk = qkv[:, :2]
         if rot is not None:
             qk = (qk.reshape(-1, self.head_size) @ rot).view(B, 2, self.n_head, 1, self.head_size)
-        k, v = cache.update(layer, qk[:, 1], qkv[:, 2])  # (B, nh, S, hs): the window's
+        k, v = cache.update(layer, qk[:, 1], qkv[:, 2])  # (B, nh, S, hs): the whole window
         y = F.scaled_dot_product_attention(qk[:, 0], k, v)  # (B, nh, 1, hs)
         return linear(self.proj, y.view(B, C))
 

@@ -303,7 +303,7 @@ class Trainer:
         stop.install()
         metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") if main else None
         total = cfg.max_iters if cfg.max_iters else None
-        bar = tqdm(total=total, initial=self.step if total else 0, disable=not (main and cfg.progress), unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self.step, disable=not (main and cfg.progress), unit="step", dynamic_ncols=True)
         pending: list[tuple[int, torch.Tensor]] = []
         history: list[tuple[int, float]] = []
         val_loss, stopped_by = None, ""
@@ -350,8 +350,7 @@ class Trainer:
                 self.tokens += self.global_batch * cfg.block_size
                 window_tokens += self.global_batch * cfg.block_size
                 pending.append((self.step, loss))
-                if total:
-                    bar.update(1)
+                bar.update(1)  # without --max-iters the bar counts steps with no end shown
                 if self.step % cfg.log_interval == 0:
                     values = check_losses()
                     now = time.perf_counter()
