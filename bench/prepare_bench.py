@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from machine import describe
+
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
@@ -109,16 +111,6 @@ def run_prepare(corpus: Path, out: Path, workers: int) -> dict:
     }
 
 
-def machine() -> dict:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu_model": model, "python": sys.version.split()[0], "load_average_before": round(os.getloadavg()[0], 2)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("corpus", type=Path)
@@ -127,7 +119,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="keep the prepared folder here (default: a temporary folder, removed)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each, the fastest reported (a shared machine is noisy; default: 1)")
     args = p.parse_args()
-    host = machine()
+    host = describe()
     with tempfile.TemporaryDirectory(prefix="prepare_bench-") as tmp:
         corpus = build_copies(args.corpus, args.copies, Path(tmp) / "corpus") if args.copies > 1 else args.corpus
         xz, result = None, None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from gpt.config import ModelConfig  # noqa: E402
 from gpt.device import resolve_device, resolve_dtype  # noqa: E402
 from gpt.generate import Generator, SamplingOptions  # noqa: E402
 from gpt.model import build_model, count_parameters  # noqa: E402
+from machine import describe  # noqa: E402
 
 REFERENCE_TOKENS_PER_S = 17.0  # 500 tokens in 28.9 s, no cache
 TARGET_TOKENS_PER_S = 850.0  # one sample, with the cache, on a 2-core CPU
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "model": {"weights": args.ckpt or "random", "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                   "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "pos": cfg.pos, "parameters": count_parameters(gen.model)},
-        "device": str(gen.device), "dtype": str(gen.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "device": str(gen.device), "dtype": str(gen.dtype).replace("torch.", ""),
+        "machine": describe(),
         "new_tokens": args.max_new_tokens, "prompt_tokens": len(gen.encode_prompt(args.prompt)),
         "reference_tokens_per_s": REFERENCE_TOKENS_PER_S, "target_tokens_per_s": TARGET_TOKENS_PER_S,
         "target_met": results["cached_1"]["tokens_per_s"] >= TARGET_TOKENS_PER_S,

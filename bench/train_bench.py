@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from data_prep.prepare import PrepareOptions, prepare
 from gpt.config import ModelConfig
 from gpt.model import build_model, count_parameters, flops_per_token
 from gpt.train import train
+from machine import describe
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
@@ -68,8 +67,7 @@ def main() -> None:
         data = tmp / "data"
         prepare([args.corpus], data, PrepareOptions(workers=1, progress=False))
         peak = matmul_peak()
-        result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                              "torch": torch.__version__, "fp32_matmul_peak_gflops": round(peak, 1)}}
+        result = {"machine": {**describe(), "fp32_matmul_peak_gflops": round(peak, 1)}}
         for compile_ in ([False, True] if args.compile else [False]):
             t = throughput(data, tmp, args.steps, compile_)
             t["mfu"] = round(t["tokens_per_s"] * t["flops_per_token"] / (peak * 1e9), 3)
