@@ -29,6 +29,7 @@ class ModelConfig:
     bias: bool = False
     tie_weights: bool = True
     rope_base: float = 10000.0
+    activation: str = "gelu"  # the MLP's: "gelu" (exact) or "gelu_tanh" (the tanh approximation)
 
     def validate(self) -> None:
         if self.kind not in ("gpt", "bigram"):
@@ -42,6 +43,8 @@ class ModelConfig:
             raise ConfigError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.kind == "gpt" and self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rotary embeddings need an even head size, got {self.n_embd // self.n_head}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ConfigError(f"activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -54,4 +57,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        return _from_dict(cls, d)
+        # configs saved before the activation was recorded were trained with the tanh form
+        return _from_dict(cls, {"activation": "gelu_tanh", **d})

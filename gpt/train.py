@@ -180,7 +180,12 @@ class Trainer:
     def _restore(self, s: dict) -> None:
         try:
             self.model.load_state_dict(s["model"])
+            # the saved param groups carry the implementation choice of the machine that
+            # wrote them (fused on CUDA, say); this machine's own choice stays
+            fused = [g.get("fused") for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(s["optimizer"])
+            for g, f in zip(self.optimizer.param_groups, fused):
+                g["fused"] = f
             if s.get("scaler"):
                 self.scaler.load_state_dict(s["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
