@@ -1,10 +1,9 @@
 """`gpt-prepare`: turn a corpus into a character vocabulary and train/val token shards."""
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .errors import DataError
+from .command import Parser, run_command
 from .prepare import PrepareOptions, prepare
 
 EPILOG = """
@@ -18,8 +17,8 @@ output: FOLDER/meta.json, FOLDER/tokenizer.json, FOLDER/train_NNNN.bin, FOLDER/v
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpt-prepare", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="gpt-prepare", description=__doc__, epilog=EPILOG)
     d = PrepareOptions()
     p.add_argument("inputs", nargs="+", help="corpus files or folders")
     p.add_argument("--out", default="data", help="output folder (default: ./data)")
@@ -59,21 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         text_field=args.text_field, shard_tokens=args.shard_tokens, workers=args.workers, strict=args.strict,
         force=args.force, progress=not args.quiet,
     )
-    try:
+
+    def work() -> None:
         summary = prepare(args.inputs, args.out, opts)
-    except DataError as e:
-        print(f"gpt-prepare: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("gpt-prepare: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    shown = summary.warnings[:20]
-    for w in shown:
-        print(f"gpt-prepare: warning: {w}", file=sys.stderr)
-    if len(summary.warnings) > len(shown):
-        print(f"gpt-prepare: warning: ... and {len(summary.warnings) - len(shown)} more", file=sys.stderr)
-    print(format_summary(summary))
-    return 0
+        shown = summary.warnings[:20]
+        for w in shown:
+            print(f"gpt-prepare: warning: {w}", file=sys.stderr)
+        if len(summary.warnings) > len(shown):
+            print(f"gpt-prepare: warning: ... and {len(summary.warnings) - len(shown)} more", file=sys.stderr)
+        print(format_summary(summary), flush=True)
+
+    return run_command("gpt-prepare", work, interrupted="interrupted; nothing was written")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, check_version
 from .shards import open_shard
 from .tokenizer import CharTokenizer
 
@@ -39,9 +39,6 @@ class PreparedData:
             raise DataError(f"{self.path}: split {name!r} should hold {info['tokens']} tokens but its shards hold {found}")
         return arrays
 
-    def num_tokens(self, name: str) -> int:
-        return int(self.meta["splits"][name]["tokens"])
-
 
 def read_json(path: Path, what: str) -> dict:
     try:
@@ -62,7 +59,6 @@ def load(path: str | Path) -> PreparedData:
     meta = read_json(path / META_FILE, "data metadata")
     if meta.get("format") != DATA_FORMAT:
         raise DataError(f"{path / META_FILE} is not a gpt-prepare metadata file")
-    if int(meta.get("version", 0)) > DATA_VERSION:
-        raise DataError(f"{path} was made by a newer gpt-prepare (format version {meta['version']}, this toolkit reads up to {DATA_VERSION}); upgrade the toolkit")
+    check_version(meta.get("version"), DATA_VERSION, f"data folder {path} (made by a newer gpt-prepare)")
     tokenizer = CharTokenizer.from_dict(read_json(path / TOKENIZER_FILE, "tokenizer"))
     return PreparedData(path=path, meta=meta, tokenizer=tokenizer)

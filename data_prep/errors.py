@@ -1,9 +1,30 @@
-"""The one exception type that data preparation and loading raise for bad input.
+"""Expected failures, shared by every stage and every command.
 
-Command-line layers turn it into a single line on stderr and a non-zero exit; library
-users can catch it without also catching programming errors.
+`UserError` is the base of every exception whose message is meant for the user as it is:
+bad input, bad files on disk, an option that does not make sense. Command-line layers
+(`data_prep.command`) turn it into a single line on stderr and a non-zero exit; library
+users can catch it without also catching programming errors. Each stage has its own
+subclass (`DataError` here; checkpoints, configs, devices, training and sampling in `gpt`).
 """
+from __future__ import annotations
 
 
-class DataError(Exception):
+class UserError(Exception):
+    """A failure the user can act on: the message says what and, where it can, what to do."""
+
+
+class DataError(UserError):
     """Bad input or bad files on disk: the message is meant for the user as it is."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to many lines),
+    or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_version(found, supported: int, what: str, error: type[Exception] = DataError) -> None:
+    """Refuse a file written in a newer format than this toolkit reads."""
+    if int(found or 0) > supported:
+        raise error(f"{what} has format version {found}, newer than this toolkit reads ({supported}); upgrade the toolkit")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, check_version
 
 MAGIC = b"GPTOKENS"
 SHARD_VERSION = 1
@@ -33,12 +33,6 @@ def create_shard(path: Path, n_tokens: int, dtype: np.dtype) -> None:
         f.truncate(HEADER_SIZE + n_tokens * np.dtype(dtype).itemsize)
 
 
-def write_shard(path: Path, ids: np.ndarray, dtype: np.dtype) -> None:
-    with open(path, "wb") as f:
-        f.write(pack_header(len(ids), dtype))
-        f.write(np.ascontiguousarray(ids, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
-
-
 def read_header(path: Path) -> tuple[np.dtype, int]:
     """Validate a shard's header against its size; returns (dtype, token count)."""
     try:
@@ -52,8 +46,7 @@ def read_header(path: Path) -> tuple[np.dtype, int]:
     magic, version, width, count = HEADER.unpack(raw)
     if magic != MAGIC:
         raise DataError(f"{path} is not a token shard (bad magic bytes)")
-    if version > SHARD_VERSION:
-        raise DataError(f"shard {path} has format version {version}, newer than this toolkit supports ({SHARD_VERSION}); upgrade it")
+    check_version(version, SHARD_VERSION, f"shard {path}")
     if width not in DTYPES:
         raise DataError(f"shard {path} is corrupt: unknown token width {width}")
     expected = HEADER_SIZE + count * width

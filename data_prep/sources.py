@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .errors import DataError
+from .errors import DataError, first_line
 from .tar import TarError, iter_tar
 
 CHUNK_BYTES = 1 << 22  # text is decoded and handed on in pieces of this many bytes
@@ -327,8 +327,7 @@ def datasets_documents(source: Source, text_field: str) -> Iterator[Document]:
     except SourceError:
         raise
     except Exception as e:  # the datasets library raises many kinds; all mean "unreadable"
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SourceError(f"{source.path}: cannot read as a dataset ({first_line})") from None
+        raise SourceError(f"{source.path}: cannot read as a dataset ({first_line(e)})") from None
 
 
 def source_head(path: Path, n: int = 512) -> bytes:

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, check_version
 
 TOKENIZER_KIND = "char"
 TOKENIZER_VERSION = 1
@@ -71,10 +71,6 @@ class CharTokenizer:
     # -- sizes -------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.char_offset + len(self.chars) + (256 if self.oov == "byte" else 0)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self)
 
     @property
     def dtype(self) -> np.dtype:
@@ -141,10 +137,6 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
 
-    def unknown_chars(self, text: str) -> list[str]:
-        cps = codepoints(text)
-        return sorted({chr(c) for c in cps[self._lut.take(cps, mode="clip") < 0].tolist()})
-
     # -- decoding ------------------------------------------------------------------------
     def piece(self, token_id: int) -> bytes:
         if self._pieces is None:
@@ -179,8 +171,7 @@ class CharTokenizer:
     def from_dict(cls, d: dict) -> "CharTokenizer":
         if not isinstance(d, dict) or d.get("kind") != TOKENIZER_KIND:
             raise DataError(f"not a character tokenizer (kind {d.get('kind') if isinstance(d, dict) else None!r})")
-        if int(d.get("version", 0)) > TOKENIZER_VERSION:
-            raise DataError(f"tokenizer format version {d['version']} is newer than this toolkit supports ({TOKENIZER_VERSION}); upgrade it")
+        check_version(d.get("version"), TOKENIZER_VERSION, "the tokenizer")
         tok = cls(chars=list(d["chars"]), oov=d["oov"], specials=list(d["special_tokens"]))
         if "vocab_size" in d and d["vocab_size"] != len(tok):
             raise DataError(f"tokenizer file is inconsistent: it says {d['vocab_size']} tokens but defines {len(tok)}")

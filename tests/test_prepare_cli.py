@@ -24,7 +24,7 @@ def test_cli_writes_the_folder_and_prints_a_summary(tmp_path, run_cli):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "train:" in proc.stdout and "vocabulary:" in proc.stdout
-    assert data_prep.load(tmp_path / "data").num_tokens("train") > 0
+    assert data_prep.load(tmp_path / "data").meta["splits"]["train"]["tokens"] > 0
 
 
 def test_cli_prints_skip_warnings_on_success(tmp_path, run_cli):

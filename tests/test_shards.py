@@ -8,7 +8,15 @@ import pytest
 
 import data_prep
 from data_prep import DataError
-from data_prep.shards import HEADER_SIZE, SplitWriter, open_shard, write_shard
+from data_prep.shards import HEADER_SIZE, SplitWriter, open_shard
+
+
+def write_shard(folder, ids, dtype):
+    """One shard in `folder` holding `ids`, written the way gpt-prepare writes them."""
+    w = SplitWriter(folder, "s", total=len(ids), shard_tokens=max(len(ids), 1), dtype=dtype)
+    w.create()
+    w.write_at(0, ids)
+    return w.paths[0]
 
 
 @pytest.fixture
@@ -22,8 +30,7 @@ def prepared(tmp_path, prepare_data):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
 def test_a_written_shard_reads_back_memory_mapped(tmp_path, dtype):
     ids = np.arange(1000, dtype=np.int64) % np.iinfo(dtype).max
-    write_shard(tmp_path / "s.bin", ids, dtype)
-    back = open_shard(tmp_path / "s.bin")
+    back = open_shard(write_shard(tmp_path, ids, dtype))
     assert back.dtype == dtype and np.array_equal(back, ids)
 
 
@@ -39,8 +46,7 @@ def test_split_writer_fills_shards_from_disjoint_ranges_in_any_order(tmp_path):
 
 
 def test_an_empty_shard_opens_as_an_empty_array(tmp_path):
-    write_shard(tmp_path / "s.bin", np.zeros(0), np.uint8)
-    assert len(open_shard(tmp_path / "s.bin")) == 0
+    assert len(open_shard(write_shard(tmp_path, np.zeros(0), np.uint8))) == 0
 
 
 def test_corrupt_magic_is_refused_on_load(prepared):
@@ -84,7 +90,7 @@ def test_a_newer_data_format_version_in_meta_is_refused_on_load(prepared):
     meta = json.loads((prepared / "meta.json").read_text())
     meta["version"] = 99
     (prepared / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="newer gpt-prepare.*version 99"):
+    with pytest.raises(DataError, match="newer gpt-prepare.*version 99, newer"):
         data_prep.load(prepared)
 
 

@@ -1,0 +1,83 @@
+"""The one way every command fails: a single line on stderr, a non-zero exit, no traceback.
+
+    def main(argv=None) -> int:
+        args = build_parser().parse_args(argv)   # build_parser() returns a Parser
+        return run_command("gpt-train", lambda: do_the_work(args))
+
+Exit codes: 0 done; 1 an expected failure (a `UserError`, or an operating-system error
+such as a full disk or a read-only folder); 2 a usage mistake (argparse); 130 Ctrl-C.
+A reader that goes away (`gpt-sample | head`) ends the command quietly. Warnings are shown
+as one line each, `PROG: warning: ...`, while the command runs.
+
+It lives in `data_prep`, the bottom layer of the toolkit, so that all three commands share
+it without `gpt-prepare` importing torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Callable
+
+from .errors import UserError, first_line
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes are reported like every other error: one line, exit status 2."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def os_error_line(e: OSError) -> str:
+    """An operating-system error in words: what failed, on which file."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or first_line(e)}{where}"
+
+
+def silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so Python's own flush at exit does not
+    fail again with a second traceback."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def run_command(prog: str, work: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """Run `work()` and turn every expected failure into one line and an exit code."""
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        try:
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+        except OSError:
+            pass
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return work() or 0
+    except UserError as e:
+        return fail(prog, str(e), 1)
+    except KeyboardInterrupt:
+        return fail(prog, interrupted, 130)
+    except BrokenPipeError:
+        silence_stdout()
+        return 0
+    except MemoryError:
+        return fail(prog, "out of memory", 1)
+    except OSError as e:
+        return fail(prog, os_error_line(e), 1)
+
+
+def fail(prog: str, message: str, code: int) -> int:
+    try:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    except OSError:
+        pass
+    return code
