@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from data_prep import CharTokenizer  # noqa: E402
 from gpt.config import ModelConfig  # noqa: E402
 from gpt.device import resolve_device, resolve_dtype  # noqa: E402
-from gpt.generate import Generator, SamplingOptions  # noqa: E402
+from gpt.sample import Generator, SamplingOptions  # noqa: E402
 from gpt.model import build_model, count_parameters  # noqa: E402
 from machine import describe  # noqa: E402
 

@@ -49,8 +49,9 @@ def silence_stdout() -> None:
         pass
 
 
-def run_command(prog: str, work: Callable[[], int | None], interrupted: str = "interrupted") -> int:
-    """Run `work()` and turn every expected failure into one line and an exit code."""
+def run_command(prog: str, work: Callable[[], int | None], interrupted: str | None = "interrupted") -> int:
+    """Run `work()` and turn every expected failure into one line and an exit code.
+    `interrupted`: what Ctrl-C says (None: nothing, for a command the user stops on purpose)."""
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         try:
@@ -65,14 +66,19 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str = "i
     except UserError as e:
         return fail(prog, str(e), 1)
     except KeyboardInterrupt:
-        return fail(prog, interrupted, 130)
+        return fail(prog, interrupted, 130) if interrupted else 130
     except BrokenPipeError:
         silence_stdout()
         return 0
     except MemoryError:
         return fail(prog, "out of memory", 1)
     except OSError as e:
-        return fail(prog, os_error_line(e), 1)
+        code = fail(prog, os_error_line(e), 1)
+        try:
+            sys.stdout.flush()
+        except OSError:  # standard output itself failed (a full disk behind a redirect)
+            silence_stdout()
+        return code
 
 
 def fail(prog: str, message: str, code: int) -> int:

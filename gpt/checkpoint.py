@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from data_prep import CharTokenizer, DataError
+from data_prep.errors import UserError, check_version, first_line
 
 from .config import ConfigError, ModelConfig
 from .model import build_model
@@ -28,7 +29,7 @@ LATEST, BEST = "latest.pt", "best.pt"
 DEFAULT_ROOT = Path("checkpoints")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, too new or does not fit the data/options."""
 
 
@@ -65,9 +66,17 @@ def plain_state_dict(model: torch.nn.Module) -> dict:
     return out
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict, best: bool = False) -> None:
+    """Write `state` to `path` atomically; with `best`, the same file also becomes the run
+    folder's best checkpoint (a hard link, renamed into place, so no second copy is written
+    and a crash leaves either the old or the new best.pt)."""
     state = {"format": CKPT_FORMAT, "version": CKPT_VERSION, **state}
     atomic_write_bytes(path, lambda f: torch.save(state, f))
+    if best:
+        tmp = path.with_name(f".{BEST}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        os.link(path, tmp)
+        os.replace(tmp, path.with_name(BEST))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -79,21 +88,21 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path} holds arbitrary Python objects and is refused (only weights-only checkpoints load): {first}") from None
+        raise CheckpointError(f"{path} holds arbitrary Python objects and is refused (only weights-only checkpoints load): {first_line(e)}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path} is corrupt or truncated ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise CheckpointError(f"{path} is corrupt or truncated ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by gpt-train")
-    if int(state.get("version", 0)) > CKPT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {state['version']}, newer than this toolkit reads ({CKPT_VERSION}); upgrade it")
+    check_version(state.get("version"), CKPT_VERSION, f"checkpoint {path}", CheckpointError)
     return state
 
 
-def newest_run(root: Path = DEFAULT_ROOT) -> Path:
+def newest_run(root: Path = DEFAULT_ROOT, option: str = "--ckpt") -> Path:
+    """The run folder under `root` whose latest checkpoint is newest; `option` is the
+    command's option for naming one instead (said when there is none)."""
     runs = [p.parent for p in root.glob(f"*/{LATEST}")] if root.is_dir() else []
     if not runs:
-        raise CheckpointError(f"no runs with a checkpoint under {root}/ (train one with gpt-train, or pass --ckpt)")
+        raise CheckpointError(f"no runs with a checkpoint under {root}/ (train one with gpt-train, or name a run folder with {option})")
     return max(runs, key=lambda p: ((p / LATEST).stat().st_mtime, p.name))
 
 
@@ -124,7 +133,7 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, C
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint weights do not match its model config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint weights do not match its model config ({first_line(e)})") from None
     # torch.load does not verify stored checksums: damaged bytes inside a well-formed file
     # load silently, and non-finite weights are their visible sign
     if not all(bool(t.isfinite().all()) for t in state["model"].values() if t.is_floating_point()):

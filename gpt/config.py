@@ -1,16 +1,23 @@
-"""Typed configurations: the model's shape (saved in every checkpoint) and the training run's."""
+"""Typed configurations: the model's shape (saved in every checkpoint) and the training run's.
+
+The model options a user sets (`--n-layer`, `--pos`, ...) are the `TrainConfig` fields
+marked `model=True`; their defaults are the `ModelConfig` defaults, so each default is
+written once, and `TrainConfig.model_config()` turns them into the model's shape.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
+from data_prep.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An option value or a saved config that does not make sense."""
 
 
-def _from_dict(cls, d: dict):
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
+def from_dict(cls, d: dict):
+    """A config dataclass from a dict; unknown keys are refused, not silently dropped."""
+    unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
     return cls(**d)
@@ -58,4 +65,78 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         # configs saved before the activation was recorded were trained with the tanh form
-        return _from_dict(cls, {"activation": "gelu_tanh", **d})
+        return from_dict(cls, {"activation": "gelu_tanh", **d})
+
+
+def model_option(name: str):
+    """A TrainConfig field that sets the model's shape, with ModelConfig's default."""
+    return field(default=getattr(ModelConfig, name), metadata={"model": True})
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data"
+    out: str | None = None  # the run folder; default checkpoints/<model>-<time>-<pid>
+    preset: str | None = None
+    # model (the ModelConfig fields a user sets; `model` is the kind)
+    model: str = field(default=ModelConfig.kind, metadata={"model": True})
+    n_layer: int = model_option("n_layer")
+    n_head: int = model_option("n_head")
+    n_embd: int = model_option("n_embd")
+    block_size: int = model_option("block_size")
+    dropout: float = model_option("dropout")
+    pos: str = model_option("pos")
+    bias: bool = model_option("bias")
+    # optimisation
+    batch_size: int = 64
+    grad_accum: int = 1
+    max_iters: int | None = 5000
+    max_time: float | None = None  # seconds of wall-clock for the whole run
+    lr: float = 1e-3
+    min_lr: float | None = None  # default lr / 10
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    # evaluation and logging
+    eval_interval: int = 250
+    eval_windows: int = 256
+    log_interval: int = 10
+    # machine
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    seed: int = 1337
+    progress: bool = True
+
+    def validate(self) -> None:
+        positive = ["batch_size", "grad_accum", "eval_interval", "eval_windows", "log_interval", "block_size"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_iters is None and self.max_time is None:
+            raise ConfigError("give --max-iters or --max-time (or both)")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise ConfigError(f"--max-iters must be at least 1, got {self.max_iters}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ConfigError(f"--max-time must be positive, got {self.max_time}")
+        if not self.lr > 0 or (self.min_lr is not None and self.min_lr < 0):
+            raise ConfigError("--lr must be positive and --min-lr not negative")
+        if self.warmup_iters < 0:
+            raise ConfigError(f"--warmup-iters must not be negative, got {self.warmup_iters}")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        shape = {name: getattr(self, name) for name in MODEL_FIELDS if name != "model"}
+        return ModelConfig(kind=self.model, vocab_size=vocab_size, **shape)
+
+    @property
+    def final_lr(self) -> float:
+        return self.min_lr if self.min_lr is not None else self.lr / 10
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return from_dict(cls, d)
+
+
+MODEL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("model"))

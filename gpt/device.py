@@ -6,10 +6,12 @@ import warnings
 
 import torch
 
+from data_prep.errors import UserError
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class DeviceError(Exception):
+class DeviceError(UserError):
     """A device or precision that this machine cannot provide."""
 
 

@@ -1,7 +1,7 @@
 """Key/value cache for incremental decoding: one preallocated buffer for all layers.
 
 It holds the keys and values of the current context window, at window positions
-0..length-1. When the window moves (see `gpt.generate.ContextWindow`), every position's
+0..length-1. When the window moves (see `gpt.sample.sampling.ContextWindow`), every position's
 representation changes, in every layer, so the cache is reset and refilled from the new
 window; between moves each new token costs one position's work.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gpt import batches
+from gpt.train import batches
 from gpt.train import train
 
 out, mode, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

@@ -13,7 +13,8 @@ import torch
 from data_prep import CharTokenizer
 from gpt.checkpoint import plain_state_dict, save_checkpoint
 from gpt.config import ModelConfig
-from gpt.generate import ContextWindow, GenerationError, Generator, SampleText, SamplingOptions, StopText, sample_next
+from gpt.sample.generate import Generator
+from gpt.sample.sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, StopText, sample_next
 from gpt.kv_cache import KVCache
 from gpt.model import build_model
 

@@ -1,4 +1,4 @@
-"""`gpt-sample` end to end. Bad input is checked by running `python -m gpt.sample_cli` as a
+"""`gpt-sample` end to end. Bad input is checked by running `python -m gpt.sample` as a
 user would; starting Python with torch takes seconds, so those runs are all started at once
 in a module fixture (a few at a time) and each test then checks one run's result. Output is
 checked by calling `main()` in this process against the library's own results."""
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gpt.checkpoint import plain_state_dict, save_checkpoint
-from gpt.generate import Generator, SamplingOptions
-from gpt.sample_cli import main
+from gpt.sample import Generator, SamplingOptions
+from gpt.sample.cli import main
 from test_generate import one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gpt.sample_cli", *args], cwd=cwd, input=stdin,
+    return subprocess.run([sys.executable, "-m", "gpt.sample", *args], cwd=cwd, input=stdin,
                           capture_output=True, text=True, timeout=300, env=ENV)
 
 
@@ -101,7 +101,7 @@ def test_bad_input_is_one_error_line_and_a_nonzero_exit(error_runs, case):
 
 def test_ctrl_c_exits_quietly_with_130(workdir):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt.sample_cli", "--ckpt", NEW, "--max-new-tokens", "100000000", "--ignore-eot"],
+        [sys.executable, "-m", "gpt.sample", "--ckpt", NEW, "--max-new-tokens", "100000000", "--ignore-eot"],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
     )
     assert proc.stdout.read(20)  # it is generating
@@ -197,4 +197,4 @@ def test_other_mistakes_are_one_error_line_too(sample_main, args, stdin, message
 def test_without_runs_under_checkpoints_it_says_how_to_get_one(sample_main, workdir):
     status, out, err = sample_main("--prompt", "x", cwd=workdir / "empty_dir")
     assert status == 1 and out == ""
-    assert err == "gpt-sample: error: no runs with a checkpoint under checkpoints/ (train one with gpt-train, or pass --ckpt)\n"
+    assert err == "gpt-sample: error: no runs with a checkpoint under checkpoints/ (train one with gpt-train, or name a run folder with --ckpt)\n"

@@ -78,7 +78,7 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(data, tmp_path, mo
         ck.save_checkpoint(latest, {"step": 999})
     after = ck.load_checkpoint(latest)
     assert after["step"] == before["step"] == 10
-    assert [p.name for p in latest.parent.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in latest.parent.iterdir() if ".tmp-" in p.name] == []
 
 
 def test_checkpoint_killed_mid_write_keeps_previous_one(data, tmp_path):

@@ -1,5 +1,8 @@
-"""Named sets of defaults for `gpt-train --preset NAME`; explicit options override them."""
+"""Named sets of defaults for `gpt-train --preset NAME`, and how options are layered:
+TrainConfig's defaults, then a preset, then the options given explicitly."""
 from __future__ import annotations
+
+from ..config import ConfigError, TrainConfig
 
 PRESETS: dict[str, dict] = {
     # The well-known "baby GPT" Shakespeare configuration, for GPUs: about 10.7M parameters,
@@ -21,5 +24,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def default_preset(device_type: str) -> str:
+def default_preset(device_type: str, model: str | None = None) -> str:
+    """The preset a run gets when none is named: the bigram's for a bigram, else the one
+    sized for the device."""
+    if model == "bigram":
+        return "bigram"
     return "baby-gpt" if device_type == "cuda" else "cpu-small"
+
+
+def layered_config(preset: str, overrides: dict) -> TrainConfig:
+    """Defaults, then the preset, then explicit options (None means not given)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    values = {**PRESETS[preset], "preset": preset}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)

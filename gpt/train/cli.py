@@ -5,24 +5,22 @@ Also the torchrun entry point: `torchrun --nproc_per_node=N -m gpt.train ...` (o
 """
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
-import warnings
 
-from data_prep import DataError
+from data_prep.command import Parser, run_command
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .device import DeviceError
+from ..config import TrainConfig
 from .presets import PRESETS
-from .train import TrainConfig, TrainError, train
+from .run import train
 
-EPILOG = """presets ({names}); explicit options override a preset's values:
+EPILOG = """presets ({names}); a run always starts from one, and explicit options override
+its values. Without --preset: bigram for --model bigram, else cpu-small on a CPU, baby-gpt on CUDA.
   cpu-small  4 layers, 4 heads, 128 channels, context 64, batch 24, lr 5e-3, 10 min budget (CPU default)
   baby-gpt   6 layers, 6 heads, 384 channels, context 256, batch 64, dropout 0.2, lr 1e-3, 5000 steps (GPU default)
   bench      4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 steps (the throughput benchmark)
-  bigram     the bigram baseline
+  bigram     the bigram baseline: context 32, batch 64, lr 1e-2, 3000 steps, no weight decay
+An option's "default" in the list above is each preset's value where the preset sets it.
 
 run folder (--out): latest.pt, best.pt, config.json, tokenizer.json, metrics.jsonl.
 Ctrl-C or SIGTERM saves a checkpoint at the next step boundary; --resume continues exactly.
@@ -30,10 +28,24 @@ Multi-GPU / multi-node: torchrun --nproc_per_node=N -m gpt.train [options] (see 
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="gpt-train", description="Train a character-level bigram or GPT model.",
-                                epilog=EPILOG.format(names=", ".join(PRESETS)), formatter_class=argparse.RawDescriptionHelpFormatter)
+class PresetDefaults:
+    """An option's default as it applies: each preset's value, where presets differ."""
+
+    def __init__(self) -> None:
+        self.base = TrainConfig()
+
+    def __getattr__(self, name: str) -> str:
+        base = getattr(self.base, name)
+        values = {p: PRESETS[p].get(name, base) for p in ("cpu-small", "baby-gpt", "bigram")}
+        if len(set(map(repr, values.values()))) == 1:
+            return str(base)
+        return ", ".join(f"{v} ({p})" for p, v in values.items())
+
+
+def build_parser() -> Parser:
+    d = PresetDefaults()
+    p = Parser(prog="gpt-train", description="Train a character-level bigram or GPT model.",
+               epilog=EPILOG.format(names=", ".join(PRESETS)))
     a = p.add_argument
     a("--data", help="prepared data folder (default: ./data)")
     a("--out", help="run folder (default: checkpoints/<model>-<date>-<time>; with --resume, the newest run)")
@@ -53,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, help=f"sequences per micro-batch per process (default: {d.batch_size})")
     g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default: {d.grad_accum})")
     g.add_argument("--max-iters", type=int, help=f"optimizer steps (default: {d.max_iters})")
-    g.add_argument("--max-time", type=float, help="wall-clock budget in seconds for the whole run; the learning rate decays over it")
+    g.add_argument("--max-time", type=float, help=f"wall-clock budget in seconds for the whole run; the learning rate decays over it (default: {d.max_time}). "
+                   "With --resume, --max-iters or --max-time given now replace the saved budget")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr})")
     g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default: lr / 10)")
     g.add_argument("--warmup-iters", type=int, help=f"linear warmup steps (default: {d.warmup_iters})")
@@ -79,23 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "preset", "quiet") and v is not None}
     if args.quiet:
         overrides["progress"] = False
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"gpt-train: warning: {msg}\n"
-    try:
+
+    def work() -> int:
         result = train(args.preset, overrides, resume=args.resume, overwrite=args.overwrite)
-    except (DataError, ConfigError, DeviceError, CheckpointError, TrainError) as e:
-        print(f"gpt-train: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("gpt-train: interrupted before a step boundary; the last checkpoint is kept", file=sys.stderr)
-        return 130
-    if result.stopped_by.startswith("signal"):
-        name = result.stopped_by.split()[1]
-        print(f"gpt-train: stopped by {name} at step {result.step}; checkpoint saved in {result.run_dir}; "
-              f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
-        return 128 + int(getattr(signal, name))
-    loss = f"final val loss {result.val_loss:.4f}" if result.val_loss is not None else "no evaluation"
-    print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss} (best {result.best_val_loss:.4f}); run folder {result.run_dir}")
-    return 0
+        if result.stopped_by.startswith("signal"):
+            name = result.stopped_by.split()[1]
+            print(f"gpt-train: stopped by {name} at step {result.step}; checkpoint saved in {result.run_dir}; "
+                  f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
+            return 128 + int(getattr(signal, name))
+        loss = f"final val loss {result.val_loss:.4f}" if result.val_loss is not None else "no evaluation"
+        best = f" (best {result.best_val_loss:.4f}, in best.pt)" if result.best_val_loss is not None else ""
+        print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss}{best}; run folder {result.run_dir}")
+        return 0
+
+    return run_command("gpt-train", work, interrupted="interrupted before a step boundary; the last checkpoint is kept")
 
 
 if __name__ == "__main__":

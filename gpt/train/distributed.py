@@ -37,10 +37,13 @@ class Dist:
             dist.all_reduce(t, op=op)
         return t
 
-    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.broadcast(t, src=0)
-        return t
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank (a small plain value: the run folder's name)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather_objects(self, obj) -> list:
         """Every rank's `obj` on every rank (small plain values: RNG and sampler states)."""
@@ -72,7 +75,7 @@ def init_distributed(device_name: str) -> tuple[Dist, str]:
     use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
-            from .device import DeviceError
+            from ..device import DeviceError
 
             raise DeviceError(f"--device {device_name}: CUDA is not available on this machine")
         torch.cuda.set_device(d.local_rank)

@@ -1,15 +1,13 @@
 """`gpt-sample`: sample text from a trained checkpoint."""
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import warnings
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .device import DeviceError
-from .generate import GenerationError, Generator, SamplingOptions
+from data_prep.command import Parser, run_command
+
+from .generate import Generator
+from .sampling import GenerationError, SamplingOptions
 
 EPILOG = """
 output: with one sample, the prompt and then the text are printed as they are generated
@@ -32,8 +30,8 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(prog="gpt-sample", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="gpt-sample", description=__doc__, epilog=EPILOG)
     d = SamplingOptions()
     p.add_argument("--ckpt", metavar="PATH", help="a run folder (its best checkpoint) or a checkpoint file (default: the newest run under ./checkpoints)")
     src = p.add_mutually_exclusive_group()
@@ -53,13 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context for every token (slow; for checking the cache)")
     p.add_argument("--slide", type=int, metavar="N", help="tokens the context window jumps forward when it is full (default: a quarter of the context)")
     return p
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage mistakes are reported like every other error: one line, exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def unescape(text: str) -> str:
@@ -114,27 +105,10 @@ def sample(args) -> None:
     out.flush()
 
 
-def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"gpt-sample: warning: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = warning_line
-            sample(args)
-    except (CheckpointError, DeviceError, GenerationError) as e:
-        print(f"gpt-sample: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # the reader (e.g. `head`) went away: stop quietly, and keep Python from complaining
-        # again when it flushes stdout at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return 0
+    # Ctrl-C is how a long sample is ended on purpose: quietly
+    return run_command("gpt-sample", lambda: sample(args), interrupted=None)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""Sampling, one step at a time: options, which tokens the model sees, how the next token
+is drawn, and how tokens become a sample's text (end-of-text and stop strings).
+
+These pieces speak of one step or one sample; `generate.Generator` runs them in a loop."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from data_prep import CharTokenizer
+from data_prep.errors import UserError
+
+
+class GenerationError(UserError):
+    """Sampling options or a prompt that cannot be used: the message is meant for the user."""
+
+
+@dataclass
+class SamplingOptions:
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0: greedy (argmax), deterministic
+    top_k: int | None = None  # keep only the k most likely tokens
+    top_p: float | None = None  # keep the fewest most likely tokens whose probability reaches p
+    stop: Sequence[str] = ()  # the text is cut just before the first of these
+    stop_at_eot: bool = True  # end a sample at the end-of-text token
+    seed: int | None = None  # None: a different sample every time
+    use_kv_cache: bool = True
+    slide: int | None = None  # tokens the window jumps when it moves; None: block_size // 4
+
+    def validate(self, block_size: int | None = None) -> None:
+        """Raise GenerationError for a bad value; --slide is checked against block_size once known."""
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise GenerationError(f"--temperature must be a number >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise GenerationError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise GenerationError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 0:
+            raise GenerationError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
+        if self.slide is not None and not 1 <= self.slide <= (block_size or self.slide):
+            raise GenerationError(f"--slide must be between 1 and the model's context ({block_size or 'its length'}), got {self.slide}")
+
+    def window_slide(self, block_size: int) -> int:
+        return self.slide if self.slide is not None else max(1, block_size // 4)
+
+
+class ContextWindow:
+    """Which of the tokens so far the model sees: tokens[start:n].
+
+    The window moves only when it would exceed block_size, and then jumps so that `slide`
+    more tokens fit before the next move. A move changes every cached key and value (in a
+    deep model an old token's key carries context from tokens now outside the window), so
+    the cached path rebuilds its cache on each move; jumping by `slide` makes that happen
+    once per `slide` tokens. slide=1 keeps exactly the most recent block_size tokens.
+    """
+
+    def __init__(self, block_size: int, slide: int):
+        self.block_size, self.slide, self.start = block_size, slide, 0
+
+    def update(self, n: int) -> bool:
+        """Fit the window to n tokens so far; True when it moved."""
+        if n - self.start > self.block_size:
+            self.start = n - (self.block_size - self.slide + 1)
+            return True
+        return False
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Next tokens (B, 1) from last-position logits (B, V)."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        ranked, order = logits.sort(-1, descending=True)
+        probs = ranked.softmax(-1)
+        # a token is dropped once the more likely tokens before it already reach top_p,
+        # so the most likely token always stays
+        drop_ranked = probs.cumsum(-1) - probs >= top_p
+        logits = logits.masked_fill(drop_ranked.scatter(-1, order, drop_ranked), -math.inf)
+    try:
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    except RuntimeError as e:  # it checks its input: only inf or nan logits get here
+        raise GenerationError(f"the model's next-token probabilities are not finite numbers ({e})") from None
+
+
+class StopText:
+    """Cuts text before the first stop string, holding back any end that could still begin one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""  # the held-back end: a proper prefix of some stop string
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Text that is certain to be output, now that `text` follows."""
+        if self.stopped or not self.stops:
+            return "" if self.stopped else text
+        buf = self.pending + text  # short: pending is shorter than the longest stop string
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped, self.pending = True, ""
+            return buf[: min(hits)]
+        hold = self._held_length(buf)
+        self.pending = buf[len(buf) - hold :]
+        return buf[: len(buf) - hold]
+
+    def _held_length(self, buf: str) -> int:
+        longest = max(len(s) for s in self.stops)
+        for k in range(min(len(buf), longest - 1), 0, -1):
+            if any(s.startswith(buf[-k:]) for s in self.stops):
+                return k
+        return 0
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return "" if self.stopped else out
+
+
+class SampleText:
+    """One sample's text as its tokens arrive: whole characters only, ended by the
+    end-of-text token (unless told to go on) or by a stop string."""
+
+    def __init__(self, tokenizer: CharTokenizer, options: SamplingOptions):
+        self.decoder = tokenizer.incremental_decoder()
+        self.stop = StopText(options.stop)
+        self.eot_id = tokenizer.eot_id if options.stop_at_eot else None
+        self.done = False
+
+    def push(self, token: int) -> str:
+        if self.done:
+            return ""
+        if token == self.eot_id:
+            return self.finish()
+        out = self.stop.push(self.decoder.push(token))
+        self.done = self.stop.stopped
+        return out
+
+    def finish(self) -> str:
+        if self.done:
+            return ""
+        self.done = True
+        out = self.stop.push(self.decoder.flush())
+        return out + self.stop.flush()

@@ -1,0 +1,92 @@
+"""What a run measures: training losses as they come, throughput, and metrics.jsonl.
+
+metrics.jsonl holds one JSON line per logged step and per evaluation, appended as the run
+goes. On resume, lines logged after the checkpoint the run restarts from (the tail a crash
+left behind) are dropped first, so the file reads as one continuous run."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_text
+from .errors import NonFiniteLoss
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = run_dir / METRICS_FILE
+        self.file = None
+        self.enabled = enabled
+
+    def trim_after(self, step: int) -> None:
+        """Keep only the lines of steps up to `step`."""
+        if not (self.enabled and self.path.exists()):
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        if self.file is None:
+            self.file = open(self.path, "a", encoding="utf-8")
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class LossWindow:
+    """Training losses as they are produced: kept on the device and read back in groups
+    (one host sync per log interval, not per step), checked for finiteness on the way."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.history: list[tuple[int, float]] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, loss))
+
+    def check(self) -> list[float]:
+        values = torch.stack([l for _, l in self.pending]).tolist() if self.pending else []
+        for (s, _), v in zip(self.pending, values):
+            if not math.isfinite(v):
+                raise NonFiniteLoss(f"the loss became {v} at step {s}; stopped without saving, the last good checkpoint in {self.run_dir} is kept (try a lower --lr)")
+        self.history.extend((s, v) for (s, _), v in zip(self.pending, values))
+        self.pending.clear()
+        return values
+
+    def mean_of_pending(self) -> float:
+        values = self.check()
+        return sum(values) / len(values)
+
+    def recent_mean(self, n: int) -> float | None:
+        recent = [v for _, v in self.history[-n:]]
+        return sum(recent) / len(recent) if recent else None
+
+
+class Throughput:
+    """Tokens per second since the last reading."""
+
+    def __init__(self) -> None:
+        self.t, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.t, 1e-9)
+        self.t, self.tokens = now, 0
+        return rate

@@ -1,0 +1,92 @@
+"""`train()`: start or resume a run in its run folder, then hand it to the Trainer."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from .. import checkpoint as ck
+from ..config import MODEL_FIELDS, TrainConfig
+from ..device import resolve_device
+from ..model import count_parameters
+from .distributed import Dist, init_distributed
+from .errors import TrainError
+from .presets import default_preset, layered_config
+from .progress import tolerant
+from .run_folder import RunFolder, default_run_dir
+from .trainer import Trainer, TrainResult
+
+BUDGET_FIELDS = ("max_iters", "max_time")
+
+
+def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
+    """The saved run's config with the options given now. The model's shape cannot change;
+    a budget given now (--max-iters, --max-time) replaces the saved budget as a whole."""
+    clash = [k for k in MODEL_FIELDS if overrides.get(k) is not None and overrides[k] != saved.get(k)]
+    if clash:
+        raise TrainError(f"options {', '.join('--' + k.replace('_', '-') for k in clash)} do not match the checkpoint's model "
+                         f"({', '.join(f'{k}={saved.get(k)}' for k in clash)})")
+    values = dict(saved)
+    if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
+        values.update(dict.fromkeys(BUDGET_FIELDS))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)
+
+
+def check_budget_left(cfg: TrainConfig, step: int, elapsed: float) -> None:
+    if (cfg.max_iters and step >= cfg.max_iters) or (cfg.max_time and elapsed >= cfg.max_time):
+        budget = " and ".join(f"{k.replace('_', '-')} {getattr(cfg, k)}" for k in BUDGET_FIELDS if getattr(cfg, k))
+        raise TrainError(f"the run's budget ({budget}) is used up: it is at step {step} after {elapsed:.0f} s; "
+                         f"give a larger one with --max-iters or --max-time (the whole run's total)")
+
+
+def train(preset: str | None = None, overrides: dict | None = None, resume: bool = False, overwrite: bool = False,
+          should_stop: Callable[[int], bool] | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Start (or with `resume`, continue) a run. `overrides` are explicit option values;
+    `should_stop(step)` lets a caller end the run at a step boundary (it is checkpointed)."""
+    overrides, log = dict(overrides or {}), tolerant(log)
+    dist_, device_name = init_distributed(overrides.get("device") or "auto")
+    try:
+        device = resolve_device(device_name)
+        resume_state = None
+        if resume:
+            run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
+            resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
+            cfg = resumed_config(resume_state["train_config"], {**overrides, "out": str(run_dir)})
+        else:
+            cfg = layered_config(preset or default_preset(device.type, overrides.get("model")), overrides)
+            # every rank must use the folder that rank 0 named
+            run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
+        cfg.validate()
+        return run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log)
+    finally:
+        dist_.close()
+
+
+def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | None, run_dir: Path, overwrite: bool,
+                  should_stop, log) -> TrainResult:
+    folder = RunFolder.claim(run_dir, new_run=resume_state is None, overwrite=overwrite) if dist_.is_main else None
+    dist_.barrier()
+    failed = True
+    try:
+        trainer = Trainer(cfg, dist_, device, resume_state, run_dir, log)
+        if resume_state is not None:
+            check_budget_left(cfg, trainer.step, trainer.elapsed_before)
+        if dist_.is_main:
+            if resume_state is not None:
+                trainer.metrics.trim_after(trainer.step)
+            ck.write_run_files(run_dir, {
+                "model": trainer.model_cfg.to_dict(), "train": asdict(cfg), "world_size": dist_.world_size,
+                "global_batch": trainer.global_batch, "tokens_per_step": trainer.global_batch * cfg.block_size,
+            }, trainer.tokenizer)
+            n = count_parameters(trainer.model)
+            what = f"resuming {run_dir} at step {trainer.step}" if resume_state else f"training into {run_dir}"
+            log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
+                f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "
+                f"context {cfg.block_size}, preset {cfg.preset or 'none'}")
+        result = trainer.run(should_stop)
+        failed = False
+        return result
+    finally:
+        if folder is not None:
+            folder.release(failed=failed)

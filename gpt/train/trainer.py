@@ -1,0 +1,298 @@
+"""The training loop: batches -> model -> optimizer steps -> evaluations -> checkpoints.
+
+A `Trainer` holds one run's model, optimizer, data and clocks; `run()` is the loop. It is
+the same code for one process and for many started by torchrun: each rank draws its own
+batches, gradients are averaged by DDP, rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import data_prep
+from data_prep.errors import first_line
+
+from .. import checkpoint as ck
+from ..config import ModelConfig, TrainConfig
+from ..device import autocast, configure_backends, resolve_dtype
+from ..model import build_model
+from .batches import BatchSampler, BlockSizeError, fixed_windows
+from .distributed import Dist
+from .errors import NonFiniteLoss, TrainError
+from .metrics import LossWindow, MetricsLog, Throughput
+from .optim import learning_rate, make_optimizer
+from .progress import Progress
+from .rng import rng_state, set_rng_state
+from .signals import StopFlag
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    val_loss: float | None
+    best_val_loss: float | None
+    stopped_by: str  # "max_iters", "max_time", "signal SIGINT"/"signal SIGTERM", "request"
+    history: list = field(default_factory=list)  # (step, train loss) of every step
+    model: torch.nn.Module | None = None  # the trained model (this rank's copy)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist_: Dist, device: torch.device, resume_state: dict | None, run_dir: Path,
+                 log: Callable[[str], None]):
+        self.cfg, self.dist, self.device, self.run_dir, self.log = cfg, dist_, device, run_dir, log
+        self.dtype = resolve_dtype(cfg.dtype, device)
+        configure_backends(device)
+        self.data = data_prep.load(cfg.data)
+        self.tokenizer = self.data.tokenizer
+        if resume_state is not None:
+            self.model_cfg = ModelConfig.from_dict(resume_state["model_config"])
+            if resume_state.get("data_fingerprint") != self.tokenizer.fingerprint():
+                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the checkpoint's; resume with the data the run was trained on")
+        else:
+            self.model_cfg = cfg.model_config(len(self.tokenizer))
+        torch.manual_seed(cfg.seed + dist_.rank)
+        try:
+            self.sampler = BatchSampler(self.data.split("train"), cfg.block_size, cfg.batch_size, cfg.seed, dist_.rank)
+            self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows)
+        except BlockSizeError as e:
+            raise TrainError(str(e)) from None
+        val_meta = self.data.meta["splits"]["val"]
+        self.tokens_per_char = val_meta["tokens"] / max(val_meta["characters"], 1)
+        self.model = build_model(self.model_cfg).to(device)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, math.inf
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.ddp = None
+        self.forward_model = self.model
+        if dist_.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = self.forward_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.compiled = cfg.compile
+        if cfg.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.global_batch = cfg.batch_size * cfg.grad_accum * dist_.world_size
+        self.metrics = MetricsLog(run_dir, enabled=dist_.is_main)
+        self.t0 = time.perf_counter()
+
+    # -- state -------------------------------------------------------------------------------
+    def _restore(self, s: dict) -> None:
+        try:
+            self.model.load_state_dict(s["model"])
+            # the saved param groups carry the implementation choice of the machine that
+            # wrote them (fused on CUDA, say); this machine's own choice stays
+            fused = [g.get("fused") for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(s["optimizer"])
+            for g, f in zip(self.optimizer.param_groups, fused):
+                g["fused"] = f
+            if s.get("scaler"):
+                self.scaler.load_state_dict(s["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainError(f"checkpoint does not fit this model ({first_line(e)})") from None
+        self.step, self.tokens = int(s["step"]), int(s["tokens"])
+        self.elapsed_before = float(s["elapsed"])
+        self.best_val = float(s["best_val_loss"]) if s.get("best_val_loss") is not None else math.inf
+        ranks = s.get("rank_states", [])
+        if self.dist.rank < len(ranks):
+            set_rng_state(ranks[self.dist.rank]["rng"])
+            self.sampler.load_state(ranks[self.dist.rank]["sampler"])
+        else:  # more ranks than the run had: a fresh, still reproducible stream for this one
+            self.sampler.rng = np.random.default_rng([self.cfg.seed, self.dist.rank, self.step])
+
+    def state(self, val_loss: float | None) -> dict:
+        ranks = self.dist.gather_objects({"rng": rng_state(), "sampler": self.sampler.state()})
+        return {
+            "model_config": self.model_cfg.to_dict(),
+            "train_config": asdict(self.cfg),
+            "model": ck.plain_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self.elapsed(),
+            "val_loss": val_loss,
+            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+            "rank_states": ranks,
+            "world_size": self.dist.world_size,
+            "tokenizer": self.tokenizer.to_json(),
+            "data_fingerprint": self.tokenizer.fingerprint(),
+        }
+
+    def save(self, val_loss: float | None) -> None:
+        """The latest checkpoint, which is also the best one when `val_loss` is the lowest yet."""
+        state = self.state(val_loss)  # every rank takes part in gathering the RNG states
+        if self.dist.is_main:
+            try:
+                ck.save_checkpoint(self.run_dir / ck.LATEST, state, best=val_loss is not None and val_loss <= self.best_val)
+            except OSError as e:
+                raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); "
+                                 f"the previous checkpoint is kept") from None
+        self.dist.barrier()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    # -- steps -------------------------------------------------------------------------------
+    def budget_used(self, elapsed: float) -> float:
+        """How far through its budget (steps or time, whichever is further) the run is."""
+        cfg = self.cfg
+        parts = []
+        if cfg.max_iters:
+            parts.append((self.step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1))
+        if cfg.max_time:
+            parts.append(elapsed / cfg.max_time)
+        return max(parts)
+
+    def train_step(self, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.cfg.grad_accum):
+            x, y = self.sampler.next()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = micro == self.cfg.grad_accum - 1
+            # DDP averages gradients across ranks on the last micro-step only
+            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else nullcontext()
+            with sync, autocast(self.device, self.dtype):
+                _, loss = self.forward_model(x, y)
+                loss = loss / self.cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def first_step(self, lr: float) -> torch.Tensor:
+        """The first step, where torch.compile does its work: if compiling fails, fall back
+        to eager mode with a warning instead of failing the run."""
+        try:
+            return self.train_step(lr)
+        except Exception as e:
+            if not self.compiled or is_out_of_memory(e):
+                raise
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); training in eager mode")
+            torch._dynamo.reset()
+            self.forward_model = self.ddp if self.ddp is not None else self.model
+            self.compiled = False
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.train_step(lr)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows (split across ranks, then averaged)."""
+        self.model.eval()
+        n = len(self.val_x)
+        mine = range(self.dist.rank * self.cfg.batch_size, n, self.cfg.batch_size * self.dist.world_size)
+        sums = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for i in mine:
+            x = self.val_x[i : i + self.cfg.batch_size].to(self.device)
+            y = self.val_y[i : i + self.cfg.batch_size].to(self.device)
+            with autocast(self.device, self.dtype):
+                _, loss = self.model(x, y)
+            sums[0] += loss.double() * len(x)
+            sums[1] += len(x)
+        self.dist.all_reduce(sums)
+        self.model.train()
+        return (sums[0] / sums[1]).item()
+
+    def stop_reason(self, stop: StopFlag, should_stop: Callable[[int], bool] | None) -> str:
+        """Why the run ends before this step ("" while it goes on), the same on every rank."""
+        cfg, elapsed, signum = self.cfg, self.elapsed(), stop.signum or 0
+        if self.dist.world_size > 1:
+            # signals on any rank stop every rank; the time budget runs on the slowest clock
+            flags = torch.tensor([float(signum), elapsed], device=self.device, dtype=torch.float64)
+            self.dist.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            signum, elapsed = int(flags[0].item()), float(flags[1].item())
+        if cfg.max_iters and self.step >= cfg.max_iters:
+            return "max_iters"
+        if cfg.max_time and elapsed >= cfg.max_time:
+            return "max_time"
+        if signum:
+            return f"signal {signal.Signals(signum).name}"
+        if should_stop is not None and should_stop(self.step):
+            return "request"
+        return ""
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
+        cfg = self.cfg
+        self.t0 = time.perf_counter()
+        self.losses = LossWindow(self.run_dir)
+        self.progress = Progress(cfg.progress and self.dist.is_main, self.step, cfg.max_iters, cfg.max_time, self.log)
+        val_loss, window = None, Throughput()
+        stop = StopFlag()
+        stop.install()
+        try:
+            self.model.train()
+            while not (stopped_by := self.stop_reason(stop, should_stop)):
+                lr = learning_rate(self.step, self.budget_used(self.elapsed()), cfg.lr, cfg.final_lr, cfg.warmup_iters)
+                loss = (self.first_step if self.step_count_this_run() == 0 else self.train_step)(lr)
+                self.step += 1
+                self.tokens += self.global_batch * cfg.block_size
+                window.add(self.global_batch * cfg.block_size)
+                self.losses.add(self.step, loss)
+                stats = None
+                if self.step % cfg.log_interval == 0:
+                    stats = {"train_loss": self.losses.mean_of_pending(), "lr": lr, "tokens_per_s": window.rate()}
+                    self.metrics.write({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed(), 3), **stats})
+                self.progress.step(self.step, self.elapsed(), stats)
+                if self.step % cfg.eval_interval == 0:
+                    val_loss = self.evaluate_and_save()
+            self.losses.check()
+            if stopped_by in ("max_iters", "max_time"):
+                # training always ends with an evaluation (unless this step just had one)
+                if val_loss is None or self.step % cfg.eval_interval:
+                    val_loss = self.evaluate_and_save()
+            else:  # a signal or a request: checkpoint where we are, quickly
+                self.save(None)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            if is_out_of_memory(e):
+                raise TrainError(f"a batch of {cfg.batch_size} x {cfg.block_size} tokens does not fit in {self.device} memory; lower --batch-size or --block-size (--grad-accum keeps the effective batch)") from None
+            raise
+        finally:
+            self.progress.close()
+            stop.restore()
+            self.metrics.close()
+        best = None if math.isinf(self.best_val) else self.best_val
+        return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model)
+
+    def step_count_this_run(self) -> int:
+        return len(self.losses.history) + len(self.losses.pending)
+
+    def evaluate_and_save(self) -> float:
+        self.losses.check()
+        val_loss = self.evaluate()
+        if not math.isfinite(val_loss):
+            raise NonFiniteLoss(f"the validation loss became {val_loss} at step {self.step}; stopped without saving, the last good checkpoint in {self.run_dir} is kept")
+        bpc = val_loss / math.log(2) * self.tokens_per_char
+        train_loss = self.losses.recent_mean(self.cfg.log_interval)
+        improved = val_loss < self.best_val
+        self.metrics.write({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed(), 3), "train_loss": train_loss, "val_loss": val_loss, "val_bpc": bpc})
+        if self.dist.is_main:
+            tr = f"train {train_loss:.4f}, " if train_loss is not None else ""
+            self.progress.say(f"step {self.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char){', best so far: saved as best.pt' if improved else ''}")
+        self.best_val = min(self.best_val, val_loss)
+        self.save(val_loss)
+        return val_loss
