@@ -63,7 +63,7 @@ ERRORS = {
     "missing run folder": (["--ckpt", "checkpoints/nope"], None, "checkpoint not found: checkpoints/nope"),
     "missing checkpoint file": (["--ckpt", "nope.pt"], None, "checkpoint not found: nope.pt"),
     "a file that is not a checkpoint": (["--ckpt", "garbage.pt"], None, "garbage.pt"),
-    "damaged checkpoint": (["--ckpt", "damaged.pt"], None, "not finite numbers"),
+    "damaged checkpoint": (["--ckpt", "damaged.pt"], None, "damaged.pt is damaged: its record"),
     "truncated checkpoint": (["--ckpt", "truncated.pt"], None, "truncated.pt is corrupt or truncated"),
     "newer checkpoint format": (["--ckpt", "future.pt"], None, "format version 99, newer than this toolkit reads"),
     "negative temperature": (["--ckpt", NEW, "--temperature", "-0.5"], None, "--temperature must be a number >= 0"),

@@ -82,20 +82,24 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(data, tmp_path, mo
 
 
 def test_checkpoint_killed_mid_write_keeps_previous_one(data, tmp_path):
-    """A real `kill -9` while a large checkpoint is being written."""
+    """A real `kill -9` in the middle of writing a checkpoint: the child says so from inside
+    the write (half of it done), so the kill cannot come before or after it."""
     train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
     latest = tmp_path / "run" / "latest.pt"
     script = (
-        "import torch, sys; from gpt import checkpoint as ck\n"
-        "print('go', flush=True)\n"
-        "ck.save_checkpoint(__import__('pathlib').Path(sys.argv[1]), {'big': torch.zeros(400_000_000, dtype=torch.uint8)})\n"
+        "import sys, time, torch; from pathlib import Path; from gpt import checkpoint as ck\n"
+        "def half_then_wait(obj, f):\n"
+        "    f.write(b'PK' + bytes(1_000_000)); f.flush()\n"
+        "    print('writing', flush=True); time.sleep(600)\n"
+        "torch.save = half_then_wait\n"
+        "ck.save_checkpoint(Path(sys.argv[1]), {'step': 999})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(latest)], stdout=subprocess.PIPE, cwd=ROOT)
-    proc.stdout.readline()
-    time.sleep(1.0)
+    assert proc.stdout.readline() == b"writing\n"
     proc.kill()
     proc.wait()
     assert ck.load_checkpoint(latest)["step"] == 10
+    assert any(".tmp-" in p.name for p in latest.parent.iterdir())  # the half-written file it left
 
 
 def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
@@ -186,7 +190,8 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(data, tmp_path):
         (lambda d, t: ["--data", str(t / "missing")], ["does not exist"]),
         (lambda d, t: ["--data", str(t)], ["not a prepared data folder"]),
         (lambda d, t: ["--data", str(d), "--block-size", "100000000"], ["--block-size", "larger than the data"]),
-        (lambda d, t: ["--data", str(d), "--device", "cuda"], ["CUDA is not available"]),
+        pytest.param(lambda d, t: ["--data", str(d), "--device", "cuda"], ["CUDA is not available"],
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
         (lambda d, t: ["--data", str(d), "--batch-size", "20000000", "--block-size", "1000"], ["does not fit", "--batch-size"]),
         (lambda d, t: ["--data", str(d), "--max-iters", "0"], ["--max-iters"]),
         (lambda d, t: ["--resume", "--out", str(t / "nothing")], ["checkpoint"]),
@@ -194,7 +199,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(data, tmp_path):
     ids=["missing-data", "empty-data-folder", "block-size-too-large", "no-cuda", "batch-too-large", "bad-max-iters", "resume-nothing"],
 )
 def test_bad_input_gives_one_clear_line(data, tmp_path, make_args, fragments):
-    base = ["--out", str(tmp_path / "r"), "--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--max-iters", "2", "--quiet"]
+    base = ["--out", str(tmp_path / "r"), "--device", "cpu", "--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--max-iters", "2", "--quiet"]
     proc = run_cli("gpt.train", *base, *make_args(data, tmp_path))  # the case's own options come last and win
     assert_one_line_error(proc, "gpt-train", *fragments)
 
