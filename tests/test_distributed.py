@@ -9,7 +9,7 @@ import torch
 
 from gpt import checkpoint as ck
 from gpt.train import train
-from train_support import ROOT, TINY_MODEL, prepared
+from tests.support import ROOT, TINY_MODEL, prepared
 
 WORKER = ROOT / "tests" / "ddp_worker.py"
 

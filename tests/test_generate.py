@@ -11,60 +11,12 @@ import pytest
 import torch
 
 from data_prep import CharTokenizer
-from gpt.checkpoint import plain_state_dict, save_checkpoint
 from gpt.config import ModelConfig
 from gpt.sample.generate import Generator
 from gpt.sample.sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, StopText, sample_next
 from gpt.kv_cache import KVCache
+from tests.support import BLOCK, DOCUMENTS, one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
 from gpt.model import build_model
-
-DOCUMENTS = [
-    "the cat sat on the mat. ",
-    "a dog ran to the park and sat. ",
-    "to be or not to be, that is the question. ",
-    "the rain in spain stays mainly on the plain. ",
-]
-BLOCK = 16
-
-
-def train_tiny_model(pos: str = "rope", kind: str = "gpt", oov: str = "byte", steps: int = 60):
-    """A 2-layer model trained briefly on DOCUMENTS (separated by end-of-text tokens)."""
-    torch.manual_seed(0)
-    tok = CharTokenizer(chars=sorted(set("".join(DOCUMENTS))), oov=oov)
-    stream = []
-    for doc in DOCUMENTS * 8:
-        stream += tok.encode(doc) + [tok.eot_id]
-    data = torch.tensor(stream)
-    cfg = ModelConfig(kind=kind, vocab_size=len(tok), block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0, pos=pos)
-    model = build_model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - BLOCK - 1, (16,))
-        x = torch.stack([data[s : s + BLOCK] for s in starts])
-        y = torch.stack([data[s + 1 : s + BLOCK + 1] for s in starts])
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), tok, cfg
-
-
-def write_checkpoint(run_dir: Path, model, tok: CharTokenizer, cfg: ModelConfig) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "best.pt"
-    save_checkpoint(path, {"model_config": cfg.to_dict(), "model": plain_state_dict(model), "tokenizer": tok.to_json()})
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run fastest on one thread, and do not slow to a crawl when other
-    processes hold the cores (OpenMP threads waiting on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @functools.cache
 def trained_generator(pos: str) -> Generator:

@@ -9,7 +9,7 @@ from data_prep import DataError
 from data_prep import prepare as prepare_module
 from data_prep.prepare import PrepareOptions, prepare
 
-from conftest import owt_archive_bytes, tar_bytes
+from tests.conftest import owt_archive_bytes, tar_bytes
 
 GOOD = "good text that is long enough to split into train and val\n" * 20
 

@@ -10,7 +10,7 @@ import pytest
 
 from data_prep import DataError
 
-from conftest import tar_bytes
+from tests.conftest import tar_bytes
 
 RECORDS = [{"id": i, "text": f"record {i}: some text with ünïcödé 🙂\n" * (1 + i % 3), "title": f"title {i}"} for i in range(120)]
 TEXTS = sorted(r["text"] for r in RECORDS)  # enough records to split by document

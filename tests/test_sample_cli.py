@@ -17,7 +17,7 @@ import pytest
 from gpt.checkpoint import plain_state_dict, save_checkpoint
 from gpt.sample import Generator, SamplingOptions
 from gpt.sample.cli import main
-from test_generate import one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
+from tests.support import one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 # one thread: these runs are many, small and started together

@@ -13,7 +13,7 @@ import torch
 from gpt import checkpoint as ck
 from gpt.train import NonFiniteLoss, Trainer, TrainError, train
 from data_prep.prepare import PrepareOptions, prepare
-from train_support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
+from tests.support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
 
 
 @pytest.fixture(scope="module")

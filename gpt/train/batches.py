@@ -11,6 +11,8 @@ import json
 import numpy as np
 import torch
 
+from data_prep import DataError
+
 
 class BlockSizeError(ValueError):
     pass
@@ -19,7 +21,8 @@ class BlockSizeError(ValueError):
 class WindowIndex:
     """Maps a flat window number to (shard, offset) over shards long enough for a window."""
 
-    def __init__(self, shards: list[np.ndarray], block_size: int):
+    def __init__(self, shards: list[np.ndarray], block_size: int, vocab_size: int | None = None):
+        self.vocab_size = vocab_size
         self.shards = [s for s in shards if len(s) > block_size]
         if not self.shards:
             longest = max((len(s) for s in shards), default=0)
@@ -39,6 +42,9 @@ class WindowIndex:
         for i, (s, w) in enumerate(zip(which.tolist(), flat.tolist())):
             off = w - int(self.starts[s])
             rows[i] = self.shards[s][off : off + n]
+        if self.vocab_size is not None and len(rows) and int(rows.max()) >= self.vocab_size:
+            # a damaged or foreign shard: say so here, not as an index error deep in the model
+            raise DataError(f"a shard holds token id {int(rows.max())}, outside the vocabulary of {self.vocab_size} tokens; prepare the data again")
         t = torch.from_numpy(rows)
         return t[:, :-1], t[:, 1:]
 
@@ -46,8 +52,9 @@ class WindowIndex:
 class BatchSampler:
     """Uniformly random windows; reproducible from (seed, rank) and resumable from state."""
 
-    def __init__(self, shards: list[np.ndarray], block_size: int, batch_size: int, seed: int, rank: int = 0):
-        self.index = WindowIndex(shards, block_size)
+    def __init__(self, shards: list[np.ndarray], block_size: int, batch_size: int, seed: int, rank: int = 0,
+                 vocab_size: int | None = None):
+        self.index = WindowIndex(shards, block_size, vocab_size)
         self.batch_size = batch_size
         self.rng = np.random.default_rng([seed, rank])
 
@@ -61,10 +68,11 @@ class BatchSampler:
         self.rng.bit_generator.state = json.loads(state)
 
 
-def fixed_windows(shards: list[np.ndarray], block_size: int, count: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_windows(shards: list[np.ndarray], block_size: int, count: int, seed: int = 1234,
+                  vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The same `count` windows every time (evenly spread if the split is small), so
     evaluations during a run, and across runs on the same data, are comparable."""
-    index = WindowIndex(shards, block_size)
+    index = WindowIndex(shards, block_size, vocab_size)
     if index.num_windows <= count:
         flat = np.arange(index.num_windows)
     else:

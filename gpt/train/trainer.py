@@ -68,8 +68,9 @@ class Trainer:
             self.model_cfg = cfg.model_config(len(self.tokenizer))
         torch.manual_seed(cfg.seed + dist_.rank)
         try:
-            self.sampler = BatchSampler(self.data.split("train"), cfg.block_size, cfg.batch_size, cfg.seed, dist_.rank)
-            self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows)
+            vocab = len(self.tokenizer)
+            self.sampler = BatchSampler(self.data.split("train"), cfg.block_size, cfg.batch_size, cfg.seed, dist_.rank, vocab)
+            self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows, vocab_size=vocab)
         except BlockSizeError as e:
             raise TrainError(str(e)) from None
         val_meta = self.data.meta["splits"]["val"]

@@ -1,0 +1,108 @@
+"""What the model, training and sampling tests share: a small learnable corpus prepared on
+disk, a tiny trained model with its tokenizer, and running a command as a user would."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep import CharTokenizer
+from data_prep.prepare import PrepareOptions, prepare
+from gpt.checkpoint import plain_state_dict, save_checkpoint
+from gpt.config import ModelConfig
+from gpt.model import build_model
+from gpt.train.batches import BatchSampler
+from gpt.train.optim import make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout=0.0, lr=3e-3,
+                  warmup_iters=5, eval_interval=10, eval_windows=16, log_interval=5, progress=False)
+
+
+def write_corpus(folder: Path, n_docs: int = 150, seed: int = 0) -> Path:
+    """Short documents from a tiny grammar: structured enough to learn in a few steps."""
+    rng = random.Random(seed)
+    names, verbs, things = ["the cat", "a dog", "my friend", "the king"], ["sees", "likes", "eats", "finds"], ["bread", "the moon", "a fish", "water"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        lines = [f"{rng.choice(names)} {rng.choice(verbs)} {rng.choice(things)}." for _ in range(rng.randint(3, 8))]
+        (folder / f"doc{i:03d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def prepared(tmp: Path, **corpus_kw) -> Path:
+    out = tmp / "data"
+    prepare([write_corpus(tmp / "corpus", **corpus_kw)], out, PrepareOptions(workers=1, progress=False))
+    return out
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` (a command: data_prep.cli, gpt.train, gpt.sample) with this
+    checkout's packages, as a user would run it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env, input=stdin)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, prog: str, *fragments: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and "warning" not in l]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error:"), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+# -- a tiny model, for the model and sampling tests ------------------------------------------
+DOCUMENTS = [
+    "the cat sat on the mat. ",
+    "a dog ran to the park and sat. ",
+    "to be or not to be, that is the question. ",
+    "the rain in spain stays mainly on the plain. ",
+]
+BLOCK = 16
+
+
+def train_tiny_model(pos: str = "rope", kind: str = "gpt", oov: str = "byte", steps: int = 60):
+    """A 2-layer model trained briefly on DOCUMENTS (separated by end-of-text tokens), with the
+    training code's own batch sampler and optimizer; in memory, no run folder."""
+    torch.manual_seed(0)
+    tok = CharTokenizer(chars=sorted(set("".join(DOCUMENTS))), oov=oov)
+    stream = []
+    for doc in DOCUMENTS * 8:
+        stream += tok.encode(doc) + [tok.eot_id]
+    cfg = ModelConfig(kind=kind, vocab_size=len(tok), block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0, pos=pos)
+    model = build_model(cfg)
+    batches = BatchSampler([np.array(stream, np.uint8)], BLOCK, batch_size=16, seed=0, vocab_size=len(tok))
+    opt = make_optimizer(model, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.99), device=torch.device("cpu"))
+    for _ in range(steps):
+        x, y = batches.next()
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), tok, cfg
+
+
+def write_checkpoint(run_dir: Path, model, tok: CharTokenizer, cfg: ModelConfig) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "best.pt"
+    save_checkpoint(path, {"model_config": cfg.to_dict(), "model": plain_state_dict(model), "tokenizer": tok.to_json()})
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Autouse in every test module that imports it: models this small run fastest on one thread, and do not slow to a crawl when other
+    processes hold the cores (OpenMP threads waiting on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
