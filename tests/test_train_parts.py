@@ -1,0 +1,166 @@
+"""The training code's parts, one behaviour each: presets, the schedule, the optimizer's
+groups, the window index, the stop flag, the metrics log, compile fallback, fp16 scaling."""
+import json
+import math
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from gpt import checkpoint as ck
+from gpt.config import ConfigError, ModelConfig, TrainConfig
+from gpt.model import build_model
+from gpt.train import train
+from gpt.train.batches import BlockSizeError, WindowIndex
+from gpt.train.metrics import MetricsLog
+from gpt.train.optim import learning_rate, make_optimizer
+from gpt.train.presets import PRESETS, default_preset, layered_config
+from gpt.train.signals import StopFlag
+from tests.support import TINY_MODEL, prepared
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared(tmp_path_factory.mktemp("parts"))
+
+
+def opts(data, out, **kw):
+    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", **kw}
+
+
+# -- presets -------------------------------------------------------------------------------
+def test_a_model_option_overrides_only_itself_and_the_preset_stays():
+    cfg = layered_config("cpu-small", {"n_layer": 2, "lr": None})
+    assert cfg.n_layer == 2
+    assert (cfg.block_size, cfg.batch_size, cfg.n_embd, cfg.lr, cfg.max_time) == (64, 24, 128, 5e-3, 600)
+
+
+def test_the_default_preset_follows_the_device_and_the_model():
+    assert default_preset("cpu") == "cpu-small" and default_preset("mps") == "cpu-small"
+    assert default_preset("cuda") == "baby-gpt"
+    assert default_preset("cuda", "bigram") == default_preset("cpu", "bigram") == "bigram"
+
+
+def test_choosing_the_bigram_brings_its_preset(data, tmp_path):
+    result = train(overrides=opts(data, tmp_path / "run", model="bigram", max_iters=3, lr=None, block_size=None), log=lambda s: None)
+    saved = ck.load_checkpoint(result.run_dir / "latest.pt")["train_config"]
+    assert saved["preset"] == "bigram" and saved["lr"] == PRESETS["bigram"]["lr"] and saved["weight_decay"] == 0.0
+
+
+def test_unknown_config_keys_are_refused_like_the_models():
+    with pytest.raises(ConfigError, match="unknown TrainConfig fields: n_layers"):
+        TrainConfig.from_dict({"n_layers": 3})
+    with pytest.raises(ConfigError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({"n_layers": 3})
+
+
+def test_the_model_options_build_the_model_config():
+    cfg = TrainConfig(model="gpt", n_layer=3, n_head=2, n_embd=16, block_size=8, dropout=0.1, pos="learned", bias=True)
+    m = cfg.model_config(vocab_size=50)
+    assert (m.kind, m.vocab_size, m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.pos, m.bias) == ("gpt", 50, 3, 2, 16, 8, 0.1, "learned", True)
+
+
+# -- schedule and optimizer ------------------------------------------------------------------
+def test_warmup_rises_linearly_then_cosine_decays_to_the_floor():
+    lrs = [learning_rate(s, 0.0, 1.0, 0.1, 4) for s in range(4)]
+    assert lrs == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(10, 0.0, 1.0, 0.1, 4) == 1.0
+    assert learning_rate(10, 0.5, 1.0, 0.1, 4) == pytest.approx(0.55)
+    assert learning_rate(10, 1.0, 1.0, 0.1, 4) == pytest.approx(0.1)
+    assert learning_rate(10, 7.0, 1.0, 0.1, 4) == pytest.approx(0.1)  # past the budget: the floor
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = build_model(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16, bias=True))
+    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), torch.device("cpu"))
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+# -- windows ---------------------------------------------------------------------------------
+def test_shards_shorter_than_a_window_are_skipped():
+    index = WindowIndex([np.arange(5), np.arange(100, 150), np.arange(3)], block_size=8)
+    assert index.num_windows == 50 - 8
+    x, y = index.gather(np.arange(index.num_windows))
+    assert int(x.min()) >= 100
+
+
+def test_windows_never_cross_a_shard_boundary():
+    index = WindowIndex([np.arange(0, 20), np.arange(1000, 1020)], block_size=4)
+    x, y = index.gather(np.arange(index.num_windows))
+    rows = torch.cat([x, y[:, -1:]], dim=1)
+    assert bool(((rows[:, 1:] - rows[:, :-1]) == 1).all())  # each window is consecutive ids of one shard
+    assert {int(r[0]) for r in rows} == set(range(0, 16)) | set(range(1000, 1016))
+
+
+def test_no_shard_long_enough_is_a_clear_error():
+    with pytest.raises(BlockSizeError, match="longest shard holds 5 tokens"):
+        WindowIndex([np.arange(5)], block_size=8)
+
+
+# -- stopping --------------------------------------------------------------------------------
+def test_a_second_ctrl_c_interrupts_at_once():
+    stop = StopFlag()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT  # the first only asks for a stop at the next step boundary
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+
+
+# -- metrics, compile, fp16 ------------------------------------------------------------------
+def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
+    log = MetricsLog(tmp_path)
+    for step in (10, 20, 30, 40):
+        log.write({"step": step, "train_loss": 1.0})
+    log.close()
+    log.trim_after(20)
+    assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10, 20]
+
+
+def test_resume_trims_the_crashed_tail_of_metrics(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 15, "train_loss": 9.0}) + "\n")  # logged after the checkpoint, then a crash
+    train(overrides={"out": str(tmp_path / "run"), "max_iters": 20, "progress": False}, resume=True, log=lambda s: None)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and 9.0 not in [json.loads(l).get("train_loss") for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_warning(data, tmp_path, monkeypatch):
+    def broken_compile(model, **kw):
+        def fails(*a, **k):
+            raise RuntimeError("backend exploded")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(overrides=opts(data, tmp_path / "run", max_iters=5, compile=True), log=lambda s: None)
+    assert result.step == 5 and math.isfinite(result.val_loss)
+    assert any("torch.compile failed (RuntimeError: backend exploded); training in eager mode" in str(w.message) for w in caught)
+
+
+def test_the_fp16_gradient_scaler_is_saved_and_restored(data, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp16 on a CPU warns that it is slow
+        train(overrides=opts(data, tmp_path / "run", max_iters=5, dtype="fp16"), log=lambda s: None)
+        saved = ck.load_checkpoint(tmp_path / "run" / "latest.pt")["scaler"]
+        assert saved is not None and saved["scale"] > 0
+        from gpt.train.run import resumed_config
+        from gpt.train.distributed import Dist
+        from gpt.train.trainer import Trainer
+
+        state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+        cfg = resumed_config(state["train_config"], {"max_iters": 10})
+        trainer = Trainer(cfg, Dist(), torch.device("cpu"), state, tmp_path / "run", log=lambda s: None)
+    assert trainer.scaler.is_enabled() and trainer.scaler.state_dict()["scale"] == saved["scale"]
+    assert trainer.scaler.state_dict()["_growth_tracker"] == saved["_growth_tracker"]
