@@ -1,0 +1,144 @@
+"""The commands as a new user meets them: one run per folder, output that may go away,
+full disks, files where folders belong, and every expected failure in one line."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.command import run_command
+from gpt import checkpoint as ck
+from gpt.train import TrainError, train
+from gpt.train.run_folder import RunFolder
+from tests.support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
+
+TINY_ARGS = ["--device", "cpu", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+             "--batch-size", "4", "--eval-windows", "8", "--eval-interval", "5"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared(tmp_path_factory.mktemp("commands"))
+
+
+def opts(data, out, **kw):
+    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", **kw}
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path):
+    held = RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False)  # as a running gpt-train holds it
+    try:
+        proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+        assert_one_line_error(proc, "gpt-train", "is in use by another gpt-train run", f"process {os.getpid()}")
+    finally:
+        held.release()
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert proc.returncode == 0, proc.stderr  # a released (or killed) holder leaves no stale lock
+
+
+def test_default_run_folders_of_runs_started_together_differ(data, tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--max-iters", "2", "--quiet", *TINY_ARGS],
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    assert len([p for p in (tmp_path / "checkpoints").iterdir() if (p / "latest.pt").exists()]) == 2
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "sample"])
+def test_every_command_survives_its_output_being_cut_short(data, tmp_path, command):
+    write_corpus(tmp_path / "corpus", n_docs=20)
+    lines = {
+        "prepare": f"{sys.executable} -m data_prep.cli corpus --out d --workers 1",
+        "train": f"{sys.executable} -m gpt.train --data {data} --out run --max-iters 10 {' '.join(TINY_ARGS)}",
+        "sample": f"{sys.executable} -m gpt.sample --ckpt run --max-new-tokens 2000 --ignore-eot --device cpu",
+    }
+    if command == "sample":
+        train(overrides=opts(data, tmp_path / "run", max_iters=2), log=lambda s: None)
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{lines[command]} | head -c 10 > /dev/null"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    if command == "train":  # the run went on to the end, printing nothing more
+        assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 10
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_sampling_into_a_full_disk_is_one_line(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=2), log=lambda s: None)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "run", "--max-new-tokens", "50", "--device", "cpu"],
+                              cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert_one_line_error(proc, "gpt-sample", "No space left on device")
+
+
+def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    train(overrides=opts(data, tmp_path / "run", max_iters=5), log=lambda s: None)
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"PK\x03\x04")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", disk_full)
+    with pytest.raises(TrainError, match="cannot write a checkpoint .*No space left on device.*previous checkpoint is kept"):
+        train(overrides={"out": str(tmp_path / "run"), "max_iters": 10, "progress": False}, resume=True, log=lambda s: None)
+    monkeypatch.undo()
+    assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 5
+
+
+def test_out_naming_a_file_is_one_line(data, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "afile", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", "is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
+    proc = run_cli("gpt.train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_half_written_files_of_a_killed_save_are_removed_at_the_next_start(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=5), log=lambda s: None)
+    stale = tmp_path / "run" / ".latest.pt.tmp-999999"
+    stale.write_bytes(b"PK half a checkpoint")
+    train(overrides={"out": str(tmp_path / "run"), "max_iters": 6, "progress": False}, resume=True, log=lambda s: None)
+    assert not stale.exists()
+
+
+def test_resuming_a_spent_budget_says_so_and_a_new_budget_continues(data, tmp_path):
+    train(overrides=opts(data, tmp_path / "run", max_iters=None, max_time=1.0), log=lambda s: None)
+    proc = run_cli("gpt.train", "--resume", "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "budget", "is used up", "--max-iters")
+    step = ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"]
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": step + 3, "progress": False}, resume=True, log=lambda s: None)
+    assert result.step == step + 3 and result.stopped_by == "max_iters"
+
+
+def test_resume_with_nothing_to_resume_names_gpt_trains_own_option(tmp_path):
+    proc = run_cli("gpt.train", "--resume", "--quiet", cwd=tmp_path)
+    assert_one_line_error(proc, "gpt-train", "name a run folder with --out")
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
+    def starting():
+        raise KeyboardInterrupt
+
+    assert run_command("gpt-train", starting, interrupted="interrupted before a step boundary; the last checkpoint is kept") == 130
+    assert capsys.readouterr().err == "gpt-train: error: interrupted before a step boundary; the last checkpoint is kept\n"
+
+
+def test_shard_ids_outside_the_vocabulary_are_one_line(data, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    shard = broken / "train_0000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[32:] = np.full(len(raw) - 32, 250, np.uint8).tobytes()  # ids far past this small vocabulary
+    shard.write_bytes(bytes(raw))
+    proc = run_cli("gpt.train", "--data", broken, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", "outside the vocabulary")
