@@ -2,36 +2,57 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The declared requirement is a range so each machine gets its own build (CUDA, ROCm, CPU).
-# On a CPU-only machine a smaller build can be chosen, e.g. TORCH='torch==2.13.0'.
+# Which torch to install. The declared requirement is a range so each machine gets its own
+# build (CUDA, ROCm, CPU). On a CPU-only machine, `make demo CPU=1` takes PyTorch's CPU
+# wheel index instead (a few hundred MB rather than several GB); TORCH_INDEX names any other
+# index. Changing TORCH, TORCH_INDEX or CPU reinstalls torch on the next make.
 TORCH  ?= torch>=2.6
+CPU    ?=
+TORCH_INDEX ?= $(if $(CPU),https://download.pytorch.org/whl/cpu,)
+TORCH_CHOICE := $(TORCH) $(TORCH_INDEX)
 
 STDLIB  = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 CORPUS ?= $(wildcard $(STDLIB)/*.py)
 DEMO   ?= .demo
+DEMO_RUN ?= checkpoints/demo
 DEMO_TIME ?= 180
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean torch-choice
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[test]'
+# The torch choice is remembered in .venv/.torch; a different choice reinstalls torch. A
+# torch already in .venv with no record (put there by hand, or by CI) is kept.
+torch-choice:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -f $(VENV)/.torch ] && [ "$$(cat $(VENV)/.torch)" != "$(TORCH_CHOICE)" ]; then \
+		echo "torch choice changed to '$(TORCH_CHOICE)': reinstalling torch"; \
+		$(PY) -m pip install --force-reinstall --no-deps "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) && \
+		$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) && \
+		echo "$(TORCH_CHOICE)" > $(VENV)/.torch && rm -f $(VENV)/.installed; \
+	elif ! $(PY) -c 'import torch' 2>/dev/null; then \
+		echo "installing $(TORCH) (this can be a large download; make CPU=1 takes the CPU-only build)"; \
+		$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) && \
+		echo "$(TORCH_CHOICE)" > $(VENV)/.torch; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | torch-choice
+	$(PY) -m pip install -q -e '.[test,plot]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: torch-choice $(VENV)/.installed
 	@echo "gpt-prepare $(if $(filter $(origin CORPUS),file),<the Python standard library's *.py files>,$(CORPUS)) --out $(DEMO)/data --force"
 	@$(VENV)/bin/gpt-prepare $(CORPUS) --out $(DEMO)/data --force
-	$(VENV)/bin/gpt-train --data $(DEMO)/data --out $(DEMO)/run --preset cpu-small --max-time $(DEMO_TIME) --overwrite
-	$(VENV)/bin/gpt-sample --ckpt $(DEMO)/run --max-new-tokens 300 --prompt "def "
+	$(VENV)/bin/gpt-train --data $(DEMO)/data --out $(DEMO_RUN) --preset cpu-small --max-time $(DEMO_TIME) --overwrite
+	$(VENV)/bin/gpt-sample --ckpt $(DEMO_RUN) --max-new-tokens 300 --prompt "def "
+	@echo "the run is in $(DEMO_RUN); sample again with: $(VENV)/bin/gpt-sample --prompt 'def '"
 
-test: $(VENV)/.installed
+test: torch-choice $(VENV)/.installed
 	$(PY) -m pytest tests
 
-bench: $(VENV)/.installed
+bench: torch-choice $(VENV)/.installed
 	$(PY) bench/prepare_bench.py ../shared/corpora/owt-sample
 	$(PY) bench/train_bench.py
 	$(PY) bench/sample_bench.py
 
+# Start over: the environment (torch included), the demo's data and its run.
 clean:
-	rm -rf $(VENV) $(DEMO) build *.egg-info
+	rm -rf $(VENV) $(DEMO) $(DEMO_RUN) build *.egg-info
