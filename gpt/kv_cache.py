@@ -17,6 +17,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.block_size = block_size
         self.length = 0  # positions filled
+        self.positions = torch.arange(block_size, device=device)  # for the static step's mask
 
     @classmethod
     def for_model(cls, model, batch: int, device, dtype) -> "KVCache":
@@ -32,6 +33,14 @@ class KVCache:
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one position's keys/values (B, nh, 1, hs) for `layer` at `pos` (a 0-dim
+        tensor); return the whole buffers, whose shapes never change (the static step)."""
+        at = pos.view(1)
+        self.k[layer].index_copy_(2, at, k)
+        self.v[layer].index_copy_(2, at, v)
+        return self.k[layer], self.v[layer]
 
     def advance(self, n_new: int) -> None:
         self.length += n_new

@@ -96,15 +96,19 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
-    def decode(self, x, rot: torch.Tensor | None, cache: KVCache, layer: int):
-        """forward() for one new token per sequence, x (B, C), at window position cache.length."""
+    def decode(self, x, rot: torch.Tensor | None, cache: KVCache, layer: int, pos=None, mask=None):
+        """forward() for one new token per sequence, x (B, C), at window position `pos`: the
+        cache's length, or with `mask` a position tensor (the static-shape step, see GPT.decode)."""
         B, C = x.shape
         qkv = linear(self.qkv, x).view(B, 3, self.n_head, 1, self.head_size)
         qk = qkv[:, :2]
         if rot is not None:
             qk = (qk.reshape(-1, self.head_size) @ rot).view(B, 2, self.n_head, 1, self.head_size)
-        k, v = cache.update(layer, qk[:, 1], qkv[:, 2])  # (B, nh, S, hs): the whole window
-        y = F.scaled_dot_product_attention(qk[:, 0], k, v)  # (B, nh, 1, hs)
+        if mask is None:
+            k, v = cache.update(layer, qk[:, 1], qkv[:, 2])  # (B, nh, S, hs): the whole window
+        else:
+            k, v = cache.write(layer, pos, qk[:, 1], qkv[:, 2])  # (B, nh, block, hs): all of the buffer
+        y = F.scaled_dot_product_attention(qk[:, 0], k, v, attn_mask=mask)  # (B, nh, 1, hs)
         return linear(self.proj, y.view(B, C))
 
 
@@ -141,8 +145,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), rope, cache, layer)
         return x + self.mlp(self.ln2(x))
 
-    def decode(self, x, rot, cache: KVCache, layer: int):
-        x = x + self.attn.decode(layer_norm(self.ln1, x), rot, cache, layer)
+    def decode(self, x, rot, cache: KVCache, layer: int, pos=None, mask=None):
+        x = x + self.attn.decode(layer_norm(self.ln1, x), rot, cache, layer, pos, mask)
         return x + self.mlp.decode(layer_norm(self.ln2, x))
 
 
@@ -205,24 +209,34 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(x))  # (B, T, V)
         return logits, lm_loss(logits, targets)
 
-    def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(self, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, V) for one new token per sequence, idx (B,), at window position
         cache.length: forward()'s computation on (B, C) activations, with the position's
         rotation as one matrix shared by all layers. Generating a token then costs little
         more than reading the weights once: on a CPU, a third of forward()'s time for a single
         position went to reshaping and per-call overhead, not arithmetic, which is also why
         the decode methods call the functional forms of their layers (so hooks registered on
-        submodules do not run here; hooks on the model itself do)."""
-        pos = cache.length
+        submodules do not run here; hooks on the model itself do).
+
+        With `pos`, a 0-dim position tensor on the model's device, every shape is fixed: the
+        new key and value are written at `pos` and attention runs over the whole cache
+        buffer with positions after `pos` masked out. Nothing then depends on a Python
+        number, so the step can be captured once as a CUDA graph and replayed for every
+        token; the caller keeps `cache.length` (it is not advanced here)."""
+        static = pos is not None
+        if not static:
+            pos = cache.length
         x = self.wte(idx)  # (B, C)
         rot = None
         if self.wpe is not None:
             x = x + self.wpe.weight[pos]
         else:
             rot = rope_matrix(self.rope_cos[pos], self.rope_sin[pos])
+        mask = (cache.positions <= pos).view(1, -1) if static else None  # (1, block): the window so far
         for i, block in enumerate(self.blocks):
-            x = block.decode(x, rot, cache, i)
-        cache.advance(1)
+            x = block.decode(x, rot, cache, i, pos, mask)
+        if not static:
+            cache.advance(1)
         return linear(self.head, layer_norm(self.ln_f, x))  # (B, V)
 
 

@@ -22,6 +22,9 @@ from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpo
 from ..device import resolve_device, resolve_dtype
 from ..kv_cache import KVCache
 from .sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, sample_next
+from .static_decode import StaticDecoder
+
+SYNC_EVERY = 32
 
 
 class Generator:
@@ -33,9 +36,17 @@ class Generator:
     bf16 model cast once decodes one sample 1.5-2x faster than fp32; under autocast it is
     slower than fp32)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, device: torch.device, dtype: torch.dtype,
+                 static_decode: bool | None = None):
+        """`static_decode`: decode through the fixed-shape step (`StaticDecoder`), replayed as a
+        CUDA graph on a GPU; None chooses it on CUDA only (on a CPU the plain step is faster:
+        it attends to the filled positions only, and there are no launches to save)."""
         self.model, self.tokenizer, self.device, self.dtype = model.to(dtype), tokenizer, device, dtype
         self.block_size = model.config.block_size
+        self.static_decode = device.type == "cuda" if static_decode is None else static_decode
+        # without streaming, tokens are read back to the host this many steps at a time: on a
+        # GPU each read waits for the queue of kernels to drain, which would idle it per token
+        self.sync_every = SYNC_EVERY if device.type == "cuda" else 1
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> "Generator":
@@ -58,9 +69,11 @@ class Generator:
             raise GenerationError(f"the prompt cannot be encoded: {e}") from None
 
     @torch.inference_mode()
-    def token_steps(self, prompt_ids: Sequence[int], options: SamplingOptions, num_samples: int = 1) -> Iterator[list[int]]:
+    def token_steps(self, prompt_ids: Sequence[int], options: SamplingOptions, num_samples: int = 1,
+                    sync_every: int = 1) -> Iterator[list[int]]:
         """Each step's new token for each sample, up to max_new_tokens steps. The caller
-        decides when to stop early (it just stops iterating)."""
+        decides when to stop early (it just stops iterating). Tokens are read back to the host
+        `sync_every` steps at a time (the steps after a stop are then computed for nothing)."""
         options.validate(self.block_size)
         if num_samples < 1:
             raise GenerationError(f"--num-samples must be at least 1, got {num_samples}")
@@ -72,22 +85,27 @@ class Generator:
         ids = torch.empty(B, P + steps, dtype=torch.long, device=self.device)  # every token so far
         ids[:, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         window = ContextWindow(self.block_size, options.window_slide(self.block_size))
-        cache = None
+        cache = decoder = None
         if options.use_kv_cache and getattr(self.model, "supports_kv_cache", False):
             cache = KVCache.for_model(self.model, B, self.device, self.dtype)
+            if self.static_decode:
+                decoder = StaticDecoder(self.model, cache, B, self.device, use_graph=self.device.type == "cuda")
         rng = torch.Generator(device=self.device)
         if options.seed is None:
             rng.seed()
         else:
             rng.manual_seed(options.seed)
         temperature, top_k, top_p = options.temperature, options.top_k, options.top_p
+        done = P
         for n in range(P, P + steps):
-            logits = self._next_logits(ids, n, window, cache)
-            token = sample_next(logits, temperature, top_k, top_p, rng)  # (B, 1)
-            ids[:, n : n + 1] = token
-            yield token.view(-1).tolist()  # the one host sync per step
+            logits = self._next_logits(ids, n, window, cache, decoder)
+            ids[:, n : n + 1] = sample_next(logits, temperature, top_k, top_p, rng)  # (B, 1)
+            if n + 1 - done >= sync_every or n + 1 == P + steps:
+                yield from ids[:, done : n + 1].t().tolist()  # one host sync for these steps
+                done = n + 1
 
-    def _next_logits(self, ids: torch.Tensor, n: int, window: ContextWindow, cache: KVCache | None) -> torch.Tensor:
+    def _next_logits(self, ids: torch.Tensor, n: int, window: ContextWindow, cache: KVCache | None,
+                     decoder: StaticDecoder | None = None) -> torch.Tensor:
         """Last-position logits (B, V) after tokens ids[:, :n], seeing only the window."""
         moved = window.update(n)
         if cache is None:
@@ -95,17 +113,20 @@ class Generator:
         elif moved or cache.length == 0:
             cache.reset()
             x = ids[:, window.start : n]
-        else:  # the cache holds tokens[start:n-1]: only the newest token is new
+        elif decoder is not None:  # the cache holds tokens[start:n-1]: only the newest token is new
+            return decoder(ids[:, n - 1], cache.length)
+        else:
             x = ids[:, n - 1 : n]
         logits, _ = self.model(x, cache=cache, last_only=True)
         return logits[:, -1]
 
-    def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1) -> Iterator[list[str]]:
+    def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1,
+                       sync_every: int = 1) -> Iterator[list[str]]:
         """Per step, the new text of each sample ("" when it has none), until every sample has
         ended or max_new_tokens is reached."""
         prompt_ids = self.encode_prompt(prompt)
         texts = [SampleText(self.tokenizer, options) for _ in range(num_samples)]
-        for tokens in self.token_steps(prompt_ids, options, num_samples):
+        for tokens in self.token_steps(prompt_ids, options, num_samples, sync_every):
             yield [t.push(tok) for t, tok in zip(texts, tokens)]
             if all(t.done for t in texts):
                 return
@@ -120,7 +141,7 @@ class Generator:
     def generate(self, prompt: str, options: SamplingOptions, num_samples: int = 1) -> list[str]:
         """num_samples continuations of the prompt, generated together in one batch."""
         parts: list[list[str]] = [[] for _ in range(num_samples)]
-        for pieces in self.stream_samples(prompt, options, num_samples):
+        for pieces in self.stream_samples(prompt, options, num_samples, self.sync_every):
             for part, piece in zip(parts, pieces):
                 if piece:
                     part.append(piece)

@@ -1,0 +1,69 @@
+"""The fixed-shape decode step (what CUDA graphs replay on a GPU), checked on the CPU:
+the same tokens as recomputing the whole window, across window moves, and the same tokens
+whether they are read back every step or in groups."""
+import pytest
+import torch
+
+from gpt.kv_cache import KVCache
+from gpt.sample import Generator, SamplingOptions
+from gpt.sample.static_decode import StaticDecoder
+from tests.support import one_thread, train_tiny_model  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope="module", params=["rope", "learned"])
+def trained(request):
+    model, tok, _ = train_tiny_model(pos=request.param)
+    return model, tok
+
+
+def tokens(model, tok, options, static=False, num_samples=1, sync_every=1):
+    gen = Generator(model, tok, torch.device("cpu"), torch.float32, static_decode=static)
+    return list(gen.token_steps(gen.encode_prompt("the cat"), options, num_samples, sync_every))
+
+
+@pytest.mark.parametrize("temperature, seed", [(0.0, None), (1.0, 7)])
+def test_the_static_step_gives_the_tokens_of_the_uncached_path_across_window_moves(trained, temperature, seed):
+    model, tok = trained
+    options = dict(max_new_tokens=60, temperature=temperature, seed=seed, slide=5)  # the window of 16 moves many times
+    static = tokens(model, tok, SamplingOptions(**options), static=True, num_samples=3)
+    uncached = tokens(model, tok, SamplingOptions(**options, use_kv_cache=False), num_samples=3)
+    assert static == uncached
+
+
+def test_the_static_step_matches_the_plain_decode_step_logit_for_logit(trained):
+    model, _ = trained
+    torch.manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    plain, fixed = (KVCache.for_model(model, 2, "cpu", torch.float32) for _ in range(2))
+    with torch.inference_mode():
+        model(prompt, cache=plain)
+        model(prompt, cache=fixed)
+        step = StaticDecoder(model, fixed, 2, torch.device("cpu"), use_graph=False)
+        for t in range(8):
+            token = torch.tensor([t, t + 1])
+            expected = model.decode(token, plain)
+            got = step(token, fixed.length)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            assert fixed.length == plain.length
+
+
+def test_positions_after_the_current_one_are_masked_out(trained):
+    """Stale keys beyond the position (left by an earlier window) must not be seen."""
+    model, _ = trained
+    with torch.inference_mode():
+        clean = KVCache.for_model(model, 1, "cpu", torch.float32)
+        dirty = KVCache.for_model(model, 1, "cpu", torch.float32)
+        dirty.k.normal_()
+        dirty.v.normal_()  # garbage everywhere, as after many window moves
+        prompt = torch.tensor([[1, 2, 3]])
+        model(prompt, cache=clean)
+        model(prompt, cache=dirty)
+        a = StaticDecoder(model, clean, 1, torch.device("cpu"), use_graph=False)(torch.tensor([4]), 3)
+        b = StaticDecoder(model, dirty, 1, torch.device("cpu"), use_graph=False)(torch.tensor([4]), 3)
+    torch.testing.assert_close(a, b)
+
+
+def test_reading_tokens_back_in_groups_changes_nothing(trained):
+    model, tok = trained
+    options = SamplingOptions(max_new_tokens=45, temperature=1.0, seed=3)
+    assert tokens(model, tok, options, num_samples=2, sync_every=16) == tokens(model, tok, options, num_samples=2)
