@@ -9,6 +9,7 @@ flushed and fsynced, then renamed over the old file, so a crash at any moment (a
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -135,8 +136,43 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST) -> Path:
     return p
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_reference(path: Path, state: dict) -> dict:
+    """Where a fine-tuned run came from: the base checkpoint's path, step and SHA-256."""
+    return {"path": str(Path(path).resolve()), "step": state.get("step"), "sha256": file_sha256(path)}
+
+
+def load_base(ref: dict) -> dict:
+    """The base checkpoint a LoRA run's adapters belong to, exactly as it was."""
+    path = Path(ref["path"])
+    if not path.is_file():
+        raise CheckpointError(f"the base checkpoint of this LoRA run is missing: expected {path} (put it back, or merge the adapters where it exists)")
+    if file_sha256(path) != ref["sha256"]:
+        raise CheckpointError(f"the base checkpoint {path} has changed since this LoRA run was trained on it (SHA-256 {ref['sha256'][:16]}... expected)")
+    return load_checkpoint(path)
+
+
 def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, CharTokenizer]:
-    """The model (in eval mode, on `device`) and tokenizer a checkpoint describes."""
+    """The model (in eval mode, on `device`) and tokenizer a checkpoint describes. A LoRA
+    run's checkpoint holds adapters only: its base is loaded and the adapters merged in."""
+    if state.get("lora"):
+        from . import lora
+
+        model, tokenizer = model_from_checkpoint(load_base(state["lora"]["base"]), "cpu")
+        spec = state["lora"]
+        lora.apply(model, spec["rank"], spec["alpha"], tuple(spec["targets"]))
+        try:
+            lora.load_adapter_state(model, state["model"])
+        except lora.LoRAError as e:
+            raise CheckpointError(str(e)) from None
+        return lora.merge(model).to(device).eval(), tokenizer
     try:
         cfg = ModelConfig.from_dict(state["model_config"])
         model = build_model(cfg)

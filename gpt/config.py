@@ -103,6 +103,11 @@ class TrainConfig:
     eval_interval: int = 250
     eval_windows: int = 256
     log_interval: int = 10
+    # fine-tuning: start from another run's model (in full, or with low-rank adapters)
+    init_from: str | None = None  # a run folder or checkpoint
+    lora: int = 0  # adapter rank; 0: fine-tune every weight
+    lora_alpha: float | None = None  # the adapters' scale is alpha / rank; default 2 x rank
+    lora_targets: str = "qkv,proj,fc"
     # machine
     device: str = "auto"
     dtype: str = "auto"
@@ -125,10 +130,18 @@ class TrainConfig:
             raise ConfigError("--lr must be positive and --min-lr not negative")
         if self.warmup_iters < 0:
             raise ConfigError(f"--warmup-iters must not be negative, got {self.warmup_iters}")
+        if self.lora and not self.init_from:
+            raise ConfigError("--lora adapts a trained model: give it one with --init-from RUN")
+        if self.lora < 0:
+            raise ConfigError(f"--lora must be a rank of at least 1 (or 0 for full fine-tuning), got {self.lora}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         shape = {name: getattr(self, name) for name in MODEL_FIELDS if name != "model"}
         return ModelConfig(kind=self.model, vocab_size=vocab_size, **shape)
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora
 
     @property
     def final_lr(self) -> float:

@@ -74,6 +74,13 @@ def build_parser() -> Parser:
     g.add_argument("--beta1", type=float, help=f"AdamW beta1 (default: {d.beta1})")
     g.add_argument("--beta2", type=float, help=f"AdamW beta2 (default: {d.beta2})")
     g.add_argument("--grad-clip", type=float, help=f"gradient norm clip, 0 for none (default: {d.grad_clip})")
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--init-from", metavar="RUN", help="start from this run's model (a run folder: its best checkpoint, or a checkpoint file), "
+                   "with a fresh optimizer and schedule, a lower learning rate (3e-4) and a short warmup; "
+                   "the data must use its vocabulary (gpt-prepare NEW --vocab-from RUN)")
+    g.add_argument("--lora", type=int, metavar="RANK", help="train low-rank adapters of this rank instead of every weight (needs --init-from; lr 2e-3)")
+    g.add_argument("--lora-alpha", type=float, help="the adapters' scale is alpha / rank (default: 2 x rank)")
+    g.add_argument("--lora-targets", help="comma-separated layers to adapt: qkv, proj, fc (default: all three)")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, help=f"steps between evaluations and checkpoints (default: {d.eval_interval})")
     g.add_argument("--eval-windows", type=int, help=f"fixed validation windows per evaluation (default: {d.eval_windows})")

@@ -24,6 +24,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Fine-tuning starts from a trained model: a lower learning rate and a short warmup keep
+# what it knows; adapters (LoRA) start at zero and take a higher rate, without weight decay.
+FINETUNE = dict(lr=3e-4, min_lr=3e-5, warmup_iters=20, eval_interval=100)
+FINETUNE_LORA = dict(lr=2e-3, min_lr=2e-4, warmup_iters=20, eval_interval=100, weight_decay=0.0)
+SHAPE_FROM_MODEL = {"model": "kind", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "block_size",
+                    "pos": "pos", "bias": "bias", "dropout": "dropout"}
+
+
 def default_preset(device_type: str, model: str | None = None) -> str:
     """The preset a run gets when none is named: the bigram's for a bigram, else the one
     sized for the device."""
@@ -39,3 +47,17 @@ def layered_config(preset: str, overrides: dict) -> TrainConfig:
     values = {**PRESETS[preset], "preset": preset}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
+
+
+def finetune_config(preset: str, base_model: dict, overrides: dict) -> TrainConfig:
+    """Defaults, the preset, the fine-tuning defaults, the base model's shape, then explicit
+    options; an explicit option may not change the shape (dropout and a shorter context may)."""
+    shape = {option: base_model[field] for option, field in SHAPE_FROM_MODEL.items() if field in base_model}
+    fixed = [k for k in shape if k not in ("dropout", "block_size") and overrides.get(k) is not None and overrides[k] != shape[k]]
+    if fixed:
+        raise ConfigError(f"options {', '.join('--' + k.replace('_', '-') for k in fixed)} do not match the base model "
+                          f"({', '.join(f'{k}={shape[k]}' for k in fixed)}); the shape comes from --init-from")
+    if overrides.get("block_size") is not None and overrides["block_size"] > shape["block_size"]:
+        raise ConfigError(f"--block-size {overrides['block_size']} is longer than the base model's context ({shape['block_size']})")
+    tuning = FINETUNE_LORA if overrides.get("lora") else FINETUNE
+    return layered_config(preset, {**tuning, **shape, **{k: v for k, v in overrides.items() if v is not None}})

@@ -11,7 +11,8 @@ from ..device import resolve_device
 from ..model import count_parameters
 from .distributed import Dist, init_distributed
 from .errors import TrainError
-from .presets import default_preset, layered_config
+from .base import Base
+from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
 from .run_folder import RunFolder, default_run_dir
 from .trainer import Trainer, TrainResult
@@ -48,28 +49,35 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     dist_, device_name = init_distributed(overrides.get("device") or "auto")
     try:
         device = resolve_device(device_name)
-        resume_state = None
+        resume_state = base = None
         if resume:
             run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
             resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
             cfg = resumed_config(resume_state["train_config"], {**overrides, "out": str(run_dir)})
+            if resume_state.get("lora"):  # its checkpoints hold the adapters: the base comes first
+                base = Base.from_reference(resume_state["lora"]["base"])
         else:
-            cfg = layered_config(preset or default_preset(device.type, overrides.get("model")), overrides)
+            preset = preset or default_preset(device.type, overrides.get("model"))
+            if overrides.get("init_from"):
+                base = Base.from_run(overrides["init_from"])
+                cfg = finetune_config(preset, base.state["model_config"], overrides)
+            else:
+                cfg = layered_config(preset, overrides)
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
         cfg.validate()
-        return run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log)
+        return run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
     finally:
         dist_.close()
 
 
 def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | None, run_dir: Path, overwrite: bool,
-                  should_stop, log) -> TrainResult:
+                  should_stop, log, base: Base | None = None) -> TrainResult:
     folder = RunFolder.claim(run_dir, new_run=resume_state is None, overwrite=overwrite) if dist_.is_main else None
     dist_.barrier()
     failed = True
     try:
-        trainer = Trainer(cfg, dist_, device, resume_state, run_dir, log)
+        trainer = Trainer(cfg, dist_, device, resume_state, run_dir, log, base)
         if resume_state is not None:
             check_budget_left(cfg, trainer.step, trainer.elapsed_before)
         if dist_.is_main:
@@ -78,8 +86,13 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             ck.write_run_files(run_dir, {
                 "model": trainer.model_cfg.to_dict(), "train": asdict(cfg), "world_size": dist_.world_size,
                 "global_batch": trainer.global_batch, "tokens_per_step": trainer.global_batch * cfg.block_size,
+                **trainer.lineage(),
             }, trainer.tokenizer)
             n = count_parameters(trainer.model)
+            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            if base is not None:
+                log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): "
+                    f"{'LoRA rank ' + str(cfg.lora) + ', ' if cfg.lora else ''}{trainable:,} of {n:,} parameters trained")
             what = f"resuming {run_dir} at step {trainer.step}" if resume_state else f"training into {run_dir}"
             log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
                 f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "

@@ -19,12 +19,15 @@ import numpy as np
 import torch
 
 import data_prep
+from data_prep import CharTokenizer
 from data_prep.errors import first_line
 
 from .. import checkpoint as ck
+from .. import lora
 from ..config import ModelConfig, TrainConfig
 from ..device import autocast, configure_backends, resolve_dtype
 from ..model import build_model
+from .base import Base
 from .batches import BatchSampler, BlockSizeError, fixed_windows
 from .distributed import Dist
 from .errors import NonFiniteLoss, TrainError
@@ -54,8 +57,10 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist_: Dist, device: torch.device, resume_state: dict | None, run_dir: Path,
-                 log: Callable[[str], None]):
-        self.cfg, self.dist, self.device, self.run_dir, self.log = cfg, dist_, device, run_dir, log
+                 log: Callable[[str], None], base: Base | None = None):
+        """`base`: the checkpoint a fine-tuning run starts from (for a LoRA run, also when it
+        resumes: its checkpoints hold the adapters only)."""
+        self.cfg, self.dist, self.device, self.run_dir, self.log, self.base = cfg, dist_, device, run_dir, log, base
         self.dtype = resolve_dtype(cfg.dtype, device)
         configure_backends(device)
         self.data = data_prep.load(cfg.data)
@@ -64,6 +69,11 @@ class Trainer:
             self.model_cfg = ModelConfig.from_dict(resume_state["model_config"])
             if resume_state.get("data_fingerprint") != self.tokenizer.fingerprint():
                 raise TrainError(f"data folder {cfg.data} has a different vocabulary from the checkpoint's; resume with the data the run was trained on")
+        elif base is not None:
+            self.model_cfg = ModelConfig.from_dict({**base.state["model_config"], "dropout": cfg.dropout})
+            if CharTokenizer.from_json(base.state["tokenizer"]).fingerprint() != self.tokenizer.fingerprint():
+                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the base model's; prepare the new text "
+                                 f"with its vocabulary: gpt-prepare NEW_TEXT --vocab-from {cfg.init_from}")
         else:
             self.model_cfg = cfg.model_config(len(self.tokenizer))
         torch.manual_seed(cfg.seed + dist_.rank)
@@ -76,6 +86,10 @@ class Trainer:
         val_meta = self.data.meta["splits"]["val"]
         self.tokens_per_char = val_meta["tokens"] / max(val_meta["characters"], 1)
         self.model = build_model(self.model_cfg).to(device)
+        if base is not None:
+            self.model.load_state_dict(base.state["model"])  # a resumed full fine-tuning run overwrites them below
+        if cfg.lora:
+            lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, math.inf
@@ -97,7 +111,10 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------
     def _restore(self, s: dict) -> None:
         try:
-            self.model.load_state_dict(s["model"])
+            if self.cfg.lora:
+                lora.load_adapter_state(self.model, s["model"])
+            else:
+                self.model.load_state_dict(s["model"])
             # the saved param groups carry the implementation choice of the machine that
             # wrote them (fused on CUDA, say); this machine's own choice stays
             fused = [g.get("fused") for g in self.optimizer.param_groups]
@@ -106,7 +123,7 @@ class Trainer:
                 g["fused"] = f
             if s.get("scaler"):
                 self.scaler.load_state_dict(s["scaler"])
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError, KeyError, lora.LoRAError) as e:
             raise TrainError(f"checkpoint does not fit this model ({first_line(e)})") from None
         self.step, self.tokens = int(s["step"]), int(s["tokens"])
         self.elapsed_before = float(s["elapsed"])
@@ -123,7 +140,8 @@ class Trainer:
         return {
             "model_config": self.model_cfg.to_dict(),
             "train_config": asdict(self.cfg),
-            "model": ck.plain_state_dict(self.model),
+            "model": lora.adapter_state(self.model) if self.cfg.lora else ck.plain_state_dict(self.model),
+            **self.lineage(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "step": self.step,
@@ -136,6 +154,16 @@ class Trainer:
             "tokenizer": self.tokenizer.to_json(),
             "data_fingerprint": self.tokenizer.fingerprint(),
         }
+
+    def lineage(self) -> dict:
+        """Where a fine-tuning run came from; for LoRA, what sampling needs to rebuild it."""
+        if self.base is None:
+            return {}
+        out = {"init_from": self.base.ref}
+        if self.cfg.lora:
+            out["lora"] = {"rank": self.cfg.lora, "alpha": self.cfg.lora_scale_alpha,
+                           "targets": list(lora.parse_targets(self.cfg.lora_targets)), "base": self.base.ref}
+        return out
 
     def save(self, val_loss: float | None) -> None:
         """The latest checkpoint, which is also the best one when `val_loss` is the lowest yet."""

@@ -1,0 +1,98 @@
+"""Low-rank adapters (LoRA): fine-tune a few small matrices while the base model stays frozen.
+
+A chosen linear layer W (out x in) becomes W x + (alpha / r) * B (A x), with A (r x in)
+random and B (out x r) zero at the start, so training begins exactly at the base model.
+Only A and B are trained and saved: a checkpoint of the adapters is a few hundred KB where
+the model is tens of MB, and names its base checkpoint by path and SHA-256.
+
+Written here rather than taken from the `peft` library: peft pulls in `transformers` and
+`accelerate` (hundreds of MB) for what is, on this model, one small module and three
+functions, and its wrappers would not reach the decode path, which calls the functional
+form of each layer (`F.linear(x, layer.weight)`). For sampling, evaluation and export the
+adapters are merged into the weights once (`merge`), so every inference path runs unchanged
+and at full speed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from data_prep.errors import UserError
+
+TARGETS = ("qkv", "proj", "fc")  # attention's fused projection, the two output projections, the MLP's input
+
+
+class LoRAError(UserError):
+    pass
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.scale = alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear initialises its weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+
+    def merged(self) -> nn.Linear:
+        with torch.no_grad():
+            self.base.weight += (self.lora_b @ self.lora_a) * self.scale
+        return self.base
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in names if t not in TARGETS]
+    if not names or unknown:
+        raise LoRAError(f"--lora-targets {text!r}: {', '.join(unknown) or 'nothing'} matches no layer (choose from {', '.join(TARGETS)})")
+    return names
+
+
+def apply(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> int:
+    """Freeze the model and wrap every linear layer whose attribute name is in `targets`;
+    returns the number of trainable parameters."""
+    if rank < 1:
+        raise LoRAError(f"--lora must be a rank of at least 1, got {rank}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if name in targets and isinstance(child, nn.Linear):
+                setattr(module, name, LoRALinear(child, rank, alpha))
+                wrapped += 1
+    if not wrapped:
+        raise LoRAError(f"--lora-targets {','.join(targets)} matches no linear layer of this model")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters' weights only (what a LoRA checkpoint holds)."""
+    return {k.replace("_orig_mod.", "").replace("module.", ""): v.detach().clone()
+            for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = {k for k in model.state_dict() if ".lora_" in k}
+    if set(state) != own:
+        raise LoRAError(f"the checkpoint's adapters do not fit this model ({len(set(state) ^ own)} names differ)")
+    model.load_state_dict(state, strict=False)
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its layer's weight and unwrap it: a plain model again."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, name, child.merged())
+    return model

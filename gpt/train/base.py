@@ -1,0 +1,32 @@
+"""The model a fine-tuning run starts from: a checkpoint, and a reference to it (path, step
+and SHA-256) that the run records so its origin is never in doubt."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import checkpoint as ck
+from .errors import TrainError
+
+
+@dataclass
+class Base:
+    state: dict
+    ref: dict
+
+    @classmethod
+    def from_run(cls, path: str | Path) -> "Base":
+        """A run folder (its best checkpoint) or a checkpoint file."""
+        ckpt = ck.resolve_checkpoint(path)
+        state = ck.load_checkpoint(ckpt)
+        if state.get("lora"):
+            raise TrainError(f"--init-from {path} is a LoRA run; fine-tune from its base, or from a merged export")
+        for key in ("model", "model_config", "tokenizer"):
+            if key not in state:
+                raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")
+        return cls(state, ck.base_reference(ckpt, state))
+
+    @classmethod
+    def from_reference(cls, ref: dict) -> "Base":
+        """The base a LoRA run recorded, checked to be exactly the file it was trained on."""
+        return cls(ck.load_base(ref), ref)

@@ -1,0 +1,131 @@
+"""Fine-tuning: a new run that starts from another run's model, in full or with LoRA adapters."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from gpt import checkpoint as ck
+from gpt.sample import Generator
+from gpt.train import TrainError, train
+from data_prep.prepare import PrepareOptions, prepare
+from tests.support import TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared(tmp_path_factory.mktemp("finetune"))
+
+
+@pytest.fixture(scope="module")
+def base(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "run"
+    train(overrides={**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", "max_iters": 30}, log=lambda s: None)
+    return out
+
+
+def tune(data, base, out, **kw):
+    return {"data": str(data), "out": str(out), "device": "cpu", "init_from": str(base), "progress": False,
+            "eval_windows": 16, "batch_size": 8, "eval_interval": 5, **kw}
+
+
+def weights(path):
+    return ck.load_checkpoint(path)["model"]
+
+
+def test_a_fine_tuning_run_starts_from_the_base_weights_with_a_fresh_step_count(data, base, tmp_path):
+    result = train(overrides=tune(data, base, tmp_path / "ft"), should_stop=lambda step: True, log=lambda s: None)
+    assert result.step == 0
+    start, origin = weights(tmp_path / "ft" / "latest.pt"), weights(base / "best.pt")
+    assert all(torch.equal(start[k], origin[k]) for k in origin)
+
+
+def test_the_run_records_where_it_came_from_and_gets_fine_tuning_defaults(data, base, tmp_path):
+    train(overrides=tune(data, base, tmp_path / "ft", max_iters=5), log=lambda s: None)
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["init_from"]["path"] == str((base / "best.pt").resolve())
+    assert config["init_from"]["sha256"] == ck.file_sha256(base / "best.pt") and config["init_from"]["step"] == 30
+    assert config["train"]["lr"] == 3e-4 and config["train"]["warmup_iters"] == 20
+    assert config["model"]["n_embd"] == TINY_MODEL["n_embd"]  # the shape comes from the base
+
+
+def test_data_with_another_vocabulary_is_refused_naming_vocab_from(base, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "extra.txt").write_text("QZX characters the base never saw\n")
+    other = tmp_path / "other"
+    prepare([corpus], other, PrepareOptions(workers=1, progress=False))
+    with pytest.raises(TrainError, match="--vocab-from"):
+        train(overrides=tune(other, base, tmp_path / "ft", max_iters=2), log=lambda s: None)
+
+
+def test_a_fine_tuning_run_resumes_exactly(data, base, tmp_path):
+    whole = train(overrides=tune(data, base, tmp_path / "whole", max_iters=14, dropout=0.1), log=lambda s: None)
+    first = train(overrides=tune(data, base, tmp_path / "split", max_iters=14, dropout=0.1), should_stop=lambda s: s == 6, log=lambda s: None)
+    rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
+    assert dict(first.history + rest.history) == dict(whole.history)
+
+
+def test_an_option_that_would_change_the_base_shape_is_refused(data, base, tmp_path):
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", base, "--n-layer", "5", "--device", "cpu", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "--n-layer", "do not match the base model")
+
+
+def test_a_missing_base_is_one_line(data, tmp_path):
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", tmp_path / "nope", "--device", "cpu", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "not found")
+
+
+# -- LoRA ------------------------------------------------------------------------------------
+def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_path):
+    result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2), log=lambda s: None)
+    state = ck.load_checkpoint(tmp_path / "lora" / "latest.pt")
+    assert state["model"] and all(".lora_" in k for k in state["model"])
+    adapters = sum(t.numel() for t in state["model"].values())
+    full = sum(t.numel() for t in weights(base / "best.pt").values())
+    assert adapters < 0.2 * full
+    assert state["lora"]["base"]["sha256"] == ck.file_sha256(base / "best.pt")
+    frozen = {k: v for k, v in result.model.state_dict().items() if ".lora_" not in k}
+    origin = weights(base / "best.pt")
+    assert len(frozen) == len(origin)
+    for name, v in frozen.items():  # every base weight is exactly as it was
+        assert torch.equal(v, origin[name.replace(".base.", ".")]), name
+
+
+def test_a_lora_run_samples_with_its_adapters_merged(data, base, tmp_path):
+    result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
+    gen = Generator.load(tmp_path / "lora", device="cpu")
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        merged, _ = gen.model(x)
+        result.model.eval()
+        trained, _ = result.model(x)
+    torch.testing.assert_close(merged, trained, rtol=1e-4, atol=1e-4)
+    plain = Generator.load(base, device="cpu")
+    with torch.no_grad():
+        assert not torch.allclose(plain.model(x)[0], merged)  # the adapters changed something
+
+
+def test_a_lora_run_whose_base_changed_is_refused_naming_the_file(data, base, tmp_path):
+    copy = tmp_path / "base"
+    shutil.copytree(base, copy)
+    train(overrides=tune(data, copy, tmp_path / "lora", max_iters=5, lora=2), log=lambda s: None)
+    (copy / "best.pt").unlink()
+    proc = run_cli("gpt.sample", "--ckpt", tmp_path / "lora", "--device", "cpu", "--max-new-tokens", "5")
+    assert_one_line_error(proc, "gpt-sample", "base checkpoint of this LoRA run is missing", str((copy / "best.pt").resolve()))
+
+
+def test_a_lora_run_resumes_exactly(data, base, tmp_path):
+    whole = train(overrides=tune(data, base, tmp_path / "whole", max_iters=12, lora=2), log=lambda s: None)
+    first = train(overrides=tune(data, base, tmp_path / "split", max_iters=12, lora=2), should_stop=lambda s: s == 5, log=lambda s: None)
+    rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
+    assert dict(first.history + rest.history) == dict(whole.history)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--lora", "4"], "--lora adapts a trained model: give it one with --init-from"),
+    (["--lora", "4", "--lora-targets", "head", "--init-from", "BASE"], "matches no layer"),
+])
+def test_bad_lora_options_are_one_line(data, base, tmp_path, args, fragment):
+    args = [str(base) if a == "BASE" else a for a in args]
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--device", "cpu", "--quiet", *args)
+    assert_one_line_error(proc, "gpt-train", fragment)
