@@ -26,6 +26,17 @@ TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, d
                   warmup_iters=5, eval_interval=10, eval_windows=16, log_interval=5, progress=False)
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The learnable corpus, prepared once per test module that imports this fixture."""
+    return prepared(tmp_path_factory.mktemp("data"))
+
+
+def tiny_run(data: Path, out: Path, device: str = "cpu", **options) -> dict:
+    """train() options for the tiny model on `data` into `out` (CPU unless said otherwise)."""
+    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": device, **options}
+
+
 def write_corpus(folder: Path, n_docs: int = 150, seed: int = 0) -> Path:
     """Short documents from a tiny grammar: structured enough to learn in a few steps."""
     rng = random.Random(seed)

@@ -11,19 +11,13 @@ from data_prep.command import run_command
 from gpt import checkpoint as ck
 from gpt.train import TrainError, train
 from gpt.train.run_folder import RunFolder
-from tests.support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
+from tests.support import assert_one_line_error, ROOT, run_cli, tiny_run, write_corpus
+from tests.support import data  # noqa: F401 (a fixture)
 
 TINY_ARGS = ["--device", "cpu", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
              "--batch-size", "4", "--eval-windows", "8", "--eval-interval", "5"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepared(tmp_path_factory.mktemp("commands"))
-
-
-def opts(data, out, **kw):
-    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", **kw}
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path):
@@ -55,7 +49,7 @@ def test_every_command_survives_its_output_being_cut_short(data, tmp_path, comma
         "sample": f"{sys.executable} -m gpt.sample --ckpt run --max-new-tokens 2000 --ignore-eot --device cpu",
     }
     if command == "sample":
-        train(overrides=opts(data, tmp_path / "run", max_iters=2), log=lambda s: None)
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{lines[command]} | head -c 10 > /dev/null"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
@@ -65,7 +59,7 @@ def test_every_command_survives_its_output_being_cut_short(data, tmp_path, comma
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
 def test_sampling_into_a_full_disk_is_one_line(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=2), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
     with open("/dev/full", "w") as full:
         proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "run", "--max-new-tokens", "50", "--device", "cpu"],
                               cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -73,7 +67,7 @@ def test_sampling_into_a_full_disk_is_one_line(data, tmp_path):
 
 
 def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch):
-    train(overrides=opts(data, tmp_path / "run", max_iters=5), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=5), log=lambda s: None)
 
     def disk_full(obj, f, *a, **k):
         f.write(b"PK\x03\x04")
@@ -100,7 +94,7 @@ def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
 
 
 def test_half_written_files_of_a_killed_save_are_removed_at_the_next_start(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=5), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=5), log=lambda s: None)
     stale = tmp_path / "run" / ".latest.pt.tmp-999999"
     stale.write_bytes(b"PK half a checkpoint")
     train(overrides={"out": str(tmp_path / "run"), "max_iters": 6, "progress": False}, resume=True, log=lambda s: None)
@@ -108,7 +102,7 @@ def test_half_written_files_of_a_killed_save_are_removed_at_the_next_start(data,
 
 
 def test_resuming_a_spent_budget_says_so_and_a_new_budget_continues(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=None, max_time=1.0), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=None, max_time=1.0), log=lambda s: None)
     proc = run_cli("gpt.train", "--resume", "--out", tmp_path / "run", "--quiet")
     assert_one_line_error(proc, "gpt-train", "budget", "is used up", "--max-iters")
     step = ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"]

@@ -13,18 +13,15 @@ import torch
 from gpt import checkpoint as ck
 from gpt.sample import Generator, SamplingOptions
 from gpt.train import train
-from tests.support import ROOT, TINY_MODEL, prepared, train_tiny_model
+from tests.support import ROOT, tiny_run, train_tiny_model
+from tests.support import data  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepared(tmp_path_factory.mktemp("cuda"))
-
 
 def opts(data, out, **kw):
-    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": "cuda", **kw}
+    return tiny_run(data, out, "cuda", **kw)
 
 
 def test_bf16_training_learns_and_resumes(data, tmp_path):

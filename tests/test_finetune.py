@@ -9,12 +9,9 @@ from gpt import checkpoint as ck
 from gpt.sample import Generator
 from gpt.train import TrainError, train
 from data_prep.prepare import PrepareOptions, prepare
-from tests.support import TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
+from tests.support import assert_one_line_error, run_cli, TINY_MODEL, write_corpus
+from tests.support import data  # noqa: F401 (a fixture)
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepared(tmp_path_factory.mktemp("finetune"))
 
 
 @pytest.fixture(scope="module")

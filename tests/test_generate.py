@@ -5,18 +5,15 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 from data_prep import CharTokenizer
-from gpt.config import ModelConfig
 from gpt.sample.generate import Generator
 from gpt.sample.sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, StopText, sample_next
 from gpt.kv_cache import KVCache
 from tests.support import BLOCK, DOCUMENTS, one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
-from gpt.model import build_model
 
 @functools.cache
 def trained_generator(pos: str) -> Generator:

@@ -13,27 +13,21 @@ import torch
 from gpt import checkpoint as ck
 from gpt.train import NonFiniteLoss, Trainer, TrainError, train
 from data_prep.prepare import PrepareOptions, prepare
-from tests.support import ROOT, TINY_MODEL, assert_one_line_error, prepared, run_cli, write_corpus
+from tests.support import assert_one_line_error, ROOT, run_cli, tiny_run, write_corpus
+from tests.support import data  # noqa: F401 (a fixture)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepared(tmp_path_factory.mktemp("train"))
-
-
-def opts(data, out, **kw):
-    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", **kw}
 
 
 def test_gpt_learns_well_below_uniform_entropy(data, tmp_path):
-    result = train(overrides=opts(data, tmp_path / "run", max_iters=150), log=lambda s: None)
+    result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=150), log=lambda s: None)
     vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
     assert result.val_loss < 0.5 * math.log(vocab)
 
 
 def test_bigram_learns_and_gpt_beats_it(data, tmp_path):
-    bigram = train(overrides=opts(data, tmp_path / "bigram", model="bigram", max_iters=150, lr=3e-2), log=lambda s: None)
-    gpt = train(overrides=opts(data, tmp_path / "gpt", max_iters=150), log=lambda s: None)
+    bigram = train(overrides=tiny_run(data, tmp_path / "bigram", model="bigram", max_iters=150, lr=3e-2), log=lambda s: None)
+    gpt = train(overrides=tiny_run(data, tmp_path / "gpt", max_iters=150), log=lambda s: None)
     vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
     assert bigram.val_loss < 0.75 * math.log(vocab)
     assert gpt.val_loss < bigram.val_loss - 0.2
@@ -41,8 +35,8 @@ def test_bigram_learns_and_gpt_beats_it(data, tmp_path):
 
 def test_resumed_run_matches_uninterrupted_run_step_for_step(data, tmp_path):
     kw = dict(max_iters=30, dropout=0.1, eval_interval=7)  # dropout: the torch RNG must resume too
-    whole = train(overrides=opts(data, tmp_path / "whole", **kw), log=lambda s: None)
-    first = train(overrides=opts(data, tmp_path / "split", **kw), should_stop=lambda step: step == 12, log=lambda s: None)
+    whole = train(overrides=tiny_run(data, tmp_path / "whole", **kw), log=lambda s: None)
+    first = train(overrides=tiny_run(data, tmp_path / "split", **kw), should_stop=lambda step: step == 12, log=lambda s: None)
     assert first.stopped_by == "request" and first.step == 12
     rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
     resumed = dict(first.history + rest.history)
@@ -51,7 +45,7 @@ def test_resumed_run_matches_uninterrupted_run_step_for_step(data, tmp_path):
 
 
 def test_run_folder_holds_everything_sampling_needs(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=20), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=20), log=lambda s: None)
     run = tmp_path / "run"
     assert {"latest.pt", "best.pt", "config.json", "tokenizer.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
     state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)  # plain tensors and values only
@@ -65,7 +59,7 @@ def test_run_folder_holds_everything_sampling_needs(data, tmp_path):
 
 
 def test_interrupted_save_leaves_previous_checkpoint_loadable(data, tmp_path, monkeypatch):
-    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=10), log=lambda s: None)
     latest = tmp_path / "run" / "latest.pt"
     before = ck.load_checkpoint(latest)
 
@@ -84,7 +78,7 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(data, tmp_path, mo
 def test_checkpoint_killed_mid_write_keeps_previous_one(data, tmp_path):
     """A real `kill -9` in the middle of writing a checkpoint: the child says so from inside
     the write (half of it done), so the kill cannot come before or after it."""
-    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=10), log=lambda s: None)
     latest = tmp_path / "run" / "latest.pt"
     script = (
         "import sys, time, torch; from pathlib import Path; from gpt import checkpoint as ck\n"
@@ -112,7 +106,7 @@ def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
 
 
 def test_truncated_and_newer_checkpoints_are_refused(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
     latest = tmp_path / "run" / "latest.pt"
     raw = latest.read_bytes()
     (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
@@ -125,7 +119,7 @@ def test_truncated_and_newer_checkpoints_are_refused(data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
-    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=10), log=lambda s: None)
     good = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
     real_step = Trainer.train_step
 
@@ -142,7 +136,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
 
 
 def test_resume_with_other_vocabulary_or_shape_is_refused(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
     other = write_corpus(tmp_path / "other")
     (other / "extra.txt").write_text("ZQXJ vocabulary the first corpus never had\n", encoding="utf-8")
     prepare([other], tmp_path / "other-data", PrepareOptions(workers=1, progress=False))
@@ -153,13 +147,13 @@ def test_resume_with_other_vocabulary_or_shape_is_refused(data, tmp_path):
 
 
 def test_existing_run_is_not_overwritten_without_asking(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
     with pytest.raises(TrainError, match="--resume continues it"):
-        train(overrides=opts(data, tmp_path / "run", max_iters=5), log=lambda s: None)
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=5), log=lambda s: None)
 
 
 def test_max_time_stops_on_budget_with_decayed_learning_rate(data, tmp_path):
-    result = train(overrides=opts(data, tmp_path / "run", max_iters=None, max_time=3.0, min_lr=1e-5), log=lambda s: None)
+    result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=None, max_time=3.0, min_lr=1e-5), log=lambda s: None)
     assert result.stopped_by == "max_time"
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "lr" in l]
     assert records[-1]["lr"] < 0.25 * 3e-3

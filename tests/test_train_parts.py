@@ -19,16 +19,10 @@ from gpt.train.metrics import MetricsLog
 from gpt.train.optim import learning_rate, make_optimizer
 from gpt.train.presets import PRESETS, default_preset, layered_config
 from gpt.train.signals import StopFlag
-from tests.support import TINY_MODEL, prepared
+from tests.support import tiny_run
+from tests.support import data  # noqa: F401 (a fixture)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepared(tmp_path_factory.mktemp("parts"))
-
-
-def opts(data, out, **kw):
-    return {**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", **kw}
 
 
 # -- presets -------------------------------------------------------------------------------
@@ -45,7 +39,7 @@ def test_the_default_preset_follows_the_device_and_the_model():
 
 
 def test_choosing_the_bigram_brings_its_preset(data, tmp_path):
-    result = train(overrides=opts(data, tmp_path / "run", model="bigram", max_iters=3, lr=None, block_size=None), log=lambda s: None)
+    result = train(overrides=tiny_run(data, tmp_path / "run", model="bigram", max_iters=3, lr=None, block_size=None), log=lambda s: None)
     saved = ck.load_checkpoint(result.run_dir / "latest.pt")["train_config"]
     assert saved["preset"] == "bigram" and saved["lr"] == PRESETS["bigram"]["lr"] and saved["weight_decay"] == 0.0
 
@@ -127,7 +121,7 @@ def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
 
 
 def test_resume_trims_the_crashed_tail_of_metrics(data, tmp_path):
-    train(overrides=opts(data, tmp_path / "run", max_iters=10), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=10), log=lambda s: None)
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 15, "train_loss": 9.0}) + "\n")  # logged after the checkpoint, then a crash
     train(overrides={"out": str(tmp_path / "run"), "max_iters": 20, "progress": False}, resume=True, log=lambda s: None)
@@ -144,7 +138,7 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(data, tmp_path, mo
     monkeypatch.setattr(torch, "compile", broken_compile)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = train(overrides=opts(data, tmp_path / "run", max_iters=5, compile=True), log=lambda s: None)
+        result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, compile=True), log=lambda s: None)
     assert result.step == 5 and math.isfinite(result.val_loss)
     assert any("torch.compile failed (RuntimeError: backend exploded); training in eager mode" in str(w.message) for w in caught)
 
@@ -152,7 +146,7 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(data, tmp_path, mo
 def test_the_fp16_gradient_scaler_is_saved_and_restored(data, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fp16 on a CPU warns that it is slow
-        train(overrides=opts(data, tmp_path / "run", max_iters=5, dtype="fp16"), log=lambda s: None)
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, dtype="fp16"), log=lambda s: None)
         saved = ck.load_checkpoint(tmp_path / "run" / "latest.pt")["scaler"]
         assert saved is not None and saved["scale"] > 0
         from gpt.train.run import resumed_config
