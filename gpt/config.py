@@ -115,6 +115,10 @@ class TrainConfig:
     seed: int = 1337
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.max_time == 0:  # --max-time 0: no wall-clock budget (drops a preset's)
+            self.max_time = None
+
     def validate(self) -> None:
         positive = ["batch_size", "grad_accum", "eval_interval", "eval_windows", "log_interval", "block_size"]
         for name in positive:
@@ -125,7 +129,7 @@ class TrainConfig:
         if self.max_iters is not None and self.max_iters < 1:
             raise ConfigError(f"--max-iters must be at least 1, got {self.max_iters}")
         if self.max_time is not None and self.max_time <= 0:
-            raise ConfigError(f"--max-time must be positive, got {self.max_time}")
+            raise ConfigError(f"--max-time must be positive (or 0 for no time budget), got {self.max_time}")
         if not self.lr > 0 or (self.min_lr is not None and self.min_lr < 0):
             raise ConfigError("--lr must be positive and --min-lr not negative")
         if self.warmup_iters < 0:

@@ -22,8 +22,9 @@ from gpt.train.optim import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# max_time 0: no wall-clock budget, so the schedule depends on steps alone and runs repeat exactly
 TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout=0.0, lr=3e-3,
-                  warmup_iters=5, eval_interval=10, eval_windows=16, log_interval=5, progress=False)
+                  warmup_iters=5, eval_interval=10, eval_windows=16, log_interval=5, progress=False, max_time=0)
 
 
 @pytest.fixture(scope="module")

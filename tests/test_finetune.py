@@ -23,7 +23,7 @@ def base(data, tmp_path_factory):
 
 def tune(data, base, out, **kw):
     return {"data": str(data), "out": str(out), "device": "cpu", "init_from": str(base), "progress": False,
-            "eval_windows": 16, "batch_size": 8, "eval_interval": 5, **kw}
+            "eval_windows": 16, "batch_size": 8, "eval_interval": 5, "max_time": 0, **kw}
 
 
 def weights(path):
@@ -31,7 +31,7 @@ def weights(path):
 
 
 def test_a_fine_tuning_run_starts_from_the_base_weights_with_a_fresh_step_count(data, base, tmp_path):
-    result = train(overrides=tune(data, base, tmp_path / "ft"), should_stop=lambda step: True, log=lambda s: None)
+    result = train(overrides=tune(data, base, tmp_path / "ft", max_iters=100), should_stop=lambda step: True, log=lambda s: None)
     assert result.step == 0
     start, origin = weights(tmp_path / "ft" / "latest.pt"), weights(base / "best.pt")
     assert all(torch.equal(start[k], origin[k]) for k in origin)

@@ -66,7 +66,7 @@ def build_parser() -> Parser:
     g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default: {d.grad_accum})")
     g.add_argument("--max-iters", type=int, help=f"optimizer steps (default: {d.max_iters})")
     g.add_argument("--max-time", type=float, help=f"wall-clock budget in seconds for the whole run; the learning rate decays over it (default: {d.max_time}). "
-                   "With --resume, --max-iters or --max-time given now replace the saved budget")
+                   "0 for none. With --resume, --max-iters or --max-time given now replace the saved budget")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr})")
     g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default: lr / 10)")
     g.add_argument("--warmup-iters", type=int, help=f"linear warmup steps (default: {d.warmup_iters})")
