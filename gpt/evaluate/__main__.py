@@ -1,3 +1,4 @@
+"""`python -m gpt.evaluate`: the gpt-eval command."""
 import sys
 
 from .cli import main
