@@ -27,6 +27,7 @@ from .. import lora
 from ..config import ModelConfig, TrainConfig
 from ..device import autocast, configure_backends, resolve_dtype
 from ..model import build_model
+from ..plot.live import ProgressPicture
 from .base import Base
 from .batches import BatchSampler, BlockSizeError, fixed_windows
 from .distributed import Dist
@@ -106,6 +107,7 @@ class Trainer:
             self.forward_model = torch.compile(self.forward_model)
         self.global_batch = cfg.batch_size * cfg.grad_accum * dist_.world_size
         self.metrics = MetricsLog(run_dir, enabled=dist_.is_main)
+        self.picture = ProgressPicture(run_dir, enabled=dist_.is_main)
         self.t0 = time.perf_counter()
 
     # -- state -------------------------------------------------------------------------------
@@ -304,6 +306,7 @@ class Trainer:
             self.progress.close()
             stop.restore()
             self.metrics.close()
+            self.picture.update(final=True)
         best = None if math.isinf(self.best_val) else self.best_val
         return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model)
 
@@ -324,4 +327,5 @@ class Trainer:
             self.progress.say(f"step {self.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char){', best so far: saved as best.pt' if improved else ''}")
         self.best_val = min(self.best_val, val_loss)
         self.save(val_loss)
+        self.picture.update()
         return val_loss

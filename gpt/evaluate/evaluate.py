@@ -1,0 +1,163 @@
+"""Scoring a run on a stream of text: checkpoint -> model and tokenizer -> windows -> nats.
+
+    run = load_run("checkpoints/run1", torch.device("cpu"))
+    result = evaluate(run, TextStream(["notes.txt"], run.tokenizer), stride=run.context // 2)
+    result.score.bits_per_char
+
+Bits per character divide the nats of every scored token by ln 2 and by the characters of
+the text those tokens encode (not by the tokens: a character outside the vocabulary may
+take several byte tokens, and the end-of-text token after each document takes none), so
+models with different vocabularies compare on the same text.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data_prep import CharTokenizer
+
+from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from ..device import resolve_dtype
+from ..model import count_parameters
+from .errors import EvalError
+from .scorer import TokenScorer
+from .text import TokenStream
+from .windows import SlidingWindows, Windows
+
+DEFAULT_BATCH = 32  # windows per forward pass
+
+
+@dataclass
+class Score:
+    nats: float  # summed over the scored tokens
+    tokens: int  # tokens scored
+    characters: int  # characters of the text those tokens encode
+
+    @property
+    def nats_per_token(self) -> float:
+        return self.nats / max(self.tokens, 1)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats / math.log(2) / max(self.characters, 1)
+
+    @property
+    def perplexity(self) -> float:
+        """Per token: e to the mean nats, the number of equally likely tokens it amounts to."""
+        return math.exp(self.nats_per_token)
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint ready to score, with what its run reports about itself."""
+
+    name: str
+    checkpoint: Path
+    model: torch.nn.Module | None  # None once it has been scored and let go
+    tokenizer: CharTokenizer
+    device: torch.device
+    context: int
+    parameters: int
+    tokens_seen: int | None  # None for a checkpoint written outside gpt-train
+    training_time: float | None  # seconds
+    step: int | None
+    data: str | None  # the prepared data folder it was trained on
+
+
+@dataclass
+class RunScore:
+    run: LoadedRun
+    stream: TokenStream
+    stride: int
+    score: Score
+
+
+def run_name(given: str | Path | None, checkpoint: Path) -> str:
+    """How a run is named in reports: its folder, or the file when a file was named."""
+    if given is not None and Path(given).is_file():
+        return str(given)
+    return checkpoint.parent.name or str(checkpoint)
+
+
+def load_run(path: str | Path | None, device: torch.device) -> LoadedRun:
+    """A run folder (its best checkpoint), a checkpoint file, or None (the newest run)."""
+    ckpt = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    if not state.get("tokenizer"):
+        raise EvalError(f"{ckpt} has no tokenizer, so no text can be encoded for its model (was it written by gpt-train?)")
+    model, tokenizer = model_from_checkpoint(state, device)
+
+    def number(key, kind):
+        return kind(state[key]) if state.get(key) is not None else None
+
+    data = (state.get("train_config") or {}).get("data")
+    return LoadedRun(run_name(path, ckpt), ckpt, model, tokenizer, device, model.config.block_size, count_parameters(model),
+                     number("tokens", int), number("elapsed", float), number("step", int), data)
+
+
+def default_stride(context: int) -> int:
+    """Half the context: every token after the first window sees at least half a context of
+    text before it, at twice the cost of non-overlapping windows."""
+    return max(1, context // 2)
+
+
+def check_stride(stride: int, run: LoadedRun) -> None:
+    if stride < 1:
+        raise EvalError(f"--stride must be at least 1, got {stride}")
+    if stride > run.context:
+        raise EvalError(f"--stride {stride} is larger than the context of {run.name} ({run.context} tokens); "
+                        f"use at most {run.context}")
+
+
+def evaluate(run: LoadedRun, stream: TokenStream, stride: int | None = None, batch_size: int = DEFAULT_BATCH,
+             dtype: str = "auto", progress: bool = False) -> RunScore:
+    """Score every token of `stream` once, in sliding windows of the run's context that
+    each score `stride` tokens. Raises EvalError for text that cannot be scored."""
+    stride = default_stride(run.context) if stride is None else stride
+    check_stride(stride, run)
+    if batch_size < 1:
+        raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+    scorer = TokenScorer(run.model, run.device, resolve_dtype(dtype, run.device), batch_size)
+    windows = SlidingWindows(run.context, stride, pad_id=run.tokenizer.eot_id)
+    # text arrives in pieces of one batch's worth of strides, so windows never pile up
+    piece = batch_size * stride
+    pending: list[Windows] = []
+    waiting = nats = tokens = 0
+    bar = tqdm(total=stream.total_tokens, unit="tok", unit_scale=True, desc=run.name, leave=False, file=sys.stderr,
+               delay=1.0, disable=True if not progress else None)  # None: shown on a terminal only
+    try:
+        for chunk in stream.chunks():
+            for i in range(0, len(chunk), piece):
+                new = windows.push(chunk[i : i + piece])
+                pending.append(new)
+                waiting += len(new)
+                if waiting >= batch_size:
+                    ready, rest = Windows.join(pending).split(waiting - waiting % batch_size)
+                    nats += scorer.total(ready)
+                    tokens += ready.tokens
+                    bar.update(ready.tokens)
+                    pending, waiting = [rest], len(rest)
+        last = Windows.join([*pending, windows.finish()])
+        nats += scorer.total(last)
+        tokens += last.tokens
+        bar.update(last.tokens)
+    finally:
+        bar.close()
+    check_scored(stream, tokens, run)
+    return RunScore(run, stream, stride, Score(nats, tokens, stream.characters))
+
+
+def check_scored(stream: TokenStream, tokens: int, run: LoadedRun) -> None:
+    """Refuse a score that says nothing: no text at all, or none the model knows."""
+    read = stream.characters_read
+    skipped = f" ({len(stream.notes.skipped)} file(s) skipped as unreadable)" if stream.notes.skipped else ""
+    if read == 0 or tokens == 0:
+        raise EvalError(f"there is no text to score in {stream.description}: it is empty{skipped}")
+    if stream.oov_characters is not None and stream.oov_characters >= read:
+        raise EvalError(f"none of the {read:,} characters of {stream.description} is in the vocabulary of {run.name} "
+                        f"(its {len(run.tokenizer.chars)} characters); is it the kind of text the model was trained on?")

@@ -1,0 +1,6 @@
+"""`python -m gpt.plot`: the gpt-plot command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""`gpt-plot`: several training runs on one picture, to read a sweep at a glance."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from data_prep.command import Parser, run_command
+
+from .figure import draw_runs, picture_format, save_figure
+from .runs import X_AXES, PlotError, read_run
+
+EPILOG = """
+Each run is drawn in its own colour in four panels: train loss, val loss (with each run's
+last value in the legend), learning rate and tokens/s, against --x. The picture is PNG, or
+SVG when --out ends in .svg. gpt-train keeps a picture of its own run, progress.png, in
+its run folder.
+
+examples:
+  gpt-plot checkpoints/lr-*                         a learning-rate sweep, against steps
+  gpt-plot checkpoints/a checkpoints/b --x time --out ab.svg
+"""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="gpt-plot", description=__doc__, epilog=EPILOG)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.jsonl files)")
+    p.add_argument("--out", default="runs.png", metavar="FILE", help="the picture to write, .png or .svg (default: %(default)s)")
+    p.add_argument("--x", choices=tuple(X_AXES), default="step", help="the x axis: steps, tokens seen or training time (default: %(default)s)")
+    return p
+
+
+def plot(args) -> None:
+    out = Path(args.out)
+    picture_format(out)  # refuse a wrong suffix before reading anything
+    if out.is_dir():
+        raise PlotError(f"--out {out} is a folder; name a .png or .svg file")
+    runs = [read_run(r) for r in args.runs]
+    empty = [r.name for r in runs if not r.logged and not r.evals]
+    if empty:
+        raise PlotError(f"nothing logged yet in {', '.join(empty)}")
+    save_figure(draw_runs(runs, args.x), out)
+    print(f"wrote {out}: {len(runs)} run(s) against {args.x}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("gpt-plot", lambda: plot(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""A run's metrics as gpt-train logged them, read back from its `metrics.jsonl` for drawing."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.errors import UserError
+
+METRICS_FILE = "metrics.jsonl"  # gpt.train.metrics writes it; importing that would pull in the trainer
+X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # what a picture's x axis can be: the record key
+
+
+class PlotError(UserError):
+    """A run that cannot be drawn, or no plotting library to draw with."""
+
+
+@dataclass
+class RunMetrics:
+    name: str
+    path: Path  # the metrics file
+    logged: list[dict] = field(default_factory=list)  # training steps: step, tokens, elapsed, train_loss, lr, tokens_per_s
+    evals: list[dict] = field(default_factory=list)  # evaluations: step, tokens, elapsed, train_loss, val_loss, val_bpc
+
+    def series(self, records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+        """(x values, y values) of the records that have both; x is step, tokens or time."""
+        key = X_AXES[x]
+        pairs = [(r[key], r[y]) for r in records if r.get(key) is not None and r.get(y) is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    @property
+    def last_eval(self) -> dict | None:
+        return self.evals[-1] if self.evals else None
+
+
+def metrics_path(run: str | Path) -> Path:
+    """A run folder's metrics file, or the file itself when one is named."""
+    p = Path(run)
+    if p.is_dir():
+        p = p / METRICS_FILE
+        if not p.is_file():
+            raise PlotError(f"{run} has no {METRICS_FILE}: is it a gpt-train run folder?")
+    elif not p.exists():
+        raise PlotError(f"run folder {run} does not exist")
+    return p
+
+
+def read_run(run: str | Path, name: str | None = None) -> RunMetrics:
+    path = metrics_path(run)
+    metrics = RunMetrics(name or (path.parent.name if path.name == METRICS_FILE else path.stem), path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlotError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash mid-write; the others stand
+        if isinstance(record, dict) and "step" in record:
+            (metrics.evals if "val_loss" in record else metrics.logged).append(record)
+    return metrics
