@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from data_prep.errors import UserError
 
 
+DEFAULT_PATIENCE = 5
+
+
 class ConfigError(UserError, ValueError):
     """An option value or a saved config that does not make sense."""
 
@@ -102,6 +105,7 @@ class TrainConfig:
     # evaluation and logging
     eval_interval: int = 250
     eval_windows: int = 256
+    patience: int | None = None  # evaluations without a new best before stopping; None: 5 without a time budget, else off
     log_interval: int = 10
     # fine-tuning: start from another run's model (in full, or with low-rank adapters)
     init_from: str | None = None  # a run folder or checkpoint
@@ -136,12 +140,23 @@ class TrainConfig:
             raise ConfigError(f"--warmup-iters must not be negative, got {self.warmup_iters}")
         if self.lora and not self.init_from:
             raise ConfigError("--lora adapts a trained model: give it one with --init-from RUN")
+        if self.patience is not None and self.patience < 0:
+            raise ConfigError(f"--patience must be 0 (never stop early) or more, got {self.patience}")
         if self.lora < 0:
             raise ConfigError(f"--lora must be a rank of at least 1 (or 0 for full fine-tuning), got {self.lora}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         shape = {name: getattr(self, name) for name in MODEL_FIELDS if name != "model"}
         return ModelConfig(kind=self.model, vocab_size=vocab_size, **shape)
+
+    @property
+    def early_stop_after(self) -> int:
+        """Evaluations without improvement that end the run (0: never). A step budget on a
+        small corpus is where a run overfits for most of its time, so it is on there; a time
+        budget decays the learning rate to its end and is left to run."""
+        if self.patience is not None:
+            return self.patience
+        return 0 if self.max_time else DEFAULT_PATIENCE
 
     @property
     def lora_scale_alpha(self) -> float:

@@ -158,3 +158,26 @@ def test_the_fp16_gradient_scaler_is_saved_and_restored(data, tmp_path):
         trainer = Trainer(cfg, Dist(), torch.device("cpu"), state, tmp_path / "run", log=lambda s: None)
     assert trainer.scaler.is_enabled() and trainer.scaler.state_dict()["scale"] == saved["scale"]
     assert trainer.scaler.state_dict()["_growth_tracker"] == saved["_growth_tracker"]
+
+
+# -- early stopping --------------------------------------------------------------------------
+def test_early_stopping_is_on_for_step_budgets_and_off_for_time_budgets():
+    assert TrainConfig(max_iters=100, max_time=None).early_stop_after == 5
+    assert TrainConfig(max_iters=None, max_time=60).early_stop_after == 0
+    assert TrainConfig(max_iters=100, patience=0).early_stop_after == 0
+
+
+def test_a_run_stops_after_patience_evaluations_without_improvement_and_says_so_on_resume(data, tmp_path, monkeypatch):
+    from gpt.train import TrainError
+    from gpt.train.trainer import Trainer
+
+    losses = iter([2.0, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: next(losses))
+    result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=100, eval_interval=2, patience=3), log=lambda s: None)
+    assert result.stopped_by == "patience" and result.step == 10
+    assert result.best_val_loss == 1.5 and result.best_step == 4
+    assert ck.load_checkpoint(tmp_path / "run" / "best.pt")["step"] == 4
+    with pytest.raises(TrainError, match="stopped early.*--patience"):
+        train(overrides={"out": str(tmp_path / "run"), "progress": False}, resume=True, log=lambda s: None)
+    again = train(overrides={"out": str(tmp_path / "run"), "progress": False, "patience": 10, "max_iters": 14}, resume=True, log=lambda s: None)
+    assert again.step == 14

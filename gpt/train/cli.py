@@ -10,7 +10,7 @@ import sys
 
 from data_prep.command import Parser, run_command
 
-from ..config import TrainConfig
+from ..config import DEFAULT_PATIENCE, TrainConfig
 from .presets import PRESETS
 from .run import train
 
@@ -84,6 +84,8 @@ def build_parser() -> Parser:
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, help=f"steps between evaluations and checkpoints (default: {d.eval_interval})")
     g.add_argument("--eval-windows", type=int, help=f"fixed validation windows per evaluation (default: {d.eval_windows})")
+    g.add_argument("--patience", type=int, help="stop after this many evaluations without a better val loss (0: never); "
+                   f"default {DEFAULT_PATIENCE} for a run without a time budget, off with one. best.pt keeps the best model either way")
     g.add_argument("--log-interval", type=int, help=f"steps between metrics.jsonl lines (default: {d.log_interval})")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("machine")
@@ -108,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
             return 128 + int(getattr(signal, name))
         loss = f"final val loss {result.val_loss:.4f}" if result.val_loss is not None else "no evaluation"
-        best = f" (best {result.best_val_loss:.4f}, in best.pt)" if result.best_val_loss is not None else ""
-        print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss}{best}; run folder {result.run_dir}")
+        best = ""
+        if result.best_val_loss is not None:
+            best = f" (best {result.best_val_loss:.4f} at step {result.best_step}, in best.pt: what gpt-sample and gpt-eval use)"
+        early = "stopped early, val no longer improving: " if result.stopped_by == "patience" else ""
+        print(f"done: {early}{result.step} steps, {result.tokens:,} tokens, {loss}{best}; run folder {result.run_dir}")
         return 0
 
     return run_command("gpt-train", work, interrupted="interrupted before a step boundary; the last checkpoint is kept")

@@ -34,6 +34,13 @@ def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def check_not_stopped_early(cfg: TrainConfig, state: dict) -> None:
+    stale = int(state.get("stale_evals", 0))
+    if cfg.early_stop_after and stale >= cfg.early_stop_after:
+        raise TrainError(f"the run stopped early: {stale} evaluations without a better val loss than step {state.get('best_step')}'s; "
+                         f"resume with a larger --patience (0: never stop early) to train on")
+
+
 def check_budget_left(cfg: TrainConfig, step: int, elapsed: float) -> None:
     if (cfg.max_iters and step >= cfg.max_iters) or (cfg.max_time and elapsed >= cfg.max_time):
         budget = " and ".join(f"{k.replace('_', '-')} {getattr(cfg, k)}" for k in BUDGET_FIELDS if getattr(cfg, k))
@@ -80,6 +87,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
         trainer = Trainer(cfg, dist_, device, resume_state, run_dir, log, base)
         if resume_state is not None:
             check_budget_left(cfg, trainer.step, trainer.elapsed_before)
+            check_not_stopped_early(cfg, resume_state)
         if dist_.is_main:
             if resume_state is not None:
                 trainer.metrics.trim_after(trainer.step)

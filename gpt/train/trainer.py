@@ -46,9 +46,10 @@ class TrainResult:
     tokens: int
     val_loss: float | None
     best_val_loss: float | None
-    stopped_by: str  # "max_iters", "max_time", "signal SIGINT"/"signal SIGTERM", "request"
+    stopped_by: str  # "max_iters", "max_time", "patience", "signal SIGINT"/"signal SIGTERM", "request"
     history: list = field(default_factory=list)  # (step, train loss) of every step
     model: torch.nn.Module | None = None  # the trained model (this rank's copy)
+    best_step: int | None = None  # the step best.pt was saved at
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -94,6 +95,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, math.inf
+        self.best_step, self.stale_evals = None, 0  # evaluations since the best one
         if resume_state is not None:
             self._restore(resume_state)
         self.ddp = None
@@ -130,6 +132,7 @@ class Trainer:
         self.step, self.tokens = int(s["step"]), int(s["tokens"])
         self.elapsed_before = float(s["elapsed"])
         self.best_val = float(s["best_val_loss"]) if s.get("best_val_loss") is not None else math.inf
+        self.best_step, self.stale_evals = s.get("best_step"), int(s.get("stale_evals", 0))
         ranks = s.get("rank_states", [])
         if self.dist.rank < len(ranks):
             set_rng_state(ranks[self.dist.rank]["rng"])
@@ -151,6 +154,8 @@ class Trainer:
             "elapsed": self.elapsed(),
             "val_loss": val_loss,
             "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+            "best_step": self.best_step,
+            "stale_evals": self.stale_evals,
             "rank_states": ranks,
             "world_size": self.dist.world_size,
             "tokenizer": self.tokenizer.to_json(),
@@ -260,6 +265,8 @@ class Trainer:
             return "max_iters"
         if cfg.max_time and elapsed >= cfg.max_time:
             return "max_time"
+        if cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
+            return "patience"
         if signum:
             return f"signal {signal.Signals(signum).name}"
         if should_stop is not None and should_stop(self.step):
@@ -296,7 +303,7 @@ class Trainer:
                 # training always ends with an evaluation (unless this step just had one)
                 if val_loss is None or self.step % cfg.eval_interval:
                     val_loss = self.evaluate_and_save()
-            else:  # a signal or a request: checkpoint where we are, quickly
+            elif stopped_by != "patience":  # a signal or a request: checkpoint where we are, quickly
                 self.save(None)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if is_out_of_memory(e):
@@ -308,7 +315,8 @@ class Trainer:
             self.metrics.close()
             self.picture.update(final=True)
         best = None if math.isinf(self.best_val) else self.best_val
-        return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model)
+        return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model,
+                           self.best_step)
 
     def step_count_this_run(self) -> int:
         return len(self.losses.history) + len(self.losses.pending)
@@ -325,7 +333,10 @@ class Trainer:
         if self.dist.is_main:
             tr = f"train {train_loss:.4f}, " if train_loss is not None else ""
             self.progress.say(f"step {self.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char){', best so far: saved as best.pt' if improved else ''}")
-        self.best_val = min(self.best_val, val_loss)
+        if improved:
+            self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
+        else:
+            self.stale_evals += 1
         self.save(val_loss)
         self.picture.update()
         return val_loss
