@@ -4,8 +4,8 @@ import string
 import numpy as np
 import pytest
 
-from data_prep import prepare as prepare_module
-from data_prep import sources
+from data_prep import decode
+from data_prep import scratch as scratch_module
 
 UNICODE = (
     "Plain ASCII, then accents: naïve café Zürich; CJK 東京 한국어; emoji 🙂🎉👩‍👩‍👧; "
@@ -28,8 +28,8 @@ def test_unicode_text_round_trips_losslessly_through_byte_fallback(tmp_path, pre
 def test_text_read_in_many_chunks_and_batches_round_trips(tmp_path, prepare_data, read_documents, monkeypatch):
     # chunks of 1000 bytes split multi-byte characters; batches of 700 characters mix
     # 16-bit and 32-bit scratch storage
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
-    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 700)
+    monkeypatch.setattr(decode, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(scratch_module, "BATCH_CHARS", 700)
     text = (UNICODE + "plain ascii filler line without astral characters\n" * 20) * 30
     (tmp_path / "big.txt").write_text(text, encoding="utf-8", newline="")
     _, data = prepare_data(tmp_path / "big.txt", max_vocab=280)

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from data_prep import DataError
-from data_prep import prepare as prepare_module
+from data_prep import encode as encode_module
 from data_prep.prepare import PrepareOptions, prepare
 
 from conftest import owt_archive_bytes, tar_bytes
@@ -225,7 +225,7 @@ def fail_in_pass_two(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(prepare_module, "encode_unit", broken)
+    monkeypatch.setattr(encode_module, "encode_unit", broken)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

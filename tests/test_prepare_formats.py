@@ -164,7 +164,7 @@ def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive(
 def test_a_peeked_stream_gives_back_every_byte_once():
     import io
 
-    from data_prep.sources import Peekable
+    from data_prep.streams import Peekable
 
     s = Peekable(io.BytesIO(bytes(range(200))))
     assert s.peek(10) == bytes(range(10))
@@ -172,3 +172,25 @@ def test_a_peeked_stream_gives_back_every_byte_once():
     assert s.read(50) == bytes(range(14, 64))
     assert s.peek(3) == bytes(range(64, 67))
     assert s.read() == bytes(range(64, 200)) and s.read(5) == b""
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 1000])
+def test_utf8_in_pieces_is_replaced_and_counted_exactly_as_pythons_replace_handler(piece):
+    from data_prep.decode import DecodeStats, Utf8Decoder
+
+    raw = "ok é 東京 🙂 ".encode() + b"caf\xe9 \xff\xfe \xf0\x9f\x99 \xed\xa0\x80 end \xe6\x9d"
+    stats = DecodeStats()
+    decoder = Utf8Decoder("x", stats, strict=False)
+    text = "".join(decoder.decode(raw[i : i + piece]) for i in range(0, len(raw), piece)) + decoder.decode(b"", final=True)
+    assert text == raw.decode("utf-8", "replace")
+    assert stats.invalid_utf8 == text.count("\ufffd")
+
+
+def test_strict_utf8_names_the_byte_of_the_first_invalid_sequence():
+    from data_prep.decode import DecodeStats, Utf8Decoder
+    from data_prep.streams import SourceError
+
+    decoder = Utf8Decoder("doc.txt", DecodeStats(), strict=True)
+    decoder.decode(b"0123456789")
+    with pytest.raises(SourceError, match=r"doc.txt: invalid UTF-8 \(invalid start byte at byte 12\)"):
+        decoder.decode(b"ab\xffcd")
