@@ -9,6 +9,7 @@ the rare invalid byte.
 from __future__ import annotations
 
 import codecs
+from dataclasses import dataclass
 from typing import Iterator
 
 from .streams import Peekable, SourceError
@@ -21,11 +22,24 @@ class BinaryContent(SourceError):
     pass
 
 
+@dataclass
+class Document:
+    """A document's text, in chunks so that one of any size streams through. Its split is
+    decided by a hash of its text: all of it, or (`hash_whole` false: a file read as one
+    stream) its first chunk only, as gpt-prepare always has, so the same corpus keeps
+    giving the same split."""
+
+    name: str
+    chunks: Iterator[str]
+    hash_whole: bool = True
+
+
 class DecodeStats:
     """Counts of what was replaced or skipped while reading, summed over a unit of work."""
 
     def __init__(self) -> None:
         self.invalid_utf8 = 0
+        self.bad_records = 0  # JSON lines that are not records
         self.skipped: list[str] = []  # "name: reason" for archive members that were skipped
 
 
@@ -66,15 +80,15 @@ class Utf8Decoder:
                 pos += e.end
 
 
-def refuse_binary(head: bytes, name: str) -> None:
-    if head.find(b"\x00", 0, BINARY_PROBE) >= 0:
-        raise BinaryContent(f"{name}: binary content, not text")
+def is_binary(head: bytes) -> bool:
+    return head.find(b"\x00", 0, BINARY_PROBE) >= 0
 
 
 def text_chunks(stream: Peekable, name: str, stats: DecodeStats, strict: bool) -> Iterator[str]:
     """Decode a byte stream as UTF-8 in chunks, without a leading byte order mark. Binary
     content (NUL bytes) is refused."""
-    refuse_binary(stream.peek(BINARY_PROBE), name)
+    if is_binary(stream.peek(BINARY_PROBE)):
+        raise BinaryContent(f"{name}: binary content, not text")
     decoder = Utf8Decoder(name, stats, strict)
     first = True
     while True:

@@ -1,11 +1,20 @@
 """Finding the inputs: the files under the paths given, in a stable order."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dataset import DATA_FORMAT, META_FILE
 from .errors import DataError
+
+
+def display_name(path: Path | str) -> str:
+    """The path as text that can be written anywhere: bytes of a file name that are not
+    UTF-8 (Python carries them as lone surrogates, which no UTF-8 file accepts) become
+    backslash escapes such as \\xff."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -14,6 +23,10 @@ class Source:
 
     path: Path
     kind: str  # "file" or "datasets" (a save_to_disk folder)
+
+    @property
+    def name(self) -> str:
+        return display_name(self.path)
 
     @property
     def size(self) -> int:
@@ -28,21 +41,34 @@ def is_saved_dataset(folder: Path) -> bool:
     )
 
 
-def discover(paths: list[str | Path]) -> list[Source]:
-    """Every input file under `paths`, folders searched recursively (hidden entries
-    skipped), in a stable order so the same inputs always give the same output."""
+def is_prepared_data(folder: Path) -> bool:
+    """A folder gpt-prepare wrote: its shards are output, never input (an output folder
+    inside the input folder must not be read back on the next run)."""
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            return json.loads(f.read(1 << 20)).get("format") == DATA_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Source]:
+    """Every input file under `paths`, folders searched recursively, in a stable order so
+    the same inputs always give the same output. Hidden entries (gpt-prepare's own
+    `.OUT.partial-PID` folders among them), prepared data folders and `exclude` (the output
+    folder) are left out of the search."""
     found: list[Source] = []
+    skip = os.path.realpath(exclude) if exclude is not None else None
     for given in paths:
         p = Path(given)
         if not p.exists():
-            raise DataError(f"input path does not exist: {p}")
+            raise DataError(f"input path does not exist: {display_name(p)}")
         if p.is_dir():
             if is_saved_dataset(p):
                 found.append(Source(p, "datasets"))
                 continue
             for root, dirs, files in os.walk(p):
                 rootp = Path(root)
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _left_out(rootp / d, skip))
                 for d in list(dirs):
                     if is_saved_dataset(rootp / d):
                         found.append(Source(rootp / d, "datasets"))
@@ -51,3 +77,7 @@ def discover(paths: list[str | Path]) -> list[Source]:
         else:
             found.append(Source(p, "file"))
     return found
+
+
+def _left_out(folder: Path, output: str | None) -> bool:
+    return (output is not None and os.path.realpath(folder) == output) or is_prepared_data(folder)

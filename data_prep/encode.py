@@ -1,6 +1,7 @@
 """Pass 2: a unit's stored code points mapped to token ids and written straight into their
 place in the shards, an end-of-text token after each segment (a document, or the train or
-val part of one)."""
+val part of one). It works one scratch batch at a time, whatever the documents' lengths:
+a character-level tokenizer encodes a text in pieces exactly as it encodes it whole."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,9 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .dataset import SPLITS
-from . import scratch as scratch_format  # its BATCH_CHARS read at call time: tests shrink it
-from .scratch import ScratchReader, add_counts, sparse
+from .scratch import SPLITS, ScratchIndex, add_counts, sparse
 from .tokenizer import CharTokenizer
 
 N_CODEPOINTS = 0x110000
@@ -19,89 +18,89 @@ N_CODEPOINTS = 0x110000
 @dataclass
 class EncodeJob:
     index: int
-    scratch: ScratchReader
-    segments: tuple  # (in val?, characters) arrays, in order; an end-of-text token follows each
+    scratch: ScratchIndex
+    val_tails: float | None  # None: split by document; else the share of each document's end that goes to val
     offsets: dict  # split -> position of this unit's first token in the split
     expected: dict  # split -> tokens this unit must produce
 
     @property
     def chars(self) -> int:
-        return int(self.scratch.starts[-1])
+        return self.scratch.chars
 
 
-def document_segments(docs_chars: np.ndarray, docs_val: np.ndarray | None, tails: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def document_segments(scratch: ScratchIndex, val_tails: float | None) -> tuple[np.ndarray, np.ndarray]:
     """A unit's segments as (in val?, characters) arrays: its documents, split by document
-    (`docs_val`), or each split inside into a train head and a val tail (`tails`: characters
-    to val), empty parts left out."""
-    if docs_val is not None:
-        return docs_val.astype(bool), docs_chars.astype(np.int64)
+    hash, or (`val_tails`) each split inside into a train head and a val tail, empty parts
+    left out."""
+    docs_chars = scratch.array("docs_chars")
+    if val_tails is None:
+        return scratch.array("docs_val").astype(bool), docs_chars
+    tails = np.round(docs_chars * val_tails).astype(np.int64)
     in_val = np.tile([False, True], len(docs_chars))
     chars = np.stack([docs_chars - tails, tails], axis=1).ravel()
     return in_val[chars > 0], chars[chars > 0]
 
 
-def segment_list(segments: tuple[np.ndarray, np.ndarray]) -> list[tuple[str, int]]:
-    return [(SPLITS[v], n) for v, n in zip(segments[0].tolist(), segments[1].tolist())]  # SPLITS[True] is "val"
-
-
 def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
-    pieces: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    eots: dict[str, list[int]] = {s: [] for s in SPLITS}
-    pending = {s: 0 for s in SPLITS}
+    seg_val, seg_chars = document_segments(job.scratch, job.val_tails)
+    seg_end = np.cumsum(seg_chars)
     offsets = dict(job.offsets)
-
-    def flush(split: str) -> None:
-        if pieces[split]:
-            cps = pieces[split][0] if len(pieces[split]) == 1 else np.concatenate(pieces[split])
-            ids = tok.encode_codepoints(cps, eots[split], dtype=writers[split].dtype)
+    start = 0
+    for block in job.scratch.blocks():
+        end = start + len(block)
+        # the segments this block overlaps, and how much of each it holds
+        lo = int(np.searchsorted(seg_end, start, "right"))
+        hi = min(int(np.searchsorted(seg_end, end, "left")), len(seg_end) - 1) + 1
+        ends = seg_end[lo:hi]
+        piece = np.minimum(ends, end) - np.maximum(ends - seg_chars[lo:hi], start)
+        closed = ends <= end  # segments that end in this block: an end-of-text token follows
+        for split, flag in zip(SPLITS, (False, True)):
+            sel = seg_val[lo:hi] == flag
+            if not sel.any():
+                continue
+            cps = block if sel.all() else block[np.repeat(sel, piece)]
+            ids = tok.encode_codepoints(cps, np.cumsum(piece[sel])[closed[sel]], dtype=writers[split].dtype)
             writers[split].write_at(offsets[split], ids)
             offsets[split] += len(ids)
-        pieces[split], eots[split], pending[split] = [], [], 0
-
-    blocks = job.scratch.blocks()
-    block, pos = np.zeros(0, np.uint16), 0
-    for split, n in segment_list(job.segments):
-        while n:
-            if pos == len(block):
-                block, pos = next(blocks), 0
-            take = min(n, len(block) - pos)
-            pieces[split].append(block[pos : pos + take])
-            pending[split] += take
-            pos, n = pos + take, n - take
-        eots[split].append(pending[split])
-        if pending[split] >= scratch_format.BATCH_CHARS:
-            flush(split)
-    for split in SPLITS:
-        flush(split)
-        made = offsets[split] - job.offsets[split]
-        if made != job.expected[split]:
-            raise RuntimeError(f"unit {job.index}: {split} produced {made} tokens, expected {job.expected[split]}")
+        start = end
+    made = {s: offsets[s] - job.offsets[s] for s in SPLITS}
+    for s in SPLITS:
+        if made[s] != job.expected[s]:
+            raise RuntimeError(f"unit {job.index}: {s} produced {made[s]} tokens, expected {job.expected[s]}")
     job.scratch.path.unlink()  # done with it: frees the disk now, and in parallel, not at the end
-    return {s: offsets[s] - job.offsets[s] for s in SPLITS}
+    return made
 
 
-def tokens_per_unit(tokenizer: CharTokenizer, counts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Tokens the characters of each unit encode to, given its (code points, counts): the
-    tokenizer's token_lengths for every unit in one go."""
-    sizes = np.array([len(cps) for cps, _ in counts], np.int64)
-    if not sizes.sum():
-        return np.zeros(len(counts), np.int64)
-    cps = np.concatenate([cps for cps, _ in counts])
-    n = np.concatenate([n for _, n in counts]).astype(np.int64)
-    running = np.concatenate(([0], np.cumsum(tokenizer.tokens_per_char(cps) * n)))
-    ends = np.cumsum(sizes)
-    return running[ends] - running[ends - sizes]
+def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None, val_tails: float | None) -> tuple[dict, dict]:
+    """Tokens each unit will produce per split (characters, byte tokens, one end-of-text
+    token per segment), as split -> array; and the segments per split. `unit_counts`: the
+    units' per-split counts when documents are split inside (else they are read back from
+    the scratch trailers, and only where byte fallback makes a character more than a token)."""
+    expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
+    segments = {s: 0 for s in SPLITS}
+    for i, r in enumerate(units):
+        if val_tails is None:
+            n_seg = {"train": r.documents - r.val_documents, "val": r.val_documents}
+        else:
+            n_val = int(np.count_nonzero(document_segments(r.scratch, val_tails)[0]))
+            n_seg = {"train": len(document_segments(r.scratch, val_tails)[0]) - n_val, "val": n_val}
+        counts = unit_counts[i] if unit_counts is not None else r.scratch.counts() if tokenizer.oov == "byte" else None
+        for s in SPLITS:
+            chars = r.chars[s] if counts is None else tokenizer.token_lengths(counts[s][0], counts[s][1])
+            expected[s][i] = chars + n_seg[s]
+            segments[s] += n_seg[s]
+    return expected, segments
 
 
-def recount_text_split(scratch: ScratchReader, counts: dict, segments: tuple[np.ndarray, np.ndarray]) -> dict:
+def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
     """Per-split counts when documents are split inside: count the val tails, subtract."""
     whole = np.zeros(N_CODEPOINTS, np.int64)
-    for s in SPLITS:
-        whole[counts[s][0]] += counts[s][1]
+    for cps, n in scratch.counts().values():
+        whole[cps] += n
     val = np.zeros(0, np.int64)
     start = 0
-    for split, n in segment_list(segments):
-        if split == "val":
+    for is_val, n in zip(*(a.tolist() for a in document_segments(scratch, val_tails))):
+        if is_val:
             for block in scratch.blocks(start, n):
                 val = add_counts(val, np.bincount(block))
         start += n

@@ -20,17 +20,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .dataset import META_FILE, SPLITS, TOKENIZER_FILE
-from .discovery import Source, discover
-from .encode import N_CODEPOINTS, Encode, EncodeJob, document_segments, recount_text_split, tokens_per_unit
-from .errors import DataError
+from .dataset import META_FILE, TOKENIZER_FILE
+from .discovery import Source, discover, display_name
+from .encode import Encode, EncodeJob, recount_text_split, unit_tokens
+from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
 from .records import work_offline
-from .scan import Scan, UnitResult, make_units, scratch_path
-from .scratch import ScratchReader
+from .scan import Scan, make_units
+from .scratch import SPLITS
 from .shards import SplitWriter
-from .tokenizer import CharTokenizer, build_vocab, utf8_length
+from .tally import Tally
+from .tokenizer import utf8_length
+from .vocabulary import build_tokenizer, summed
 from .workers import Workers, grouped
 
 __all__ = ["PrepareOptions", "Summary", "prepare"]
@@ -57,16 +59,18 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     """Prepare `inputs` into the folder `out`; see the module docstring."""
     opts.validate()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not opts.force:
-        raise DataError(f"output folder {out} already exists and is not empty (use --force to replace it)")
-    sources = discover(inputs)
+    check_output(out, opts.force)
+    sources = discover(inputs, exclude=out)
     if not sources:
-        raise DataError("no input files found in " + ", ".join(map(str, inputs)))
+        raise DataError("no input files found in " + ", ".join(map(display_name, inputs)))
     work_offline()
     t0 = time.perf_counter()
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "work").mkdir(parents=True)
+    try:
+        (tmp / "work").mkdir(parents=True)
+    except OSError as e:
+        raise DataError(f"cannot write the output folder {display_name(out)}: {e.strerror or first_line(e)}") from None
     try:
         with Workers(opts.workers or os.cpu_count() or 1) as workers:
             summary = _prepare_into(sources, tmp, opts, workers)
@@ -79,125 +83,86 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     return summary
 
 
+def check_output(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {display_name(out)} is a file, not a folder; choose another --out (--force replaces only a folder)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise DataError(f"output folder {display_name(out)} already exists and is not empty (use --force to replace it)")
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
+    """Swap the finished folder in; an old output is moved aside first and removed after,
+    or put back if the swap fails."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old)
 
 
-def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[list[UnitResult], list[dict], list[str]]:
-    warnings: list[str] = []
-    source_info: list[dict] = []
-    for s in sources:
-        size, error = 0, None
-        try:
-            size = s.size
-        except OSError as e:
-            error = f"{s.path}: unreadable ({e.strerror})"
-        source_info.append({"path": str(s.path), "bytes": size, "sha256": None, "documents": 0, "error": error})
-    results: list[UnitResult] = []
-    bar = tqdm(total=sum(i["bytes"] for i in source_info), unit="B", unit_scale=True, desc="reading", disable=not opts.progress, leave=False)
-    units = grouped(make_units(sources, source_info), lambda u: u.size, GROUP_BYTES)
-    for r in (r for group in workers.map(Scan(work, opts), units) for r in group):
-        bar.update(r.size)
-        info = source_info[r.source]
-        if r.error:
-            if opts.strict:
-                raise DataError(r.error + " (--strict)")
-            info["error"] = info["error"] or r.error
-        elif r.sha256:
-            info["sha256"] = r.sha256
-        results.append(r)
+def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:
+    tally = Tally(sources, opts.strict)
+    bar = tqdm(total=sum(i["bytes"] for i in tally.sources), unit="B", unit_scale=True, desc="reading", disable=not opts.progress, leave=False)
+    units = grouped(make_units(sources, tally.sources, work), lambda u: u.size, GROUP_BYTES)
+    for group in workers.map(Scan(work, opts), units):
+        for r in group:
+            bar.update(r.size)
+            tally.add(r)
     bar.close()
-    for info in source_info:
-        if info["error"]:
-            if opts.strict:
-                raise DataError(info["error"] + " (--strict)")
-            warnings.append(f"skipped {info['error']}")
-    # a source with any failed unit is dropped whole, so no file contributes half its text
-    bad = {i for i, info in enumerate(source_info) if info["error"]}
-    results = [r for r in results if r.source not in bad]
-    for r in results:
-        source_info[r.source]["documents"] += len(r.docs_chars)
-        warnings += [f"skipped member {m}" for m in r.skipped]
-    return results, source_info, warnings
+    return tally, tally.finish()
 
 
 def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers) -> Summary:
-    work = tmp / "work"
-    results, source_info, warnings = _read_pass(sources, work, opts, workers)
-    n_docs = sum(len(r.docs_chars) for r in results)
-    n_skipped = sum(1 for i in source_info if i["error"])
+    tally, warnings = _read_pass(sources, tmp / "work", opts, workers)
+    units = [r for r in tally.units if r.documents]
+    n_docs = sum(r.documents for r in units)
     if n_docs == 0:
         # the skip warnings are never shown when nothing is written: say why here
-        reasons = [i["error"] for i in source_info if i["error"]]
+        reasons = [i["error"] for i in tally.sources if i["error"]]
         raise DataError("no text found in the inputs" + (f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})" if reasons else ""))
-    scratch = {r.index: ScratchReader(scratch_path(work, r.index), r.batches) for r in results}
 
     # split by document when there are enough documents on both sides, else inside the text
-    n_val_docs = sum(int(r.docs_val.sum()) for r in results)
+    n_val_docs = sum(r.val_documents for r in units)
     doc_split = n_docs >= MIN_DOCS_FOR_DOCUMENT_SPLIT and 0 < n_val_docs < n_docs
-    total = {s: np.zeros(N_CODEPOINTS, np.int64) for s in SPLITS}
-    unit_counts, unit_segments = [], []
-    for r in results:
-        if doc_split:
-            counts = r.counts
-            segments = document_segments(r.docs_chars, r.docs_val, None)
-        else:
-            tails = np.round(r.docs_chars * opts.val_fraction).astype(np.int64)
-            segments = document_segments(r.docs_chars, None, tails)
-            counts = recount_text_split(scratch[r.index], r.counts, segments)
-        for s in SPLITS:
-            total[s][counts[s][0]] += counts[s][1]
-        unit_counts.append(counts)
-        unit_segments.append(segments)
+    val_tails = None if doc_split else opts.val_fraction
+    unit_counts = None if doc_split else [recount_text_split(r.scratch, val_tails) for r in units]
+    total = tally.totals if doc_split else summed(unit_counts)
     chars = {s: int(total[s].sum()) for s in SPLITS}
     if chars["train"] == 0 or chars["val"] == 0:
         raise DataError(f"the corpus is too small to split into train and val ({chars['train'] + chars['val']} characters)")
-
-    # vocabulary from the training counts; byte tokens only if some character needs them,
-    # so a clean corpus keeps a tiny vocabulary
-    train_cps = np.flatnonzero(total["train"])
-    val_only = bool((total["val"] * (total["train"] == 0)).any())
-    vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count, oov=opts.oov, others_outside=val_only)
-    in_vocab = np.zeros(N_CODEPOINTS, bool)
-    in_vocab[[ord(c) for c in vocab]] = True
-    outside = bool(((total["train"] + total["val"]) * ~in_vocab).any())
-    tokenizer = CharTokenizer(chars=vocab, oov=opts.oov if outside else "error")
+    tokenizer, in_vocab = build_tokenizer(total, opts)
 
     # exact token counts per unit and split give each unit its place in the shards
-    jobs, running, split_docs = [], {s: 0 for s in SPLITS}, {s: 0 for s in SPLITS}
-    char_tokens = {s: tokens_per_unit(tokenizer, [c[s] for c in unit_counts]) for s in SPLITS}
-    for i, (r, segments) in enumerate(zip(results, unit_segments)):
-        n_val = int(np.count_nonzero(segments[0]))
-        n_seg = {"train": len(segments[0]) - n_val, "val": n_val}
-        expected = {s: int(char_tokens[s][i]) + n_seg[s] for s in SPLITS}
-        jobs.append(EncodeJob(r.index, scratch[r.index], segments, dict(running), expected))
-        for s in SPLITS:
-            running[s] += expected[s]
-            split_docs[s] += n_seg[s]
+    expected, segments = unit_tokens(tokenizer, units, unit_counts, val_tails)
+    running = {s: int(expected[s].sum()) for s in SPLITS}
     writers = {s: SplitWriter(tmp, s, running[s], opts.shard_tokens, tokenizer.dtype) for s in SPLITS}
     for w in writers.values():
         w.create()
+    starts = {s: np.cumsum(expected[s]) - expected[s] for s in SPLITS}
+    jobs = (
+        EncodeJob(r.index, r.scratch, val_tails, {s: int(starts[s][i]) for s in SPLITS}, {s: int(expected[s][i]) for s in SPLITS})
+        for i, r in enumerate(units)
+    )
     bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc="encoding", disable=not opts.progress, leave=False)
     for produced in workers.map(Encode(tokenizer, writers), grouped(jobs, lambda j: j.chars, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
 
     (tmp / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
-    skipped = {
-        "files": n_skipped,
-        "members": sum(len(r.skipped) for r in results),
-        "invalid_utf8_replaced": sum(r.invalid_utf8 for r in results),
-    }
+    skipped = {"files": sum(1 for i in tally.sources if i["error"]), "members": len(tally.skipped_members), "invalid_utf8_replaced": tally.invalid_utf8}
+    if tally.bad_records:  # only when there are some: other corpora's meta.json stays as it was
+        skipped["bad_records"] = tally.bad_records
     meta = build_meta(
-        tokenizer, opts, doc_split=doc_split, tokens=running, documents=split_docs,
+        tokenizer, opts, doc_split=doc_split, tokens=running, documents=segments,
         shards={s: [p.name for p in writers[s].paths] for s in SPLITS}, total=total, in_vocab=in_vocab,
-        sources=source_info, skipped=skipped,
+        sources=tally.sources, skipped=skipped,
     )
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     all_cps = np.flatnonzero(total["train"] + total["val"])

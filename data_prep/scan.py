@@ -7,17 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
 from . import sources as src
-from .dataset import SPLITS
-from .decode import DecodeStats
+from .decode import DecodeStats, Document
 from .discovery import Source
 from .options import PrepareOptions
-from .records import Document, datasets_documents, is_dataset_file
-from .scratch import ScratchWriter, sparse
+from .records import datasets_documents, json_lines_documents, record_format
+from .scratch import ScratchIndex, ScratchWriter
 from .streams import DECODE_ERRORS, HashingReader, SourceError
 from .tar import TarError
+
+SPILL_MEMBER = 1 << 23  # members of an archive of archives larger than this go to workers as files
 
 
 @dataclass
@@ -28,31 +27,35 @@ class Unit:
     source: int
     name: str
     size: int
-    kind: str  # "file", "datasets" or "bytes"
+    kind: str  # "file", "datasets", "member" (payload) or "spilled" (a member copied to path)
     path: str | None = None
     payload: bytes | None = None
 
 
 @dataclass
 class UnitResult:
+    """What the main process keeps of a unit: a few numbers, and where its scratch is."""
+
     index: int
     source: int
     size: int
     error: str | None = None
-    docs_chars: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    docs_val: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    counts: dict = field(default_factory=lambda: {s: sparse(np.zeros(0, np.int64)) for s in SPLITS})  # split -> (code points, counts), split by document hash
-    batches: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    scratch: ScratchIndex | None = None
+    documents: int = 0
+    val_documents: int = 0  # by document hash
+    chars: dict | None = None  # split -> characters, by document hash
+    counts: dict | None = None  # split -> (code points, counts): merged into totals, then dropped
     invalid_utf8: int = 0
+    bad_records: int = 0
     skipped: list = field(default_factory=list)
     sha256: str | None = None
 
 
-def scratch_path(work: Path, index: int) -> Path:
-    return work / f"{index:07d}.cp"
+def scratch_path(work: Path, index: int, suffix: str = "cp") -> Path:
+    return work / f"{index:07d}.{suffix}"
 
 
-def make_units(sources: list[Source], source_info: list[dict]) -> Iterator[Unit]:
+def make_units(sources: list[Source], source_info: list[dict], work: Path) -> Iterator[Unit]:
     index = 0
     for s_i, source in enumerate(sources):
         if source.kind == "file" and src.archive_of_archives(source.path):
@@ -61,25 +64,38 @@ def make_units(sources: list[Source], source_info: list[dict]) -> Iterator[Unit]
                 info["sha256"] = reader.sha256.hexdigest()
 
             try:
-                for name, payload in src.archive_members(source.path, done):
-                    yield Unit(index, s_i, name, len(payload), "bytes", payload=payload)
+                for name, member in src.archive_members(source.path, source.name, done):
+                    if not isinstance(member, bytes) and member.size <= SPILL_MEMBER:
+                        member = member.read()
+                    if isinstance(member, bytes):
+                        yield Unit(index, s_i, name, len(member), "member", payload=member)
+                    else:
+                        spilled = scratch_path(work, index, "member")
+                        src.spill(member, spilled)
+                        yield Unit(index, s_i, name, member.size, "spilled", path=str(spilled))
                     index += 1
             except DECODE_ERRORS as e:
-                source_info[s_i]["error"] = describe_error(str(source.path), e)
+                source_info[s_i]["error"] = describe_error(source.name, e)
             continue
-        yield Unit(index, s_i, str(source.path), source_info[s_i]["bytes"], source.kind, path=str(source.path))
+        yield Unit(index, s_i, source.name, source_info[s_i]["bytes"], source.kind, path=str(source.path))
         index += 1
 
 
 def unit_documents(unit: Unit, reader: HashingReader | None, opts: PrepareOptions, stats: DecodeStats) -> Iterator[Document]:
     if unit.kind == "datasets":
-        yield from datasets_documents(Path(unit.path), True, opts.text_field)
-    elif unit.kind == "bytes":
+        yield from datasets_documents(Path(unit.path), unit.name, True, opts.text_field)
+    elif unit.kind == "member":
         yield from src.member_documents(unit.payload, unit.name, stats, opts.strict, depth=1)
-    elif is_dataset_file(Path(unit.path)):
-        yield from datasets_documents(Path(unit.path), False, opts.text_field)
+    elif unit.kind == "spilled":
+        yield from src.member_documents(reader, unit.name, stats, opts.strict, depth=1)
     else:
-        yield from src.stream_documents(reader, unit.name, stats, opts.strict)
+        records = record_format(Path(unit.path))
+        if records == "json lines":
+            yield from json_lines_documents(reader, unit.name, opts.text_field, stats, opts.strict)
+        elif records == "datasets":
+            yield from datasets_documents(Path(unit.path), unit.name, False, opts.text_field)
+        else:
+            yield from src.stream_documents(reader, unit.name, stats, opts.strict)
 
 
 def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
@@ -87,44 +103,44 @@ def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
     result = UnitResult(unit.index, unit.source, unit.size)
     stats = DecodeStats()
     scratch = ScratchWriter(scratch_path(work, unit.index), opts.val_fraction)
-    docs_chars = []
     try:
         with open_unit(unit) as reader:
-            for _name, chunks in unit_documents(unit, reader, opts, stats):
-                n_chars = 0
-                for chunk in chunks:
-                    scratch.add(chunk, new_doc=n_chars == 0)
-                    n_chars += len(chunk)
-                if n_chars:
-                    docs_chars.append(n_chars)
-            if reader is not None:
+            for doc in unit_documents(unit, reader, opts, stats):
+                scratch.start_document(doc.hash_whole)
+                for chunk in doc.chunks:
+                    scratch.add(chunk)
+                scratch.end_document()
+            if reader is not None and unit.kind == "file":
                 reader.drain()
                 result.sha256 = reader.sha256.hexdigest()
-        scratch.close()
+        result.scratch, result.counts = scratch.close()
     except (SourceError, *DECODE_ERRORS) as e:
-        scratch.file.close()
-        if unit.kind == "bytes" and not opts.strict:
+        scratch.abandon()
+        if unit.kind in ("member", "spilled") and not opts.strict:
             # one file of an archive of archives: skipped alone, as it would be in a folder
             result.skipped = [describe_error(unit.name, e)]
         else:
             result.error = describe_error(unit.name, e)
         return result
-    result.docs_chars = np.array(docs_chars, np.int64)
-    result.docs_val = np.array(scratch.docs_val, bool)
-    result.counts = scratch.counts()
-    result.batches = np.array(scratch.batches, np.int64).reshape(-1, 3)
-    result.invalid_utf8, result.skipped = stats.invalid_utf8, stats.skipped
+    finally:
+        if unit.kind == "spilled":
+            Path(unit.path).unlink(missing_ok=True)
+    result.chars = {s: int(n.sum()) for s, (_cps, n) in result.counts.items()}
+    result.documents = len(scratch.docs_chars)
+    result.val_documents = sum(scratch.docs_val)
+    result.invalid_utf8, result.bad_records, result.skipped = stats.invalid_utf8, stats.bad_records, stats.skipped
     return result
 
 
 class open_unit:
-    """Context manager giving a hashing reader over a file unit (None for other kinds)."""
+    """Context manager giving a hashing reader over a unit read from a file (None for other
+    kinds)."""
 
     def __init__(self, unit: Unit):
         self.unit, self.file = unit, None
 
     def __enter__(self) -> HashingReader | None:
-        if self.unit.kind != "file":
+        if self.unit.kind not in ("file", "spilled"):
             return None
         self.file = open(self.unit.path, "rb")
         return HashingReader(self.file)

@@ -1,42 +1,59 @@
-"""Documents in a file: a document is a name and an iterator of text chunks, so a 10 GB
-single-file corpus streams through in bounded memory.
+"""Documents in a file: a document is a name and an iterator of text chunks, so a
+single-file corpus, or an archive member, of any size streams through in bounded memory.
 
 Formats are detected by content: plain UTF-8 text; xz / gzip / bzip2 compressed streams;
 tar archives (plain or compressed, nested to any reasonable depth: OpenWebText is a tar of
 xz-compressed tars). Records (JSON, Parquet, saved datasets) are in `records`. Archives
-are read as streams in memory and never extracted to disk.
+are read as streams and never extracted to disk.
 """
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .decode import BINARY_PROBE, BinaryContent, DecodeStats, decode_text, text_chunks
-from .records import Document
-from .streams import DECODE_ERRORS, MAX_NESTING, HashingReader, SourceError, content_head, decompress_bytes, is_tar, open_content, sniff_compression
-from .tar import TarError, iter_tar
+from .decode import BINARY_PROBE, BinaryContent, DecodeStats, Document, decode_text, is_binary, text_chunks
+from .streams import DECODE_ERRORS, MAX_NESTING, HashingReader, Peekable, SourceError, content_head, decompressor, is_tar, open_content, sniff_compression
+from .tar import MemberStream, TarError, iter_tar
+
+Member = bytes | BinaryIO  # an archive member's content: small ones as bytes, large ones streamed
 
 
-def member_documents(data: bytes, name: str, stats: DecodeStats, strict: bool, depth: int) -> Iterator[Document]:
-    """Documents in an archive member held in memory: nested archives are opened, text
-    is one document, binary members are skipped (and counted) unless --strict."""
+def member_documents(member: Member, name: str, stats: DecodeStats, strict: bool, depth: int) -> Iterator[Document]:
+    """Documents in an archive member: nested archives and compressed streams are opened
+    as streams (a member that expands a thousandfold never sits in memory whole), text is
+    one document, binary members are skipped (and counted) unless --strict."""
     if depth > MAX_NESTING:
         raise SourceError(f"{name}: archives nested more than {MAX_NESTING} deep")
-    kind = sniff_compression(data[:6])
+    if isinstance(member, bytes):
+        if sniff_compression(member[:6]) is None and not is_tar(member):
+            # the common case, a small text file: decoded in one go, no stream layers
+            if not _skip_binary(member, name, stats, strict):
+                text = decode_text(member, name, stats, strict)
+                if text:
+                    yield Document(name, iter((text,)))
+            return
+        member = io.BytesIO(member)
+    content = Peekable(member)
+    head = content.peek(512)
+    kind = sniff_compression(head[:6])
     if kind is not None:
-        yield from member_documents(decompress_bytes(data, kind), name, stats, strict, depth + 1)
-    elif is_tar(data):
-        for member, payload in iter_tar(io.BytesIO(data)):
-            yield from member_documents(payload, f"{name}::{member}", stats, strict, depth + 1)
-    elif data.find(b"\x00", 0, BINARY_PROBE) >= 0:
-        if strict:
-            raise BinaryContent(f"{name}: binary content, not text")
-        stats.skipped.append(f"{name}: binary content, not text")
-    else:
-        text = decode_text(data, name, stats, strict)
-        if text:
-            yield name, iter((text,))
+        yield from member_documents(decompressor(content, kind), name, stats, strict, depth + 1)
+    elif is_tar(head):
+        for inner, payload in iter_tar(content):
+            yield from member_documents(payload, f"{name}::{inner}", stats, strict, depth + 1)
+    elif not _skip_binary(content.peek(BINARY_PROBE), name, stats, strict):
+        yield Document(name, text_chunks(content, name, stats, strict))
+
+
+def _skip_binary(head: bytes, name: str, stats: DecodeStats, strict: bool) -> bool:
+    if not is_binary(head):
+        return False
+    if strict:
+        raise BinaryContent(f"{name}: binary content, not text")
+    stats.skipped.append(f"{name}: binary content, not text")
+    return True
 
 
 def stream_documents(raw: BinaryIO, name: str, stats: DecodeStats, strict: bool) -> Iterator[Document]:
@@ -50,7 +67,7 @@ def stream_documents(raw: BinaryIO, name: str, stats: DecodeStats, strict: bool)
     elif head[:4] == b"PAR1":
         raise SourceError(f"{name}: a compressed Parquet file is not supported; decompress it first")
     else:
-        yield name, text_chunks(content, name, stats, strict)
+        yield Document(name, text_chunks(content, name, stats, strict), hash_whole=False)
     content.drain()
 
 
@@ -74,14 +91,21 @@ def archive_of_archives(path: Path) -> bool:
     return False
 
 
-def archive_members(path: Path, on_done: Callable[[HashingReader], None]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each file in an archive of archives; `on_done` gets the hashing
-    reader once the whole file has been read."""
+def archive_members(path: Path, name: str, on_done: Callable[[HashingReader], None]) -> Iterator[tuple[str, Member]]:
+    """(name, content) of each file in an archive of archives, as `iter_tar` gives them;
+    `on_done` gets the hashing reader once the whole file has been read."""
     with open(path, "rb") as f:
         raw = HashingReader(f)
         content = open_content(raw)
         for member, data in iter_tar(content):
-            yield f"{path}::{member}", data
+            yield f"{name}::{member}", data
         content.drain()
         raw.drain()
         on_done(raw)
+
+
+def spill(member: MemberStream, path: Path) -> None:
+    """A large member of an archive of archives, copied to a scratch file in pieces: the
+    worker that reads it needs no copy of it in its job."""
+    with open(path, "wb") as f:
+        shutil.copyfileobj(member, f, 1 << 20)
