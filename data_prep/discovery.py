@@ -22,7 +22,7 @@ class Source:
     """One input named on the command line or found in a folder."""
 
     path: Path
-    kind: str  # "file" or "datasets" (a save_to_disk folder)
+    kind: str  # "file" or "saved" (a datasets save_to_disk folder)
 
     @property
     def name(self) -> str:
@@ -30,7 +30,7 @@ class Source:
 
     @property
     def size(self) -> int:
-        if self.kind == "datasets":
+        if self.kind == "saved":
             return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         return self.path.stat().st_size
 
@@ -64,14 +64,14 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
             raise DataError(f"input path does not exist: {display_name(p)}")
         if p.is_dir():
             if is_saved_dataset(p):
-                found.append(Source(p, "datasets"))
+                found.append(Source(p, "saved"))
                 continue
             for root, dirs, files in os.walk(p):
                 rootp = Path(root)
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _left_out(rootp / d, skip))
                 for d in list(dirs):
                     if is_saved_dataset(rootp / d):
-                        found.append(Source(rootp / d, "datasets"))
+                        found.append(Source(rootp / d, "saved"))
                         dirs.remove(d)
                 found += [Source(rootp / f, "file") for f in sorted(files) if not f.startswith(".")]
         else:

@@ -32,9 +32,10 @@ def document_segments(scratch: ScratchIndex, val_tails: float | None) -> tuple[n
     """A unit's segments as (in val?, characters) arrays: its documents, split by document
     hash, or (`val_tails`) each split inside into a train head and a val tail, empty parts
     left out."""
-    docs_chars = scratch.array("docs_chars")
+    trailer = scratch.trailer()
+    docs_chars = trailer["docs_chars"]
     if val_tails is None:
-        return scratch.array("docs_val").astype(bool), docs_chars
+        return trailer["docs_val"].astype(bool), docs_chars
     tails = np.round(docs_chars * val_tails).astype(np.int64)
     in_val = np.tile([False, True], len(docs_chars))
     chars = np.stack([docs_chars - tails, tails], axis=1).ravel()
@@ -82,9 +83,11 @@ def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None,
         if val_tails is None:
             n_seg = {"train": r.documents - r.val_documents, "val": r.val_documents}
         else:
-            n_val = int(np.count_nonzero(document_segments(r.scratch, val_tails)[0]))
-            n_seg = {"train": len(document_segments(r.scratch, val_tails)[0]) - n_val, "val": n_val}
-        counts = unit_counts[i] if unit_counts is not None else r.scratch.counts() if tokenizer.oov == "byte" else None
+            seg_val = document_segments(r.scratch, val_tails)[0]
+            n_seg = {"train": len(seg_val) - int(seg_val.sum()), "val": int(seg_val.sum())}
+        # byte fallback spends more than a token only on characters outside ASCII
+        multi_byte = tokenizer.oov == "byte" and r.max_codepoint >= 0x80
+        counts = unit_counts[i] if unit_counts is not None else r.scratch.counts() if multi_byte else None
         for s in SPLITS:
             chars = r.chars[s] if counts is None else tokenizer.token_lengths(counts[s][0], counts[s][1])
             expected[s][i] = chars + n_seg[s]
@@ -121,5 +124,9 @@ class Encode:
 
     def __call__(self, group: list[EncodeJob]) -> dict:
         tok = _tokenizer(self.tokenizer)
-        made = [encode_unit(job, tok, self.writers) for job in group]
+        try:
+            made = [encode_unit(job, tok, self.writers) for job in group]
+        finally:
+            for w in self.writers.values():
+                w.close()
         return {s: sum(m[s] for m in made) for s in SPLITS}

@@ -31,26 +31,21 @@ def work_offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def source_head(path: Path, n: int = 512) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
-
-
-def record_format(path: Path) -> str | None:
-    """"json lines", "datasets" (JSON or Parquet) or None (not records). JSON is recognised
-    by its extension (after any compression suffix) and its first byte; Parquet by its
-    magic bytes."""
+def record_format(path: Path, raw: bytes, content: bytes) -> str | None:
+    """"json lines", "datasets" (JSON or Parquet) or None (not records), from a file's first
+    bytes (`raw`) and the content they begin (`content`: compression undone). JSON is
+    recognised by its extension (after any compression suffix) and its first byte; Parquet
+    by its magic bytes."""
+    if raw[:4] == b"PAR1":
+        return "datasets"
     suffixes = [s.lower() for s in path.suffixes]
     while suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
         suffixes.pop()
-    if source_head(path, 4) == b"PAR1":
-        return "datasets"
     if suffixes and suffixes[-1] in JSON_SUFFIXES:
-        with open(path, "rb") as f:
-            head = open_content(f).peek(256).lstrip()
-        if head[:1] == b"{" and suffixes[-1] in JSON_LINES_SUFFIXES:
+        first = content.lstrip()[:1]
+        if first == b"{" and suffixes[-1] in JSON_LINES_SUFFIXES:
             return "json lines"
-        return "datasets" if head[:1] in (b"{", b"[") else None
+        return "datasets" if first in (b"{", b"[") else None
     return None
 
 
@@ -104,7 +99,8 @@ def datasets_documents(path: Path, name: str, saved: bool, text_field: str) -> I
             loaded = datasets.load_from_disk(str(path))
             parts = [loaded[k] for k in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
         else:
-            builder = "parquet" if source_head(path)[:4] == b"PAR1" else "json"
+            with open(path, "rb") as f:
+                builder = "parquet" if f.read(4) == b"PAR1" else "json"
             parts = [datasets.load_dataset(builder, data_files=[str(path)], split="train", streaming=True)]
         for part in parts:
             columns = part.column_names

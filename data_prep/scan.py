@@ -11,7 +11,7 @@ from . import sources as src
 from .decode import DecodeStats, Document
 from .discovery import Source
 from .options import PrepareOptions
-from .records import datasets_documents, json_lines_documents, record_format
+from .records import datasets_documents, json_lines_documents
 from .scratch import ScratchIndex, ScratchWriter
 from .streams import DECODE_ERRORS, HashingReader, SourceError
 from .tar import TarError
@@ -27,7 +27,8 @@ class Unit:
     source: int
     name: str
     size: int
-    kind: str  # "file", "datasets", "member" (payload) or "spilled" (a member copied to path)
+    kind: str  # a file: "stream", "json lines", "datasets" (records) or "saved" (a saved
+    # dataset folder); a member of an archive of archives: "member" (payload) or "spilled"
     path: str | None = None
     payload: bytes | None = None
 
@@ -44,6 +45,7 @@ class UnitResult:
     documents: int = 0
     val_documents: int = 0  # by document hash
     chars: dict | None = None  # split -> characters, by document hash
+    max_codepoint: int = 0
     counts: dict | None = None  # split -> (code points, counts): merged into totals, then dropped
     invalid_utf8: int = 0
     bad_records: int = 0
@@ -58,7 +60,8 @@ def scratch_path(work: Path, index: int, suffix: str = "cp") -> Path:
 def make_units(sources: list[Source], source_info: list[dict], work: Path) -> Iterator[Unit]:
     index = 0
     for s_i, source in enumerate(sources):
-        if source.kind == "file" and src.archive_of_archives(source.path):
+        kind = src.file_kind(source.path) if source.kind == "file" else source.kind
+        if kind == "archive of archives":
 
             def done(reader: HashingReader, info=source_info[s_i]) -> None:
                 info["sha256"] = reader.sha256.hexdigest()
@@ -77,25 +80,19 @@ def make_units(sources: list[Source], source_info: list[dict], work: Path) -> It
             except DECODE_ERRORS as e:
                 source_info[s_i]["error"] = describe_error(source.name, e)
             continue
-        yield Unit(index, s_i, source.name, source_info[s_i]["bytes"], source.kind, path=str(source.path))
+        yield Unit(index, s_i, source.name, source_info[s_i]["bytes"], kind, path=str(source.path))
         index += 1
 
 
 def unit_documents(unit: Unit, reader: HashingReader | None, opts: PrepareOptions, stats: DecodeStats) -> Iterator[Document]:
-    if unit.kind == "datasets":
-        yield from datasets_documents(Path(unit.path), unit.name, True, opts.text_field)
-    elif unit.kind == "member":
-        yield from src.member_documents(unit.payload, unit.name, stats, opts.strict, depth=1)
-    elif unit.kind == "spilled":
-        yield from src.member_documents(reader, unit.name, stats, opts.strict, depth=1)
+    if unit.kind in ("datasets", "saved"):
+        yield from datasets_documents(Path(unit.path), unit.name, unit.kind == "saved", opts.text_field)
+    elif unit.kind == "json lines":
+        yield from json_lines_documents(reader, unit.name, opts.text_field, stats, opts.strict)
+    elif unit.kind in ("member", "spilled"):
+        yield from src.member_documents(unit.payload if unit.kind == "member" else reader, unit.name, stats, opts.strict, depth=1)
     else:
-        records = record_format(Path(unit.path))
-        if records == "json lines":
-            yield from json_lines_documents(reader, unit.name, opts.text_field, stats, opts.strict)
-        elif records == "datasets":
-            yield from datasets_documents(Path(unit.path), unit.name, False, opts.text_field)
-        else:
-            yield from src.stream_documents(reader, unit.name, stats, opts.strict)
+        yield from src.stream_documents(reader, unit.name, stats, opts.strict)
 
 
 def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
@@ -110,7 +107,7 @@ def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
                 for chunk in doc.chunks:
                     scratch.add(chunk)
                 scratch.end_document()
-            if reader is not None and unit.kind == "file":
+            if reader is not None and unit.kind != "spilled":
                 reader.drain()
                 result.sha256 = reader.sha256.hexdigest()
         result.scratch, result.counts = scratch.close()
@@ -126,6 +123,7 @@ def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
         if unit.kind == "spilled":
             Path(unit.path).unlink(missing_ok=True)
     result.chars = {s: int(n.sum()) for s, (_cps, n) in result.counts.items()}
+    result.max_codepoint = max((int(cps[-1]) for cps, _n in result.counts.values() if len(cps)), default=0)
     result.documents = len(scratch.docs_chars)
     result.val_documents = sum(scratch.docs_val)
     result.invalid_utf8, result.bad_records, result.skipped = stats.invalid_utf8, stats.bad_records, stats.skipped
@@ -140,7 +138,7 @@ class open_unit:
         self.unit, self.file = unit, None
 
     def __enter__(self) -> HashingReader | None:
-        if self.unit.kind not in ("file", "spilled"):
+        if self.unit.kind in ("member", "saved"):
             return None
         self.file = open(self.unit.path, "rb")
         return HashingReader(self.file)

@@ -54,15 +54,18 @@ class ScratchIndex:
     def chars(self) -> int:
         return int(self.batches[:, 1].sum()) if len(self.batches) else 0
 
-    def array(self, name: str) -> np.ndarray:
-        offset, dtype, n = self.arrays[name]
+    def trailer(self) -> dict[str, np.ndarray]:
+        """The trailer's arrays, read in one go."""
+        start = min(offset for offset, _, _ in self.arrays.values())
         with open(self.path, "rb") as f:
-            f.seek(offset)
-            return np.fromfile(f, dtype=dtype, count=n)
+            f.seek(start)
+            raw = f.read()
+        return {name: np.frombuffer(raw, dtype, n, offset - start) for name, (offset, dtype, n) in self.arrays.items()}
 
     def counts(self) -> dict:
         """split -> (code points, counts), the split by document hash."""
-        return {s: (self.array(f"{s}_cps"), self.array(f"{s}_counts")) for s in SPLITS}
+        t = self.trailer()
+        return {s: (t[f"{s}_cps"], t[f"{s}_counts"]) for s in SPLITS}
 
     def blocks(self, start: int = 0, n: int | None = None) -> Iterator[np.ndarray]:
         """Code points [start, start + n) as arrays of at most one batch each."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from .decode import BINARY_PROBE, BinaryContent, DecodeStats, Document, decode_text, is_binary, text_chunks
+from .records import record_format
 from .streams import DECODE_ERRORS, MAX_NESTING, HashingReader, Peekable, SourceError, content_head, decompressor, is_tar, open_content, sniff_compression
 from .tar import MemberStream, TarError, iter_tar
 
@@ -71,16 +72,35 @@ def stream_documents(raw: BinaryIO, name: str, stats: DecodeStats, strict: bool)
     content.drain()
 
 
-def archive_of_archives(path: Path) -> bool:
-    """True for a tar whose first file is itself compressed or a tar (the OpenWebText
-    release): such archives are split into one unit of work per member, in parallel.
-    It runs for every input file, so it decompresses only the first few KB of content."""
-    for out in (1 << 11, 1 << 16):  # most archives' first file starts within 2 KB
+HEAD_BYTES = 1 << 13  # a file's first bytes, read once to tell what it holds
+
+
+def file_kind(path: Path) -> str:
+    """What a file holds, from one look at its first bytes: "archive of archives" (a tar
+    whose first file is itself compressed or a tar, like the OpenWebText release: split
+    into one unit of work per member, in parallel), "json lines", "datasets" (JSON or
+    Parquet records) or "stream" (text or an archive of text, read as one unit). A file that
+    cannot be read is a "stream": reading it reports why."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEAD_BYTES)
+        content = content_head(io.BytesIO(raw), n=len(raw), out=1 << 11)
+    except (*DECODE_ERRORS, SourceError):
+        return "stream"
+    records = record_format(path, raw, content)
+    if records is not None:
+        return records
+    return "archive of archives" if is_tar(content) and archive_of_archives(path, content) else "stream"
+
+
+def archive_of_archives(path: Path, head: bytes) -> bool:
+    """Whether the tar whose content starts with `head` holds archives; it looks further
+    into the file only when the first file's header lies past `head`."""
+    for out in (len(head), 1 << 16):
         try:
-            with open(path, "rb") as f:
-                head = content_head(f, n=4 * out, out=out)
-            if not is_tar(head):
-                return False
+            if out > len(head):
+                with open(path, "rb") as f:
+                    head = content_head(f, n=4 * out, out=out)
             for _name, data in iter_tar(io.BytesIO(head), head=512):
                 return sniff_compression(data[:6]) is not None or is_tar(data)
             return False
