@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import BinaryIO
 
 import numpy as np
 
@@ -28,11 +29,11 @@ class EncodeJob:
         return self.scratch.chars
 
 
-def document_segments(scratch: ScratchIndex, val_tails: float | None) -> tuple[np.ndarray, np.ndarray]:
+def document_segments(scratch: ScratchIndex, val_tails: float | None, f: BinaryIO | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A unit's segments as (in val?, characters) arrays: its documents, split by document
     hash, or (`val_tails`) each split inside into a train head and a val tail, empty parts
     left out."""
-    trailer = scratch.trailer()
+    trailer = scratch.trailer(f)
     docs_chars = trailer["docs_chars"]
     if val_tails is None:
         return trailer["docs_val"].astype(bool), docs_chars
@@ -43,11 +44,16 @@ def document_segments(scratch: ScratchIndex, val_tails: float | None) -> tuple[n
 
 
 def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
-    seg_val, seg_chars = document_segments(job.scratch, job.val_tails)
+    with job.scratch.open() as f:
+        return _encode_unit(job, tok, writers, f)
+
+
+def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO) -> dict:
+    seg_val, seg_chars = document_segments(job.scratch, job.val_tails, f)
     seg_end = np.cumsum(seg_chars)
     offsets = dict(job.offsets)
     start = 0
-    for block in job.scratch.blocks():
+    for block in job.scratch.blocks(f=f):
         end = start + len(block)
         # the segments this block overlaps, and how much of each it holds
         lo = int(np.searchsorted(seg_end, start, "right"))

@@ -40,6 +40,7 @@ __all__ = ["PrepareOptions", "Summary", "prepare"]
 MIN_DOCS_FOR_DOCUMENT_SPLIT = 100  # fewer documents than this: split inside the text
 GROUP_BYTES = 1 << 20  # pass-1 units go to a worker in groups of about this much input
 GROUP_CHARS = 1 << 21  # and pass-2 units in groups of about this many characters (a short tail)
+UNIT_COST = 1 << 15  # a unit's fixed cost (files to open, write and remove), in bytes of input
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:
     tally = Tally(sources, opts.strict)
     bar = tqdm(total=sum(i["bytes"] for i in tally.sources), unit="B", unit_scale=True, desc="reading", disable=not opts.progress, leave=False)
-    units = grouped(make_units(sources, tally.sources, work), lambda u: u.size, GROUP_BYTES)
+    units = grouped(make_units(sources, tally.sources, work), lambda u: u.size + UNIT_COST, GROUP_BYTES)
     for group in workers.map(Scan(work, opts), units):
         for r in group:
             bar.update(r.size)
@@ -151,7 +152,7 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
         for i, r in enumerate(units)
     )
     bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc="encoding", disable=not opts.progress, leave=False)
-    for produced in workers.map(Encode(tokenizer, writers), grouped(jobs, lambda j: j.chars, GROUP_CHARS)):
+    for produced in workers.map(Encode(tokenizer, writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
 

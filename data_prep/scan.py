@@ -3,6 +3,7 @@ each, its documents read, their code points stored in a scratch file, their char
 counted per split."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +31,7 @@ class Unit:
     kind: str  # a file: "stream", "json lines", "datasets" (records) or "saved" (a saved
     # dataset folder); a member of an archive of archives: "member" (payload) or "spilled"
     path: str | None = None
-    payload: bytes | None = None
+    payload: bytes | None = None  # a member's content; or a small file's, read already
 
 
 @dataclass
@@ -60,7 +61,7 @@ def scratch_path(work: Path, index: int, suffix: str = "cp") -> Path:
 def make_units(sources: list[Source], source_info: list[dict], work: Path) -> Iterator[Unit]:
     index = 0
     for s_i, source in enumerate(sources):
-        kind = src.file_kind(source.path) if source.kind == "file" else source.kind
+        kind, whole = src.file_kind(source.path) if source.kind == "file" else (source.kind, None)
         if kind == "archive of archives":
 
             def done(reader: HashingReader, info=source_info[s_i]) -> None:
@@ -80,7 +81,7 @@ def make_units(sources: list[Source], source_info: list[dict], work: Path) -> It
             except DECODE_ERRORS as e:
                 source_info[s_i]["error"] = describe_error(source.name, e)
             continue
-        yield Unit(index, s_i, source.name, source_info[s_i]["bytes"], kind, path=str(source.path))
+        yield Unit(index, s_i, source.name, source_info[s_i]["bytes"], kind, path=str(source.path), payload=whole)
         index += 1
 
 
@@ -140,7 +141,7 @@ class open_unit:
     def __enter__(self) -> HashingReader | None:
         if self.unit.kind in ("member", "saved"):
             return None
-        self.file = open(self.unit.path, "rb")
+        self.file = io.BytesIO(self.unit.payload) if self.unit.payload is not None else open(self.unit.path, "rb")
         return HashingReader(self.file)
 
     def __exit__(self, *exc) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import zlib
 from array import array
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -54,10 +55,13 @@ class ScratchIndex:
     def chars(self) -> int:
         return int(self.batches[:, 1].sum()) if len(self.batches) else 0
 
-    def trailer(self) -> dict[str, np.ndarray]:
-        """The trailer's arrays, read in one go."""
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def trailer(self, f: BinaryIO | None = None) -> dict[str, np.ndarray]:
+        """The trailer's arrays, read in one go (from `f`, the file opened, if given)."""
         start = min(offset for offset, _, _ in self.arrays.values())
-        with open(self.path, "rb") as f:
+        with nullcontext(f) if f is not None else self.open() as f:
             f.seek(start)
             raw = f.read()
         return {name: np.frombuffer(raw, dtype, n, offset - start) for name, (offset, dtype, n) in self.arrays.items()}
@@ -67,11 +71,11 @@ class ScratchIndex:
         t = self.trailer()
         return {s: (t[f"{s}_cps"], t[f"{s}_counts"]) for s in SPLITS}
 
-    def blocks(self, start: int = 0, n: int | None = None) -> Iterator[np.ndarray]:
+    def blocks(self, start: int = 0, n: int | None = None, f: BinaryIO | None = None) -> Iterator[np.ndarray]:
         """Code points [start, start + n) as arrays of at most one batch each."""
         starts = np.concatenate(([0], np.cumsum(self.batches[:, 1])))
         n = int(starts[-1] - start if n is None else n)
-        with open(self.path, "rb") as f:
+        with nullcontext(f) if f is not None else self.open() as f:
             b = int(np.searchsorted(starts, start, "right") - 1)
             while n > 0:
                 offset, chars, width = (int(x) for x in self.batches[b])

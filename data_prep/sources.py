@@ -75,22 +75,25 @@ def stream_documents(raw: BinaryIO, name: str, stats: DecodeStats, strict: bool)
 HEAD_BYTES = 1 << 13  # a file's first bytes, read once to tell what it holds
 
 
-def file_kind(path: Path) -> str:
+def file_kind(path: Path) -> tuple[str, bytes | None]:
     """What a file holds, from one look at its first bytes: "archive of archives" (a tar
     whose first file is itself compressed or a tar, like the OpenWebText release: split
     into one unit of work per member, in parallel), "json lines", "datasets" (JSON or
     Parquet records) or "stream" (text or an archive of text, read as one unit). A file that
-    cannot be read is a "stream": reading it reports why."""
+    cannot be read is a "stream": reading it reports why. Returned with it: the whole file,
+    when the look saw all of it (a small file is then not opened again)."""
+    raw = b""
     try:
         with open(path, "rb") as f:
             raw = f.read(HEAD_BYTES)
         content = content_head(io.BytesIO(raw), n=len(raw), out=1 << 11)
     except (*DECODE_ERRORS, SourceError):
-        return "stream"
+        return "stream", None
+    whole = raw if len(raw) < HEAD_BYTES else None
     records = record_format(path, raw, content)
     if records is not None:
-        return records
-    return "archive of archives" if is_tar(content) and archive_of_archives(path, content) else "stream"
+        return records, whole
+    return "archive of archives" if is_tar(content) and archive_of_archives(path, content) else "stream", whole
 
 
 def archive_of_archives(path: Path, head: bytes) -> bool:

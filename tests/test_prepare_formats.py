@@ -194,3 +194,27 @@ def test_strict_utf8_names_the_byte_of_the_first_invalid_sequence():
     decoder.decode(b"0123456789")
     with pytest.raises(SourceError, match=r"doc.txt: invalid UTF-8 \(invalid start byte at byte 12\)"):
         decoder.decode(b"ab\xffcd")
+
+
+def test_malformed_json_lines_are_skipped_and_counted_and_the_rest_read(tmp_path, prepare_data, read_documents):
+    lines = [json.dumps(r) for r in RECORDS]
+    lines[3] = '{"text": "unterminated'
+    lines[10] = "[1, 2, 3]"
+    lines.insert(20, "")  # a blank line is no record, and no error either
+    (tmp_path / "r.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "bad \xff utf-8"}\n')
+    summary, data = prepare_data(tmp_path / "r.jsonl")
+    assert data.meta["skipped"]["bad_records"] == 3
+    assert all_documents(data, read_documents) == sorted(r["text"] for i, r in enumerate(RECORDS) if i not in (3, 10))
+    assert "skipped 3 JSON line(s) that are not records" in summary.warnings
+
+
+def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
+    (tmp_path / "r.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(DataError, match=r"r.jsonl: line 2 is not a JSON record .*--strict"):
+        prepare_data(tmp_path / "r.jsonl", strict=True)
+
+
+def test_a_corpus_without_bad_records_has_no_bad_records_entry_in_meta(tmp_path, prepare_data):
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    _, data = prepare_data(tmp_path / "r.jsonl")
+    assert data.meta["skipped"] == {"files": 0, "members": 0, "invalid_utf8_replaced": 0}
