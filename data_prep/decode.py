@@ -104,4 +104,8 @@ def text_chunks(stream: Peekable, name: str, stats: DecodeStats, strict: bool) -
 
 def decode_text(data: bytes, name: str, stats: DecodeStats, strict: bool) -> str:
     """A whole document held in memory, without a leading byte order mark."""
-    return Utf8Decoder(name, stats, strict).decode(data, final=True).removeprefix("\ufeff")
+    try:
+        text = data.decode("utf-8")  # valid text, nearly always: no decoder object needed
+    except UnicodeDecodeError:
+        text = Utf8Decoder(name, stats, strict).decode(data, final=True)
+    return text.removeprefix("\ufeff")

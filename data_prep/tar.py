@@ -38,7 +38,7 @@ def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
 
 def _checksum_ok(header: bytes) -> bool:
     stored = _number(header[148:156])
-    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+    return stored == sum(header) - sum(header[148:156]) + 8 * 32  # its own field counts as spaces
 
 
 def _skip(stream: BinaryIO, n: int, what: str) -> None:
