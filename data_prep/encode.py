@@ -12,6 +12,7 @@ import numpy as np
 
 from .scratch import SPLITS, ScratchIndex, add_counts, sparse
 from .tokenizer import CharTokenizer
+from .workers import Workers, grouped
 
 N_CODEPOINTS = 0x110000
 
@@ -78,11 +79,12 @@ def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO)
     return made
 
 
-def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None, val_tails: float | None) -> tuple[dict, dict]:
+def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None, val_tails: float | None, workers: Workers) -> tuple[dict, dict]:
     """Tokens each unit will produce per split (characters, byte tokens, one end-of-text
     token per segment), as split -> array; and the segments per split. `unit_counts`: the
-    units' per-split counts when documents are split inside (else they are read back from
-    the scratch trailers, and only where byte fallback makes a character more than a token)."""
+    units' per-split counts when documents are split inside; else they are read back from
+    the scratch trailers, by the workers, and only where byte fallback makes a character
+    more than one token (outside ASCII)."""
     expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
     segments = {s: 0 for s in SPLITS}
     for i, r in enumerate(units):
@@ -91,14 +93,29 @@ def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None,
         else:
             seg_val = document_segments(r.scratch, val_tails)[0]
             n_seg = {"train": len(seg_val) - int(seg_val.sum()), "val": int(seg_val.sum())}
-        # byte fallback spends more than a token only on characters outside ASCII
-        multi_byte = tokenizer.oov == "byte" and r.max_codepoint >= 0x80
-        counts = unit_counts[i] if unit_counts is not None else r.scratch.counts() if multi_byte else None
         for s in SPLITS:
-            chars = r.chars[s] if counts is None else tokenizer.token_lengths(counts[s][0], counts[s][1])
-            expected[s][i] = chars + n_seg[s]
+            expected[s][i] = n_seg[s] + (r.chars[s] if unit_counts is None else tokenizer.token_lengths(*unit_counts[i][s]))
             segments[s] += n_seg[s]
+    if unit_counts is None and tokenizer.oov == "byte":
+        wide = [i for i, r in enumerate(units) if r.max_codepoint >= 0x80]
+        groups = grouped(wide, lambda i: 1, 256)
+        counted = workers.map(CountTokens(tokenizer), ([units[i].scratch for i in g] for g in groups))
+        for i, tokens in zip(wide, (t for group in counted for t in group)):
+            for s, n in zip(SPLITS, tokens):
+                expected[s][i] += n - units[i].chars[s]  # byte tokens beyond one per character
     return expected, segments
+
+
+class CountTokens:
+    """The tokens of each unit of a group per split, from the character counts in its
+    scratch trailer: a picklable callable for the worker processes."""
+
+    def __init__(self, tokenizer: CharTokenizer):
+        self.tokenizer = tokenizer.to_json()
+
+    def __call__(self, group: list[ScratchIndex]) -> list[tuple[int, int]]:
+        tok = _tokenizer(self.tokenizer)
+        return [tuple(tok.token_lengths(*counts[s]) for s in SPLITS) for counts in (sc.counts() for sc in group)]
 
 
 def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:

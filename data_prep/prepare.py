@@ -141,7 +141,7 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
     tokenizer, in_vocab = build_tokenizer(total, opts)
 
     # exact token counts per unit and split give each unit its place in the shards
-    expected, segments = unit_tokens(tokenizer, units, unit_counts, val_tails)
+    expected, segments = unit_tokens(tokenizer, units, unit_counts, val_tails, workers)
     running = {s: int(expected[s].sum()) for s in SPLITS}
     writers = {s: SplitWriter(tmp, s, running[s], opts.shard_tokens, tokenizer.dtype) for s in SPLITS}
     for w in writers.values():
