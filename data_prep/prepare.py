@@ -105,7 +105,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
             os.replace(old, out)
         raise
     if old is not None:
-        shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)  # the new output is in place: nothing to fail for now
 
 
 def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:

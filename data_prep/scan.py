@@ -11,6 +11,7 @@ from typing import Iterator
 from . import sources as src
 from .decode import DecodeStats, Document
 from .discovery import Source
+from .errors import first_line
 from .options import PrepareOptions
 from .records import datasets_documents, json_lines_documents
 from .scratch import ScratchIndex, ScratchWriter
@@ -155,10 +156,10 @@ def describe_error(name: str, e: BaseException) -> str:
     if isinstance(e, PermissionError):
         return f"{name}: permission denied"
     if isinstance(e, EOFError):
-        return f"{name}: truncated ({e})"
+        return f"{name}: truncated ({first_line(e)})"
     if isinstance(e, TarError):
-        return f"{name}: {e}"
-    return f"{name}: corrupt or unreadable ({type(e).__name__}: {e})"
+        return f"{name}: {first_line(e)}"
+    return f"{name}: corrupt or unreadable ({type(e).__name__}: {first_line(e)})"
 
 
 class Scan:

@@ -18,7 +18,9 @@ import numpy as np
 
 from .tokenizer import codepoints
 
-BATCH_CHARS = 1 << 23  # characters converted, counted and encoded per numpy call
+BATCH_CHARS = 1 << 22  # characters converted, counted and encoded per numpy call (4 M: a few
+# arrays of this length per worker stay well under 100 MB, and numpy calls this long cost
+# nothing extra per call)
 SPLITS = ("train", "val")
 
 
