@@ -14,8 +14,6 @@ from .scratch import SPLITS, ScratchIndex, add_counts, sparse
 from .tokenizer import CharTokenizer
 from .workers import Workers, grouped
 
-N_CODEPOINTS = 0x110000
-
 
 @dataclass
 class EncodeJob:
@@ -120,8 +118,9 @@ class CountTokens:
 
 def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
     """Per-split counts when documents are split inside: count the val tails, subtract."""
-    whole = np.zeros(N_CODEPOINTS, np.int64)
-    for cps, n in scratch.counts().values():
+    counts = scratch.counts().values()
+    whole = np.zeros(1 + max((int(cps[-1]) for cps, _ in counts if len(cps)), default=0), np.int64)
+    for cps, n in counts:
         whole[cps] += n
     val = np.zeros(0, np.int64)
     start = 0

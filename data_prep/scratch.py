@@ -16,12 +16,13 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from .dataset import SPLITS
 from .tokenizer import codepoints
 
 BATCH_CHARS = 1 << 22  # characters converted, counted and encoded per numpy call (4 M: a few
 # arrays of this length per worker stay well under 100 MB, and numpy calls this long cost
 # nothing extra per call)
-SPLITS = ("train", "val")
+N_CODEPOINTS = 0x110000  # all of Unicode: the length of a dense count table
 
 
 def add_counts(dense: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -8,9 +8,7 @@ import numpy as np
 from .discovery import Source
 from .errors import DataError
 from .scan import UnitResult
-from .scratch import SPLITS
-
-N_CODEPOINTS = 0x110000
+from .scratch import N_CODEPOINTS, SPLITS
 
 
 class Tally:

@@ -4,10 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .options import PrepareOptions
-from .scratch import SPLITS
+from .scratch import N_CODEPOINTS, SPLITS
 from .tokenizer import CharTokenizer, build_vocab
-
-N_CODEPOINTS = 0x110000
 
 
 def summed(unit_counts: list[dict]) -> dict:
