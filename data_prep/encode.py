@@ -60,11 +60,13 @@ def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO)
         ends = seg_end[lo:hi]
         piece = np.minimum(ends, end) - np.maximum(ends - seg_chars[lo:hi], start)
         closed = ends <= end  # segments that end in this block: an end-of-text token follows
+        val = seg_val[lo:hi]
+        chars_in_val = np.repeat(val, piece) if val.any() and not val.all() else None
         for split, flag in zip(SPLITS, (False, True)):
-            sel = seg_val[lo:hi] == flag
+            sel = val == flag
             if not sel.any():
                 continue
-            cps = block if sel.all() else block[np.repeat(sel, piece)]
+            cps = block if chars_in_val is None else block[chars_in_val if flag else ~chars_in_val]
             ids = tok.encode_codepoints(cps, np.cumsum(piece[sel])[closed[sel]], dtype=writers[split].dtype)
             writers[split].write_at(offsets[split], ids)
             offsets[split] += len(ids)
