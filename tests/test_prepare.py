@@ -263,8 +263,8 @@ def test_what_the_main_process_keeps_does_not_grow_with_the_documents(tmp_path, 
         finally:
             tracemalloc.stop()
 
-    small, large = main_process_peak(10_000), main_process_peak(100_000)
-    assert large < small + 2_000_000, f"{small / 1e6:.1f} MB for 10,000 documents, {large / 1e6:.1f} MB for 100,000"
+    small, large = main_process_peak(3_000), main_process_peak(30_000)
+    assert large < small + 1_000_000, f"{small / 1e6:.1f} MB for 3,000 documents, {large / 1e6:.1f} MB for 30,000"
 
 
 def test_an_output_folder_inside_the_input_folder_is_not_read_back_as_input(tmp_path, prepare_data, folder_bytes):
