@@ -1,25 +1,34 @@
-"""Benchmark gpt-prepare against `xz -dc` on the same corpus, measured in the same run.
+"""Benchmark gpt-prepare against `xz -dc` on the same corpus, measured in the same run, on
+two kinds of corpus: the OpenWebText-style sample, and many small documents made here.
 
-    python bench/prepare_bench.py CORPUS [--copies N] [--workers 2] [--repeat R] [--out FOLDER]
+    python bench/prepare_bench.py [CORPUS] [--copies N] [--small-docs N] [--workers 2] [--repeat R]
 
-`xz -dc` over every .xz file of the corpus on one core is the floor: decompression is
-the part no reader can skip. gpt-prepare then runs as a user runs it (a subprocess, with
+`xz -dc` over every .xz file of a corpus on one core is the floor: decompression is the
+part no reader can skip. gpt-prepare then runs as a user runs it (a subprocess, with
 `--workers`), while /proc is polled for the resident memory of its main process and of its
 workers; wait4() adds the kernel's peak for the largest process of the tree and the CPU
 seconds of all of them. With `--copies N` the corpus is first copied N times into a
 temporary folder (each copy in its own subfolder), so a small sample becomes a realistic
-size. Prints one JSON object. On a shared machine the timings are only as good as its
-quiet: the load average at the start is reported, and --repeat keeps the fastest runs.
+size. The small-documents corpus is Python's standard library sources and the HTML
+documentation under /usr/share/doc, cut into documents of about 10 KB and packed like
+OpenWebText (xz-compressed tars of 200 documents), then copied `--small-docs` times.
+Prints one JSON object with both corpora's ratios. On a shared machine the timings are
+only as good as its quiet: the load average at the start is reported, and --repeat keeps
+the fastest runs.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import lzma
 import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tarfile
 import tempfile
 import threading
 import time
@@ -33,6 +42,35 @@ PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 1e6
 def build_copies(corpus: Path, copies: int, into: Path) -> Path:
     for i in range(copies):
         shutil.copytree(corpus, into / f"copy{i:03d}")
+    return into
+
+
+def small_document_texts() -> list[Path]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    py = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
+    html = sorted(p for p in Path("/usr/share/doc").rglob("*.html") if p.is_file())
+    return py + html
+
+
+def make_small_documents(into: Path, doc_bytes: int = 10_000, per_file: int = 200) -> Path:
+    """The small-documents corpus (see the module docstring), written under `into`."""
+    into.mkdir(parents=True)
+    docs, current, size = [], [], 0
+    for path in small_document_texts():
+        for line in path.read_bytes().splitlines(keepends=True):
+            current.append(line)
+            size += len(line)
+            if size >= doc_bytes:
+                docs.append(b"".join(current))
+                current, size = [], 0
+    for start in range(0, len(docs), per_file):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i, doc in enumerate(docs[start : start + per_file], start):
+                info = tarfile.TarInfo(f"{i:07d}.txt")
+                info.size, info.mtime = len(doc), 1_500_000_000
+                tar.addfile(info, io.BytesIO(doc))
+        (into / f"small_subset{start // per_file:04d}_data.xz").write_bytes(lzma.compress(buf.getvalue()))
     return into
 
 
@@ -111,38 +149,47 @@ def run_prepare(corpus: Path, out: Path, workers: int) -> dict:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("corpus", type=Path)
-    p.add_argument("--copies", type=int, default=1, help="copies of the corpus to prepare together (default: 1)")
-    p.add_argument("--workers", type=int, default=2, help="gpt-prepare --workers (default: 2)")
-    p.add_argument("--out", type=Path, help="keep the prepared folder here (default: a temporary folder, removed)")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each, the fastest reported (a shared machine is noisy; default: 1)")
-    args = p.parse_args()
-    host = describe()
-    with tempfile.TemporaryDirectory(prefix="prepare_bench-") as tmp:
-        corpus = build_copies(args.corpus, args.copies, Path(tmp) / "corpus") if args.copies > 1 else args.corpus
-        xz, result = None, None
-        for _ in range(args.repeat):  # interleaved, so both see the same conditions
-            x = time_xz(corpus)
-            r = run_prepare(corpus, args.out or Path(tmp) / "data", args.workers)
-            xz = x if xz is None or x["seconds"] < xz["seconds"] else xz
-            result = r if result is None or r["seconds"] < result["seconds"] else result
-    xz_seconds = xz["seconds"]
-    print(json.dumps({
-        "corpus": str(args.corpus),
-        "copies": args.copies,
-        "workers": args.workers,
+def measure(corpus: Path, workers: int, repeat: int, out: Path) -> dict:
+    xz, result = None, None
+    for _ in range(repeat):  # interleaved, so both see the same conditions
+        x = time_xz(corpus)
+        r = run_prepare(corpus, out, workers)
+        xz = x if xz is None or x["seconds"] < xz["seconds"] else xz
+        result = r if result is None or r["seconds"] < result["seconds"] else result
+    return {
         "text_mb": result["text_mb"],
+        "files": len(list(corpus.rglob("*.xz"))),
         "mb_per_s": round(result["text_mb"] / result["seconds"], 1),
         "seconds": round(result["seconds"], 2),
-        "xz_seconds": round(xz_seconds, 2),
-        "ratio": round(result["seconds"] / xz_seconds, 2),
+        "xz_seconds": round(xz["seconds"], 2),
+        "ratio": round(result["seconds"] / xz["seconds"], 2),
         "cpu_seconds": round(result["cpu_seconds"], 2),
         "xz_cpu_seconds": round(xz["cpu_seconds"], 2),
         "peak_rss_mb": result["peak_rss_mb"],
-        "machine": host,
-    }, indent=1))
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("corpus", type=Path, nargs="?", default=Path(__file__).resolve().parents[2] / "shared/corpora/owt-sample")
+    p.add_argument("--copies", type=int, default=13, help="copies of the corpus to prepare together (default: 13)")
+    p.add_argument("--small-docs", type=int, default=6, help="copies of the small-documents corpus; 0 leaves it out (default: 6)")
+    p.add_argument("--workers", type=int, default=2, help="gpt-prepare --workers (default: 2)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each, the fastest reported (a shared machine is noisy; default: 1)")
+    args = p.parse_args()
+    host = describe()
+    report = {"workers": args.workers, "corpora": {}, "machine": host}
+    with tempfile.TemporaryDirectory(prefix="prepare_bench-") as tmp:
+        tmp = Path(tmp)
+        corpora = {"openwebtext_style": (args.corpus, args.copies)}
+        if args.small_docs:
+            corpora["small_documents"] = (make_small_documents(tmp / "small"), args.small_docs)
+        for name, (corpus, copies) in corpora.items():
+            folder = build_copies(corpus, copies, tmp / f"{name}-copies") if copies > 1 else corpus
+            report["corpora"][name] = {"corpus": str(corpus), "copies": copies, **measure(folder, args.workers, args.repeat, tmp / "data")}
+            if folder != corpus:
+                shutil.rmtree(folder)
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, check_version
+from .errors import DataError, check_version, first_line
 from .shards import open_shard
 from .tokenizer import CharTokenizer
 
@@ -46,7 +46,7 @@ def read_json(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{what} {path} is unreadable or corrupt ({e})") from None
+        raise DataError(f"{what} {path} is unreadable or corrupt ({first_line(e)})") from None
 
 
 def load(path: str | Path) -> PreparedData:

@@ -74,6 +74,10 @@ class SplitWriter:
         self.paths = [folder / f"{split}_{i:04d}.bin" for i in range(max(1, -(-total // shard_tokens)))]
         self.sizes = [min(shard_tokens, total - i * shard_tokens) for i in range(len(self.paths))]
         self.sizes[-1] = max(self.sizes[-1], 0)
+        self._fds: dict[int, int] = {}  # shard -> open file, while write_at is in use (see close)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fds": {}}  # open files stay with the process that opened them
 
     def create(self) -> None:
         for path, n in zip(self.paths, self.sizes):
@@ -84,9 +88,13 @@ class SplitWriter:
         while len(data):
             shard, local = divmod(offset, self.shard_tokens)
             n = min(len(data), self.sizes[shard] - local)
-            fd = os.open(self.paths[shard], os.O_WRONLY)
-            try:
-                os.pwrite(fd, data[:n], HEADER_SIZE + local * self.dtype.itemsize)
-            finally:
-                os.close(fd)
+            if shard not in self._fds:
+                self._fds[shard] = os.open(self.paths[shard], os.O_WRONLY)
+            os.pwrite(self._fds[shard], data[:n], HEADER_SIZE + local * self.dtype.itemsize)
             data, offset = data[n:], offset + n
+
+    def close(self) -> None:
+        """Close the files write_at opened (many small writes share one open each)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

@@ -1,4 +1,6 @@
-"""A small streaming tar reader: the regular files of an archive as (name, bytes).
+"""A small streaming tar reader: the regular files of an archive as (name, content), the
+content as bytes for a small file and as a stream for a large one, so a member of any size
+passes through in bounded memory.
 
 The standard library's `tarfile` parses every header field in Python; OpenWebText holds
 millions of small members, so this reader parses only what it needs (name, size, type,
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import BinaryIO, Iterator
 
 BLOCK = 512
+INLINE_MEMBER = 1 << 20  # files up to this size come as bytes: most are small, and bytes are fastest
 
 
 class TarError(Exception):
@@ -35,7 +38,7 @@ def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
 
 def _checksum_ok(header: bytes) -> bool:
     stored = _number(header[148:156])
-    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+    return stored == sum(header) - sum(header[148:156]) + 8 * 32  # its own field counts as spaces
 
 
 def _skip(stream: BinaryIO, n: int, what: str) -> None:
@@ -46,9 +49,31 @@ def _skip(stream: BinaryIO, n: int, what: str) -> None:
         _read_exact(stream, n, what)
 
 
-def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, bytes]]:
-    """(name, content) of each regular file; with `head`, only each file's first `head`
-    bytes (the rest is read past), which is enough to tell what a file is."""
+class MemberStream:
+    """A large file's content, read from the archive's stream as it is asked for; what is
+    left unread is skipped when the walk moves on."""
+
+    def __init__(self, stream: BinaryIO, size: int):
+        self.stream, self.size, self.left = stream, size, size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            data = _read_exact(self.stream, self.left, "a member")
+        else:
+            data = self.stream.read(min(n, self.left)) if self.left else b""
+            if not data and n and self.left:
+                raise TarError("truncated tar archive (unexpected end of data in a member)")
+        self.left -= len(data)
+        return data
+
+
+def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, bytes | MemberStream]]:
+    """(name, content) of each regular file: bytes for files of up to INLINE_MEMBER bytes, a
+    MemberStream, valid until the next file, for larger ones. With `head`, only each file's
+    first `head` bytes (the rest is read past), which is enough to tell what a file is."""
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
@@ -74,7 +99,12 @@ def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, b
         read = 0
         if kind in (b"0", b"\0", b"7"):
             read = size if head is None else min(size, head)
-            yield name, _read_exact(stream, read, "a member")
+            if read <= INLINE_MEMBER:
+                yield name, _read_exact(stream, read, "a member")
+            else:
+                member = MemberStream(stream, read)
+                yield name, member
+                read -= member.left
         _skip(stream, padded - read, "a member")
 
 

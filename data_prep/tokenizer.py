@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataError, check_version
+from .errors import DataError, check_version, first_line
 
 TOKENIZER_KIND = "char"
 TOKENIZER_VERSION = 1
@@ -185,7 +185,7 @@ class CharTokenizer:
         try:
             return cls.from_dict(json.loads(text))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"tokenizer JSON is malformed ({e})") from None
+            raise DataError(f"tokenizer JSON is malformed ({first_line(e)})") from None
 
     def fingerprint(self) -> str:
         """A short hash that tells two vocabularies apart (checkpoints record it)."""

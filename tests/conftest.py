@@ -1,5 +1,8 @@
-"""Fixtures for the data_prep tests: small corpora built in code (one of them shaped like
-OpenWebText), and helpers that run `prepare` and read its output back as text."""
+"""pytest's shared fixtures for every test under tests/ (pytest loads this file for the
+whole suite), though only the data_prep tests (test_prepare*.py, test_shards.py) use them:
+small corpora built in code (one of them shaped like OpenWebText), helpers that run
+`prepare` and read its output back as text, and `run_cli` for `gpt-prepare` as a user runs
+it. The gpt tests bring their own helpers (train_support.py)."""
 from __future__ import annotations
 
 import io

@@ -4,8 +4,8 @@ import string
 import numpy as np
 import pytest
 
-from data_prep import prepare as prepare_module
-from data_prep import sources
+from data_prep import decode
+from data_prep import scratch as scratch_module
 
 UNICODE = (
     "Plain ASCII, then accents: naïve café Zürich; CJK 東京 한국어; emoji 🙂🎉👩‍👩‍👧; "
@@ -28,8 +28,8 @@ def test_unicode_text_round_trips_losslessly_through_byte_fallback(tmp_path, pre
 def test_text_read_in_many_chunks_and_batches_round_trips(tmp_path, prepare_data, read_documents, monkeypatch):
     # chunks of 1000 bytes split multi-byte characters; batches of 700 characters mix
     # 16-bit and 32-bit scratch storage
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
-    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 700)
+    monkeypatch.setattr(decode, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(scratch_module, "BATCH_CHARS", 700)
     text = (UNICODE + "plain ascii filler line without astral characters\n" * 20) * 30
     (tmp_path / "big.txt").write_text(text, encoding="utf-8", newline="")
     _, data = prepare_data(tmp_path / "big.txt", max_vocab=280)
@@ -169,3 +169,112 @@ def test_a_leading_byte_order_mark_is_not_part_of_the_text(tmp_path, prepare_dat
     _, data = prepare_data(tmp_path / "bom.txt")
     (train,), (val,) = read_documents(data, "train"), read_documents(data, "val")
     assert train + val == ("\ufeffhello world, this is text\n" * 10)[1:]
+
+
+# -- any scale: documents of any length stream through in pieces ----------------------------
+def big_corpus(folder, big: str) -> None:
+    """150 small documents (enough to split by document), `big` as one file, as a member of
+    a tar (after small ones) and as a gzip-compressed member of an archive of archives."""
+    import gzip
+    import lzma
+
+    from conftest import tar_bytes
+
+    folder.mkdir()
+    for i in range(150):
+        (folder / f"small{i:03d}.txt").write_text(f"small document {i} " * (1 + i % 7))
+    (folder / "big.txt").write_text(big, encoding="utf-8", newline="")
+    members = [("a.txt", b"a small member"), ("big.txt", big.encode()), ("z.txt", "ünïcode member".encode())]
+    (folder / "docs.tar").write_bytes(tar_bytes(members))
+    inner = lzma.compress(tar_bytes([("big.txt.gz", gzip.compress(big[::-1].encode()))]))
+    (folder / "aoa.tar").write_bytes(tar_bytes([("one.xz", inner), ("two.xz", lzma.compress(tar_bytes(members[:1])))]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_documents_larger_than_every_buffer_are_encoded_exactly_as_if_whole(tmp_path, prepare_data, folder_bytes, read_documents, monkeypatch, workers):
+    from data_prep import scan, tar
+
+    big = (UNICODE + "a line of filler text\n" * 10) * 400  # about 70,000 characters
+    big_corpus(tmp_path / "corpus", big)
+    _, whole = prepare_data(tmp_path / "corpus", out=tmp_path / "whole", workers=workers, max_vocab=300)
+    # now every buffer is far smaller than the big document: it is read, decoded, hashed,
+    # counted, stored and encoded in many pieces, and archive members are streamed
+    monkeypatch.setattr(decode, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(scratch_module, "BATCH_CHARS", 3000)
+    monkeypatch.setattr(tar, "INLINE_MEMBER", 1000)
+    monkeypatch.setattr(scan, "SPILL_MEMBER", 2000)
+    _, pieces = prepare_data(tmp_path / "corpus", out=tmp_path / "pieces", workers=workers, max_vocab=300)
+    assert folder_bytes(whole.path) == folder_bytes(pieces.path)
+    assert whole.meta["split_mode"] == "document"
+    docs = read_documents(pieces, "train") + read_documents(pieces, "val")
+    assert docs.count(big) == 2 and big[::-1] in docs
+
+
+def test_a_compressed_stream_that_expands_a_thousandfold_streams_through_in_bounded_memory(tmp_path, prepare_data, monkeypatch):
+    import gzip
+    import tracemalloc
+
+    from conftest import tar_bytes
+
+    monkeypatch.setattr(scratch_module, "BATCH_CHARS", 1 << 20)
+
+    def peak_memory(size: int) -> int:
+        """The most memory held at once while preparing a tar holding a gzip of `size` a's."""
+        bomb = gzip.compress(b"a" * size, 9)
+        assert len(bomb) * 500 < size
+        (tmp_path / f"{size}.tar").write_bytes(tar_bytes([("a.txt.gz", bomb)]))
+        tracemalloc.start()
+        try:
+            _, data = prepare_data(tmp_path / f"{size}.tar")  # one worker: it all runs in this process
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert data.meta["splits"]["train"]["characters"] + data.meta["splits"]["val"]["characters"] == size
+        return peak
+
+    # the fixed part (character count tables over all of Unicode, buffers) is the same for
+    # both; what would grow with the document must not
+    small, large = peak_memory(5_000_000), peak_memory(50_000_000)
+    assert large < small + 10_000_000, f"{small / 1e6:.0f} MB held at once for a 5 MB document, {large / 1e6:.0f} MB for 50 MB"
+
+
+def test_ten_thousand_tiny_files_in_one_folder_are_each_a_document(tmp_path, prepare_data):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for i in range(10_000):
+        (folder / f"{i:05d}.txt").write_text(f"tiny {i}")
+    _, data = prepare_data(folder, workers=2)
+    assert sum(data.meta["splits"][s]["documents"] for s in ("train", "val")) == 10_000
+    assert len(data.meta["sources"]) == 10_000
+
+
+def test_what_the_main_process_keeps_does_not_grow_with_the_documents(tmp_path, prepare_data):
+    import tracemalloc
+
+    from conftest import tar_bytes
+
+    def main_process_peak(n_docs: int) -> int:
+        path = tmp_path / f"{n_docs}.tar"
+        path.write_bytes(tar_bytes([(f"{i}.txt", b"doc %d" % i) for i in range(n_docs)]))
+        tracemalloc.start()
+        try:
+            prepare_data(path, workers=2)  # the workers read; this process only keeps count
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = main_process_peak(3_000), main_process_peak(30_000)
+    assert large < small + 1_000_000, f"{small / 1e6:.1f} MB for 3,000 documents, {large / 1e6:.1f} MB for 30,000"
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back_as_input(tmp_path, prepare_data, folder_bytes):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"{i}.txt").write_text(f"text number {i}\n" * 40)
+    _, first = prepare_data(corpus, out=corpus / "data")
+    before = folder_bytes(corpus / "data")
+    _, second = prepare_data(corpus, out=corpus / "data", force=True)
+    assert folder_bytes(corpus / "data") == before
+    _, elsewhere = prepare_data(corpus, out=corpus / "other")  # an earlier output is no input either
+    assert [s["path"] for s in elsewhere.meta["sources"]] == [str(corpus / f"{i}.txt") for i in range(3)]

@@ -80,3 +80,55 @@ def test_cli_help_describes_inputs_and_output(run_cli):
     proc = run_cli("--help")
     assert proc.returncode == 0
     assert "--text-field" in proc.stdout and "meta.json" in proc.stdout
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_cli_refuses_a_regular_file_as_output_in_one_line(tmp_path, run_cli, force):
+    (tmp_path / "t.txt").write_text(GOOD)
+    (tmp_path / "data").write_text("not a folder")
+    proc = run_cli("t.txt", "--out", "data", "--quiet", "--workers", "1", *force)
+    assert_one_error_line(proc, "is a file, not a folder")
+    assert (tmp_path / "data").read_text() == "not a folder"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_reports_a_read_only_output_location_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import pathlib
+
+    from data_prep import cli
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    (tmp_path / "t.txt").write_text(GOOD)
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    code = cli.main([str(tmp_path / "t.txt"), "--out", str(tmp_path / "ro" / "data"), "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("gpt-prepare: error: cannot write the output folder ") and "ro/data: Read-only file system" in err
+
+
+def test_cli_accepts_an_input_file_whose_name_is_not_utf8(tmp_path, run_cli):
+    import os
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / os.fsdecode(b"bad\xff.txt")).write_text(GOOD)
+    proc = run_cli("corpus", "--out", "data", "--quiet", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["sources"][0]["path"] == "corpus/bad\\xff.txt"
+
+
+def test_cli_skips_and_counts_a_malformed_json_line_without_library_chatter(tmp_path, run_cli):
+    lines = [json.dumps({"text": f"record {i} with some text\n"}) for i in range(196)]
+    lines.insert(57, '{"text": "cut short')
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+    proc = run_cli("r.jsonl", "--out", "data", "--quiet", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "gpt-prepare: warning: skipped 1 JSON line(s) that are not records\n"
+    meta = data_prep.load(tmp_path / "data").meta
+    assert meta["skipped"]["bad_records"] == 1
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 196
+    strict = run_cli("r.jsonl", "--out", "data2", "--quiet", "--workers", "1", "--strict")
+    assert_one_error_line(strict, "r.jsonl: line 58 is not a JSON record", "--strict")

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from data_prep import DataError
-from data_prep import prepare as prepare_module
+from data_prep import encode as encode_module
 from data_prep.prepare import PrepareOptions, prepare
 
 from tests.conftest import owt_archive_bytes, tar_bytes
@@ -225,7 +225,7 @@ def fail_in_pass_two(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(prepare_module, "encode_unit", broken)
+    monkeypatch.setattr(encode_module, "encode_unit", broken)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -246,3 +246,44 @@ def test_a_failure_midway_leaves_a_previous_output_intact(good_folder, tmp_path,
         prepare([good_folder], out, PrepareOptions(workers=1, progress=False, force=True, val_fraction=0.2))
     assert folder_bytes(out) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_with_backslash_escapes(good_folder, prepare_data):
+    bad_name = os.fsdecode(b"bad\xff.txt")
+    (good_folder / bad_name).write_text(GOOD)
+    (good_folder / os.fsdecode(b"blob\xfe.bin")).write_bytes(b"\x00" * 100)
+    summary, data = prepare_data(good_folder)
+    paths = [s["path"] for s in data.meta["sources"]]
+    assert str(good_folder / "bad\\xff.txt") in paths
+    assert any("blob\\xfe.bin: binary content" in w for w in summary.warnings)
+    assert "\\xff" in (data.path / "meta.json").read_text(encoding="utf-8")
+
+
+def test_a_read_only_output_location_is_one_clear_error_naming_the_folder(good_folder, tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    with pytest.raises(DataError, match=r"cannot write the output folder .*out: Read-only file system"):
+        prepare([good_folder], tmp_path / "out", PrepareOptions(workers=1, progress=False))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_regular_file_as_output_is_refused_even_with_force(good_folder, tmp_path, prepare_data, force):
+    out = tmp_path / "out"
+    out.write_text("my notes")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        prepare_data(good_folder, out=out, force=force)
+    assert out.read_text() == "my notes"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_replacing_an_output_leaves_no_old_folder_behind(good_folder, tmp_path, prepare_data):
+    out = tmp_path / "out"
+    for _ in range(2):
+        prepare_data(good_folder, out=out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "corpus") == ["out"]

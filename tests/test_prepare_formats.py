@@ -164,7 +164,7 @@ def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive(
 def test_a_peeked_stream_gives_back_every_byte_once():
     import io
 
-    from data_prep.sources import Peekable
+    from data_prep.streams import Peekable
 
     s = Peekable(io.BytesIO(bytes(range(200))))
     assert s.peek(10) == bytes(range(10))
@@ -172,3 +172,49 @@ def test_a_peeked_stream_gives_back_every_byte_once():
     assert s.read(50) == bytes(range(14, 64))
     assert s.peek(3) == bytes(range(64, 67))
     assert s.read() == bytes(range(64, 200)) and s.read(5) == b""
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 1000])
+def test_utf8_in_pieces_is_replaced_and_counted_exactly_as_pythons_replace_handler(piece):
+    from data_prep.decode import DecodeStats, Utf8Decoder
+
+    raw = "ok é 東京 🙂 ".encode() + b"caf\xe9 \xff\xfe \xf0\x9f\x99 \xed\xa0\x80 end \xe6\x9d"
+    stats = DecodeStats()
+    decoder = Utf8Decoder("x", stats, strict=False)
+    text = "".join(decoder.decode(raw[i : i + piece]) for i in range(0, len(raw), piece)) + decoder.decode(b"", final=True)
+    assert text == raw.decode("utf-8", "replace")
+    assert stats.invalid_utf8 == text.count("\ufffd")
+
+
+def test_strict_utf8_names_the_byte_of_the_first_invalid_sequence():
+    from data_prep.decode import DecodeStats, Utf8Decoder
+    from data_prep.streams import SourceError
+
+    decoder = Utf8Decoder("doc.txt", DecodeStats(), strict=True)
+    decoder.decode(b"0123456789")
+    with pytest.raises(SourceError, match=r"doc.txt: invalid UTF-8 \(invalid start byte at byte 12\)"):
+        decoder.decode(b"ab\xffcd")
+
+
+def test_malformed_json_lines_are_skipped_and_counted_and_the_rest_read(tmp_path, prepare_data, read_documents):
+    lines = [json.dumps(r) for r in RECORDS]
+    lines[3] = '{"text": "unterminated'
+    lines[10] = "[1, 2, 3]"
+    lines.insert(20, "")  # a blank line is no record, and no error either
+    (tmp_path / "r.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "bad \xff utf-8"}\n')
+    summary, data = prepare_data(tmp_path / "r.jsonl")
+    assert data.meta["skipped"]["bad_records"] == 3
+    assert all_documents(data, read_documents) == sorted(r["text"] for i, r in enumerate(RECORDS) if i not in (3, 10))
+    assert "skipped 3 JSON line(s) that are not records" in summary.warnings
+
+
+def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
+    (tmp_path / "r.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(DataError, match=r"r.jsonl: line 2 is not a JSON record .*--strict"):
+        prepare_data(tmp_path / "r.jsonl", strict=True)
+
+
+def test_a_corpus_without_bad_records_has_no_bad_records_entry_in_meta(tmp_path, prepare_data):
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    _, data = prepare_data(tmp_path / "r.jsonl")
+    assert data.meta["skipped"] == {"files": 0, "members": 0, "invalid_utf8_replaced": 0}

@@ -16,6 +16,7 @@ def write_shard(folder, ids, dtype):
     w = SplitWriter(folder, "s", total=len(ids), shard_tokens=max(len(ids), 1), dtype=dtype)
     w.create()
     w.write_at(0, ids)
+    w.close()
     return w.paths[0]
 
 
@@ -40,6 +41,7 @@ def test_split_writer_fills_shards_from_disjoint_ranges_in_any_order(tmp_path):
     w.create()
     w.write_at(13, ids[13:])
     w.write_at(0, ids[:13])
+    w.close()
     shards = [open_shard(p) for p in w.paths]
     assert [len(s) for s in shards] == [10, 10, 5]
     assert np.array_equal(np.concatenate(shards), ids)

@@ -1,0 +1,111 @@
+"""Bytes to text: UTF-8 decoded in pieces, invalid sequences replaced and counted.
+
+The count lives in the decoder object that the caller passes around. A codec error handler
+(`codecs.register_error`) would do the replacing in C, but it is registered process-wide
+by name, so it could only find its counter through global state; decoding strictly and
+handling each error here costs nothing on valid text (one C call per piece) and little on
+the rare invalid byte.
+"""
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from typing import Iterator
+
+from .streams import Peekable, SourceError
+
+CHUNK_BYTES = 1 << 22  # text is decoded and handed on in pieces of this many bytes
+BINARY_PROBE = 8192  # a NUL byte in this many leading bytes marks content as binary
+
+
+class BinaryContent(SourceError):
+    pass
+
+
+@dataclass
+class Document:
+    """A document's text, in chunks so that one of any size streams through. Its split is
+    decided by a hash of its text: all of it, or (`hash_whole` false: a file read as one
+    stream) its first chunk only, as gpt-prepare always has, so the same corpus keeps
+    giving the same split."""
+
+    name: str
+    chunks: Iterator[str]
+    hash_whole: bool = True
+
+
+class DecodeStats:
+    """Counts of what was replaced or skipped while reading, summed over a unit of work."""
+
+    def __init__(self) -> None:
+        self.invalid_utf8 = 0
+        self.bad_records = 0  # JSON lines that are not records
+        self.skipped: list[str] = []  # "name: reason" for archive members that were skipped
+
+
+class Utf8Decoder:
+    """Decodes one document's bytes, piece by piece: an incomplete sequence at the end of a
+    piece waits for the next. Invalid sequences become U+FFFD, exactly as Python's "replace"
+    handler does it, and are counted in `stats`; under `strict` they raise a SourceError."""
+
+    def __init__(self, name: str, stats: DecodeStats, strict: bool):
+        self.name, self.stats, self.strict = name, stats, strict
+        self.pending = b""  # the start of a sequence the last piece ended inside
+        self.offset = 0  # bytes of the document before `pending`
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        if self.pending:
+            data = self.pending + data
+        try:
+            text, used = codecs.utf_8_decode(data, "strict", final)
+        except UnicodeDecodeError:
+            text, used = self._decode_replacing(data, final)
+        self.pending = data[used:]
+        self.offset += used
+        return text
+
+    def _decode_replacing(self, data: bytes, final: bool) -> tuple[str, int]:
+        view, parts, pos = memoryview(data), [], 0
+        while True:
+            try:
+                text, used = codecs.utf_8_decode(view[pos:], "strict", final)
+                parts.append(text)
+                return "".join(parts), pos + used
+            except UnicodeDecodeError as e:
+                if self.strict:
+                    where = self.offset + pos + e.start
+                    raise SourceError(f"{self.name}: invalid UTF-8 ({e.reason} at byte {where}); without --strict it is replaced and counted") from None
+                parts += [codecs.utf_8_decode(view[pos : pos + e.start], "strict", True)[0], "\ufffd"]
+                self.stats.invalid_utf8 += 1
+                pos += e.end
+
+
+def is_binary(head: bytes) -> bool:
+    return head.find(b"\x00", 0, BINARY_PROBE) >= 0
+
+
+def text_chunks(stream: Peekable, name: str, stats: DecodeStats, strict: bool) -> Iterator[str]:
+    """Decode a byte stream as UTF-8 in chunks, without a leading byte order mark. Binary
+    content (NUL bytes) is refused."""
+    if is_binary(stream.peek(BINARY_PROBE)):
+        raise BinaryContent(f"{name}: binary content, not text")
+    decoder = Utf8Decoder(name, stats, strict)
+    first = True
+    while True:
+        data = stream.read(CHUNK_BYTES)
+        text = decoder.decode(data, final=not data)
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
+        if text:
+            yield text
+        if not data:
+            return
+
+
+def decode_text(data: bytes, name: str, stats: DecodeStats, strict: bool) -> str:
+    """A whole document held in memory, without a leading byte order mark."""
+    try:
+        text = data.decode("utf-8")  # valid text, nearly always: no decoder object needed
+    except UnicodeDecodeError:
+        text = Utf8Decoder(name, stats, strict).decode(data, final=True)
+    return text.removeprefix("\ufeff")

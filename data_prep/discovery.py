@@ -1,0 +1,83 @@
+"""Finding the inputs: the files under the paths given, in a stable order."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dataset import DATA_FORMAT, META_FILE
+from .errors import DataError
+
+
+def display_name(path: Path | str) -> str:
+    """The path as text that can be written anywhere: bytes of a file name that are not
+    UTF-8 (Python carries them as lone surrogates, which no UTF-8 file accepts) become
+    backslash escapes such as \\xff."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class Source:
+    """One input named on the command line or found in a folder."""
+
+    path: Path
+    kind: str  # "file" or "saved" (a datasets save_to_disk folder)
+
+    @property
+    def name(self) -> str:
+        return display_name(self.path)
+
+    @property
+    def size(self) -> int:
+        if self.kind == "saved":
+            return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return self.path.stat().st_size
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file() or (
+        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+    )
+
+
+def is_prepared_data(folder: Path) -> bool:
+    """A folder gpt-prepare wrote: its shards are output, never input (an output folder
+    inside the input folder must not be read back on the next run)."""
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            return json.loads(f.read(1 << 20)).get("format") == DATA_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Source]:
+    """Every input file under `paths`, folders searched recursively, in a stable order so
+    the same inputs always give the same output. Hidden entries (gpt-prepare's own
+    `.OUT.partial-PID` folders among them), prepared data folders and `exclude` (the output
+    folder) are left out of the search."""
+    found: list[Source] = []
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    for given in paths:
+        p = Path(given)
+        if not p.exists():
+            raise DataError(f"input path does not exist: {display_name(p)}")
+        if p.is_dir():
+            if is_saved_dataset(p):
+                found.append(Source(p, "saved"))
+                continue
+            for root, dirs, files in os.walk(p):
+                rootp = Path(root)
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _left_out(rootp / d, skip))
+                for d in list(dirs):
+                    if is_saved_dataset(rootp / d):
+                        found.append(Source(rootp / d, "saved"))
+                        dirs.remove(d)
+                found += [Source(rootp / f, "file") for f in sorted(files) if not f.startswith(".")]
+        else:
+            found.append(Source(p, "file"))
+    return found
+
+
+def _left_out(folder: Path, output: str | None) -> bool:
+    return (output is not None and os.path.realpath(folder) == output) or is_prepared_data(folder)

@@ -1,0 +1,156 @@
+"""Pass 2: a unit's stored code points mapped to token ids and written straight into their
+place in the shards, an end-of-text token after each segment (a document, or the train or
+val part of one). It works one scratch batch at a time, whatever the documents' lengths:
+a character-level tokenizer encodes a text in pieces exactly as it encodes it whole."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import BinaryIO
+
+import numpy as np
+
+from .scratch import SPLITS, ScratchIndex, add_counts, sparse
+from .tokenizer import CharTokenizer
+from .workers import Workers, grouped
+
+
+@dataclass
+class EncodeJob:
+    index: int
+    scratch: ScratchIndex
+    val_tails: float | None  # None: split by document; else the share of each document's end that goes to val
+    offsets: dict  # split -> position of this unit's first token in the split
+    expected: dict  # split -> tokens this unit must produce
+
+    @property
+    def chars(self) -> int:
+        return self.scratch.chars
+
+
+def document_segments(scratch: ScratchIndex, val_tails: float | None, f: BinaryIO | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A unit's segments as (in val?, characters) arrays: its documents, split by document
+    hash, or (`val_tails`) each split inside into a train head and a val tail, empty parts
+    left out."""
+    trailer = scratch.trailer(f)
+    docs_chars = trailer["docs_chars"]
+    if val_tails is None:
+        return trailer["docs_val"].astype(bool), docs_chars
+    tails = np.round(docs_chars * val_tails).astype(np.int64)
+    in_val = np.tile([False, True], len(docs_chars))
+    chars = np.stack([docs_chars - tails, tails], axis=1).ravel()
+    return in_val[chars > 0], chars[chars > 0]
+
+
+def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
+    with job.scratch.open() as f:
+        return _encode_unit(job, tok, writers, f)
+
+
+def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO) -> dict:
+    seg_val, seg_chars = document_segments(job.scratch, job.val_tails, f)
+    seg_end = np.cumsum(seg_chars)
+    offsets = dict(job.offsets)
+    start = 0
+    for block in job.scratch.blocks(f=f):
+        end = start + len(block)
+        # the segments this block overlaps, and how much of each it holds
+        lo = int(np.searchsorted(seg_end, start, "right"))
+        hi = min(int(np.searchsorted(seg_end, end, "left")), len(seg_end) - 1) + 1
+        ends = seg_end[lo:hi]
+        piece = np.minimum(ends, end) - np.maximum(ends - seg_chars[lo:hi], start)
+        closed = ends <= end  # segments that end in this block: an end-of-text token follows
+        val = seg_val[lo:hi]
+        chars_in_val = np.repeat(val, piece) if val.any() and not val.all() else None
+        for split, flag in zip(SPLITS, (False, True)):
+            sel = val == flag
+            if not sel.any():
+                continue
+            cps = block if chars_in_val is None else block[chars_in_val if flag else ~chars_in_val]
+            ids = tok.encode_codepoints(cps, np.cumsum(piece[sel])[closed[sel]], dtype=writers[split].dtype)
+            writers[split].write_at(offsets[split], ids)
+            offsets[split] += len(ids)
+        start = end
+    made = {s: offsets[s] - job.offsets[s] for s in SPLITS}
+    for s in SPLITS:
+        if made[s] != job.expected[s]:
+            raise RuntimeError(f"unit {job.index}: {s} produced {made[s]} tokens, expected {job.expected[s]}")
+    job.scratch.path.unlink()  # done with it: frees the disk now, and in parallel, not at the end
+    return made
+
+
+def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None, val_tails: float | None, workers: Workers) -> tuple[dict, dict]:
+    """Tokens each unit will produce per split (characters, byte tokens, one end-of-text
+    token per segment), as split -> array; and the segments per split. `unit_counts`: the
+    units' per-split counts when documents are split inside; else they are read back from
+    the scratch trailers, by the workers, and only where byte fallback makes a character
+    more than one token (outside ASCII)."""
+    expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
+    segments = {s: 0 for s in SPLITS}
+    for i, r in enumerate(units):
+        if val_tails is None:
+            n_seg = {"train": r.documents - r.val_documents, "val": r.val_documents}
+        else:
+            seg_val = document_segments(r.scratch, val_tails)[0]
+            n_seg = {"train": len(seg_val) - int(seg_val.sum()), "val": int(seg_val.sum())}
+        for s in SPLITS:
+            expected[s][i] = n_seg[s] + (r.chars[s] if unit_counts is None else tokenizer.token_lengths(*unit_counts[i][s]))
+            segments[s] += n_seg[s]
+    if unit_counts is None and tokenizer.oov == "byte":
+        wide = [i for i, r in enumerate(units) if r.max_codepoint >= 0x80]
+        groups = grouped(wide, lambda i: 1, 256)
+        counted = workers.map(CountTokens(tokenizer), ([units[i].scratch for i in g] for g in groups))
+        for i, tokens in zip(wide, (t for group in counted for t in group)):
+            for s, n in zip(SPLITS, tokens):
+                expected[s][i] += n - units[i].chars[s]  # byte tokens beyond one per character
+    return expected, segments
+
+
+class CountTokens:
+    """The tokens of each unit of a group per split, from the character counts in its
+    scratch trailer: a picklable callable for the worker processes."""
+
+    def __init__(self, tokenizer: CharTokenizer):
+        self.tokenizer = tokenizer.to_json()
+
+    def __call__(self, group: list[ScratchIndex]) -> list[tuple[int, int]]:
+        tok = _tokenizer(self.tokenizer)
+        return [tuple(tok.token_lengths(*counts[s]) for s in SPLITS) for counts in (sc.counts() for sc in group)]
+
+
+def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
+    """Per-split counts when documents are split inside: count the val tails, subtract."""
+    counts = scratch.counts().values()
+    whole = np.zeros(1 + max((int(cps[-1]) for cps, _ in counts if len(cps)), default=0), np.int64)
+    for cps, n in counts:
+        whole[cps] += n
+    val = np.zeros(0, np.int64)
+    start = 0
+    for is_val, n in zip(*(a.tolist() for a in document_segments(scratch, val_tails))):
+        if is_val:
+            for block in scratch.blocks(start, n):
+                val = add_counts(val, np.bincount(block))
+        start += n
+    whole[: len(val)] -= val
+    return {"train": sparse(whole), "val": sparse(val)}
+
+
+@lru_cache(maxsize=1)
+def _tokenizer(spec: str) -> CharTokenizer:
+    return CharTokenizer.from_json(spec)  # once per worker process, not once per group
+
+
+class Encode:
+    """Pass 2 over a group of jobs, as a picklable callable for the worker processes."""
+
+    def __init__(self, tokenizer: CharTokenizer, writers: dict):
+        self.tokenizer, self.writers = tokenizer.to_json(), writers
+
+    def __call__(self, group: list[EncodeJob]) -> dict:
+        tok = _tokenizer(self.tokenizer)
+        try:
+            made = [encode_unit(job, tok, self.writers) for job in group]
+        finally:
+            for w in self.writers.values():
+                w.close()
+        return {s: sum(m[s] for m in made) for s in SPLITS}

@@ -1,0 +1,118 @@
+"""Records as documents, one per record's text field: JSON lines read here, line by line;
+JSON, Parquet files and `datasets.save_to_disk` folders through the `datasets` library.
+
+JSON lines are read with the json module rather than `datasets` because a corpus of them
+is often scraped and a little broken: one malformed line should cost that line, not the
+file (and `datasets` would log its own lines about it first), and a stream of lines needs
+no table machinery to stay in bounded memory. Parquet and saved datasets stay on
+`datasets`: it streams Parquet by row group and memory-maps saved Arrow files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .decode import CHUNK_BYTES, DecodeStats, Document
+from .errors import first_line
+from .streams import SourceError, open_content
+
+JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
+JSON_LINES_SUFFIXES = {".jsonl", ".ndjson"}
+COMPRESSED_SUFFIXES = {".xz", ".gz", ".bz2", ".lzma"}
+
+
+def work_offline() -> None:
+    """`datasets` reads these when it is first imported, in whichever process imports it, so
+    they are set once, at the start of a run, before any worker process starts: every input
+    is a local file and nothing may wait on a network. A value the user set is kept."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def record_format(path: Path, raw: bytes, content: bytes) -> str | None:
+    """"json lines", "datasets" (JSON or Parquet) or None (not records), from a file's first
+    bytes (`raw`) and the content they begin (`content`: compression undone). JSON is
+    recognised by its extension (after any compression suffix) and its first byte; Parquet
+    by its magic bytes."""
+    if raw[:4] == b"PAR1":
+        return "datasets"
+    suffixes = [s.lower() for s in path.suffixes]
+    while suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes.pop()
+    if suffixes and suffixes[-1] in JSON_SUFFIXES:
+        first = content.lstrip()[:1]
+        if first == b"{" and suffixes[-1] in JSON_LINES_SUFFIXES:
+            return "json lines"
+        return "datasets" if first in (b"{", b"[") else None
+    return None
+
+
+def lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of a byte stream, read in chunks, without their line ends."""
+    rest = b""
+    while data := stream.read(CHUNK_BYTES):
+        parts = (rest + data).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats, strict: bool) -> Iterator[Document]:
+    """One document per line's record; a line that is not a JSON object is skipped and
+    counted (under `strict`, refused). The first record's fields name the ones there are."""
+    fields_checked = False
+    for number, line in enumerate(lines(open_content(stream)), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if strict:
+                raise SourceError(f"{name}: line {number} is not a JSON record ({first_line(e)}); without --strict it is skipped and counted") from None
+            stats.bad_records += 1
+            continue
+        if not fields_checked:
+            if text_field not in record:
+                raise SourceError(f"{name}: no field {text_field!r} (fields: {', '.join(record)}); choose one with --text-field")
+            fields_checked = True
+        value = record.get(text_field)
+        if isinstance(value, str) and value:
+            yield Document(f"{name}#{number}", iter((value,)))
+
+
+def datasets_documents(path: Path, name: str, saved: bool, text_field: str) -> Iterator[Document]:
+    """Records of a JSON / JSON lines / Parquet file or (`saved`) a saved dataset, one
+    document each."""
+    try:
+        import datasets
+    except ImportError:
+        raise SourceError(f"{name}: reading this format needs the 'datasets' package") from None
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        if saved:
+            loaded = datasets.load_from_disk(str(path))
+            parts = [loaded[k] for k in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
+        else:
+            with open(path, "rb") as f:
+                builder = "parquet" if f.read(4) == b"PAR1" else "json"
+            parts = [datasets.load_dataset(builder, data_files=[str(path)], split="train", streaming=True)]
+        for part in parts:
+            columns = part.column_names
+            if columns is not None and text_field not in columns:
+                raise SourceError(f"{name}: no field {text_field!r} (fields: {', '.join(columns)}); choose one with --text-field")
+            index = 0
+            for batch in part.select_columns([text_field]).iter(batch_size=1000):
+                for value in batch[text_field]:
+                    index += 1
+                    if isinstance(value, str) and value:
+                        yield Document(f"{name}#{index}", iter((value,)))
+    except SourceError:
+        raise
+    except Exception as e:  # the datasets library raises many kinds; all mean "unreadable"
+        raise SourceError(f"{name}: cannot read as a dataset ({first_line(e)})") from None

@@ -1,0 +1,187 @@
+"""The scratch format between the two passes, one file per unit of work: its documents'
+code points in batches (uint16 where a batch fits, uint32 otherwise), then a trailer of
+what pass 2 needs: each document's length and split, and the unit's character counts.
+
+The main process keeps only a few numbers per unit (`ScratchIndex`); the per-document and
+per-character arrays wait on disk, so its memory does not grow with the corpus.
+"""
+from __future__ import annotations
+
+import zlib
+from array import array
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from .dataset import SPLITS
+from .tokenizer import codepoints
+
+BATCH_CHARS = 1 << 22  # characters converted, counted and encoded per numpy call (4 M: a few
+# arrays of this length per worker stay well under 100 MB, and numpy calls this long cost
+# nothing extra per call)
+N_CODEPOINTS = 0x110000  # all of Unicode: the length of a dense count table
+
+
+def add_counts(dense: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    if len(counts) > len(dense):
+        counts[: len(dense)] += dense
+        return counts
+    dense[: len(counts)] += counts
+    return dense
+
+
+def sparse(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code points, counts) of the non-zero entries."""
+    nz = np.flatnonzero(dense)
+    return nz.astype(np.uint32), dense[nz].astype(np.int64)
+
+
+def in_val(crc: int, val_fraction: float) -> bool:
+    """A document goes to val by a hash of its content (crc32 of its code points), so
+    identical texts always share a split."""
+    h = (crc * 0x9E3779B1) & 0xFFFFFFFF  # crc32, bits mixed by a Fibonacci multiplier
+    return h < val_fraction * 2**32
+
+
+@dataclass
+class ScratchIndex:
+    """Where a unit's scratch file keeps what: its batches of code points and its trailer."""
+
+    path: Path
+    batches: np.ndarray  # rows of (byte offset, characters, bytes per char)
+    arrays: dict = field(default_factory=dict)  # name -> (byte offset, dtype, length)
+
+    @property
+    def chars(self) -> int:
+        return int(self.batches[:, 1].sum()) if len(self.batches) else 0
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def trailer(self, f: BinaryIO | None = None) -> dict[str, np.ndarray]:
+        """The trailer's arrays, read in one go (from `f`, the file opened, if given)."""
+        start = min(offset for offset, _, _ in self.arrays.values())
+        with nullcontext(f) if f is not None else self.open() as f:
+            f.seek(start)
+            raw = f.read()
+        return {name: np.frombuffer(raw, dtype, n, offset - start) for name, (offset, dtype, n) in self.arrays.items()}
+
+    def counts(self) -> dict:
+        """split -> (code points, counts), the split by document hash."""
+        t = self.trailer()
+        return {s: (t[f"{s}_cps"], t[f"{s}_counts"]) for s in SPLITS}
+
+    def blocks(self, start: int = 0, n: int | None = None, f: BinaryIO | None = None) -> Iterator[np.ndarray]:
+        """Code points [start, start + n) as arrays of at most one batch each."""
+        starts = np.concatenate(([0], np.cumsum(self.batches[:, 1])))
+        n = int(starts[-1] - start if n is None else n)
+        with nullcontext(f) if f is not None else self.open() as f:
+            b = int(np.searchsorted(starts, start, "right") - 1)
+            while n > 0:
+                offset, chars, width = (int(x) for x in self.batches[b])
+                local = start - int(starts[b])
+                take = min(n, chars - local)
+                f.seek(offset + local * width)
+                yield np.fromfile(f, dtype=np.uint16 if width == 2 else np.uint32, count=take)
+                start, n, b = start + take, n - take, b + 1
+
+
+class ScratchWriter:
+    """Collects a unit's documents, chunk by chunk, and per batch converts them to code
+    points once: they are hashed (which decides each document's split), counted per split,
+    then stored. A document longer than a batch spans several: its counts wait in
+    `open_counts` until its end decides its split."""
+
+    def __init__(self, path: Path, val_fraction: float):
+        self.path, self.file = path, open(path, "wb")
+        self.val_fraction = val_fraction
+        self.batches: list[tuple[int, int, int]] = []
+        self.offset = 0
+        self.events: list[str | None] = []  # text chunks, None where a document ends
+        self.pending = 0
+        self.docs_chars, self.docs_val = array("q"), bytearray()
+        self.all_counts = np.zeros(0, np.int64)
+        self.val_counts = np.zeros(0, np.int64)
+        # the document being written: its characters, hash scope, running crc32, split
+        # (None until decided) and the counts of its characters stored before that
+        self.doc_chars, self.hash_whole, self.crc, self.val = 0, True, 0, None
+        self.at_start = True  # the next chunk flushed is a document's first
+        self.open_counts = np.zeros(0, np.int64)
+
+    def start_document(self, hash_whole: bool) -> None:
+        if hash_whole != self.hash_whole and self.events:
+            self.flush()  # the documents waiting were hashed the other way
+        self.doc_chars, self.hash_whole = 0, hash_whole
+
+    def add(self, text: str) -> None:
+        if text:
+            self.events.append(text)
+            self.doc_chars += len(text)
+            self.pending += len(text)
+            if self.pending >= BATCH_CHARS:
+                self.flush()
+
+    def end_document(self) -> None:
+        if self.doc_chars:  # an empty document is no document
+            self.events.append(None)
+            self.docs_chars.append(self.doc_chars)
+
+    def flush(self) -> None:
+        texts = [e for e in self.events if e is not None]
+        cps = codepoints("".join(texts)) if texts else np.zeros(0, np.uint32)
+        val_parts, undecided, end = [], [], 0
+        for event in self.events:
+            if event is None:  # a document ends: decide its split if still open
+                if self.val is None:
+                    self.val = in_val(self.crc, self.val_fraction)
+                if self.val:
+                    val_parts += undecided
+                    self.val_counts = add_counts(self.val_counts, self.open_counts)
+                self.docs_val.append(self.val)
+                self.crc, self.val, undecided, self.open_counts = 0, None, [], np.zeros(0, np.int64)
+                self.at_start = True
+                continue
+            start, end = end, end + len(event)
+            if self.val is None:
+                self.crc = zlib.crc32(cps[start:end], self.crc)
+                if not self.hash_whole and self.at_start:  # hashed by its first chunk alone
+                    self.val = in_val(self.crc, self.val_fraction)
+            self.at_start = False
+            (undecided if self.val is None else val_parts if self.val else []).append(cps[start:end])
+        if undecided:
+            self.open_counts = add_counts(self.open_counts, np.bincount(np.concatenate(undecided)))
+        if len(cps):
+            stored = cps.astype(np.uint16) if int(cps.max()) < 0x10000 else cps
+            self.all_counts = add_counts(self.all_counts, np.bincount(stored))
+            if val_parts:
+                self.val_counts = add_counts(self.val_counts, np.bincount(np.concatenate(val_parts)))
+            self.file.write(stored)
+            self.batches.append((self.offset, len(cps), stored.itemsize))
+            self.offset += stored.nbytes
+        self.events, self.pending = [], 0
+
+    def close(self) -> tuple[ScratchIndex, dict]:
+        """Store the trailer; returns the index and split -> (code points, counts)."""
+        self.flush()
+        train = self.all_counts.copy()
+        train[: len(self.val_counts)] -= self.val_counts
+        counts = {"train": sparse(train), "val": sparse(self.val_counts)}
+        trailer = {
+            "docs_chars": np.frombuffer(self.docs_chars, np.int64) if self.docs_chars else np.zeros(0, np.int64),
+            "docs_val": np.frombuffer(bytes(self.docs_val), np.uint8),
+            **{f"{s}_{k}": a for s in SPLITS for k, a in zip(("cps", "counts"), counts[s])},
+        }
+        arrays = {}
+        for name, a in trailer.items():
+            arrays[name] = (self.offset, a.dtype.str, len(a))
+            self.file.write(a.tobytes())
+            self.offset += a.nbytes
+        self.file.close()
+        return ScratchIndex(self.path, np.array(self.batches, np.int64).reshape(-1, 3), arrays), counts
+
+    def abandon(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
