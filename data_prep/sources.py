@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from .decode import BINARY_PROBE, BinaryContent, DecodeStats, Document, decode_text, is_binary, text_chunks
-from .records import record_format
+from .discovery import Source
+from .records import datasets_documents, json_lines_documents, record_format
 from .streams import DECODE_ERRORS, MAX_NESTING, HashingReader, Peekable, SourceError, content_head, decompressor, is_tar, open_content, sniff_compression
 from .tar import MemberStream, TarError, iter_tar
 
@@ -132,3 +133,21 @@ def spill(member: MemberStream, path: Path) -> None:
     worker that reads it needs no copy of it in its job."""
     with open(path, "wb") as f:
         shutil.copyfileobj(member, f, 1 << 20)
+
+
+def file_documents(source: Source, text_field: str, stats: DecodeStats, strict: bool) -> Iterator[Document]:
+    """Every document of one input, in order, read here in one go: what `gpt-eval` reads
+    (gpt-prepare reads the same formats, but splits an archive of archives into one unit of
+    work per member for its workers)."""
+    if source.kind == "saved":
+        yield from datasets_documents(source.path, source.name, True, text_field)
+        return
+    kind, _whole = file_kind(source.path)
+    if kind == "datasets":
+        yield from datasets_documents(source.path, source.name, False, text_field)
+        return
+    with open(source.path, "rb") as f:
+        if kind == "json lines":
+            yield from json_lines_documents(f, source.name, text_field, stats, strict)
+        else:  # text, or archives of text nested to any depth
+            yield from stream_documents(f, source.name, stats, strict)

@@ -43,6 +43,7 @@ def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text")
     one place evaluation touches `data_prep.sources`. Unreadable content (binary files,
     corrupt archives) is skipped with a warning, as gpt-prepare does without --strict."""
     from data_prep import sources
+    from data_prep.discovery import discover
 
     unreadable = (sources.SourceError, *sources.DECODE_ERRORS)
 
@@ -61,16 +62,11 @@ def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text")
         except unreadable as e:
             skip(source, e)
 
-    for source in sources.discover(paths):
+    for source in discover(paths):
         stats = sources.DecodeStats()
         try:
-            if source.kind == "datasets" or sources.is_dataset_file(source.path):
-                for name, texts in sources.datasets_documents(source, text_field):
-                    yield name, guarded(source, texts)
-            else:
-                with open(source.path, "rb") as f:
-                    for name, texts in sources.stream_documents(f, str(source.path), stats, strict=False):
-                        yield name, guarded(source, texts)
+            for doc in sources.file_documents(source, text_field, stats, strict=False):
+                yield doc.name, guarded(source, doc.chunks)
         except unreadable as e:
             skip(source, e)
         notes.skipped += stats.skipped
