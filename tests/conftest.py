@@ -2,14 +2,13 @@
 whole suite), though only the data_prep tests (test_prepare*.py, test_shards.py) use them:
 small corpora built in code (one of them shaped like OpenWebText), helpers that run
 `prepare` and read its output back as text, and `run_cli` for `gpt-prepare` as a user runs
-it. The gpt tests bring their own helpers (train_support.py)."""
+it. What the model, training and sampling tests share is in support.py."""
 from __future__ import annotations
 
 import io
 import lzma
 import random
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 import data_prep
+from tests import support
 from data_prep.prepare import PrepareOptions, prepare
 
 WORDS = "the of and a to in is was for on that with as by at from his her an it were are which this be or has had".split()
@@ -153,9 +153,6 @@ def run_cli(tmp_path):
     """Run `python -m data_prep.cli ARGS` in tmp_path; returns the completed process."""
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "data_prep.cli", *map(str, args)],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )
+        return support.run_cli("data_prep.cli", *args, cwd=tmp_path)
 
     return run
