@@ -151,6 +151,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """The decoder-only transformer: embeddings -> blocks -> final norm -> tied output head."""
+
     supports_kv_cache = True
 
     def __init__(self, cfg: ModelConfig):
