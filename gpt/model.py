@@ -17,14 +17,21 @@ from .config import ModelConfig
 from .kv_cache import KVCache
 
 
-class Bigram(nn.Module):
-    """Next-token logits read straight from a table indexed by the current token."""
+class LanguageModel(nn.Module):
+    """What both models share: token ids (B, T) in, next-token logits (B, T, V) out, and a config."""
 
-    supports_kv_cache = False
+    supports_kv_cache = False  # whether forward() takes a KVCache and decode() exists
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
+
+
+class Bigram(LanguageModel):
+    """Next-token logits read straight from a table indexed by the current token."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
         self.table = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
         nn.init.normal_(self.table.weight, std=0.02)
 
@@ -150,14 +157,13 @@ class Block(nn.Module):
         return x + self.mlp.decode(layer_norm(self.ln2, x))
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     """The decoder-only transformer: embeddings -> blocks -> final norm -> tied output head."""
 
     supports_kv_cache = True
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.config = cfg
+        super().__init__(cfg)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
