@@ -60,5 +60,28 @@ def load(path: str | Path) -> PreparedData:
     if meta.get("format") != DATA_FORMAT:
         raise DataError(f"{path / META_FILE} is not a gpt-prepare metadata file")
     check_version(meta.get("version"), DATA_VERSION, f"data folder {path} (made by a newer gpt-prepare)")
+    check_complete(meta, path / META_FILE)
     tokenizer = CharTokenizer.from_dict(read_json(path / TOKENIZER_FILE, "tokenizer"))
     return PreparedData(path=path, meta=meta, tokenizer=tokenizer)
+
+
+SPLIT_KEYS = {"tokens": int, "characters": int, "shards": list}
+
+
+def check_complete(meta: dict, where: Path) -> None:
+    """What training and evaluation read from meta.json is there and of the right kind (a
+    file edited by hand, or cut short, fails here in one line rather than deep inside)."""
+    splits = meta.get("splits")
+    problem = None if isinstance(splits, dict) else "no 'splits'"
+    for name in SPLITS:
+        if problem:
+            break
+        info = splits.get(name)
+        if not isinstance(info, dict):
+            problem = f"no split {name!r}"
+            continue
+        bad = [k for k, kind in SPLIT_KEYS.items() if not isinstance(info.get(k), kind)]
+        if bad:
+            problem = f"split {name!r} lacks {', '.join(repr(k) for k in bad)}"
+    if problem:
+        raise DataError(f"{where} is incomplete ({problem}); prepare the data again with gpt-prepare")

@@ -120,3 +120,17 @@ def test_loading_a_folder_that_was_never_prepared_says_so(tmp_path):
 def test_asking_for_an_unknown_split_names_the_ones_there_are(prepared):
     with pytest.raises(DataError, match="it has train, val"):
         data_prep.load(prepared).split("test")
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: m.pop("splits"),
+    lambda m: m["splits"].pop("val"),
+    lambda m: m["splits"]["train"].pop("shards"),
+    lambda m: m["splits"]["train"].update(tokens="many"),
+])
+def test_a_meta_file_missing_what_training_reads_is_one_clear_error(prepared, damage):
+    meta = json.loads((prepared / "meta.json").read_text())
+    damage(meta)
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="meta.json is incomplete .*prepare the data again"):
+        data_prep.load(prepared)
