@@ -136,3 +136,15 @@ def test_shard_ids_outside_the_vocabulary_are_one_line(data, tmp_path):
     shard.write_bytes(bytes(raw))
     proc = run_cli("gpt.train", "--data", broken, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
     assert_one_line_error(proc, "gpt-train", "outside the vocabulary")
+
+
+def test_without_a_terminal_progress_is_plain_lines(data, tmp_path, monkeypatch, capsys):
+    import gpt.train.progress as progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # every logged step, not every 30 s
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=10, progress=True), log=print)
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err  # no bar redrawn into a log file
+    lines = out.splitlines()
+    assert any(line.startswith("step 5/10: loss ") and "tok/s" in line for line in lines), out
+    assert any("best so far: saved as best.pt" in line for line in lines)
