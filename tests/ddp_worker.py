@@ -1,6 +1,6 @@
 """Run under torchrun by test_distributed.py: train, then save this rank's weights.
 
-    ddp_worker.py OUT_DIR sampled|fixed 'TRAIN OPTIONS AS JSON'
+    ddp_worker.py OUT_DIR sampled|fixed|resume 'TRAIN OPTIONS AS JSON'
 
 'fixed' replaces the batch sampler with rows of one shared batch of 16 sequences: rank r
 of N gets rows [r*b, (r+1)*b) (split further by micro-step under gradient accumulation),
@@ -31,7 +31,7 @@ if mode == "fixed":
 
     batches.BatchSampler.next = fixed_next
 
-result = train(overrides=options, log=lambda s: None)
+result = train(overrides=options, resume=mode == "resume", log=lambda s: None)
 Path(out).mkdir(parents=True, exist_ok=True)
 torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
 (Path(out) / f"rank{rank}.losses").write_text(json.dumps([v for _, v in result.history]))

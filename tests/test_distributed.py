@@ -61,3 +61,13 @@ def test_run_written_by_two_processes_resumes_on_one(data, tmp_path):
     result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True, log=lambda s: None)
     assert result.step == 30 and result.val_loss < 3.0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 1
+
+
+def test_a_run_of_one_process_resumes_on_two(data, tmp_path):
+    """The new rank has no saved random state: it gets a fresh, reproducible stream."""
+    train(overrides={**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 10}, log=lambda s: None)
+    torchrun(2, tmp_path / "dump", "resume", {"out": str(tmp_path / "run"), "max_iters": 20, "progress": False})
+    state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert state["step"] == 20 and state["world_size"] == 2 and len(state["rank_states"]) == 2
+    w0, w1 = weights(tmp_path / "dump", 0), weights(tmp_path / "dump", 1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
