@@ -5,6 +5,7 @@
 'fixed' replaces the batch sampler with rows of one shared batch of 16 sequences: rank r
 of N gets rows [r*b, (r+1)*b) (split further by micro-step under gradient accumulation),
 so N ranks at batch b see exactly the examples that one process sees at batch N*b.
+'resume' continues the run in the options' "out" folder.
 """
 import json
 import os
