@@ -178,7 +178,7 @@ def big_corpus(folder, big: str) -> None:
     import gzip
     import lzma
 
-    from conftest import tar_bytes
+    from tests.conftest import tar_bytes
 
     folder.mkdir()
     for i in range(150):
@@ -214,7 +214,7 @@ def test_a_compressed_stream_that_expands_a_thousandfold_streams_through_in_boun
     import gzip
     import tracemalloc
 
-    from conftest import tar_bytes
+    from tests.conftest import tar_bytes
 
     monkeypatch.setattr(scratch_module, "BATCH_CHARS", 1 << 20)
 
@@ -251,7 +251,7 @@ def test_ten_thousand_tiny_files_in_one_folder_are_each_a_document(tmp_path, pre
 def test_what_the_main_process_keeps_does_not_grow_with_the_documents(tmp_path, prepare_data):
     import tracemalloc
 
-    from conftest import tar_bytes
+    from tests.conftest import tar_bytes
 
     def main_process_peak(n_docs: int) -> int:
         path = tmp_path / f"{n_docs}.tar"
