@@ -190,9 +190,7 @@ class CharTokenizer:
                 specials, chars, oov = read_char_tokenizer(d)
                 return cls(chars=chars, oov=oov, specials=specials)
             return cls._from_first_format(d)
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
-            if isinstance(e, DataError):
-                raise
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # a field missing or of the wrong type
             raise DataError(f"tokenizer JSON is malformed ({type(e).__name__}: {first_line(e)})") from None
 
     @classmethod

@@ -146,3 +146,13 @@ def test_lone_surrogates_in_json_records_become_replacement_characters_and_are_c
     summary, data = prepare_data(corpus)
     assert summary.meta["skipped"]["invalid_utf8_replaced"] == 1
     assert "\ufffd" in data.tokenizer.chars and not any(0xD800 <= ord(c) <= 0xDFFF for c in data.tokenizer.chars)
+
+
+def test_a_checkpoint_that_stored_the_first_format_still_loads(tmp_path):
+    from gpt import checkpoint as ck
+    from tests.support import train_tiny_model
+
+    model, tok, cfg = train_tiny_model(steps=1)
+    ck.save_checkpoint(tmp_path / "best.pt", {"model_config": cfg.to_dict(), "model": ck.plain_state_dict(model), "tokenizer": json.dumps(tok.identity())})
+    _model, again = ck.model_from_checkpoint(ck.load_checkpoint(tmp_path / "best.pt"))
+    assert again.fingerprint() == tok.fingerprint() and again.encode("the cat") == tok.encode("the cat")
