@@ -13,6 +13,10 @@ like OpenWebText's urlsf_subset*.xz files), .json/.jsonl/.parquet files and data
 with datasets' save_to_disk (see --text-field). Each file, archive member or record is one
 document; documents are separated by an end-of-text token.
 
+--vocab-from RUN encodes the inputs with an existing model's vocabulary (a run folder, a
+checkpoint, a data folder or a tokenizer file), so `gpt-train --init-from RUN` can fine-tune
+on them; characters outside it go through its byte fallback or unknown token, counted.
+
 output: FOLDER/meta.json, FOLDER/tokenizer.json, FOLDER/train_NNNN.bin, FOLDER/val_NNNN.bin
 """
 
@@ -24,9 +28,11 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="data", help="output folder (default: ./data)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output folder (only once the new one is complete)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of documents (by content hash) for validation; a corpus of under 100 documents is split inside each document instead (default: %(default)s)")
-    p.add_argument("--max-vocab", type=int, default=d.max_vocab, help="most tokens in the vocabulary, special and byte tokens included (default: %(default)s)")
-    p.add_argument("--min-char-count", type=int, default=d.min_char_count, help="characters seen fewer times than this in train are left out of the vocabulary (default: %(default)s)")
-    p.add_argument("--oov", choices=("byte", "unk"), default=d.oov, help="characters outside the vocabulary: 'byte' encodes them losslessly as UTF-8 byte tokens, 'unk' as one unknown token (default: %(default)s)")
+    # the vocabulary options default to None so that one given beside --vocab-from is seen
+    p.add_argument("--max-vocab", type=int, help=f"most tokens in the vocabulary, special and byte tokens included (default: {d.max_vocab})")
+    p.add_argument("--min-char-count", type=int, help=f"characters seen fewer times than this in train are left out of the vocabulary (default: {d.min_char_count})")
+    p.add_argument("--oov", choices=("byte", "unk"), help=f"characters outside the vocabulary: 'byte' encodes them losslessly as UTF-8 byte tokens, 'unk' as one unknown token (default: {d.oov})")
+    p.add_argument("--vocab-from", metavar="RUN", help="use this run's vocabulary (run folder, checkpoint, data folder or tokenizer file) instead of building one, to fine-tune RUN on the inputs")
     p.add_argument("--text-field", default=d.text_field, help="text column of JSON/Parquet records and saved datasets (default: %(default)s)")
     p.add_argument("--shard-tokens", type=int, default=d.shard_tokens, help="most tokens per shard file (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes; 0 uses all cores (default: 0)")
@@ -45,6 +51,9 @@ def format_summary(summary) -> str:
     fallback = "byte fallback" if cov["byte_fallback"] else "unknown token" if cov["unknown_token"] else "no fallback needed"
     lines.append(f"vocabulary: {m['vocab_size']} tokens ({cov['vocabulary_characters']} of {cov['distinct_characters']} distinct characters, {fallback}), {m['dtype']} ids")
     lines.append(f"coverage: {cov['train']:.4%} of train characters, {cov['val']:.4%} of val characters")
+    out = cov.get("outside_characters")
+    if out and out["distinct"]:
+        lines.append(f"outside the vocabulary: {out['train']:,} train and {out['val']:,} val characters ({out['distinct']:,} distinct), encoded as {fallback}")
     sk = m["skipped"]
     lines.append(f"split by {m['split_mode']}; skipped {sk['files']} file(s) and {sk['members']} archive member(s); {sk['invalid_utf8_replaced']} invalid UTF-8 sequence(s) replaced")
     lines.append(f"{summary.text_bytes / 1e6:.1f} MB of text in {summary.seconds:.1f} s ({summary.mb_per_s:.1f} MB/s) -> {summary.out}")
@@ -52,11 +61,16 @@ def format_summary(summary) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    vocab_options = {"max_vocab": args.max_vocab, "min_char_count": args.min_char_count, "oov": args.oov}
+    given = [f"--{k.replace('_', '-')}" for k, v in vocab_options.items() if v is not None]
+    if args.vocab_from is not None and given:
+        parser.error(f"--vocab-from uses the base's vocabulary as it is; {', '.join(given)} cannot change it")
     opts = PrepareOptions(
-        val_fraction=args.val_fraction, max_vocab=args.max_vocab, min_char_count=args.min_char_count, oov=args.oov,
+        val_fraction=args.val_fraction, **{k: v for k, v in vocab_options.items() if v is not None},
         text_field=args.text_field, shard_tokens=args.shard_tokens, workers=args.workers, strict=args.strict,
-        force=args.force, progress=not args.quiet,
+        force=args.force, progress=not args.quiet, vocab_from=args.vocab_from,
     )
 
     def work() -> None:

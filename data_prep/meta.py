@@ -33,6 +33,11 @@ def build_meta(
             "vocabulary_characters": len(tokenizer.chars),
             "byte_fallback": tokenizer.oov == "byte",
             "unknown_token": tokenizer.oov == "unk",
+            # characters the vocabulary lacks (bytes or the unknown token stand in for them)
+            "outside_characters": {
+                **{s: int((total[s] * ~in_vocab).sum()) for s in SPLITS},
+                "distinct": int(((total["train"] + total["val"]) * ~in_vocab > 0).sum()),
+            },
         },
         "sources": sources,
         "skipped": skipped,

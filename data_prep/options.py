@@ -18,6 +18,7 @@ class PrepareOptions:
     strict: bool = False
     force: bool = False
     progress: bool = True
+    vocab_from: str | None = None  # a run folder, checkpoint or tokenizer file whose vocabulary to use
 
     def validate(self) -> None:
         if not 0 < self.val_fraction < 1:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .base_vocabulary import load_base_tokenizer
 from .dataset import META_FILE, TOKENIZER_FILE
 from .discovery import Source, discover, display_name
 from .encode import Encode, EncodeJob, recount_text_split, unit_tokens
@@ -31,7 +32,7 @@ from .scan import Scan, make_units
 from .scratch import SPLITS
 from .shards import SplitWriter
 from .tally import Tally
-from .tokenizer import utf8_length
+from .tokenizer import CharTokenizer, utf8_length
 from .vocabulary import build_tokenizer, summed
 from .workers import Workers, grouped
 
@@ -61,6 +62,7 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     opts.validate()
     out = Path(out)
     check_output(out, opts.force)
+    base = load_base_tokenizer(opts.vocab_from) if opts.vocab_from else None  # a bad base fails before any work
     sources = discover(inputs, exclude=out)
     if not sources:
         raise DataError("no input files found in " + ", ".join(map(display_name, inputs)))
@@ -74,7 +76,7 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
         raise DataError(f"cannot write the output folder {display_name(out)}: {e.strerror or first_line(e)}") from None
     try:
         with Workers(opts.workers or os.cpu_count() or 1) as workers:
-            summary = _prepare_into(sources, tmp, opts, workers)
+            summary = _prepare_into(sources, tmp, opts, workers, base)
         shutil.rmtree(tmp / "work")
         _move_into_place(tmp, out)
     except BaseException:
@@ -120,7 +122,7 @@ def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers:
     return tally, tally.finish()
 
 
-def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers) -> Summary:
+def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers, base: CharTokenizer | None) -> Summary:
     tally, warnings = _read_pass(sources, tmp / "work", opts, workers)
     units = [r for r in tally.units if r.documents]
     n_docs = sum(r.documents for r in units)
@@ -138,7 +140,7 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
     chars = {s: int(total[s].sum()) for s in SPLITS}
     if chars["train"] == 0 or chars["val"] == 0:
         raise DataError(f"the corpus is too small to split into train and val ({chars['train'] + chars['val']} characters)")
-    tokenizer, in_vocab = build_tokenizer(total, opts)
+    tokenizer, in_vocab = build_tokenizer(total, opts, base)
 
     # exact token counts per unit and split give each unit its place in the shards
     expected, segments = unit_tokens(tokenizer, units, unit_counts, val_tails, workers)

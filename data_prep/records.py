@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -82,7 +83,24 @@ def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: De
             fields_checked = True
         value = record.get(text_field)
         if isinstance(value, str) and value:
-            yield Document(f"{name}#{number}", iter((value,)))
+            yield Document(f"{name}#{number}", iter((without_lone_surrogates(value, f"{name}: line {number}", stats, strict),)))
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(text: str, where: str, stats: DecodeStats, strict: bool) -> str:
+    """JSON's `\\ud800` escapes can name half a surrogate pair, which is no character: like
+    invalid UTF-8, each becomes U+FFFD and is counted (under `strict`, refused), so no
+    text that UTF-8 cannot hold reaches the vocabulary or the tokenizer file. (Whole pairs
+    were already joined into one character by the JSON decoder.)"""
+    found = len(LONE_SURROGATE.findall(text))
+    if not found:
+        return text
+    if strict:
+        raise SourceError(f"{where}: a lone surrogate escape, which is not a character; without --strict it is replaced and counted")
+    stats.invalid_utf8 += found
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def datasets_documents(path: Path, name: str, saved: bool, text_field: str) -> Iterator[Document]:

@@ -7,6 +7,10 @@ vocabulary becomes the byte tokens of its UTF-8 encoding, so no text is ever los
 
 Encoding is vectorised: the text becomes an array of code points (through UTF-32) and a
 lookup table maps them to ids, so there is no Python loop over characters.
+
+The file it is stored in is a Hugging Face `tokenizers` JSON that gives the same ids
+(`tokenizer_file`); the first format, `{"kind": "char", "version": 1, ...}`, still loads,
+so data folders and checkpoints written before keep working.
 """
 from __future__ import annotations
 
@@ -18,11 +22,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import DataError, check_version, first_line
+from .tokenizer_file import char_tokenizer_dict, is_hf_tokenizer, read_char_tokenizer
 
 TOKENIZER_KIND = "char"
 TOKENIZER_VERSION = 1
 EOT = "<|endoftext|>"
-UNK = "<|unk|>"
+UNK = "<|unk|>"  # the same as tokenizer_file.UNK
 OOV_MODES = ("byte", "unk", "error")
 
 
@@ -56,6 +61,9 @@ class CharTokenizer:
             self.specials = [*self.specials, UNK]
         if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
             raise DataError("tokenizer vocabulary must be distinct single characters")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in self.chars):
+            # no UTF-8 file can hold one; the data pipeline replaces them with U+FFFD
+            raise DataError("tokenizer vocabulary cannot hold lone surrogates")
         self.char_offset = len(self.specials)
         self.byte_offset = self.char_offset + len(self.chars) if self.oov == "byte" else None
         self.eot_id = self.specials.index(EOT)
@@ -157,6 +165,13 @@ class CharTokenizer:
 
     # -- storage -------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The tokenizer file's content: a Hugging Face `tokenizers` JSON (see tokenizer_file)."""
+        return char_tokenizer_dict(self.specials, self.chars, self.oov)
+
+    def identity(self) -> dict:
+        """What the vocabulary is, in the first file format's terms: the fingerprint hashes
+        this, so a vocabulary keeps its fingerprint whichever format stored it and runs
+        made before the format changed still accept their data."""
         return {
             "kind": TOKENIZER_KIND,
             "version": TOKENIZER_VERSION,
@@ -169,6 +184,17 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":
+        """From a tokenizer file's content, in either format."""
+        try:
+            if is_hf_tokenizer(d):
+                specials, chars, oov = read_char_tokenizer(d)
+                return cls(chars=chars, oov=oov, specials=specials)
+            return cls._from_first_format(d)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # a field missing or of the wrong type
+            raise DataError(f"tokenizer JSON is malformed ({type(e).__name__}: {first_line(e)})") from None
+
+    @classmethod
+    def _from_first_format(cls, d: dict) -> "CharTokenizer":
         if not isinstance(d, dict) or d.get("kind") != TOKENIZER_KIND:
             raise DataError(f"not a character tokenizer (kind {d.get('kind') if isinstance(d, dict) else None!r})")
         check_version(d.get("version"), TOKENIZER_VERSION, "the tokenizer")
@@ -183,15 +209,16 @@ class CharTokenizer:
     @classmethod
     def from_json(cls, text: str) -> "CharTokenizer":
         try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
             raise DataError(f"tokenizer JSON is malformed ({first_line(e)})") from None
+        return cls.from_dict(d)
 
     def fingerprint(self) -> str:
         """A short hash that tells two vocabularies apart (checkpoints record it)."""
         import hashlib
 
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class IncrementalDecoder:

@@ -5,6 +5,7 @@ import numpy as np
 
 from .options import PrepareOptions
 from .scratch import N_CODEPOINTS, SPLITS
+from .errors import DataError
 from .tokenizer import CharTokenizer, build_vocab
 
 
@@ -17,10 +18,12 @@ def summed(unit_counts: list[dict]) -> dict:
     return total
 
 
-def build_tokenizer(total: dict, opts: PrepareOptions) -> tuple[CharTokenizer, np.ndarray]:
+def build_tokenizer(total: dict, opts: PrepareOptions, base: CharTokenizer | None = None) -> tuple[CharTokenizer, np.ndarray]:
     """The tokenizer, and which code points its vocabulary holds. The vocabulary comes from
     the training counts; byte tokens only if some character needs them, so a clean corpus
-    keeps a tiny vocabulary."""
+    keeps a tiny vocabulary. With a `base` (--vocab-from) it is the base's, unchanged."""
+    if base is not None:
+        return base, base_vocabulary_fits(base, total)
     train_cps = np.flatnonzero(total["train"])
     val_only = bool((total["val"] * (total["train"] == 0)).any())
     vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count, oov=opts.oov, others_outside=val_only)
@@ -28,3 +31,18 @@ def build_tokenizer(total: dict, opts: PrepareOptions) -> tuple[CharTokenizer, n
     in_vocab[[ord(c) for c in vocab]] = True
     outside = bool(((total["train"] + total["val"]) * ~in_vocab).any())
     return CharTokenizer(chars=vocab, oov=opts.oov if outside else "error"), in_vocab
+
+
+def base_vocabulary_fits(base: CharTokenizer, total: dict) -> np.ndarray:
+    """Which code points the base vocabulary holds; a base without fallback (its own corpus
+    was fully covered) cannot encode new characters, and that is said up front."""
+    in_vocab = np.zeros(N_CODEPOINTS, bool)
+    in_vocab[[ord(c) for c in base.chars]] = True
+    outside = np.flatnonzero((total["train"] + total["val"]) * ~in_vocab)
+    if len(outside) and base.oov == "error":
+        shown = " ".join(f"{chr(c)!r} (U+{c:04X})" for c in outside[:10].tolist()) + (" ..." if len(outside) > 10 else "")
+        raise DataError(
+            f"the base vocabulary has no byte fallback or unknown token (its corpus needed none), and the new text has "
+            f"{len(outside)} character(s) outside it: {shown}"
+        )
+    return in_vocab
