@@ -50,6 +50,16 @@ def test_every_linear_layer_becomes_int8_and_the_embedding_stays_float(tiny):
             assert ((dequant - layer.weight).abs() <= ql.scales.float()[:, None] * 0.5 + 1e-7).all(), name
 
 
+def test_an_int8_layer_takes_any_activation_shape_and_keeps_its_bias():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48, bias=True)
+    q = Int8Linear.from_linear(layer)
+    for x in (torch.randn(5, 64), torch.randn(2, 3, 64), torch.randn(64, 5).t()):  # rows, (B, T, C), not contiguous
+        with torch.inference_mode():
+            assert q(x).shape == layer(x).shape
+            assert (q(x) - layer(x)).abs().max() <= 0.02 * layer(x).abs().max()
+
+
 def test_int8_logits_are_close_to_fp32_logits(tiny):
     """int8 rounds each weight by at most half a step, 1/254 of its row's largest weight, and
     the products see bf16 activations (8 significant bits); over this 2-layer model the errors
