@@ -1,23 +1,35 @@
-"""Sampling speed on the baby-Shakespeare sized GPT: tokens/s with and without the KV cache.
+"""Sampling speed on the baby-Shakespeare sized GPT: tokens/s per precision (fp32, bf16
+where the CPU has it natively, int8 weights), the memory floor that bounds each, and with
+the KV cache and without.
 
     python bench/sample_bench.py                      # random weights, the reference shape
-    python bench/sample_bench.py --ckpt checkpoints/run1
+    python bench/sample_bench.py --ckpt checkpoints/run1 --data data   # + bits/char on val
 
 The model is 6 layers, 6 heads, 384 channels, a 256-token context, 65 characters plus the
 end-of-text token and rotary positions (or whatever --ckpt holds). Each measurement
 generates --max-new-tokens tokens (after --prompt, if any), going on past end-of-text, through
 the same path `gpt-sample` uses (text decoding included). Prints one JSON object.
 
+precisions: one sample with the cache, in each precision, interleaved (fp32, bf16, int8,
+fp32, ...) --repeats times, so that a busy machine slows them alike; best and median
+tokens/s, and int8's speed-up over fp32 from both. `floor`: the bytes of weights one token
+reads, the matrix-vector bandwidth of the model's own linear layers in that precision, and
+the tokens/s ceiling they set; `bandwidth_fp32_gb_per_s`: fp32 matrix-vector bandwidth for
+working sets below and above the last-level cache. `quality` (with --ckpt and --data):
+loss and bits per character on the same validation windows in every precision.
+
 The reference rate is 17 tokens/s: a well-known implementation without a cache took 28.9 s
 for 500 tokens on a 2-core CPU. Machines differ, so the same run also measures that
-implementation's method here: no cache, and a full forward pass over the most recent
-block_size tokens for every new token (`--no-kv-cache --slide 1`), reported as
-`reference_method_1`; `speedup_vs_reference_method` compares the cached rate against it.
+implementation's method here, in fp32: no cache, and a full forward pass over the most
+recent block_size tokens for every new token (`--no-kv-cache --slide 1`), reported as
+`reference_method_1`; `speedup_vs_reference_method` compares the cached fp32 rate against it.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,23 +40,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from data_prep import CharTokenizer  # noqa: E402
 from gpt.config import ModelConfig  # noqa: E402
-from gpt.device import resolve_device, resolve_dtype  # noqa: E402
-from gpt.sample import Generator, SamplingOptions  # noqa: E402
+from gpt.device import resolve_device  # noqa: E402
 from gpt.model import build_model, count_parameters  # noqa: E402
+from gpt.sample import Generator, SamplingOptions  # noqa: E402
 from machine import describe  # noqa: E402
+from memory_floor import bandwidth_sweep, matvec_floor  # noqa: E402
+from val_quality import quality, val_windows  # noqa: E402
 
 REFERENCE_TOKENS_PER_S = 17.0  # 500 tokens in 28.9 s, no cache
 TARGET_TOKENS_PER_S = 850.0  # one sample, with the cache, on a 2-core CPU
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-def reference_generator(device: str, dtype: str) -> Generator:
+PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "int8": (torch.float32, "int8")}
+
+
+def reference_model() -> tuple[torch.nn.Module, CharTokenizer]:
     """Randomly initialised weights in the reference shape (speed does not depend on them)."""
     torch.manual_seed(0)
     tok = CharTokenizer(chars=list(SHAKESPEARE_CHARS), oov="error")  # 65 characters + end-of-text
     cfg = ModelConfig(vocab_size=len(tok), block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0, pos="rope")
-    dev = resolve_device(device)
-    return Generator(build_model(cfg).to(dev).eval(), tok, dev, resolve_dtype(dtype, dev))
+    return build_model(cfg).eval(), tok
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 products
+    are emulated and far slower than fp32, so the benchmark leaves bf16 out."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def timed_run(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int) -> dict:
@@ -61,15 +84,16 @@ def timed_run(gen: Generator, prompt: str, options: SamplingOptions, num_samples
     return {"seconds": seconds, "first_token_s": first, "tokens_per_sample": steps}
 
 
-def measure(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int, repeats: int) -> dict:
-    runs = [timed_run(gen, prompt, options, num_samples) for _ in range(repeats)]
+def summarize(runs: list[dict], num_samples: int) -> dict:
     best = min(runs, key=lambda r: r["seconds"])
     tokens = best["tokens_per_sample"] * num_samples
+    rates = [r["tokens_per_sample"] * num_samples / r["seconds"] for r in runs]
     return {
         "num_samples": num_samples,
         "tokens": tokens,
         "seconds": round(best["seconds"], 4),
         "tokens_per_s": round(tokens / best["seconds"], 1),
+        "tokens_per_s_median": round(statistics.median(rates), 1),
         "tokens_per_s_per_sample": round(best["tokens_per_sample"] / best["seconds"], 1),
         "time_to_first_token_ms": round(1000 * best["first_token_s"], 2),
         "vs_reference": round(tokens / best["seconds"] / REFERENCE_TOKENS_PER_S, 1),
@@ -77,41 +101,90 @@ def measure(gen: Generator, prompt: str, options: SamplingOptions, num_samples: 
     }
 
 
+def measure(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int, repeats: int) -> dict:
+    return summarize([timed_run(gen, prompt, options, num_samples) for _ in range(repeats)], num_samples)
+
+
+def interleaved(gens: dict[str, Generator], prompt: str, options: SamplingOptions, repeats: int) -> dict:
+    """One sample in each precision, taking turns, `repeats` rounds."""
+    runs: dict[str, list[dict]] = {name: [] for name in gens}
+    for _ in range(repeats):
+        for name, gen in gens.items():
+            runs[name].append(timed_run(gen, prompt, options, 1))
+    return {name: summarize(r, 1) for name, r in runs.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", help="a run folder or checkpoint file to load instead of random weights")
+    p.add_argument("--ckpt", help="a run folder, checkpoint file or export folder to load instead of random weights")
+    p.add_argument("--data", help="prepared data (the one --ckpt was trained on): adds loss and bits/char on its val split per precision")
+    p.add_argument("--eval-windows", type=int, default=128, help="validation windows of block_size tokens for --data (default: 128)")
+    p.add_argument("--precisions", default="fp32,bf16,int8", help="compared precisions, of fp32, bf16, int8 (default: %(default)s; bf16 only where the CPU has it natively)")
     p.add_argument("--prompt", default="", help="text to continue (default: none, generation starts from the end-of-text token)")
     p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--batch", type=int, default=8, help="samples generated together in the batched measurement (default: 8)")
-    p.add_argument("--repeats", type=int, default=3, help="cached runs are repeated and the fastest kept; the uncached run is done once (default: 3)")
+    p.add_argument("--batch", type=int, default=8, help="samples generated together in the batched fp32 measurement (default: 8)")
+    p.add_argument("--repeats", type=int, default=5, help="rounds of the interleaved one-sample runs; other cached runs are repeated 3 times, the uncached ones done once (default: 5)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32")
-    p.add_argument("--skip-uncached", action="store_true", help="leave out the slow runs without the cache")
+    p.add_argument("--skip-uncached", action="store_true", help="leave out the slow fp32 runs without the cache, and the batched one")
+    p.add_argument("--skip-sweep", action="store_true", help="leave out the bandwidth sweep over working-set sizes")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen = Generator.load(args.ckpt, args.device, args.dtype) if args.ckpt else reference_generator(args.device, args.dtype)
+    dev = resolve_device(args.device)
+    if args.ckpt:
+        base = Generator.load(args.ckpt, args.device, "fp32")
+        model, tok = base.model, base.tokenizer
+    else:
+        model, tok = reference_model()
+    wanted = [name.strip() for name in args.precisions.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in PRECISIONS]
+    if unknown:
+        p.error(f"unknown precision(s) {', '.join(unknown)} (use {', '.join(PRECISIONS)})")
+    skipped = {}
+    if "bf16" in wanted and dev.type == "cpu" and not native_bf16():
+        skipped["bf16"] = "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+    gens = {name: Generator(copy.deepcopy(model).to(dev), tok, dev, *PRECISIONS[name]) for name in wanted if name not in skipped}
     opts = SamplingOptions(max_new_tokens=args.max_new_tokens, stop_at_eot=False, seed=0)
-    timed_run(gen, args.prompt, SamplingOptions(max_new_tokens=20, stop_at_eot=False, seed=0), 1)  # warm up
-    results = {"cached_1": measure(gen, args.prompt, opts, 1, args.repeats)}
-    if not args.skip_uncached:
-        results["uncached_1"] = measure(gen, args.prompt, SamplingOptions(**{**opts.__dict__, "use_kv_cache": False}), 1, 1)
-        results["reference_method_1"] = measure(gen, args.prompt, SamplingOptions(**{**opts.__dict__, "use_kv_cache": False, "slide": 1}), 1, 1)
-    results[f"cached_{args.batch}"] = measure(gen, args.prompt, opts, args.batch, args.repeats)
-    cfg = gen.model.config
+    for gen in gens.values():
+        timed_run(gen, args.prompt, SamplingOptions(max_new_tokens=20, stop_at_eot=False, seed=0), 1)  # warm up
+    one = interleaved(gens, args.prompt, opts, args.repeats)
+    floor = {name: matvec_floor(gen.model, gen.dtype) for name, gen in gens.items()}
+    cfg = model.config
     report = {
         "model": {"weights": args.ckpt or "random", "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
-                  "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "pos": cfg.pos, "parameters": count_parameters(gen.model)},
-        "device": str(gen.device), "dtype": str(gen.dtype).replace("torch.", ""),
-        "machine": describe(),
-        "new_tokens": args.max_new_tokens, "prompt_tokens": len(gen.encode_prompt(args.prompt)),
+                  "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "pos": cfg.pos, "parameters": count_parameters(model)},
+        "device": str(dev),
+        "machine": {**describe(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16()},
+        "new_tokens": args.max_new_tokens, "prompt_tokens": len(next(iter(gens.values())).encode_prompt(args.prompt)),
         "reference_tokens_per_s": REFERENCE_TOKENS_PER_S, "target_tokens_per_s": TARGET_TOKENS_PER_S,
-        "target_met": results["cached_1"]["tokens_per_s"] >= TARGET_TOKENS_PER_S,
-        **({"speedup_vs_reference_method": round(results["cached_1"]["tokens_per_s"] / results["reference_method_1"]["tokens_per_s"], 1)}
-           if "reference_method_1" in results else {}),
-        **results,
+        "one_sample": one,
+        **({"skipped": skipped} if skipped else {}),
     }
+    fastest = max(one, key=lambda name: one[name]["tokens_per_s"])
+    report["target_met"] = {"by": fastest, "met": one[fastest]["tokens_per_s"] >= TARGET_TOKENS_PER_S}
+    if "fp32" in one:
+        report["speedup_vs_fp32"] = {name: {"best": round(r["tokens_per_s"] / one["fp32"]["tokens_per_s"], 2),
+                                            "median": round(r["tokens_per_s_median"] / one["fp32"]["tokens_per_s_median"], 2)}
+                                     for name, r in one.items() if name != "fp32"}
+    report["floor"] = floor
+    if not args.skip_sweep:
+        report["bandwidth_fp32_gb_per_s"] = bandwidth_sweep()
+    if args.data:
+        windows = val_windows(args.data, cfg.block_size, args.eval_windows)
+        q = {name: quality(gen.model, windows) for name, gen in gens.items()}
+        if "fp32" in q:
+            for name in q:
+                q[name]["bpc_change_pct"] = round(100 * (q[name]["val_bpc"] / q["fp32"]["val_bpc"] - 1), 3)
+        report["quality"] = q
+    if "fp32" in gens and not args.skip_uncached:
+        fp32 = gens["fp32"]
+        paths = {"cached_1": one["fp32"],
+                 "uncached_1": measure(fp32, args.prompt, SamplingOptions(**{**opts.__dict__, "use_kv_cache": False}), 1, 1),
+                 "reference_method_1": measure(fp32, args.prompt, SamplingOptions(**{**opts.__dict__, "use_kv_cache": False, "slide": 1}), 1, 1),
+                 f"cached_{args.batch}": measure(fp32, args.prompt, opts, args.batch, 3)}
+        paths["speedup_vs_reference_method"] = round(one["fp32"]["tokens_per_s"] / paths["reference_method_1"]["tokens_per_s"], 1)
+        report["fp32_paths"] = paths
     print(json.dumps(report, indent=1))
     return 0
 

@@ -70,8 +70,12 @@ def rope_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 # -- transformer ---------------------------------------------------------------------------------
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, layer.weight, layer.bias)
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight, layer.bias)
+    # a layer with no float weight (gpt.quantize.Int8Linear) computes its own product:
+    # dispatching here, rather than in each decode method, keeps quantization out of them
+    return layer.forward(x)
 
 
 def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

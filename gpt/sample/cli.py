@@ -6,6 +6,7 @@ from pathlib import Path
 
 from data_prep.command import Parser, run_command
 
+from ..quantize import QUANTIZE_MODES
 from .generate import Generator
 from .sampling import GenerationError, SamplingOptions
 
@@ -26,6 +27,7 @@ exactly the most recent context-length tokens, at the cost of a rebuild per toke
 examples:
   gpt-sample --prompt "ROMEO:"                       newest run under ./checkpoints
   gpt-sample --ckpt checkpoints/run1 --num-samples 4 --max-new-tokens 200 --seed 1
+  gpt-sample --ckpt checkpoints/run1 --quantize int8  int8 weights: faster on a CPU
   echo "First Citizen:" | gpt-sample --prompt-file - --temperature 0 --stop '\\n\\n'
 """
 
@@ -33,7 +35,7 @@ examples:
 def build_parser() -> Parser:
     p = Parser(prog="gpt-sample", description=__doc__, epilog=EPILOG)
     d = SamplingOptions()
-    p.add_argument("--ckpt", metavar="PATH", help="a run folder (its best checkpoint) or a checkpoint file (default: the newest run under ./checkpoints)")
+    p.add_argument("--ckpt", metavar="PATH", help="a run folder (its best checkpoint), a checkpoint file or a folder written by gpt-export (default: the newest run under ./checkpoints)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="", metavar="TEXT", help="text to continue; empty (the default) samples unconditionally, from the end-of-text token")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 file ('-': standard input)")
@@ -48,6 +50,7 @@ def build_parser() -> Parser:
     p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt before it")
     p.add_argument("--device", default="auto", metavar="NAME", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--dtype", default="auto", metavar="NAME", help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16; the weights are cast once (default: %(default)s)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: weight-only int8 linear layers, a quarter of fp32's bytes to read per token (faster on a CPU, bits per character within 1%% of fp32; needs AVX2 or AVX-512); default: none, the weights stay in --dtype")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context for every token (slow; for checking the cache)")
     p.add_argument("--slide", type=int, metavar="N", help="tokens the context window jumps forward when it is full (default: a quarter of the context)")
     return p
@@ -87,7 +90,7 @@ def sample(args) -> None:
     if args.num_samples < 1:
         raise GenerationError(f"--num-samples must be at least 1, got {args.num_samples}")
     prompt = read_prompt(args)
-    generator = Generator.load(args.ckpt, device=args.device, dtype=args.dtype)
+    generator = Generator.load(args.ckpt, device=args.device, dtype=args.dtype, quantize=args.quantize)
     options.validate(generator.block_size)
     generator.encode_prompt(prompt)  # refuse a prompt that cannot be encoded before printing anything
     out = sys.stdout

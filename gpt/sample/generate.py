@@ -20,7 +20,9 @@ from data_prep import CharTokenizer, DataError
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_device, resolve_dtype
+from ..export import is_export, load_export
 from ..kv_cache import KVCache
+from ..quantize import check_supported, quantize_model
 from .sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, sample_next
 from .static_decode import StaticDecoder
 
@@ -34,14 +36,22 @@ class Generator:
     running under autocast as in training: autocast would cast every weight again at every
     token, and decoding one token is dominated by reading the weights (on a 2-core CPU, a
     bf16 model cast once decodes one sample 1.5-2x faster than fp32; under autocast it is
-    slower than fp32)."""
+    slower than fp32).
+
+    With `quantize="int8"` the linear layers then keep int8 weights (`gpt.quantize`), a
+    quarter of the bytes to read per token; the model is modified in place."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, device: torch.device, dtype: torch.dtype,
-                 static_decode: bool | None = None):
+                 quantize: str | None = None, static_decode: bool | None = None):
         """`static_decode`: decode through the fixed-shape step (`StaticDecoder`), replayed as a
         CUDA graph on a GPU; None chooses it on CUDA only (on a CPU the plain step is faster:
         it attends to the filled positions only, and there are no launches to save)."""
+        if quantize is not None:
+            check_supported(quantize, device)
         self.model, self.tokenizer, self.device, self.dtype = model.to(dtype), tokenizer, device, dtype
+        if quantize is not None:
+            quantize_model(self.model, quantize)
+        self.quantize = quantize
         self.block_size = model.config.block_size
         self.static_decode = device.type == "cuda" if static_decode is None else static_decode
         # without streaming, tokens are read back to the host this many steps at a time: on a
@@ -49,14 +59,20 @@ class Generator:
         self.sync_every = SYNC_EVERY if device.type == "cuda" else 1
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> "Generator":
-        """From a checkpoint file, a run folder (its best checkpoint) or None (the newest run
-        under ./checkpoints). Raises CheckpointError or DeviceError for the user to read."""
+    def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str = "auto",
+             quantize: str | None = None) -> "Generator":
+        """From a checkpoint file, a run folder (its best checkpoint), a folder written by
+        gpt-export, or None (the newest run under ./checkpoints). Raises CheckpointError,
+        ExportError, DeviceError or QuantizeError for the user to read."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        ckpt = resolve_checkpoint(path)
-        model, tokenizer = model_from_checkpoint(load_checkpoint(ckpt), dev)
-        return cls(model, tokenizer, dev, dt)
+        if quantize is not None:
+            check_supported(quantize, dev)  # before the weights are read
+        if path is not None and is_export(path):
+            model, tokenizer = load_export(path, dev)
+        else:
+            model, tokenizer = model_from_checkpoint(load_checkpoint(resolve_checkpoint(path)), dev)
+        return cls(model, tokenizer, dev, dt, quantize)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt ids, encoded as the training data was; an empty prompt is the end-of-text

@@ -1,0 +1,87 @@
+"""The memory floor of decoding one token: the bytes of weights it reads, how fast this
+machine streams them through matrix-vector products, and the tokens/s that allows.
+
+Decoding one token multiplies one activation vector by every weight matrix once, so its
+time cannot go below (weight bytes) / (bandwidth of a matrix-vector product). That
+bandwidth depends on where the weights live: a working set that fits the last-level cache
+streams several times faster than one read from memory, so the sweep over working sets
+shows where this machine's cache ends.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt.model import linear
+from gpt.quantize import Int8Linear
+
+
+def linear_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's linear layers in decode order (blocks, then the head)."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))]
+
+
+def tensor_bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def weight_bytes_per_token(model: nn.Module) -> int:
+    """Bytes of weights one decoded token reads: every linear layer (a head tied to the token
+    embedding included: it reads the whole matrix), the norms, and one embedding row."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            total += tensor_bytes(m.weight, m.bias)
+        elif isinstance(m, Int8Linear):
+            total += tensor_bytes(m.qweight, m.scales, m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            total += tensor_bytes(m.weight, m.bias)
+        elif isinstance(m, nn.Embedding):
+            total += m.weight[0].numel() * m.weight.element_size()
+    return total
+
+
+def best_seconds(fn, repeats: int, inner: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+@torch.inference_mode()
+def matvec_floor(model: nn.Module, dtype: torch.dtype, repeats: int = 7, inner: int = 20) -> dict:
+    """The linear layers alone, for one token, as the decode path calls them (best of
+    `repeats`): their time, the bandwidth it implies and the tokens/s ceiling it sets."""
+    layers = linear_layers(model)
+    inputs = {m.in_features: torch.randn(1, m.in_features, dtype=dtype) for m in layers}
+    seconds = best_seconds(lambda: [linear(m, inputs[m.in_features]) for m in layers], repeats, inner)
+    nbytes = weight_bytes_per_token(model)
+    return {
+        "weight_mb_per_token": round(nbytes / 1e6, 2),
+        "matvec_ms_per_token": round(seconds * 1e3, 3),
+        "matvec_gb_per_s": round(nbytes / seconds / 1e9, 1),
+        "floor_tokens_per_s": round(1 / seconds),
+    }
+
+
+@torch.inference_mode()
+def bandwidth_sweep(sizes_mb=(4, 16, 24, 32, 48, 96), rows: int = 1536, cols: int = 384, repeats: int = 5) -> dict:
+    """fp32 matrix-vector GB/s over working sets of distinct (rows x cols) matrices, the
+    baby model's MLP shape: below the last-level cache's size the weights come from it,
+    above it from memory."""
+    x = torch.randn(1, cols)
+    out = {}
+    for mb in sizes_mb:
+        n = max(1, round(mb * 1e6 / (rows * cols * 4)))
+        mats = [torch.randn(rows, cols) for _ in range(n)]
+        seconds = best_seconds(lambda: [F.linear(x, w) for w in mats], repeats, max(1, 200 // n))
+        out[f"{mb}MB"] = round(n * rows * cols * 4 / seconds / 1e9, 1)
+        del mats
+    return out

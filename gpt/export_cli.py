@@ -1,0 +1,54 @@
+"""`gpt-export`: write a trained model as safetensors, with its config and tokenizer beside it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from data_prep.command import Parser, run_command
+
+from .checkpoint import resolve_checkpoint
+from .export import EXPORT_FORMATS, export_safetensors
+
+EPILOG = """
+output: a folder holding model.safetensors (fp32 weights, by their names in the model),
+config.json (the model's shape, every tensor's shape, tied tensors) and tokenizer.json.
+gpt-sample --ckpt FOLDER and Generator.load(FOLDER) load it; so does any safetensors reader
+(the README lists the tensors and the computation that uses them).
+
+The folder is written beside its final place and renamed into it when complete, so an
+interrupted export leaves nothing half-written. An existing folder is replaced only with
+--force, and only once the new export is complete.
+
+examples:
+  gpt-export checkpoints/run1                       writes checkpoints/run1/safetensors/
+  gpt-export checkpoints/run1/latest.pt --out exports/run1 --force
+"""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="gpt-export", description=__doc__, epilog=EPILOG)
+    p.add_argument("run", nargs="?", metavar="RUN", help="a run folder (its best checkpoint) or a checkpoint file (default: the newest run under ./checkpoints)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="safetensors", help="export format (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="folder to write (default: a 'safetensors' folder in the run folder)")
+    p.add_argument("--force", action="store_true", help="replace --out if it already exists")
+    return p
+
+
+def default_out(ckpt: Path) -> Path:
+    return ckpt.parent / "safetensors"
+
+
+def export(args) -> None:
+    ckpt = resolve_checkpoint(args.run)
+    out = Path(args.out) if args.out else default_out(ckpt)
+    export_safetensors(ckpt, out, force=args.force)
+    print(f"exported {ckpt} -> {out}/ (model.safetensors, config.json, tokenizer.json)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("gpt-export", lambda: export(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""`gpt-export RUN --format safetensors`: a folder any safetensors reader loads, which
+`Generator.load` and `gpt-sample --ckpt` load as exactly the checkpoint's model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt.checkpoint import plain_state_dict
+from gpt.export import ExportError, export_safetensors, load_export
+from gpt.sample import Generator, SamplingOptions
+from tests.support import assert_one_line_error, one_thread, run_cli, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    write_checkpoint(root / "run", *train_tiny_model())
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory) -> Path:
+    return export_safetensors(run, tmp_path_factory.mktemp("exports") / "tiny")
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_an_export_loads_as_exactly_the_checkpoint_s_model(tmp_path, pos):
+    model, tok, cfg = train_tiny_model(pos=pos, steps=20)
+    export = export_safetensors(write_checkpoint(tmp_path / "run", model, tok, cfg), tmp_path / "export")
+    from_ckpt = Generator.load(tmp_path / "run", "cpu", "fp32")
+    from_export = Generator.load(export, "cpu", "fp32")
+    x = torch.tensor([tok.encode("the cat sat")])
+    with torch.inference_mode():
+        assert torch.equal(from_export.model(x)[0], from_ckpt.model(x)[0])
+    assert from_export.tokenizer.to_json() == from_ckpt.tokenizer.to_json()
+    opts = SamplingOptions(max_new_tokens=40, seed=3)
+    assert from_export.generate("the", opts) == from_ckpt.generate("the", opts)
+
+
+def test_the_files_load_with_safetensors_alone_and_match_the_config(exported, run):
+    tensors = load_file(exported / "model.safetensors")
+    config = json.loads((exported / "config.json").read_text())
+    assert {k: list(v.shape) for k, v in tensors.items()} == config["tensors"]
+    assert all(v.dtype == torch.float32 for v in tensors.values())
+    # the tied head is stored once, under the embedding's name
+    assert config["tied"] == {"head.weight": "wte.weight"} and "head.weight" not in tensors
+    state = torch.load(run / "best.pt", weights_only=True)["model"]
+    for name, t in state.items():
+        assert torch.equal(tensors[config["tied"].get(name, name)], t), name
+    assert config["model"]["n_layer"] == 2 and (exported / "tokenizer.json").is_file()
+
+
+def test_gpt_sample_reads_an_export_folder(exported, run):
+    r = run_cli("gpt.sample", "--ckpt", exported, "--prompt", "the", "--seed", "1", "--max-new-tokens", "30", "--no-echo")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout == Generator.load(run, "cpu", "fp32").generate("the", SamplingOptions(max_new_tokens=30, seed=1))[0] + "\n"
+
+
+def test_the_command_writes_the_export_into_the_run_folder_by_default(run):
+    r = run_cli("gpt.export_cli", run, "--format", "safetensors")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert sorted(p.name for p in (run / "safetensors").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_exporting_over_an_existing_folder_needs_force_and_loses_nothing(run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    r = run_cli("gpt.export_cli", run, "--out", out)
+    assert_one_line_error(r, "gpt-export", f"{out} already exists", "--force")
+    assert snapshot(out) == {"mine.txt": b"keep me"}
+    r = run_cli("gpt.export_cli", run, "--out", out, "--force")
+    assert r.returncode == 0, r.stderr
+    assert sorted(snapshot(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def disagreeing(exported: Path, tmp_path: Path, change) -> Path:
+    """A copy of the export with change(config, tensors) applied."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = json.loads((exported / "config.json").read_text())
+    tensors = load_file(exported / "model.safetensors")
+    change(config, tensors)
+    (bad / "config.json").write_text(json.dumps(config))
+    save_file(tensors, bad / "model.safetensors")
+    (bad / "tokenizer.json").write_bytes((exported / "tokenizer.json").read_bytes())
+    return bad
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c, t: c["model"].update(n_layer=3), "missing blocks.2."),
+    (lambda c, t: c["model"].update(n_embd=64, n_head=2), "wte.weight is (280, 32), not (280, 64)"),
+    (lambda c, t: t.pop("ln_f.weight"), "missing ln_f.weight"),
+    (lambda c, t: t.update(extra=torch.zeros(2)), "unexpected extra"),
+    (lambda c, t: t.update({"wte.weight": t["wte.weight"].half()}), "wte.weight is torch.float16"),
+], ids=["more layers", "wider", "a tensor missing", "an extra tensor", "another dtype"])
+def test_an_export_whose_config_and_tensors_disagree_is_refused(exported, tmp_path, change, message):
+    bad = disagreeing(exported, tmp_path, change)
+    with pytest.raises(ExportError, match="model.safetensors does not match the model in config.json") as e:
+        load_export(bad)
+    assert message in str(e.value)
+
+
+def test_gpt_sample_refuses_a_disagreeing_export_in_one_line(exported, tmp_path):
+    bad = disagreeing(exported, tmp_path, lambda c, t: c["model"].update(n_layer=1))
+    r = run_cli("gpt.sample", "--ckpt", bad, "--prompt", "the")
+    assert_one_line_error(r, "gpt-sample", "does not match the model in config.json", "unexpected blocks.1.")
+    assert r.stdout == ""
+
+
+def test_damaged_export_files_are_refused_in_one_line(exported, tmp_path):
+    bad = disagreeing(exported, tmp_path, lambda c, t: None)
+    blob = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ExportError, match="is not a readable safetensors file"):
+        load_export(bad)
+    (bad / "model.safetensors").write_bytes(blob)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ExportError, match="config.json is not readable JSON"):
+        load_export(bad)
