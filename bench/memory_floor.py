@@ -83,5 +83,5 @@ def bandwidth_sweep(sizes_mb=(4, 16, 24, 32, 48, 96), rows: int = 1536, cols: in
         mats = [torch.randn(rows, cols) for _ in range(n)]
         seconds = best_seconds(lambda: [F.linear(x, w) for w in mats], repeats, max(1, 200 // n))
         out[f"{mb}MB"] = round(n * rows * cols * 4 / seconds / 1e9, 1)
-        del mats
+
     return out

@@ -81,6 +81,17 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
         return code
 
 
+def command(prog: str, build_parser: Callable[[], argparse.ArgumentParser], work: Callable[[argparse.Namespace], int | None],
+            interrupted: str | None = "interrupted") -> Callable[[list[str] | None], int]:
+    """A command's `main(argv)`: parse the arguments, then `work(args)` through run_command."""
+
+    def main(argv: list[str] | None = None) -> int:
+        args = build_parser().parse_args(argv)
+        return run_command(prog, lambda: work(args), interrupted)
+
+    return main
+
+
 def fail(prog: str, message: str, code: int) -> int:
     try:
         print(f"{prog}: error: {message}", file=sys.stderr)

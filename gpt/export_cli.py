@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.command import Parser, run_command
+from data_prep.command import Parser, command
 
 from .checkpoint import resolve_checkpoint
 from .export import EXPORT_FORMATS, export_safetensors
@@ -45,9 +45,7 @@ def export(args) -> None:
     print(f"exported {ckpt} -> {out}/ (model.safetensors, config.json, tokenizer.json)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("gpt-export", lambda: export(args))
+main = command("gpt-export", build_parser, export)
 
 
 if __name__ == "__main__":

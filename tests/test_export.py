@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt.checkpoint import plain_state_dict
 from gpt.export import ExportError, export_safetensors, load_export
 from gpt.sample import Generator, SamplingOptions
 from tests.support import assert_one_line_error, one_thread, run_cli, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from data_prep.command import Parser, run_command
+from data_prep.command import Parser, command
 
 from ..device import resolve_device
 from .errors import EvalError
@@ -76,9 +76,7 @@ def run(args) -> None:
     print(as_json(results) if args.json else table(results))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("gpt-eval", lambda: run(args))
+main = command("gpt-eval", build_parser, run)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.command import Parser, run_command
+from data_prep.command import Parser, command
 
 from .figure import draw_runs, picture_format, save_figure
 from .runs import X_AXES, PlotError, read_run
@@ -42,9 +42,7 @@ def plot(args) -> None:
     print(f"wrote {out}: {len(runs)} run(s) against {args.x}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("gpt-plot", lambda: plot(args))
+main = command("gpt-plot", build_parser, plot)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.command import Parser, run_command
+from data_prep.command import Parser, command
 
 from ..quantize import QUANTIZE_MODES
 from .generate import Generator
@@ -108,10 +108,8 @@ def sample(args) -> None:
     out.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Ctrl-C is how a long sample is ended on purpose: quietly
-    return run_command("gpt-sample", lambda: sample(args), interrupted=None)
+# Ctrl-C is how a long sample is ended on purpose: quietly
+main = command("gpt-sample", build_parser, sample, interrupted=None)
 
 
 if __name__ == "__main__":
