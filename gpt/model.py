@@ -241,15 +241,24 @@ class GPT(LanguageModel):
         x = self.wte(idx)  # (B, C)
         rot = None
         if self.wpe is not None:
-            x = x + self.wpe.weight[pos]
+            x = x + row(self.wpe.weight, pos)
         else:
-            rot = rope_matrix(self.rope_cos[pos], self.rope_sin[pos])
+            rot = rope_matrix(row(self.rope_cos, pos), row(self.rope_sin, pos))
         mask = (cache.positions <= pos).view(1, -1) if static else None  # (1, block): the window so far
         for i, block in enumerate(self.blocks):
             x = block.decode(x, rot, cache, i, pos, mask)
         if not static:
             cache.advance(1)
         return linear(self.head, layer_norm(self.ln_f, x))  # (B, V)
+
+
+def row(table: torch.Tensor, pos) -> torch.Tensor:
+    """table[pos] for an int or a 0-dim position tensor. Indexing with the tensor itself
+    would read it back to the host (`.item()`), which a CUDA graph cannot record and which
+    would freeze the position at its captured value; index_select stays on the device."""
+    if isinstance(pos, torch.Tensor):
+        return table.index_select(0, pos.view(1))[0]
+    return table[pos]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -67,3 +67,15 @@ def test_reading_tokens_back_in_groups_changes_nothing(trained):
     model, tok = trained
     options = SamplingOptions(max_new_tokens=45, temperature=1.0, seed=3)
     assert tokens(model, tok, options, num_samples=2, sync_every=16) == tokens(model, tok, options, num_samples=2)
+
+
+def test_the_static_step_reads_nothing_back_to_the_host(trained):
+    """A CUDA graph cannot record a read of the position tensor (and would freeze it)."""
+    model, _ = trained
+    cache = KVCache.for_model(model, 1, "cpu", torch.float32)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2, 3]]), cache=cache)
+        with torch.profiler.profile() as prof:
+            model.decode(torch.tensor([4]), cache, pos=torch.tensor(3))
+    reads = [e.key for e in prof.key_averages() if e.key in ("aten::_local_scalar_dense", "aten::item")]
+    assert reads == []

@@ -181,3 +181,23 @@ def test_a_run_stops_after_patience_evaluations_without_improvement_and_says_so_
         train(overrides={"out": str(tmp_path / "run"), "progress": False}, resume=True, log=lambda s: None)
     again = train(overrides={"out": str(tmp_path / "run"), "progress": False, "patience": 10, "max_iters": 14}, resume=True, log=lambda s: None)
     assert again.step == 14
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_trim(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "train_loss": 1.0}\n{"step": 20, "train_lo')
+    MetricsLog(tmp_path).trim_after(20)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 10, "train_loss": 1.0}\n'
+
+
+def test_optimizer_options_given_on_resume_apply(data, tmp_path):
+    from gpt.train.distributed import Dist
+    from gpt.train.run import resumed_config
+    from gpt.train.trainer import Trainer
+
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=5), log=lambda s: None)
+    state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+    cfg = resumed_config(state["train_config"], {"max_iters": 10, "weight_decay": 0.0, "beta2": 0.9})
+    trainer = Trainer(cfg, Dist(), torch.device("cpu"), state, tmp_path / "run", log=lambda s: None)
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.0, 0.0]
+    assert all(g["betas"] == (0.9, 0.9) for g in trainer.optimizer.param_groups)
+    assert trainer.optimizer.state  # the moments themselves were restored

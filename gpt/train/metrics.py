@@ -18,6 +18,15 @@ from .errors import NonFiniteLoss
 METRICS_FILE = "metrics.jsonl"
 
 
+def logged_by(line: str, step: int) -> bool:
+    """Whether a metrics line is whole and of a step up to `step` (a kill or a full disk can
+    leave the last line torn)."""
+    try:
+        return json.loads(line).get("step", 0) <= step
+    except (ValueError, AttributeError):
+        return False
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path = run_dir / METRICS_FILE
@@ -28,8 +37,7 @@ class MetricsLog:
         """Keep only the lines of steps up to `step`."""
         if not (self.enabled and self.path.exists()):
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if logged_by(line, step)]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
@@ -62,7 +70,7 @@ class LossWindow:
         values = torch.stack([l for _, l in self.pending]).tolist() if self.pending else []
         for (s, _), v in zip(self.pending, values):
             if not math.isfinite(v):
-                raise NonFiniteLoss(f"the loss became {v} at step {s}; stopped without saving, the last good checkpoint in {self.run_dir} is kept (try a lower --lr)")
+                raise NonFiniteLoss(f"the loss became {v} at step {s}; stopped without saving; {self.run_dir} keeps what was saved before it (try a lower --lr)")
         self.history.extend((s, v) for (s, _), v in zip(self.pending, values))
         self.pending.clear()
         return values

@@ -80,9 +80,16 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
 
 def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | None, run_dir: Path, overwrite: bool,
                   should_stop, log, base: Base | None = None) -> TrainResult:
-    folder = RunFolder.claim(run_dir, new_run=resume_state is None, overwrite=overwrite) if dist_.is_main else None
-    dist_.barrier()
-    failed = True
+    folder, refused = None, None
+    if dist_.is_main:
+        try:
+            folder = RunFolder.claim(run_dir, new_run=resume_state is None, overwrite=overwrite)
+        except TrainError as e:
+            refused = str(e)
+    refused = dist_.broadcast_object(refused)  # every rank stops, not just the first
+    if refused:
+        raise TrainError(refused)
+    started = False  # a run that fails before its first step leaves no folder behind
     try:
         trainer = Trainer(cfg, dist_, device, resume_state, run_dir, log, base)
         if resume_state is not None:
@@ -105,9 +112,8 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
                 f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "
                 f"context {cfg.block_size}, preset {cfg.preset or 'none'}")
-        result = trainer.run(should_stop)
-        failed = False
-        return result
+        started = True
+        return trainer.run(should_stop)
     finally:
         if folder is not None:
-            folder.release(failed=failed)
+            folder.release(failed=not started)

@@ -76,10 +76,10 @@ class RunFolder:
             p.unlink(missing_ok=True)
 
     def release(self, failed: bool = False) -> None:
-        """Unlock; after a failed start, remove the folder if this run created it and
-        wrote no checkpoint into it."""
+        """Unlock; after a failed start (before any step), remove the folder if this run
+        created it, while still holding the lock so no other run can have claimed it."""
+        if failed and self.created and not any((self.path / n).exists() for n in (ck.LATEST, ck.BEST)):
+            shutil.rmtree(self.path, ignore_errors=True)
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
-        if failed and self.created and not any((self.path / n).exists() for n in (ck.LATEST, ck.BEST)):
-            shutil.rmtree(self.path, ignore_errors=True)

@@ -63,6 +63,8 @@ class Trainer:
         """`base`: the checkpoint a fine-tuning run starts from (for a LoRA run, also when it
         resumes: its checkpoints hold the adapters only)."""
         self.cfg, self.dist, self.device, self.run_dir, self.log, self.base = cfg, dist_, device, run_dir, log, base
+        # where a fine-tuning run came from: its base, or what a resumed run recorded
+        self.origin = base.ref if base is not None else (resume_state or {}).get("init_from")
         self.dtype = resolve_dtype(cfg.dtype, device)
         configure_backends(device)
         self.data = data_prep.load(cfg.data)
@@ -119,12 +121,12 @@ class Trainer:
                 lora.load_adapter_state(self.model, s["model"])
             else:
                 self.model.load_state_dict(s["model"])
-            # the saved param groups carry the implementation choice of the machine that
-            # wrote them (fused on CUDA, say); this machine's own choice stays
-            fused = [g.get("fused") for g in self.optimizer.param_groups]
+            own = [{k: g.get(k) for k in ("fused", "weight_decay", "betas")} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(s["optimizer"])
-            for g, f in zip(self.optimizer.param_groups, fused):
-                g["fused"] = f
+            # the saved groups carry the settings of the run that wrote them; the options given
+            # now (--weight-decay, --beta2 on resume) and this machine's fused choice apply
+            for g, settings in zip(self.optimizer.param_groups, own):
+                g.update(settings)
             if s.get("scaler"):
                 self.scaler.load_state_dict(s["scaler"])
         except (RuntimeError, ValueError, KeyError, lora.LoRAError) as e:
@@ -164,20 +166,20 @@ class Trainer:
 
     def lineage(self) -> dict:
         """Where a fine-tuning run came from; for LoRA, what sampling needs to rebuild it."""
-        if self.base is None:
+        if self.origin is None:
             return {}
-        out = {"init_from": self.base.ref}
-        if self.cfg.lora:
+        out = {"init_from": self.origin}
+        if self.cfg.lora and self.base is not None:
             out["lora"] = {"rank": self.cfg.lora, "alpha": self.cfg.lora_scale_alpha,
                            "targets": list(lora.parse_targets(self.cfg.lora_targets)), "base": self.base.ref}
         return out
 
-    def save(self, val_loss: float | None) -> None:
+    def save(self, val_loss: float | None, best: bool = False) -> None:
         """The latest checkpoint, which is also the best one when `val_loss` is the lowest yet."""
         state = self.state(val_loss)  # every rank takes part in gathering the RNG states
         if self.dist.is_main:
             try:
-                ck.save_checkpoint(self.run_dir / ck.LATEST, state, best=val_loss is not None and val_loss <= self.best_val)
+                ck.save_checkpoint(self.run_dir / ck.LATEST, state, best=best)
             except OSError as e:
                 raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); "
                                  f"the previous checkpoint is kept") from None
@@ -253,8 +255,9 @@ class Trainer:
         self.model.train()
         return (sums[0] / sums[1]).item()
 
-    def stop_reason(self, stop: StopFlag, should_stop: Callable[[int], bool] | None) -> str:
-        """Why the run ends before this step ("" while it goes on), the same on every rank."""
+    def stop_reason(self, stop: StopFlag, should_stop: Callable[[int], bool] | None) -> tuple[str, float]:
+        """Why the run ends before this step ("" while it goes on), the same on every rank,
+        and the elapsed time every rank's schedule then uses (the slowest clock's)."""
         cfg, elapsed, signum = self.cfg, self.elapsed(), stop.signum or 0
         if self.dist.world_size > 1:
             # signals on any rank stop every rank; the time budget runs on the slowest clock
@@ -262,16 +265,16 @@ class Trainer:
             self.dist.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
             signum, elapsed = int(flags[0].item()), float(flags[1].item())
         if cfg.max_iters and self.step >= cfg.max_iters:
-            return "max_iters"
+            return "max_iters", elapsed
         if cfg.max_time and elapsed >= cfg.max_time:
-            return "max_time"
+            return "max_time", elapsed
         if cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
-            return "patience"
+            return "patience", elapsed
         if signum:
-            return f"signal {signal.Signals(signum).name}"
+            return f"signal {signal.Signals(signum).name}", elapsed
         if should_stop is not None and should_stop(self.step):
-            return "request"
-        return ""
+            return "request", elapsed
+        return "", elapsed
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
@@ -284,8 +287,11 @@ class Trainer:
         stop.install()
         try:
             self.model.train()
-            while not (stopped_by := self.stop_reason(stop, should_stop)):
-                lr = learning_rate(self.step, self.budget_used(self.elapsed()), cfg.lr, cfg.final_lr, cfg.warmup_iters)
+            while True:
+                stopped_by, elapsed = self.stop_reason(stop, should_stop)
+                if stopped_by:
+                    break
+                lr = learning_rate(self.step, self.budget_used(elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
                 loss = (self.first_step if self.step_count_this_run() == 0 else self.train_step)(lr)
                 self.step += 1
                 self.tokens += self.global_batch * cfg.block_size
@@ -325,7 +331,7 @@ class Trainer:
         self.losses.check()
         val_loss = self.evaluate()
         if not math.isfinite(val_loss):
-            raise NonFiniteLoss(f"the validation loss became {val_loss} at step {self.step}; stopped without saving, the last good checkpoint in {self.run_dir} is kept")
+            raise NonFiniteLoss(f"the validation loss became {val_loss} at step {self.step}; stopped without saving; {self.run_dir} keeps what was saved before it")
         bpc = val_loss / math.log(2) * self.tokens_per_char
         train_loss = self.losses.recent_mean(self.cfg.log_interval)
         improved = val_loss < self.best_val
@@ -337,6 +343,6 @@ class Trainer:
             self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
         else:
             self.stale_evals += 1
-        self.save(val_loss)
+        self.save(val_loss, best=improved)
         self.picture.update()
         return val_loss
