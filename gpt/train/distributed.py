@@ -57,8 +57,13 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Leave the group. After a finished run every rank first waits for the others:
+        gloo aborts a process ("terminate called without an active exception") when
+        its peer tears the group down while it is still using it."""
         if dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 

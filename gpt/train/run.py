@@ -73,9 +73,12 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
         cfg.validate()
-        return run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
-    finally:
+        result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
+    except BaseException:
         dist_.close()
+        raise
+    dist_.close(finished=True)
+    return result
 
 
 def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | None, run_dir: Path, overwrite: bool,
