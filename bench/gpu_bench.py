@@ -73,10 +73,11 @@ def machine_figures(device: torch.device) -> dict:
 SMOKE_MODEL = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, eval_windows=16)
 
 
-def training(data: Path, run: Path, device: str, steps: int, target: float, peak_tflops: float, smoke: bool) -> dict:
+def training(data: Path, run: Path, device: str, steps: int, target: float, peak_tflops: float, smoke: bool,
+             compile: bool) -> dict:
     t0 = time.perf_counter()
     options = {"data": str(data), "out": str(run), "device": device, "max_iters": steps,
-               "compile": device.startswith("cuda"), "progress": False, **(SMOKE_MODEL if smoke else {})}
+               "compile": compile and device.startswith("cuda"), "progress": False, **(SMOKE_MODEL if smoke else {})}
     result = train("baby-gpt", options, log=lambda s: None)
     wall = time.perf_counter() - t0
     if result.stopped_by not in ("max_iters", "max_time"):
@@ -97,11 +98,11 @@ def training(data: Path, run: Path, device: str, steps: int, target: float, peak
             "time_to_target_s": round(reached["elapsed"], 1) if reached else None}
 
 
-def cli_sample(run: Path, device: str, tokens: int) -> dict:
+def cli_sample(run: Path, device: str, tokens: int, *extra: str) -> dict:
     """`gpt-sample` in a fresh process: the first byte after the prompt is the first token;
     tokens/s is over the rest (start-up, checkpoint loading and the first token excluded)."""
     cmd = [sys.executable, "-m", "gpt.sample", "--ckpt", str(run), "--max-new-tokens", str(tokens), "--ignore-eot",
-           "--no-echo", "--device", device, "--seed", "0"]
+           "--no-echo", "--device", device, "--seed", "0", *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     first = proc.stdout.read(1)
@@ -123,7 +124,7 @@ def library_sample(gen: Generator, tokens: int, samples: int) -> dict:
         sync(gen.device)
         t0 = time.perf_counter()
         first = None
-        for i, _ in enumerate(gen.token_steps([gen.tokenizer.eot_id], options, samples, gen.sync_every if samples > 1 else 1)):
+        for i, _ in enumerate(gen.token_steps([gen.tokenizer.eot_id], options, samples, gen.sync_every if samples > 1 else gen.stream_every)):
             if i == 0:
                 first = time.perf_counter() - t0
         sync(gen.device)
@@ -150,6 +151,25 @@ def floor(gen: Generator, machine: dict) -> dict:
             "launches_times_launch_cost_us": round(launches * machine["tiny_launch_us"], 1)}
 
 
+def profile(gen: Generator, tokens: int) -> dict:
+    """Host (CPU) time against device time per token, warm, one sample streamed."""
+    options = SamplingOptions(max_new_tokens=tokens, stop_at_eot=False, seed=0)
+    run = lambda: list(gen.token_steps([gen.tokenizer.eot_id], options, 1, gen.stream_every))  # noqa: E731
+    run()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gen.device.type == "cuda" else [])
+    sync(gen.device)
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        run()
+        sync(gen.device)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    kernels = sum(e.count for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+    return {"tokens": tokens, "wall_us_per_token_profiled": round(wall / tokens * 1e6, 1),
+            "device_us_per_token": round(device_us / tokens, 1), "device_kernels_per_token": round(kernels / tokens, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -158,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=1.48, help="val loss whose time to reach is reported")
     p.add_argument("--sample-tokens", type=int, default=1000)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--no-train-compile", action="store_true", help="train eagerly (a quick model for the sampling figures)")
+    p.add_argument("--compiled-sampling", action="store_true", help="also measure sampling with the decode step compiled (--compile)")
     p.add_argument("--smoke", action="store_true", help="a tiny model instead of baby-gpt: checks the script itself (e.g. on a CPU)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -168,12 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_)
         prepare([args.corpus], tmp / "data", PrepareOptions(progress=False))
         report["training"] = training(tmp / "data", tmp / "run", args.device, args.train_steps, args.target,
-                                      report["machine"]["matmul_peak_tflops"], args.smoke)
+                                      report["machine"]["matmul_peak_tflops"], args.smoke, not args.no_train_compile)
         report["sampling_cli_fresh_process"] = cli_sample(tmp / "run", args.device, args.sample_tokens)
         gen = Generator.load(tmp / "run", args.device)
         report["sampling_library_1"] = library_sample(gen, args.sample_tokens, 1)
         report["sampling_library_batch"] = library_sample(gen, args.sample_tokens, args.batch)
         report["floor_one_sample"] = floor(gen, report["machine"])
+        report["profile_one_sample"] = profile(gen, 200)
+        if args.compiled_sampling:
+            report["sampling_cli_fresh_process_compiled"] = cli_sample(tmp / "run", args.device, args.sample_tokens, "--compile")
+            fused = Generator.load(tmp / "run", args.device, compile=True)
+            report["sampling_library_1_compiled"] = library_sample(fused, args.sample_tokens, 1)
+            report["sampling_library_batch_compiled"] = library_sample(fused, args.sample_tokens, args.batch)
+            report["profile_one_sample_compiled"] = profile(fused, 200)
         report["sampling_dtype"] = str(gen.dtype).replace("torch.", "")
     print(json.dumps(report, indent=1))
     return 0

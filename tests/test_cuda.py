@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gpt import checkpoint as ck
-from gpt.sample import Generator, SamplingOptions
+from gpt.sample import GenerationError, Generator, SamplingOptions
 from gpt.train import train
 from tests.support import ROOT, tiny_run, train_tiny_model
 from tests.support import data  # noqa: F401 (a fixture)
@@ -50,20 +50,36 @@ def exact_fp32():
     torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def cuda_generator(dtype, static):
+def cuda_generator(dtype, static, compile=False):
     model, tok, _ = train_tiny_model()
-    return Generator(model.to("cuda"), tok, torch.device("cuda"), dtype, static_decode=static)
+    return Generator(model.to("cuda"), tok, torch.device("cuda"), dtype, static_decode=static, compile=compile)
 
 
-@pytest.mark.parametrize("temperature, seed", [(0.0, None), (1.0, 5)])
-def test_graph_decoding_gives_the_uncached_tokens_in_fp32(exact_fp32, temperature, seed):
+@pytest.mark.parametrize("temperature, seed, compile", [(0.0, None, False), (1.0, 5, False), (1.0, 5, True)])
+def test_graph_decoding_gives_the_uncached_tokens_in_fp32(exact_fp32, temperature, seed, compile):
     options = dict(max_new_tokens=80, temperature=temperature, seed=seed, slide=4)
-    graph = cuda_generator(torch.float32, static=True)
+    graph = cuda_generator(torch.float32, static=True, compile=compile)
     plain = cuda_generator(torch.float32, static=False)
     ids = graph.encode_prompt("the cat")
     a = list(graph.token_steps(ids, SamplingOptions(**options), 4, sync_every=8))
     b = list(plain.token_steps(ids, SamplingOptions(**options, use_kv_cache=False), 4))
     assert a == b
+
+
+def test_tokens_read_back_one_group_late_are_the_tokens_read_back_each_step():
+    gen = cuda_generator(torch.float32, static=True)
+    options = SamplingOptions(max_new_tokens=70, temperature=1.0, seed=2, slide=4)
+    ids = gen.encode_prompt("the cat")
+    assert list(gen.token_steps(ids, options, 3, sync_every=16)) == list(gen.token_steps(ids, options, 3, sync_every=1))
+
+
+def test_non_finite_scores_on_the_gpu_are_a_clear_error_not_a_device_assert():
+    model, tok, _ = train_tiny_model(steps=0)
+    with torch.no_grad():
+        model.ln_f.weight[0] = float("nan")
+    gen = Generator(model.to("cuda"), tok, torch.device("cuda"), torch.float32)
+    with pytest.raises(GenerationError, match="not finite"):
+        list(gen.token_steps(gen.encode_prompt("the"), SamplingOptions(max_new_tokens=40, temperature=1.0, seed=0), 1, 8))
 
 
 def test_graph_decoding_in_bf16_stays_close_to_fp32(exact_fp32):

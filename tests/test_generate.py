@@ -122,7 +122,8 @@ FIXED_LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0, 3.0, 0.2
 def draw(n: int, **options) -> Counter:
     """n draws of one sampling step on FIXED_LOGITS (one batch of n rows)."""
     rng = torch.Generator().manual_seed(0)
-    tokens = sample_next(FIXED_LOGITS.expand(n, -1), options.pop("temperature", 1.0), options.get("top_k"), options.get("top_p"), rng)
+    noise = torch.rand(n, len(FIXED_LOGITS), generator=rng)
+    tokens = sample_next(FIXED_LOGITS.expand(n, -1), options.pop("temperature", 1.0), options.get("top_k"), options.get("top_p"), noise)
     return Counter(tokens.view(-1).tolist())
 
 
@@ -211,8 +212,9 @@ def test_generation_stops_at_the_end_of_text_token_unless_told_to_go_on(rope_gen
 
 def test_max_new_tokens_bounds_the_tokens_generated(rope_generator):
     opts = SamplingOptions(max_new_tokens=25, temperature=1.0, seed=1, stop_at_eot=False)
-    assert len(all_tokens(rope_generator, "the", opts)) == 25
-    assert len(rope_generator.generate("the", opts)[0]) == 25  # every token here is one character
+    tokens = all_tokens(rope_generator, "the", opts)
+    assert len(tokens) == 25
+    assert rope_generator.generate("the", opts)[0] == rope_generator.tokenizer.decode(t[0] for t in tokens)
     assert rope_generator.generate("the", SamplingOptions(max_new_tokens=0)) == [""]
 
 
@@ -252,6 +254,18 @@ def test_prompt_characters_outside_the_vocabulary_are_encoded_as_the_data_was():
 
 
 # -- other models and precisions -------------------------------------------------------------
+@pytest.mark.parametrize("static", [False, True])
+def test_a_model_with_non_finite_scores_stops_with_a_clear_error(static):
+    """A NaN weight reaches every logit; the sampler must not emit garbage tokens (or, on a
+    GPU, trip a device-side assert): the loop reports it at its next read back."""
+    model, tok, _ = train_tiny_model(steps=0)
+    with torch.no_grad():
+        model.ln_f.weight[0] = math.nan
+    gen = Generator(model, tok, torch.device("cpu"), torch.float32, static_decode=static)
+    with pytest.raises(GenerationError, match="not finite"):
+        all_tokens(gen, "the", SamplingOptions(max_new_tokens=5, temperature=1.0, seed=0))
+
+
 def test_the_bigram_model_generates_past_its_context_without_a_cache():
     model, tok, _ = train_tiny_model(kind="bigram")
     gen = Generator(model, tok, torch.device("cpu"), torch.float32)

@@ -4,10 +4,11 @@
     for piece in gen.stream("ROMEO:", SamplingOptions(max_new_tokens=200, seed=1)):
         print(piece, end="", flush=True)
 
-The decode loop speaks token ids only (`Generator.token_steps`); text, end-of-text and
+The decode loop (`decode_loop.DecodeLoop`) speaks token ids only; text, end-of-text and
 stop strings are handled per sample above it (`SampleText`). With a KV cache each new
 token costs one position's work; without one the whole window is recomputed per token.
-Both paths see exactly the same tokens: both take their window from one `ContextWindow`.
+Every path sees the same window and draws with the same noise, so a seed gives the same
+tokens on each.
 """
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from data_prep import CharTokenizer, DataError
 from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_device, resolve_dtype
 from ..export import is_export, load_export
-from ..kv_cache import KVCache
 from ..quantize import check_supported, quantize_model
-from .sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, sample_next
-from .static_decode import StaticDecoder
+from .decode_loop import DecodeLoop
+from .sampling import GenerationError, SampleText, SamplingOptions
 
+# on a GPU tokens are read back to the host this many steps at a time: a read waits for the
+# queue of kernels to drain (the loop stays a group ahead, so the GPU does not wait for it);
+# a streamed sample uses smaller groups, so text still appears as it is made
 SYNC_EVERY = 32
+STREAM_EVERY = 8
 
 
 class Generator:
@@ -42,10 +46,11 @@ class Generator:
     quarter of the bytes to read per token; the model is modified in place."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, device: torch.device, dtype: torch.dtype,
-                 quantize: str | None = None, static_decode: bool | None = None):
-        """`static_decode`: decode through the fixed-shape step (`StaticDecoder`), replayed as a
-        CUDA graph on a GPU; None chooses it on CUDA only (on a CPU the plain step is faster:
-        it attends to the filled positions only, and there are no launches to save)."""
+                 quantize: str | None = None, static_decode: bool | None = None, compile: bool = False):
+        """`static_decode`: decode through the fixed-shape step (`SampledStep`), replayed as a
+        CUDA graph on a GPU; None chooses it on CUDA, or where `compile` is asked for (on a CPU
+        the plain step is faster uncompiled: it attends to the filled positions only, and
+        there are no launches to save). `compile`: torch.compile that step first."""
         if quantize is not None:
             check_supported(quantize, device)
         self.model, self.tokenizer, self.device, self.dtype = model.to(dtype), tokenizer, device, dtype
@@ -53,14 +58,14 @@ class Generator:
             quantize_model(self.model, quantize)
         self.quantize = quantize
         self.block_size = model.config.block_size
-        self.static_decode = device.type == "cuda" if static_decode is None else static_decode
-        # without streaming, tokens are read back to the host this many steps at a time: on a
-        # GPU each read waits for the queue of kernels to drain, which would idle it per token
-        self.sync_every = SYNC_EVERY if device.type == "cuda" else 1
+        self.static_decode = (device.type == "cuda" or compile) if static_decode is None else static_decode
+        self.compile = compile
+        on_gpu = device.type == "cuda"
+        self.sync_every, self.stream_every = (SYNC_EVERY, STREAM_EVERY) if on_gpu else (1, 1)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str = "auto",
-             quantize: str | None = None) -> "Generator":
+             quantize: str | None = None, compile: bool = False) -> "Generator":
         """From a checkpoint file, a run folder (its best checkpoint), a folder written by
         gpt-export, or None (the newest run under ./checkpoints). Raises CheckpointError,
         ExportError, DeviceError or QuantizeError for the user to read."""
@@ -72,7 +77,7 @@ class Generator:
             model, tokenizer = load_export(path, dev)
         else:
             model, tokenizer = model_from_checkpoint(load_checkpoint(resolve_checkpoint(path)), dev)
-        return cls(model, tokenizer, dev, dt, quantize)
+        return cls(model, tokenizer, dev, dt, quantize, compile=compile)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt ids, encoded as the training data was; an empty prompt is the end-of-text
@@ -95,46 +100,11 @@ class Generator:
             raise GenerationError(f"--num-samples must be at least 1, got {num_samples}")
         if not prompt_ids:
             raise GenerationError("the prompt has no tokens")
-        B, P, steps = num_samples, len(prompt_ids), options.max_new_tokens
-        if steps == 0:
+        if options.max_new_tokens == 0:
             return
-        ids = torch.empty(B, P + steps, dtype=torch.long, device=self.device)  # every token so far
-        ids[:, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        window = ContextWindow(self.block_size, options.window_slide(self.block_size))
-        cache = decoder = None
-        if options.use_kv_cache and getattr(self.model, "supports_kv_cache", False):
-            cache = KVCache.for_model(self.model, B, self.device, self.dtype)
-            if self.static_decode:
-                decoder = StaticDecoder(self.model, cache, B, self.device, use_graph=self.device.type == "cuda")
-        rng = torch.Generator(device=self.device)
-        if options.seed is None:
-            rng.seed()
-        else:
-            rng.manual_seed(options.seed)
-        temperature, top_k, top_p = options.temperature, options.top_k, options.top_p
-        done = P
-        for n in range(P, P + steps):
-            logits = self._next_logits(ids, n, window, cache, decoder)
-            ids[:, n : n + 1] = sample_next(logits, temperature, top_k, top_p, rng)  # (B, 1)
-            if n + 1 - done >= sync_every or n + 1 == P + steps:
-                yield from ids[:, done : n + 1].t().tolist()  # one host sync for these steps
-                done = n + 1
-
-    def _next_logits(self, ids: torch.Tensor, n: int, window: ContextWindow, cache: KVCache | None,
-                     decoder: StaticDecoder | None = None) -> torch.Tensor:
-        """Last-position logits (B, V) after tokens ids[:, :n], seeing only the window."""
-        moved = window.update(n)
-        if cache is None:
-            x = ids[:, window.start : n]
-        elif moved or cache.length == 0:
-            cache.reset()
-            x = ids[:, window.start : n]
-        elif decoder is not None:  # the cache holds tokens[start:n-1]: only the newest token is new
-            return decoder(ids[:, n - 1], cache.length)
-        else:
-            x = ids[:, n - 1 : n]
-        logits, _ = self.model(x, cache=cache, last_only=True)
-        return logits[:, -1]
+        loop = DecodeLoop(self.model, self.device, self.dtype, prompt_ids, options, num_samples, self.static_decode,
+                          self.compile and self.static_decode)
+        yield from loop.tokens(max(1, sync_every))
 
     def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1,
                        sync_every: int = 1) -> Iterator[list[str]]:
@@ -150,7 +120,7 @@ class Generator:
 
     def stream(self, prompt: str, options: SamplingOptions) -> Iterator[str]:
         """One sample's text, piece by piece as it is generated (the prompt not included)."""
-        for pieces in self.stream_samples(prompt, options, 1):
+        for pieces in self.stream_samples(prompt, options, 1, self.stream_every):
             if pieces[0]:
                 yield pieces[0]
 

@@ -69,8 +69,13 @@ class ContextWindow:
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """Next tokens (B, 1) from last-position logits (B, V)."""
+                noise: torch.Tensor | None) -> torch.Tensor:
+    """Next tokens (B, 1) from last-position logits (B, V) and uniform noise (B, V) in [0, 1).
+
+    The draw is the Gumbel-max trick: argmax(logits / T - log(-log u)) is distributed as
+    softmax(logits / T). With the noise drawn beforehand, a step has fixed shapes, no
+    random-number state and no read back to the host, so a CUDA graph can record it; and
+    every decoding path given the same noise picks the same tokens."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
     logits = logits.float() / temperature
@@ -84,10 +89,35 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         # so the most likely token always stays
         drop_ranked = probs.cumsum(-1) - probs >= top_p
         logits = logits.masked_fill(drop_ranked.scatter(-1, order, drop_ranked), -math.inf)
-    try:
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)
-    except RuntimeError as e:  # it checks its input: only inf or nan logits get here
-        raise GenerationError(f"the model's next-token probabilities are not finite numbers ({e})") from None
+    gumbel = -(-noise.clamp_min(TINY).log()).log()
+    return (logits + gumbel).argmax(-1, keepdim=True)
+
+
+TINY = 1e-30  # keeps log(u) finite for a draw of exactly 0
+
+
+class NoiseSource:
+    """The uniform draws for sampling, `period` steps of (B, V) at a time, from one seeded
+    generator. The period depends on the batch and the vocabulary only (never on how often
+    tokens are read back), so a seed gives the same samples on every path."""
+
+    BUDGET = 1 << 22  # numbers held at once: 16 MB of float32
+
+    def __init__(self, batch: int, vocab: int, device: torch.device, seed: int | None):
+        period = max(1, min(32, self.BUDGET // (batch * vocab)))
+        self.buffer = torch.empty(period, batch, vocab, device=device)
+        self.generator = torch.Generator(device=device)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    @property
+    def period(self) -> int:
+        return self.buffer.size(0)
+
+    def refill(self) -> None:
+        self.buffer.uniform_(generator=self.generator)
 
 
 class StopText:

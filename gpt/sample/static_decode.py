@@ -1,59 +1,122 @@
 """The decode step with fixed shapes, replayed as a CUDA graph on GPUs.
 
-Decoding one token of a small model is about a hundred tiny kernels; on a GPU each launch
-costs more CPU time (about 18 us) than the kernel takes, so the GPU idles while Python
-launches. `GPT.decode(idx, cache, pos)` with a position *tensor* has no shape or Python value
-that changes from token to token (the KV cache is a fixed buffer, attention is masked to the
+Decoding one token of a small model is about fifty tiny kernels; on a GPU each launch costs
+more CPU time (7-18 us) than the kernel takes, so the GPU idles while Python launches.
+`GPT.decode(idx, cache, pos)` with a position *tensor* has no shape or Python value that
+changes from token to token (the KV cache is a fixed buffer, attention is masked to the
 positions filled so far), so its kernels can be recorded once into a CUDA graph and
 replayed with one launch per token. On a CPU the same step runs eagerly: it is what the
 tests compare against the uncached path, and the graph replays exactly these operations.
+
+`SampledStep` records more than the model: the step reads its input token from the ids
+buffer, samples the next one from pre-drawn noise and writes it back, and moves its own
+counters, so a whole token costs the host one replay and no read back.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from ..kv_cache import KVCache
+from .sampling import sample_next
 
-WARMUP_STEPS = 3  # eager runs on a side stream before capture (lazy initialisations happen there)
+WARMUP_STEPS = 2  # eager runs on a side stream before capture (lazy initialisations happen there)
+
+
+class Replay:
+    """`fn()` run eagerly, or with `use_graph` recorded as a CUDA graph on its first call and
+    replayed after. `restore()` is called after each warm-up run, so that a step with side
+    effects (counters it moves) is recorded from the state it was called in."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor | None], use_graph: bool, restore: Callable[[], None] = lambda: None):
+        self.fn, self.use_graph, self.restore = fn, use_graph, restore
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor | None:
+        if not self.use_graph:
+            return self.fn()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.out
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self.fn()
+                self.restore()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records, runs nothing
+            self.out = self.fn()
 
 
 class StaticDecoder:
     """Next-token logits (B, V) for tokens (B,) at window position `pos`, through fixed
-    input buffers; `use_graph` records the step as a CUDA graph on its first call."""
+    input buffers; `use_graph` records the step as a CUDA graph on its first call. The
+    cache write at `pos` is idempotent (the same key and value at the same place), so the
+    warm-up runs before capture change nothing."""
 
     def __init__(self, model: torch.nn.Module, cache: KVCache, batch: int, device: torch.device, use_graph: bool):
         self.model, self.cache = model, cache
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
-        self.use_graph = use_graph and device.type == "cuda"
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
-
-    def _step(self) -> torch.Tensor:
-        return self.model.decode(self.tokens, self.cache, pos=self.pos)
+        self.step = Replay(lambda: self.model.decode(self.tokens, self.cache, pos=self.pos), use_graph and device.type == "cuda")
 
     def __call__(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.pos.fill_(pos)
-        if not self.use_graph:
-            out = self._step()
-        else:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
-            out = self.logits
+        out = self.step()
         self.cache.length = pos + 1
         return out
 
-    def _capture(self) -> None:
-        # Capture replays the step once more on the same inputs; the cache write at `pos` is
-        # idempotent (same key and value at the same place), so capturing mid-sequence is safe.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._step()
+
+class SampledStep:
+    """One whole token on the device: the input is ids[:, n-1] at window position `pos`, the
+    sample is drawn with noise[slot] and written to ids[:, n], then n, pos and slot move on.
+    The host keeps the same counters; `sync(n, pos, slot)` sets the device's after a step
+    the host ran itself (a prompt or a moved window, filled eagerly)."""
+
+    def __init__(self, model: torch.nn.Module, cache: KVCache, ids: torch.Tensor, noise: torch.Tensor | None,
+                 sampling: tuple, bad: torch.Tensor, use_graph: bool, compile: bool = False):
+        self.model, self.cache, self.ids, self.noise, self.sampling, self.bad = model, cache, ids, noise, sampling, bad
+        device = ids.device
+        self.n = torch.zeros(1, dtype=torch.long, device=device)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.period = 1 if noise is None else noise.size(0)
+        self._saved: list[torch.Tensor] = []
+        # compiled, the step's small element-wise kernels (norms, residual adds, the
+        # activation, the sampling arithmetic) fuse into a few: fewer kernels for the GPU to
+        # run one after another, at the price of compiling it first (tens of seconds)
+        step = torch.compile(self._step, dynamic=False) if compile else self._step
+        self.replay = Replay(step, use_graph and device.type == "cuda", self._restore)
+
+    def sync(self, n: int, pos: int, slot: int) -> None:
+        self.n.fill_(n)
+        self.pos.fill_(pos)
+        self.slot.fill_(slot)
+
+    def __call__(self) -> None:
+        if self.replay.use_graph and self.replay.graph is None:  # the warm-up runs will be undone
+            self._saved = [t.clone() for t in (self.n, self.pos, self.slot, self.bad)]
+        self.replay()
+        self.cache.length += 1  # the host's mirror of pos + 1
+
+    def _restore(self) -> None:
+        for t, saved in zip((self.n, self.pos, self.slot, self.bad), self._saved):
+            t.copy_(saved)
+
+    def _step(self) -> None:
+        tokens = self.ids.index_select(1, self.n - 1).view(-1)
+        logits = self.model.decode(tokens, self.cache, pos=self.pos)
+        noise = None if self.noise is None else self.noise.index_select(0, self.slot)[0]
+        self.bad.logical_or_(~logits.isfinite().all())
+        self.ids.index_copy_(1, self.n, sample_next(logits, *self.sampling, noise))
+        self.n.add_(1)
+        self.pos.add_(1)
+        self.slot.add_(1).remainder_(self.period)

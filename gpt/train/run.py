@@ -1,6 +1,7 @@
 """`train()`: start or resume a run in its run folder, then hand it to the Trainer."""
 from __future__ import annotations
 
+import gc
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -75,8 +76,10 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
         cfg.validate()
         result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
     except BaseException:
+        gc.collect()
         dist_.close()
         raise
+    gc.collect()  # the trainer and its DDP wrapper, before the group they use (see Trainer.run)
     dist_.close(finished=True)
     return result
 

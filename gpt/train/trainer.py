@@ -320,6 +320,9 @@ class Trainer:
             stop.restore()
             self.metrics.close()
             self.picture.update(final=True)
+            # DDP's reducer hooks the model's parameters and holds the process group: it must go
+            # before the group does, not at interpreter exit, where gloo can abort the process
+            self.ddp = self.forward_model = None
         best = None if math.isinf(self.best_val) else self.best_val
         return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model,
                            self.best_step)
