@@ -11,7 +11,7 @@ import torch
 
 from data_prep import CharTokenizer
 from gpt.sample.generate import Generator
-from gpt.sample.sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, StopText, sample_next
+from gpt.sample.sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, StopText, sample_next, to_gumbel
 from gpt.kv_cache import KVCache
 from tests.support import BLOCK, DOCUMENTS, one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
 
@@ -122,7 +122,7 @@ FIXED_LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0, 3.0, 0.2
 def draw(n: int, **options) -> Counter:
     """n draws of one sampling step on FIXED_LOGITS (one batch of n rows)."""
     rng = torch.Generator().manual_seed(0)
-    noise = torch.rand(n, len(FIXED_LOGITS), generator=rng)
+    noise = to_gumbel(torch.rand(n, len(FIXED_LOGITS), generator=rng))
     tokens = sample_next(FIXED_LOGITS.expand(n, -1), options.pop("temperature", 1.0), options.get("top_k"), options.get("top_p"), noise)
     return Counter(tokens.view(-1).tolist())
 

@@ -69,10 +69,10 @@ class ContextWindow:
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                noise: torch.Tensor | None) -> torch.Tensor:
-    """Next tokens (B, 1) from last-position logits (B, V) and uniform noise (B, V) in [0, 1).
+                gumbel: torch.Tensor | None) -> torch.Tensor:
+    """Next tokens (B, 1) from last-position logits (B, V) and standard Gumbel noise (B, V).
 
-    The draw is the Gumbel-max trick: argmax(logits / T - log(-log u)) is distributed as
+    The draw is the Gumbel-max trick: argmax(logits / T + g) is distributed as
     softmax(logits / T). With the noise drawn beforehand, a step has fixed shapes, no
     random-number state and no read back to the host, so a CUDA graph can record it; and
     every decoding path given the same noise picks the same tokens."""
@@ -89,15 +89,16 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         # so the most likely token always stays
         drop_ranked = probs.cumsum(-1) - probs >= top_p
         logits = logits.masked_fill(drop_ranked.scatter(-1, order, drop_ranked), -math.inf)
-    gumbel = -(-noise.clamp_min(TINY).log()).log()
     return (logits + gumbel).argmax(-1, keepdim=True)
 
 
-TINY = 1e-30  # keeps log(u) finite for a draw of exactly 0
+def to_gumbel(u: torch.Tensor) -> torch.Tensor:
+    """-log(-log u) in place; a draw of exactly 0 is kept off log(0)."""
+    return u.clamp_min_(1e-30).log_().neg_().log_().neg_()
 
 
 class NoiseSource:
-    """The uniform draws for sampling, `period` steps of (B, V) at a time, from one seeded
+    """The Gumbel draws for sampling, `period` steps of (B, V) at a time, from one seeded
     generator. The period depends on the batch and the vocabulary only (never on how often
     tokens are read back), so a seed gives the same samples on every path."""
 
@@ -117,7 +118,7 @@ class NoiseSource:
         return self.buffer.size(0)
 
     def refill(self) -> None:
-        self.buffer.uniform_(generator=self.generator)
+        to_gumbel(self.buffer.uniform_(generator=self.generator))
 
 
 class StopText:
