@@ -1,11 +1,12 @@
 """Run under torchrun by test_distributed.py: train, then save this rank's weights.
 
-    ddp_worker.py OUT_DIR sampled|fixed|resume 'TRAIN OPTIONS AS JSON'
+    ddp_worker.py OUT_DIR sampled|fixed|resume|stop-on-rank-1 'TRAIN OPTIONS AS JSON'
 
 'fixed' replaces the batch sampler with rows of one shared batch of 16 sequences: rank r
 of N gets rows [r*b, (r+1)*b) (split further by micro-step under gradient accumulation),
 so N ranks at batch b see exactly the examples that one process sees at batch N*b.
-'resume' continues the run in the options' "out" folder.
+'resume' continues the run in the options' "out" folder. 'stop-on-rank-1': only rank 1 asks
+the run to stop, after step 5.
 """
 import json
 import os
@@ -32,7 +33,8 @@ if mode == "fixed":
 
     batches.BatchSampler.next = fixed_next
 
-result = train(overrides=options, resume=mode == "resume", log=lambda s: None)
+should_stop = (lambda step: rank == 1 and step == 5) if mode == "stop-on-rank-1" else None
+result = train(overrides=options, resume=mode == "resume", should_stop=should_stop, log=lambda s: None)
 Path(out).mkdir(parents=True, exist_ok=True)
 torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
 (Path(out) / f"rank{rank}.losses").write_text(json.dumps([v for _, v in result.history]))

@@ -71,3 +71,11 @@ def test_a_run_of_one_process_resumes_on_two(data, tmp_path):
     assert state["step"] == 20 and state["world_size"] == 2 and len(state["rank_states"]) == 2
     w0, w1 = weights(tmp_path / "dump", 0), weights(tmp_path / "dump", 1)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_a_stop_asked_for_on_one_rank_stops_every_rank_at_the_same_step(data, tmp_path):
+    options = {**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 40}
+    torchrun(2, tmp_path / "dump", "stop-on-rank-1", options)
+    for rank in (0, 1):
+        assert len(json.loads((tmp_path / "dump" / f"rank{rank}.losses").read_text())) == 5
+    assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 5

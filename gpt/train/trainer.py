@@ -259,11 +259,13 @@ class Trainer:
         """Why the run ends before this step ("" while it goes on), the same on every rank,
         and the elapsed time every rank's schedule then uses (the slowest clock's)."""
         cfg, elapsed, signum = self.cfg, self.elapsed(), stop.signum or 0
+        requested = should_stop is not None and should_stop(self.step)
         if self.dist.world_size > 1:
-            # signals on any rank stop every rank; the time budget runs on the slowest clock
-            flags = torch.tensor([float(signum), elapsed], device=self.device, dtype=torch.float64)
+            # a signal or a request on any rank stops every rank; the time budget runs on the
+            # slowest clock
+            flags = torch.tensor([float(signum), elapsed, float(requested)], device=self.device, dtype=torch.float64)
             self.dist.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            signum, elapsed = int(flags[0].item()), float(flags[1].item())
+            signum, elapsed, requested = int(flags[0].item()), float(flags[1].item()), bool(flags[2].item())
         if cfg.max_iters and self.step >= cfg.max_iters:
             return "max_iters", elapsed
         if cfg.max_time and elapsed >= cfg.max_time:
@@ -272,7 +274,7 @@ class Trainer:
             return "patience", elapsed
         if signum:
             return f"signal {signal.Signals(signum).name}", elapsed
-        if should_stop is not None and should_stop(self.step):
+        if requested:
             return "request", elapsed
         return "", elapsed
 
