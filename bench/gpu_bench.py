@@ -98,11 +98,11 @@ def training(data: Path, run: Path, device: str, steps: int, target: float, peak
             "time_to_target_s": round(reached["elapsed"], 1) if reached else None}
 
 
-def cli_sample(run: Path, device: str, tokens: int, *extra: str) -> dict:
+def cli_sample(run: Path, device: str, tokens: int) -> dict:
     """`gpt-sample` in a fresh process: the first byte after the prompt is the first token;
     tokens/s is over the rest (start-up, checkpoint loading and the first token excluded)."""
     cmd = [sys.executable, "-m", "gpt.sample", "--ckpt", str(run), "--max-new-tokens", str(tokens), "--ignore-eot",
-           "--no-echo", "--device", device, "--seed", "0", *extra]
+           "--no-echo", "--device", device, "--seed", "0"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     first = proc.stdout.read(1)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-tokens", type=int, default=1000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--no-train-compile", action="store_true", help="train eagerly (a quick model for the sampling figures)")
-    p.add_argument("--compiled-sampling", action="store_true", help="also measure sampling with the decode step compiled (--compile)")
+    p.add_argument("--compiled-sampling", action="store_true", help="also measure one sample with the decode step compiled (--compile)")
     p.add_argument("--smoke", action="store_true", help="a tiny model instead of baby-gpt: checks the script itself (e.g. on a CPU)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -196,13 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         report["sampling_library_1"] = library_sample(gen, args.sample_tokens, 1)
         report["sampling_library_batch"] = library_sample(gen, args.sample_tokens, args.batch)
         report["floor_one_sample"] = floor(gen, report["machine"])
-        report["profile_one_sample"] = profile(gen, 200)
-        if args.compiled_sampling:
-            report["sampling_cli_fresh_process_compiled"] = cli_sample(tmp / "run", args.device, args.sample_tokens, "--compile")
+        report["profile_one_sample"] = profile(gen, args.sample_tokens)
+        if args.compiled_sampling:  # one sample only: each new shape compiles again
             fused = Generator.load(tmp / "run", args.device, compile=True)
             report["sampling_library_1_compiled"] = library_sample(fused, args.sample_tokens, 1)
-            report["sampling_library_batch_compiled"] = library_sample(fused, args.sample_tokens, args.batch)
-            report["profile_one_sample_compiled"] = profile(fused, 200)
+            report["profile_one_sample_compiled"] = profile(fused, args.sample_tokens)
         report["sampling_dtype"] = str(gen.dtype).replace("torch.", "")
     print(json.dumps(report, indent=1))
     return 0
