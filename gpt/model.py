@@ -85,10 +85,12 @@ def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def rms_norm(norm: nn.RMSNorm | None, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` in the functional form the decode path uses; no norm: x as it is."""
+    """`norm(x)` in the functional form the decode path uses; no norm: x as it is. The gain
+    takes x's dtype: under autocast x is bf16 while the gain stays fp32, and torch would then
+    fall back from its fused kernel, with a warning."""
     if norm is None:
         return x
-    return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
 def qk_rms_norm(head_size: int) -> nn.RMSNorm:
