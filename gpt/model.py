@@ -116,7 +116,8 @@ class CausalSelfAttention(nn.Module):
         self.proj.is_residual_out = True
         self.resid_drop = nn.Dropout(cfg.dropout)
         # queries and keys normalised per head, before rotation: attention scores stay bounded
-        # however large the projections grow, which lets a higher learning rate train stably
+        # however large the projections grow (why the speed-run records use it: a high learning
+        # rate cannot blow the softmax up)
         self.q_norm = qk_rms_norm(cfg.head_size) if cfg.qk_norm else None
         self.k_norm = qk_rms_norm(cfg.head_size) if cfg.qk_norm else None
 

@@ -59,7 +59,7 @@ class Optimizers:
             # torch's defaults otherwise (momentum 0.95, Nesterov, 5 Newton-Schulz steps);
             # "original" scales each matrix's rate by sqrt(max(1, rows / columns)), as the
             # speed-run records that use lr 0.02 do. Muon's decoupled decay is multiplied by its
-            # rate, 20 times AdamW's, so it has its own option (default none, as in those records)
+            # rate, several times AdamW's, so it has its own option (default none, as in those records)
             self.muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay, adjust_lr_fn="original")
         self.adamw = adamw(params, cfg.lr, cfg.weight_decay, betas, device)
         self.muon_scale = cfg.muon_lr / cfg.lr
