@@ -12,6 +12,8 @@ from data_prep.errors import UserError
 
 
 DEFAULT_PATIENCE = 5
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu2")
+OPTIMIZERS = ("adamw", "muon")
 
 
 class ConfigError(UserError, ValueError):
@@ -39,7 +41,9 @@ class ModelConfig:
     bias: bool = False
     tie_weights: bool = True
     rope_base: float = 10000.0
-    activation: str = "gelu"  # the MLP's: "gelu" (exact) or "gelu_tanh" (the tanh approximation)
+    activation: str = "gelu"  # the MLP's: "gelu" (exact), "gelu_tanh" (the tanh approximation) or "relu2" (relu(x)^2)
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before rotary embeddings and attention
+    logit_softcap: float = 0.0  # logits = C * tanh(logits / C); 0: off
 
     def validate(self) -> None:
         if self.kind not in ("gpt", "bigram"):
@@ -53,8 +57,10 @@ class ModelConfig:
             raise ConfigError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.kind == "gpt" and self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rotary embeddings need an even head size, got {self.n_embd // self.n_head}")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise ConfigError(f"activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not self.logit_softcap >= 0:  # also refuses NaN
+            raise ConfigError(f"--logit-softcap must be positive (or 0 for none), got {self.logit_softcap}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -90,6 +96,10 @@ class TrainConfig:
     dropout: float = model_option("dropout")
     pos: str = model_option("pos")
     bias: bool = model_option("bias")
+    activation: str = model_option("activation")
+    qk_norm: bool = model_option("qk_norm")
+    tie_weights: bool = model_option("tie_weights")
+    logit_softcap: float = model_option("logit_softcap")
     # optimisation
     batch_size: int = 64
     grad_accum: int = 1
@@ -102,6 +112,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # "muon": Muon for the blocks' weight matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak rate; the schedule scales it as it scales --lr
+    muon_weight_decay: float = 0.0
     # evaluation and logging
     eval_interval: int = 250
     eval_windows: int = 256
@@ -142,8 +155,18 @@ class TrainConfig:
             raise ConfigError("--lora adapts a trained model: give it one with --init-from RUN")
         if self.patience is not None and self.patience < 0:
             raise ConfigError(f"--patience must be 0 (never stop early) or more, got {self.patience}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer == "muon":
+            if self.model != "gpt":
+                raise ConfigError("--optimizer muon trains a transformer's weight matrices; the bigram model has none (use adamw)")
+            if self.lora:
+                raise ConfigError("--optimizer muon trains whole weight matrices, not low-rank adapters; use adamw with --lora")
+            if not self.muon_lr > 0 or not self.muon_weight_decay >= 0:
+                raise ConfigError("--muon-lr must be positive and --muon-weight-decay not negative")
         if self.lora < 0:
             raise ConfigError(f"--lora must be a rank of at least 1 (or 0 for full fine-tuning), got {self.lora}")
+        self.model_config(vocab_size=1).validate()  # a bad model option stops the run before it claims a folder
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         shape = {name: getattr(self, name) for name in MODEL_FIELDS if name != "model"}

@@ -39,6 +39,8 @@ class Bigram(LanguageModel):
         if last_only:
             idx = idx[:, -1:]
         logits = self.table(idx)  # (B, T, V)
+        if self.config.logit_softcap:
+            logits = softcap(logits, self.config.logit_softcap)
         return logits, lm_loss(logits, targets)
 
 
@@ -82,6 +84,29 @@ def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
+def rms_norm(norm: nn.RMSNorm | None, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` in the functional form the decode path uses; no norm: x as it is. The gain
+    takes x's dtype: under autocast x is bf16 while the gain stays fp32, and torch would then
+    fall back from its fused kernel, with a warning."""
+    if norm is None:
+        return x
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
+def qk_rms_norm(head_size: int) -> nn.RMSNorm:
+    # a learnable gain per channel (initialised to 1): unit-RMS queries and keys bound every
+    # attention score by sqrt(head_size), about 5.7 for 32-channel heads, which would cap how
+    # sharply a head can attend; the gain lets each layer learn its own temperature back, for
+    # 2 x head_size parameters per layer. eps is fixed so bf16 and fp32 normalise alike
+    return nn.RMSNorm(head_size, eps=1e-6)
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap): |logits| < cap, nearly unchanged well below it. In fp32,
+    since bf16 has few bits left where tanh flattens out."""
+    return cap * torch.tanh(logits.float() / cap)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -90,10 +115,16 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.proj.is_residual_out = True
         self.resid_drop = nn.Dropout(cfg.dropout)
+        # queries and keys normalised per head, before rotation: attention scores stay bounded
+        # however large the projections grow (why the speed-run records use it: a high learning
+        # rate cannot blow the softmax up)
+        self.q_norm = qk_rms_norm(cfg.head_size) if cfg.qk_norm else None
+        self.k_norm = qk_rms_norm(cfg.head_size) if cfg.qk_norm else None
 
     def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        q, k = rms_norm(self.q_norm, q), rms_norm(self.k_norm, k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is None:
@@ -112,7 +143,9 @@ class CausalSelfAttention(nn.Module):
         cache's length, or with `mask` a position tensor (the static-shape step, see GPT.decode)."""
         B, C = x.shape
         qkv = linear(self.qkv, x).view(B, 3, self.n_head, 1, self.head_size)
-        qk = qkv[:, :2]
+        qk = qkv[:, :2]  # (B, 2, nh, 1, hs)
+        if self.q_norm is not None:
+            qk = torch.stack((rms_norm(self.q_norm, qk[:, 0]), rms_norm(self.k_norm, qk[:, 1])), dim=1)
         if rot is not None:
             qk = (qk.reshape(-1, self.head_size) @ rot).view(B, 2, self.n_head, 1, self.head_size)
         if mask is None:
@@ -133,6 +166,8 @@ class MLP(nn.Module):
         # exact (erf) GELU by default: on CPU its backward pass is about 4x faster than the
         # tanh approximation's, which alone cost a fifth of a small model's training step
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        # relu(x)^2 (Primer; the speed-run records use it): as cheap as a ReLU, and smooth at 0
+        self.relu2 = cfg.activation == "relu2"
 
     def forward(self, x):
         return self.drop(self.proj(self.activation(self.fc(x))))
@@ -141,6 +176,8 @@ class MLP(nn.Module):
         return linear(self.proj, self.activation(linear(self.fc, x)))
 
     def activation(self, x):
+        if self.relu2:
+            return F.relu(x).square()
         return F.gelu(x, approximate=self.approximate)
 
 
@@ -162,7 +199,8 @@ class Block(nn.Module):
 
 
 class GPT(LanguageModel):
-    """The decoder-only transformer: embeddings -> blocks -> final norm -> tied output head."""
+    """The decoder-only transformer: embeddings -> blocks -> final norm -> output head
+    (tied to the token embedding unless tie_weights is off) -> optional logit soft-cap."""
 
     supports_kv_cache = True
 
@@ -179,6 +217,11 @@ class GPT(LanguageModel):
             # rare token's output row learns from its every occurrence as input too
             self.head.weight = self.wte.weight
         self.apply(self._init_weights)
+        if not cfg.tie_weights:
+            # an untied head starts at zero, as in the speed-run records: every token starts
+            # equally likely (the loss starts at exactly ln V) and no random projection of the
+            # untrained residual stream adds noise to the first steps' gradients
+            nn.init.zeros_(self.head.weight)
         if cfg.pos == "rope":
             cos, sin = rope_tables(torch.arange(cfg.block_size), cfg.head_size, cfg.rope_base, torch.float32)
             # buffers, not parameters, and not saved: rotary embeddings are a fixed function
@@ -219,6 +262,8 @@ class GPT(LanguageModel):
         if last_only:
             x = x[:, -1:]
         logits = self.head(self.ln_f(x))  # (B, T, V)
+        if self.config.logit_softcap:
+            logits = softcap(logits, self.config.logit_softcap)
         return logits, lm_loss(logits, targets)
 
     def decode(self, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -249,7 +294,10 @@ class GPT(LanguageModel):
             x = block.decode(x, rot, cache, i, pos, mask)
         if not static:
             cache.advance(1)
-        return linear(self.head, layer_norm(self.ln_f, x))  # (B, V)
+        logits = linear(self.head, layer_norm(self.ln_f, x))  # (B, V)
+        if self.config.logit_softcap:
+            logits = softcap(logits, self.config.logit_softcap)
+        return logits
 
 
 def row(table: torch.Tensor, pos) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """What only a CUDA machine can check; every test here is skipped where there is none.
 
-Mixed-precision training and exact resume on the GPU, torch.compile, the CUDA-graph decode
-step against the uncached path (exact tokens in fp32, close logits in bf16), torchrun with
-NCCL, and a damaged checkpoint refused before any kernel runs."""
+Mixed-precision training and exact resume on the GPU (also with every training lever and
+Muon), torch.compile, the CUDA-graph decode step against the uncached path (exact tokens in
+fp32, close logits in bf16; also with every lever), torchrun with NCCL, and a damaged
+checkpoint refused before any kernel runs."""
 import os
 import subprocess
 import sys
@@ -92,6 +93,32 @@ def test_graph_decoding_in_bf16_stays_close_to_fp32(exact_fp32):
     b = [t[0] for t in bf16.token_steps(ids, options)]
     agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
     assert agree >= 10, (a, b)
+
+
+LEVERS = dict(activation="relu2", qk_norm=True, tie_weights=False, logit_softcap=15.0)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_every_lever_and_muon_train_and_resume_in_mixed_precision(data, tmp_path, dtype):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = train(overrides=opts(data, tmp_path / "run", max_iters=20, dtype=dtype, optimizer="muon", **LEVERS), log=lambda s: None)
+    assert first.val_loss < 3.0
+    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]  # the qk-norm gain follows the activations' dtype
+    rest = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True, log=lambda s: None)
+    assert rest.step == 30 and ck.load_checkpoint(tmp_path / "run" / "latest.pt")["muon_optimizer"]["state"]
+
+
+def test_graph_decoding_with_every_lever_gives_the_uncached_tokens_in_fp32(exact_fp32):
+    model, tok, _ = train_tiny_model(**LEVERS)
+    gens = [Generator(model.to("cuda"), tok, torch.device("cuda"), torch.float32, static_decode=s) for s in (True, False)]
+    options = dict(max_new_tokens=60, temperature=1.0, seed=2, slide=4)
+    ids = gens[0].encode_prompt("the cat")
+    a = list(gens[0].token_steps(ids, SamplingOptions(**options), 3, sync_every=8))
+    b = list(gens[1].token_steps(ids, SamplingOptions(**options, use_kv_cache=False), 3))
+    assert a == b
 
 
 def test_a_damaged_checkpoint_is_refused_before_sampling_on_the_gpu(tmp_path):

@@ -198,6 +198,6 @@ def test_optimizer_options_given_on_resume_apply(data, tmp_path):
     state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
     cfg = resumed_config(state["train_config"], {"max_iters": 10, "weight_decay": 0.0, "beta2": 0.9})
     trainer = Trainer(cfg, Dist(), torch.device("cpu"), state, tmp_path / "run", log=lambda s: None)
-    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.0, 0.0]
-    assert all(g["betas"] == (0.9, 0.9) for g in trainer.optimizer.param_groups)
-    assert trainer.optimizer.state  # the moments themselves were restored
+    assert [g["weight_decay"] for g in trainer.optimizers.adamw.param_groups] == [0.0, 0.0]
+    assert all(g["betas"] == (0.9, 0.9) for g in trainer.optimizers.adamw.param_groups)
+    assert trainer.optimizers.adamw.state  # the moments themselves were restored

@@ -10,7 +10,7 @@ import sys
 
 from data_prep.command import Parser, run_command
 
-from ..config import DEFAULT_PATIENCE, TrainConfig
+from ..config import ACTIVATIONS, DEFAULT_PATIENCE, OPTIMIZERS, TrainConfig
 from .presets import PRESETS
 from .run import train
 
@@ -61,6 +61,11 @@ def build_parser() -> Parser:
     g.add_argument("--block-size", type=int, help=f"context length in tokens (default: {d.block_size})")
     g.add_argument("--dropout", type=float, help=f"dropout rate (default: {d.dropout})")
     g.add_argument("--bias", action="store_const", const=True, help="biases in linear and norm layers (default: none)")
+    g.add_argument("--activation", choices=ACTIVATIONS, help=f"the MLP's activation; relu2 is relu(x)^2 (default: {d.activation})")
+    g.add_argument("--qk-norm", action="store_const", const=True, help="RMS-normalise queries and keys per head, with a learned gain, before attention (default: off)")
+    g.add_argument("--no-tie-weights", dest="tie_weights", action="store_const", const=False,
+                   help="an output head of its own, started at zero, instead of the token embedding's matrix (default: tied)")
+    g.add_argument("--logit-softcap", type=float, metavar="C", help="squash logits to C * tanh(logits / C) in training, evaluation and sampling; 0 for none (default: 0)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help=f"sequences per micro-batch per process (default: {d.batch_size})")
     g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default: {d.grad_accum})")
@@ -70,10 +75,14 @@ def build_parser() -> Parser:
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr})")
     g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default: lr / 10)")
     g.add_argument("--warmup-iters", type=int, help=f"linear warmup steps (default: {d.warmup_iters})")
-    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices (default: {d.weight_decay})")
+    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices (with --optimizer muon: the embedding and head) (default: {d.weight_decay})")
     g.add_argument("--beta1", type=float, help=f"AdamW beta1 (default: {d.beta1})")
     g.add_argument("--beta2", type=float, help=f"AdamW beta2 (default: {d.beta2})")
     g.add_argument("--grad-clip", type=float, help=f"gradient norm clip, 0 for none (default: {d.grad_clip})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw for every weight, or muon (torch.optim.Muon, torch 2.9+) for the transformer blocks' "
+                   f"weight matrices with AdamW at --lr for embeddings, head, norms and biases (default: {d.optimizer})")
+    g.add_argument("--muon-lr", type=float, help=f"Muon's peak learning rate; warmup and decay follow --lr's schedule (default: {d.muon_lr})")
+    g.add_argument("--muon-weight-decay", type=float, help=f"Muon's decoupled weight decay, multiplied by its learning rate (default: {d.muon_weight_decay})")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--init-from", metavar="RUN", help="start from this run's model (a run folder: its best checkpoint, or a checkpoint file), "
                    "with a fresh optimizer and schedule, a lower learning rate (3e-4) and a short warmup; "

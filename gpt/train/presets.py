@@ -2,7 +2,7 @@
 TrainConfig's defaults, then a preset, then the options given explicitly."""
 from __future__ import annotations
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, ModelConfig, TrainConfig
 
 PRESETS: dict[str, dict] = {
     # The well-known "baby GPT" Shakespeare configuration, for GPUs: about 10.7M parameters,
@@ -29,7 +29,8 @@ PRESETS: dict[str, dict] = {
 FINETUNE = dict(lr=3e-4, min_lr=3e-5, warmup_iters=20, eval_interval=100)
 FINETUNE_LORA = dict(lr=2e-3, min_lr=2e-4, warmup_iters=20, eval_interval=100, weight_decay=0.0)
 SHAPE_FROM_MODEL = {"model": "kind", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "block_size",
-                    "pos": "pos", "bias": "bias", "dropout": "dropout"}
+                    "pos": "pos", "bias": "bias", "dropout": "dropout", "activation": "activation", "qk_norm": "qk_norm",
+                    "tie_weights": "tie_weights", "logit_softcap": "logit_softcap"}
 
 
 def default_preset(device_type: str, model: str | None = None) -> str:
@@ -52,7 +53,8 @@ def layered_config(preset: str, overrides: dict) -> TrainConfig:
 def finetune_config(preset: str, base_model: dict, overrides: dict) -> TrainConfig:
     """Defaults, the preset, the fine-tuning defaults, the base model's shape, then explicit
     options; an explicit option may not change the shape (dropout and a shorter context may)."""
-    shape = {option: base_model[field] for option, field in SHAPE_FROM_MODEL.items() if field in base_model}
+    base_model = ModelConfig.from_dict(base_model).to_dict()  # what a base saved before an option existed was built with
+    shape = {option: base_model[field] for option, field in SHAPE_FROM_MODEL.items()}
     fixed = [k for k in shape if k not in ("dropout", "block_size") and overrides.get(k) is not None and overrides[k] != shape[k]]
     if fixed:
         raise ConfigError(f"options {', '.join('--' + k.replace('_', '-') for k in fixed)} do not match the base model "

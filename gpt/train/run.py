@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Callable
 
 from .. import checkpoint as ck
-from ..config import MODEL_FIELDS, TrainConfig
+from ..config import MODEL_FIELDS, ModelConfig, TrainConfig
 from ..device import resolve_device
 from ..model import count_parameters
 from .distributed import Dist, init_distributed
 from .errors import TrainError
 from .base import Base
+from .optim import check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
 from .run_folder import RunFolder, default_run_dir
@@ -21,13 +22,23 @@ from .trainer import Trainer, TrainResult
 BUDGET_FIELDS = ("max_iters", "max_time")
 
 
+def saved_options(state: dict) -> dict:
+    """A checkpoint's training options; the model options of runs that predate them are read
+    from its model config (which the model is rebuilt from), not taken from today's defaults."""
+    model = ModelConfig.from_dict(state["model_config"]).to_dict()
+    predated = {k: model["kind" if k == "model" else k] for k in MODEL_FIELDS if k not in state["train_config"]}
+    return {**state["train_config"], **predated}
+
+
 def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
-    """The saved run's config with the options given now. The model's shape cannot change;
-    a budget given now (--max-iters, --max-time) replaces the saved budget as a whole."""
-    clash = [k for k in MODEL_FIELDS if overrides.get(k) is not None and overrides[k] != saved.get(k)]
+    """The saved run's config with the options given now. The model's shape and the
+    optimizer (whose saved state must fit) cannot change; a budget given now (--max-iters,
+    --max-time) replaces the saved budget as a whole."""
+    saved = {"optimizer": TrainConfig.optimizer, **saved}  # runs before --optimizer used AdamW
+    clash = [k for k in (*MODEL_FIELDS, "optimizer") if overrides.get(k) is not None and overrides[k] != saved.get(k)]
     if clash:
-        raise TrainError(f"options {', '.join('--' + k.replace('_', '-') for k in clash)} do not match the checkpoint's model "
-                         f"({', '.join(f'{k}={saved.get(k)}' for k in clash)})")
+        raise TrainError(f"options {', '.join('--' + k.replace('_', '-') for k in clash)} do not match the checkpoint "
+                         f"({', '.join(f'{k}={saved.get(k)}' for k in clash)}); a resumed run keeps its model and optimizer")
     values = dict(saved)
     if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
         values.update(dict.fromkeys(BUDGET_FIELDS))
@@ -61,7 +72,7 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
         if resume:
             run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
             resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
-            cfg = resumed_config(resume_state["train_config"], {**overrides, "out": str(run_dir)})
+            cfg = resumed_config(saved_options(resume_state), {**overrides, "out": str(run_dir)})
             if resume_state.get("lora"):  # its checkpoints hold the adapters: the base comes first
                 base = Base.from_reference(resume_state["lora"]["base"])
         else:
@@ -74,6 +85,7 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
         cfg.validate()
+        check_optimizer(cfg.optimizer)
         result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
     except BaseException:
         gc.collect()

@@ -33,7 +33,7 @@ from .batches import BatchSampler, BlockSizeError, fixed_windows
 from .distributed import Dist
 from .errors import NonFiniteLoss, TrainError
 from .metrics import LossWindow, MetricsLog, Throughput
-from .optim import learning_rate, make_optimizer
+from .optim import Optimizers, learning_rate
 from .progress import Progress
 from .rng import rng_state, set_rng_state
 from .signals import StopFlag
@@ -94,7 +94,7 @@ class Trainer:
             self.model.load_state_dict(base.state["model"])  # a resumed full fine-tuning run overwrites them below
         if cfg.lora:
             lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
+        self.optimizers = Optimizers(self.model, cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, math.inf
         self.best_step, self.stale_evals = None, 0  # evaluations since the best one
@@ -121,12 +121,7 @@ class Trainer:
                 lora.load_adapter_state(self.model, s["model"])
             else:
                 self.model.load_state_dict(s["model"])
-            own = [{k: g.get(k) for k in ("fused", "weight_decay", "betas")} for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(s["optimizer"])
-            # the saved groups carry the settings of the run that wrote them; the options given
-            # now (--weight-decay, --beta2 on resume) and this machine's fused choice apply
-            for g, settings in zip(self.optimizer.param_groups, own):
-                g.update(settings)
+            self.optimizers.load_state_dict(s)
             if s.get("scaler"):
                 self.scaler.load_state_dict(s["scaler"])
         except (RuntimeError, ValueError, KeyError, lora.LoRAError) as e:
@@ -149,7 +144,7 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "model": lora.adapter_state(self.model) if self.cfg.lora else ck.plain_state_dict(self.model),
             **self.lineage(),
-            "optimizer": self.optimizer.state_dict(),
+            **self.optimizers.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "step": self.step,
             "tokens": self.tokens,
@@ -200,8 +195,7 @@ class Trainer:
         return max(parts)
 
     def train_step(self, lr: float) -> torch.Tensor:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizers.set_lr(lr)
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
             x, y = self.sampler.next()
@@ -214,12 +208,7 @@ class Trainer:
                 loss = loss / self.cfg.grad_accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
-        if self.cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizers.step(self.scaler, self.cfg.grad_clip, self.model.parameters())
         return total
 
     def first_step(self, lr: float) -> torch.Tensor:
@@ -234,7 +223,7 @@ class Trainer:
             torch._dynamo.reset()
             self.forward_model = self.ddp if self.ddp is not None else self.model
             self.compiled = False
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizers.zero_grad()
             return self.train_step(lr)
 
     @torch.no_grad()
