@@ -143,9 +143,9 @@ def bpe_tokenizer_dict(specials: list[str], tokens: list[str], merges: list[str]
             for i, s in enumerate(specials)
         ],
         "normalizer": None,
-        "pre_tokenizer": BYTE_LEVEL,
+        "pre_tokenizer": dict(BYTE_LEVEL),  # copies: a caller may edit what it is given
         "post_processor": None,
-        "decoder": BYTE_LEVEL,
+        "decoder": dict(BYTE_LEVEL),
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -156,7 +156,7 @@ def bpe_tokenizer_dict(specials: list[str], tokens: list[str], merges: list[str]
             "byte_fallback": False,
             "ignore_merges": False,
             "vocab": {t: i for i, t in enumerate(vocab)},
-            "merges": merges,
+            "merges": list(merges),
         },
     }
 
