@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--vocab-from uses the base's vocabulary as it is; {', '.join(given)} cannot change it")
     char_only = [f"--{k.replace('_', '-')}" for k in CHAR_ONLY if vocab_options[k] is not None]
     if args.tokenizer == "bpe" and char_only:
-        parser.error(f"{', '.join(char_only)} shape a character vocabulary; a BPE is sized by --vocab-size")
+        parser.error(f"{', '.join(char_only)} {'is' if len(char_only) == 1 else 'are'} for --tokenizer char; a BPE is sized by --vocab-size")
     if args.vocab_size is not None and args.tokenizer != "bpe":
         parser.error("--vocab-size is for --tokenizer bpe; a character vocabulary is sized by --max-vocab")
     opts = PrepareOptions(
