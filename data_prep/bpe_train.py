@@ -12,6 +12,7 @@ have run gets the library's warning and loses its parallelism).
 from __future__ import annotations
 
 import json
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -37,7 +38,7 @@ def learn_bpe(scratches: list[ScratchIndex], val_tails: float | None, vocab_size
                                   show_progress=False)
     bar = tqdm(total=progress_chars, unit="char", unit_scale=True, desc="learning BPE", disable=progress_chars is None, leave=False,
                position=0)  # a worker inherits its parent's bars, whose places it must not keep
-    lib.train_from_iterator((bar.update(len(t)) or t for t in train_texts(scratches, val_tails)), trainer=trainer)
+    lib.train_from_iterator(counted(train_texts(scratches, val_tails), bar), trainer=trainer)
     bar.close()
     model = json.loads(lib.to_str())["model"]
     vocab = model["vocab"]
@@ -52,6 +53,12 @@ def learn_bpe(scratches: list[ScratchIndex], val_tails: float | None, vocab_size
         raise RuntimeError(f"the BPE trainer put {tokens[0]!r} first, not {EOT}")
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return BpeTokenizer([EOT], tokens[1:], merges)
+
+
+def counted(texts: Iterator[str], bar: tqdm) -> Iterator[str]:
+    for text in texts:
+        bar.update(len(text))
+        yield text
 
 
 class LearnBpe:

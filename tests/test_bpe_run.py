@@ -26,8 +26,9 @@ def run(tmp_path_factory):
     """A BPE folder and a run trained on it for 20 steps, all through the commands."""
     root = tmp_path_factory.mktemp("bpe-run")
     write_unicode_corpus(root / "corpus")
-    prep = run_cli("data_prep.cli", "corpus", "--out", "data", "--tokenizer", "bpe", "--vocab-size", "320", "--workers", "1", "--quiet", cwd=root)
-    assert prep.returncode == 0, prep.stderr
+    # two workers and progress bars: the BPE is learned in a worker, with its bar
+    prep = run_cli("data_prep.cli", "corpus", "--out", "data", "--tokenizer", "bpe", "--vocab-size", "320", "--workers", "2", cwd=root)
+    assert prep.returncode == 0 and "byte-level BPE of 320 tokens (63 merges learned on train)" in prep.stdout, prep.stderr
     train = run_cli("gpt.train", "--data", "data", "--out", "run", "--max-iters", "20", *TRAIN, cwd=root, timeout=300)
     assert train.returncode == 0, train.stderr
     return root
@@ -101,3 +102,11 @@ def test_a_sample_streams_byte_tokens_as_whole_characters_and_stops_inside_the_t
     out = [sample.push(i) for i in ids]
     assert [o for o in out if o] == ["ж", "🎉", " ", "한"]  # nothing until a character is complete
     assert sample.finish() == ""
+
+
+def test_an_export_of_a_bpe_run_keeps_its_tokenizer(run):
+    from gpt.export import export_safetensors, load_export
+
+    folder = export_safetensors(run / "run", run / "export")
+    _model, tok = load_export(folder)
+    assert tok.fingerprint() == data_prep.load(run / "data").tokenizer.fingerprint() and tok.kind == "bpe"
