@@ -127,10 +127,13 @@ class Place:
 class BpePass:
     """Pass 2 for a BPE (see the module docstring)."""
 
+    writing = "writing"  # what the writer's progress bar says: the encoding was done by count
+
     def __init__(self, tokenizer: BpeTokenizer):
         self.tokenizer = tokenizer
 
-    def count(self, units: list, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
+    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
+        """split -> each unit's tokens, by encoding it (its segments, `n_seg`, are among them)."""
         expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
         bar = tqdm(total=sum(r.scratch.chars for r in units), unit="char", unit_scale=True, desc="encoding", disable=not progress, leave=False)
         groups = list(grouped(range(len(units)), lambda i: units[i].scratch.chars + UNIT_COST, GROUP_CHARS))

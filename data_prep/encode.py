@@ -97,13 +97,13 @@ def segment_counts(units: list, val_tails: float | None) -> dict:
     return n_seg
 
 
-def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None, val_tails: float | None, workers: Workers) -> dict:
+def unit_tokens(tokenizer: CharTokenizer, units: list, n_seg: dict, unit_counts: list | None, workers: Workers) -> dict:
     """Tokens each unit will produce per split (characters, byte tokens, one end-of-text
-    token per segment), as split -> array. `unit_counts`: the units' per-split counts when
-    documents are split inside; else they are read back from the scratch trailers, by the
-    workers, and only where byte fallback makes a character more than one token (outside
-    ASCII)."""
-    expected = segment_counts(units, val_tails)
+    token per segment: `n_seg`), as split -> array. `unit_counts`: the units' per-split
+    counts when documents are split inside; else they are read back from the scratch
+    trailers, by the workers, and only where byte fallback makes a character more than one
+    token (outside ASCII)."""
+    expected = {s: n_seg[s].copy() for s in SPLITS}
     for i, r in enumerate(units):
         for s in SPLITS:
             expected[s][i] += r.chars[s] if unit_counts is None else tokenizer.token_lengths(*unit_counts[i][s])
@@ -170,11 +170,14 @@ class Encode:
 class CharPass:
     """Pass 2 for a character vocabulary (see the module docstring)."""
 
+    writing = "encoding"  # what the writer's progress bar says
+
     def __init__(self, tokenizer: CharTokenizer):
         self.tokenizer = tokenizer
 
-    def count(self, units: list, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
-        return unit_tokens(self.tokenizer, units, unit_counts, val_tails, workers)
+    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
+        """split -> each unit's tokens; `n_seg`: split -> each unit's segments (segment_counts)."""
+        return unit_tokens(self.tokenizer, units, n_seg, unit_counts, workers)
 
     def writer(self, writers: dict) -> "Encode":
         return Encode(self.tokenizer, writers)

@@ -149,9 +149,10 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
     tokenizer, in_vocab = _tokenizer(units, total, val_tails, opts, workers, base)
 
     # exact token counts per unit and split give each unit its place in the shards
-    segments = {s: int(n.sum()) for s, n in segment_counts(units, val_tails).items()}
+    n_seg = segment_counts(units, val_tails)
+    segments = {s: int(n.sum()) for s, n in n_seg.items()}
     pass2 = BpePass(tokenizer) if tokenizer.kind == "bpe" else CharPass(tokenizer)
-    expected = pass2.count(units, unit_counts, val_tails, workers, opts.progress)  # a BPE's frees the scratch
+    expected = pass2.count(units, n_seg, unit_counts, val_tails, workers, opts.progress)  # a BPE's frees the scratch
     running = {s: int(expected[s].sum()) for s in SPLITS}
     writers = {s: SplitWriter(tmp, s, running[s], opts.shard_tokens, tokenizer.dtype) for s in SPLITS}
     for w in writers.values():
@@ -161,8 +162,7 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
         EncodeJob(r.index, r.scratch, val_tails, {s: int(starts[s][i]) for s in SPLITS}, {s: int(expected[s][i]) for s in SPLITS})
         for i, r in enumerate(units)
     )
-    desc = "writing" if tokenizer.kind == "bpe" else "encoding"
-    bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc=desc, disable=not opts.progress, leave=False)
+    bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=not opts.progress, leave=False)
     for produced in workers.map(pass2.writer(writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
