@@ -23,8 +23,7 @@ def val_windows(data_dir: str, block_size: int, max_windows: int) -> tuple[torch
         raise SystemExit(f"the val split of {data_dir} is shorter than one window of {block_size + 1} tokens")
     x = torch.from_numpy(tokens[: n * block_size].reshape(n, block_size))
     y = torch.from_numpy(tokens[1 : n * block_size + 1].reshape(n, block_size))
-    meta = data.meta["splits"]["val"]
-    return x, y, meta["tokens"] / max(meta["characters"], 1)
+    return x, y, data.tokens_per_character("val")
 
 
 @torch.inference_mode()

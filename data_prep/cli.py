@@ -1,9 +1,10 @@
-"""`gpt-prepare`: turn a corpus into a character vocabulary and train/val token shards."""
+"""`gpt-prepare`: turn a corpus into a vocabulary (characters, or a byte-level BPE) and train/val token shards."""
 from __future__ import annotations
 
 import sys
 
 from .command import Parser, run_command
+from .options import CHAR_ONLY, TOKENIZERS
 from .prepare import PrepareOptions, prepare
 
 EPILOG = """
@@ -12,6 +13,9 @@ plain UTF-8 text, .xz/.gz/.bz2 compressed text, tar archives (plain or compresse
 like OpenWebText's urlsf_subset*.xz files), .json/.jsonl/.parquet files and datasets saved
 with datasets' save_to_disk (see --text-field). Each file, archive member or record is one
 document; documents are separated by an end-of-text token.
+
+--tokenizer bpe --vocab-size N learns a byte-level BPE of N tokens (the 256 byte tokens and
+<|endoftext|> included) on the training split, instead of a character vocabulary.
 
 --vocab-from RUN encodes the inputs with an existing model's vocabulary (a run folder, a
 checkpoint, a data folder or a tokenizer file), so `gpt-train --init-from RUN` can fine-tune
@@ -32,6 +36,8 @@ def build_parser() -> Parser:
     p.add_argument("--max-vocab", type=int, help=f"most tokens in the vocabulary, special and byte tokens included (default: {d.max_vocab})")
     p.add_argument("--min-char-count", type=int, help=f"characters seen fewer times than this in train are left out of the vocabulary (default: {d.min_char_count})")
     p.add_argument("--oov", choices=("byte", "unk"), help=f"characters outside the vocabulary: 'byte' encodes them losslessly as UTF-8 byte tokens, 'unk' as one unknown token (default: {d.oov})")
+    p.add_argument("--tokenizer", choices=TOKENIZERS, help=f"'char': one token per character (--max-vocab, --min-char-count, --oov); 'bpe': a byte-level BPE learned on the training split (--vocab-size) (default: {d.tokenizer})")
+    p.add_argument("--vocab-size", type=int, metavar="N", help="with --tokenizer bpe: tokens in all, the 256 byte tokens and <|endoftext|> included (more than 257)")
     p.add_argument("--vocab-from", metavar="RUN", help="use this run's vocabulary (run folder, checkpoint, data folder or tokenizer file) instead of building one, to fine-tune RUN on the inputs")
     p.add_argument("--text-field", default=d.text_field, help="text column of JSON/Parquet records and saved datasets (default: %(default)s)")
     p.add_argument("--shard-tokens", type=int, default=d.shard_tokens, help="most tokens per shard file (default: %(default)s)")
@@ -47,6 +53,11 @@ def format_summary(summary) -> str:
     for s in ("train", "val"):
         sp = m["splits"][s]
         lines.append(f"{s:>5}: {sp['documents']:,} documents, {sp['characters']:,} characters, {sp['tokens']:,} tokens in {len(sp['shards'])} shard(s)")
+    if m.get("tokenizer_kind") == "bpe":
+        per_char = ", ".join(f"{s} {m['splits'][s]['tokens_per_character']:.4f}" for s in ("train", "val"))
+        where = "on train" if m["bpe"]["learned_on"] == "train" else "by the base (--vocab-from)"
+        lines.append(f"vocabulary: byte-level BPE of {m['vocab_size']} tokens ({m['bpe']['merges']} merges learned {where}), {m['dtype']} ids; tokens per character: {per_char}")
+        return "\n".join(lines + tail_lines(summary))
     cov = m["coverage"]
     fallback = "byte fallback" if cov["byte_fallback"] else "unknown token" if cov["unknown_token"] else "no fallback needed"
     lines.append(f"vocabulary: {m['vocab_size']} tokens ({cov['vocabulary_characters']} of {cov['distinct_characters']} distinct characters, {fallback}), {m['dtype']} ids")
@@ -54,19 +65,30 @@ def format_summary(summary) -> str:
     out = cov.get("outside_characters")
     if out and out["distinct"]:
         lines.append(f"outside the vocabulary: {out['train']:,} train and {out['val']:,} val characters ({out['distinct']:,} distinct), encoded as {fallback}")
+    return "\n".join(lines + tail_lines(summary))
+
+
+def tail_lines(summary) -> list[str]:
+    m, lines = summary.meta, []
     sk = m["skipped"]
     lines.append(f"split by {m['split_mode']}; skipped {sk['files']} file(s) and {sk['members']} archive member(s); {sk['invalid_utf8_replaced']} invalid UTF-8 sequence(s) replaced")
     lines.append(f"{summary.text_bytes / 1e6:.1f} MB of text in {summary.seconds:.1f} s ({summary.mb_per_s:.1f} MB/s) -> {summary.out}")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    vocab_options = {"max_vocab": args.max_vocab, "min_char_count": args.min_char_count, "oov": args.oov}
+    vocab_options = {"max_vocab": args.max_vocab, "min_char_count": args.min_char_count, "oov": args.oov,
+                     "tokenizer": args.tokenizer, "vocab_size": args.vocab_size}
     given = [f"--{k.replace('_', '-')}" for k, v in vocab_options.items() if v is not None]
     if args.vocab_from is not None and given:
         parser.error(f"--vocab-from uses the base's vocabulary as it is; {', '.join(given)} cannot change it")
+    char_only = [f"--{k.replace('_', '-')}" for k in CHAR_ONLY if vocab_options[k] is not None]
+    if args.tokenizer == "bpe" and char_only:
+        parser.error(f"{', '.join(char_only)} {'is' if len(char_only) == 1 else 'are'} for --tokenizer char; a BPE is sized by --vocab-size")
+    if args.vocab_size is not None and args.tokenizer != "bpe":
+        parser.error("--vocab-size is for --tokenizer bpe; a character vocabulary is sized by --max-vocab")
     opts = PrepareOptions(
         val_fraction=args.val_fraction, **{k: v for k, v in vocab_options.items() if v is not None},
         text_field=args.text_field, shard_tokens=args.shard_tokens, workers=args.workers, strict=args.strict,

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .any_tokenizer import Tokenizer, tokenizer_from_dict
 from .errors import DataError, check_version, first_line
 from .shards import open_shard
-from .tokenizer import CharTokenizer
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 DATA_FORMAT = "gpt-prepared-data"
-DATA_VERSION = 1
+# a folder is written with the lowest version that describes it, so a toolkit from before BPE
+# reads character folders and refuses BPE ones with "upgrade the toolkit"
+DATA_VERSION = 2  # 2: "tokenizer_kind" and per-split "tokens_per_character" (BPE folders)
+DATA_VERSIONS = {"char": 1, "bpe": 2}
 SPLITS = ("train", "val")
 
 
@@ -26,7 +29,16 @@ SPLITS = ("train", "val")
 class PreparedData:
     path: Path
     meta: dict
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
+
+    def tokens_per_character(self, split: str) -> float:
+        """Tokens of the split per character of its text, end-of-text tokens included: the
+        factor that turns mean nats per token into bits per character (bpc = nats per token
+        x this / ln 2), so runs on different tokenizers compare. Recorded in meta.json for
+        BPE; a character folder (where it is one per character plus one per document end)
+        gives the same ratio from its token and character counts."""
+        info = self.meta["splits"][split]
+        return float(info.get("tokens_per_character", info["tokens"] / max(info["characters"], 1)))
 
     def split(self, name: str) -> list[np.ndarray]:
         """The split's token ids: one read-only memory-mapped array per shard."""
@@ -61,8 +73,21 @@ def load(path: str | Path) -> PreparedData:
         raise DataError(f"{path / META_FILE} is not a gpt-prepare metadata file")
     check_version(meta.get("version"), DATA_VERSION, f"data folder {path} (made by a newer gpt-prepare)")
     check_complete(meta, path / META_FILE)
-    tokenizer = CharTokenizer.from_dict(read_json(path / TOKENIZER_FILE, "tokenizer"))
+    tokenizer = tokenizer_from_dict(read_json(path / TOKENIZER_FILE, "tokenizer"))
+    check_tokenizer_matches(meta, tokenizer, path)
     return PreparedData(path=path, meta=meta, tokenizer=tokenizer)
+
+
+def check_tokenizer_matches(meta: dict, tokenizer: Tokenizer, path: Path) -> None:
+    """The tokenizer file is the one the shards were encoded with (a file replaced or edited
+    by hand would decode them into other text, or hold fewer ids than they use)."""
+    kind = meta.get("tokenizer_kind", "char")
+    again = f"prepare the data again (gpt-prepare ... --out {path} --force)"
+    if tokenizer.kind != kind:
+        raise DataError(f"{path / TOKENIZER_FILE} is a {tokenizer.kind} tokenizer but {path / META_FILE} says the shards were encoded with a {kind} one; {again}")
+    if isinstance(meta.get("vocab_size"), int) and meta["vocab_size"] != len(tokenizer):
+        raise DataError(f"{path / TOKENIZER_FILE} has {len(tokenizer)} tokens but {path / META_FILE} says {meta['vocab_size']}: "
+                        f"the tokenizer file no longer matches the shards; {again}")
 
 
 SPLIT_KEYS = {"tokens": int, "characters": int, "shards": list}

@@ -1,7 +1,13 @@
-"""Pass 2: a unit's stored code points mapped to token ids and written straight into their
-place in the shards, an end-of-text token after each segment (a document, or the train or
-val part of one). It works one scratch batch at a time, whatever the documents' lengths:
-a character-level tokenizer encodes a text in pieces exactly as it encodes it whole."""
+"""Pass 2: every unit's token count per split, which gives its place in the shards, then its
+ids written straight into that place, an end-of-text token after each segment (a document,
+or the train or val part of one). Two kinds of pass, one shape (`count`, then `writer`):
+
+- `CharPass` (here), for a character vocabulary: the counts come from the character counts
+  pass 1 made, without encoding; then the stored code points are mapped to ids one scratch
+  batch at a time, whatever the documents' lengths (a character-level tokenizer encodes a
+  text in pieces exactly as it encodes it whole).
+- `BpePass` (`bpe_encode`), for a BPE, whose counts are only known by encoding.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,23 +85,28 @@ def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO)
     return made
 
 
-def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None, val_tails: float | None, workers: Workers) -> tuple[dict, dict]:
-    """Tokens each unit will produce per split (characters, byte tokens, one end-of-text
-    token per segment), as split -> array; and the segments per split. `unit_counts`: the
-    units' per-split counts when documents are split inside; else they are read back from
-    the scratch trailers, by the workers, and only where byte fallback makes a character
-    more than one token (outside ASCII)."""
-    expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
-    segments = {s: 0 for s in SPLITS}
+def segment_counts(units: list, val_tails: float | None) -> dict:
+    """Segments (so end-of-text tokens) of each unit per split, as split -> array."""
+    n_seg = {s: np.zeros(len(units), np.int64) for s in SPLITS}
     for i, r in enumerate(units):
         if val_tails is None:
-            n_seg = {"train": r.documents - r.val_documents, "val": r.val_documents}
+            n_seg["train"][i], n_seg["val"][i] = r.documents - r.val_documents, r.val_documents
         else:
             seg_val = document_segments(r.scratch, val_tails)[0]
-            n_seg = {"train": len(seg_val) - int(seg_val.sum()), "val": int(seg_val.sum())}
+            n_seg["train"][i], n_seg["val"][i] = len(seg_val) - int(seg_val.sum()), int(seg_val.sum())
+    return n_seg
+
+
+def unit_tokens(tokenizer: CharTokenizer, units: list, n_seg: dict, unit_counts: list | None, workers: Workers) -> dict:
+    """Tokens each unit will produce per split (characters, byte tokens, one end-of-text
+    token per segment: `n_seg`), as split -> array. `unit_counts`: the units' per-split
+    counts when documents are split inside; else they are read back from the scratch
+    trailers, by the workers, and only where byte fallback makes a character more than one
+    token (outside ASCII)."""
+    expected = {s: n_seg[s].copy() for s in SPLITS}
+    for i, r in enumerate(units):
         for s in SPLITS:
-            expected[s][i] = n_seg[s] + (r.chars[s] if unit_counts is None else tokenizer.token_lengths(*unit_counts[i][s]))
-            segments[s] += n_seg[s]
+            expected[s][i] += r.chars[s] if unit_counts is None else tokenizer.token_lengths(*unit_counts[i][s])
     if unit_counts is None and tokenizer.oov == "byte":
         wide = [i for i, r in enumerate(units) if r.max_codepoint >= 0x80]
         groups = grouped(wide, lambda i: 1, 256)
@@ -103,7 +114,7 @@ def unit_tokens(tokenizer: CharTokenizer, units: list, unit_counts: list | None,
         for i, tokens in zip(wide, (t for group in counted for t in group)):
             for s, n in zip(SPLITS, tokens):
                 expected[s][i] += n - units[i].chars[s]  # byte tokens beyond one per character
-    return expected, segments
+    return expected
 
 
 class CountTokens:
@@ -154,3 +165,19 @@ class Encode:
             for w in self.writers.values():
                 w.close()
         return {s: sum(m[s] for m in made) for s in SPLITS}
+
+
+class CharPass:
+    """Pass 2 for a character vocabulary (see the module docstring)."""
+
+    writing = "encoding"  # what the writer's progress bar says
+
+    def __init__(self, tokenizer: CharTokenizer):
+        self.tokenizer = tokenizer
+
+    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
+        """split -> each unit's tokens; `n_seg`: split -> each unit's segments (segment_counts)."""
+        return unit_tokens(self.tokenizer, units, n_seg, unit_counts, workers)
+
+    def writer(self, writers: dict) -> "Encode":
+        return Encode(self.tokenizer, writers)

@@ -5,6 +5,14 @@ from dataclasses import dataclass
 
 from .errors import DataError
 
+TOKENIZERS = ("char", "bpe")
+BPE_SPECIALS = 1  # <|endoftext|>
+BPE_BASE = 256 + BPE_SPECIALS  # a byte-level BPE's tokens before any merge
+# options that only a character vocabulary has, and that only a BPE has: left out of a
+# folder's meta.json where they do not apply (so character folders' meta.json is as before)
+CHAR_ONLY = ("max_vocab", "min_char_count", "oov")
+BPE_ONLY = ("tokenizer", "vocab_size")
+
 
 @dataclass
 class PrepareOptions:
@@ -19,8 +27,22 @@ class PrepareOptions:
     force: bool = False
     progress: bool = True
     vocab_from: str | None = None  # a run folder, checkpoint or tokenizer file whose vocabulary to use
+    tokenizer: str = "char"  # "char": a character vocabulary; "bpe": a byte-level BPE learned on train
+    vocab_size: int | None = None  # a BPE's tokens, special and byte tokens included
 
     def validate(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise DataError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.vocab_from is not None and (self.tokenizer != "char" or self.vocab_size is not None):
+            raise DataError("--vocab-from uses the base's tokenizer as it is, character or BPE; --tokenizer and --vocab-size cannot change it")
+        if self.tokenizer == "char" and self.vocab_size is not None:
+            raise DataError("--vocab-size is for --tokenizer bpe; a character vocabulary is sized by --max-vocab")
+        if self.tokenizer == "bpe":
+            if self.vocab_size is None:
+                raise DataError("--tokenizer bpe needs --vocab-size N (the tokens to learn, the 256 byte tokens and <|endoftext|> included)")
+            if self.vocab_size <= BPE_BASE:
+                raise DataError(f"--vocab-size {self.vocab_size} is too small for a byte-level BPE: its 256 byte tokens and "
+                                f"<|endoftext|> take {BPE_BASE}; give at least {BPE_BASE + 1} to learn any merge")
         if not 0 < self.val_fraction < 1:
             raise DataError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.max_vocab < 2:

@@ -1,12 +1,15 @@
 """`prepare()`: corpus -> documents -> vocabulary -> train/val token shards.
 
-Pass 1 (parallel; the expensive part: decompression and parsing, `scan`) reads each unit of
-work (a file, or one member of an archive of archives), stores its documents' code points
-in a scratch file and returns per-split character counts. The vocabulary is built from the
-training counts; the counts also give every unit's exact token count, hence its place in
-each split. Pass 2 (parallel, pure numpy, `encode`) maps the scratch code points to ids
-and writes them straight into their place in the shards. All of it happens in a hidden
-temporary folder that is renamed into place only when complete.
+Pass 1 (parallel; the expensive part for characters: decompression and parsing, `scan`)
+reads each unit of work (a file, or one member of an archive of archives), stores its
+documents' code points in a scratch file and returns per-split character counts. The
+tokenizer comes next: a character vocabulary built from the training counts
+(`vocabulary`), or a byte-level BPE learned from the training text (`bpe_train`), or a
+base's (--vocab-from). Pass 2 (parallel, `encode`) counts every unit's tokens per split,
+which gives its place in the shards, then writes its ids there: for characters the counts
+come from pass 1's and the ids from a numpy lookup; a BPE encodes each unit first and
+copies its ids into place after (`bpe_encode`). All of it happens in a hidden temporary
+folder that is renamed into place only when complete.
 """
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .any_tokenizer import Tokenizer, tokenizer_from_json
 from .base_vocabulary import load_base_tokenizer
+from .bpe_encode import BpePass
+from .bpe_train import LearnBpe
 from .dataset import META_FILE, TOKENIZER_FILE
 from .discovery import Source, discover, display_name
-from .encode import Encode, EncodeJob, recount_text_split, unit_tokens
+from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
 from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
@@ -32,7 +38,7 @@ from .scan import Scan, make_units
 from .scratch import SPLITS
 from .shards import SplitWriter
 from .tally import Tally
-from .tokenizer import CharTokenizer, utf8_length
+from .tokenizer import utf8_length
 from .vocabulary import build_tokenizer, summed
 from .workers import Workers, grouped
 
@@ -122,7 +128,7 @@ def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers:
     return tally, tally.finish()
 
 
-def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers, base: CharTokenizer | None) -> Summary:
+def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers, base: Tokenizer | None) -> Summary:
     tally, warnings = _read_pass(sources, tmp / "work", opts, workers)
     units = [r for r in tally.units if r.documents]
     n_docs = sum(r.documents for r in units)
@@ -140,10 +146,13 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
     chars = {s: int(total[s].sum()) for s in SPLITS}
     if chars["train"] == 0 or chars["val"] == 0:
         raise DataError(f"the corpus is too small to split into train and val ({chars['train'] + chars['val']} characters)")
-    tokenizer, in_vocab = build_tokenizer(total, opts, base)
+    tokenizer, in_vocab = _tokenizer(units, total, val_tails, opts, workers, base)
 
     # exact token counts per unit and split give each unit its place in the shards
-    expected, segments = unit_tokens(tokenizer, units, unit_counts, val_tails, workers)
+    n_seg = segment_counts(units, val_tails)
+    segments = {s: int(n.sum()) for s, n in n_seg.items()}
+    pass2 = BpePass(tokenizer) if tokenizer.kind == "bpe" else CharPass(tokenizer)
+    expected = pass2.count(units, n_seg, unit_counts, val_tails, workers, opts.progress)  # a BPE's frees the scratch
     running = {s: int(expected[s].sum()) for s in SPLITS}
     writers = {s: SplitWriter(tmp, s, running[s], opts.shard_tokens, tokenizer.dtype) for s in SPLITS}
     for w in writers.values():
@@ -153,8 +162,8 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
         EncodeJob(r.index, r.scratch, val_tails, {s: int(starts[s][i]) for s in SPLITS}, {s: int(expected[s][i]) for s in SPLITS})
         for i, r in enumerate(units)
     )
-    bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc="encoding", disable=not opts.progress, leave=False)
-    for produced in workers.map(Encode(tokenizer, writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
+    bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=not opts.progress, leave=False)
+    for produced in workers.map(pass2.writer(writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
 
@@ -171,3 +180,16 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
     all_cps = np.flatnonzero(total["train"] + total["val"])
     text_bytes = int(((total["train"] + total["val"])[all_cps] * utf8_length(all_cps)).sum())
     return Summary(out=tmp, meta=meta, seconds=0.0, text_bytes=text_bytes, warnings=warnings)
+
+
+def _tokenizer(units: list, total: dict, val_tails: float | None, opts: PrepareOptions, workers: Workers,
+               base: Tokenizer | None) -> tuple[Tokenizer, np.ndarray | None]:
+    """The tokenizer, and (for a character vocabulary) which code points it holds: a base's as
+    it is, a BPE learned from the training text, or characters from the training counts."""
+    if base is not None and base.kind == "bpe":
+        return base, None
+    if base is None and opts.tokenizer == "bpe":
+        train_chars = int(total["train"].sum())
+        learned = workers.run(LearnBpe(val_tails, opts.vocab_size, train_chars if opts.progress else None), [r.scratch for r in units])
+        return tokenizer_from_json(learned), None
+    return build_tokenizer(total, opts, base)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ def smallest_dtype(n_tokens: int) -> np.dtype:
 
 @dataclass
 class CharTokenizer:
+    kind: ClassVar[str] = "char"
     chars: list[str]
     oov: str = "byte"  # byte | unk | error: what happens to a character outside `chars`
     specials: list[str] = field(default_factory=lambda: [EOT])
@@ -145,6 +146,9 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode_array(t) for t in texts]
+
     # -- decoding ------------------------------------------------------------------------
     def piece(self, token_id: int) -> bytes:
         if self._pieces is None:
@@ -222,9 +226,10 @@ class CharTokenizer:
 
 
 class IncrementalDecoder:
-    """Turns ids into text one id at a time, holding back incomplete UTF-8 sequences."""
+    """Turns ids into text one id at a time, holding back incomplete UTF-8 sequences (a byte
+    token, or a BPE token that ends inside a character): only whole characters come out."""
 
-    def __init__(self, tokenizer: CharTokenizer):
+    def __init__(self, tokenizer):  # any tokenizer with piece(id) -> bytes
         self.tokenizer = tokenizer
         self._dec = codecs.getincrementaldecoder("utf-8")("replace")
 

@@ -1,4 +1,6 @@
-"""The tokenizer file: a character vocabulary written as a Hugging Face `tokenizers` JSON.
+"""The tokenizer file: a vocabulary written as a Hugging Face `tokenizers` JSON, of one of
+two kinds (`file_kind`): a character vocabulary, or a byte-level BPE (`bpe_tokenizer_dict`,
+below the character part).
 
 A character vocabulary with byte fallback is a model the library already has: a BPE with
 no merges, whose vocabulary is the special tokens, the characters and the 256 byte tokens
@@ -42,6 +44,14 @@ def byte_token(b: int) -> str:
 def is_hf_tokenizer(d: dict) -> bool:
     """A Hugging Face tokenizer file (else our first format, `{"kind": "char", ...}`)."""
     return isinstance(d, dict) and isinstance(d.get("model"), dict)
+
+
+def file_kind(d: dict) -> str:
+    """"bpe" for a byte-level BPE file, else "char" (a character vocabulary in either format,
+    or something that is neither, which the character reader then refuses by name). The
+    pre-tokenizer decides, not the merges: a BPE that learned no merge is still byte-level."""
+    pre = d.get("pre_tokenizer") if is_hf_tokenizer(d) else None
+    return "bpe" if isinstance(pre, dict) and pre.get("type") == "ByteLevel" else "char"
 
 
 def char_tokenizer_dict(specials: list[str], chars: list[str], oov: str) -> dict:
@@ -100,3 +110,86 @@ def read_char_tokenizer(d: dict) -> tuple[list[str], list[str], str]:
     if byte_fallback and tokens[len(tokens) - 256 :] != [byte_token(b) for b in range(256)]:
         raise DataError("tokenizer file is inconsistent: byte fallback needs the 256 byte tokens <0x00>..<0xFF> last, in order")
     return specials, chars, oov
+
+
+# -- byte-level BPE ------------------------------------------------------------------------
+# GPT-2's convention, which the library's ByteLevel pre-tokenizer and decoder follow: text is
+# split into words by a regular expression, each word's UTF-8 bytes are written as printable
+# characters (one per byte, below), and BPE merges those. No normalizer: the text reaches
+# the model as it is. The JSON is written here, as for characters, so the same merges always
+# give the same bytes; merges are "a b" strings, which every library version reads (a
+# byte-level token never holds a space: the space byte is written "Ġ").
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """Byte -> the printable character that stands for it in byte-level tokens (GPT-2's
+    table: printable Latin-1 bytes stand for themselves, the rest are moved above U+00FF)."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
+
+
+def bpe_tokenizer_dict(specials: list[str], tokens: list[str], merges: list[str]) -> dict:
+    """The library's JSON for special tokens (ids 0..k-1), then `tokens` (byte-level strings,
+    the 256 single bytes among them), with `merges` ("a b", in the order they were learned)."""
+    vocab = [*specials, *tokens]
+    return {
+        "version": HF_FORMAT_VERSION,
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            for i, s in enumerate(specials)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": dict(BYTE_LEVEL),  # copies: a caller may edit what it is given
+        "post_processor": None,
+        "decoder": dict(BYTE_LEVEL),
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(vocab)},
+            "merges": list(merges),
+        },
+    }
+
+
+def read_bpe_tokenizer(d: dict) -> tuple[list[str], list[str], list[str]]:
+    """(special tokens, other tokens in id order, merges as "a b") of a byte-level BPE file;
+    a file edited by hand into something our shards could not have come from is a DataError
+    naming what is wrong."""
+    model = d["model"]
+    if model.get("type") != "BPE" or d.get("normalizer") or d.get("decoder", {}).get("type") != "ByteLevel":
+        raise DataError("tokenizer file is not a byte-level BPE: it needs a BPE model, no normalizer and the ByteLevel decoder")
+    if {k: d["pre_tokenizer"].get(k) for k in BYTE_LEVEL} != BYTE_LEVEL:
+        raise DataError(f"tokenizer file's ByteLevel pre-tokenizer has other settings than {BYTE_LEVEL}, which its ids were made with")
+    if model.get("unk_token") is not None or model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise DataError("tokenizer file is inconsistent: a byte-level BPE has no unknown token, byte fallback or word affixes")
+    vocab = model["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise DataError("tokenizer file is inconsistent: its token ids are not 0..N-1, each once")
+    added = sorted(d.get("added_tokens") or [], key=lambda a: a["id"])
+    specials = [a["content"] for a in added]
+    if [a["id"] for a in added] != list(range(len(added))) or tokens[: len(specials)] != specials:
+        raise DataError("tokenizer file is inconsistent: its special tokens are not the first ids of its vocabulary")
+    rest = tokens[len(specials) :]
+    alphabet = set(byte_level_alphabet().values())
+    if not alphabet <= set(rest):
+        raise DataError("tokenizer file is inconsistent: a byte-level BPE needs all 256 byte tokens")
+    stray = next((t for t in rest if not t or not set(t) <= alphabet), None)
+    if stray is not None:
+        raise DataError(f"tokenizer file is inconsistent: token {stray!r} is not made of byte-level characters")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    for m in merges:
+        a, _, b = m.partition(" ")
+        if a not in vocab or b not in vocab or a + b not in vocab:
+            raise DataError(f"tokenizer file is inconsistent: merge {m!r} joins tokens that are not in its vocabulary")
+    return specials, rest, merges

@@ -27,6 +27,10 @@ class Workers:
         while pending:
             yield pending.popleft().result()
 
+    def run(self, fn: Callable, job):
+        """fn(job) in one worker process (here when there are none)."""
+        return fn(job) if self.pool is None else self.pool.submit(fn, job).result()
+
     def __enter__(self) -> "Workers":
         return self
 

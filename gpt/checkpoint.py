@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep import CharTokenizer, DataError
+from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
 
 from .config import ConfigError, ModelConfig
@@ -159,7 +159,7 @@ def load_base(ref: dict) -> dict:
     return load_checkpoint(path)
 
 
-def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, CharTokenizer]:
+def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, Tokenizer]:
     """The model (in eval mode, on `device`) and tokenizer a checkpoint describes. A LoRA
     run's checkpoint holds adapters only: its base is loaded and the adapters merged in."""
     if state.get("lora"):
@@ -176,7 +176,7 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, C
     try:
         cfg = ModelConfig.from_dict(state["model_config"])
         model = build_model(cfg)
-        tokenizer = CharTokenizer.from_json(state["tokenizer"])
+        tokenizer = tokenizer_from_json(state["tokenizer"])  # a character vocabulary or a BPE
     except (KeyError, TypeError, ConfigError, DataError) as e:
         raise CheckpointError(f"checkpoint is missing or has a bad model description ({e})") from None
     if len(tokenizer) != cfg.vocab_size:
@@ -192,6 +192,6 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, C
     return model.to(device).eval(), tokenizer
 
 
-def write_run_files(run_dir: Path, config: dict, tokenizer: CharTokenizer) -> None:
+def write_run_files(run_dir: Path, config: dict, tokenizer: Tokenizer) -> None:
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
     atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_json())

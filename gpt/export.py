@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep import CharTokenizer, DataError
+from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
 
 from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
@@ -111,7 +111,7 @@ def is_export(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / WEIGHTS).is_file()
 
 
-def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, CharTokenizer]:
+def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, Tokenizer]:
     """The model (in eval mode, on `device`) and tokenizer of an export folder."""
     folder = Path(folder)
     try:
@@ -126,7 +126,7 @@ def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, Char
     try:
         cfg = ModelConfig.from_dict(config["model"])
         model = build_model(cfg)
-        tokenizer = CharTokenizer.from_json((folder / TOKENIZER).read_text(encoding="utf-8"))
+        tokenizer = tokenizer_from_json((folder / TOKENIZER).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportError(f"export {folder} has no {TOKENIZER}") from None
     except (KeyError, TypeError, ValueError, ConfigError, DataError, OSError) as e:

@@ -55,6 +55,35 @@ def prepared(tmp: Path, **corpus_kw) -> Path:
     return out
 
 
+# syllables that make words: accents, a combining mark, CJK and an emoji (a 4-byte character),
+# so BPE tokens end inside characters and words are many (the corpus supports ~4,000 tokens)
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "zu", "é", "ñö", "東", "京", "語", "🙂", "e\u0301"]
+
+
+def unicode_document(rng: random.Random, index: int) -> str:
+    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(20, 120))]
+    lines = [" ".join(words[i : i + 10]) for i in range(0, len(words), 10)]
+    return f"Doc {index}: " + "\n".join(lines) + ".\n"
+
+
+def write_unicode_corpus(folder: Path, n_docs: int = 150, seed: int = 0) -> Path:
+    """Documents of made-up words in several scripts: text for a BPE to learn a few hundred
+    tokens from, with multi-byte characters everywhere."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        (folder / f"doc{i:03d}.txt").write_text(unicode_document(rng, i), encoding="utf-8")
+    return folder
+
+
+def prepared_bpe(tmp: Path, vocab_size: int = 320, **options) -> Path:
+    """write_unicode_corpus prepared with a byte-level BPE of `vocab_size` tokens."""
+    out = tmp / "bpe-data"
+    prepare([write_unicode_corpus(tmp / "unicode-corpus")], out,
+            PrepareOptions(workers=1, progress=False, tokenizer="bpe", vocab_size=vocab_size, **options))
+    return out
+
+
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` (a command: data_prep.cli, gpt.train, gpt.sample) with this
     checkout's packages, as a user would run it."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_prep import CharTokenizer
+from data_prep import Tokenizer
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_dtype
@@ -59,7 +59,7 @@ class LoadedRun:
     name: str
     checkpoint: Path
     model: torch.nn.Module | None  # None once it has been scored and let go
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     device: torch.device
     context: int
     parameters: int

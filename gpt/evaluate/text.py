@@ -6,7 +6,9 @@ token, and the stream starts with one, so the first character is predicted from 
 context as every document's first character in training. Characters outside the
 vocabulary are counted (and a few named); they are scored as the tokenizer encodes them
 (their UTF-8 byte tokens, or the unknown token), or, with a tokenizer that has no fallback,
-left out of the score and counted as left out.
+left out of the score and counted as left out. A byte-level BPE has every character inside
+(as its bytes at worst); its ids depend on where a document is cut, so a document is cut
+only where they do not (`data_prep.pieces`), and a text scores as gpt-prepare encodes it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typing import Iterator
 import numpy as np
 
 import data_prep
-from data_prep import CharTokenizer
+from data_prep import Tokenizer
+from data_prep.pieces import safe_pieces
 from data_prep.tokenizer import codepoints
 
 from .errors import EvalError
@@ -96,25 +99,31 @@ class TokenStream:
 
 
 class TextStream(TokenStream):
-    def __init__(self, paths: list[str], tokenizer: CharTokenizer, text_field: str = "text"):
+    def __init__(self, paths: list[str], tokenizer: Tokenizer, text_field: str = "text"):
         super().__init__(describe_paths(paths))
         self.paths, self.tokenizer, self.text_field = paths, tokenizer, text_field
-        vocab = np.array([ord(c) for c in tokenizer.chars], dtype=np.int64)
-        # code point -> in the vocabulary; the last slot is False and catches every larger one
-        self.inside = np.zeros(int(vocab.max(initial=0)) + 2, dtype=bool)
-        self.inside[vocab] = True
-        self.oov_left_out = tokenizer.oov == "error"
+        self.inside = None  # a BPE: every character is inside
+        if tokenizer.kind == "char":
+            vocab = np.array([ord(c) for c in tokenizer.chars], dtype=np.int64)
+            # code point -> in the vocabulary; the last slot is False and catches every larger one
+            self.inside = np.zeros(int(vocab.max(initial=0)) + 2, dtype=bool)
+            self.inside[vocab] = True
+            self.oov_left_out = tokenizer.oov == "error"
 
     def chunks(self) -> Iterator[np.ndarray]:
         eot = np.array([self.tokenizer.eot_id], dtype=np.int64)
         yield eot
         for _name, texts in read_documents(self.paths, self.notes, self.text_field):
             self.notes.documents += 1
-            for text in texts:
+            # characters encode alike however the text is cut; a BPE's ids only where safe_pieces cuts
+            for text in (texts if self.inside is not None else safe_pieces(texts)):
                 yield self.encode(text)
             yield eot
 
     def encode(self, text: str) -> np.ndarray:
+        if self.inside is None:
+            self.characters += len(text)
+            return self.tokenizer.encode_array(text).astype(np.int64)
         cps = codepoints(text)
         inside = self.inside.take(cps, mode="clip")
         outside = cps[~inside]
@@ -156,7 +165,7 @@ def describe_paths(paths: list[str]) -> str:
     return names + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-def open_split(folder: str | Path, name: str, tokenizer: CharTokenizer) -> SplitStream:
+def open_split(folder: str | Path, name: str, tokenizer: Tokenizer) -> SplitStream:
     """A prepared split, refused when it was encoded with another vocabulary than the model's."""
     data = data_prep.load(folder)
     if data.tokenizer.fingerprint() != tokenizer.fingerprint():

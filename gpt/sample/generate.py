@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from data_prep import CharTokenizer, DataError
+from data_prep import DataError, Tokenizer
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_device, resolve_dtype
@@ -45,7 +45,7 @@ class Generator:
     With `quantize="int8"` the linear layers then keep int8 weights (`gpt.quantize`), a
     quarter of the bytes to read per token; the model is modified in place."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: CharTokenizer, device: torch.device, dtype: torch.dtype,
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
                  quantize: str | None = None, static_decode: bool | None = None, compile: bool = False):
         """`static_decode`: decode through the fixed-shape step (`SampledStep`), replayed as a
         CUDA graph on a GPU; None chooses it on CUDA, or where `compile` is asked for (on a CPU

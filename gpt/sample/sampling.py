@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from data_prep import CharTokenizer
+from data_prep import Tokenizer
 from data_prep.errors import UserError
 
 
@@ -158,7 +158,7 @@ class SampleText:
     """One sample's text as its tokens arrive: whole characters only, ended by the
     end-of-text token (unless told to go on) or by a stop string."""
 
-    def __init__(self, tokenizer: CharTokenizer, options: SamplingOptions):
+    def __init__(self, tokenizer: Tokenizer, options: SamplingOptions):
         self.decoder = tokenizer.incremental_decoder()
         self.stop = StopText(options.stop)
         self.eot_id = tokenizer.eot_id if options.stop_at_eot else None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import data_prep
-from data_prep import CharTokenizer
+from data_prep import tokenizer_from_json
 from data_prep.errors import first_line
 
 from .. import checkpoint as ck
@@ -75,7 +75,7 @@ class Trainer:
                 raise TrainError(f"data folder {cfg.data} has a different vocabulary from the checkpoint's; resume with the data the run was trained on")
         elif base is not None:
             self.model_cfg = ModelConfig.from_dict({**base.state["model_config"], "dropout": cfg.dropout})
-            if CharTokenizer.from_json(base.state["tokenizer"]).fingerprint() != self.tokenizer.fingerprint():
+            if tokenizer_from_json(base.state["tokenizer"]).fingerprint() != self.tokenizer.fingerprint():
                 raise TrainError(f"data folder {cfg.data} has a different vocabulary from the base model's; prepare the new text "
                                  f"with its vocabulary: gpt-prepare NEW_TEXT --vocab-from {cfg.init_from}")
         else:
@@ -87,8 +87,8 @@ class Trainer:
             self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows, vocab_size=vocab)
         except BlockSizeError as e:
             raise TrainError(str(e)) from None
-        val_meta = self.data.meta["splits"]["val"]
-        self.tokens_per_char = val_meta["tokens"] / max(val_meta["characters"], 1)
+        # mean nats per token x tokens per character = nats per character, whatever the tokenizer
+        self.tokens_per_char = self.data.tokens_per_character("val")
         self.model = build_model(self.model_cfg).to(device)
         if base is not None:
             self.model.load_state_dict(base.state["model"])  # a resumed full fine-tuning run overwrites them below

@@ -1,0 +1,30 @@
+"""A tokenizer file of either kind, read into the right class: the one place that turns a
+tokenizer file's content (from a data folder, a run folder, a checkpoint or an export) into
+a tokenizer, so every command accepts both kinds and the files written before BPE existed."""
+from __future__ import annotations
+
+import json
+from typing import Union
+
+from .bpe import BpeTokenizer
+from .errors import DataError, first_line
+from .tokenizer import CharTokenizer
+from .tokenizer_file import file_kind
+
+Tokenizer = Union[CharTokenizer, BpeTokenizer]
+KINDS = {"char": CharTokenizer, "bpe": BpeTokenizer}
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    """The tokenizer a file's content describes, of the kind the file holds (see file_kind)."""
+    if not isinstance(d, dict):
+        raise DataError(f"tokenizer JSON is malformed (a {type(d).__name__}, not an object)")
+    return KINDS[file_kind(d)].from_dict(d)
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    try:
+        d = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise DataError(f"tokenizer JSON is malformed ({first_line(e)})") from None
+    return tokenizer_from_dict(d)

@@ -1,0 +1,149 @@
+"""Pass 2 for a BPE: a unit's token counts are only known once it is encoded, so the pass
+runs the other way round from the character one (`encode.CharPass`):
+
+- `count`: each worker reads a unit's scratch back as text (`scratch_text`), encodes it in
+  batches of documents with the library's parallel `encode_batch`, and appends the ids to
+  the unit's token files, one per split (`NNNNNNN.train.ids`, `.val.ids`, in the shards' id
+  type), an end-of-text token after each segment; the code point scratch is freed as soon
+  as the unit is encoded. The counts are the files' lengths.
+- `writer`: with every unit's counts known, and so its place, each unit's token files are
+  copied into the shards and removed.
+
+The token files take the id type's bytes per token (2, for up to 65,536 tokens), about a
+third of the code point scratch they replace, so disk use does not grow.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .any_tokenizer import tokenizer_from_json
+from .bpe import BpeTokenizer
+from .encode import EncodeJob
+from .scratch import SPLITS, ScratchIndex
+from .scratch_text import segment_pieces
+from .workers import Workers, grouped
+
+BATCH_CHARS = 1 << 20  # characters handed to one encode_batch call (the library's threads share them)
+COPY_TOKENS = 1 << 22  # tokens copied into the shards at a time
+GROUP_CHARS = 1 << 21  # units go to a worker in groups of about this many characters
+UNIT_COST = 1 << 15  # a unit's fixed cost, in characters
+
+
+def ids_path(scratch: ScratchIndex, split: str) -> Path:
+    return scratch.path.with_name(f"{scratch.path.stem}.{split}.ids")
+
+
+def encode_unit(scratch: ScratchIndex, val_tails: float | None, tok: BpeTokenizer) -> tuple[int, int]:
+    """Encode one unit into its token files; returns its (train, val) token counts."""
+    dtype = tok.dtype.newbyteorder("<")
+    eot = np.array([tok.eot_id], np.int32)
+    counts = dict.fromkeys(SPLITS, 0)
+    batch: list[tuple[str, str | None]] = []  # (split, text); None: an end-of-text token
+    outs = {s: open(ids_path(scratch, s), "wb") for s in SPLITS}
+
+    def flush() -> None:
+        ids = iter(tok.encode_batch([t for _s, t in batch if t is not None]))
+        parts = {s: [] for s in SPLITS}
+        for split, text in batch:
+            parts[split].append(eot if text is None else next(ids))
+        for s in SPLITS:
+            if parts[s]:
+                a = np.concatenate(parts[s]).astype(dtype)
+                outs[s].write(a.tobytes())
+                counts[s] += len(a)
+        batch.clear()
+
+    try:
+        chars = 0
+        with scratch.open() as f:
+            for in_val, pieces in segment_pieces(scratch, val_tails, f):
+                split = SPLITS[in_val]
+                for piece in pieces:
+                    batch.append((split, piece))
+                    chars += len(piece)
+                    if chars >= BATCH_CHARS:
+                        flush()
+                        chars = 0
+                batch.append((split, None))
+        flush()
+    finally:
+        for out in outs.values():
+            out.close()
+    scratch.path.unlink()  # done with it: frees the disk now, and in parallel, not at the end
+    return counts["train"], counts["val"]
+
+
+@lru_cache(maxsize=1)
+def _tokenizer(spec: str) -> BpeTokenizer:
+    return tokenizer_from_json(spec)  # once per worker process, not once per group
+
+
+class EncodeUnits:
+    """`count` over a group of units, as a picklable callable for the worker processes."""
+
+    def __init__(self, tokenizer: BpeTokenizer, val_tails: float | None):
+        self.tokenizer, self.val_tails = tokenizer.to_json(), val_tails
+
+    def __call__(self, group: list[ScratchIndex]) -> list[tuple[int, int]]:
+        tok = _tokenizer(self.tokenizer)
+        return [encode_unit(scratch, self.val_tails, tok) for scratch in group]
+
+
+class Place:
+    """`writer` over a group of jobs: each unit's token files copied into its place in the
+    shards, then removed."""
+
+    def __init__(self, writers: dict):
+        self.writers = writers
+
+    def __call__(self, group: list[EncodeJob]) -> dict:
+        made = dict.fromkeys(SPLITS, 0)
+        try:
+            for job in group:
+                for s in SPLITS:
+                    made[s] += self.copy(job, s)
+        finally:
+            for w in self.writers.values():
+                w.close()
+        return made
+
+    def copy(self, job: EncodeJob, split: str) -> int:
+        path, writer = ids_path(job.scratch, split), self.writers[split]
+        n = os.path.getsize(path) // writer.dtype.itemsize
+        if n != job.expected[split]:
+            raise RuntimeError(f"unit {job.index}: {split} holds {n} tokens, expected {job.expected[split]}")
+        with open(path, "rb") as f:
+            for start in range(0, n, COPY_TOKENS):
+                writer.write_at(job.offsets[split] + start, np.fromfile(f, writer.dtype.newbyteorder("<"), COPY_TOKENS))
+        path.unlink()
+        return n
+
+
+class BpePass:
+    """Pass 2 for a BPE (see the module docstring)."""
+
+    writing = "writing"  # what the writer's progress bar says: the encoding was done by count
+
+    def __init__(self, tokenizer: BpeTokenizer):
+        self.tokenizer = tokenizer
+
+    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
+        """split -> each unit's tokens, by encoding it (its segments, `n_seg`, are among them)."""
+        expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
+        bar = tqdm(total=sum(r.scratch.chars for r in units), unit="char", unit_scale=True, desc="encoding", disable=not progress, leave=False)
+        groups = list(grouped(range(len(units)), lambda i: units[i].scratch.chars + UNIT_COST, GROUP_CHARS))
+        counted = workers.map(EncodeUnits(self.tokenizer, val_tails), ([units[i].scratch for i in g] for g in groups))
+        for group, counts in zip(groups, counted):
+            for i, (train, val) in zip(group, counts):
+                expected["train"][i], expected["val"][i] = train, val
+                bar.update(units[i].scratch.chars)
+        bar.close()
+        return expected
+
+    def writer(self, writers: dict) -> Place:
+        return Place(writers)
