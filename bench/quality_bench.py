@@ -167,6 +167,7 @@ def main() -> None:
     p.add_argument("--reference", type=Path, metavar="PATH", help="a karpathy/nanoGPT checkout to run (copied, not modified)")
     p.add_argument("--ours-args", default="", metavar="ARGS", help="options for our gpt-train, in one string (default: none, the cpu-small preset)")
     p.add_argument("--max-time", type=float, default=FIXED["wall_s_range"][1], help="our budget without --reference (default: %(default)s s)")
+    p.add_argument("--keep-reference", type=Path, metavar="DIR", help="keep the reference's run in DIR, and reuse it when DIR already holds one (for sweeping our options on one corpus)")
     p.add_argument("--reference-iters", type=int, default=REFERENCE_ITERS, help="reference iterations; fewer only to check this script")
     args = p.parse_args()
     text = args.corpus.read_text(encoding="utf-8")
@@ -176,9 +177,16 @@ def main() -> None:
         result = {"machine": describe(), "corpus": str(args.corpus), "corpus_characters": len(text)}
         ref_model = None
         if args.reference:
-            copy = reference_copy(args.reference, tmp, args.corpus)
-            reference = {"source": f"karpathy/nanoGPT checkout {args.reference}", "commit": git_commit(args.reference),
-                         **train_reference(copy, args.reference_iters)}
+            kept = args.keep_reference / "reference.json" if args.keep_reference else None
+            if kept is not None and kept.is_file():  # a sweep: the reference ran once, on this corpus
+                copy, reference = args.keep_reference / "reference", json.loads(kept.read_text(encoding="utf-8"))
+                notes.append(f"the reference's run was kept from an earlier run of this script ({kept})")
+            else:
+                copy = reference_copy(args.reference, args.keep_reference or tmp, args.corpus)
+                reference = {"source": f"karpathy/nanoGPT checkout {args.reference}", "commit": git_commit(args.reference),
+                             **train_reference(copy, args.reference_iters)}
+                if kept is not None:
+                    kept.write_text(json.dumps(reference), encoding="utf-8")
             ref_model = reference_model(copy)
             budget = reference["wall_s"]
             if args.reference_iters != REFERENCE_ITERS:

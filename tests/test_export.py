@@ -58,7 +58,7 @@ def test_the_files_load_with_safetensors_alone_and_match_the_config(exported, ru
 
 
 def test_gpt_sample_reads_an_export_folder(exported, run):
-    r = run_cli("gpt.sample", "--ckpt", exported, "--prompt", "the", "--seed", "1", "--max-new-tokens", "30", "--no-echo")
+    r = run_cli("gpt.sample", "--ckpt", exported, "--prompt", "the", "--seed", "1", "--max-new-tokens", "30", "--no-echo", "--device", "cpu")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout == Generator.load(run, "cpu", "fp32").generate("the", SamplingOptions(max_new_tokens=30, seed=1))[0] + "\n"
 

@@ -142,7 +142,9 @@ def workdir(tmp_path_factory, tiny) -> Path:
 
 def cli(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gpt.sample", *args], cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
+    # int8 is a CPU path: pinned, so that a CUDA machine runs the same command
+    return subprocess.run([sys.executable, "-m", "gpt.sample", "--device", "cpu", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env=env)
 
 
 # name -> (arguments, extra environment, fragments of the one error line)
