@@ -57,6 +57,14 @@ def file_kind(d: dict) -> str:
 def char_tokenizer_dict(specials: list[str], chars: list[str], oov: str) -> dict:
     """The library's JSON for special tokens, then characters, then (oov "byte") byte tokens."""
     tokens = [*specials, *chars, *(byte_token(b) for b in range(256) if oov == "byte")]
+    return hf_bpe_file(specials, tokens, [], pre_tokenizer=None, decoder=DECODER,
+                       unk_token=UNK if oov == "unk" else None, byte_fallback=oov == "byte")
+
+
+def hf_bpe_file(specials: list[str], vocab: list[str], merges: list[str], pre_tokenizer: dict | None, decoder: dict,
+                unk_token: str | None = None, byte_fallback: bool = False) -> dict:
+    """A `tokenizers` file of a BPE model over `vocab` (ids in list order, the special tokens
+    first): what the character vocabulary (no merges) and the byte-level BPE share."""
     return {
         "version": HF_FORMAT_VERSION,
         "truncation": None,
@@ -66,20 +74,20 @@ def char_tokenizer_dict(specials: list[str], chars: list[str], oov: str) -> dict
             for i, s in enumerate(specials)
         ],
         "normalizer": None,
-        "pre_tokenizer": None,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": None,
-        "decoder": DECODER,
+        "decoder": decoder,
         "model": {
             "type": "BPE",
             "dropout": None,
-            "unk_token": UNK if oov == "unk" else None,
+            "unk_token": unk_token,
             "continuing_subword_prefix": None,
             "end_of_word_suffix": None,
             "fuse_unk": False,
-            "byte_fallback": oov == "byte",
+            "byte_fallback": byte_fallback,
             "ignore_merges": False,
-            "vocab": {t: i for i, t in enumerate(tokens)},
-            "merges": [],
+            "vocab": {t: i for i, t in enumerate(vocab)},
+            "merges": list(merges),
         },
     }
 
@@ -133,32 +141,8 @@ def byte_level_alphabet() -> dict[int, str]:
 def bpe_tokenizer_dict(specials: list[str], tokens: list[str], merges: list[str]) -> dict:
     """The library's JSON for special tokens (ids 0..k-1), then `tokens` (byte-level strings,
     the 256 single bytes among them), with `merges` ("a b", in the order they were learned)."""
-    vocab = [*specials, *tokens]
-    return {
-        "version": HF_FORMAT_VERSION,
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-            for i, s in enumerate(specials)
-        ],
-        "normalizer": None,
-        "pre_tokenizer": dict(BYTE_LEVEL),  # copies: a caller may edit what it is given
-        "post_processor": None,
-        "decoder": dict(BYTE_LEVEL),
-        "model": {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": None,
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": False,
-            "byte_fallback": False,
-            "ignore_merges": False,
-            "vocab": {t: i for i, t in enumerate(vocab)},
-            "merges": list(merges),
-        },
-    }
+    # copies of BYTE_LEVEL: a caller may edit what it is given
+    return hf_bpe_file(specials, [*specials, *tokens], merges, pre_tokenizer=dict(BYTE_LEVEL), decoder=dict(BYTE_LEVEL))
 
 
 def read_bpe_tokenizer(d: dict) -> tuple[list[str], list[str], list[str]]:
