@@ -289,6 +289,27 @@ def test_bad_lever_values_give_one_clear_line(data, tmp_path, args, fragment):
     assert not (tmp_path / "r").exists()
 
 
+def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given():
+    from gpt.train.muon import Muon, newton_schulz_dtype
+
+    torch.manual_seed(0)
+    theirs = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32, 96))]
+    ours = [torch.nn.Parameter(w.detach().clone()) for w in theirs]
+    fp32 = [torch.nn.Parameter(w.detach().clone()) for w in theirs]
+    options = dict(lr=0.02, weight_decay=0.01, adjust_lr_fn="original")
+    optimizers = [torch.optim.Muon(theirs, **options), Muon(ours, torch.bfloat16, **options), Muon(fp32, torch.float32, **options)]
+    for _ in range(4):
+        grads = [torch.randn_like(w) for w in theirs]
+        for group in (theirs, ours, fp32):
+            for w, g in zip(group, grads):
+                w.grad = g.clone()
+        for opt in optimizers:
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(theirs, ours))  # bf16: torch's arithmetic exactly
+    assert all(0 < (a - b).abs().max() < 1e-2 for a, b in zip(theirs, fp32))  # fp32: the same method, finer
+    assert newton_schulz_dtype(torch.device("cpu")) == torch.float32
+
+
 def test_muon_where_torch_lacks_it_is_one_clear_line(data, tmp_path, monkeypatch, capsys):
     monkeypatch.delattr(torch.optim, "Muon")
     code = train_main(["--data", str(data), "--out", str(tmp_path / "r"), "--device", "cpu", "--max-iters", "2", "--quiet", "--optimizer", "muon"])

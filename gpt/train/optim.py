@@ -53,6 +53,8 @@ class Optimizers:
         self.muon = None
         if cfg.optimizer == "muon":
             check_optimizer("muon")
+            from .muon import Muon, newton_schulz_dtype  # it subclasses torch's, which older torch lacks
+
             hidden = hidden_matrices(model)
             taken = {id(p) for p in hidden}
             params = [p for p in params if id(p) not in taken]
@@ -60,7 +62,8 @@ class Optimizers:
             # "original" scales each matrix's rate by sqrt(max(1, rows / columns)), as the
             # speed-run records that use lr 0.02 do. Muon's decoupled decay is multiplied by its
             # rate, several times AdamW's, so it has its own option (default none, as in those records)
-            self.muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay, adjust_lr_fn="original")
+            self.muon = Muon(hidden, newton_schulz_dtype(device), lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
+                             adjust_lr_fn="original")
         self.adamw = adamw(params, cfg.lr, cfg.weight_decay, betas, device)
         self.muon_scale = cfg.muon_lr / cfg.lr
 

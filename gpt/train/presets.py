@@ -2,6 +2,8 @@
 TrainConfig's defaults, then a preset, then the options given explicitly."""
 from __future__ import annotations
 
+import torch
+
 from ..config import ConfigError, ModelConfig, TrainConfig
 
 PRESETS: dict[str, dict] = {
@@ -12,9 +14,12 @@ PRESETS: dict[str, dict] = {
     # The best model found for a few minutes of a 2-core CPU (a sweep of 140 s runs on Tiny
     # Shakespeare, in the README): in so little time many small steps beat fewer large ones,
     # so the model is small, the context short, the learning rate high, and no dropout.
+    # Muon for the hidden matrices: 13-19% lower held-out loss than the reference's CPU
+    # configuration in its own wall time on four corpora, against 6-11% with AdamW alone
+    # (README, "Measured")
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=24, dropout=0.0,
                       lr=5e-3, min_lr=5e-4, warmup_iters=50, max_iters=None, max_time=600, eval_interval=250,
-                      eval_windows=256, beta2=0.99),
+                      eval_windows=256, beta2=0.99, optimizer="muon"),
     # The small reference configuration used by the throughput benchmark.
     "bench": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,
                   lr=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000, eval_interval=250, beta2=0.99),
@@ -26,8 +31,9 @@ PRESETS: dict[str, dict] = {
 
 # Fine-tuning starts from a trained model: a lower learning rate and a short warmup keep
 # what it knows; adapters (LoRA) start at zero and take a higher rate, without weight decay.
-FINETUNE = dict(lr=3e-4, min_lr=3e-5, warmup_iters=20, eval_interval=100)
-FINETUNE_LORA = dict(lr=2e-3, min_lr=2e-4, warmup_iters=20, eval_interval=100, weight_decay=0.0)
+# fine-tuning keeps to AdamW: Muon's rate is set for training from scratch, and it cannot train adapters
+FINETUNE = dict(lr=3e-4, min_lr=3e-5, warmup_iters=20, eval_interval=100, optimizer="adamw")
+FINETUNE_LORA = dict(lr=2e-3, min_lr=2e-4, warmup_iters=20, eval_interval=100, weight_decay=0.0, optimizer="adamw")
 SHAPE_FROM_MODEL = {"model": "kind", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "block_size",
                     "pos": "pos", "bias": "bias", "dropout": "dropout", "activation": "activation", "qk_norm": "qk_norm",
                     "tie_weights": "tie_weights", "logit_softcap": "logit_softcap"}
@@ -47,7 +53,14 @@ def layered_config(preset: str, overrides: dict) -> TrainConfig:
         raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     values = {**PRESETS[preset], "preset": preset}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("optimizer") == "muon" and overrides.get("optimizer") is None and not muon_fits(values):
+        values["optimizer"] = "adamw"  # a preset's choice, not the user's: where Muon cannot run, AdamW does
     return TrainConfig.from_dict(values)
+
+
+def muon_fits(values: dict) -> bool:
+    """Whether a preset's Muon can train this run: torch has it, and there are weight matrices."""
+    return hasattr(torch.optim, "Muon") and values.get("model", "gpt") != "bigram" and not values.get("lora")
 
 
 def finetune_config(preset: str, base_model: dict, overrides: dict) -> TrainConfig:
