@@ -221,14 +221,15 @@ def test_resumed_run_matches_uninterrupted_run_with_each_lever(data, tmp_path, l
 
 
 def test_resuming_with_another_optimizer_or_shape_is_refused(data, tmp_path):
-    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3, optimizer="adamw"), log=lambda s: None)
     for option in ({"optimizer": "muon"}, {"qk_norm": True}, {"logit_softcap": 5.0}):
         with pytest.raises(TrainError, match="--" + next(iter(option)).replace("_", "-")):
             train(overrides={"out": str(tmp_path / "run"), "progress": False, "max_iters": 6, **option}, resume=True, log=lambda s: None)
 
 
 def test_a_run_saved_before_the_options_existed_resumes_with_its_own_model(data, tmp_path):
-    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3), log=lambda s: None)
+    # such a run trained with AdamW, the only optimizer there was
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3, optimizer="adamw"), log=lambda s: None)
     latest = tmp_path / "run" / "latest.pt"
     state = ck.load_checkpoint(latest)
     for name in ("activation", "qk_norm", "tie_weights", "logit_softcap"):
@@ -316,3 +317,13 @@ def test_muon_where_torch_lacks_it_is_one_clear_line(data, tmp_path, monkeypatch
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert code == 1 and len(err) == 1 and err[0].startswith("gpt-train: error: --optimizer muon needs torch.optim.Muon")
     assert not (tmp_path / "r").exists()
+
+
+def test_the_cpu_preset_trains_with_muon_and_falls_back_to_adamw_where_muon_cannot_run(monkeypatch):
+    from gpt.train.presets import layered_config
+
+    assert layered_config("cpu-small", {}).optimizer == "muon"
+    assert layered_config("cpu-small", {"optimizer": "adamw"}).optimizer == "adamw"
+    assert layered_config("cpu-small", {"model": "bigram"}).optimizer == "adamw"
+    monkeypatch.delattr(torch.optim, "Muon")
+    assert layered_config("cpu-small", {}).optimizer == "adamw"
