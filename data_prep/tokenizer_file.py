@@ -92,6 +92,20 @@ def hf_bpe_file(specials: list[str], vocab: list[str], merges: list[str], pre_to
     }
 
 
+def vocabulary_in_id_order(d: dict) -> tuple[list[str], list[str]]:
+    """(every token in id order, the special tokens) of a tokenizer file, checked: ids are
+    0..N-1, each once, and the special tokens hold the first ids."""
+    vocab = d["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise DataError("tokenizer file is inconsistent: its token ids are not 0..N-1, each once")
+    added = sorted(d.get("added_tokens") or [], key=lambda a: a["id"])
+    specials = [a["content"] for a in added]
+    if [a["id"] for a in added] != list(range(len(added))) or tokens[: len(specials)] != specials:
+        raise DataError("tokenizer file is inconsistent: its special tokens are not the first ids of its vocabulary")
+    return tokens, specials
+
+
 def read_char_tokenizer(d: dict) -> tuple[list[str], list[str], str]:
     """(special tokens, characters, oov mode) of a character tokenizer file; anything that is
     not one (edited by hand, or another kind of model) is a DataError naming what is wrong."""
@@ -100,14 +114,7 @@ def read_char_tokenizer(d: dict) -> tuple[list[str], list[str], str]:
         raise DataError(f"tokenizer file holds a {model.get('type')} model with merges, not a character vocabulary")
     if d.get("normalizer") or d.get("pre_tokenizer"):
         raise DataError("tokenizer file has a normalizer or pre-tokenizer; a character vocabulary has neither")
-    vocab = model["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
-    if [vocab[t] for t in tokens] != list(range(len(tokens))):
-        raise DataError("tokenizer file is inconsistent: its token ids are not 0..N-1, each once")
-    added = sorted(d.get("added_tokens") or [], key=lambda a: a["id"])
-    specials = [a["content"] for a in added]
-    if [a["id"] for a in added] != list(range(len(added))) or tokens[: len(specials)] != specials:
-        raise DataError("tokenizer file is inconsistent: its special tokens are not the first ids of its vocabulary")
+    tokens, specials = vocabulary_in_id_order(d)
     byte_fallback, unk = bool(model.get("byte_fallback")), model.get("unk_token")
     if byte_fallback and unk is not None:
         raise DataError("tokenizer file has both byte fallback and an unknown token")
@@ -156,14 +163,7 @@ def read_bpe_tokenizer(d: dict) -> tuple[list[str], list[str], list[str]]:
         raise DataError(f"tokenizer file's ByteLevel pre-tokenizer has other settings than {BYTE_LEVEL}, which its ids were made with")
     if model.get("unk_token") is not None or model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise DataError("tokenizer file is inconsistent: a byte-level BPE has no unknown token, byte fallback or word affixes")
-    vocab = model["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
-    if [vocab[t] for t in tokens] != list(range(len(tokens))):
-        raise DataError("tokenizer file is inconsistent: its token ids are not 0..N-1, each once")
-    added = sorted(d.get("added_tokens") or [], key=lambda a: a["id"])
-    specials = [a["content"] for a in added]
-    if [a["id"] for a in added] != list(range(len(added))) or tokens[: len(specials)] != specials:
-        raise DataError("tokenizer file is inconsistent: its special tokens are not the first ids of its vocabulary")
+    tokens, specials = vocabulary_in_id_order(d)
     rest = tokens[len(specials) :]
     alphabet = set(byte_level_alphabet().values())
     if not alphabet <= set(rest):
@@ -172,6 +172,7 @@ def read_bpe_tokenizer(d: dict) -> tuple[list[str], list[str], list[str]]:
     if stray is not None:
         raise DataError(f"tokenizer file is inconsistent: token {stray!r} is not made of byte-level characters")
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    vocab = model["vocab"]
     for m in merges:
         a, _, b = m.partition(" ")
         if a not in vocab or b not in vocab or a + b not in vocab:
