@@ -300,6 +300,10 @@ class Trainer:
                 # training always ends with an evaluation (unless this step just had one)
                 if val_loss is None or self.step % cfg.eval_interval:
                     val_loss = self.evaluate_and_save()
+                elif stopped_by == "max_time":
+                    # this step's checkpoint was written before the clock ran out: write the time
+                    # spent, or a resume would find budget left and train on
+                    self.save(val_loss)
             elif stopped_by != "patience":  # a signal or a request: checkpoint where we are, quickly
                 self.save(None)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
