@@ -219,3 +219,27 @@ def test_data_from_a_newer_format_is_refused(data, tmp_path):
     (newer / "meta.json").write_text(json.dumps({**meta, "version": 99}))
     proc = run_cli("gpt.train", "--data", str(newer), "--out", str(tmp_path / "r"), "--max-iters", "1", "--quiet")
     assert_one_line_error(proc, "gpt-train", "newer")
+
+
+def test_a_time_budget_that_runs_out_just_after_an_evaluation_is_recorded_as_spent(data, tmp_path, monkeypatch):
+    """Step 10's evaluation saves at 0.9 s of a 1 s budget; the clock passes 1 s before step 11.
+    The last checkpoint must say the budget is spent, or a resume would train on."""
+    from gpt.train.trainer import Trainer
+
+    clock = {"s": 0.0}  # a clock the test moves, not the machine's
+    train_step, save = Trainer.train_step, Trainer.save
+
+    def timed_step(self, lr):
+        clock["s"] += 0.09
+        return train_step(self, lr)
+
+    def slow_save(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        clock["s"] += 0.2
+
+    monkeypatch.setattr(Trainer, "elapsed", lambda self: clock["s"])
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(Trainer, "save", slow_save)
+    result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=None, max_time=1.0, eval_interval=10), log=lambda s: None)
+    assert result.stopped_by == "max_time" and result.step == 10
+    assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["elapsed"] >= 1.0
