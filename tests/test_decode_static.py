@@ -6,7 +6,6 @@ import torch
 
 from gpt.kv_cache import KVCache
 from gpt.sample import Generator, SamplingOptions
-from gpt.sample.static_decode import StaticDecoder
 from tests.support import one_thread, train_tiny_model  # noqa: F401 (a fixture)
 
 
@@ -38,13 +37,12 @@ def test_the_static_step_matches_the_plain_decode_step_logit_for_logit(trained):
     with torch.inference_mode():
         model(prompt, cache=plain)
         model(prompt, cache=fixed)
-        step = StaticDecoder(model, fixed, 2, torch.device("cpu"), use_graph=False)
-        for t in range(8):
-            token = torch.tensor([t, t + 1])
+        for pos in range(5, 13):
+            token = torch.tensor([pos, pos + 1])
             expected = model.decode(token, plain)
-            got = step(token, fixed.length)
+            got = model.decode(token, fixed, pos=torch.tensor(pos))  # the caller keeps fixed.length
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-            assert fixed.length == plain.length
+            assert plain.length == pos + 1  # the plain step wrote where the static one did
 
 
 def test_positions_after_the_current_one_are_masked_out(trained):
@@ -58,8 +56,8 @@ def test_positions_after_the_current_one_are_masked_out(trained):
         prompt = torch.tensor([[1, 2, 3]])
         model(prompt, cache=clean)
         model(prompt, cache=dirty)
-        a = StaticDecoder(model, clean, 1, torch.device("cpu"), use_graph=False)(torch.tensor([4]), 3)
-        b = StaticDecoder(model, dirty, 1, torch.device("cpu"), use_graph=False)(torch.tensor([4]), 3)
+        a = model.decode(torch.tensor([4]), clean, pos=torch.tensor(3))
+        b = model.decode(torch.tensor([4]), dirty, pos=torch.tensor(3))
     torch.testing.assert_close(a, b)
 
 
@@ -79,3 +77,19 @@ def test_the_static_step_reads_nothing_back_to_the_host(trained):
             model.decode(torch.tensor([4]), cache, pos=torch.tensor(3))
     reads = [e.key for e in prof.key_averages() if e.key in ("aten::_local_scalar_dense", "aten::item")]
     assert reads == []
+
+
+def test_a_decode_step_that_fails_to_compile_samples_eagerly_with_a_warning(trained, monkeypatch):
+    model, tok = trained
+    options = SamplingOptions(max_new_tokens=30, temperature=1.0, seed=4)
+    eager = tokens(model, tok, options, static=True)
+
+    def broken_compile(fn, **kwargs):
+        def run():
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    gen = Generator(model, tok, torch.device("cpu"), torch.float32, compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed .RuntimeError: no C.. compiler.; sampling without it"):
+        assert list(gen.token_steps(gen.encode_prompt("the cat"), options)) == eager

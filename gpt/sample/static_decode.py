@@ -10,13 +10,18 @@ tests compare against the uncached path, and the graph replays exactly these ope
 
 `SampledStep` records more than the model: the step reads its input token from the ids
 buffer, samples the next one from pre-drawn noise and writes it back, and moves its own
-counters, so a whole token costs the host one replay and no read back.
+counters, so a whole token costs the host one replay and no read back. The cache write at
+the position is idempotent (the same key and value at the same place), so the warm-up runs
+before capture, whose counters are put back, change nothing.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
+
+from data_prep.errors import first_line
 
 from ..kv_cache import KVCache
 from .sampling import sample_next
@@ -55,26 +60,6 @@ class Replay:
             self.out = self.fn()
 
 
-class StaticDecoder:
-    """Next-token logits (B, V) for tokens (B,) at window position `pos`, through fixed
-    input buffers; `use_graph` records the step as a CUDA graph on its first call. The
-    cache write at `pos` is idempotent (the same key and value at the same place), so the
-    warm-up runs before capture change nothing."""
-
-    def __init__(self, model: torch.nn.Module, cache: KVCache, batch: int, device: torch.device, use_graph: bool):
-        self.model, self.cache = model, cache
-        self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
-        self.pos = torch.zeros((), dtype=torch.long, device=device)
-        self.step = Replay(lambda: self.model.decode(self.tokens, self.cache, pos=self.pos), use_graph and device.type == "cuda")
-
-    def __call__(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        self.tokens.copy_(tokens)
-        self.pos.fill_(pos)
-        out = self.step()
-        self.cache.length = pos + 1
-        return out
-
-
 class SampledStep:
     """One whole token on the device: the input is ids[:, n-1] at window position `pos`, the
     sample is drawn with noise[slot] and written to ids[:, n], then n, pos and slot move on.
@@ -93,7 +78,7 @@ class SampledStep:
         # compiled, the step's small element-wise kernels (norms, residual adds, the
         # activation, the sampling arithmetic) fuse into a few: fewer kernels for the GPU to
         # run one after another, at the price of compiling it first (tens of seconds)
-        step = torch.compile(self._step, dynamic=False) if compile else self._step
+        step = compiled_or_eager(self._step) if compile else self._step
         self.replay = Replay(step, use_graph and device.type == "cuda", self._restore)
 
     def sync(self, n: int, pos: int, slot: int) -> None:
@@ -120,3 +105,22 @@ class SampledStep:
         self.n.add_(1)
         self.pos.add_(1)
         self.slot.add_(1).remainder_(self.period)
+
+
+def compiled_or_eager(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn` compiled on its first call; where compiling fails (no C++ compiler for a CPU, an
+    operation the compiler does not take), a warning and `fn` as it is, as training does.
+    A failed compile runs nothing, so the step's counters have not moved."""
+    chosen = [torch.compile(fn, dynamic=False)]
+
+    def run():
+        try:
+            return chosen[0]()
+        except Exception as e:
+            if chosen[0] is fn:
+                raise
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); sampling without it")
+            chosen[0] = fn
+            return fn()
+
+    return run
