@@ -15,6 +15,8 @@ from .scratch import ScratchIndex
 
 
 def as_text(cps: np.ndarray) -> str:
+    if cps.dtype == np.uint8:  # one byte a character: these are Latin-1's
+        return cps.tobytes().decode("latin-1")
     return cps.astype("<u4", copy=False).tobytes().decode("utf-32-le")
 
 

@@ -27,7 +27,7 @@ def test_unicode_text_round_trips_losslessly_through_byte_fallback(tmp_path, pre
 
 def test_text_read_in_many_chunks_and_batches_round_trips(tmp_path, prepare_data, read_documents, monkeypatch):
     # chunks of 1000 bytes split multi-byte characters; batches of 700 characters mix
-    # 16-bit and 32-bit scratch storage
+    # 8-, 16- and 32-bit scratch storage
     monkeypatch.setattr(decode, "CHUNK_BYTES", 1000)
     monkeypatch.setattr(scratch_module, "BATCH_CHARS", 700)
     text = (UNICODE + "plain ascii filler line without astral characters\n" * 20) * 30
@@ -35,6 +35,26 @@ def test_text_read_in_many_chunks_and_batches_round_trips(tmp_path, prepare_data
     _, data = prepare_data(tmp_path / "big.txt", max_vocab=280)
     (train,), (val,) = read_documents(data, "train"), read_documents(data, "val")
     assert train + val == text
+
+
+@pytest.mark.parametrize("n", [(1 << 17) + 1, 1 << 18])  # odd and even: counted in pairs
+def test_one_byte_code_points_counted_in_pairs_match_bincount(n):
+    cps = np.random.default_rng(n).integers(0, 256, n).astype(np.uint8)
+    counts, top = scratch_module.count(cps), int(cps.max()) + 1
+    assert np.array_equal(counts[:top], np.bincount(cps)) and not counts[top:].any()
+
+
+def test_a_batch_of_one_byte_characters_is_stored_one_byte_each(tmp_path):
+    writer = scratch_module.ScratchWriter(tmp_path / "unit.cp", 0.1)
+    for text in ("plain ascii and Latin-1: café", "wider: € and 🙂"):
+        writer.start_document(True)
+        writer.add(text)
+        writer.end_document()
+        writer.flush()  # one batch per document
+    index, _counts = writer.close()
+    assert index.batches[:, 2].tolist() == [1, 4]
+    read = "".join(b.astype("<u4").tobytes().decode("utf-32-le") for b in index.blocks())
+    assert read == "plain ascii and Latin-1: café" + "wider: € and 🙂"
 
 
 def test_a_single_file_is_split_inside_its_text_last_tenth_to_val(tmp_path, prepare_data, read_documents):
