@@ -1,16 +1,25 @@
 """Training benchmarks on CPU, printed as JSON.
 
-    python bench/train_bench.py [--corpus tinyshakespeare.txt] [--quality-time 140] [--skip-quality]
+    python bench/train_bench.py [--corpus tinyshakespeare.txt] [--reference NANOGPT_CHECKOUT]
+                                [--compile] [--repeat R] [--quality-time 140] [--skip-quality]
 
-throughput: tokens/s of the 4-layer, 4-head, 128-channel model (context 64, batch 12), and
-its model FLOPs utilisation against this machine's fp32 matmul peak measured in the same
-run. quality: val loss after --quality-time seconds of `gpt-train --preset cpu-small`,
+throughput: tokens/s of the 4-layer, 4-head, 128-channel model (context 64, batch 12: the
+reference's CPU Shakespeare configuration, our `bench` preset), and its model FLOPs
+utilisation against this machine's fp32 matmul peak measured in the same run. With
+--reference (a karpathy/nanoGPT checkout, copied, never modified) the reference trains the
+same configuration in the same run, taking turns with ours --repeat times, and the JSON
+gives ours over the reference: both are the median of per-step times after a fifth of the
+steps for warm-up (the reference prints each iteration's time; ours logs tokens/s every 10
+steps). quality: val loss after --quality-time seconds of `gpt-train --preset cpu-small`,
 with the loss curve. bigram: val loss of the bigram baseline.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +31,7 @@ from gpt.config import ModelConfig
 from gpt.model import build_model, count_parameters, flops_per_token
 from gpt.train import train
 from machine import describe
+from quality_bench import REFERENCE_ARGS, REFERENCE_CONFIG, reference_copy, run
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
@@ -45,13 +55,25 @@ def metrics(run: Path) -> list[dict]:
 def throughput(data: Path, tmp: Path, steps: int, compile_: bool) -> dict:
     out = tmp / f"throughput-{'compiled' if compile_ else 'eager'}"
     train("bench", {"data": str(data), "out": str(out), "device": "cpu", "max_iters": steps, "eval_interval": 10**9,
-                    "log_interval": 10, "progress": False, "compile": compile_}, log=lambda s: None)
+                    "log_interval": 10, "progress": False, "compile": compile_}, overwrite=True, log=lambda s: None)
     logged = [r for r in metrics(out) if "tokens_per_s" in r]
     steady = logged[len(logged) // 5 :]  # the first fifth: warm-up (and compilation)
-    tokens_per_s = sum(r["tokens_per_s"] for r in steady) / len(steady)
     cfg = ModelConfig(vocab_size=json.loads((data / "meta.json").read_text())["vocab_size"], block_size=64, n_layer=4, n_head=4, n_embd=128)
     n_params = count_parameters(build_model(cfg))
-    return {"tokens_per_s": round(tokens_per_s), "flops_per_token": flops_per_token(cfg, n_params), "params": n_params}
+    return {"tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)), "flops_per_token": flops_per_token(cfg, n_params),
+            "params": n_params}
+
+
+def reference_throughput(copy: Path, steps: int) -> float:
+    """The reference's tokens/s in its CPU configuration: the median of its per-iteration
+    times after a fifth for warm-up (it evaluates at iteration 0 only)."""
+    args = [*REFERENCE_ARGS, f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--eval_interval={10 * steps}",
+            f"--out_dir={copy / 'out-throughput'}"]
+    log, _wall = run([sys.executable, "train.py", REFERENCE_CONFIG, *args], cwd=copy)
+    ms = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", log, re.M)]
+    if len(ms) < 10:
+        raise SystemExit(f"train_bench: the reference printed {len(ms)} iteration times; is {copy} a nanoGPT checkout?")
+    return 12 * 64 / (statistics.median(ms[len(ms) // 5 :]) / 1000)
 
 
 def main() -> None:
@@ -61,6 +83,8 @@ def main() -> None:
     p.add_argument("--quality-time", type=float, default=140)
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--compile", action="store_true", help="also measure throughput with torch.compile")
+    p.add_argument("--reference", type=Path, metavar="PATH", help="a karpathy/nanoGPT checkout, run side by side (copied, not modified)")
+    p.add_argument("--repeat", type=int, default=1, help="turns each side takes; the best of each is compared (default: 1)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
@@ -68,11 +92,24 @@ def main() -> None:
         prepare([args.corpus], data, PrepareOptions(workers=1, progress=False))
         peak = matmul_peak()
         result = {"machine": {**describe(), "fp32_matmul_peak_gflops": round(peak, 1)}}
-        for compile_ in ([False, True] if args.compile else [False]):
-            t = throughput(data, tmp, args.steps, compile_)
+        copy = reference_copy(args.reference, tmp, args.corpus) if args.reference else None
+        runs: dict[str, list] = {}
+        for _turn in range(args.repeat):  # the sides take turns, so a busy spell hits both
+            if copy is not None:
+                runs.setdefault("reference", []).append(reference_throughput(copy, args.steps))
+            for compile_ in ([False, True] if args.compile else [False]):
+                runs.setdefault("throughput_compiled" if compile_ else "throughput", []).append(throughput(data, tmp, args.steps, compile_))
+        for name, turns in runs.items():
+            if name == "reference":
+                result["reference"] = {"source": f"karpathy/nanoGPT checkout {args.reference}", "args": REFERENCE_ARGS,
+                                       "tokens_per_s": round(max(turns)), "turns": [round(t) for t in turns]}
+                continue
+            t = max(turns, key=lambda r: r["tokens_per_s"])
+            t["turns"] = [r["tokens_per_s"] for r in turns]
             t["mfu"] = round(t["tokens_per_s"] * t["flops_per_token"] / (peak * 1e9), 3)
-            t["vs_reference_12k_tokens_per_s"] = round(t["tokens_per_s"] / 12000, 2)
-            result["throughput_compiled" if compile_ else "throughput"] = t
+            if copy is not None:
+                t["vs_reference"] = round(t["tokens_per_s"] / max(runs["reference"]), 3)
+            result[name] = t
         bigram = train("bigram", {"data": str(data), "out": str(tmp / "bigram"), "device": "cpu", "progress": False}, log=lambda s: None)
         result["bigram"] = {"val_loss": round(bigram.val_loss, 4), "steps": bigram.step}
         if not args.skip_quality:
