@@ -114,6 +114,12 @@ def test_gpt_sample_reads_an_export_folder(exported, run):
     assert r.stdout == Generator.load(run, "cpu", "fp32").generate("the", SamplingOptions(max_new_tokens=30, seed=1))[0] + "\n"
 
 
+def test_an_export_folder_samples_in_int8_as_its_checkpoint_does(exported, run):
+    opts = SamplingOptions(max_new_tokens=40, seed=2)
+    from_export = Generator.load(exported, "cpu", "fp32", quantize="int8")
+    assert from_export.generate("the", opts) == Generator.load(run, "cpu", "fp32", quantize="int8").generate("the", opts)
+
+
 def test_the_command_writes_the_export_into_the_run_folder_by_default(run):
     r = run_cli("gpt.export_cli", run, "--format", "safetensors")
     assert r.returncode == 0 and r.stderr == "", r.stderr
