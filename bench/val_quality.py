@@ -2,7 +2,9 @@
 
 The same validation windows (consecutive, non-overlapping, each block_size + 1 tokens from
 the start of the val split) go through every precision, so their differences are the
-precision's alone, not the sample's. Stands in for `gpt-eval` until that command exists.
+precision's alone, not the sample's. `gpt-eval --quantize int8` measures int8's cost on any
+text, in its own sliding windows; this keeps the benchmark's precisions side by side in one
+process and one JSON.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from gpt.checkpoint import plain_state_dict, save_checkpoint
 from gpt.evaluate import SlidingWindows, TextStream, Windows, evaluate, load_run
 from gpt.evaluate.cli import main
 from gpt.evaluate.scorer import TokenScorer
+from gpt.sample import Generator
 from gpt.train import train
 from tests.support import (BLOCK, DOCUMENTS, TINY_MODEL, assert_one_line_error, one_thread, prepared,  # noqa: F401 (a fixture)
                            run_cli, train_tiny_model, write_checkpoint)
@@ -232,6 +233,33 @@ def test_json_output_has_every_number_of_the_table(ckpt, tmp_path, capsys):
     assert run["bits_per_char"] == pytest.approx(run["nats"] / math.log(2) / run["characters"])
 
 
+# -- int8 ------------------------------------------------------------------------------------------
+def test_quantize_int8_scores_the_model_gpt_sample_quantize_int8_samples_from(ckpt):
+    fp32 = load_run(ckpt, CPU)
+    x = torch.from_numpy(token_stream(fp32.tokenizer)[None, :BLOCK])
+    scored = load_run(ckpt, CPU, quantize="int8").model
+    sampled = Generator.load(ckpt, "cpu", "fp32", quantize="int8").model
+    with torch.inference_mode():
+        assert torch.equal(scored(x)[0], sampled(x)[0])
+        assert not torch.equal(scored(x)[0], fp32.model(x)[0])
+
+
+def test_quantize_int8_costs_under_1pct_in_bits_per_character(ckpt, tmp_path, capsys):
+    """The allowance for int8 is 1% of fp32's bits per character. The two totals are not
+    asked to differ: int8's rounding errors push token losses both ways, and on this short
+    text they cancelled to within fp32's rounding of the sum with two threads; the test
+    above shows that the int8 model is another computation."""
+    (tmp_path / "t.txt").write_text("".join(DOCUMENTS), encoding="utf-8")
+    runs = []
+    for quantize in ([], ["--quantize", "int8"]):
+        assert main(["--ckpt", str(ckpt), str(tmp_path / "t.txt"), "--json", "--quiet", "--device", "cpu", *quantize]) == 0
+        runs.append(json.loads(capsys.readouterr().out)["runs"][0])
+    fp32, int8 = runs
+    assert (fp32["quantize"], int8["quantize"]) == (None, "int8") and int8["run"] == f"{fp32['run']} (int8)"
+    assert (int8["parameters"], int8["tokens"]) == (fp32["parameters"], fp32["tokens"])
+    assert int8["bits_per_char"] == pytest.approx(fp32["bits_per_char"], rel=0.01)
+
+
 @pytest.fixture(scope="module")
 def bad(ckpt, tiny, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval_bad")
@@ -265,6 +293,13 @@ def test_bad_input_gets_one_clear_line_and_a_failing_exit(bad, ckpt, capsys, cas
     proc = run_main(capsys, "--ckpt", ckpt_arg, *rest)
     assert proc.returncode == 1
     assert_one_line_error(proc, "gpt-eval", *fragments)
+
+
+def test_quantize_where_this_torch_has_no_int8_kernel_is_one_clear_line(bad, ckpt, capsys, monkeypatch):
+    monkeypatch.delattr(torch, "_weight_int8pack_mm")
+    proc = run_main(capsys, "--ckpt", ckpt, bad / "good.txt", "--quantize", "int8")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert_one_line_error(proc, "gpt-eval", "needs torch._weight_int8pack_mm", "fp32 works")
 
 
 def test_the_command_fails_as_a_user_sees_it(bad):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from gpt.export import ExportError, export_safetensors, load_export
@@ -57,10 +59,65 @@ def test_the_files_load_with_safetensors_alone_and_match_the_config(exported, ru
     assert config["model"]["n_layer"] == 2 and (exported / "tokenizer.json").is_file()
 
 
+def readme_logits(folder: Path, ids: list[int]) -> torch.Tensor:
+    """Logits (T, V) computed as the README's "The export format" says, from the files alone
+    (safetensors, the JSON config, plain torch functions): what a reader without this
+    package would write. The default model: no biases, a tied head, GELU, no qk-norm and no
+    soft-cap; rotary or learned positions."""
+    t = load_file(folder / "model.safetensors")
+    cfg = json.loads((folder / "config.json").read_text())["model"]
+    C, H = cfg["n_embd"], cfg["n_head"]
+    hs, T = C // H, len(ids)
+    x = t["wte.weight"][ids]  # (T, C)
+    if cfg["pos"] == "learned":
+        x = x + t["wpe.weight"][:T]
+    # the rotation: the pair (x[i], x[i + hs/2]) of each head turned by p * base^(-2i/hs)
+    i = torch.arange(hs // 2, dtype=torch.float64)
+    a = torch.arange(T, dtype=torch.float64)[:, None] * cfg["rope_base"] ** (-2 * i / hs)
+    cos, sin = a.cos().float(), a.sin().float()  # (T, hs/2)
+
+    def rotate(z):  # (H, T, hs)
+        z1, z2 = z[..., : hs // 2], z[..., hs // 2 :]
+        return torch.cat((z1 * cos - z2 * sin, z2 * cos + z1 * sin), dim=-1)
+
+    def norm(z, name):
+        return F.layer_norm(z, (C,), t[name], None, 1e-5)
+
+    for b in range(cfg["n_layer"]):
+        p = f"blocks.{b}."
+        qkv = norm(x, p + "ln1.weight") @ t[p + "attn.qkv.weight"].T  # (T, 3C): queries, keys, values
+        q, k, v = (qkv[:, j * C : (j + 1) * C].view(T, H, hs).transpose(0, 1) for j in range(3))  # (H, T, hs)
+        if cfg["pos"] == "rope":
+            q, k = rotate(q), rotate(k)
+        scores = (q @ k.transpose(1, 2)) / math.sqrt(hs)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
+        y = (scores.softmax(-1) @ v).transpose(0, 1).reshape(T, C)
+        x = x + y @ t[p + "attn.proj.weight"].T
+        h = F.gelu(norm(x, p + "ln2.weight") @ t[p + "mlp.fc.weight"].T)  # the exact (erf) form
+        x = x + h @ t[p + "mlp.proj.weight"].T
+    return norm(x, "ln_f.weight") @ t["wte.weight"].T
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_the_readme_s_tensor_table_is_enough_to_run_an_export_without_this_package(tmp_path, pos):
+    model, tok, cfg = train_tiny_model(pos=pos)  # 60 steps: enough that, with rotary positions, the tanh GELU misses the tolerance
+    export = export_safetensors(write_checkpoint(tmp_path / "run", model, tok, cfg), tmp_path / "export")
+    ids = tok.encode("the cat sat on t")
+    with torch.inference_mode():
+        want = model(torch.tensor([ids]))[0][0]
+    torch.testing.assert_close(readme_logits(export, ids), want, rtol=1e-5, atol=1e-5)
+
+
 def test_gpt_sample_reads_an_export_folder(exported, run):
     r = run_cli("gpt.sample", "--ckpt", exported, "--prompt", "the", "--seed", "1", "--max-new-tokens", "30", "--no-echo", "--device", "cpu")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout == Generator.load(run, "cpu", "fp32").generate("the", SamplingOptions(max_new_tokens=30, seed=1))[0] + "\n"
+
+
+def test_an_export_folder_samples_in_int8_as_its_checkpoint_does(exported, run):
+    opts = SamplingOptions(max_new_tokens=40, seed=2)
+    from_export = Generator.load(exported, "cpu", "fp32", quantize="int8")
+    assert from_export.generate("the", opts) == Generator.load(run, "cpu", "fp32", quantize="int8").generate("the", opts)
 
 
 def test_the_command_writes_the_export_into_the_run_folder_by_default(run):

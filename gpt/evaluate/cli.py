@@ -6,6 +6,7 @@ import sys
 from data_prep.command import Parser, command
 
 from ..device import resolve_device
+from ..quantize import QUANTIZE_MODES
 from .errors import EvalError
 from .evaluate import DEFAULT_BATCH, evaluate, load_run
 from .report import as_json, table
@@ -33,6 +34,7 @@ examples:
   gpt-eval --ckpt checkpoints/run1 notes/                  how well run1 predicts your notes
   gpt-eval --ckpt checkpoints/a --ckpt checkpoints/b book.txt.gz   two runs on the same text
   gpt-eval --ckpt checkpoints/run1 --split val --stride 64 --json
+  gpt-eval --ckpt checkpoints/run1 --split val --quantize int8   the cost of int8 sampling, against the run without it
 """
 
 
@@ -49,6 +51,7 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="auto", metavar="NAME", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--dtype", default="auto", metavar="NAME", help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (default: %(default)s)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: score with weight-only int8 linear layers, as gpt-sample --quantize int8 samples (needs AVX2 or AVX-512 on a CPU); default: none")
     return p
 
 
@@ -63,7 +66,7 @@ def run(args) -> None:
     data = args.data
     results = []
     for ckpt in args.ckpt or [None]:
-        run_ = load_run(ckpt, device)
+        run_ = load_run(ckpt, device, args.quantize)
         if args.files:
             stream = TextStream(args.files, run_.tokenizer, args.text_field)
         else:

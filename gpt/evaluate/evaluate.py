@@ -24,6 +24,7 @@ from data_prep import Tokenizer
 from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_dtype
 from ..model import count_parameters
+from ..quantize import check_supported, quantize_model
 from .errors import EvalError
 from .scorer import TokenScorer
 from .text import TokenStream
@@ -67,6 +68,7 @@ class LoadedRun:
     training_time: float | None  # seconds
     step: int | None
     data: str | None  # the prepared data folder it was trained on
+    quantize: str | None = None  # "int8": scored with int8 linear layers, as gpt-sample --quantize samples
 
 
 @dataclass
@@ -84,20 +86,29 @@ def run_name(given: str | Path | None, checkpoint: Path) -> str:
     return checkpoint.parent.name or str(checkpoint)
 
 
-def load_run(path: str | Path | None, device: torch.device) -> LoadedRun:
-    """A run folder (its best checkpoint), a checkpoint file, or None (the newest run)."""
+def load_run(path: str | Path | None, device: torch.device, quantize: str | None = None) -> LoadedRun:
+    """A run folder (its best checkpoint), a checkpoint file, or None (the newest run).
+    With `quantize` ("int8") its linear layers are quantized as `gpt-sample --quantize`
+    quantizes them (`gpt.quantize`), so the score is the quality cost of sampling that way;
+    the parameters reported are the model's own, counted before."""
+    if quantize is not None:
+        check_supported(quantize, device)  # before the weights are read
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
     if not state.get("tokenizer"):
         raise EvalError(f"{ckpt} has no tokenizer, so no text can be encoded for its model (was it written by gpt-train?)")
     model, tokenizer = model_from_checkpoint(state, device)
+    parameters = count_parameters(model)  # an int8 layer's weights are buffers, not parameters
+    if quantize is not None:
+        quantize_model(model, quantize)
 
     def number(key, kind):
         return kind(state[key]) if state.get(key) is not None else None
 
     data = (state.get("train_config") or {}).get("data")
-    return LoadedRun(run_name(path, ckpt), ckpt, model, tokenizer, device, model.config.block_size, count_parameters(model),
-                     number("tokens", int), number("elapsed", float), number("step", int), data)
+    name = run_name(path, ckpt) + (f" ({quantize})" if quantize else "")
+    return LoadedRun(name, ckpt, model, tokenizer, device, model.config.block_size, parameters,
+                     number("tokens", int), number("elapsed", float), number("step", int), data, quantize)
 
 
 def default_stride(context: int) -> int:

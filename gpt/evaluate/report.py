@@ -79,7 +79,7 @@ def as_json(results: list[RunScore]) -> str:
     for r in results:
         s = r.stream
         runs.append({
-            "run": r.run.name, "checkpoint": str(r.run.checkpoint), "parameters": r.run.parameters,
+            "run": r.run.name, "checkpoint": str(r.run.checkpoint), "quantize": r.run.quantize, "parameters": r.run.parameters,
             "tokens_seen": r.run.tokens_seen, "training_time_s": r.run.training_time, "step": r.run.step,
             "context": r.run.context, "stride": r.stride,
             "characters": r.score.characters, "tokens": r.score.tokens, "nats": r.score.nats,
