@@ -123,6 +123,33 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
     assert capsys.readouterr().err == "gpt-train: error: interrupted before a step boundary; the last checkpoint is kept\n"
 
 
+def test_ctrl_c_while_a_command_is_still_importing_is_one_line_and_exit_130(tmp_path):
+    """A command's first seconds are its imports (torch, numpy), before its main can catch
+    Ctrl-C: a command module that is interrupted as it loads stands in for them."""
+    (tmp_path / "slow_start.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(60)\n")
+    script = "import sys; from gpt.entry_points import entry_point; sys.exit(entry_point('gpt-train', 'slow_start')())"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    assert proc.returncode == 130
+    assert proc.stderr == "gpt-train: error: interrupted while starting; nothing was written\n"
+
+
+def test_every_installed_command_starts_through_an_entry_point_that_loads_no_torch():
+    import importlib
+    import re
+
+    from gpt import entry_points
+
+    scripts = dict(re.findall(r'^(gpt-[a-z]+) = "gpt\.entry_points:(\w+)"$', (ROOT / "pyproject.toml").read_text(), re.M))
+    assert set(scripts) == {"gpt-prepare", "gpt-train", "gpt-sample", "gpt-eval", "gpt-plot", "gpt-export"}
+    for prog, name in scripts.items():
+        launcher = getattr(entry_points, name)
+        assert launcher.prog == prog and callable(importlib.import_module(launcher.module).main)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, gpt.entry_points; print(sorted({'torch', 'numpy'} & set(sys.modules)))"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
 def test_shard_ids_outside_the_vocabulary_are_one_line(data, tmp_path):
     import shutil
 
