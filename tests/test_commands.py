@@ -1,5 +1,6 @@
 """The commands as a new user meets them: one run per folder, output that may go away,
 full disks, files where folders belong, and every expected failure in one line."""
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,30 @@ def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path):
     proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
     assert proc.returncode == 0, proc.stderr  # a released (or killed) holder leaves no stale lock
 
+
+def test_two_runs_started_at_once_on_one_folder_leave_one_run(data, tmp_path):
+    args = [sys.executable, "-m", "gpt.train", "--data", str(data), "--out", str(tmp_path / "run"), "--max-iters", "10", "--quiet", *TINY_ARGS]
+    procs = [subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    ends = sorted((p.wait(timeout=180), p.communicate()[1]) for p in procs)
+    (won, _), (lost, refusal) = ends
+    # the second is refused while the first holds the folder, or after it, since it then holds a run
+    assert (won, lost) == (0, 1) and refusal.count("\n") == 1, refusal
+    assert "is in use by another gpt-train run" in refusal or "already holds a run" in refusal, refusal
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [5, 10]  # each evaluation once, from one run
+
+
+def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
+    holder = ("import sys, time; from pathlib import Path; from gpt.train.run_folder import RunFolder\n"
+              "RunFolder.claim(Path(sys.argv[1]), new_run=True, overwrite=False); print('held', flush=True); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "run")], stdout=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout.readline() == b"held\n"
+    with pytest.raises(TrainError, match="in use"):
+        RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False)
+    proc.kill()
+    proc.wait()
+    RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False).release()  # the kernel let go of the lock
 
 def test_default_run_folders_of_runs_started_together_differ(data, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--max-iters", "2", "--quiet", *TINY_ARGS],
