@@ -222,3 +222,21 @@ def test_without_a_terminal_progress_is_plain_lines(data, tmp_path, monkeypatch,
     lines = out.splitlines()
     assert any(line.startswith("step 5/10: loss ") and "tok/s" in line for line in lines), out
     assert any("best so far: saved as best.pt" in line for line in lines)
+
+
+
+def test_on_a_terminal_the_bar_shows_the_time_left_of_a_time_budget(monkeypatch):
+    import io
+
+    from gpt.train.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    progress = Progress(True, 0, max_iters=None, max_time=60.0, log=lambda line: None)
+    progress.step(10, 20.0, {"train_loss": 2.5, "lr": 1e-3, "tokens_per_s": 1000.0})
+    progress.close()
+    assert "loss 2.5000" in screen.getvalue() and "40s left" in screen.getvalue()
