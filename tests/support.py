@@ -16,6 +16,7 @@ from data_prep import CharTokenizer
 from data_prep.prepare import PrepareOptions, prepare
 from gpt.checkpoint import plain_state_dict, save_checkpoint
 from gpt.config import ModelConfig
+from gpt.kv_cache import KVCache
 from gpt.model import build_model
 from gpt.train.batches import BatchSampler
 from gpt.train.optim import make_optimizer
@@ -131,6 +132,23 @@ def train_tiny_model(pos: str = "rope", kind: str = "gpt", oov: str = "byte", st
         loss.backward()
         opt.step()
     return model.eval(), tok, cfg
+
+
+def assert_fixed_decode_matches_plain(model, steps: int, **tolerance) -> None:
+    """GPT.decode with a position tensor (the fixed-shape step a CUDA graph replays) against
+    the plain step, token by token after the same 5-token prompt in two caches of batch 2;
+    the caller keeps the fixed cache's length, and the plain step's shows where both wrote."""
+    torch.manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    plain, fixed = (KVCache.for_model(model, 2, "cpu", torch.float32) for _ in range(2))
+    with torch.inference_mode():
+        model(prompt, cache=plain)
+        model(prompt, cache=fixed)
+        for pos in range(5, 5 + steps):
+            token = torch.tensor([pos, pos + 1])
+            expected = model.decode(token, plain)
+            torch.testing.assert_close(model.decode(token, fixed, pos=torch.tensor(pos)), expected, **tolerance)
+            assert plain.length == pos + 1
 
 
 def write_checkpoint(run_dir: Path, model, tok: CharTokenizer, cfg: ModelConfig) -> Path:

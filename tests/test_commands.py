@@ -1,5 +1,6 @@
 """The commands as a new user meets them: one run per folder, output that may go away,
 full disks, files where folders belong, and every expected failure in one line."""
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,30 @@ def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path):
     assert proc.returncode == 0, proc.stderr  # a released (or killed) holder leaves no stale lock
 
 
+def test_two_runs_started_at_once_on_one_folder_leave_one_run(data, tmp_path):
+    args = [sys.executable, "-m", "gpt.train", "--data", str(data), "--out", str(tmp_path / "run"), "--max-iters", "10", "--quiet", *TINY_ARGS]
+    procs = [subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    ends = sorted((p.wait(timeout=180), p.communicate()[1]) for p in procs)
+    (won, _), (lost, refusal) = ends
+    # the second is refused while the first holds the folder, or after it, since it then holds a run
+    assert (won, lost) == (0, 1) and refusal.count("\n") == 1, refusal
+    assert "is in use by another gpt-train run" in refusal or "already holds a run" in refusal, refusal
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [5, 10]  # each evaluation once, from one run
+
+
+def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
+    holder = ("import sys, time; from pathlib import Path; from gpt.train.run_folder import RunFolder\n"
+              "RunFolder.claim(Path(sys.argv[1]), new_run=True, overwrite=False); print('held', flush=True); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "run")], stdout=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout.readline() == b"held\n"
+    with pytest.raises(TrainError, match="in use"):
+        RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False)
+    proc.kill()
+    proc.wait()
+    RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False).release()  # the kernel let go of the lock
+
 def test_default_run_folders_of_runs_started_together_differ(data, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--max-iters", "2", "--quiet", *TINY_ARGS],
                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -40,19 +65,41 @@ def test_default_run_folders_of_runs_started_together_differ(data, tmp_path):
     assert len([p for p in (tmp_path / "checkpoints").iterdir() if (p / "latest.pt").exists()]) == 2
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "sample"])
+def into_a_head_that_has_gone(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`COMMAND | head -c 10`, started once head has read its 10 bytes and left, so every write
+    the command makes finds the reader gone. (With head still there, a short output slips into
+    the pipe before it leaves, and the command never meets the broken pipe at all.)"""
+    read, write = os.pipe()
+    head = subprocess.Popen(["head", "-c", "10"], stdin=read, stdout=subprocess.DEVNULL)
+    os.close(read)
+    os.write(write, b"0123456789")
+    head.wait(timeout=30)
+    try:
+        return subprocess.run(command.split(), stdout=write, stderr=subprocess.PIPE, text=True, cwd=cwd, timeout=180,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "sample", "eval", "plot", "export"])
 def test_every_command_survives_its_output_being_cut_short(data, tmp_path, command):
+    if command == "plot":
+        pytest.importorskip("matplotlib")
     write_corpus(tmp_path / "corpus", n_docs=20)
     lines = {
-        "prepare": f"{sys.executable} -m data_prep.cli corpus --out d --workers 1",
-        "train": f"{sys.executable} -m gpt.train --data {data} --out run --max-iters 10 {' '.join(TINY_ARGS)}",
-        "sample": f"{sys.executable} -m gpt.sample --ckpt run --max-new-tokens 2000 --ignore-eot --device cpu",
+        "prepare": "data_prep.cli corpus --out d --workers 1",
+        "train": f"gpt.train --data {data} --out run --max-iters 10 {' '.join(TINY_ARGS)}",
+        "sample": "gpt.sample --ckpt run --max-new-tokens 2000 --ignore-eot --device cpu",
+        "eval": "gpt.evaluate --ckpt run --device cpu",
+        "plot": "gpt.plot run --out run.png",
+        "export": "gpt.export_cli run --out exported",
     }
-    if command == "sample":
+    if command not in ("prepare", "train"):
         train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{lines[command]} | head -c 10 > /dev/null"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    proc = into_a_head_that_has_gone(f"{sys.executable} -m {lines[command]}", tmp_path)
+    # the command ends quietly: no traceback, no error line, exit status 0
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "error:" not in proc.stderr, proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
     if command == "train":  # the run went on to the end, printing nothing more
         assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 10
 
@@ -123,6 +170,33 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
     assert capsys.readouterr().err == "gpt-train: error: interrupted before a step boundary; the last checkpoint is kept\n"
 
 
+def test_ctrl_c_while_a_command_is_still_importing_is_one_line_and_exit_130(tmp_path):
+    """A command's first seconds are its imports (torch, numpy), before its main can catch
+    Ctrl-C: a command module that is interrupted as it loads stands in for them."""
+    (tmp_path / "slow_start.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(60)\n")
+    script = "import sys; from gpt.entry_points import entry_point; sys.exit(entry_point('gpt-train', 'slow_start')())"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    assert proc.returncode == 130
+    assert proc.stderr == "gpt-train: error: interrupted while starting; nothing was written\n"
+
+
+def test_every_installed_command_starts_through_an_entry_point_that_loads_no_torch():
+    import importlib
+    import re
+
+    from gpt import entry_points
+
+    scripts = dict(re.findall(r'^(gpt-[a-z]+) = "gpt\.entry_points:(\w+)"$', (ROOT / "pyproject.toml").read_text(), re.M))
+    assert set(scripts) == {"gpt-prepare", "gpt-train", "gpt-sample", "gpt-eval", "gpt-plot", "gpt-export"}
+    for prog, name in scripts.items():
+        launcher = getattr(entry_points, name)
+        assert launcher.prog == prog and callable(importlib.import_module(launcher.module).main)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, gpt.entry_points; print(sorted({'torch', 'numpy'} & set(sys.modules)))"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
 def test_shard_ids_outside_the_vocabulary_are_one_line(data, tmp_path):
     import shutil
 
@@ -148,3 +222,21 @@ def test_without_a_terminal_progress_is_plain_lines(data, tmp_path, monkeypatch,
     lines = out.splitlines()
     assert any(line.startswith("step 5/10: loss ") and "tok/s" in line for line in lines), out
     assert any("best so far: saved as best.pt" in line for line in lines)
+
+
+
+def test_on_a_terminal_the_bar_shows_the_time_left_of_a_time_budget(monkeypatch):
+    import io
+
+    from gpt.train.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    progress = Progress(True, 0, max_iters=None, max_time=60.0, log=lambda line: None)
+    progress.step(10, 20.0, {"train_loss": 2.5, "lr": 1e-3, "tokens_per_s": 1000.0})
+    progress.close()
+    assert "loss 2.5000" in screen.getvalue() and "40s left" in screen.getvalue()

@@ -6,7 +6,8 @@ import torch
 
 from gpt.kv_cache import KVCache
 from gpt.sample import Generator, SamplingOptions
-from tests.support import one_thread, train_tiny_model  # noqa: F401 (a fixture)
+from tests.support import assert_fixed_decode_matches_plain, train_tiny_model
+from tests.support import one_thread  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module", params=["rope", "learned"])
@@ -31,18 +32,7 @@ def test_the_static_step_gives_the_tokens_of_the_uncached_path_across_window_mov
 
 def test_the_static_step_matches_the_plain_decode_step_logit_for_logit(trained):
     model, _ = trained
-    torch.manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
-    plain, fixed = (KVCache.for_model(model, 2, "cpu", torch.float32) for _ in range(2))
-    with torch.inference_mode():
-        model(prompt, cache=plain)
-        model(prompt, cache=fixed)
-        for pos in range(5, 13):
-            token = torch.tensor([pos, pos + 1])
-            expected = model.decode(token, plain)
-            got = model.decode(token, fixed, pos=torch.tensor(pos))  # the caller keeps fixed.length
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-            assert plain.length == pos + 1  # the plain step wrote where the static one did
+    assert_fixed_decode_matches_plain(model, steps=8, rtol=1e-5, atol=1e-5)
 
 
 def test_positions_after_the_current_one_are_masked_out(trained):

@@ -15,7 +15,7 @@ from gpt.train import TrainError, train
 from gpt.train.cli import build_parser, main as train_main
 from gpt.train.optim import Optimizers, hidden_matrices
 from gpt.train.presets import finetune_config
-from tests.support import assert_one_line_error, run_cli, tiny_run, train_tiny_model, write_checkpoint
+from tests.support import assert_fixed_decode_matches_plain, assert_one_line_error, run_cli, tiny_run, train_tiny_model, write_checkpoint
 from tests.support import data, one_thread  # noqa: F401 (fixtures)
 
 LEVERS = {
@@ -75,15 +75,7 @@ def test_cached_decoding_matches_the_full_forward_with_each_lever(lever, dtype, 
 
 @pytest.mark.parametrize("lever", LEVERS)
 def test_the_static_decode_step_matches_the_plain_one_with_each_lever(lever):
-    model = far_from_init(small(**LEVERS[lever]))
-    prompt = torch.randint(0, 40, (2, 5))
-    plain, fixed = (KVCache.for_model(model, 2, "cpu", torch.float32) for _ in range(2))
-    with torch.inference_mode():
-        model(prompt, cache=plain)
-        model(prompt, cache=fixed)
-        for pos in range(5, 11):
-            token = torch.tensor([pos, pos + 1])
-            torch.testing.assert_close(model.decode(token, fixed, pos=torch.tensor(pos)), model.decode(token, plain), rtol=0, atol=1e-5)
+    assert_fixed_decode_matches_plain(far_from_init(small(**LEVERS[lever])), steps=6, rtol=0, atol=1e-5)
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():

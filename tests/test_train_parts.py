@@ -15,6 +15,7 @@ from gpt.config import ConfigError, ModelConfig, TrainConfig
 from gpt.model import build_model
 from gpt.train import train
 from gpt.train.batches import BlockSizeError, WindowIndex
+from gpt.train.cli import build_parser
 from gpt.train.metrics import MetricsLog
 from gpt.train.optim import learning_rate, make_optimizer
 from gpt.train.presets import PRESETS, default_preset, layered_config
@@ -37,6 +38,15 @@ def test_the_default_preset_follows_the_device_and_the_model():
     assert default_preset("cuda") == "baby-gpt"
     assert default_preset("cuda", "bigram") == default_preset("cpu", "bigram") == "bigram"
 
+
+def test_help_shows_the_value_each_default_preset_gives_and_says_options_keep_the_preset(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap "cpu-small" at its hyphen
+    text = build_parser().format_help()
+    for name in ("block_size", "batch_size", "lr", "max_iters", "max_time", "optimizer"):
+        for preset in ("cpu-small", "baby-gpt", "bigram"):
+            assert f"{PRESETS[preset].get(name, getattr(TrainConfig(), name))} ({preset})" in text, (name, preset)
+    preset_help = text[text.index("  --preset"):text.index("\nmodel:")]
+    assert "override its values" in preset_help and "bigram for --model bigram" in preset_help
 
 def test_choosing_the_bigram_brings_its_preset(data, tmp_path):
     result = train(overrides=tiny_run(data, tmp_path / "run", model="bigram", max_iters=3, lr=None, block_size=None), log=lambda s: None)

@@ -48,10 +48,11 @@ def build_parser() -> Parser:
                epilog=EPILOG.format(names=", ".join(PRESETS)))
     a = p.add_argument
     a("--data", help="prepared data folder (default: ./data)")
-    a("--out", help="run folder (default: checkpoints/<model>-<date>-<time>; with --resume, the newest run)")
+    a("--out", help="run folder (default: checkpoints/<model>-<date>-<time>-<pid>; with --resume, the newest run)")
     a("--resume", action="store_true", help="continue the run in --out (default: the newest run under ./checkpoints) from its latest checkpoint")
     a("--overwrite", action="store_true", help="start a new run in an --out folder that already holds one")
-    a("--preset", choices=sorted(PRESETS), help="a named configuration (default: cpu-small on CPU, baby-gpt on CUDA, unless model options are given)")
+    a("--preset", choices=sorted(PRESETS), help="a named configuration; options given override its values one by one "
+      "(default: bigram for --model bigram, else cpu-small on CPU, baby-gpt on CUDA)")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=("gpt", "bigram"), help=f"model kind (default: {d.model})")
     g.add_argument("--pos", choices=("rope", "learned"), help=f"position information: rotary (rope) or learned absolute embeddings (default: {d.pos})")
