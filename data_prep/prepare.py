@@ -13,6 +13,7 @@ folder that is renamed into place only when complete.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -67,6 +68,7 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     """Prepare `inputs` into the folder `out`; see the module docstring."""
     opts.validate()
     out = Path(out)
+    clean_after_killed_runs(out)
     check_output(out, opts.force)
     base = load_base_tokenizer(opts.vocab_from) if opts.vocab_from else None  # a bad base fails before any work
     sources = discover(inputs, exclude=out)
@@ -90,6 +92,31 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
         raise
     summary.out, summary.seconds = out, time.perf_counter() - t0
     return summary
+
+
+def clean_after_killed_runs(out: Path) -> None:
+    """What a run killed mid-way (kill -9, a power cut) left beside `out`, named with its
+    process id: its unfinished output (`.OUT.partial-PID`), removed; and the earlier output
+    it had moved aside to swap its own in (`.OUT.old-PID`), put back where the swap did not
+    happen, removed where it did. A process that still exists is left alone."""
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2 :].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or process_exists(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(p, out)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def check_output(out: Path, force: bool) -> None:

@@ -1,10 +1,14 @@
 """prepare(): corpus -> vocabulary -> train/val shards, checked by decoding what it wrote."""
+import os
 import string
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from data_prep import decode
+from data_prep.errors import DataError
 from data_prep import scratch as scratch_module
 
 UNICODE = (
@@ -298,3 +302,37 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_back_as_input(tmp_
     assert folder_bytes(corpus / "data") == before
     _, elsewhere = prepare_data(corpus, out=corpus / "other")  # an earlier output is no input either
     assert [s["path"] for s in elsewhere.meta["sources"]] == [str(corpus / f"{i}.txt") for i in range(3)]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # reaped: no process has this id (until the system hands it out again)
+
+
+def test_a_killed_runs_unfinished_output_is_removed_at_the_next_start(tmp_path, prepare_data):
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    partial = tmp_path / f".data.partial-{dead_pid()}"
+    (partial / "work").mkdir(parents=True)
+    (partial / "work" / "0000000.cp").write_bytes(b"x" * 1000)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".data.partial-{running.pid}"  # another run's, still going
+        live.mkdir()
+        prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
+    finally:
+        running.kill()
+        running.wait()
+    assert not partial.exists() and live.exists()
+    assert (tmp_path / "data" / "meta.json").is_file()
+
+
+def test_an_output_a_killed_run_had_moved_aside_is_put_back(tmp_path, prepare_data, folder_bytes):
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
+    before = folder_bytes(tmp_path / "data")
+    os.replace(tmp_path / "data", tmp_path / f".data.old-{dead_pid()}")  # killed between the two renames of the swap
+    with pytest.raises(DataError, match="already exists"):
+        prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
+    assert folder_bytes(tmp_path / "data") == before
+    assert not list(tmp_path.glob(".data.*"))
