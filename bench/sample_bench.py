@@ -52,7 +52,8 @@ TARGET_TOKENS_PER_S = 850.0  # one sample, with the cache, on a 2-core CPU
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "int8": (torch.float32, "int8")}
+PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "int8": (torch.float32, "int8"),
+              "int8-bf16": (torch.bfloat16, "int8")}  # int8 weights, bf16 activations and cache: no casts around the products
 
 
 def reference_model() -> tuple[torch.nn.Module, CharTokenizer]:
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", help="a run folder, checkpoint file or export folder to load instead of random weights")
     p.add_argument("--data", help="prepared data (the one --ckpt was trained on): adds loss and bits/char on its val split per precision")
     p.add_argument("--eval-windows", type=int, default=128, help="validation windows of block_size tokens for --data (default: 128)")
-    p.add_argument("--precisions", default="fp32,bf16,int8", help="compared precisions, of fp32, bf16, int8 (default: %(default)s; bf16 only where the CPU has it natively)")
+    p.add_argument("--precisions", default="fp32,bf16,int8", help="compared precisions, of fp32, bf16, int8, int8-bf16 (default: %(default)s; bf16 ones only where the CPU has it natively)")
+    p.add_argument("--compile", action="store_true", help="also each precision through the compiled fixed-shape step ('NAME compiled'), as gpt-sample --compile runs it")
     p.add_argument("--prompt", default="", help="text to continue (default: none, generation starts from the end-of-text token)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--batch", type=int, default=8, help="samples generated together in the batched fp32 measurement (default: 8)")
@@ -142,14 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown precision(s) {', '.join(unknown)} (use {', '.join(PRECISIONS)})")
     skipped = {}
-    if "bf16" in wanted and dev.type == "cpu" and not native_bf16():
-        skipped["bf16"] = "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+    for name in wanted:
+        if PRECISIONS[name][0] == torch.bfloat16 and dev.type == "cpu" and not native_bf16():
+            skipped[name] = "this CPU has no native bf16 (AVX512-BF16 or AMX)"
     gens = {name: Generator(copy.deepcopy(model).to(dev), tok, dev, *PRECISIONS[name]) for name in wanted if name not in skipped}
+    if args.compile:
+        gens |= {f"{name} compiled": Generator(copy.deepcopy(model).to(dev), tok, dev, *PRECISIONS[name], compile=True)
+                 for name in wanted if name not in skipped}
     opts = SamplingOptions(max_new_tokens=args.max_new_tokens, stop_at_eot=False, seed=0)
     for gen in gens.values():
         timed_run(gen, args.prompt, SamplingOptions(max_new_tokens=20, stop_at_eot=False, seed=0), 1)  # warm up
     one = interleaved(gens, args.prompt, opts, args.repeats)
-    floor = {name: matvec_floor(gen.model, gen.dtype) for name, gen in gens.items()}
+    floor = {name: matvec_floor(gen.model, gen.dtype) for name, gen in gens.items() if not name.endswith(" compiled")}
     cfg = model.config
     report = {
         "model": {"weights": args.ckpt or "random", "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         report["bandwidth_fp32_gb_per_s"] = bandwidth_sweep()
     if args.data:
         windows = val_windows(args.data, cfg.block_size, args.eval_windows)
-        q = {name: quality(gen.model, windows) for name, gen in gens.items()}
+        q = {name: quality(gen.model, windows) for name, gen in gens.items() if not name.endswith(" compiled")}
         if "fp32" in q:
             for name in q:
                 q[name]["bpc_change_pct"] = round(100 * (q[name]["val_bpc"] / q["fp32"]["val_bpc"] - 1), 3)
