@@ -102,6 +102,25 @@ def test_a_lora_run_samples_with_its_adapters_merged(data, base, tmp_path):
         assert not torch.allclose(plain.model(x)[0], merged)  # the adapters changed something
 
 
+def test_gpt_export_merge_writes_a_lora_run_as_one_plain_model(data, base, tmp_path):
+    train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
+    proc = run_cli("gpt.export_cli", tmp_path / "lora", "--merge", "--out", tmp_path / "merged")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    exported, adapted = Generator.load(tmp_path / "merged", device="cpu"), Generator.load(tmp_path / "lora", device="cpu")
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(exported.model(x)[0], adapted.model(x)[0])
+    source = json.loads((tmp_path / "merged" / "config.json").read_text())["source"]
+    assert source["merged_lora"]["rank"] == 2 and source["merged_lora"]["base"]["sha256"] == ck.file_sha256(base / "best.pt")
+
+
+def test_a_lora_run_is_exported_only_with_merge(data, base, tmp_path):
+    train(overrides=tune(data, base, tmp_path / "lora", max_iters=2, lora=2), log=lambda s: None)
+    proc = run_cli("gpt.export_cli", tmp_path / "lora", "--out", tmp_path / "export")
+    assert_one_line_error(proc, "gpt-export", "LoRA adapters on", str((base / "best.pt").resolve()), "give --merge")
+    assert not (tmp_path / "export").exists()
+
+
 def test_a_lora_run_whose_base_changed_is_refused_naming_the_file(data, base, tmp_path):
     copy = tmp_path / "base"
     shutil.copytree(base, copy)
