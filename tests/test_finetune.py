@@ -46,11 +46,16 @@ def test_the_run_records_where_it_came_from_and_gets_fine_tuning_defaults(data, 
     assert config["model"]["n_embd"] == TINY_MODEL["n_embd"]  # the shape comes from the base
 
 
-def test_data_with_another_vocabulary_is_refused_naming_vocab_from(base, tmp_path):
+def another_vocabulary(tmp_path):
+    """Data prepared on its own from text with characters the base never saw."""
     corpus = write_corpus(tmp_path / "corpus")
     (corpus / "extra.txt").write_text("QZX characters the base never saw\n")
-    other = tmp_path / "other"
-    prepare([corpus], other, PrepareOptions(workers=1, progress=False))
+    prepare([corpus], tmp_path / "other", PrepareOptions(workers=1, progress=False))
+    return tmp_path / "other"
+
+
+def test_data_with_another_vocabulary_is_refused_naming_vocab_from(base, tmp_path):
+    other = another_vocabulary(tmp_path)
     with pytest.raises(TrainError, match="--vocab-from"):
         train(overrides=tune(other, base, tmp_path / "ft", max_iters=2), log=lambda s: None)
 
@@ -70,6 +75,17 @@ def test_an_option_that_would_change_the_base_shape_is_refused(data, base, tmp_p
 def test_a_missing_base_is_one_line(data, tmp_path):
     proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", tmp_path / "nope", "--device", "cpu", "--quiet")
     assert_one_line_error(proc, "gpt-train", "not found")
+
+
+@pytest.mark.parametrize("case", ["data of another vocabulary", "a --lora-targets name that matches no layer"])
+def test_a_refused_start_with_overwrite_leaves_the_old_run_as_it_was(data, base, tmp_path, case):
+    old = tmp_path / "old"
+    shutil.copytree(base, old)
+    before = {p.name: p.read_bytes() for p in old.iterdir() if p.name != ".lock"}
+    args = ["--data", another_vocabulary(tmp_path)] if case.startswith("data") else ["--data", data, "--lora", "2", "--lora-targets", "qkv,head"]
+    proc = run_cli("gpt.train", *args, "--out", old, "--overwrite", "--init-from", base, "--device", "cpu", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "--vocab-from" if case.startswith("data") else "head matches no layer")
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.name != ".lock"} == before
 
 
 # -- LoRA ------------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             check_budget_left(cfg, trainer.step, trainer.elapsed_before)
             check_not_stopped_early(cfg, resume_state)
         if dist_.is_main:
+            folder.clear_previous_run()  # only now: a refused start keeps an --overwrite folder's old run
             if resume_state is not None:
                 trainer.metrics.trim_after(trainer.step)
             ck.write_run_files(run_dir, {
