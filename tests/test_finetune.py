@@ -88,6 +88,15 @@ def test_a_refused_start_with_overwrite_leaves_the_old_run_as_it_was(data, base,
     assert {p.name: p.read_bytes() for p in old.iterdir() if p.name != ".lock"} == before
 
 
+def test_the_base_run_s_own_folder_is_refused_as_out_even_with_overwrite(data, base, tmp_path):
+    copy = tmp_path / "base"
+    shutil.copytree(base, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.name != ".lock"}
+    proc = run_cli("gpt.train", "--data", data, "--out", copy, "--overwrite", "--init-from", copy, "--device", "cpu", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "is the folder of the base run")
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.name != ".lock"} == before
+
+
 # -- LoRA ------------------------------------------------------------------------------------
 def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_path):
     result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2), log=lambda s: None)

@@ -84,6 +84,8 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                 cfg = layered_config(preset, overrides)
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
+            if base is not None and run_dir.resolve() == Path(base.ref["path"]).parent:  # --overwrite would delete the base
+                raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); a fine-tuning run needs a folder of its own")
         cfg.validate()
         check_optimizer(cfg.optimizer)
         result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
