@@ -1,5 +1,6 @@
 """Fine-tuning: a new run that starts from another run's model, in full or with LoRA adapters."""
 import json
+import re
 import shutil
 
 import pytest
@@ -160,6 +161,12 @@ def test_a_lora_run_resumes_exactly(data, base, tmp_path):
     first = train(overrides=tune(data, base, tmp_path / "split", max_iters=12, lora=2), should_stop=lambda s: s == 5, log=lambda s: None)
     rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
     assert dict(first.history + rest.history) == dict(whole.history)
+
+
+def test_a_lora_run_as_init_from_is_refused_naming_its_base(data, base, tmp_path):
+    train(overrides=tune(data, base, tmp_path / "lora", max_iters=2, lora=2), log=lambda s: None)
+    with pytest.raises(TrainError, match=re.escape(f"is a LoRA run (adapters on {(base / 'best.pt').resolve()}); fine-tune from that base")):
+        train(overrides=tune(data, tmp_path / "lora", tmp_path / "ft", max_iters=2), log=lambda s: None)
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -20,7 +20,8 @@ class Base:
         ckpt = ck.resolve_checkpoint(path)
         state = ck.load_checkpoint(ckpt)
         if state.get("lora"):
-            raise TrainError(f"--init-from {path} is a LoRA run; fine-tune from its base, or from a merged export")
+            raise TrainError(f"--init-from {path} is a LoRA run (adapters on {state['lora']['base']['path']}); "
+                             f"fine-tune from that base, or continue the LoRA run with --resume")
         for key in ("model", "model_config", "tokenizer"):
             if key not in state:
                 raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")
