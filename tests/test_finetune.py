@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from gpt import checkpoint as ck
+from gpt.evaluate import TextStream, evaluate, load_run
+from gpt.evaluate.cli import main as evaluate_main
 from gpt.sample import Generator
 from gpt.train import TrainError, train
 from data_prep.prepare import PrepareOptions, prepare
@@ -78,6 +80,18 @@ def test_a_missing_base_is_one_line(data, tmp_path):
     assert_one_line_error(proc, "gpt-train", "not found")
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda b: b[: len(b) // 2], "corrupt or truncated"),
+    (lambda b: b[:4000] + bytes([b[4000] ^ 0xFF]) + b[4001:], "does not match its checksum"),
+])
+def test_a_damaged_base_is_one_line_and_starts_no_run(data, base, tmp_path, damage, fragment):
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "best.pt").write_bytes(damage((base / "best.pt").read_bytes()))
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", tmp_path / "damaged", "--device", "cpu", "--quiet")
+    assert_one_line_error(proc, "gpt-train", str(tmp_path / "damaged" / "best.pt"), fragment)
+    assert not (tmp_path / "ft").exists()
+
+
 @pytest.mark.parametrize("case", ["data of another vocabulary", "a --lora-targets name that matches no layer"])
 def test_a_refused_start_with_overwrite_leaves_the_old_run_as_it_was(data, base, tmp_path, case):
     old = tmp_path / "old"
@@ -128,6 +142,18 @@ def test_a_lora_run_samples_with_its_adapters_merged(data, base, tmp_path):
         assert not torch.allclose(plain.model(x)[0], merged)  # the adapters changed something
 
 
+def test_gpt_eval_scores_a_lora_run_as_the_model_it_trained(data, base, tmp_path, capsys):
+    result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
+    (tmp_path / "t.txt").write_text("the cat sees the moon. a dog likes bread.\n" * 20, encoding="utf-8")
+    assert evaluate_main(["--ckpt", str(tmp_path / "lora"), "--ckpt", str(base), str(tmp_path / "t.txt"), "--json", "--quiet", "--device", "cpu"]) == 0
+    adapted, plain = json.loads(capsys.readouterr().out)["runs"]
+    run = load_run(tmp_path / "lora", torch.device("cpu"))
+    run.model = result.model.eval()  # the trained model itself: the base with its adapters unmerged
+    direct = evaluate(run, TextStream([str(tmp_path / "t.txt")], run.tokenizer))
+    assert adapted["nats"] == pytest.approx(direct.score.nats, rel=1e-4)
+    assert adapted["nats"] != pytest.approx(plain["nats"], rel=1e-4)  # the adapters are in the score
+
+
 def test_gpt_export_merge_writes_a_lora_run_as_one_plain_model(data, base, tmp_path):
     train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
     proc = run_cli("gpt.export_cli", tmp_path / "lora", "--merge", "--out", tmp_path / "merged")
@@ -147,13 +173,24 @@ def test_a_lora_run_is_exported_only_with_merge(data, base, tmp_path):
     assert not (tmp_path / "export").exists()
 
 
-def test_a_lora_run_whose_base_changed_is_refused_naming_the_file(data, base, tmp_path):
+@pytest.mark.parametrize("change, fragment", [
+    ("moved", "base checkpoint of this LoRA run is missing: expected"),
+    ("changed", "has changed since this LoRA run was trained on it"),
+])
+def test_a_lora_run_whose_base_moved_or_changed_is_refused_naming_the_file(data, base, tmp_path, change, fragment):
     copy = tmp_path / "base"
     shutil.copytree(base, copy)
     train(overrides=tune(data, copy, tmp_path / "lora", max_iters=5, lora=2), log=lambda s: None)
-    (copy / "best.pt").unlink()
+    if change == "moved":
+        (copy / "best.pt").rename(tmp_path / "elsewhere.pt")
+    else:  # the same path, other bytes: the base trained on a little further
+        train(overrides=tune(data, copy, tmp_path / "further", max_iters=2), log=lambda s: None)
+        shutil.copyfile(tmp_path / "further" / "best.pt", copy / "best.pt")
+    expected = str((copy / "best.pt").resolve())
     proc = run_cli("gpt.sample", "--ckpt", tmp_path / "lora", "--device", "cpu", "--max-new-tokens", "5")
-    assert_one_line_error(proc, "gpt-sample", "base checkpoint of this LoRA run is missing", str((copy / "best.pt").resolve()))
+    assert_one_line_error(proc, "gpt-sample", fragment, expected)
+    proc = run_cli("gpt.evaluate", "--ckpt", tmp_path / "lora", "--device", "cpu", "--quiet")
+    assert_one_line_error(proc, "gpt-eval", fragment, expected)
 
 
 def test_a_lora_run_resumes_exactly(data, base, tmp_path):
