@@ -53,8 +53,10 @@ class LoRALinear(nn.Module):
 def parse_targets(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
     unknown = [t for t in names if t not in TARGETS]
-    if not names or unknown:
-        raise LoRAError(f"--lora-targets {text!r}: {', '.join(unknown) or 'nothing'} matches no layer (choose from {', '.join(TARGETS)})")
+    if not names:
+        raise LoRAError(f"--lora-targets {text!r} names no layer (choose from {', '.join(TARGETS)})")
+    if unknown:
+        raise LoRAError(f"--lora-targets {text!r}: {', '.join(unknown)} matches no layer (choose from {', '.join(TARGETS)})")
     return names
 
 

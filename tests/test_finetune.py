@@ -208,7 +208,8 @@ def test_a_lora_run_as_init_from_is_refused_naming_its_base(data, base, tmp_path
 
 @pytest.mark.parametrize("args, fragment", [
     (["--lora", "4"], "--lora adapts a trained model: give it one with --init-from"),
-    (["--lora", "4", "--lora-targets", "head", "--init-from", "BASE"], "matches no layer"),
+    (["--lora", "4", "--lora-targets", "head", "--init-from", "BASE"], "'head': head matches no layer"),
+    (["--lora", "4", "--lora-targets", ",", "--init-from", "BASE"], "',' names no layer (choose from qkv, proj, fc)"),
 ])
 def test_bad_lora_options_are_one_line(data, base, tmp_path, args, fragment):
     args = [str(base) if a == "BASE" else a for a in args]
