@@ -128,6 +128,18 @@ def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_pat
         assert torch.equal(v, origin[name.replace(".base.", ".")]), name
 
 
+def test_a_lora_run_reports_what_it_trains_and_the_memory_its_frozen_base_saves(data, base, tmp_path):
+    lines = []
+    result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=1, lora=2), log=lines.append)
+    frozen = sum(p.numel() for p in result.model.parameters() if not p.requires_grad)
+    c = TINY_MODEL["n_embd"]  # rank 2 x (inputs + outputs) of qkv, attention's proj, fc and the MLP's proj, in each block
+    adapters = TINY_MODEL["n_layer"] * 2 * ((c + 3 * c) + (c + c) + (c + 4 * c) + (4 * c + c))
+    line = next(l for l in lines if l.startswith("fine-tuning"))
+    assert f"{adapters:,} adapter weights trained" in line and f"the base's {frozen:,}" in line
+    # fp32: a gradient and two AdamW moments of 4 bytes for each trained weight
+    assert f"take {12 * adapters / 1e6:.2f} MB instead of {12 * frozen / 1e6:.2f} MB for full fine-tuning" in line
+
+
 def test_a_lora_run_samples_with_its_adapters_merged(data, base, tmp_path):
     result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
     gen = Generator.load(tmp_path / "lora", device="cpu")

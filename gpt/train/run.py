@@ -13,7 +13,7 @@ from ..model import count_parameters
 from .distributed import Dist, init_distributed
 from .errors import TrainError
 from .base import Base
-from .optim import check_optimizer
+from .optim import adamw_state_bytes, check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
 from .run_folder import RunFolder, default_run_dir
@@ -98,6 +98,18 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     return result
 
 
+def trained_summary(model, cfg: TrainConfig) -> str:
+    """What a fine-tuning run trains; for LoRA, also the memory its frozen base saves."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.lora:
+        return f"all {sum(p.numel() for p in trained):,} parameters trained"
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # the base's weights, every one
+    adapters, base = sum(p.numel() for p in trained), sum(p.numel() for p in frozen)
+    return (f"LoRA rank {cfg.lora} on {cfg.lora_targets}: {adapters:,} adapter weights trained ({adapters / base:.1%} of the base's {base:,}, "
+            f"which stay frozen); gradients and AdamW moments take {adamw_state_bytes(trained) / 1e6:.2f} MB "
+            f"instead of {adamw_state_bytes(frozen) / 1e6:.2f} MB for full fine-tuning")
+
+
 def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | None, run_dir: Path, overwrite: bool,
                   should_stop, log, base: Base | None = None) -> TrainResult:
     folder, refused = None, None
@@ -125,10 +137,8 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
                 **trainer.lineage(),
             }, trainer.tokenizer)
             n = count_parameters(trainer.model)
-            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
             if base is not None:
-                log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): "
-                    f"{'LoRA rank ' + str(cfg.lora) + ', ' if cfg.lora else ''}{trainable:,} of {n:,} parameters trained")
+                log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): {trained_summary(trainer.model, cfg)}")
             what = f"resuming {run_dir} at step {trainer.step}" if resume_state else f"training into {run_dir}"
             log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
                 f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "
