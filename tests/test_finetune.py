@@ -40,6 +40,15 @@ def test_a_fine_tuning_run_starts_from_the_base_weights_with_a_fresh_step_count(
     assert all(torch.equal(start[k], origin[k]) for k in origin)
 
 
+def test_a_run_keeps_of_its_base_only_what_it_takes_and_lets_the_weights_go_once_loaded(base):
+    from gpt.train.base import Base
+
+    held = Base.from_run(base)
+    assert set(held.state) == {"model", "model_config", "tokenizer"}  # not the base's optimizer moments
+    held.release_weights()
+    assert "model" not in held.state and held.ref["sha256"] == ck.file_sha256(base / "best.pt")
+
+
 def test_the_run_records_where_it_came_from_and_gets_fine_tuning_defaults(data, base, tmp_path):
     train(overrides=tune(data, base, tmp_path / "ft", max_iters=5), log=lambda s: None)
     config = json.loads((tmp_path / "ft" / "config.json").read_text())

@@ -9,10 +9,22 @@ from .. import checkpoint as ck
 from .errors import TrainError
 
 
+# what a run takes from its base's checkpoint; the rest (the base's optimizer moments, twice
+# the weights' size) is let go at once rather than held for the whole run
+KEPT = ("model", "model_config", "tokenizer")
+
+
 @dataclass
 class Base:
     state: dict
     ref: dict
+
+    def __post_init__(self) -> None:
+        self.state = {k: v for k, v in self.state.items() if k in KEPT}
+
+    def release_weights(self) -> None:
+        """Once they are in the run's model, the base's copy of the weights is not needed."""
+        self.state.pop("model", None)
 
     @classmethod
     def from_run(cls, path: str | Path) -> "Base":
