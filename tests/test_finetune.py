@@ -122,6 +122,21 @@ def test_the_base_run_s_own_folder_is_refused_as_out_even_with_overwrite(data, b
 
 
 # -- LoRA ------------------------------------------------------------------------------------
+def test_a_lora_layer_computes_w_x_plus_scaled_b_a_x_and_its_gradients():
+    from gpt.lora import LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 24, bias=True), rank=3, alpha=6.0)
+    torch.nn.init.normal_(layer.lora_b)  # B starts at zero; any B must give the same sum
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    a, b = layer.lora_a.detach().clone().requires_grad_(), layer.lora_b.detach().clone().requires_grad_()
+    want = layer.base(x) + (6.0 / 3) * (x @ a.t() @ b.t())
+    got = layer(x)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, (x, layer.lora_a, layer.lora_b), g), torch.autograd.grad(want, (x, a, b), g))
+
+
 def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_path):
     result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2), log=lambda s: None)
     state = ck.load_checkpoint(tmp_path / "lora" / "latest.pt")
