@@ -209,6 +209,19 @@ def test_a_lora_run_is_exported_only_with_merge(data, base, tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_lora_targets_and_alpha_choose_the_layers_and_the_scale_that_sampling_merges_with(data, base, tmp_path):
+    result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lora_alpha=1.0, lora_targets="qkv", lr=2e-2),
+                   log=lambda s: None)
+    state = ck.load_checkpoint(tmp_path / "lora" / "latest.pt")
+    assert state["lora"]["alpha"] == 1.0 and state["lora"]["targets"] == ["qkv"]
+    assert len(state["model"]) == 2 * TINY_MODEL["n_layer"] and all(".attn.qkv.lora_" in k for k in state["model"])
+    gen = Generator.load(tmp_path / "lora", device="cpu")
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        result.model.eval()
+        torch.testing.assert_close(gen.model(x)[0], result.model(x)[0], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("change, fragment", [
     ("moved", "base checkpoint of this LoRA run is missing: expected"),
     ("changed", "has changed since this LoRA run was trained on it"),
