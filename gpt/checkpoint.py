@@ -153,7 +153,7 @@ def load_base(ref: dict) -> dict:
     """The base checkpoint a LoRA run's adapters belong to, exactly as it was."""
     path = Path(ref["path"])
     if not path.is_file():
-        raise CheckpointError(f"the base checkpoint of this LoRA run is missing: expected {path} (put it back, or merge the adapters where it exists)")
+        raise CheckpointError(f"the base checkpoint of this LoRA run is missing: expected {path} (put it back, or export the run with gpt-export --merge where it exists)")
     if file_sha256(path) != ref["sha256"]:
         raise CheckpointError(f"the base checkpoint {path} has changed since this LoRA run was trained on it (SHA-256 {ref['sha256'][:16]}... expected)")
     return load_checkpoint(path)

@@ -55,10 +55,12 @@ def stored_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
     return tensors, tied
 
 
-def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = False) -> Path:
+def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = False, merge: bool = False) -> Path:
     """Write the model of checkpoint `ckpt` (a file, a run folder or None: the newest run)
     into the folder `out`. An existing `out` is replaced only with `force`, and only once the
-    new export is complete: it is written into a hidden folder beside it and renamed."""
+    new export is complete: it is written into a hidden folder beside it and renamed. A LoRA
+    run is exported only with `merge`: its adapters folded into its base's weights, a model as
+    large as the base that needs neither the base nor the adapters again."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder (name a folder to export into)")
@@ -66,6 +68,10 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
         raise ExportError(f"export folder {out} already exists and is not empty (use --force to replace it)")
     path = resolve_checkpoint(ckpt)
     state = load_checkpoint(path)
+    lora = state.get("lora")
+    if lora and not merge:
+        raise ExportError(f"{path} holds LoRA adapters on {lora['base']['path']}; its export is the merged model "
+                          f"(full size, needing neither the base nor the adapters): give --merge")
     model, tokenizer = model_from_checkpoint(state)
     st = safetensors_module()
     tensors, tied = stored_tensors(model)
@@ -77,6 +83,8 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         "source": {"checkpoint": str(path), "step": state.get("step"), "val_loss": state.get("val_loss")},
     }
+    if lora:  # what was merged: the adapters' shape and the exact base they were trained on
+        config["source"]["merged_lora"] = {k: lora[k] for k in ("rank", "alpha", "targets", "base")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,10 @@ config.json (the model's shape, every tensor's shape, tied tensors) and tokenize
 gpt-sample --ckpt FOLDER and Generator.load(FOLDER) load it; so does any safetensors reader
 (the README lists the tensors and the computation that uses them).
 
+A LoRA run (adapters on a base checkpoint) is exported with --merge: the adapters are folded
+into the base's weights, giving a plain model as large as the base that needs neither the
+base checkpoint nor this package's LoRA code.
+
 The folder is written beside its final place and renamed into it when complete, so an
 interrupted export leaves nothing half-written. An existing folder is replaced only with
 --force, and only once the new export is complete.
@@ -22,6 +26,7 @@ interrupted export leaves nothing half-written. An existing folder is replaced o
 examples:
   gpt-export checkpoints/run1                       writes checkpoints/run1/safetensors/
   gpt-export checkpoints/run1/latest.pt --out exports/run1 --force
+  gpt-export checkpoints/lora1 --merge               a LoRA run: base and adapters as one model
 """
 
 
@@ -31,6 +36,8 @@ def build_parser() -> Parser:
     p.add_argument("--format", choices=EXPORT_FORMATS, default="safetensors", help="export format (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="folder to write (default: a 'safetensors' folder in the run folder)")
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
+    p.add_argument("--merge", action="store_true", help="for a LoRA run: fold its adapters into its base's weights and export that model "
+                   "(a LoRA run is refused without it; a run without adapters is exported as it is)")
     return p
 
 
@@ -41,7 +48,7 @@ def default_out(ckpt: Path) -> Path:
 def export(args) -> None:
     ckpt = resolve_checkpoint(args.run)
     out = Path(args.out) if args.out else default_out(ckpt)
-    export_safetensors(ckpt, out, force=args.force)
+    export_safetensors(ckpt, out, force=args.force, merge=args.merge)
     print(f"exported {ckpt} -> {out}/ (model.safetensors, config.json, tokenizer.json)")
 
 

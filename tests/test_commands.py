@@ -140,6 +140,18 @@ def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_overwrite_starts_the_run_over_and_a_refused_start_keeps_the_old_run(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("latest.pt", "metrics.jsonl", "config.json")}
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--overwrite", "--max-iters", "2", "--quiet",
+                   *TINY_ARGS, "--block-size", "100000")  # longer than the data: refused once the data is read
+    assert_one_line_error(proc, "gpt-train", "--block-size")
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in before} == before
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3), overwrite=True, log=lambda s: None)
+    assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 3
+    assert max(json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_half_written_files_of_a_killed_save_are_removed_at_the_next_start(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=5), log=lambda s: None)
     stale = tmp_path / "run" / ".latest.pt.tmp-999999"

@@ -2,6 +2,7 @@
 so that `gpt-train --init-from RUN` fine-tunes on it."""
 import json
 
+import numpy as np
 import pytest
 
 import data_prep
@@ -65,6 +66,22 @@ def test_a_checkpoint_or_tokenizer_file_names_the_base_as_well(base, tmp_path, n
         source = base / name
     prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(source)))
     assert data_prep.load(tmp_path / "new").tokenizer.fingerprint() == base_fingerprint(base)
+
+
+def test_a_base_with_an_unknown_token_encodes_new_characters_as_it_and_counts_them(tmp_path):
+    base_data = tmp_path / "base"
+    prepare([write_corpus(tmp_path / "corpus")], base_data, PrepareOptions(workers=1, progress=False, oov="unk", max_vocab=12))
+    tok = data_prep.load(base_data).tokenizer
+    assert tok.unk_id is not None
+    prepare([new_corpus(tmp_path / "new_corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(base_data)))
+    new = data_prep.load(tmp_path / "new")
+    assert new.tokenizer.fingerprint() == tok.fingerprint()
+    outside = [c for c in NEW_TEXT if c not in tok.chars]
+    assert outside
+    counted = new.meta["coverage"]["outside_characters"]
+    assert counted["train"] + counted["val"] == 40 * len(outside) and counted["distinct"] == len(set(outside))
+    ids = np.concatenate([shard for name in ("train", "val") for shard in new.split(name)])
+    assert int((ids == tok.unk_id).sum()) == 40 * len(outside)  # one unknown token per such character
 
 
 def test_a_base_without_fallback_refuses_new_characters_naming_them(tmp_path):

@@ -9,10 +9,22 @@ from .. import checkpoint as ck
 from .errors import TrainError
 
 
+# what a run takes from its base's checkpoint; the rest (the base's optimizer moments, twice
+# the weights' size) is let go at once rather than held for the whole run
+KEPT = ("model", "model_config", "tokenizer")
+
+
 @dataclass
 class Base:
     state: dict
     ref: dict
+
+    def __post_init__(self) -> None:
+        self.state = {k: v for k, v in self.state.items() if k in KEPT}
+
+    def release_weights(self) -> None:
+        """Once they are in the run's model, the base's copy of the weights is not needed."""
+        self.state.pop("model", None)
 
     @classmethod
     def from_run(cls, path: str | Path) -> "Base":
@@ -20,7 +32,8 @@ class Base:
         ckpt = ck.resolve_checkpoint(path)
         state = ck.load_checkpoint(ckpt)
         if state.get("lora"):
-            raise TrainError(f"--init-from {path} is a LoRA run; fine-tune from its base, or from a merged export")
+            raise TrainError(f"--init-from {path} is a LoRA run (adapters on {state['lora']['base']['path']}); "
+                             f"fine-tune from that base, or continue the LoRA run with --resume")
         for key in ("model", "model_config", "tokenizer"):
             if key not in state:
                 raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")

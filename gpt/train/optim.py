@@ -29,6 +29,12 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     return adamw([p for p in model.parameters() if p.requires_grad], lr, weight_decay, betas, device)
 
 
+def adamw_state_bytes(params) -> int:
+    """What training with AdamW keeps beside each trained weight: its gradient and the two
+    moments, each the weight's size (what LoRA saves on the weights it freezes)."""
+    return sum(3 * p.numel() * p.element_size() for p in params)
+
+
 def check_optimizer(name: str) -> None:
     """Refuse, before anything is written, an optimizer this torch does not have."""
     if name == "muon" and not hasattr(torch.optim, "Muon"):

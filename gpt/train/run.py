@@ -13,7 +13,7 @@ from ..model import count_parameters
 from .distributed import Dist, init_distributed
 from .errors import TrainError
 from .base import Base
-from .optim import check_optimizer
+from .optim import adamw_state_bytes, check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
 from .run_folder import RunFolder, default_run_dir
@@ -84,6 +84,8 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                 cfg = layered_config(preset, overrides)
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
+            if base is not None and run_dir.resolve() == Path(base.ref["path"]).parent:  # --overwrite would delete the base
+                raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); a fine-tuning run needs a folder of its own")
         cfg.validate()
         check_optimizer(cfg.optimizer)
         result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
@@ -94,6 +96,18 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     gc.collect()  # the trainer and its DDP wrapper, before the group they use (see Trainer.run)
     dist_.close(finished=True)
     return result
+
+
+def trained_summary(model, cfg: TrainConfig) -> str:
+    """What a fine-tuning run trains; for LoRA, also the memory its frozen base saves."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.lora:
+        return f"all {sum(p.numel() for p in trained):,} parameters trained"
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # the base's weights, every one
+    adapters, base = sum(p.numel() for p in trained), sum(p.numel() for p in frozen)
+    return (f"LoRA rank {cfg.lora} on {cfg.lora_targets}: {adapters:,} adapter weights trained ({adapters / base:.1%} of the base's {base:,}, "
+            f"which stay frozen); gradients and AdamW moments take {adamw_state_bytes(trained) / 1e6:.2f} MB "
+            f"instead of {adamw_state_bytes(frozen) / 1e6:.2f} MB for full fine-tuning")
 
 
 def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | None, run_dir: Path, overwrite: bool,
@@ -114,6 +128,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             check_budget_left(cfg, trainer.step, trainer.elapsed_before)
             check_not_stopped_early(cfg, resume_state)
         if dist_.is_main:
+            folder.clear_previous_run()  # only now: a refused start keeps an --overwrite folder's old run
             if resume_state is not None:
                 trainer.metrics.trim_after(trainer.step)
             ck.write_run_files(run_dir, {
@@ -122,10 +137,8 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
                 **trainer.lineage(),
             }, trainer.tokenizer)
             n = count_parameters(trainer.model)
-            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
             if base is not None:
-                log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): "
-                    f"{'LoRA rank ' + str(cfg.lora) + ', ' if cfg.lora else ''}{trainable:,} of {n:,} parameters trained")
+                log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): {trained_summary(trainer.model, cfg)}")
             what = f"resuming {run_dir} at step {trainer.step}" if resume_state else f"training into {run_dir}"
             log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
                 f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "

@@ -5,7 +5,9 @@ run that is killed, even with `kill -9`, leaves no stale lock behind: the kernel
 it). A second run on the same folder is refused with one line. Default folder names carry
 the date, time and process id, so two runs started in the same second do not collide.
 Holding the lock, a run also removes the temporary files that a killed save left behind,
-and a run that fails before writing anything removes the folder it created.
+and a run that fails before writing anything removes the folder it created. A run started
+with --overwrite clears the old run's files only once it is ready to train, so a run
+refused at start (data of another vocabulary, a bad option) leaves the old run as it was.
 """
 from __future__ import annotations
 
@@ -33,11 +35,12 @@ def default_run_dir(model: str) -> Path:
 class RunFolder:
     def __init__(self, path: Path, created: bool, lock_fd: int | None):
         self.path, self.created, self.lock_fd = path, created, lock_fd
+        self.replaces_run = False  # a new run with --overwrite, in a folder that holds one
 
     @classmethod
     def claim(cls, path: Path, new_run: bool, overwrite: bool) -> "RunFolder":
         """Create (if needed) and lock `path`. A new run refuses a folder that holds a run,
-        unless `overwrite`, which clears the old run's files."""
+        unless `overwrite`; the old run's files are then cleared by `clear_previous_run`."""
         if path.exists() and not path.is_dir():
             raise TrainError(f"--out {path} is a file, not a folder; name a folder for the run")
         created = not path.exists()
@@ -62,12 +65,19 @@ class RunFolder:
             if new_run and (path / ck.LATEST).exists():
                 if not overwrite:
                     raise TrainError(f"run folder {path} already holds a run; --resume continues it, --overwrite starts it over")
-                for name in RUN_FILES:
-                    (path / name).unlink(missing_ok=True)
+                folder.replaces_run = True
         except BaseException:
             folder.release(failed=True)
             raise
         return folder
+
+    def clear_previous_run(self) -> None:
+        """With --overwrite, remove the old run's files: called once the new run is ready to
+        write its own, so a run that fails to start has destroyed nothing."""
+        if self.replaces_run:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            self.replaces_run = False
 
     def remove_stale_temporaries(self) -> None:
         """Half-written files of saves that were killed (`.latest.pt.tmp-PID`): with the lock

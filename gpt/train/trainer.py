@@ -92,6 +92,7 @@ class Trainer:
         self.model = build_model(self.model_cfg).to(device)
         if base is not None:
             self.model.load_state_dict(base.state["model"])  # a resumed full fine-tuning run overwrites them below
+            base.release_weights()
         if cfg.lora:
             lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
         self.optimizers = Optimizers(self.model, cfg, device)
