@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from data_prep import CharTokenizer  # noqa: E402
 from gpt.config import ModelConfig  # noqa: E402
-from gpt.device import resolve_device  # noqa: E402
+from gpt.device import native_bf16, resolve_device  # noqa: E402
 from gpt.model import build_model, count_parameters  # noqa: E402
 from gpt.sample import Generator, SamplingOptions  # noqa: E402
 from machine import describe  # noqa: E402
@@ -62,13 +62,6 @@ def reference_model() -> tuple[torch.nn.Module, CharTokenizer]:
     tok = CharTokenizer(chars=list(SHAKESPEARE_CHARS), oov="error")  # 65 characters + end-of-text
     cfg = ModelConfig(vocab_size=len(tok), block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0, pos="rope")
     return build_model(cfg).eval(), tok
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 products
-    are emulated and far slower than fp32, so the benchmark leaves bf16 out."""
-    cpu = torch.cpu
-    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def timed_run(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int) -> dict:

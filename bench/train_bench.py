@@ -1,11 +1,12 @@
 """Training benchmarks on CPU, printed as JSON.
 
     python bench/train_bench.py [--corpus tinyshakespeare.txt] [--reference NANOGPT_CHECKOUT]
-                                [--compile] [--repeat R] [--quality-time 140] [--skip-quality]
+                                [--compile] [--bf16] [--repeat R] [--quality-time 140] [--skip-quality]
 
 throughput: tokens/s of the 4-layer, 4-head, 128-channel model (context 64, batch 12: the
 reference's CPU Shakespeare configuration, our `bench` preset), and its model FLOPs
-utilisation against this machine's fp32 matmul peak measured in the same run. With
+utilisation against this machine's fp32 matmul peak measured in the same run; with --compile
+and --bf16 (on a CPU with native bf16) also compiled and in bf16. With
 --reference (a karpathy/nanoGPT checkout, copied, never modified) the reference trains the
 same configuration in the same run, taking turns with ours --repeat times, and the JSON
 gives ours over the reference: both are the median of per-step times after a fifth of the
@@ -28,6 +29,7 @@ import torch
 
 from data_prep.prepare import PrepareOptions, prepare
 from gpt.config import ModelConfig
+from gpt.device import native_bf16
 from gpt.model import build_model, count_parameters, flops_per_token
 from gpt.train import train
 from machine import describe
@@ -52,10 +54,10 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def throughput(data: Path, tmp: Path, steps: int, compile_: bool) -> dict:
-    out = tmp / f"throughput-{'compiled' if compile_ else 'eager'}"
+def throughput(data: Path, tmp: Path, steps: int, name: str, options: dict) -> dict:
+    out = tmp / name
     train("bench", {"data": str(data), "out": str(out), "device": "cpu", "max_iters": steps, "eval_interval": 10**9,
-                    "log_interval": 10, "progress": False, "compile": compile_}, overwrite=True, log=lambda s: None)
+                    "log_interval": 10, "progress": False, **options}, overwrite=True, log=lambda s: None)
     logged = [r for r in metrics(out) if "tokens_per_s" in r]
     steady = logged[len(logged) // 5 :]  # the first fifth: warm-up (and compilation)
     cfg = ModelConfig(vocab_size=json.loads((data / "meta.json").read_text())["vocab_size"], block_size=64, n_layer=4, n_head=4, n_embd=128)
@@ -83,6 +85,7 @@ def main() -> None:
     p.add_argument("--quality-time", type=float, default=140)
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--compile", action="store_true", help="also measure throughput with torch.compile")
+    p.add_argument("--bf16", action="store_true", help="also measure throughput with --dtype bf16, where the CPU has native bf16")
     p.add_argument("--reference", type=Path, metavar="PATH", help="a karpathy/nanoGPT checkout, run side by side (copied, not modified)")
     p.add_argument("--repeat", type=int, default=1, help="turns each side takes; the best of each is compared (default: 1)")
     args = p.parse_args()
@@ -93,12 +96,17 @@ def main() -> None:
         peak = matmul_peak()
         result = {"machine": {**describe(), "fp32_matmul_peak_gflops": round(peak, 1)}}
         copy = reference_copy(args.reference, tmp, args.corpus) if args.reference else None
+        variants = {"throughput": {}}
+        if args.bf16 and native_bf16():
+            variants["throughput_bf16"] = {"dtype": "bf16"}
+        if args.compile:
+            variants |= {f"{name}_compiled": {**options, "compile": True} for name, options in variants.items()}
         runs: dict[str, list] = {}
         for _turn in range(args.repeat):  # the sides take turns, so a busy spell hits both
             if copy is not None:
                 runs.setdefault("reference", []).append(reference_throughput(copy, args.steps))
-            for compile_ in ([False, True] if args.compile else [False]):
-                runs.setdefault("throughput_compiled" if compile_ else "throughput", []).append(throughput(data, tmp, args.steps, compile_))
+            for name, options in variants.items():
+                runs.setdefault(name, []).append(throughput(data, tmp, args.steps, name, options))
         for name, turns in runs.items():
             if name == "reference":
                 result["reference"] = {"source": f"karpathy/nanoGPT checkout {args.reference}", "args": REFERENCE_ARGS,

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig
 from .kv_cache import KVCache
@@ -107,6 +108,17 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits.float() / cap)
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    if q.device.type == "cpu" and v.dtype == torch.bfloat16:  # v: the product's dtype (the rotation promotes q and k to fp32)
+        # torch's CPU flash-attention kernel is several times slower in bf16 than in fp32 (its
+        # backward most), while the plain path (product, softmax, product) runs at the speed
+        # of bf16 products: with it a bf16 training step on a CPU with native bf16 is about
+        # 1.3x fp32's, 1.8x compiled
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -128,7 +140,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs): the window's keys and values
             # new token i (window position S-T+i) sees window positions <= its own
