@@ -1,12 +1,13 @@
 """Training benchmarks on CPU, printed as JSON.
 
     python bench/train_bench.py [--corpus tinyshakespeare.txt] [--reference NANOGPT_CHECKOUT]
-                                [--compile] [--bf16] [--repeat R] [--quality-time 140] [--skip-quality]
+                                [--compile] [--repeat R] [--quality-time 140] [--skip-quality]
 
 throughput: tokens/s of the 4-layer, 4-head, 128-channel model (context 64, batch 12: the
 reference's CPU Shakespeare configuration, our `bench` preset), and its model FLOPs
-utilisation against this machine's fp32 matmul peak measured in the same run; with --compile
-and --bf16 (on a CPU with native bf16) also compiled and in bf16. With
+utilisation against this machine's fp32 matmul peak measured in the same run. Ours runs in
+gpt-train's default precision (`dtype` in the JSON: bf16 where the CPU has it natively, else
+fp32), and where that is bf16 in fp32 as well; with --compile each also compiled. With
 --reference (a karpathy/nanoGPT checkout, copied, never modified) the reference trains the
 same configuration in the same run, taking turns with ours --repeat times, and the JSON
 gives ours over the reference: both are the median of per-step times after a fifth of the
@@ -85,7 +86,6 @@ def main() -> None:
     p.add_argument("--quality-time", type=float, default=140)
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--compile", action="store_true", help="also measure throughput with torch.compile")
-    p.add_argument("--bf16", action="store_true", help="also measure throughput with --dtype bf16, where the CPU has native bf16")
     p.add_argument("--reference", type=Path, metavar="PATH", help="a karpathy/nanoGPT checkout, run side by side (copied, not modified)")
     p.add_argument("--repeat", type=int, default=1, help="turns each side takes; the best of each is compared (default: 1)")
     args = p.parse_args()
@@ -96,9 +96,9 @@ def main() -> None:
         peak = matmul_peak()
         result = {"machine": {**describe(), "fp32_matmul_peak_gflops": round(peak, 1)}}
         copy = reference_copy(args.reference, tmp, args.corpus) if args.reference else None
-        variants = {"throughput": {}}
-        if args.bf16 and native_bf16():
-            variants["throughput_bf16"] = {"dtype": "bf16"}
+        variants = {"throughput": {}}  # gpt-train's default precision: bf16 where the CPU has it natively
+        if native_bf16():
+            variants["throughput_fp32"] = {"dtype": "fp32"}
         if args.compile:
             variants |= {f"{name}_compiled": {**options, "compile": True} for name, options in variants.items()}
         runs: dict[str, list] = {}
@@ -113,6 +113,7 @@ def main() -> None:
                                        "tokens_per_s": round(max(turns)), "turns": [round(t) for t in turns]}
                 continue
             t = max(turns, key=lambda r: r["tokens_per_s"])
+            t["dtype"] = variants[name].get("dtype", "bf16" if native_bf16() else "fp32")
             t["turns"] = [r["tokens_per_s"] for r in turns]
             t["mfu"] = round(t["tokens_per_s"] * t["flops_per_token"] / (peak * 1e9), 3)
             if copy is not None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from data_prep import CharTokenizer
+from gpt import device
 from gpt.sample.generate import Generator
 from gpt.sample.sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, StopText, sample_next, to_gumbel
 from gpt.kv_cache import KVCache
@@ -274,9 +275,10 @@ def test_the_bigram_model_generates_past_its_context_without_a_cache():
     assert gen.generate("the", opts) == gen.generate("the", SamplingOptions(**{**opts.__dict__, "use_kv_cache": False}))
 
 
-def test_a_generator_loads_from_a_run_folder_and_samples_in_bf16(tmp_path):
+def test_a_generator_loads_from_a_run_folder_and_samples_in_bf16(tmp_path, monkeypatch):
     model, tok, cfg = train_tiny_model(steps=0)
     write_checkpoint(tmp_path / "run", model, tok, cfg)
+    monkeypatch.setattr(device, "native_bf16", lambda: False)  # a CPU that emulates bf16: warned
     with pytest.warns(UserWarning, match="bf16 on CPU"):
         gen = Generator.load(tmp_path / "run", device="cpu", dtype="bf16")
     assert gen.dtype == torch.bfloat16 and gen.model.head.weight.dtype == torch.bfloat16  # cast once, not autocast

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpt.checkpoint import plain_state_dict, save_checkpoint
+from gpt import device
 from gpt.sample import Generator, SamplingOptions
 from gpt.sample.cli import main
 from tests.support import one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
@@ -166,11 +167,18 @@ def test_stop_strings_understand_escapes_and_cut_the_output(sample_main):
     assert out == "the" + full[: full.index(" ")] + "\n"
 
 
-def test_a_slow_precision_on_cpu_is_a_one_line_warning(sample_main):
+def test_a_slow_precision_on_cpu_is_a_one_line_warning(sample_main, monkeypatch):
+    monkeypatch.setattr(device, "native_bf16", lambda: False)  # a CPU that emulates bf16
     status, out, err = sample_main("--prompt-file", "prompt.txt", "--device", "cpu", "--dtype", "bf16", "--max-new-tokens", "10", "--top-p", "0.9")
     assert status == 0 and out.startswith("to be")
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpt-sample: warning: bf16"), err
+
+
+def test_bf16_where_the_cpu_has_it_natively_samples_without_a_warning(sample_main, monkeypatch):
+    monkeypatch.setattr(device, "native_bf16", lambda: True)
+    status, out, err = sample_main("--prompt-file", "prompt.txt", "--device", "cpu", "--dtype", "bf16", "--max-new-tokens", "10")
+    assert status == 0 and out.startswith("to be") and err == ""
 
 
 def test_help_documents_streaming_and_how_samples_are_separated(sample_main):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gpt import checkpoint as ck
+from gpt import device
 from gpt.config import ConfigError, ModelConfig, TrainConfig
 from gpt.model import build_model
 from gpt.train import train
@@ -37,6 +38,26 @@ def test_the_default_preset_follows_the_device_and_the_model():
     assert default_preset("cpu") == "cpu-small" and default_preset("mps") == "cpu-small"
     assert default_preset("cuda") == "baby-gpt"
     assert default_preset("cuda", "bigram") == default_preset("cpu", "bigram") == "bigram"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_a_cpu_in_bf16_only_where_it_is_native_and_samples_in_fp32(monkeypatch, native):
+    monkeypatch.setattr(device, "native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert device.resolve_dtype("auto", cpu, training=True) == (torch.bfloat16 if native else torch.float32)
+    assert device.resolve_dtype("auto", cpu) == torch.float32  # sampling and scoring
+
+
+def test_bf16_attention_on_a_cpu_follows_fp32_and_trains():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    x = torch.randint(0, 20, (4, 17))
+    _, exact = model(x[:, :-1], x[:, 1:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # attention takes the plain path in bf16
+        _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+    assert abs(loss.item() - exact.item()) < 0.02 * exact.item()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_help_shows_the_value_each_default_preset_gives_and_says_options_keep_the_preset(monkeypatch):

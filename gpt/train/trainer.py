@@ -65,7 +65,7 @@ class Trainer:
         self.cfg, self.dist, self.device, self.run_dir, self.log, self.base = cfg, dist_, device, run_dir, log, base
         # where a fine-tuning run came from: its base, or what a resumed run recorded
         self.origin = base.ref if base is not None else (resume_state or {}).get("init_from")
-        self.dtype = resolve_dtype(cfg.dtype, device)
+        self.dtype = resolve_dtype(cfg.dtype, device, training=True)
         configure_backends(device)
         self.data = data_prep.load(cfg.data)
         self.tokenizer = self.data.tokenizer
