@@ -1,7 +1,7 @@
 """The scratch format between the two passes, one file per unit of work: its documents'
-code points in batches (in the narrowest of uint8, uint16 and uint32 that holds a batch: web
-text and source code are mostly one byte a character, which halves the scratch written and
-read back), then a trailer of
+code points in batches (in the narrowest of uint8, uint16 and uint32 that holds a batch: a
+batch of one-byte characters, ASCII source code say, is written, read back and counted one
+byte each), then a trailer of
 what pass 2 needs: each document's length and split, and the unit's character counts.
 
 The main process keeps only a few numbers per unit (`ScratchIndex`); the per-document and

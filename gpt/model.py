@@ -108,12 +108,17 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits.float() / cap)
 
 
+PLAIN_ATTENTION_MAX_T = 512  # the plain path holds (B, heads, T, T) scores for the backward pass
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    if q.device.type == "cpu" and v.dtype == torch.bfloat16:  # v: the product's dtype (the rotation promotes q and k to fp32)
+    # v has the products' dtype (the rotation promotes q and k to fp32 under autocast)
+    if q.device.type == "cpu" and v.dtype == torch.bfloat16 and q.size(-2) <= PLAIN_ATTENTION_MAX_T:
         # torch's CPU flash-attention kernel is several times slower in bf16 than in fp32 (its
         # backward most), while the plain path (product, softmax, product) runs at the speed
         # of bf16 products: with it a bf16 training step on a CPU with native bf16 is about
-        # 1.3x fp32's, 1.8x compiled
+        # 1.3x fp32's, 1.8x compiled. Its scores grow with the square of the context, so
+        # long contexts keep the flash kernel's bounded memory
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
