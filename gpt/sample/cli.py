@@ -51,7 +51,7 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", metavar="NAME", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--dtype", default="auto", metavar="NAME", help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16; the weights are cast once (default: %(default)s)")
     p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: weight-only int8 linear layers, a quarter of fp32's bytes to read per token (faster on a CPU, bits per character within 1%% of fp32; needs AVX2 or AVX-512); default: none, the weights stay in --dtype")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step first: fewer, fused kernels per token (faster on a GPU once compiled; compiling takes tens of seconds)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step first: fewer, fused kernels per token (faster on a GPU once compiled, slower on a CPU; compiling takes tens of seconds)")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context for every token (slow; for checking the cache)")
     p.add_argument("--slide", type=int, metavar="N", help="tokens the context window jumps forward when it is full (default: a quarter of the context)")
     return p

@@ -100,7 +100,7 @@ def build_parser() -> Parser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("machine")
     g.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA GPUs that support it, fp16 with a gradient scaler on older ones, fp32 on CPU")
+    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA GPUs that support it, fp16 with a gradient scaler on older ones; on a CPU bf16 where it computes bf16 natively (AVX512-BF16 or AMX), fp32 elsewhere")
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (falls back to eager with a warning if it fails)")
     g.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
     return p
