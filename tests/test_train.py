@@ -44,6 +44,30 @@ def test_resumed_run_matches_uninterrupted_run_step_for_step(data, tmp_path):
     assert rest.val_loss == whole.val_loss
 
 
+def test_a_resumed_run_lets_go_of_the_checkpoint_it_loaded(data, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
+    loaded, load = [], ck.load_checkpoint
+
+    def load_and_watch(*args, **kwargs):
+        state = load(*args, **kwargs)
+        loaded.append(weakref.ref(state["model"]["wte.weight"]))
+        return state
+
+    monkeypatch.setattr(ck, "load_checkpoint", load_and_watch)
+    alive = []
+
+    def watch(step):
+        gc.collect()
+        alive.append(loaded[0]() is not None)
+        return False
+
+    train(overrides={"out": str(tmp_path / "run"), "max_iters": 6, "progress": False}, resume=True, should_stop=watch, log=lambda s: None)
+    assert len(loaded) == 1 and alive and not any(alive)
+
+
 def test_run_folder_holds_everything_sampling_needs(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=20), log=lambda s: None)
     run = tmp_path / "run"

@@ -124,12 +124,16 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
     started = False  # a run that fails before its first step leaves no folder behind
     try:
         trainer = Trainer(cfg, dist_, device, resume_state, run_dir, log, base)
-        if resume_state is not None:
+        resuming = resume_state is not None
+        if resuming:
             check_budget_left(cfg, trainer.step, trainer.elapsed_before)
             check_not_stopped_early(cfg, resume_state)
+            # restored: the trainer holds its own copies now, and the loaded checkpoint (the
+            # optimizer moments included) would otherwise stay in memory to the end of the run
+            resume_state.clear()
         if dist_.is_main:
             folder.clear_previous_run()  # only now: a refused start keeps an --overwrite folder's old run
-            if resume_state is not None:
+            if resuming:
                 trainer.metrics.trim_after(trainer.step)
             ck.write_run_files(run_dir, {
                 "model": trainer.model_cfg.to_dict(), "train": asdict(cfg), "world_size": dist_.world_size,
@@ -139,7 +143,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             n = count_parameters(trainer.model)
             if base is not None:
                 log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): {trained_summary(trainer.model, cfg)}")
-            what = f"resuming {run_dir} at step {trainer.step}" if resume_state else f"training into {run_dir}"
+            what = f"resuming {run_dir} at step {trainer.step}" if resuming else f"training into {run_dir}"
             log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
                 f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "
                 f"context {cfg.block_size}, preset {cfg.preset or 'none'}")
