@@ -152,6 +152,16 @@ def test_overwrite_starts_the_run_over_and_a_refused_start_keeps_the_old_run(dat
     assert max(json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_overwrite_also_removes_the_old_runs_picture(data, tmp_path):
+    pytest.importorskip("matplotlib")
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=4, eval_interval=2), log=lambda s: None)
+    assert (tmp_path / "run" / "progress.png").exists()
+    seen = []
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=2), overwrite=True,
+          should_stop=lambda step: seen.append((tmp_path / "run" / "progress.png").exists()), log=lambda s: None)
+    assert seen[0] is False  # step 1, before the new run's first evaluation draws its own
+
+
 def test_half_written_files_of_a_killed_save_are_removed_at_the_next_start(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=5), log=lambda s: None)
     stale = tmp_path / "run" / ".latest.pt.tmp-999999"
@@ -178,8 +188,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
     def starting():
         raise KeyboardInterrupt
 
-    assert run_command("gpt-train", starting, interrupted="interrupted before a step boundary; the last checkpoint is kept") == 130
-    assert capsys.readouterr().err == "gpt-train: error: interrupted before a step boundary; the last checkpoint is kept\n"
+    assert run_command("gpt-train", starting, interrupted="interrupted before a step boundary; the run folder keeps its last checkpoint, if it had one") == 130
+    assert capsys.readouterr().err == "gpt-train: error: interrupted before a step boundary; the run folder keeps its last checkpoint, if it had one\n"
 
 
 def test_ctrl_c_while_a_command_is_still_importing_is_one_line_and_exit_130(tmp_path):

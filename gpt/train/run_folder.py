@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .. import checkpoint as ck
+from ..plot.live import PICTURE_FILE
 from .errors import TrainError
 
 try:
@@ -25,7 +26,7 @@ except ImportError:  # Windows: no advisory locks; one run per folder is then up
     fcntl = None
 
 LOCK_FILE = ".lock"
-RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json")
+RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json", PICTURE_FILE)
 
 
 def default_run_dir(model: str) -> Path:
