@@ -119,8 +119,9 @@ def is_export(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / WEIGHTS).is_file()
 
 
-def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, Tokenizer]:
-    """The model (in eval mode, on `device`) and tokenizer of an export folder."""
+def read_export_config(folder: str | Path) -> dict:
+    """An export folder's config.json, checked to be one gpt-export wrote, in a version this
+    code reads."""
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
@@ -131,6 +132,13 @@ def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, Toke
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise ExportError(f"{folder} is not a folder written by gpt-export ({CONFIG} does not say {EXPORT_FORMAT!r})")
     check_version(config.get("version"), EXPORT_VERSION, f"export {folder}", ExportError)
+    return config
+
+
+def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, Tokenizer]:
+    """The model (in eval mode, on `device`) and tokenizer of an export folder."""
+    folder = Path(folder)
+    config = read_export_config(folder)
     try:
         cfg = ModelConfig.from_dict(config["model"])
         model = build_model(cfg)

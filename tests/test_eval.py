@@ -244,6 +244,20 @@ def test_quantize_int8_scores_the_model_gpt_sample_quantize_int8_samples_from(ck
         assert not torch.equal(scored(x)[0], fp32.model(x)[0])
 
 
+def test_an_export_folder_scores_as_the_checkpoint_it_was_written_from(ckpt, tmp_path, capsys):
+    from gpt.export import export_safetensors
+
+    folder = export_safetensors(ckpt, tmp_path / "export")
+    (tmp_path / "t.txt").write_text("".join(DOCUMENTS), encoding="utf-8")
+    runs = []
+    for run in (ckpt, folder):
+        assert main(["--ckpt", str(run), str(tmp_path / "t.txt"), "--json", "--quiet", "--device", "cpu"]) == 0
+        runs.append(json.loads(capsys.readouterr().out)["runs"][0])
+    original, exported = runs
+    assert exported["bits_per_char"] == original["bits_per_char"] and exported["parameters"] == original["parameters"]
+    assert exported["run"] == str(folder)
+
+
 def test_quantize_int8_costs_under_1pct_in_bits_per_character(ckpt, tmp_path, capsys):
     """The allowance for int8 is 1% of fp32's bits per character. The two totals are not
     asked to differ: int8's rounding errors push token losses both ways, and on this short

@@ -41,7 +41,7 @@ examples:
 def build_parser() -> Parser:
     p = Parser(prog="gpt-eval", description=__doc__, epilog=EPILOG)
     p.add_argument("files", nargs="*", metavar="FILE", help="text to score: files, folders or archives")
-    p.add_argument("--ckpt", action="append", metavar="RUN", help="a run folder (its best checkpoint) or a checkpoint file; repeat to compare runs (default: the newest run under ./checkpoints)")
+    p.add_argument("--ckpt", action="append", metavar="RUN", help="a run folder (its best checkpoint), a checkpoint file or a folder written by gpt-export; repeat to compare runs (default: the newest run under ./checkpoints)")
     p.add_argument("--split", choices=("val", "train"), help="score a prepared split instead of FILEs (default without FILEs: val)")
     p.add_argument("--data", metavar="DIR", help="the prepared data folder for --split (default: the one the first run was trained on)")
     p.add_argument("--stride", type=int, metavar="N", help="tokens each window scores, 1 to the context (default: half the context)")

@@ -23,6 +23,7 @@ from data_prep import Tokenizer
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_dtype
+from ..export import WEIGHTS, is_export, load_export, read_export_config
 from ..model import count_parameters
 from ..quantize import check_supported, quantize_model
 from .errors import EvalError
@@ -87,12 +88,14 @@ def run_name(given: str | Path | None, checkpoint: Path) -> str:
 
 
 def load_run(path: str | Path | None, device: torch.device, quantize: str | None = None) -> LoadedRun:
-    """A run folder (its best checkpoint), a checkpoint file, or None (the newest run).
-    With `quantize` ("int8") its linear layers are quantized as `gpt-sample --quantize`
-    quantizes them (`gpt.quantize`), so the score is the quality cost of sampling that way;
-    the parameters reported are the model's own, counted before."""
+    """A run folder (its best checkpoint), a checkpoint file, a folder written by gpt-export,
+    or None (the newest run). With `quantize` ("int8") its linear layers are quantized as
+    `gpt-sample --quantize` quantizes them (`gpt.quantize`), so the score is the quality cost
+    of sampling that way; the parameters reported are the model's own, counted before."""
     if quantize is not None:
         check_supported(quantize, device)  # before the weights are read
+    if path is not None and is_export(path):
+        return load_exported_run(Path(path), device, quantize)
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
     if not state.get("tokenizer"):
@@ -109,6 +112,19 @@ def load_run(path: str | Path | None, device: torch.device, quantize: str | None
     name = run_name(path, ckpt) + (f" ({quantize})" if quantize else "")
     return LoadedRun(name, ckpt, model, tokenizer, device, model.config.block_size, parameters,
                      number("tokens", int), number("elapsed", float), number("step", int), data, quantize)
+
+
+def load_exported_run(folder: Path, device: torch.device, quantize: str | None) -> LoadedRun:
+    """An export folder: its weights and tokenizer, and the step its config names (an export
+    keeps no record of the tokens or time its run trained for)."""
+    model, tokenizer = load_export(folder, device)
+    parameters = count_parameters(model)
+    if quantize is not None:
+        quantize_model(model, quantize)
+    step = read_export_config(folder).get("source", {}).get("step")
+    name = str(folder) + (f" ({quantize})" if quantize else "")
+    return LoadedRun(name, folder / WEIGHTS, model, tokenizer, device, model.config.block_size, parameters,
+                     None, None, int(step) if step is not None else None, None, quantize)
 
 
 def default_stride(context: int) -> int:
