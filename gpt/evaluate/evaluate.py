@@ -94,37 +94,26 @@ def load_run(path: str | Path | None, device: torch.device, quantize: str | None
     of sampling that way; the parameters reported are the model's own, counted before."""
     if quantize is not None:
         check_supported(quantize, device)  # before the weights are read
-    if path is not None and is_export(path):
-        return load_exported_run(Path(path), device, quantize)
-    ckpt = resolve_checkpoint(path)
-    state = load_checkpoint(ckpt)
-    if not state.get("tokenizer"):
-        raise EvalError(f"{ckpt} has no tokenizer, so no text can be encoded for its model (was it written by gpt-train?)")
-    model, tokenizer = model_from_checkpoint(state, device)
+    if path is not None and is_export(path):  # an export keeps no record of its run's tokens or time
+        ckpt, name = Path(path) / WEIGHTS, str(path)
+        model, tokenizer = load_export(path, device)
+        record = {"step": read_export_config(path).get("source", {}).get("step")}
+    else:
+        ckpt = resolve_checkpoint(path)
+        name, record = run_name(path, ckpt), load_checkpoint(ckpt)
+        if not record.get("tokenizer"):
+            raise EvalError(f"{ckpt} has no tokenizer, so no text can be encoded for its model (was it written by gpt-train?)")
+        model, tokenizer = model_from_checkpoint(record, device)
     parameters = count_parameters(model)  # an int8 layer's weights are buffers, not parameters
     if quantize is not None:
         quantize_model(model, quantize)
 
     def number(key, kind):
-        return kind(state[key]) if state.get(key) is not None else None
+        return kind(record[key]) if record.get(key) is not None else None
 
-    data = (state.get("train_config") or {}).get("data")
-    name = run_name(path, ckpt) + (f" ({quantize})" if quantize else "")
-    return LoadedRun(name, ckpt, model, tokenizer, device, model.config.block_size, parameters,
-                     number("tokens", int), number("elapsed", float), number("step", int), data, quantize)
-
-
-def load_exported_run(folder: Path, device: torch.device, quantize: str | None) -> LoadedRun:
-    """An export folder: its weights and tokenizer, and the step its config names (an export
-    keeps no record of the tokens or time its run trained for)."""
-    model, tokenizer = load_export(folder, device)
-    parameters = count_parameters(model)
-    if quantize is not None:
-        quantize_model(model, quantize)
-    step = read_export_config(folder).get("source", {}).get("step")
-    name = str(folder) + (f" ({quantize})" if quantize else "")
-    return LoadedRun(name, folder / WEIGHTS, model, tokenizer, device, model.config.block_size, parameters,
-                     None, None, int(step) if step is not None else None, None, quantize)
+    data = (record.get("train_config") or {}).get("data")
+    return LoadedRun(name + (f" ({quantize})" if quantize else ""), ckpt, model, tokenizer, device, model.config.block_size,
+                     parameters, number("tokens", int), number("elapsed", float), number("step", int), data, quantize)
 
 
 def default_stride(context: int) -> int:
