@@ -34,7 +34,7 @@ class Base:
         if state.get("lora"):
             raise TrainError(f"--init-from {path} is a LoRA run (adapters on {state['lora']['base']['path']}); "
                              f"fine-tune from that base, or continue the LoRA run with --resume")
-        for key in ("model", "model_config", "tokenizer"):
+        for key in KEPT:
             if key not in state:
                 raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")
         return cls(state, ck.base_reference(ckpt, state))
