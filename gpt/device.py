@@ -80,3 +80,17 @@ def configure_backends(device: torch.device) -> None:
         # TF32 matmuls on Ampere and newer: fp32 range, much faster, ample precision here
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (Linux's MemAvailable), or None
+    where the system does not say. On a machine that overcommits memory a too-large array
+    is not refused when allocated: the process is killed later, silently, as it fills."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -4,6 +4,10 @@ It holds the keys and values of the current context window, at window positions
 0..length-1. When the window moves (see `gpt.sample.sampling.ContextWindow`), every position's
 representation changes, in every layer, so the cache is reset and refilled from the new
 window; between moves each new token costs one position's work.
+
+Keys and values share one buffer, (layer, key or value, batch, head, position, channel), so
+a new position's key and value go in with one copy: on a GPU every kernel of a decode step
+counts, since each costs more than the little arithmetic it does.
 """
 from __future__ import annotations
 
@@ -12,12 +16,11 @@ import torch
 
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, head_size: int, block_size: int, device, dtype):
-        shape = (n_layer, batch, n_head, block_size, head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv = torch.zeros((n_layer, 2, batch, n_head, block_size, head_size), device=device, dtype=dtype)
         self.block_size = block_size
         self.length = 0  # positions filled
         self.positions = torch.arange(block_size, device=device)  # for the static step's mask
+        self.open, self.shut = torch.zeros((), dtype=dtype, device=device), torch.full((), -torch.inf, dtype=dtype, device=device)
 
     @classmethod
     def for_model(cls, model, batch: int, device, dtype) -> "KVCache":
@@ -27,20 +30,24 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new keys/values (B, nh, T, hs) for `layer`; return the whole window's."""
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def update(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys and values, kv (2, B, nh, T, hs), for `layer`; return the whole
+        window's keys and values, each (B, nh, S, hs)."""
+        end = self.length + kv.size(3)
+        self.kv[layer, :, :, :, self.length : end] = kv
+        return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
 
-    def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one position's keys/values (B, nh, 1, hs) for `layer` at `pos` (a 0-dim
-        tensor); return the whole buffers, whose shapes never change (the static step)."""
-        at = pos.view(1)
-        self.k[layer].index_copy_(2, at, k)
-        self.v[layer].index_copy_(2, at, v)
-        return self.k[layer], self.v[layer]
+    def write(self, layer: int, pos: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one position's keys and values, kv (2, B, nh, 1, hs), for `layer` at `pos` (a
+        0-dim tensor); return the whole buffers, whose shapes never change (the static step)."""
+        self.kv[layer].index_copy_(3, pos.view(1), kv)
+        return self.kv[layer, 0], self.kv[layer, 1]
+
+    def attention_bias(self, pos: torch.Tensor) -> torch.Tensor:
+        """(1, block) added to attention scores: 0 up to window position `pos` (a 0-dim tensor),
+        -inf after it. Made once per token for every layer, in the cache's dtype, so no layer
+        converts a boolean mask itself (three kernels a layer on a GPU)."""
+        return torch.where(self.positions <= pos, self.open, self.shut).view(1, -1)
 
     def advance(self, n_new: int) -> None:
         self.length += n_new

@@ -67,9 +67,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def rope_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """apply_rope's rotation at one position, (hs/2,) cos and sin, as an (hs, hs) matrix R
-    with x @ R == apply_rope(x): one small product per layer when decoding a token."""
+    with x @ R == apply_rope(x)."""
     c, s = torch.diag(cos), torch.diag(sin)
     return torch.cat((torch.cat((c, s), dim=1), torch.cat((-s, c), dim=1)), dim=0)
+
+
+def rope_basis(head_size: int) -> torch.Tensor:
+    """(3, 3, hs, hs): B with B[0] + B[1] * [cos, cos] + B[2] * [sin, sin] (columns scaled by a
+    position's (hs,) rows) == (R, R, I), R = rope_matrix(cos, sin): the rotation of queries
+    and keys and the identity for values, so that a decode step rotates all three of a
+    token's projections in one batched product, built from a position in two kernels."""
+    h = head_size // 2
+    eye = torch.eye(head_size)
+    swap = torch.zeros(head_size, head_size)
+    swap[:h, h:], swap[h:, :h] = torch.eye(h), -torch.eye(h)
+    zero = torch.zeros(head_size, head_size)
+    return torch.stack((torch.stack((zero, zero, eye)), torch.stack((eye, eye, zero)), torch.stack((swap, swap, zero))))
 
 
 # -- transformer ---------------------------------------------------------------------------------
@@ -79,6 +92,14 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # a layer with no float weight (gpt.quantize.Int8Linear) computes its own product:
     # dispatching here, rather than in each decode method, keeps quantization out of them
     return layer.forward(x)
+
+
+def linear_residual(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + layer(x), x (B, C): a linear layer without bias adds the residual inside its
+    product (one kernel, not two, for the decode step)."""
+    if isinstance(layer, nn.Linear) and layer.bias is None:
+        return torch.addmm(residual, x, layer.weight.t())
+    return residual + linear(layer, x)
 
 
 def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -147,30 +168,33 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
-            k, v = cache.update(layer, k, v)  # (B, nh, S, hs): the window's keys and values
-            # new token i (window position S-T+i) sees window positions <= its own
+            k, v = cache.update(layer, torch.stack((k, v)))  # (B, nh, S, hs): the window's keys and values
             S = k.size(2)
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if S == T:  # a fill from an empty cache: plainly causal, which the fused kernels take
+                y = causal_attention(q, k, v, 0.0)
+            else:  # new token i (window position S-T+i) sees window positions <= its own
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
-    def decode(self, x, rot: torch.Tensor | None, cache: KVCache, layer: int, pos=None, mask=None):
+    def decode(self, x, rot: torch.Tensor | None, cache: KVCache, layer: int, pos=None, bias=None):
         """forward() for one new token per sequence, x (B, C), at window position `pos`: the
-        cache's length, or with `mask` a position tensor (the static-shape step, see GPT.decode)."""
+        cache's length, or with `bias` a position tensor (the static-shape step, see
+        GPT.decode). Returns the attention's output before its projection, (B, C)."""
         B, C = x.shape
-        qkv = linear(self.qkv, x).view(B, 3, self.n_head, 1, self.head_size)
-        qk = qkv[:, :2]  # (B, 2, nh, 1, hs)
+        qkv = linear(self.qkv, x).view(B, 3, self.n_head, self.head_size)
         if self.q_norm is not None:
-            qk = torch.stack((rms_norm(self.q_norm, qk[:, 0]), rms_norm(self.k_norm, qk[:, 1])), dim=1)
+            qkv = torch.stack((rms_norm(self.q_norm, qkv[:, 0]), rms_norm(self.k_norm, qkv[:, 1]), qkv[:, 2]), dim=1)
         if rot is not None:
-            qk = (qk.reshape(-1, self.head_size) @ rot).view(B, 2, self.n_head, 1, self.head_size)
-        if mask is None:
-            k, v = cache.update(layer, qk[:, 1], qkv[:, 2])  # (B, nh, S, hs): the whole window
+            qkv = torch.matmul(qkv, rot)  # q and k rotated, v times the identity
+        q = qkv[:, 0].unsqueeze(2)  # (B, nh, 1, hs)
+        kv = qkv[:, 1:].transpose(0, 1).unsqueeze(3)  # (2, B, nh, 1, hs)
+        if bias is None:
+            k, v = cache.update(layer, kv)  # (B, nh, S, hs): the whole window
         else:
-            k, v = cache.write(layer, pos, qk[:, 1], qkv[:, 2])  # (B, nh, block, hs): all of the buffer
-        y = F.scaled_dot_product_attention(qk[:, 0], k, v, attn_mask=mask)  # (B, nh, 1, hs)
-        return linear(self.proj, y.view(B, C))
+            k, v = cache.write(layer, pos, kv)  # (B, nh, block, hs): all of the buffer
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias).view(B, C)
 
 
 class MLP(nn.Module):
@@ -189,8 +213,8 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.drop(self.proj(self.activation(self.fc(x))))
 
-    def decode(self, x):
-        return linear(self.proj, self.activation(linear(self.fc, x)))
+    def decode(self, x, residual):
+        return linear_residual(self.proj, self.activation(linear(self.fc, x)), residual)
 
     def activation(self, x):
         if self.relu2:
@@ -210,9 +234,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), rope, cache, layer)
         return x + self.mlp(self.ln2(x))
 
-    def decode(self, x, rot, cache: KVCache, layer: int, pos=None, mask=None):
-        x = x + self.attn.decode(layer_norm(self.ln1, x), rot, cache, layer, pos, mask)
-        return x + self.mlp.decode(layer_norm(self.ln2, x))
+    def decode(self, x, rot, cache: KVCache, layer: int, pos=None, bias=None):
+        x = linear_residual(self.attn.proj, self.attn.decode(layer_norm(self.ln1, x), rot, cache, layer, pos, bias), x)
+        return self.mlp.decode(layer_norm(self.ln2, x), x)
 
 
 class GPT(LanguageModel):
@@ -244,6 +268,10 @@ class GPT(LanguageModel):
             # buffers, not parameters, and not saved: rotary embeddings are a fixed function
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+            # for decoding: each position's [cos, cos] and [sin, sin] rows, and the basis that
+            # makes them the (q, k, v) rotation matrices (rope_basis)
+            self.register_buffer("rope_rows", torch.stack((cos.repeat(1, 2), sin.repeat(1, 2)), dim=1), persistent=False)
+            self.register_buffer("rope_basis", rope_basis(cfg.head_size), persistent=False)
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -286,7 +314,7 @@ class GPT(LanguageModel):
     def decode(self, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, V) for one new token per sequence, idx (B,), at window position
         cache.length: forward()'s computation on (B, C) activations, with the position's
-        rotation as one matrix shared by all layers. Generating a token then costs little
+        rotation as matrices shared by all layers. Generating a token then costs little
         more than reading the weights once: on a CPU, a third of forward()'s time for a single
         position went to reshaping and per-call overhead, not arithmetic, which is also why
         the decode methods call the functional forms of their layers (so hooks registered on
@@ -294,7 +322,8 @@ class GPT(LanguageModel):
 
         With `pos`, a 0-dim position tensor on the model's device, every shape is fixed: the
         new key and value are written at `pos` and attention runs over the whole cache
-        buffer with positions after `pos` masked out. Nothing then depends on a Python
+        buffer, positions after `pos` masked out by an additive bias made once for all
+        layers. Nothing then depends on a Python
         number, so the step can be captured once as a CUDA graph and replayed for every
         token; the caller keeps `cache.length` (it is not advanced here)."""
         static = pos is not None
@@ -305,10 +334,11 @@ class GPT(LanguageModel):
         if self.wpe is not None:
             x = x + row(self.wpe.weight, pos)
         else:
-            rot = rope_matrix(row(self.rope_cos, pos), row(self.rope_sin, pos))
-        mask = (cache.positions <= pos).view(1, -1) if static else None  # (1, block): the window so far
+            cos, sin = row(self.rope_rows, pos)  # (hs,) each
+            rot = torch.addcmul(torch.addcmul(self.rope_basis[0], self.rope_basis[1], cos), self.rope_basis[2], sin)
+        bias = cache.attention_bias(pos) if static else None  # (1, block): the window so far
         for i, block in enumerate(self.blocks):
-            x = block.decode(x, rot, cache, i, pos, mask)
+            x = block.decode(x, rot, cache, i, pos, bias)
         if not static:
             cache.advance(1)
         logits = linear(self.head, layer_norm(self.ln_f, x))  # (B, V)

@@ -41,8 +41,7 @@ def test_positions_after_the_current_one_are_masked_out(trained):
     with torch.inference_mode():
         clean = KVCache.for_model(model, 1, "cpu", torch.float32)
         dirty = KVCache.for_model(model, 1, "cpu", torch.float32)
-        dirty.k.normal_()
-        dirty.v.normal_()  # garbage everywhere, as after many window moves
+        dirty.kv.normal_()  # garbage keys and values everywhere, as after many window moves
         prompt = torch.tensor([[1, 2, 3]])
         model(prompt, cache=clean)
         model(prompt, cache=dirty)

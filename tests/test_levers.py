@@ -284,7 +284,8 @@ def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given(
     from gpt.train.muon import Muon, newton_schulz_dtype
 
     torch.manual_seed(0)
-    theirs = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32, 96))]
+    # two of one shape: ours orthogonalises those together, as one batch
+    theirs = [torch.nn.Parameter(torch.randn(*shape)) for shape in ((64, 32), (32, 96), (64, 32))]
     ours = [torch.nn.Parameter(w.detach().clone()) for w in theirs]
     fp32 = [torch.nn.Parameter(w.detach().clone()) for w in theirs]
     options = dict(lr=0.02, weight_decay=0.01, adjust_lr_fn="original")

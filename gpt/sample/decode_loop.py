@@ -8,6 +8,10 @@ is one of three kinds, all sampling with the same pre-drawn noise (`NoiseSource`
 - sampled: one token through `SampledStep`, model and sampling in fixed shapes, replayed
   as a CUDA graph on a GPU.
 
+On a GPU the fills keep off cuDNN's attention, which plans each new shape anew (about a
+second each, measured on an H200), and the one-time work (the step's graph, the first run of
+a moved window's fill) is done before the first token, so no token waits for it.
+
 Tokens come back to the host in groups. On a GPU the loop stays one group ahead: it queues
 group j+1 before it waits for group j, whose copy to pinned memory was queued behind it,
 so the GPU never waits for Python, yet a streaming reader sees each group as soon as it
@@ -15,15 +19,19 @@ is done.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from collections import deque
 from typing import Iterator, Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..kv_cache import KVCache
 from .sampling import ContextWindow, GenerationError, NoiseSource, SamplingOptions, sample_next
 from .static_decode import SampledStep
 
+FILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 NOT_FINITE = ("the model's next-token scores are not finite numbers (inf or nan): "
               "its weights are broken, or it was trained into overflow; sample from an earlier checkpoint")
 
@@ -39,33 +47,51 @@ class DecodeLoop:
         greedy = options.temperature == 0
         self.noise = None if greedy else NoiseSource(B, model.config.vocab_size, device, options.seed)
         self.sampling = (options.temperature, options.top_k, options.top_p)
-        self.bad = torch.zeros((), dtype=torch.bool, device=device)  # any step's logits not finite
+        # the sum of every step's logits: a score that is inf or nan anywhere makes it so too,
+        # and adding costs a step two small kernels, where a flag would cost four
+        self.scores = torch.zeros((), dtype=torch.float32, device=device)
         self.cache = self.step = None
         if options.use_kv_cache and getattr(model, "supports_kv_cache", False):
             self.cache = KVCache.for_model(model, B, device, dtype)
             if static:
                 buffer = None if self.noise is None else self.noise.buffer
-                self.step = SampledStep(model, self.cache, self.ids, buffer, self.sampling, self.bad,
+                self.step = SampledStep(model, self.cache, self.ids, buffer, self.sampling, self.scores,
                                         use_graph=device.type == "cuda", compile=compile)
         self.period = 1 if self.noise is None else self.noise.period
+        self.fill_context = (lambda: sdpa_kernel(FILL_ATTENTION)) if device.type == "cuda" else contextlib.nullcontext
 
     def tokens(self, group: int) -> Iterator[list[int]]:
         """Each step's B new tokens, read back `group` steps at a time (the first step alone,
         for a prompt first token)."""
-        reader = Reader(self.ids, self.bad, group) if self.device.type == "cuda" else None
+        reader = Reader(self.ids, self.scores, group) if self.device.type == "cuda" else None
+        if reader is not None:
+            self._warm_up_moved_window()
         done = self.P
         for n in range(self.P, self.P + self.steps):
             self._advance(n)
+            if n == self.P and self.step is not None and self.steps > 1 and self.cache.length < self.window.block_size:
+                self.step.prepare()  # the next token is the step's (a full window would move first)
             end = n + 1
             if end - done < group and end != self.P + self.steps and n != self.P:
                 continue
             if reader is None:
-                if bool(self.bad):
+                if not math.isfinite(self.scores):
                     raise GenerationError(NOT_FINITE)
                 yield from self.ids[:, done:end].t().tolist()
             else:
                 yield from reader.queue(done, end, wait_for_all=n == self.P or end == self.P + self.steps)
             done = end
+
+    def _warm_up_moved_window(self) -> None:
+        """Run a moved window's fill once before the prompt's, when the window will move: its
+        first run loads kernels and plans products for its shape, tens of milliseconds that
+        would otherwise stall the stream at the first move."""
+        if self.cache is None or self.P + self.steps <= self.window.block_size:
+            return
+        length = self.window.block_size - self.window.slide + 1
+        with self.fill_context():
+            self.model(torch.zeros(self.ids.size(0), length, dtype=torch.long, device=self.device), cache=self.cache, last_only=True)
+        self.cache.reset()
 
     def _advance(self, n: int) -> None:
         """Sample token n from tokens [0, n)."""
@@ -84,9 +110,10 @@ class DecodeLoop:
             if self.cache is not None:
                 self.cache.reset()
             x = self.ids[:, start:n]
-        logits = self.model(x, cache=self.cache, last_only=True)[0][:, -1]
+        with self.fill_context():
+            logits = self.model(x, cache=self.cache, last_only=True)[0][:, -1]
         noise = None if self.noise is None else self.noise.buffer[slot]
-        self.bad.logical_or_(~logits.isfinite().all())
+        self.scores.add_(logits.sum(dtype=torch.float32))
         self.ids[:, n : n + 1] = sample_next(logits, *self.sampling, noise)
         if self.step is not None:
             self.step.sync(n + 1, n - start, (slot + 1) % self.period)
@@ -96,28 +123,28 @@ class Reader:
     """Groups of tokens copied to pinned host memory behind the steps that make them, and
     handed out one group late, so that the device always has the next group queued."""
 
-    def __init__(self, ids: torch.Tensor, bad: torch.Tensor, group: int):
-        self.ids, self.bad = ids, bad
+    def __init__(self, ids: torch.Tensor, scores: torch.Tensor, group: int):
+        self.ids, self.scores = ids, scores
         self.pending: deque = deque()
         self.spare = [self._buffers(ids.size(0), group) for _ in range(2)]
 
     @staticmethod
     def _buffers(batch: int, group: int):
         return (torch.empty(group, batch, dtype=torch.long, pin_memory=True),
-                torch.empty((), dtype=torch.bool, pin_memory=True))
+                torch.empty((), dtype=torch.float32, pin_memory=True))
 
     def queue(self, start: int, end: int, wait_for_all: bool) -> Iterator[list[int]]:
-        tokens, bad = self.spare.pop() if self.spare else self._buffers(self.ids.size(0), end - start)
+        tokens, scores = self.spare.pop() if self.spare else self._buffers(self.ids.size(0), end - start)
         tokens[: end - start].copy_(self.ids[:, start:end].t(), non_blocking=True)
-        bad.copy_(self.bad, non_blocking=True)
+        scores.copy_(self.scores, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        self.pending.append((event, tokens, bad, end - start))
+        self.pending.append((event, tokens, scores, end - start))
         while len(self.pending) > (0 if wait_for_all else 1):
-            event, tokens, bad, count = self.pending.popleft()
+            event, tokens, scores, count = self.pending.popleft()
             event.synchronize()
-            if bool(bad):
+            if not math.isfinite(scores):
                 raise GenerationError(NOT_FINITE)
             rows = tokens[:count].tolist()
-            self.spare.append((tokens, bad))
+            self.spare.append((tokens, scores))
             yield from rows

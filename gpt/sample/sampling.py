@@ -78,7 +78,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     every decoding path given the same noise picks the same tokens."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits.float() / temperature
+    scale = 1 / temperature
+    if top_k is None and top_p is None:  # g + logits / T in one kernel (fp32, as g is)
+        return torch.add(gumbel, logits, alpha=scale).argmax(-1, keepdim=True)
+    logits = logits.float() * scale
     if top_k is not None and top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)

@@ -16,10 +16,12 @@ before capture, whose counters are put back, change nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data_prep.errors import first_line
 
@@ -27,6 +29,13 @@ from ..kv_cache import KVCache
 from .sampling import sample_next
 
 WARMUP_STEPS = 2  # eager runs on a side stream before capture (lazy initialisations happen there)
+# the attention kernels a recorded step may use (None: torch's own choice). Its shapes never
+# change, so even cuDNN's, which plans each new shape once (about a second), plans only once
+STEP_ATTENTION: list[SDPBackend] | None = None
+
+
+def attention_backends(backends: list[SDPBackend] | None):
+    return contextlib.nullcontext() if backends is None else sdpa_kernel(backends)
 
 
 class Replay:
@@ -42,12 +51,17 @@ class Replay:
     def __call__(self) -> torch.Tensor | None:
         if not self.use_graph:
             return self.fn()
-        if self.graph is None:
-            self._capture()
+        self.record()
         self.graph.replay()
         return self.out
 
-    def _capture(self) -> None:
+    def record(self) -> None:
+        if self.graph is not None:
+            return
+        with attention_backends(STEP_ATTENTION):  # chosen while tracing and capturing: the graph keeps the choice
+            self._record()
+
+    def _record(self) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -64,47 +78,50 @@ class SampledStep:
     """One whole token on the device: the input is ids[:, n-1] at window position `pos`, the
     sample is drawn with noise[slot] and written to ids[:, n], then n, pos and slot move on.
     The host keeps the same counters; `sync(n, pos, slot)` sets the device's after a step
-    the host ran itself (a prompt or a moved window, filled eagerly)."""
+    the host ran itself (a prompt or a moved window, filled eagerly). `scores` (see
+    DecodeLoop) gathers every step's logits, to say afterwards whether any was not finite."""
 
     def __init__(self, model: torch.nn.Module, cache: KVCache, ids: torch.Tensor, noise: torch.Tensor | None,
-                 sampling: tuple, bad: torch.Tensor, use_graph: bool, compile: bool = False):
-        self.model, self.cache, self.ids, self.noise, self.sampling, self.bad = model, cache, ids, noise, sampling, bad
-        device = ids.device
-        self.n = torch.zeros(1, dtype=torch.long, device=device)
-        self.pos = torch.zeros((), dtype=torch.long, device=device)
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+                 sampling: tuple, scores: torch.Tensor, use_graph: bool, compile: bool = False):
+        self.model, self.cache, self.ids, self.noise, self.sampling, self.scores = model, cache, ids, noise, sampling, scores
+        # the counters in one tensor, so that one kernel moves them all: n - 1, n, pos, slot
+        self.counters = torch.zeros(4, dtype=torch.long, device=ids.device)
+        self.last, self.n, self.pos, self.slot = self.counters[0:1], self.counters[1:2], self.counters[2], self.counters[3:4]
         self.period = 1 if noise is None else noise.size(0)
         self._saved: list[torch.Tensor] = []
         # compiled, the step's small element-wise kernels (norms, residual adds, the
         # activation, the sampling arithmetic) fuse into a few: fewer kernels for the GPU to
         # run one after another, at the price of compiling it first (tens of seconds)
         step = compiled_or_eager(self._step) if compile else self._step
-        self.replay = Replay(step, use_graph and device.type == "cuda", self._restore)
+        self.replay = Replay(step, use_graph and ids.device.type == "cuda", self._restore)
 
     def sync(self, n: int, pos: int, slot: int) -> None:
-        self.n.fill_(n)
-        self.pos.fill_(pos)
-        self.slot.fill_(slot)
+        self.counters.copy_(torch.tensor([n - 1, n, pos, slot]), non_blocking=True)
+
+    def prepare(self) -> None:
+        """Record the graph now (a GPU's one-time work: warm-up runs, kernel loading, the
+        capture), with the state as it is and put back after, so no token waits for it."""
+        if self.replay.use_graph and self.replay.graph is None:
+            self._saved = [t.clone() for t in (self.counters, self.scores)]
+            self.replay.record()
 
     def __call__(self) -> None:
-        if self.replay.use_graph and self.replay.graph is None:  # the warm-up runs will be undone
-            self._saved = [t.clone() for t in (self.n, self.pos, self.slot, self.bad)]
+        self.prepare()
         self.replay()
         self.cache.length += 1  # the host's mirror of pos + 1
 
     def _restore(self) -> None:
-        for t, saved in zip((self.n, self.pos, self.slot, self.bad), self._saved):
+        for t, saved in zip((self.counters, self.scores), self._saved):
             t.copy_(saved)
 
     def _step(self) -> None:
-        tokens = self.ids.index_select(1, self.n - 1).view(-1)
+        tokens = self.ids.index_select(1, self.last).view(-1)
         logits = self.model.decode(tokens, self.cache, pos=self.pos)
         noise = None if self.noise is None else self.noise.index_select(0, self.slot)[0]
-        self.bad.logical_or_(~logits.isfinite().all())
+        self.scores.add_(logits.sum(dtype=torch.float32))
         self.ids.index_copy_(1, self.n, sample_next(logits, *self.sampling, noise))
-        self.n.add_(1)
-        self.pos.add_(1)
-        self.slot.add_(1).remainder_(self.period)
+        self.counters.add_(1)
+        self.slot.remainder_(self.period)
 
 
 def compiled_or_eager(fn: Callable[[], None]) -> Callable[[], None]:

@@ -61,6 +61,10 @@ class BatchSampler:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.index.gather(self.rng.integers(0, self.index.num_windows, self.batch_size))
 
+    def batch_bytes(self) -> int:
+        """Host memory a batch's windows take as drawn (int64, inputs and targets sharing them)."""
+        return self.batch_size * (self.index.block_size + 1) * 8
+
     def state(self) -> str:
         return json.dumps(self.rng.bit_generator.state)  # big ints: JSON keeps them exact
 

@@ -25,7 +25,7 @@ from data_prep.errors import first_line
 from .. import checkpoint as ck
 from .. import lora
 from ..config import ModelConfig, TrainConfig
-from ..device import autocast, configure_backends, resolve_dtype
+from ..device import autocast, available_memory, configure_backends, resolve_dtype
 from ..model import build_model
 from ..plot.live import ProgressPicture
 from .base import Base
@@ -87,6 +87,10 @@ class Trainer:
             self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows, vocab_size=vocab)
         except BlockSizeError as e:
             raise TrainError(str(e)) from None
+        windows = self.sampler.batch_bytes()
+        available = available_memory()
+        if available is not None and windows > available // 2:
+            raise TrainError(self.too_large(f"host memory (its token windows alone take {windows / 2**30:.1f} GiB of {available / 2**30:.1f} GiB available)"))
         # mean nats per token x tokens per character = nats per character, whatever the tokenizer
         self.tokens_per_char = self.data.tokens_per_character("val")
         self.model = build_model(self.model_cfg).to(device)
@@ -227,6 +231,10 @@ class Trainer:
             self.optimizers.zero_grad()
             return self.train_step(lr)
 
+    def too_large(self, where: str) -> str:
+        return (f"a batch of {self.cfg.batch_size} x {self.cfg.block_size} tokens does not fit in {where}; "
+                "lower --batch-size or --block-size (--grad-accum keeps the effective batch)")
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over the fixed validation windows (split across ranks, then averaged)."""
@@ -309,7 +317,7 @@ class Trainer:
                 self.save(None)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if is_out_of_memory(e):
-                raise TrainError(f"a batch of {cfg.batch_size} x {cfg.block_size} tokens does not fit in {self.device} memory; lower --batch-size or --block-size (--grad-accum keeps the effective batch)") from None
+                raise TrainError(self.too_large(f"{self.device} memory")) from None
             raise
         finally:
             self.progress.close()
