@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--no-train-compile", action="store_true", help="train eagerly (a quick model for the sampling figures)")
     p.add_argument("--compiled-sampling", action="store_true", help="also measure one sample with the decode step compiled (--compile)")
+    p.add_argument("--run", type=Path, help="sample from this trained run instead of training one (no training figures)")
     p.add_argument("--smoke", action="store_true", help="a tiny model instead of baby-gpt: checks the script itself (e.g. on a CPU)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -188,17 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine_figures(device), "reference_same_gpu": REFERENCE}
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
-        prepare([args.corpus], tmp / "data", PrepareOptions(progress=False))
-        report["training"] = training(tmp / "data", tmp / "run", args.device, args.train_steps, args.target,
-                                      report["machine"]["matmul_peak_tflops"], args.smoke, not args.no_train_compile)
-        report["sampling_cli_fresh_process"] = cli_sample(tmp / "run", args.device, args.sample_tokens)
-        gen = Generator.load(tmp / "run", args.device)
+        run = args.run or tmp / "run"
+        if args.run is None:
+            prepare([args.corpus], tmp / "data", PrepareOptions(progress=False))
+            report["training"] = training(tmp / "data", run, args.device, args.train_steps, args.target,
+                                          report["machine"]["matmul_peak_tflops"], args.smoke, not args.no_train_compile)
+        report["sampling_cli_fresh_process"] = cli_sample(run, args.device, args.sample_tokens)
+        gen = Generator.load(run, args.device)
         report["sampling_library_1"] = library_sample(gen, args.sample_tokens, 1)
         report["sampling_library_batch"] = library_sample(gen, args.sample_tokens, args.batch)
         report["floor_one_sample"] = floor(gen, report["machine"])
         report["profile_one_sample"] = profile(gen, args.sample_tokens)
         if args.compiled_sampling:  # one sample only: each new shape compiles again
-            fused = Generator.load(tmp / "run", args.device, compile=True)
+            fused = Generator.load(run, args.device, compile=True)
             report["sampling_library_1_compiled"] = library_sample(fused, args.sample_tokens, 1)
             report["profile_one_sample_compiled"] = profile(fused, args.sample_tokens)
         report["sampling_dtype"] = str(gen.dtype).replace("torch.", "")

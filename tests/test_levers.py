@@ -57,7 +57,8 @@ def test_relu2_mlp_computes_relu_squared_in_forward_and_decode():
     with torch.no_grad():
         expected = mlp.proj(F.relu(mlp.fc(x)) ** 2)
         assert torch.allclose(mlp(x), expected, rtol=0, atol=1e-7)
-        assert torch.allclose(mlp.decode(x[:, 0]), expected[:, 0], rtol=0, atol=1e-7)
+        residual = torch.randn(3, 32)
+        assert torch.allclose(mlp.decode(x[:, 0], residual), residual + expected[:, 0], rtol=0, atol=1e-6)
         assert not torch.allclose(small().blocks[0].mlp(x), expected)  # gelu's is another function
 
 
