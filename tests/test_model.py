@@ -6,7 +6,7 @@ import torch
 
 from gpt.config import ConfigError, ModelConfig
 from gpt.kv_cache import KVCache
-from gpt.model import apply_rope, build_model, count_parameters, rope_matrix, rope_tables
+from gpt.model import apply_rope, build_model, count_parameters, rope_basis, rope_matrix, rope_tables
 
 
 def small(pos="rope", **kw):
@@ -54,6 +54,15 @@ def test_rope_matrix_rotates_exactly_as_apply_rope():
     x = torch.randn(3, 2, 1, 8, dtype=torch.float64)
     cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float64)
     torch.testing.assert_close(x @ rope_matrix(cos[0], sin[0]), apply_rope(x, cos, sin))
+
+
+def test_the_decode_rotation_is_rope_for_queries_and_keys_and_the_identity_for_values():
+    cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float32)
+    basis = rope_basis(8)
+    c, s = cos[0].repeat(2), sin[0].repeat(2)
+    rot = torch.addcmul(torch.addcmul(basis[0], basis[1], c), basis[2], s)  # as GPT.decode builds it
+    r = rope_matrix(cos[0], sin[0])
+    assert torch.equal(rot, torch.stack((r, r, torch.eye(8))))
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])
