@@ -19,17 +19,16 @@ is done.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import deque
 from typing import Iterator, Sequence
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
 from ..kv_cache import KVCache
 from .sampling import ContextWindow, GenerationError, NoiseSource, SamplingOptions, sample_next
-from .static_decode import SampledStep
+from .static_decode import SampledStep, attention_backends
 
 FILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 NOT_FINITE = ("the model's next-token scores are not finite numbers (inf or nan): "
@@ -58,7 +57,7 @@ class DecodeLoop:
                 self.step = SampledStep(model, self.cache, self.ids, buffer, self.sampling, self.scores,
                                         use_graph=device.type == "cuda", compile=compile)
         self.period = 1 if self.noise is None else self.noise.period
-        self.fill_context = (lambda: sdpa_kernel(FILL_ATTENTION)) if device.type == "cuda" else contextlib.nullcontext
+        self.fill_attention = FILL_ATTENTION if device.type == "cuda" else None
 
     def tokens(self, group: int) -> Iterator[list[int]]:
         """Each step's B new tokens, read back `group` steps at a time (the first step alone,
@@ -89,7 +88,7 @@ class DecodeLoop:
         if self.cache is None or self.P + self.steps <= self.window.block_size:
             return
         length = self.window.block_size - self.window.slide + 1
-        with self.fill_context():
+        with attention_backends(self.fill_attention):
             self.model(torch.zeros(self.ids.size(0), length, dtype=torch.long, device=self.device), cache=self.cache, last_only=True)
         self.cache.reset()
 
@@ -110,7 +109,7 @@ class DecodeLoop:
             if self.cache is not None:
                 self.cache.reset()
             x = self.ids[:, start:n]
-        with self.fill_context():
+        with attention_backends(self.fill_attention):
             logits = self.model(x, cache=self.cache, last_only=True)[0][:, -1]
         noise = None if self.noise is None else self.noise.buffer[slot]
         self.scores.add_(logits.sum(dtype=torch.float32))
