@@ -170,6 +170,15 @@ def test_resume_with_other_vocabulary_or_shape_is_refused(data, tmp_path):
         train(overrides={"out": str(tmp_path / "run"), "n_layer": 3, "progress": False}, resume=True, log=lambda s: None)
 
 
+def test_a_batch_too_large_for_host_memory_is_refused_before_training(data, tmp_path, monkeypatch):
+    """Where memory is overcommitted the allocation would not fail; the process would be killed."""
+    monkeypatch.setattr("gpt.train.trainer.available_memory", lambda: 10_000)  # 8 x 33 int64 windows take 2,112 bytes
+    train(overrides=tiny_run(data, tmp_path / "fits", max_iters=1, batch_size=8), log=lambda s: None)
+    with pytest.raises(TrainError, match="does not fit in host memory .*; lower --batch-size"):
+        train(overrides=tiny_run(data, tmp_path / "too-large", max_iters=1, batch_size=64), log=lambda s: None)
+    assert not (tmp_path / "too-large").exists()
+
+
 def test_existing_run_is_not_overwritten_without_asking(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
     with pytest.raises(TrainError, match="--resume continues it"):
