@@ -3,10 +3,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gpt.config import ConfigError, ModelConfig
 from gpt.kv_cache import KVCache
-from gpt.model import apply_rope, build_model, count_parameters, rope_basis, rope_matrix, rope_tables
+from gpt.model import apply_rope, build_model, count_parameters, plain_causal_attention, rope_basis, rope_matrix, rope_tables
 
 
 def small(pos="rope", **kw):
@@ -54,6 +55,18 @@ def test_rope_matrix_rotates_exactly_as_apply_rope():
     x = torch.randn(3, 2, 1, 8, dtype=torch.float64)
     cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float64)
     torch.testing.assert_close(x @ rope_matrix(cos[0], sin[0]), apply_rope(x, cos, sin))
+
+
+def test_plain_causal_attention_is_torchs_math_backend_on_bf16():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 16, 8).bfloat16() for _ in range(3))
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    got = plain_causal_attention(q, k, v, 0.0)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-2)  # one bf16 rounding apart at most
 
 
 def test_the_decode_rotation_is_rope_for_queries_and_keys_and_the_identity_for_values():
