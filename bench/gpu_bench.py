@@ -98,13 +98,13 @@ def training(data: Path, run: Path, device: str, steps: int, target: float, peak
             "time_to_target_s": round(reached["elapsed"], 1) if reached else None}
 
 
-def cli_sample(run: Path, device: str, tokens: int, program: tuple[str, ...] = ("-m", "gpt.sample"), extra: tuple[str, ...] = ()) -> dict:
+def cli_sample(run: Path, device: str, tokens: int, program: tuple[str, ...] = ("-m", "gpt.sample")) -> dict:
     """`gpt-sample` in a fresh process: the first byte after the prompt is the first token;
     tokens/s is over the rest, up to the last byte written (start-up, checkpoint loading and
     the first token excluded, and so is the process's exit after its output, which on a GPU
     takes a few tenths of a second: reported apart)."""
     cmd = [sys.executable, *program, "--ckpt", str(run), "--max-new-tokens", str(tokens), "--ignore-eot",
-           "--no-echo", "--device", device, "--seed", "0", *extra]
+           "--no-echo", "--device", device, "--seed", "0"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     output, t_first, t_last = b"", None, None

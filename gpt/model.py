@@ -64,24 +64,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def rope_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """apply_rope's rotation at one position, (hs/2,) cos and sin, as an (hs, hs) matrix R
-    with x @ R == apply_rope(x)."""
-    c, s = torch.diag(cos), torch.diag(sin)
-    return torch.cat((torch.cat((c, s), dim=1), torch.cat((-s, c), dim=1)), dim=0)
-
-
 def rope_basis(head_size: int) -> torch.Tensor:
-    """(3, 3, hs, hs): B with B[0] + B[1] * [cos, cos] + B[2] * [sin, sin] (columns scaled by a
-    position's (hs,) rows) == (R, R, I), R = rope_matrix(cos, sin): the rotation of queries
-    and keys and the identity for values, so that a decode step rotates all three of a
-    token's projections in one batched product, built from a position in two kernels."""
+    """(3, 3, hs, hs): the fixed matrices `rope_rotation` scales by a position's cos and sin."""
     h = head_size // 2
     eye = torch.eye(head_size)
     swap = torch.zeros(head_size, head_size)
     swap[:h, h:], swap[h:, :h] = torch.eye(h), -torch.eye(h)
     zero = torch.zeros(head_size, head_size)
     return torch.stack((torch.stack((zero, zero, eye)), torch.stack((eye, eye, zero)), torch.stack((swap, swap, zero))))
+
+
+def rope_rotation(basis: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(3, hs, hs) = (R, R, I) for one position, from its (hs,) rows [cos, cos] and [sin, sin]
+    (columns of the basis scaled by them): x @ R == apply_rope(x) for queries and keys, the
+    identity for values, so a decode step rotates a token's three projections in one batched
+    product, with the matrices built in two kernels."""
+    return torch.addcmul(torch.addcmul(basis[0], basis[1], cos), basis[2], sin)
 
 
 # -- transformer ---------------------------------------------------------------------------------
@@ -282,7 +280,7 @@ class GPT(LanguageModel):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
             # for decoding: each position's [cos, cos] and [sin, sin] rows, and the basis that
-            # makes them the (q, k, v) rotation matrices (rope_basis)
+            # makes them the (q, k, v) rotation matrices (rope_rotation)
             self.register_buffer("rope_rows", torch.stack((cos.repeat(1, 2), sin.repeat(1, 2)), dim=1), persistent=False)
             self.register_buffer("rope_basis", rope_basis(cfg.head_size), persistent=False)
 
@@ -347,8 +345,7 @@ class GPT(LanguageModel):
         if self.wpe is not None:
             x = x + row(self.wpe.weight, pos)
         else:
-            cos, sin = row(self.rope_rows, pos)  # (hs,) each
-            rot = torch.addcmul(torch.addcmul(self.rope_basis[0], self.rope_basis[1], cos), self.rope_basis[2], sin)
+            rot = rope_rotation(self.rope_basis, *row(self.rope_rows, pos))
         bias = cache.attention_bias(pos) if static else None  # (1, block): the window so far
         for i, block in enumerate(self.blocks):
             x = block.decode(x, rot, cache, i, pos, bias)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from gpt.config import ConfigError, ModelConfig
 from gpt.kv_cache import KVCache
-from gpt.model import apply_rope, build_model, count_parameters, plain_causal_attention, rope_basis, rope_matrix, rope_tables
+from gpt.model import apply_rope, build_model, count_parameters, plain_causal_attention, rope_basis, rope_rotation, rope_tables
 
 
 def small(pos="rope", **kw):
@@ -50,13 +50,6 @@ def test_rope_attention_scores_depend_only_on_relative_position():
     assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-6)
 
 
-def test_rope_matrix_rotates_exactly_as_apply_rope():
-    torch.manual_seed(2)
-    x = torch.randn(3, 2, 1, 8, dtype=torch.float64)
-    cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float64)
-    torch.testing.assert_close(x @ rope_matrix(cos[0], sin[0]), apply_rope(x, cos, sin))
-
-
 def test_plain_causal_attention_is_torchs_math_backend_on_bf16():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -70,12 +63,13 @@ def test_plain_causal_attention_is_torchs_math_backend_on_bf16():
 
 
 def test_the_decode_rotation_is_rope_for_queries_and_keys_and_the_identity_for_values():
-    cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float32)
-    basis = rope_basis(8)
-    c, s = cos[0].repeat(2), sin[0].repeat(2)
-    rot = torch.addcmul(torch.addcmul(basis[0], basis[1], c), basis[2], s)  # as GPT.decode builds it
-    r = rope_matrix(cos[0], sin[0])
-    assert torch.equal(rot, torch.stack((r, r, torch.eye(8))))
+    torch.manual_seed(2)
+    x = torch.randn(3, 2, 1, 8, dtype=torch.float64)
+    cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float64)
+    rot = rope_rotation(rope_basis(8).double(), cos[0].repeat(2), sin[0].repeat(2))
+    torch.testing.assert_close(x @ rot[0], apply_rope(x, cos, sin))
+    torch.testing.assert_close(x @ rot[1], apply_rope(x, cos, sin))
+    assert torch.equal(rot[2], torch.eye(8, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])
