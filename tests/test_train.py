@@ -44,6 +44,30 @@ def test_resumed_run_matches_uninterrupted_run_step_for_step(data, tmp_path):
     assert rest.val_loss == whole.val_loss
 
 
+def test_a_resumed_run_keeps_the_device_it_was_started_on(data, tmp_path, monkeypatch):
+    """A --device cpu run resumed without --device stays on the CPU of a machine with a GPU
+    (made to look present here: a move to CUDA would fail on a CPU-only machine)."""
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [])
+    lines = []
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 6, "progress": False}, resume=True, log=lines.append)
+    assert result.step == 6
+    assert any(line.startswith("resuming") and " on cpu (" in line for line in lines), lines
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_resuming_a_cuda_run_on_a_machine_without_one_says_how_to_go_on(data, tmp_path):
+    run = tmp_path / "run"
+    train(overrides=tiny_run(data, run, max_iters=4), log=lambda s: None)
+    state = ck.load_checkpoint(run / "latest.pt")
+    state["train_config"]["device"] = "cuda"  # as a run started with --device cuda saves it
+    ck.save_checkpoint(run / "latest.pt", state)
+    proc = run_cli("gpt.train", "--resume", "--out", str(run), "--max-iters", "6", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "CUDA is not available", "use --device cpu", "started with --device cuda")
+    assert run_cli("gpt.train", "--resume", "--out", str(run), "--max-iters", "6", "--quiet", "--device", "cpu").returncode == 0
+
+
 def test_a_resumed_run_lets_go_of_the_checkpoint_it_loaded(data, tmp_path, monkeypatch):
     import gc
     import weakref

@@ -6,9 +6,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .. import checkpoint as ck
 from ..config import MODEL_FIELDS, ModelConfig, TrainConfig
-from ..device import resolve_device
+from ..device import DeviceError, resolve_device
 from ..model import count_parameters
 from .distributed import Dist, init_distributed
 from .errors import TrainError
@@ -65,13 +67,17 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     """Start (or with `resume`, continue) a run. `overrides` are explicit option values;
     `should_stop(step)` lets a caller end the run at a step boundary (it is checkpointed)."""
     overrides, log = dict(overrides or {}), tolerant(log)
-    dist_, device_name = init_distributed(overrides.get("device") or "auto")
+    resume_state = base = None
+    if resume:
+        run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
+        resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
+    # a resumed run keeps the device it was given (a --device cpu run stays on the CPU of a
+    # machine with a GPU) unless one is given now
+    saved_device = resume_state["train_config"].get("device") if resume_state else None
+    dist_, device_name = init_distributed(overrides.get("device") or saved_device or "auto")
     try:
-        device = resolve_device(device_name)
-        resume_state = base = None
+        device = resolve_saved_device(device_name, saved_device if not overrides.get("device") else None)
         if resume:
-            run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
-            resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
             cfg = resumed_config(saved_options(resume_state), {**overrides, "out": str(run_dir)})
             if resume_state.get("lora"):  # its checkpoints hold the adapters: the base comes first
                 base = Base.from_reference(resume_state["lora"]["base"])
@@ -96,6 +102,17 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     gc.collect()  # the trainer and its DDP wrapper, before the group they use (see Trainer.run)
     dist_.close(finished=True)
     return result
+
+
+def resolve_saved_device(name: str, saved: str | None) -> torch.device:
+    """The device `name`; when it is the one a resumed run was given (`saved`) and this
+    machine lacks it, the error says so and how to continue here."""
+    try:
+        return resolve_device(name)
+    except DeviceError as e:
+        if saved is None:
+            raise
+        raise DeviceError(f"{e} (the run was started with --device {saved}, which --resume keeps unless given another)") from None
 
 
 def trained_summary(model, cfg: TrainConfig) -> str:
