@@ -119,6 +119,7 @@ class TrainConfig:
     eval_interval: int = 250
     eval_windows: int = 256
     patience: int | None = None  # evaluations without a new best before stopping; None: 5 without a time budget, else off
+    cooldown: float = 0.0  # when patience runs out: decay the lr to min_lr over this fraction of the steps so far, then stop
     log_interval: int = 10
     # fine-tuning: start from another run's model (in full, or with low-rank adapters)
     init_from: str | None = None  # a run folder or checkpoint
@@ -155,6 +156,10 @@ class TrainConfig:
             raise ConfigError("--lora adapts a trained model: give it one with --init-from RUN")
         if self.patience is not None and self.patience < 0:
             raise ConfigError(f"--patience must be 0 (never stop early) or more, got {self.patience}")
+        if not 0 <= self.cooldown <= 1:
+            raise ConfigError(f"--cooldown must be a fraction of the steps so far, from 0 (off) to 1, got {self.cooldown}")
+        if self.cooldown and self.patience == 0:
+            raise ConfigError("--cooldown starts when --patience runs out, which --patience 0 never does")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon":
@@ -176,10 +181,11 @@ class TrainConfig:
     def early_stop_after(self) -> int:
         """Evaluations without improvement that end the run (0: never). A step budget on a
         small corpus is where a run overfits for most of its time, so it is on there; a time
-        budget decays the learning rate to its end and is left to run."""
+        budget decays the learning rate to its end and is left to run, unless a --cooldown
+        asks for one to end it."""
         if self.patience is not None:
             return self.patience
-        return 0 if self.max_time else DEFAULT_PATIENCE
+        return 0 if self.max_time and not self.cooldown else DEFAULT_PATIENCE
 
     @property
     def lora_scale_alpha(self) -> float:

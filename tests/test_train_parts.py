@@ -214,6 +214,65 @@ def test_a_run_stops_after_patience_evaluations_without_improvement_and_says_so_
     assert again.step == 14
 
 
+# -- cooldown ----------------------------------------------------------------------------------
+def rising_after(best_step: int):
+    """An evaluation whose loss falls to `best_step`, then rises: the shape of overfitting."""
+    return lambda self: 3.0 - 0.1 * min(self.step, best_step) + 0.1 * max(self.step - best_step, 0)
+
+
+def logged_lr(run) -> dict:
+    return {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
+
+
+def test_a_cooldown_decays_the_rate_to_min_lr_once_patience_runs_out_then_stops(data, tmp_path, monkeypatch):
+    from gpt.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
+    run = tmp_path / "run"
+    options = dict(max_iters=100, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
+    result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
+    # stale evaluations at steps 10 and 12: the cooldown starts at 12, for 6 steps
+    assert result.stopped_by == "cooldown" and result.step == 18 and result.best_step == 8
+    lr = logged_lr(run)
+    start = lr[12]  # the last step's rate before it, the cosine's: a straight line from it to --min-lr
+    assert [lr[s] for s in range(13, 19)] == pytest.approx([start + (1e-3 - start) * k / 6 for k in range(1, 7)])
+    assert ck.load_checkpoint(run / "latest.pt")["cooldown"]["start"] == 12
+
+
+def test_a_run_stopped_in_its_cooldown_resumes_it_step_for_step(data, tmp_path, monkeypatch):
+    from gpt.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
+    kw = dict(max_iters=100, eval_interval=2, patience=2, cooldown=0.5, warmup_iters=0, log_interval=1)
+    whole = train(overrides=tiny_run(data, tmp_path / "whole", **kw), log=lambda s: None)
+    first = train(overrides=tiny_run(data, tmp_path / "split", **kw), should_stop=lambda step: step == 15, log=lambda s: None)
+    rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
+    assert rest.stopped_by == "cooldown" and rest.step == whole.step == 18
+    assert dict(first.history + rest.history) == dict(whole.history)
+    assert logged_lr(tmp_path / "split") == logged_lr(tmp_path / "whole")
+
+
+def test_a_finished_cooldown_is_not_resumed_unless_asked(data, tmp_path, monkeypatch):
+    from gpt.train import TrainError
+    from gpt.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
+    run = tmp_path / "run"
+    train(overrides=tiny_run(data, run, max_iters=100, eval_interval=2, patience=2, cooldown=0.5), log=lambda s: None)
+    with pytest.raises(TrainError, match="ended with its cooldown at step 18.*--cooldown 0 --patience 0"):
+        train(overrides={"out": str(run), "progress": False}, resume=True, log=lambda s: None)
+    again = train(overrides={"out": str(run), "progress": False, "cooldown": 0.0, "patience": 0, "max_iters": 22}, resume=True, log=lambda s: None)
+    assert again.step == 22 and again.stopped_by == "max_iters"
+
+
+def test_cooldown_options_are_checked():
+    assert TrainConfig(max_iters=None, max_time=60, cooldown=0.25).early_stop_after == 5  # patience comes on with it
+    with pytest.raises(ConfigError, match="--cooldown must be a fraction"):
+        TrainConfig(max_iters=10, cooldown=1.5).validate()
+    with pytest.raises(ConfigError, match="--patience 0 never does"):
+        TrainConfig(max_iters=10, cooldown=0.25, patience=0).validate()
+
+
 def test_a_torn_last_metrics_line_is_dropped_on_trim(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 10, "train_loss": 1.0}\n{"step": 20, "train_lo')
     MetricsLog(tmp_path).trim_after(20)

@@ -49,7 +49,12 @@ def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
 
 
 def check_not_stopped_early(cfg: TrainConfig, state: dict) -> None:
-    stale = int(state.get("stale_evals", 0))
+    stale, cooldown = int(state.get("stale_evals", 0)), state.get("cooldown") if cfg.cooldown else None
+    if cooldown is not None:  # a cooldown goes on to its end whatever the patience
+        if int(state["step"]) >= cooldown["start"] + cooldown["steps"]:
+            raise TrainError(f"the run ended with its cooldown at step {state['step']}, after val stopped improving (best at step "
+                             f"{state.get('best_step')}, in best.pt); resume with --cooldown 0 --patience 0 to train on at the scheduled rate")
+        return
     if cfg.early_stop_after and stale >= cfg.early_stop_after:
         raise TrainError(f"the run stopped early: {stale} evaluations without a better val loss than step {state.get('best_step')}'s; "
                          f"resume with a larger --patience (0: never stop early) to train on")

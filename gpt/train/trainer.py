@@ -46,7 +46,7 @@ class TrainResult:
     tokens: int
     val_loss: float | None
     best_val_loss: float | None
-    stopped_by: str  # "max_iters", "max_time", "patience", "signal SIGINT"/"signal SIGTERM", "request"
+    stopped_by: str  # "max_iters", "max_time", "patience", "cooldown", "signal SIGINT"/"signal SIGTERM", "request"
     history: list = field(default_factory=list)  # (step, train loss) of every step
     model: torch.nn.Module | None = None  # the trained model (this rank's copy)
     best_step: int | None = None  # the step best.pt was saved at
@@ -103,6 +103,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, math.inf
         self.best_step, self.stale_evals = None, 0  # evaluations since the best one
+        # once patience runs out with --cooldown: {"start": step, "steps": its length, "lr": the
+        # rate it decays from, "elapsed": the schedule's clock then}
+        self.cooldown: dict | None = None
+        self.last_lr, self.schedule_elapsed = cfg.lr, 0.0
         if resume_state is not None:
             self._restore(resume_state)
         self.ddp = None
@@ -135,6 +139,7 @@ class Trainer:
         self.elapsed_before = float(s["elapsed"])
         self.best_val = float(s["best_val_loss"]) if s.get("best_val_loss") is not None else math.inf
         self.best_step, self.stale_evals = s.get("best_step"), int(s.get("stale_evals", 0))
+        self.cooldown = s.get("cooldown") if self.cfg.cooldown else None  # --cooldown 0 given now: the schedule goes on
         ranks = s.get("rank_states", [])
         if self.dist.rank < len(ranks):
             set_rng_state(ranks[self.dist.rank]["rng"])
@@ -158,6 +163,7 @@ class Trainer:
             "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
             "best_step": self.best_step,
             "stale_evals": self.stale_evals,
+            "cooldown": self.cooldown,
             "rank_states": ranks,
             "world_size": self.dist.world_size,
             "tokenizer": self.tokenizer.to_json(),
@@ -198,6 +204,30 @@ class Trainer:
         if cfg.max_time:
             parts.append(elapsed / cfg.max_time)
         return max(parts)
+
+    def scheduled_lr(self, elapsed: float) -> float:
+        """The learning rate for the next step: warmup then cosine decay over the budget, or
+        in a cooldown a straight line from the rate it started at down to --min-lr, reached
+        after its steps or at the time budget's end, whichever comes first."""
+        cfg, c = self.cfg, self.cooldown
+        if c is None:
+            return learning_rate(self.step, self.budget_used(elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
+        done = (self.step + 1 - c["start"]) / c["steps"]  # its last step runs at --min-lr
+        if cfg.max_time:
+            done = max(done, (elapsed - c["elapsed"]) / max(cfg.max_time - c["elapsed"], 1e-9))
+        return c["lr"] + (cfg.final_lr - c["lr"]) * min(done, 1.0)
+
+    def start_cooldown(self) -> None:
+        """Patience has run out: rather than stop where the rate is still high, decay it
+        over --cooldown x the steps so far, then stop. On a corpus small enough to overfit,
+        the decay brings the lower loss a cosine's tail brings, before overfitting takes it
+        (README, "Cooldown")."""
+        steps = max(1, round(self.cfg.cooldown * self.step))
+        self.cooldown = {"start": self.step, "steps": steps, "lr": self.last_lr, "elapsed": self.schedule_elapsed}
+        if self.dist.is_main:
+            self.progress.say(f"step {self.step}: no better val loss in {self.stale_evals} evaluations (best {self.best_val:.4f} at step "
+                              f"{self.best_step}): cooling the learning rate down from {self.last_lr:.3g} to {self.cfg.final_lr:.3g} "
+                              f"over {steps} steps, then stopping")
 
     def train_step(self, lr: float) -> torch.Tensor:
         self.optimizers.set_lr(lr)
@@ -268,7 +298,10 @@ class Trainer:
             return "max_iters", elapsed
         if cfg.max_time and elapsed >= cfg.max_time:
             return "max_time", elapsed
-        if cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
+        if self.cooldown is not None:
+            if self.step >= self.cooldown["start"] + self.cooldown["steps"]:
+                return "cooldown", elapsed
+        elif cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
             return "patience", elapsed
         if signum:
             return f"signal {signal.Signals(signum).name}", elapsed
@@ -291,7 +324,8 @@ class Trainer:
                 stopped_by, elapsed = self.stop_reason(stop, should_stop)
                 if stopped_by:
                     break
-                lr = learning_rate(self.step, self.budget_used(elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
+                lr = self.scheduled_lr(elapsed)
+                self.last_lr, self.schedule_elapsed = lr, elapsed
                 loss = (self.first_step if self.step_count_this_run() == 0 else self.train_step)(lr)
                 self.step += 1
                 self.tokens += self.global_batch * cfg.block_size
@@ -305,7 +339,7 @@ class Trainer:
                 if self.step % cfg.eval_interval == 0:
                     val_loss = self.evaluate_and_save()
             self.losses.check()
-            if stopped_by in ("max_iters", "max_time"):
+            if stopped_by in ("max_iters", "max_time", "cooldown"):
                 # training always ends with an evaluation (unless this step just had one)
                 if val_loss is None or self.step % cfg.eval_interval:
                     val_loss = self.evaluate_and_save()
@@ -350,6 +384,8 @@ class Trainer:
             self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
         else:
             self.stale_evals += 1
+            if self.cfg.cooldown and self.cooldown is None and self.stale_evals >= self.cfg.early_stop_after:
+                self.start_cooldown()
         self.save(val_loss, best=improved)
         self.picture.update()
         return val_loss
