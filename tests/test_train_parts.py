@@ -265,6 +265,20 @@ def test_a_finished_cooldown_is_not_resumed_unless_asked(data, tmp_path, monkeyp
     assert again.step == 22 and again.stopped_by == "max_iters"
 
 
+def test_a_run_that_stopped_early_cools_down_when_resumed_with_a_cooldown(data, tmp_path, monkeypatch):
+    from gpt.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
+    run = tmp_path / "run"
+    options = dict(max_iters=100, eval_interval=2, patience=2, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
+    assert train(overrides=tiny_run(data, run, **options), log=lambda s: None).stopped_by == "patience"  # at step 12
+    result = train(overrides={"out": str(run), "progress": False, "cooldown": 0.5}, resume=True, log=lambda s: None)
+    assert result.stopped_by == "cooldown" and result.step == 18
+    lr = logged_lr(run)
+    start = learning_rate(12, 12 / 100, 1e-2, 1e-3, 0)  # the schedule's rate where the run stopped
+    assert [lr[s] for s in range(13, 19)] == pytest.approx([start + (1e-3 - start) * k / 6 for k in range(1, 7)])
+
+
 def test_cooldown_options_are_checked():
     assert TrainConfig(max_iters=None, max_time=60, cooldown=0.25).early_stop_after == 5  # patience comes on with it
     with pytest.raises(ConfigError, match="--cooldown must be a fraction"):

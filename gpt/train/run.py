@@ -55,9 +55,10 @@ def check_not_stopped_early(cfg: TrainConfig, state: dict) -> None:
             raise TrainError(f"the run ended with its cooldown at step {state['step']}, after val stopped improving (best at step "
                              f"{state.get('best_step')}, in best.pt); resume with --cooldown 0 --patience 0 to train on at the scheduled rate")
         return
-    if cfg.early_stop_after and stale >= cfg.early_stop_after:
+    if cfg.early_stop_after and stale >= cfg.early_stop_after and not cfg.cooldown:  # with --cooldown now, it starts at once
         raise TrainError(f"the run stopped early: {stale} evaluations without a better val loss than step {state.get('best_step')}'s; "
-                         f"resume with a larger --patience (0: never stop early) to train on")
+                         f"resume with a larger --patience (0: never stop early) to train on, or with --cooldown 0.25 to decay "
+                         f"its learning rate from where it stopped")
 
 
 def check_budget_left(cfg: TrainConfig, step: int, elapsed: float) -> None:

@@ -318,6 +318,11 @@ class Trainer:
         val_loss, window = None, Throughput()
         stop = StopFlag()
         stop.install()
+        if cfg.cooldown and self.cooldown is None and cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
+            # a run that stopped early, resumed with --cooldown: the decay starts from the rate it stopped at
+            self.schedule_elapsed = self.elapsed()
+            self.last_lr = learning_rate(self.step, self.budget_used(self.schedule_elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
+            self.start_cooldown()
         try:
             self.model.train()
             while True:
