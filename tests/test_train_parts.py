@@ -239,6 +239,19 @@ def test_a_cooldown_decays_the_rate_to_min_lr_once_patience_runs_out_then_stops(
     assert ck.load_checkpoint(run / "latest.pt")["cooldown"]["start"] == 12
 
 
+def test_a_cooldown_cut_short_by_the_step_budget_still_reaches_min_lr_at_its_end(data, tmp_path, monkeypatch):
+    from gpt.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
+    run = tmp_path / "run"
+    options = dict(max_iters=15, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
+    result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
+    assert result.stopped_by == "max_iters" and result.step == 15  # 3 of the cooldown's 6 steps, then the budget
+    lr = logged_lr(run)
+    assert [lr[s] for s in (13, 14, 15)] == pytest.approx([lr[12] + (1e-3 - lr[12]) * k / 3 for k in (1, 2, 3)])
+    assert ck.load_checkpoint(run / "latest.pt")["step"] == 15  # step 15 is not an evaluation step: the end evaluates
+
+
 def test_a_run_stopped_in_its_cooldown_resumes_it_step_for_step(data, tmp_path, monkeypatch):
     from gpt.train.trainer import Trainer
 

@@ -6,8 +6,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .. import checkpoint as ck
 from ..config import MODEL_FIELDS, ModelConfig, TrainConfig
 from ..device import DeviceError, resolve_device
@@ -80,9 +78,16 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     # a resumed run keeps the device it was given (a --device cpu run stays on the CPU of a
     # machine with a GPU) unless one is given now
     saved_device = resume_state["train_config"].get("device") if resume_state else None
-    dist_, device_name = init_distributed(overrides.get("device") or saved_device or "auto")
+    kept = saved_device if not overrides.get("device") else None
     try:
-        device = resolve_saved_device(device_name, saved_device if not overrides.get("device") else None)
+        dist_, device_name = init_distributed(overrides.get("device") or saved_device or "auto")
+    except DeviceError as e:
+        raise kept_device_error(e, kept) from None
+    try:
+        try:
+            device = resolve_device(device_name)
+        except DeviceError as e:
+            raise kept_device_error(e, kept) from None
         if resume:
             cfg = resumed_config(saved_options(resume_state), {**overrides, "out": str(run_dir)})
             if resume_state.get("lora"):  # its checkpoints hold the adapters: the base comes first
@@ -110,15 +115,12 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     return result
 
 
-def resolve_saved_device(name: str, saved: str | None) -> torch.device:
-    """The device `name`; when it is the one a resumed run was given (`saved`) and this
-    machine lacks it, the error says so and how to continue here."""
-    try:
-        return resolve_device(name)
-    except DeviceError as e:
-        if saved is None:
-            raise
-        raise DeviceError(f"{e} (the run was started with --device {saved}, which --resume keeps unless given another)") from None
+def kept_device_error(e: DeviceError, kept: str | None) -> DeviceError:
+    """A missing device's error; when it is the one a resumed run kept from its checkpoint
+    (`kept`), saying so."""
+    if kept is None:
+        return e
+    return DeviceError(f"{e} (the run was started with --device {kept}, which --resume keeps unless given another)")
 
 
 def trained_summary(model, cfg: TrainConfig) -> str:

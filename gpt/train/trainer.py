@@ -208,11 +208,13 @@ class Trainer:
     def scheduled_lr(self, elapsed: float) -> float:
         """The learning rate for the next step: warmup then cosine decay over the budget, or
         in a cooldown a straight line from the rate it started at down to --min-lr, reached
-        after its steps or at the time budget's end, whichever comes first."""
+        after its steps or at the budget's end (steps or time), whichever comes first."""
         cfg, c = self.cfg, self.cooldown
         if c is None:
             return learning_rate(self.step, self.budget_used(elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
         done = (self.step + 1 - c["start"]) / c["steps"]  # its last step runs at --min-lr
+        if cfg.max_iters:
+            done = max(done, (self.step + 1 - c["start"]) / max(cfg.max_iters - c["start"], 1))
         if cfg.max_time:
             done = max(done, (elapsed - c["elapsed"]) / max(cfg.max_time - c["elapsed"], 1e-9))
         return c["lr"] + (cfg.final_lr - c["lr"]) * min(done, 1.0)
@@ -225,9 +227,11 @@ class Trainer:
         steps = max(1, round(self.cfg.cooldown * self.step))
         self.cooldown = {"start": self.step, "steps": steps, "lr": self.last_lr, "elapsed": self.schedule_elapsed}
         if self.dist.is_main:
+            left = min(steps, self.cfg.max_iters - self.step) if self.cfg.max_iters else steps
+            budget = " or the time budget's end" if self.cfg.max_time else ""
             self.progress.say(f"step {self.step}: no better val loss in {self.stale_evals} evaluations (best {self.best_val:.4f} at step "
                               f"{self.best_step}): cooling the learning rate down from {self.last_lr:.3g} to {self.cfg.final_lr:.3g} "
-                              f"over {steps} steps, then stopping")
+                              f"over {left} steps{budget}, then stopping")
 
     def train_step(self, lr: float) -> torch.Tensor:
         self.optimizers.set_lr(lr)
@@ -319,8 +323,9 @@ class Trainer:
         stop = StopFlag()
         stop.install()
         if cfg.cooldown and self.cooldown is None and cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
-            # a run that stopped early, resumed with --cooldown: the decay starts from the rate it stopped at
-            self.schedule_elapsed = self.elapsed()
+            # a run that stopped early, resumed with --cooldown: the decay starts from the rate the
+            # schedule gives its next step, on the checkpoint's clock (every rank's alike)
+            self.schedule_elapsed = self.elapsed_before
             self.last_lr = learning_rate(self.step, self.budget_used(self.schedule_elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
             self.start_cooldown()
         try:
