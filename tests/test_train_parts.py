@@ -252,6 +252,32 @@ def test_a_cooldown_cut_short_by_the_step_budget_still_reaches_min_lr_at_its_end
     assert ck.load_checkpoint(run / "latest.pt")["step"] == 15  # step 15 is not an evaluation step: the end evaluates
 
 
+def test_a_cooldown_under_a_time_budget_reaches_min_lr_as_the_time_runs_out(data, tmp_path, monkeypatch):
+    """On a clock that advances a fixed amount per reading, as the time-budget tests do."""
+    import gpt.train.trainer as trainer_module
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            self.now += 0.01
+            return self.now
+
+    monkeypatch.setattr(trainer_module, "time", Clock())
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", rising_after(14))
+    run = tmp_path / "run"
+    options = dict(max_iters=None, max_time=1.2, eval_interval=2, cooldown=1.0, patience=2, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
+    result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
+    lr = logged_lr(run)
+    # the cooldown starts at step 18 for 18 steps, but the clock runs out first: the rate
+    # falls by time, faster than by steps, and is all but --min-lr at the last step
+    assert result.stopped_by == "max_time" and 18 < result.step < 36
+    steps = sorted(s for s in lr if s > 18)
+    assert all(lr[a] > lr[b] for a, b in zip(steps, steps[1:]))
+    by_steps = lr[18] + (1e-3 - lr[18]) * (result.step - 18) / 18
+    assert lr[result.step] - 1e-3 < 0.25 * (by_steps - 1e-3)
+
+
 def test_a_run_stopped_in_its_cooldown_resumes_it_step_for_step(data, tmp_path, monkeypatch):
     from gpt.train.trainer import Trainer
 
