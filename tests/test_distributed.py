@@ -80,3 +80,14 @@ def test_a_stop_asked_for_on_one_rank_stops_every_rank_at_the_same_step(data, tm
     for rank in (0, 1):
         assert len(json.loads((tmp_path / "dump" / f"rank{rank}.losses").read_text())) == 5
     assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 5
+
+
+def test_two_ranks_cool_down_alike(data, tmp_path):
+    """Patience runs out on both ranks at one step, and their cooldowns keep them one model."""
+    options = {**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 100,
+               "eval_interval": 2, "patience": 2, "cooldown": 0.5}
+    torchrun(2, tmp_path / "dump", "overfit", options)
+    w0, w1 = weights(tmp_path / "dump", 0), weights(tmp_path / "dump", 1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert state["step"] == 18 and state["cooldown"]["start"] == 12
