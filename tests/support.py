@@ -34,6 +34,18 @@ def data(tmp_path_factory) -> Path:
     return prepared(tmp_path_factory.mktemp("data"))
 
 
+class StepClock:
+    """A stand-in for the `time` module whose perf_counter advances a fixed 0.01 s a reading,
+    so time-budget tests do not depend on this machine's speed (set it as the trainer's)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.01
+        return self.now
+
+
 def tiny_run(data: Path, out: Path, device: str = "cpu", **options) -> dict:
     """train() options for the tiny model on `data` into `out` (CPU unless said otherwise)."""
     return {**TINY_MODEL, "data": str(data), "out": str(out), "device": device, **options}

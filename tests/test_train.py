@@ -13,7 +13,7 @@ import torch
 from gpt import checkpoint as ck
 from gpt.train import NonFiniteLoss, Trainer, TrainError, train
 from data_prep.prepare import PrepareOptions, prepare
-from tests.support import assert_one_line_error, ROOT, run_cli, tiny_run, write_corpus
+from tests.support import assert_one_line_error, ROOT, run_cli, StepClock, tiny_run, write_corpus
 from tests.support import data  # noqa: F401 (a fixture)
 
 
@@ -214,14 +214,7 @@ def test_max_time_stops_on_budget_with_decayed_learning_rate(data, tmp_path, mon
     this machine's speed."""
     import gpt.train.trainer as trainer_module
 
-    class Clock:
-        now = 0.0
-
-        def perf_counter(self):
-            self.now += 0.01
-            return self.now
-
-    monkeypatch.setattr(trainer_module, "time", Clock())
+    monkeypatch.setattr(trainer_module, "time", StepClock())
     result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=None, max_time=3.0, min_lr=1e-5, log_interval=1), log=lambda s: None)
     assert result.stopped_by == "max_time" and result.step > 20
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "lr" in l]

@@ -21,7 +21,7 @@ from gpt.train.metrics import MetricsLog
 from gpt.train.optim import learning_rate, make_optimizer
 from gpt.train.presets import PRESETS, default_preset, layered_config
 from gpt.train.signals import StopFlag
-from tests.support import tiny_run
+from tests.support import StepClock, tiny_run
 from tests.support import data  # noqa: F401 (a fixture)
 
 
@@ -256,14 +256,7 @@ def test_a_cooldown_under_a_time_budget_reaches_min_lr_as_the_time_runs_out(data
     """On a clock that advances a fixed amount per reading, as the time-budget tests do."""
     import gpt.train.trainer as trainer_module
 
-    class Clock:
-        now = 0.0
-
-        def perf_counter(self):
-            self.now += 0.01
-            return self.now
-
-    monkeypatch.setattr(trainer_module, "time", Clock())
+    monkeypatch.setattr(trainer_module, "time", StepClock())
     monkeypatch.setattr(trainer_module.Trainer, "evaluate", rising_after(14))
     run = tmp_path / "run"
     options = dict(max_iters=None, max_time=1.2, eval_interval=2, cooldown=1.0, patience=2, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
