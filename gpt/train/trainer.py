@@ -219,6 +219,11 @@ class Trainer:
             done = max(done, (elapsed - c["elapsed"]) / max(cfg.max_time - c["elapsed"], 1e-9))
         return c["lr"] + (cfg.final_lr - c["lr"]) * min(done, 1.0)
 
+    def cooldown_due(self) -> bool:
+        """Whether patience has run out in a run with --cooldown that has not started one."""
+        cfg = self.cfg
+        return bool(cfg.cooldown) and self.cooldown is None and self.stale_evals >= cfg.early_stop_after > 0
+
     def start_cooldown(self) -> None:
         """Patience has run out: rather than stop where the rate is still high, decay it
         over --cooldown x the steps so far, then stop. On a corpus small enough to overfit,
@@ -322,7 +327,7 @@ class Trainer:
         val_loss, window = None, Throughput()
         stop = StopFlag()
         stop.install()
-        if cfg.cooldown and self.cooldown is None and cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
+        if self.cooldown_due():
             # a run that stopped early, resumed with --cooldown: the decay starts from the rate the
             # schedule gives its next step, on the checkpoint's clock (every rank's alike)
             self.schedule_elapsed = self.elapsed_before
@@ -394,7 +399,7 @@ class Trainer:
             self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
         else:
             self.stale_evals += 1
-            if self.cfg.cooldown and self.cooldown is None and self.stale_evals >= self.cfg.early_stop_after:
+            if self.cooldown_due():
                 self.start_cooldown()
         self.save(val_loss, best=improved)
         self.picture.update()
