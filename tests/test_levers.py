@@ -282,7 +282,7 @@ def test_bad_lever_values_give_one_clear_line(data, tmp_path, args, fragment):
 
 
 def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given():
-    from gpt.train.muon import Muon, newton_schulz_dtype
+    from gpt.train.muon import Muon
 
     torch.manual_seed(0)
     # two of one shape: ours orthogonalises those together, as one batch
@@ -300,7 +300,14 @@ def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given(
             opt.step()
     assert all(torch.equal(a, b) for a, b in zip(theirs, ours))  # bf16: torch's arithmetic exactly
     assert all(0 < (a - b).abs().max() < 1e-2 for a, b in zip(theirs, fp32))  # fp32: the same method, finer
-    assert newton_schulz_dtype(torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_muon_orthogonalises_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    from gpt.train import muon
+
+    monkeypatch.setattr(muon, "native_bf16", lambda: native)
+    assert muon.newton_schulz_dtype(torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
 
 
 def test_muon_where_torch_lacks_it_is_one_clear_line(data, tmp_path, monkeypatch, capsys):
