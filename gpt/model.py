@@ -138,7 +138,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
         # torch's CPU flash-attention kernel is several times slower in bf16 than in fp32 (its
         # backward most), while the plain path (product, softmax, product) costs little
         # beside the bf16 products around it: with it a bf16 training step on a CPU with
-        # native bf16 is about 1.3x fp32's, 1.8x compiled. Its scores grow with the square of
+        # native bf16 is about 1.5x fp32's. Its scores grow with the square of
         # the context, so long contexts keep the flash kernel's bounded memory
         return plain_causal_attention(q, k, v, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
