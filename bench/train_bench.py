@@ -12,7 +12,8 @@ fp32), and where that is bf16 in fp32 as well; with --compile each also compiled
 same configuration in the same run, taking turns with ours --repeat times, and the JSON
 gives ours over the reference: both are the median of per-step times after a fifth of the
 steps for warm-up (the reference prints each iteration's time; ours logs tokens/s every 10
-steps). quality: val loss after --quality-time seconds of `gpt-train --preset cpu-small`,
+steps); `vs_reference` is best turn against best turn, `vs_reference_median` median against
+median. quality: val loss after --quality-time seconds of `gpt-train --preset cpu-small`,
 with the loss curve. bigram: val loss of the bigram baseline.
 """
 from __future__ import annotations
@@ -118,6 +119,8 @@ def main() -> None:
             t["mfu"] = round(t["tokens_per_s"] * t["flops_per_token"] / (peak * 1e9), 3)
             if copy is not None:
                 t["vs_reference"] = round(t["tokens_per_s"] / max(runs["reference"]), 3)
+                # the turns' medians too: on a shared machine one lucky turn moves the best
+                t["vs_reference_median"] = round(statistics.median(t["turns"]) / statistics.median(runs["reference"]), 3)
             result[name] = t
         bigram = train("bigram", {"data": str(data), "out": str(tmp / "bigram"), "device": "cpu", "progress": False}, log=lambda s: None)
         result["bigram"] = {"val_loss": round(bigram.val_loss, 4), "steps": bigram.step}
