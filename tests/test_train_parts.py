@@ -48,6 +48,17 @@ def test_auto_precision_trains_a_cpu_in_bf16_only_where_it_is_native_and_samples
     assert device.resolve_dtype("auto", cpu) == torch.float32  # sampling and scoring
 
 
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+def test_bf16_is_not_native_where_onednn_is_capped_below_its_bf16_instructions(monkeypatch, variable):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)  # a CPU that has them
+    assert device.native_bf16()
+    monkeypatch.setenv(variable, "avx2")
+    assert not device.native_bf16()
+    assert device.resolve_dtype("auto", torch.device("cpu"), training=True) == torch.float32
+    monkeypatch.setenv(variable, "AVX512_CORE_AMX")
+    assert device.native_bf16()
+
+
 def test_bf16_attention_on_a_cpu_follows_fp32_and_trains():
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
