@@ -319,8 +319,7 @@ class GPT(LanguageModel):
         else:
             # in the dtype the projections will have (apply_rope's), cast once here rather than
             # in every layer: on a GPU each cast is a kernel launch
-            kind = idx.device.type
-            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.rope_cos.dtype
+            dtype = products_dtype(idx.device, self.rope_cos.dtype)
             rope = (self.rope_cos[start : start + T].to(dtype), self.rope_sin[start : start + T].to(dtype))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -367,6 +366,14 @@ class GPT(LanguageModel):
         if self.config.logit_softcap:
             logits = softcap(logits, self.config.logit_softcap)
         return logits
+
+
+def products_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
+    """The dtype matrix products take on `device` here: autocast's where it is on, else `default`."""
+    kind = device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return default
 
 
 def row(table: torch.Tensor, pos) -> torch.Tensor:
