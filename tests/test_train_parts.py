@@ -51,6 +51,8 @@ def test_auto_precision_trains_a_cpu_in_bf16_only_where_it_is_native_and_samples
 @pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
 def test_bf16_is_not_native_where_onednn_is_capped_below_its_bf16_instructions(monkeypatch, variable):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)  # a CPU that has them
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
     assert device.native_bf16()
     monkeypatch.setenv(variable, "avx2")
     assert not device.native_bf16()
