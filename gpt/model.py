@@ -63,7 +63,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     dtype: under autocast x is a bf16 product, and fp32 tables would promote the rotation to
     fp32, whose every operation then casts its gradient back (a CPU training step 2% slower),
     for queries and keys that attention takes in bf16 anyway."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # GPT.forward casts them already: then no-ops
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # no-ops where GPT.forward cast them already
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
@@ -317,8 +317,9 @@ class GPT(LanguageModel):
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         else:
-            # in the dtype the projections will have (apply_rope's), cast once here rather than
-            # in every layer: on a GPU each cast is a kernel launch
+            # in autocast's dtype, which float projections give queries and keys, cast once here
+            # rather than in every layer (on a GPU each cast is a kernel launch); apply_rope
+            # casts again only for other layers (int8 ones keep their input's dtype)
             dtype = products_dtype(idx.device, self.rope_cos.dtype)
             rope = (self.rope_cos[start : start + T].to(dtype), self.rope_sin[start : start + T].to(dtype))
         x = self.drop(x)

@@ -176,7 +176,7 @@ def test_an_untied_head_survives_lora_int8_and_export(untied, tmp_path):
 # -- Muon ------------------------------------------------------------------------------------
 def test_muon_takes_the_blocks_weight_matrices_and_adamw_everything_else():
     model = small(qk_norm=True, tie_weights=False, bias=True)
-    opts = Optimizers(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), torch.device("cpu"))
+    opts = Optimizers(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), torch.device("cpu"), torch.float32)
     in_muon = {id(p) for g in opts.muon.param_groups for p in g["params"]}
     in_adamw = {id(p) for g in opts.adamw.param_groups for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -302,12 +302,13 @@ def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given(
     assert all(0 < (a - b).abs().max() < 1e-2 for a, b in zip(theirs, fp32))  # fp32: the same method, finer
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_muon_orthogonalises_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+@pytest.mark.parametrize("native, dtype, expected", [(True, torch.bfloat16, torch.bfloat16), (True, torch.float32, torch.float32),
+                                                     (False, torch.bfloat16, torch.float32), (False, torch.float32, torch.float32)])
+def test_muon_orthogonalises_a_cpu_run_in_bf16_only_where_it_trains_in_native_bf16(monkeypatch, native, dtype, expected):
     from gpt.train import muon
 
     monkeypatch.setattr(muon, "native_bf16", lambda: native)
-    assert muon.newton_schulz_dtype(torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    assert muon.newton_schulz_dtype(torch.device("cpu"), dtype) == expected
 
 
 def test_muon_where_torch_lacks_it_is_one_clear_line(data, tmp_path, monkeypatch, capsys):

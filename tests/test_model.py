@@ -61,6 +61,19 @@ def test_plain_causal_attention_in_bf16_is_exact_attention_to_bf16_precision():
     torch.testing.assert_close(got.double(), exact, rtol=0, atol=2**-6)
 
 
+def test_under_cpu_autocast_queries_and_keys_rotate_and_attend_in_bf16(monkeypatch):
+    import gpt.model as gm
+
+    seen = []
+    plain = gm.plain_causal_attention
+    monkeypatch.setattr(gm, "plain_causal_attention", lambda q, k, v, p: seen.append((q.dtype, k.dtype, v.dtype)) or plain(q, k, v, p))
+    model = build_model(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 20, (2, 16)))
+    # fp32 rotary tables would promote the rotated queries and keys to fp32
+    assert seen == [(torch.bfloat16,) * 3] * 2
+
+
 def test_the_decode_rotation_is_rope_for_queries_and_keys_and_the_identity_for_values():
     torch.manual_seed(2)
     x = torch.randn(3, 2, 1, 8, dtype=torch.float64)

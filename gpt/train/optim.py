@@ -53,7 +53,8 @@ class Optimizers:
     and AdamW for everything else. The schedule gives AdamW's rate; Muon follows the same
     curve scaled to its own peak (--muon-lr), so warmup and decay drive both."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device, dtype: torch.dtype):
+        """`dtype`: the run's compute precision (Muon's iteration follows it on CPUs)."""
         params = [p for p in model.parameters() if p.requires_grad]
         betas = (cfg.beta1, cfg.beta2)
         self.muon = None
@@ -68,7 +69,7 @@ class Optimizers:
             # "original" scales each matrix's rate by sqrt(max(1, rows / columns)), as the
             # speed-run records that use lr 0.02 do. Muon's decoupled decay is multiplied by its
             # rate, several times AdamW's, so it has its own option (default none, as in those records)
-            self.muon = Muon(hidden, newton_schulz_dtype(device), lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
+            self.muon = Muon(hidden, newton_schulz_dtype(device, dtype), lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
                              adjust_lr_fn="original")
         self.adamw = adamw(params, cfg.lr, cfg.weight_decay, betas, device)
         self.muon_scale = cfg.muon_lr / cfg.lr

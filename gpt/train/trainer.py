@@ -99,7 +99,7 @@ class Trainer:
             base.release_weights()
         if cfg.lora:
             lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
-        self.optimizers = Optimizers(self.model, cfg, device)
+        self.optimizers = Optimizers(self.model, cfg, device, self.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, math.inf
         self.best_step, self.stale_evals = None, 0  # evaluations since the best one
