@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -79,15 +80,11 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     # machine with a GPU) unless one is given now
     saved_device = resume_state["train_config"].get("device") if resume_state else None
     kept = saved_device if not overrides.get("device") else None
-    try:
+    with naming_kept_device(kept):
         dist_, device_name = init_distributed(overrides.get("device") or saved_device or "auto")
-    except DeviceError as e:
-        raise kept_device_error(e, kept) from None
     try:
-        try:
+        with naming_kept_device(kept):
             device = resolve_device(device_name)
-        except DeviceError as e:
-            raise kept_device_error(e, kept) from None
         if resume:
             cfg = resumed_config(saved_options(resume_state), {**overrides, "out": str(run_dir)})
             if resume_state.get("lora"):  # its checkpoints hold the adapters: the base comes first
@@ -115,12 +112,16 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     return result
 
 
-def kept_device_error(e: DeviceError, kept: str | None) -> DeviceError:
-    """A missing device's error; when it is the one a resumed run kept from its checkpoint
-    (`kept`), saying so."""
-    if kept is None:
-        return e
-    return DeviceError(f"{e} (the run was started with --device {kept}, which --resume keeps unless given another)")
+@contextmanager
+def naming_kept_device(kept: str | None):
+    """A missing device's error, which says so when it is the one a resumed run kept from
+    its checkpoint (`kept`)."""
+    try:
+        yield
+    except DeviceError as e:
+        if kept is None:
+            raise
+        raise DeviceError(f"{e} (the run was started with --device {kept}, which --resume keeps unless given another)") from None
 
 
 def trained_summary(model, cfg: TrainConfig) -> str:
