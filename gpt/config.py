@@ -115,6 +115,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "muon": Muon for the blocks' weight matrices, AdamW for the rest
     muon_lr: float = 0.02  # Muon's peak rate; the schedule scales it as it scales --lr
     muon_weight_decay: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, which is then the run's model; 0: none
     # evaluation and logging
     eval_interval: int = 250
     eval_windows: int = 256
@@ -160,6 +161,8 @@ class TrainConfig:
             raise ConfigError(f"--cooldown must be a fraction of the steps so far, from 0 (off) to 1, got {self.cooldown}")
         if self.cooldown and self.patience == 0:
             raise ConfigError("--cooldown starts when --patience runs out, which --patience 0 never does")
+        if not 0 <= self.ema < 1:  # also refuses NaN
+            raise ConfigError(f"--ema must be a decay from 0 (no average) up to, not including, 1, got {self.ema}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon":

@@ -13,6 +13,7 @@ from gpt.kv_cache import KVCache
 from gpt.model import build_model
 from gpt.train import TrainError, train
 from gpt.train.cli import build_parser, main as train_main
+from gpt.train.average import WeightAverage
 from gpt.train.optim import Optimizers, hidden_matrices
 from gpt.train.presets import finetune_config
 from tests.support import assert_fixed_decode_matches_plain, assert_one_line_error, run_cli, tiny_run, train_tiny_model, write_checkpoint
@@ -199,9 +200,12 @@ def test_a_muon_run_learns_and_checkpoints_both_optimizers(data, tmp_path):
     assert all("momentum_buffer" in s for s in state["muon_optimizer"]["state"].values())
 
 
-@pytest.mark.parametrize("lever", ["muon", "relu2", "qk_norm", "untied", "softcap"])
+TRAINING_LEVERS = {"muon": dict(optimizer="muon"), "ema": dict(ema=0.9)}
+
+
+@pytest.mark.parametrize("lever", ["muon", "ema", "relu2", "qk_norm", "untied", "softcap"])
 def test_resumed_run_matches_uninterrupted_run_with_each_lever(data, tmp_path, lever):
-    options = {"optimizer": "muon"} if lever == "muon" else LEVERS[lever]
+    options = TRAINING_LEVERS.get(lever) or LEVERS[lever]
     kw = dict(max_iters=16, eval_interval=6, **options)
     whole = train(overrides=tiny_run(data, tmp_path / "whole", **kw), log=lambda s: None)
     first = train(overrides=tiny_run(data, tmp_path / "split", **kw), should_stop=lambda step: step == 7, log=lambda s: None)
@@ -244,14 +248,67 @@ def test_fine_tuning_keeps_the_base_model_s_levers():
     assert finetune_config("cpu-small", old, {}).activation == "gelu_tanh"
 
 
+# -- weight averaging (--ema) ---------------------------------------------------------------------
+def test_the_weight_average_is_the_mean_of_the_steps_until_the_decay_weighs_more():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    average = WeightAverage([weight], decay=0.5)
+    seen = []
+    for value in (4.0, 8.0, 0.0, 2.0):
+        with torch.no_grad():
+            weight.fill_(value)
+        average.update()
+        seen.append(average.average[0][0].item())
+    # updates 1 and 2 weigh the newest 1 and 1/2 (the mean: 4, 6); from the third, 1 - decay
+    assert seen == [4.0, 6.0, 3.0, 2.5]
+
+
+def test_the_average_applied_trades_places_with_the_weights_and_gives_them_back():
+    weight = torch.nn.Parameter(torch.ones(3))
+    average = WeightAverage([weight], decay=0.9)
+    with torch.no_grad():
+        weight.fill_(5.0)
+    with average.applied():
+        assert weight.tolist() == [1.0, 1.0, 1.0]
+    assert weight.tolist() == [5.0, 5.0, 5.0] and average.average[0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_averaging_scores_and_saves_the_average_without_changing_what_is_trained(data, tmp_path):
+    kw = dict(max_iters=12, eval_interval=6)
+    plain = train(overrides=tiny_run(data, tmp_path / "plain", ema=0.0, **kw), log=lambda s: None)
+    averaged = train(overrides=tiny_run(data, tmp_path / "ema", ema=0.9, **kw), log=lambda s: None)
+    assert averaged.history == plain.history  # the same steps: the average only watches
+    latest = ck.load_checkpoint(tmp_path / "ema" / "latest.pt")
+    trained = ck.plain_state_dict(plain.model)
+    assert all(torch.equal(latest["trained_model"][k], trained[k]) for k in trained)
+    assert latest["average_updates"] == 12
+    assert any(not torch.equal(latest["model"][k], trained[k]) for k in trained)
+    # the run's model (handed back, sampled from) is the average, and its loss is the one scored
+    assert all(torch.equal(v, latest["model"][k]) for k, v in ck.plain_state_dict(averaged.model).items())
+    assert averaged.val_loss != plain.val_loss
+
+
+def test_averaging_can_be_turned_on_and_off_when_resuming_and_training_goes_on_as_without_it(data, tmp_path):
+    kw = dict(max_iters=10, eval_interval=4)
+    whole = train(overrides=tiny_run(data, tmp_path / "whole", ema=0.0, **kw), log=lambda s: None)
+    run, resume = tmp_path / "run", {"out": str(tmp_path / "run"), "progress": False}
+    first = train(overrides=tiny_run(data, run, ema=0.0, **kw), should_stop=lambda step: step == 4, log=lambda s: None)
+    on = train(overrides={**resume, "ema": 0.9}, resume=True, should_stop=lambda step: step == 7, log=lambda s: None)
+    saved = ck.load_checkpoint(run / "latest.pt")
+    assert saved["average_updates"] == 3 and saved["train_config"]["ema"] == 0.9
+    off = train(overrides={**resume, "ema": 0.0}, resume=True, log=lambda s: None)
+    assert off.step == 10 and "trained_model" not in ck.load_checkpoint(run / "latest.pt")
+    # each resume went on from the trained weights, not from the average
+    assert first.history + on.history + off.history == whole.history
+
+
 # -- options and errors ----------------------------------------------------------------------
 def test_the_command_line_options_reach_the_config():
     args = build_parser().parse_args(["--activation", "relu2", "--qk-norm", "--no-tie-weights", "--logit-softcap", "30",
-                                      "--optimizer", "muon", "--muon-lr", "0.01", "--muon-weight-decay", "0.1"])
+                                      "--optimizer", "muon", "--muon-lr", "0.01", "--muon-weight-decay", "0.1", "--ema", "0.95"])
     cfg = TrainConfig.from_dict({k: v for k, v in vars(args).items() if v is not None and k in TrainConfig.__dataclass_fields__})
     model = cfg.model_config(40)
     assert (model.activation, model.qk_norm, model.tie_weights, model.logit_softcap) == ("relu2", True, False, 30.0)
-    assert (cfg.optimizer, cfg.muon_lr, cfg.muon_weight_decay) == ("muon", 0.01, 0.1)
+    assert (cfg.optimizer, cfg.muon_lr, cfg.muon_weight_decay, cfg.ema) == ("muon", 0.01, 0.1, 0.95)
     unset = build_parser().parse_args([])
     assert unset.tie_weights is None and unset.qk_norm is None  # not given: the preset's value stands
 
@@ -264,6 +321,9 @@ def test_the_command_line_options_reach_the_config():
     (dict(optimizer="muon", model="bigram"), "bigram"),
     (dict(optimizer="muon", lora=4, init_from="x"), "--lora"),
     (dict(optimizer="muon", muon_lr=0.0), "--muon-lr"),
+    (dict(ema=1.0), "--ema"),
+    (dict(ema=-0.5), "--ema"),
+    (dict(ema=float("nan")), "--ema"),
 ])
 def test_bad_lever_values_are_refused_clearly(options, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -274,6 +334,7 @@ def test_bad_lever_values_are_refused_clearly(options, fragment):
     (["--logit-softcap", "-3"], "--logit-softcap"),
     (["--activation", "swish"], "--activation"),
     (["--optimizer", "sgd"], "--optimizer"),
+    (["--ema", "1"], "--ema"),
 ])
 def test_bad_lever_values_give_one_clear_line(data, tmp_path, args, fragment):
     proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "r", "--device", "cpu", "--max-iters", "2", "--quiet", *args)
@@ -323,6 +384,7 @@ def test_the_cpu_preset_trains_with_muon_and_falls_back_to_adamw_where_muon_cann
     from gpt.train.presets import layered_config
 
     assert layered_config("cpu-small", {}).optimizer == "muon"
+    assert layered_config("cpu-small", {}).ema == 0.99 and layered_config("cpu-small", {"ema": 0.0}).ema == 0.0
     assert layered_config("cpu-small", {"optimizer": "adamw"}).optimizer == "adamw"
     assert layered_config("cpu-small", {"model": "bigram"}).optimizer == "adamw"
     monkeypatch.delattr(torch.optim, "Muon")

@@ -19,7 +19,7 @@ PRESETS: dict[str, dict] = {
     # CPU has it natively), against 6-11% with AdamW alone (README, "Measured")
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=24, dropout=0.0,
                       lr=5e-3, min_lr=5e-4, warmup_iters=50, max_iters=None, max_time=600, eval_interval=250,
-                      eval_windows=256, beta2=0.99, optimizer="muon"),
+                      eval_windows=256, beta2=0.99, optimizer="muon", ema=0.99),
     # The small reference configuration used by the throughput benchmark.
     "bench": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,
                   lr=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000, eval_interval=250, beta2=0.99),

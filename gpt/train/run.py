@@ -172,7 +172,8 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             what = f"resuming {run_dir} at step {trainer.step}" if resuming else f"training into {run_dir}"
             log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
                 f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "
-                f"context {cfg.block_size}, preset {cfg.preset or 'none'}")
+                f"context {cfg.block_size}, preset {cfg.preset or 'none'}"
+                + (f"; evaluates and saves the weights' moving average (--ema {cfg.ema})" if cfg.ema else ""))
         started = True
         return trainer.run(should_stop)
     finally:

@@ -28,6 +28,7 @@ from ..config import ModelConfig, TrainConfig
 from ..device import autocast, available_memory, configure_backends, resolve_dtype
 from ..model import build_model
 from ..plot.live import ProgressPicture
+from .average import WeightAverage
 from .base import Base
 from .batches import BatchSampler, BlockSizeError, fixed_windows
 from .distributed import Dist
@@ -107,8 +108,11 @@ class Trainer:
         # rate it decays from, "elapsed": the schedule's clock then}
         self.cooldown: dict | None = None
         self.last_lr, self.schedule_elapsed = cfg.lr, 0.0
+        self.average = None
         if resume_state is not None:
             self._restore(resume_state)
+        if cfg.ema and self.average is None:  # from the weights as they are: initialised, a base's, or resumed
+            self.average = WeightAverage(self.trained_parameters(), cfg.ema)
         self.ddp = None
         self.forward_model = self.model
         if dist_.world_size > 1:
@@ -126,10 +130,12 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------
     def _restore(self, s: dict) -> None:
         try:
-            if self.cfg.lora:
-                lora.load_adapter_state(self.model, s["model"])
-            else:
-                self.model.load_state_dict(s["model"])
+            # with an average, "model" is the average and the optimizer's weights are beside it
+            self.load_weights(s.get("trained_model", s["model"]))
+            if self.cfg.ema and "trained_model" in s:
+                self.average = WeightAverage(self.trained_parameters(), self.cfg.ema, int(s["average_updates"]))
+                with self.average.applied():
+                    self.load_weights(s["model"])
             self.optimizers.load_state_dict(s)
             if s.get("scaler"):
                 self.scaler.load_state_dict(s["scaler"])
@@ -147,12 +153,33 @@ class Trainer:
         else:  # more ranks than the run had: a fresh, still reproducible stream for this one
             self.sampler.rng = np.random.default_rng([self.cfg.seed, self.dist.rank, self.step])
 
+    def load_weights(self, weights: dict) -> None:
+        if self.cfg.lora:
+            lora.load_adapter_state(self.model, weights)
+        else:
+            self.model.load_state_dict(weights)
+
+    def weights(self) -> dict:
+        """What a checkpoint keeps of the model: the adapters of a LoRA run, else every weight."""
+        return lora.adapter_state(self.model) if self.cfg.lora else ck.plain_state_dict(self.model)
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def averaged(self):
+        """The run's model in its parameters for the duration: the average where there is one."""
+        return self.average.applied() if self.average is not None else nullcontext()
+
     def state(self, val_loss: float | None) -> dict:
         ranks = self.dist.gather_objects({"rng": rng_state(), "sampler": self.sampler.state()})
+        with self.averaged():
+            model = self.weights()
+        average = {"trained_model": self.weights(), "average_updates": self.average.updates} if self.average is not None else {}
         return {
             "model_config": self.model_cfg.to_dict(),
             "train_config": asdict(self.cfg),
-            "model": lora.adapter_state(self.model) if self.cfg.lora else ck.plain_state_dict(self.model),
+            "model": model,
+            **average,
             **self.lineage(),
             **self.optimizers.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -253,6 +280,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             total += loss.detach()
         self.optimizers.step(self.scaler, self.cfg.grad_clip, self.model.parameters())
+        if self.average is not None:
+            self.average.update()
         return total
 
     def first_step(self, lr: float) -> torch.Tensor:
@@ -276,18 +305,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows (split across ranks, then averaged)."""
+        """Mean loss of the run's model (the average, where there is one) over the fixed
+        validation windows (split across ranks, then averaged)."""
         self.model.eval()
         n = len(self.val_x)
         mine = range(self.dist.rank * self.cfg.batch_size, n, self.cfg.batch_size * self.dist.world_size)
         sums = torch.zeros(2, device=self.device, dtype=torch.float64)
-        for i in mine:
-            x = self.val_x[i : i + self.cfg.batch_size].to(self.device)
-            y = self.val_y[i : i + self.cfg.batch_size].to(self.device)
-            with autocast(self.device, self.dtype):
-                _, loss = self.model(x, y)
-            sums[0] += loss.double() * len(x)
-            sums[1] += len(x)
+        with self.averaged():
+            for i in mine:
+                x = self.val_x[i : i + self.cfg.batch_size].to(self.device)
+                y = self.val_y[i : i + self.cfg.batch_size].to(self.device)
+                with autocast(self.device, self.dtype):
+                    _, loss = self.model(x, y)
+                sums[0] += loss.double() * len(x)
+                sums[1] += len(x)
         self.dist.all_reduce(sums)
         self.model.train()
         return (sums[0] / sums[1]).item()
@@ -376,6 +407,8 @@ class Trainer:
             # DDP's reducer hooks the model's parameters and holds the process group: it must go
             # before the group does, not at interpreter exit, where gloo can abort the process
             self.ddp = self.forward_model = None
+        if self.average is not None:
+            self.average.swap()  # the run's model, handed back, is its average
         best = None if math.isinf(self.best_val) else self.best_val
         return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model,
                            self.best_step)

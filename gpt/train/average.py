@@ -1,0 +1,49 @@
+"""An exponential moving average of the trained weights (`--ema DECAY`).
+
+At a high learning rate the weights jitter around the valley they are descending; their
+average over the last hundred or so steps sits lower in it. Evaluated side by side on a
+2-core CPU (cpu-small, 2,000 steps), the average's val loss was 2-4% below the trained
+weights' in mid-run and 0.5-0.6% below at the end of the decayed schedule (README,
+"Weight averaging"). It costs one copy of the trained weights and one fused update per step.
+
+With an average the run's model *is* the average: it is what evaluation scores, what
+best.pt keeps and what sampling and fine-tuning load (a checkpoint's "model"); the weights
+the optimizer moves are kept beside it ("trained_model") for resuming.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+class WeightAverage:
+    """The average of `params` (the trained ones), updated after each optimizer step."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, updates: int = 0):
+        self.params, self.decay, self.updates = params, decay, updates
+        self.average = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """average += w (weights - average), w = max(1 - decay, 1 / updates): the plain mean
+        of the steps so far until it would weigh the newest less than the decay does, so the
+        first hundred steps' average does not drag the random initialisation along."""
+        self.updates += 1
+        weight = max(1.0 - self.decay, 1.0 / self.updates)
+        # torch's own EMA (torch.optim.swa_utils.get_ema_multi_avg_fn) updates the same way
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], weight)
+
+    def swap(self) -> None:
+        """Exchange the parameters' values with the average's (no copy: the tensors trade places)."""
+        for i, p in enumerate(self.params):
+            p.data, self.average[i] = self.average[i], p.data
+
+    @contextmanager
+    def applied(self):
+        """The average in the model's parameters for the duration, the trained weights after."""
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()
