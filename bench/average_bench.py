@@ -50,6 +50,8 @@ def compare(corpus: Path, tmp: Path, args: argparse.Namespace) -> dict:
     return {"corpus": str(corpus), "steps": args.steps,
             "final": {"trained": round(trained[args.steps], 4), "average": round(average[args.steps], 4),
                       "lower_by": round(1 - average[args.steps] / trained[args.steps], 4)},
+            "best": {name: {"val_loss": round(min(e.values()), 4), "step": min(e, key=e.get)}
+                     for name, e in (("trained", trained), ("average", average))},
             "curve_step_trained_average_lowerby": curve,
             "tokens_per_s": {name: round(tokens_per_s(out)) for name, out in runs.items()}}
 

@@ -249,17 +249,22 @@ def test_fine_tuning_keeps_the_base_model_s_levers():
 
 
 # -- weight averaging (--ema) ---------------------------------------------------------------------
-def test_the_weight_average_is_the_mean_of_the_steps_until_the_decay_weighs_more():
+def test_the_weight_average_follows_the_last_tenth_of_the_steps_until_the_decay_s_horizon_is_shorter():
     weight = torch.nn.Parameter(torch.zeros(3))
-    average = WeightAverage([weight], decay=0.5)
-    seen = []
-    for value in (4.0, 8.0, 0.0, 2.0):
+    average = WeightAverage([weight], decay=0.9)  # a horizon of 10 steps
+
+    def step_at(value):
         with torch.no_grad():
             weight.fill_(value)
         average.update()
-        seen.append(average.average[0][0].item())
-    # updates 1 and 2 weigh the newest 1 and 1/2 (the mean: 4, 6); from the third, 1 - decay
-    assert seen == [4.0, 6.0, 3.0, 2.5]
+        return average.average[0][0].item()
+
+    assert step_at(4.0) == 4.0  # the first update copies the weights
+    assert step_at(8.0) == pytest.approx(4.0 + 10 / 11 * 4.0)  # update 2 weighs the newest 10 / 11
+    for _ in range(89):
+        step_at(0.0)
+    assert step_at(1.0) == pytest.approx(10 / 100, rel=1e-6)  # update 91: 10 / 100, the decay's 0.1 from here on
+    assert step_at(1.0) == pytest.approx(0.1 + 0.1 * 0.9, rel=1e-6)
 
 
 def test_the_average_applied_trades_places_with_the_weights_and_gives_them_back():

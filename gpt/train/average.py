@@ -26,11 +26,14 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self) -> None:
-        """average += w (weights - average), w = max(1 - decay, 1 / updates): the plain mean
-        of the steps so far until it would weigh the newest less than the decay does, so the
-        first hundred steps' average does not drag the random initialisation along."""
+        """average += w (weights - average), w = max(1 - decay, 10 / (updates + 9)): early on
+        the average spans about the last tenth of the steps so far (the first update copies
+        the weights), later the decay's horizon of 1 / (1 - decay) steps. A plain mean of the
+        first steps instead would keep the untrained weights in the average for hundreds of
+        steps: 1-7% worse than the trained weights at step 250 of cpu-small, where this is
+        better (README, "Weight averaging")."""
         self.updates += 1
-        weight = max(1.0 - self.decay, 1.0 / self.updates)
+        weight = max(1.0 - self.decay, 10.0 / (self.updates + 9))
         # torch's own EMA (torch.optim.swa_utils.get_ema_multi_avg_fn) updates the same way
         torch._foreach_lerp_(self.average, [p.detach() for p in self.params], weight)
 
