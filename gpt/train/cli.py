@@ -85,7 +85,7 @@ def build_parser() -> Parser:
     g.add_argument("--muon-lr", type=float, help=f"Muon's peak learning rate; warmup and decay follow --lr's schedule (default: {d.muon_lr})")
     g.add_argument("--muon-weight-decay", type=float, help=f"Muon's decoupled weight decay, multiplied by its learning rate (default: {d.muon_weight_decay})")
     g.add_argument("--ema", type=float, metavar="DECAY", help="keep an exponential moving average of the weights with this decay, and make it "
-                   "the run's model: what evaluation scores and checkpoints keep (default: the preset's, 0.99 in cpu-small; 0: none)")
+                   "the run's model: what evaluation scores and checkpoints keep (default: the preset's, 0.99 in cpu-small and baby-gpt; 0: none)")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--init-from", metavar="RUN", help="start from this run's model (a run folder: its best checkpoint, or a checkpoint file), "
                    "with a fresh optimizer and schedule, a lower learning rate (3e-4) and a short warmup; "
