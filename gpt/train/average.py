@@ -35,7 +35,7 @@ class WeightAverage:
         self.updates += 1
         weight = max(1.0 - self.decay, 10.0 / (self.updates + 9))
         # torch's own EMA (torch.optim.swa_utils.get_ema_multi_avg_fn) updates the same way
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], weight)
+        torch._foreach_lerp_(self.average, self.params, weight)
 
     def swap(self) -> None:
         """Exchange the parameters' values with the average's (no copy: the tensors trade places)."""
