@@ -1,12 +1,12 @@
 """Run under torchrun by test_distributed.py: train, then save this rank's weights.
 
-    ddp_worker.py OUT_DIR sampled|fixed|resume|stop-on-rank-1|overfit 'TRAIN OPTIONS AS JSON'
+    ddp_worker.py OUT_DIR sampled|fixed|resume|stop-on-rank-1|stop-at-once|overfit 'TRAIN OPTIONS AS JSON'
 
 'fixed' replaces the batch sampler with rows of one shared batch of 16 sequences: rank r
 of N gets rows [r*b, (r+1)*b) (split further by micro-step under gradient accumulation),
 so N ranks at batch b see exactly the examples that one process sees at batch N*b.
 'resume' continues the run in the options' "out" folder. 'stop-on-rank-1': only rank 1 asks
-the run to stop, after step 5. 'overfit': the val loss is made to fall to step 8, then rise.
+the run to stop, after step 5; 'stop-at-once': every rank, before the first step. 'overfit': the val loss is made to fall to step 8, then rise.
 """
 import json
 import os
@@ -38,7 +38,7 @@ if mode == "overfit":  # val falls to step 8, then rises: patience runs out on e
 
     Trainer.evaluate = lambda self: 3.0 - 0.1 * min(self.step, 8) + 0.1 * max(self.step - 8, 0)
 
-should_stop = (lambda step: rank == 1 and step == 5) if mode == "stop-on-rank-1" else None
+should_stop = {"stop-on-rank-1": lambda step: rank == 1 and step == 5, "stop-at-once": lambda step: True}.get(mode)
 result = train(overrides=options, resume=mode == "resume", should_stop=should_stop, log=lambda s: None)
 Path(out).mkdir(parents=True, exist_ok=True)
 torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")

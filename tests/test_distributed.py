@@ -44,6 +44,15 @@ def test_two_processes_train_and_end_with_identical_weights(data, tmp_path):
     assert config["world_size"] == 2 and config["global_batch"] == 2 * TINY_MODEL["batch_size"]
 
 
+def test_every_rank_averages_the_weights_rank_0_gave_it(data, tmp_path):
+    # each rank initialises its own weights, and DDP gives every rank rank 0's: the average
+    # must start from those, or a run stopped before its first step hands back rank-own models
+    options = {**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 40, "ema": 0.9}
+    torchrun(2, tmp_path / "dump", "stop-at-once", options)
+    w0, w1 = weights(tmp_path / "dump", 0), weights(tmp_path / "dump", 1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_two_ranks_at_batch_b_equal_one_process_at_batch_2b(data, tmp_path, grad_accum):
     # fp32: a CPU with native bf16 would train in bf16, where the two batchings round differently

@@ -111,14 +111,16 @@ class Trainer:
         self.average = None
         if resume_state is not None:
             self._restore(resume_state)
-        if cfg.ema and self.average is None:  # from the weights as they are: initialised, a base's, or resumed
-            self.average = WeightAverage(self.trained_parameters(), cfg.ema)
         self.ddp = None
         self.forward_model = self.model
         if dist_.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp = self.forward_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.ema and self.average is None:
+            # from the weights as they are (initialised, a base's, or resumed), after DDP has
+            # given every rank rank 0's: each rank must hold the same average
+            self.average = WeightAverage(self.trained_parameters(), cfg.ema)
         self.compiled = cfg.compile
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
