@@ -21,15 +21,14 @@ from pathlib import Path
 from data_prep.prepare import PrepareOptions, prepare
 from gpt.train import train
 from machine import describe
+from train_bench import metrics
 
 
-def evaluations(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def evaluations(rows: list[dict]) -> dict[int, float]:
     return {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
 
 
-def tokens_per_s(run: Path) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def tokens_per_s(rows: list[dict]) -> float:
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     return statistics.median(rates[len(rates) // 5 :])
 
@@ -43,7 +42,7 @@ def compare(corpus: Path, tmp: Path, args: argparse.Namespace) -> dict:
         train(args.preset, {"data": str(data), "out": str(out), "device": "cpu", "max_iters": args.steps, "max_time": 0,
                             "eval_interval": args.eval_interval, "patience": 0, "ema": decay, "progress": False},
               log=lambda s: None)
-        runs[name] = out
+        runs[name] = metrics(out)
     trained, average = evaluations(runs["trained"]), evaluations(runs["average"])
     curve = [(step, round(trained[step], 4), round(average[step], 4), round(1 - average[step] / trained[step], 4))
              for step in sorted(trained)]
@@ -53,7 +52,7 @@ def compare(corpus: Path, tmp: Path, args: argparse.Namespace) -> dict:
             "best": {name: {"val_loss": round(min(e.values()), 4), "step": min(e, key=e.get)}
                      for name, e in (("trained", trained), ("average", average))},
             "curve_step_trained_average_lowerby": curve,
-            "tokens_per_s": {name: round(tokens_per_s(out)) for name, out in runs.items()}}
+            "tokens_per_s": {name: round(tokens_per_s(rows)) for name, rows in runs.items()}}
 
 
 def main() -> None:

@@ -175,7 +175,7 @@ class Trainer:
     def state(self, val_loss: float | None) -> dict:
         ranks = self.dist.gather_objects({"rng": rng_state(), "sampler": self.sampler.state()})
         with self.averaged():
-            model = self.weights()
+            model = self.weights()  # views of the average's tensors, written before the next step moves them
         average = {"trained_model": self.weights(), "average_updates": self.average.updates} if self.average is not None else {}
         return {
             "model_config": self.model_cfg.to_dict(),
