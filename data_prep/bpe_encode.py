@@ -9,8 +9,9 @@ runs the other way round from the character one (`encode.CharPass`):
 - `writer`: with every unit's counts known, and so its place, each unit's token files are
   copied into the shards and removed.
 
-The token files take the id type's bytes per token (2, for up to 65,536 tokens), about a
-third of the code point scratch they replace, so disk use does not grow.
+The token files take the id type's bytes per token (2, for up to 65,536 tokens), and a
+token covers several characters, so they take no more than the code point scratch they
+replace (1 to 4 bytes a character): disk use does not grow.
 """
 from __future__ import annotations
 

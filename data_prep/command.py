@@ -9,7 +9,7 @@ such as a full disk or a read-only folder); 2 a usage mistake (argparse); 130 Ct
 A reader that goes away (`gpt-sample | head`) ends the command quietly. Warnings are shown
 as one line each, `PROG: warning: ...`, while the command runs.
 
-It lives in `data_prep`, the bottom layer of the toolkit, so that all three commands share
+It lives in `data_prep`, the bottom layer of the toolkit, so that every command shares
 it without `gpt-prepare` importing torch.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ class PrepareOptions:
     strict: bool = False
     force: bool = False
     progress: bool = True
-    vocab_from: str | None = None  # a run folder, checkpoint or tokenizer file whose vocabulary to use
+    vocab_from: str | None = None  # a run folder, checkpoint, prepared data folder or tokenizer file whose vocabulary to use
     tokenizer: str = "char"  # "char": a character vocabulary; "bpe": a byte-level BPE learned on train
     vocab_size: int | None = None  # a BPE's tokens, special and byte tokens included
 

@@ -72,15 +72,14 @@ class ReadStream:
 
 
 class HashingReader(ReadStream):
-    """A read-only file wrapper that hashes and counts every byte read through it."""
+    """A read-only file wrapper that hashes every byte read through it."""
 
     def __init__(self, raw: BinaryIO):
-        self.raw, self.sha256, self.bytes_read = raw, hashlib.sha256(), 0
+        self.raw, self.sha256 = raw, hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.sha256.update(data)
-        self.bytes_read += len(data)
         return data
 
     def close(self) -> None:
@@ -137,6 +136,3 @@ def open_content(stream: BinaryIO) -> Peekable:
         s = Peekable(decompressor(s, kind))
     raise SourceError("compressed more than four times over")
 
-
-def decompress_bytes(data: bytes, kind: str) -> bytes:
-    return COMPRESSIONS[kind].open(io.BytesIO(data)).read()

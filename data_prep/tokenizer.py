@@ -22,12 +22,11 @@ from typing import ClassVar, Iterable, Sequence
 import numpy as np
 
 from .errors import DataError, check_version, first_line
-from .tokenizer_file import char_tokenizer_dict, is_hf_tokenizer, read_char_tokenizer
+from .tokenizer_file import UNK, char_tokenizer_dict, is_hf_tokenizer, read_char_tokenizer
 
 TOKENIZER_KIND = "char"
 TOKENIZER_VERSION = 1
 EOT = "<|endoftext|>"
-UNK = "<|unk|>"  # the same as tokenizer_file.UNK
 OOV_MODES = ("byte", "unk", "error")
 
 

@@ -1,7 +1,7 @@
 """Checkpoints: the one place that writes and reads them (training and sampling share it).
 
 A run folder holds `latest.pt`, `best.pt` (lowest validation loss), `config.json`,
-`tokenizer.json` and `metrics.jsonl`. A checkpoint holds only tensors and plain Python
+`tokenizer.json`, `metrics.jsonl` and `progress.png`. A checkpoint holds only tensors and plain Python
 values and is loaded with `torch.load(weights_only=True)`: nothing in it is unpickled as
 an arbitrary object. Writes are atomic: a temporary file in the same folder is written,
 flushed and fsynced, then renamed over the old file, so a crash at any moment (a

@@ -85,7 +85,7 @@ def model_option(name: str):
 @dataclass
 class TrainConfig:
     data: str = "data"
-    out: str | None = None  # the run folder; default checkpoints/<model>-<time>-<pid>
+    out: str | None = None  # the run folder; default checkpoints/<model>-<date>-<time>-<pid>
     preset: str | None = None
     # model (the ModelConfig fields a user sets; `model` is the kind)
     model: str = field(default=ModelConfig.kind, metadata={"model": True})

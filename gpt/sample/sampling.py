@@ -1,7 +1,7 @@
 """Sampling, one step at a time: options, which tokens the model sees, how the next token
 is drawn, and how tokens become a sample's text (end-of-text and stop strings).
 
-These pieces speak of one step or one sample; `generate.Generator` runs them in a loop."""
+These pieces speak of one step or one sample; `decode_loop.DecodeLoop` runs them in a loop for `generate.Generator`."""
 from __future__ import annotations
 
 import math

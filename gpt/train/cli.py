@@ -11,18 +11,15 @@ import sys
 from data_prep.command import Parser, run_command
 
 from ..config import ACTIVATIONS, DEFAULT_PATIENCE, OPTIMIZERS, TrainConfig
-from .presets import PRESETS
+from .presets import FINETUNE, FINETUNE_LORA, PRESETS, describe, short
 from .run import train
 
 EPILOG = """presets ({names}); a run always starts from one, and explicit options override
 its values. Without --preset: bigram for --model bigram, else cpu-small on a CPU, baby-gpt on CUDA.
-  cpu-small  4 layers, 4 heads, 128 channels, context 64, batch 24, lr 5e-3, 10 min budget (CPU default)
-  baby-gpt   6 layers, 6 heads, 384 channels, context 256, batch 64, dropout 0.2, lr 1e-3, 5000 steps (GPU default)
-  bench      4 layers, 4 heads, 128 channels, context 64, batch 12, 2000 steps (the throughput benchmark)
-  bigram     the bigram baseline: context 32, batch 64, lr 1e-2, 3000 steps, no weight decay
+{presets}
 An option's "default" in the list above is each preset's value where the preset sets it.
 
-run folder (--out): latest.pt, best.pt, config.json, tokenizer.json, metrics.jsonl.
+run folder (--out): latest.pt, best.pt, config.json, tokenizer.json, metrics.jsonl, progress.png.
 Ctrl-C or SIGTERM saves a checkpoint at the next step boundary; --resume continues exactly.
 Multi-GPU / multi-node: torchrun --nproc_per_node=N -m gpt.train [options] (see README).
 """
@@ -36,16 +33,25 @@ class PresetDefaults:
 
     def __getattr__(self, name: str) -> str:
         base = getattr(self.base, name)
-        values = {p: PRESETS[p].get(name, base) for p in ("cpu-small", "baby-gpt", "bigram")}
+        # the bigram is one table: the transformer's shape and Muon mean nothing to it
+        presets = ("cpu-small", "baby-gpt") if name in GPT_ONLY else ("cpu-small", "baby-gpt", "bigram")
+        values = {p: PRESETS[p].get(name, base) for p in presets}
         if len(set(map(repr, values.values()))) == 1:
-            return str(base)
-        return ", ".join(f"{v} ({p})" for p, v in values.items())
+            return shown(base)
+        return ", ".join(f"{shown(v)} ({p})" for p, v in values.items())
+
+
+GPT_ONLY = {"n_layer", "n_head", "n_embd", "dropout", "pos", "bias", "activation", "qk_norm", "tie_weights", "optimizer", "muon_lr"}
+
+
+def shown(value) -> str:
+    return "none" if value is None else str(value)
 
 
 def build_parser() -> Parser:
     d = PresetDefaults()
-    p = Parser(prog="gpt-train", description="Train a character-level bigram or GPT model.",
-               epilog=EPILOG.format(names=", ".join(PRESETS)))
+    p = Parser(prog="gpt-train", description="Train a bigram or GPT model on data prepared by gpt-prepare (characters or BPE tokens).",
+               epilog=EPILOG.format(names=", ".join(PRESETS), presets="\n".join(f"  {n:<10} {describe(n)}" for n in PRESETS)))
     a = p.add_argument
     a("--data", help="prepared data folder (default: ./data)")
     a("--out", help="run folder (default: checkpoints/<model>-<date>-<time>-<pid>; with --resume, the newest run)")
@@ -88,9 +94,9 @@ def build_parser() -> Parser:
                    "the run's model: what evaluation scores and checkpoints keep (default: the preset's, 0.99 in cpu-small and baby-gpt; 0: none)")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--init-from", metavar="RUN", help="start from this run's model (a run folder: its best checkpoint, or a checkpoint file), "
-                   "with a fresh optimizer and schedule, a lower learning rate (3e-4) and a short warmup; "
+                   f"with a fresh optimizer and schedule, a lower learning rate ({short(FINETUNE['lr'])}) and a short warmup; "
                    "the data must use its vocabulary (gpt-prepare NEW --vocab-from RUN)")
-    g.add_argument("--lora", type=int, metavar="RANK", help="train low-rank adapters of this rank instead of every weight (needs --init-from; lr 2e-3)")
+    g.add_argument("--lora", type=int, metavar="RANK", help=f"train low-rank adapters of this rank instead of every weight (needs --init-from; lr {short(FINETUNE_LORA['lr'])})")
     g.add_argument("--lora-alpha", type=float, help="the adapters' scale is alpha / rank (default: 2 x rank)")
     g.add_argument("--lora-targets", help="comma-separated layers to adapt: qkv, proj, fc (default: all three)")
     g = p.add_argument_group("evaluation and logging")

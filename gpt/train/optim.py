@@ -8,7 +8,7 @@ import torch
 from ..config import ConfigError, TrainConfig
 
 # the settings a resumed run takes from the options given now, not from the checkpoint
-# (--weight-decay, --beta2, --muon-weight-decay on resume, and this machine's fused choice)
+# (--weight-decay, --beta1, --beta2, --muon-weight-decay on resume, and this machine's fused choice)
 RESUME_SETTINGS = ("fused", "weight_decay", "betas")
 
 

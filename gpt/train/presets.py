@@ -2,6 +2,8 @@
 TrainConfig's defaults, then a preset, then the options given explicitly."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 
 from ..config import ConfigError, ModelConfig, TrainConfig
@@ -31,6 +33,34 @@ PRESETS: dict[str, dict] = {
     "bigram": dict(model="bigram", block_size=32, batch_size=64, dropout=0.0, lr=1e-2, min_lr=1e-3,
                    warmup_iters=0, max_iters=3000, eval_interval=500, weight_decay=0.0),
 }
+
+
+PRESET_USES = {"cpu-small": "the CPU default", "baby-gpt": "the GPU default", "bench": "the throughput benchmark",
+               "bigram": "the baseline"}
+
+
+def describe(name: str) -> str:
+    """A preset in one line for --help, read from its values so the two cannot drift apart."""
+    v = {**asdict(TrainConfig()), **PRESETS[name]}
+    shape = "bigram table" if v["model"] == "bigram" else f"{v['n_layer']} layers, {v['n_head']} heads, {v['n_embd']} channels"
+    parts = [shape, f"context {v['block_size']}", f"batch {v['batch_size']}"]
+    if v["dropout"] and v["model"] != "bigram":
+        parts.append(f"dropout {v['dropout']}")
+    min_lr = v["min_lr"] if v["min_lr"] is not None else v["lr"] / 10
+    parts.append(f"lr {short(v['lr'])} -> {short(min_lr)}")
+    if v["optimizer"] == "muon":
+        parts.append("Muon")
+    if v["ema"]:
+        parts.append(f"EMA {v['ema']}")
+    if not v["weight_decay"]:
+        parts.append("no weight decay")
+    parts.append(f"{v['max_iters']} steps" if v["max_iters"] else f"{v['max_time'] / 60:g} min budget")
+    return f"{', '.join(parts)} ({PRESET_USES[name]})"
+
+
+def short(x: float) -> str:
+    """A learning rate as people write it: 5e-3, not 0.005."""
+    return f"{x:.0e}".replace("e-0", "e-") if x < 0.1 else f"{x:g}"
 
 
 # Fine-tuning starts from a trained model: a lower learning rate and a short warmup keep
