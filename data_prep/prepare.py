@@ -13,7 +13,6 @@ folder that is renamed into place only when complete.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
 from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
+from .output_folder import clean_after_killed_runs, move_into_place, partial_folder
 from .records import work_offline
 from .scan import Scan, make_units
 from .scratch import SPLITS
@@ -76,8 +76,7 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
         raise DataError("no input files found in " + ", ".join(map(display_name, inputs)))
     work_offline()
     t0 = time.perf_counter()
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(out)
     try:
         (tmp / "work").mkdir(parents=True)
     except OSError as e:
@@ -86,7 +85,7 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
         with Workers(opts.workers or os.cpu_count() or 1) as workers:
             summary = _prepare_into(sources, tmp, opts, workers, base)
         shutil.rmtree(tmp / "work")
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -94,53 +93,11 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     return summary
 
 
-def clean_after_killed_runs(out: Path) -> None:
-    """What a run killed mid-way (kill -9, a power cut) left beside `out`, named with its
-    process id: its unfinished output (`.OUT.partial-PID`), removed; and the earlier output
-    it had moved aside to swap its own in (`.OUT.old-PID`), put back where the swap did not
-    happen, removed where it did. A process that still exists is left alone."""
-    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 2 :].rpartition("-")
-        if kind not in ("partial", "old") or not pid.isdigit() or process_exists(int(pid)):
-            continue
-        if kind == "old" and not out.exists():
-            os.replace(p, out)
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
-
-
 def check_output(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"output {display_name(out)} is a file, not a folder; choose another --out (--force replaces only a folder)")
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError(f"output folder {display_name(out)} already exists and is not empty (use --force to replace it)")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Swap the finished folder in; an old output is moved aside first and removed after,
-    or put back if the swap fails."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)  # the new output is in place: nothing to fail for now
 
 
 def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:

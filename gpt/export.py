@@ -14,7 +14,6 @@ config.json describes, so a folder whose parts disagree is refused, never half-l
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
+from data_prep.output_folder import clean_after_killed_runs, move_into_place, partial_folder
 
 from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
 from .config import ConfigError, ModelConfig
@@ -62,6 +62,7 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     run is exported only with `merge`: its adapters folded into its base's weights, a model as
     large as the base that needs neither the base nor the adapters again."""
     out = Path(out)
+    clean_after_killed_runs(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder (name a folder to export into)")
     if out.exists() and any(out.iterdir()) and not force:
@@ -86,8 +87,7 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     if lora:  # what was merged: the adapters' shape and the exact base they were trained on
         config["source"]["merged_lora"] = {k: lora[k] for k in ("rank", "alpha", "targets", "base")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(out)
     tmp.mkdir()
     try:
         blob = st.save(tensors, metadata={"format": EXPORT_FORMAT, "version": str(EXPORT_VERSION)})
@@ -99,18 +99,6 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder `tmp` to `out`; an old `out` is set aside first and removed
-    only after the rename, so a failure at any point leaves one of the two whole."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def is_export(path: str | Path) -> bool:

@@ -105,6 +105,12 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 1
                           timeout=timeout, env=env, input=stdin)
 
 
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # reaped: no process has this id (until the system hands it out again)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, prog: str, *fragments: str) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr

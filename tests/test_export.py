@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from data_prep.output_folder import move_into_place
 from gpt.export import ExportError, export_safetensors, load_export
 from gpt.sample import Generator, SamplingOptions
-from tests.support import assert_one_line_error, one_thread, run_cli, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
+from tests.support import assert_one_line_error, dead_pid, one_thread, run_cli, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +139,28 @@ def test_exporting_over_an_existing_folder_needs_force_and_loses_nothing(run, tm
     r = run_cli("gpt.export_cli", run, "--out", out, "--force")
     assert r.returncode == 0, r.stderr
     assert sorted(snapshot(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_export_a_killed_export_had_moved_aside_is_put_back(run, tmp_path):
+    out = tmp_path / "out"
+    export_safetensors(run, out)
+    before = snapshot(out)
+    os.replace(out, tmp_path / f".out.old-{dead_pid()}")  # killed between the two renames of the swap
+    (tmp_path / f".out.partial-{dead_pid()}").mkdir()  # and an unfinished export of another killed run
+    with pytest.raises(ExportError, match="already exists"):
+        export_safetensors(run, out)
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_swap_that_fails_puts_the_old_folder_back(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(FileNotFoundError):
+        move_into_place(tmp_path / "never-written", out)
+    assert snapshot(out) == {"mine.txt": b"keep me"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

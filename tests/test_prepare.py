@@ -10,6 +10,7 @@ import pytest
 from data_prep import decode
 from data_prep.errors import DataError
 from data_prep import scratch as scratch_module
+from tests.support import dead_pid
 
 UNICODE = (
     "Plain ASCII, then accents: naïve café Zürich; CJK 東京 한국어; emoji 🙂🎉👩‍👩‍👧; "
@@ -302,12 +303,6 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_back_as_input(tmp_
     assert folder_bytes(corpus / "data") == before
     _, elsewhere = prepare_data(corpus, out=corpus / "other")  # an earlier output is no input either
     assert [s["path"] for s in elsewhere.meta["sources"]] == [str(corpus / f"{i}.txt") for i in range(3)]
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid  # reaped: no process has this id (until the system hands it out again)
 
 
 def test_a_killed_runs_unfinished_output_is_removed_at_the_next_start(tmp_path, prepare_data):
