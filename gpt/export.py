@@ -101,6 +101,21 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     return out
 
 
+def load_any_model(path: str | Path | None, device="cpu") -> tuple[torch.nn.Module, Tokenizer, Path, dict]:
+    """The model (in eval mode, on `device`) and tokenizer at `path`: a folder written by
+    gpt-export, a checkpoint file, a run folder (its best checkpoint) or None (the newest
+    run). Also the file the weights came from, and what it records of its run: a
+    checkpoint's whole state, an export's `source` (step and val loss; no tokens or time)."""
+    if path is not None and is_export(path):
+        model, tokenizer = load_export(path, device)
+        return model, tokenizer, Path(path) / WEIGHTS, read_export_config(path).get("source", {})
+    ckpt = resolve_checkpoint(path)
+    record = load_checkpoint(ckpt)
+    if not record.get("tokenizer"):
+        raise ExportError(f"{ckpt} has no tokenizer, so no text can be encoded for its model (was it written by gpt-train?)")
+    return (*model_from_checkpoint(record, device), ckpt, record)
+
+
 def is_export(path: str | Path) -> bool:
     """Whether `path` is a folder written by gpt-export (it holds the weights file; a run
     folder never does)."""

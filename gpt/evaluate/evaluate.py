@@ -21,9 +21,8 @@ from tqdm import tqdm
 
 from data_prep import Tokenizer
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_dtype
-from ..export import WEIGHTS, is_export, load_export, read_export_config
+from ..export import is_export, load_any_model
 from ..model import count_parameters
 from ..quantize import check_supported, quantize_model
 from .errors import EvalError
@@ -94,16 +93,8 @@ def load_run(path: str | Path | None, device: torch.device, quantize: str | None
     of sampling that way; the parameters reported are the model's own, counted before."""
     if quantize is not None:
         check_supported(quantize, device)  # before the weights are read
-    if path is not None and is_export(path):  # an export keeps no record of its run's tokens or time
-        ckpt, name = Path(path) / WEIGHTS, str(path)
-        model, tokenizer = load_export(path, device)
-        record = {"step": read_export_config(path).get("source", {}).get("step")}
-    else:
-        ckpt = resolve_checkpoint(path)
-        name, record = run_name(path, ckpt), load_checkpoint(ckpt)
-        if not record.get("tokenizer"):
-            raise EvalError(f"{ckpt} has no tokenizer, so no text can be encoded for its model (was it written by gpt-train?)")
-        model, tokenizer = model_from_checkpoint(record, device)
+    model, tokenizer, ckpt, record = load_any_model(path, device)
+    name = str(path) if path is not None and is_export(path) else run_name(path, ckpt)
     parameters = count_parameters(model)  # an int8 layer's weights are buffers, not parameters
     if quantize is not None:
         quantize_model(model, quantize)

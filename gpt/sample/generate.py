@@ -19,9 +19,8 @@ import torch
 
 from data_prep import DataError, Tokenizer
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..device import resolve_device, resolve_dtype
-from ..export import is_export, load_export
+from ..export import load_any_model
 from ..quantize import check_supported, quantize_model
 from .decode_loop import DecodeLoop
 from .sampling import GenerationError, SampleText, SamplingOptions
@@ -73,10 +72,7 @@ class Generator:
         dt = resolve_dtype(dtype, dev)
         if quantize is not None:
             check_supported(quantize, dev)  # before the weights are read
-        if path is not None and is_export(path):
-            model, tokenizer = load_export(path, dev)
-        else:
-            model, tokenizer = model_from_checkpoint(load_checkpoint(resolve_checkpoint(path)), dev)
+        model, tokenizer, _, _ = load_any_model(path, dev)
         return cls(model, tokenizer, dev, dt, quantize, compile=compile)
 
     def encode_prompt(self, prompt: str) -> list[int]:
