@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from array import array
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -19,6 +19,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from .dataset import SPLITS
+from .discovery import display_name
+from .errors import DataError, first_line
 from .tokenizer import codepoints
 
 BATCH_CHARS = 1 << 22  # characters converted, counted and encoded per numpy call (4 M: a few
@@ -114,6 +116,17 @@ class ScratchIndex:
                 start, n, b = start + take, n - take, b + 1
 
 
+@contextmanager
+def writing_scratch(path: Path):
+    """Turns a failure to write gpt-prepare's own scratch file (a full disk, a file size
+    limit) into a DataError: pass 1 reads inputs in the same code, and an OSError there is
+    the input's fault, which would skip the input, where this must stop the run."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(f"cannot write the scratch file {display_name(path)}: {e.strerror or first_line(e)}") from None
+
+
 class ScratchWriter:
     """Collects a unit's documents, chunk by chunk, and per batch converts them to code
     points once: they are hashed (which decides each document's split), counted per split,
@@ -121,7 +134,8 @@ class ScratchWriter:
     `open_counts` until its end decides its split."""
 
     def __init__(self, path: Path, val_fraction: float):
-        self.path, self.file = path, open(path, "wb")
+        with writing_scratch(path):
+            self.path, self.file = path, open(path, "wb")
         self.val_fraction = val_fraction
         self.batches: list[tuple[int, int, int]] = []
         self.offset = 0
@@ -183,7 +197,7 @@ class ScratchWriter:
             self.all_counts = add_counts(self.all_counts, count(stored))
             if val_parts:
                 self.val_counts = add_counts(self.val_counts, count(np.concatenate(val_parts)))
-            self.file.write(stored)
+            self.write(stored)
             self.batches.append((self.offset, len(cps), stored.itemsize))
             self.offset += stored.nbytes
         self.events, self.pending = [], 0
@@ -202,10 +216,15 @@ class ScratchWriter:
         arrays = {}
         for name, a in trailer.items():
             arrays[name] = (self.offset, a.dtype.str, len(a))
-            self.file.write(a.tobytes())
+            self.write(a.tobytes())
             self.offset += a.nbytes
-        self.file.close()
+        with writing_scratch(self.path):
+            self.file.close()
         return ScratchIndex(self.path, np.array(self.batches, np.int64).reshape(-1, 3), arrays), counts
+
+    def write(self, data) -> None:
+        with writing_scratch(self.path):
+            self.file.write(data)
 
     def abandon(self) -> None:
         self.file.close()

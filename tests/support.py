@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -97,12 +98,18 @@ def prepared_bpe(tmp: Path, vocab_size: int = 320, **options) -> Path:
     return out
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 120, stdin: str | None = None,
+            file_size_limit: int | None = None) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` (a command: data_prep.cli, gpt.train, gpt.sample) with this
-    checkout's packages, as a user would run it."""
+    checkout's packages, as a user would run it. `file_size_limit`: bytes any file it writes
+    may hold (`ulimit -f`), beyond which writes fail as on a full disk."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env, input=stdin)
+                          timeout=timeout, env=env, input=stdin, preexec_fn=limit if file_size_limit else None)
 
 
 def dead_pid() -> int:

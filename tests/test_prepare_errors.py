@@ -10,6 +10,7 @@ from data_prep import encode as encode_module
 from data_prep.prepare import PrepareOptions, prepare
 
 from tests.conftest import owt_archive_bytes, tar_bytes
+from tests.support import assert_one_line_error, run_cli
 
 GOOD = "good text that is long enough to split into train and val\n" * 20
 
@@ -21,6 +22,16 @@ def good_folder(tmp_path):
     for i in range(3):
         (folder / f"good{i}.txt").write_text(f"{i}: {GOOD}")
     return folder
+
+
+def test_a_full_disk_while_reading_stops_the_run_instead_of_skipping_the_input(tmp_path, good_folder):
+    # pass 1 writes each input's code points to scratch; failing to write is no fault of
+    # the input, which must not be skipped as unreadable while the run goes on
+    rng = __import__("random").Random(0)
+    (good_folder / "big.txt").write_text("".join(rng.choice("abcdefgh \n") for _ in range(600_000)))
+    r = run_cli("data_prep.cli", good_folder, "--out", tmp_path / "out", "--quiet", file_size_limit=200_000)
+    assert_one_line_error(r, "gpt-prepare", "cannot write the scratch file", "File too large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
 
 
 def test_an_input_path_that_does_not_exist_is_an_error(tmp_path, prepare_data):
