@@ -10,21 +10,52 @@ import os
 import shutil
 from pathlib import Path
 
+from .discovery import display_name
+from .errors import DataError
 
-def partial_folder(out: Path) -> Path:
-    """Where this process writes `out` before it is complete (not yet created)."""
+
+def claim(out: Path) -> Path:
+    """This process's unfinished copy of `out`, created empty, where it writes the new
+    folder. Refused while another process writes `out`: the one to finish last would
+    replace the other's output. Two processes that start together may both be refused;
+    neither loses anything."""
+    clean_after_killed_runs(out)
+    busy(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        busy(out)
+    except DataError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp
+
+
+def busy(out: Path) -> None:
+    for p, kind, pid in leftovers(out):
+        if kind == "partial" and pid != os.getpid() and process_exists(pid):
+            raise DataError(f"another process (pid {pid}) is writing {display_name(out)}; wait for it to finish "
+                            f"(or, if that process is no gpt-prepare or gpt-export, remove {display_name(p)})")
+
+
+def leftovers(out: Path) -> list[tuple[Path, str, int]]:
+    """The unfinished copies (`partial`) and set-aside folders (`old`) beside `out`, with the
+    process id that made each."""
+    found = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2 :].rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit():
+            found.append((p, kind, int(pid)))
+    return found
 
 
 def clean_after_killed_runs(out: Path) -> None:
     """A killed run's unfinished output, removed; the earlier output it had set aside for
     the swap, put back where the swap did not happen, removed where it did. A process that
     still exists is left alone."""
-    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 2 :].rpartition("-")
-        if kind not in ("partial", "old") or not pid.isdigit() or process_exists(int(pid)):
+    for p, kind, pid in leftovers(out):
+        if process_exists(pid):
             continue
         if kind == "old" and not out.exists():
             os.replace(p, out)

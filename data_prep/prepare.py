@@ -33,7 +33,7 @@ from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
 from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
-from .output_folder import clean_after_killed_runs, move_into_place, partial_folder
+from .output_folder import claim, clean_after_killed_runs, move_into_place
 from .records import work_offline
 from .scan import Scan, make_units
 from .scratch import SPLITS
@@ -70,27 +70,40 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     out = Path(out)
     clean_after_killed_runs(out)
     check_output(out, opts.force)
+    check_not_an_input(out, inputs)
     base = load_base_tokenizer(opts.vocab_from) if opts.vocab_from else None  # a bad base fails before any work
     sources = discover(inputs, exclude=out)
     if not sources:
         raise DataError("no input files found in " + ", ".join(map(display_name, inputs)))
     work_offline()
     t0 = time.perf_counter()
-    tmp = partial_folder(out)
     try:
-        (tmp / "work").mkdir(parents=True)
+        tmp = claim(out)
     except OSError as e:
         raise DataError(f"cannot write the output folder {display_name(out)}: {e.strerror or first_line(e)}") from None
     try:
+        (tmp / "work").mkdir()
         with Workers(opts.workers or os.cpu_count() or 1) as workers:
             summary = _prepare_into(sources, tmp, opts, workers, base)
         shutil.rmtree(tmp / "work")
+        check_output(out, opts.force)  # a folder made there while this run worked is the user's, as one at the start
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary.out, summary.seconds = out, time.perf_counter() - t0
     return summary
+
+
+def check_not_an_input(out: Path, inputs: list[str | Path]) -> None:
+    """Refuse an output folder that is, or holds, one of the inputs: replacing it (with
+    --force) would delete the corpus it was made from."""
+    where = os.path.realpath(out)
+    for given in inputs:
+        path = os.path.realpath(given)
+        if path == where or path.startswith(where.rstrip(os.sep) + os.sep):
+            raise DataError(f"--out {display_name(out)} would replace the input {display_name(given)}; "
+                            "choose an output folder that holds no input (one inside an input folder is fine)")
 
 
 def check_output(out: Path, force: bool) -> None:

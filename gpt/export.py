@@ -21,7 +21,7 @@ import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
-from data_prep.output_folder import clean_after_killed_runs, move_into_place, partial_folder
+from data_prep.output_folder import claim, clean_after_killed_runs, move_into_place
 
 from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
 from .config import ConfigError, ModelConfig
@@ -87,8 +87,7 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     if lora:  # what was merged: the adapters' shape and the exact base they were trained on
         config["source"]["merged_lora"] = {k: lora[k] for k in ("rank", "alpha", "targets", "base")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_folder(out)
-    tmp.mkdir()
+    tmp = claim(out)
     try:
         blob = st.save(tensors, metadata={"format": EXPORT_FORMAT, "version": str(EXPORT_VERSION)})
         atomic_write_bytes(tmp / WEIGHTS, lambda f: f.write(blob))

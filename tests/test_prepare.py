@@ -9,6 +9,7 @@ import pytest
 
 from data_prep import decode
 from data_prep.errors import DataError
+from data_prep import prepare as prepare_module
 from data_prep import scratch as scratch_module
 from tests.support import dead_pid
 
@@ -310,16 +311,53 @@ def test_a_killed_runs_unfinished_output_is_removed_at_the_next_start(tmp_path, 
     partial = tmp_path / f".data.partial-{dead_pid()}"
     (partial / "work").mkdir(parents=True)
     (partial / "work" / "0000000.cp").write_bytes(b"x" * 1000)
+    prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
+    assert not partial.exists()
+    assert (tmp_path / "data" / "meta.json").is_file()
+
+
+def test_a_second_run_into_an_output_another_run_is_writing_is_refused(tmp_path, prepare_data):
+    # whichever finished last would replace the other's output, --force or not
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         live = tmp_path / f".data.partial-{running.pid}"  # another run's, still going
         live.mkdir()
-        prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
+        with pytest.raises(DataError, match=f"another process \\(pid {running.pid}\\) is writing .*data"):
+            prepare_data(tmp_path / "a.txt", out=tmp_path / "data", force=True)
     finally:
         running.kill()
         running.wait()
-    assert not partial.exists() and live.exists()
-    assert (tmp_path / "data" / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "a.txt"]
+
+
+def test_a_folder_made_at_the_output_during_a_run_is_kept(tmp_path, prepare_data, monkeypatch):
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    out = tmp_path / "data"
+    real = prepare_module._prepare_into
+
+    def and_the_user_writes_there_meanwhile(*args, **kwargs):
+        summary = real(*args, **kwargs)
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me")
+        return summary
+
+    monkeypatch.setattr(prepare_module, "_prepare_into", and_the_user_writes_there_meanwhile)
+    with pytest.raises(DataError, match="already exists"):
+        prepare_data(tmp_path / "a.txt", out=out)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "data"]
+
+
+def test_an_output_that_is_an_input_is_refused_even_with_force(tmp_path, prepare_data, folder_bytes):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text to prepare\n" * 50)
+    before = folder_bytes(corpus)
+    for out in (corpus, tmp_path):  # the input itself, and a folder holding it
+        with pytest.raises(DataError, match="would replace the input"):
+            prepare_data(corpus, out=out, force=True)
+    assert folder_bytes(corpus) == before
 
 
 def test_an_output_a_killed_run_had_moved_aside_is_put_back(tmp_path, prepare_data, folder_bytes):
