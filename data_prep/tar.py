@@ -13,6 +13,7 @@ from typing import BinaryIO, Iterator
 
 BLOCK = 512
 INLINE_MEMBER = 1 << 20  # files up to this size come as bytes: most are small, and bytes are fastest
+MAX_METADATA = 1 << 20  # a long name or pax header is read whole into memory; real ones are a few hundred bytes
 
 
 class TarError(Exception):
@@ -88,6 +89,8 @@ def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, b
         size = int(pax.get("size", _number(header[124:136])))
         padded = size + -size % BLOCK
         if kind in (b"L", b"x", b"g"):  # metadata about the next entry (or, "g", all of them)
+            if size > MAX_METADATA:
+                raise TarError(f"corrupt tar archive (a {size:,}-byte name or pax header)")
             data = _read_exact(stream, padded, "a member")[:size]
             if kind == b"L":
                 long_name = data.rstrip(b"\0").decode("utf-8", "replace")
@@ -123,7 +126,12 @@ def _parse_pax(data: bytes) -> dict[str, str]:
         space = data.find(b" ", pos)
         if space < 0:
             break
-        length = int(data[pos:space])
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise TarError("corrupt tar archive (bad pax record)") from None
+        if length <= space - pos:  # a record holds at least its own length field: anything less never ends
+            raise TarError("corrupt tar archive (bad pax record)")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
         pos += length

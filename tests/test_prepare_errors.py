@@ -153,6 +153,27 @@ def test_a_truncated_archive_among_good_files_is_skipped_and_counted(good_folder
     assert data.meta["splits"]["train"]["documents"] == 3
 
 
+def metadata_then_member(kind: bytes, size: int, data: bytes) -> bytes:
+    """A tar whose first entry is a long-name ("L") or pax ("x") header of the given size
+    field and content, then a text member."""
+    info = tarfile.TarInfo("././@Metadata")
+    info.type, info.size = kind, size
+    raw = info.tobuf(format=tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % 512)
+    return raw + tar_bytes([("m.txt", GOOD.encode())])
+
+
+@pytest.mark.parametrize("name,raw", [
+    ("pax.tar", metadata_then_member(tarfile.XHDTYPE, 16, b"0 path=never.txt")),  # a record length that never moves on
+    ("pax2.tar", metadata_then_member(tarfile.XHDTYPE, 16, b"x path=never.txt")),
+    ("long.tar", metadata_then_member(tarfile.GNUTYPE_LONGNAME, 2**80, b"")),  # a name no memory could hold
+])
+def test_a_tar_with_impossible_metadata_is_skipped_as_corrupt(good_folder, prepare_data, name, raw):
+    (good_folder / name).write_bytes(raw)
+    summary, data = prepare_data(good_folder)
+    assert data.meta["skipped"]["files"] == 1
+    assert any(name in w and "corrupt tar archive" in w for w in summary.warnings), summary.warnings
+
+
 def test_a_truncated_archive_fails_under_strict(good_folder, prepare_data):
     raw = tar_bytes([("m.txt", GOOD.encode() * 3)])
     (good_folder / "docs.tar").write_bytes(raw[:700])
