@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from .command import Parser, run_command
+from .discovery import display_name
 from .options import CHAR_ONLY, TOKENIZERS
 from .prepare import PrepareOptions, prepare
 
@@ -72,7 +73,7 @@ def tail_lines(summary) -> list[str]:
     m, lines = summary.meta, []
     sk = m["skipped"]
     lines.append(f"split by {m['split_mode']}; skipped {sk['files']} file(s) and {sk['members']} archive member(s); {sk['invalid_utf8_replaced']} invalid UTF-8 sequence(s) replaced")
-    lines.append(f"{summary.text_bytes / 1e6:.1f} MB of text in {summary.seconds:.1f} s ({summary.mb_per_s:.1f} MB/s) -> {summary.out}")
+    lines.append(f"{summary.text_bytes / 1e6:.1f} MB of text in {summary.seconds:.1f} s ({summary.mb_per_s:.1f} MB/s) -> {display_name(summary.out)}")
     return lines
 
 

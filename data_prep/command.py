@@ -5,7 +5,8 @@
         return run_command("gpt-train", lambda: do_the_work(args))
 
 Exit codes: 0 done; 1 an expected failure (a `UserError`, or an operating-system error
-such as a full disk or a read-only folder); 2 a usage mistake (argparse); 130 Ctrl-C.
+such as a full disk or a read-only folder); 2 a usage mistake (argparse); 130 Ctrl-C; 143
+SIGTERM.
 A reader that goes away (`gpt-sample | head`) ends the command quietly. Warnings are shown
 as one line each, `PROG: warning: ...`, while the command runs.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from typing import Callable
@@ -49,9 +51,30 @@ def silence_stdout() -> None:
         pass
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is, so that it unwinds as for Ctrl-C and removes
+    what it had half written (a BaseException: no `except Exception` swallows it)."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_command(prog: str, work: Callable[[], int | None], interrupted: str | None = "interrupted") -> int:
     """Run `work()` and turn every expected failure into one line and an exit code.
-    `interrupted`: what Ctrl-C says (None: nothing, for a command the user stops on purpose)."""
+    `interrupted`: what Ctrl-C (or SIGTERM) says (None: nothing, for a command the user
+    stops on purpose)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: SIGTERM keeps its handler
+        return _run_command(prog, work, interrupted)
+    try:
+        return _run_command(prog, work, interrupted)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(prog: str, work: Callable[[], int | None], interrupted: str | None) -> int:
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         try:
@@ -67,6 +90,8 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
         return fail(prog, str(e), 1)
     except KeyboardInterrupt:
         return fail(prog, interrupted, 130) if interrupted else 130
+    except Terminated:
+        return fail(prog, f"stopped by SIGTERM; {interrupted}", 128 + signal.SIGTERM) if interrupted else 128 + signal.SIGTERM
     except BrokenPipeError:
         silence_stdout()
         return 0

@@ -35,8 +35,9 @@ def work_offline() -> None:
 def record_format(path: Path, raw: bytes, content: bytes) -> str | None:
     """"json lines", "datasets" (JSON or Parquet) or None (not records), from a file's first
     bytes (`raw`) and the content they begin (`content`: compression undone). JSON is
-    recognised by its extension (after any compression suffix) and its first byte; Parquet
-    by its magic bytes."""
+    recognised by its extension (after any compression suffix) and its first byte, JSON
+    lines by a line of the head that starts a record (a bad first line is one bad record,
+    not a sign of plain text); Parquet by its magic bytes."""
     if raw[:4] == b"PAR1":
         return "datasets"
     suffixes = [s.lower() for s in path.suffixes]
@@ -44,7 +45,7 @@ def record_format(path: Path, raw: bytes, content: bytes) -> str | None:
         suffixes.pop()
     if suffixes and suffixes[-1] in JSON_SUFFIXES:
         first = content.lstrip()[:1]
-        if first == b"{" and suffixes[-1] in JSON_LINES_SUFFIXES:
+        if suffixes[-1] in JSON_LINES_SUFFIXES and any(line.lstrip()[:1] == b"{" for line in content.split(b"\n")):
             return "json lines"
         return "datasets" if first in (b"{", b"[") else None
     return None

@@ -1,17 +1,24 @@
 """The worker processes both passes share, and the grouping of small jobs."""
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
+
+from .errors import DataError
 
 
 class Workers:
-    """Worker processes shared by both passes (none for one worker: jobs run here)."""
+    """Worker processes shared by both passes (none for one worker: jobs run here). The
+    main process alone answers Ctrl-C and SIGTERM: it ends the workers as it unwinds."""
 
     def __init__(self, n: int):
         self.n = n
-        self.pool = ProcessPoolExecutor(max_workers=n) if n > 1 else None
+        self.pool = ProcessPoolExecutor(max_workers=n, initializer=start_worker) if n > 1 else None
 
     def map(self, fn: Callable, jobs: Iterable) -> Iterator:
         """fn(job) for each job, results in job order, with few jobs in flight (archive
@@ -23,20 +30,50 @@ class Workers:
         for job in jobs:
             pending.append(self.pool.submit(fn, job))
             if len(pending) >= 2 * self.n:
-                yield pending.popleft().result()
+                yield result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield result(pending.popleft())
 
     def run(self, fn: Callable, job):
         """fn(job) in one worker process (here when there are none)."""
-        return fn(job) if self.pool is None else self.pool.submit(fn, job).result()
+        return fn(job) if self.pool is None else result(self.pool.submit(fn, job))
 
     def __enter__(self) -> "Workers":
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, kind, *exc) -> None:
+        if self.pool is None:
+            return
+        if kind is not None:  # a failure, Ctrl-C or SIGTERM: the workers' jobs are wasted, end them now
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for child in multiprocessing.active_children():
+                child.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def result(future: Future):
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise DataError("a worker process died (killed by a signal, or by the system for lack of memory?); "
+                        "the output folder is as it was") from None
+
+
+def start_worker() -> None:
+    """Ctrl-C reaches every process of the terminal's group: a worker ignores it (the main
+    process ends the workers), rather than print its own traceback. SIGTERM kills a worker
+    at once (it inherited the main process's handler). On Linux a worker also dies with the
+    main process, a kill -9 included, rather than work on for nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() == 1:  # the main process died before the request was made
+        os._exit(1)
 
 
 def grouped(items: Iterable, size: Callable, limit: int) -> Iterator[list]:

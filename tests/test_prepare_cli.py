@@ -132,3 +132,48 @@ def test_cli_skips_and_counts_a_malformed_json_line_without_library_chatter(tmp_
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 196
     strict = run_cli("r.jsonl", "--out", "data2", "--quiet", "--workers", "1", "--strict")
     assert_one_error_line(strict, "r.jsonl: line 58 is not a JSON record", "--strict")
+
+
+def test_sigterm_mid_run_removes_the_unfinished_output_and_says_so(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from data_prep import cli
+    from data_prep import prepare as prepare_module
+
+    def terminated_midway(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in this thread before kill returns
+        raise AssertionError("SIGTERM did not stop the run")
+
+    (tmp_path / "t.txt").write_text(GOOD)
+    monkeypatch.setattr(prepare_module, "_prepare_into", terminated_midway)
+    code = cli.main([str(tmp_path / "t.txt"), "--out", str(tmp_path / "data"), "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM and err.count("\n") == 1
+    assert err.startswith("gpt-prepare: error: stopped by SIGTERM; interrupted; nothing was written")
+    assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handler is gone with it
+
+
+def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, monkeypatch, capsys):
+    import multiprocessing
+    import os
+    import signal
+
+    from data_prep import cli
+    from data_prep import scan as scan_module
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("the workers must inherit this test's stand-in (fork)")
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the system's out-of-memory killer would
+
+    for i in range(4):
+        (tmp_path / f"t{i}.txt").write_text(GOOD)
+    monkeypatch.setattr(scan_module, "scan_unit", killed)
+    code = cli.main([str(tmp_path), "--out", str(tmp_path / "data"), "--quiet", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("gpt-prepare: error: a worker process died")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"t{i}.txt" for i in range(4)]

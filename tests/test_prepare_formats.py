@@ -208,6 +208,13 @@ def test_malformed_json_lines_are_skipped_and_counted_and_the_rest_read(tmp_path
     assert "skipped 3 JSON line(s) that are not records" in summary.warnings
 
 
+def test_a_json_lines_file_whose_first_line_is_bad_is_still_read_as_records(tmp_path, prepare_data, read_documents):
+    (tmp_path / "r.jsonl").write_text("not json\n" + "".join(json.dumps(r) + "\n" for r in RECORDS))
+    _, data = prepare_data(tmp_path / "r.jsonl")
+    assert data.meta["skipped"]["bad_records"] == 1
+    assert all_documents(data, read_documents) == sorted(r["text"] for r in RECORDS)
+
+
 def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
     (tmp_path / "r.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
     with pytest.raises(DataError, match=r"r.jsonl: line 2 is not a JSON record .*--strict"):
