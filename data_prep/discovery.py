@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +75,29 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
                     if is_saved_dataset(rootp / d):
                         found.append(Source(rootp / d, "saved"))
                         dirs.remove(d)
-                found += [Source(rootp / f, "file") for f in sorted(files) if not f.startswith(".")]
+                for f in sorted(files):
+                    if f.startswith("."):
+                        continue
+                    if readable_twice(rootp / f):
+                        found.append(Source(rootp / f, "file"))
+                    else:
+                        warnings.warn(f"skipped {display_name(rootp / f)}: a pipe or a device, not a file")
+        elif not readable_twice(p):
+            raise DataError(f"{display_name(p)} is a pipe or a device, not a file: gpt-prepare reads each input more than once; "
+                            "save its content to a file first")
         else:
             found.append(Source(p, "file"))
     return found
+
+
+def readable_twice(path: Path) -> bool:
+    """Whether `path` can be read again from its start, as both passes do: a regular file,
+    a link to one, or a path that cannot be looked at (reading it then reports why). A pipe
+    or a device cannot, and opening a pipe with no writer would wait forever."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 def _left_out(folder: Path, output: str | None) -> bool:

@@ -34,6 +34,17 @@ def test_a_full_disk_while_reading_stops_the_run_instead_of_skipping_the_input(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_in_a_folder_is_skipped_with_a_warning_and_one_given_is_refused(tmp_path, good_folder, prepare_data):
+    # both passes read each input from its start, and opening a pipe nobody writes to waits forever
+    os.mkfifo(good_folder / "pipe")
+    with pytest.warns(UserWarning, match="skipped .*pipe: a pipe or a device, not a file"):
+        _, data = prepare_data(good_folder)
+    assert [s["path"] for s in data.meta["sources"]] == [str(good_folder / f"good{i}.txt") for i in range(3)]
+    with pytest.raises(DataError, match="pipe is a pipe or a device, not a file.*save its content to a file first"):
+        prepare_data(good_folder / "pipe")
+
+
 def test_an_input_path_that_does_not_exist_is_an_error(tmp_path, prepare_data):
     with pytest.raises(DataError, match="input path does not exist: .*missing.txt"):
         prepare_data(tmp_path / "missing.txt")
