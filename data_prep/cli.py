@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpt-prepare: warning: ... and {len(summary.warnings) - len(shown)} more", file=sys.stderr)
         print(format_summary(summary), flush=True)
 
-    return run_command("gpt-prepare", work, interrupted="interrupted; nothing was written")
+    return run_command("gpt-prepare", work, interrupted="interrupted; nothing was written", makes_files=True)
 
 
 if __name__ == "__main__":

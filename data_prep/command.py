@@ -6,9 +6,9 @@
 
 Exit codes: 0 done; 1 an expected failure (a `UserError`, or an operating-system error
 such as a full disk or a read-only folder); 2 a usage mistake (argparse); 130 Ctrl-C; 143
-SIGTERM.
-A reader that goes away (`gpt-sample | head`) ends the command quietly. Warnings are shown
-as one line each, `PROG: warning: ...`, while the command runs.
+SIGTERM. A reader that goes away (`gpt-sample | head`) ends the command quietly; a command
+whose product is files (gpt-prepare, gpt-train, gpt-export, gpt-plot) goes on without it.
+Warnings are shown as one line each, `PROG: warning: ...`, while the command runs.
 
 It lives in `data_prep`, the bottom layer of the toolkit, so that every command shares
 it without `gpt-prepare` importing torch.
@@ -16,6 +16,7 @@ it without `gpt-prepare` importing torch.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sys
@@ -45,9 +46,13 @@ def os_error_line(e: OSError) -> str:
 def silence_stdout() -> None:
     """After a broken pipe: point stdout at /dev/null so Python's own flush at exit does not
     fail again with a second traceback."""
+    silence(sys.stdout)
+
+
+def silence(stream) -> None:
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         pass
 
 
@@ -60,18 +65,58 @@ def raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def run_command(prog: str, work: Callable[[], int | None], interrupted: str | None = "interrupted") -> int:
+class ReaderMayGo:
+    """A text stream whose reader may go away (`gpt-prepare corpus | head`), or whose disk
+    may fill behind a redirect, without stopping a command whose product is files: what it
+    writes then is dropped, not an error (as gpt-train's `progress.tolerant` does for its
+    lines)."""
+
+    def __init__(self, stream):
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self.stream.write(text)
+            except OSError:
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except OSError:
+                self.gone = True
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def run_command(prog: str, work: Callable[[], int | None], interrupted: str | None = "interrupted",
+                makes_files: bool = False) -> int:
     """Run `work()` and turn every expected failure into one line and an exit code.
     `interrupted`: what Ctrl-C (or SIGTERM) says (None: nothing, for a command the user
-    stops on purpose)."""
+    stops on purpose). `makes_files`: the command's product is files, not its output, so
+    it goes on when its output or messages can no longer be written (else a reader that
+    goes away ends it, quietly: `gpt-sample | head`)."""
+    streams = sys.stdout, sys.stderr
+    if makes_files:
+        sys.stdout, sys.stderr = ReaderMayGo(sys.stdout), ReaderMayGo(sys.stderr)
     try:
         previous = signal.signal(signal.SIGTERM, raise_terminated)
     except ValueError:  # not the main thread: SIGTERM keeps its handler
-        return _run_command(prog, work, interrupted)
+        previous = None
     try:
         return _run_command(prog, work, interrupted)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if makes_files:
+            for wrapped in (sys.stdout, sys.stderr):
+                if isinstance(wrapped, ReaderMayGo) and wrapped.gone:
+                    silence(wrapped.stream)  # Python's own flush at exit would fail again
+            sys.stdout, sys.stderr = streams
 
 
 def _run_command(prog: str, work: Callable[[], int | None], interrupted: str | None) -> int:
@@ -107,12 +152,12 @@ def _run_command(prog: str, work: Callable[[], int | None], interrupted: str | N
 
 
 def command(prog: str, build_parser: Callable[[], argparse.ArgumentParser], work: Callable[[argparse.Namespace], int | None],
-            interrupted: str | None = "interrupted") -> Callable[[list[str] | None], int]:
+            interrupted: str | None = "interrupted", makes_files: bool = False) -> Callable[[list[str] | None], int]:
     """A command's `main(argv)`: parse the arguments, then `work(args)` through run_command."""
 
     def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
-        return run_command(prog, lambda: work(args), interrupted)
+        return run_command(prog, lambda: work(args), interrupted, makes_files)
 
     return main
 

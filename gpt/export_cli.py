@@ -52,7 +52,7 @@ def export(args) -> None:
     print(f"exported {ckpt} -> {out}/ (model.safetensors, config.json, tokenizer.json)")
 
 
-main = command("gpt-export", build_parser, export)
+main = command("gpt-export", build_parser, export, makes_files=True)
 
 
 if __name__ == "__main__":

@@ -177,3 +177,23 @@ def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, monkeypatch, cap
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith("gpt-prepare: error: a worker process died")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"t{i}.txt" for i in range(4)]
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
+    # `gpt-prepare corpus 2>&1 | head -c 10`: the product is the folder, not the messages
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    (tmp_path / "t.txt").write_text(GOOD * 50)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "data_prep.cli", str(tmp_path / "t.txt"), "--out", str(tmp_path / "data")],
+                              stdout=write, stderr=write, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0
+    assert data_prep.load(tmp_path / "data").meta["splits"]["train"]["tokens"] > 0

@@ -42,7 +42,7 @@ def plot(args) -> None:
     print(f"wrote {out}: {len(runs)} run(s) against {args.x}")
 
 
-main = command("gpt-plot", build_parser, plot)
+main = command("gpt-plot", build_parser, plot, makes_files=True)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: {early}{result.step} steps, {result.tokens:,} tokens, {loss}{best}; run folder {result.run_dir}")
         return 0
 
+    # training prints through progress.tolerant, which already outlives its reader
     return run_command("gpt-train", work, interrupted="interrupted before a step boundary; the run folder keeps its last checkpoint, if it had one")
 
 
