@@ -75,7 +75,11 @@ def process_exists(pid: int) -> bool:
 
 def move_into_place(tmp: Path, out: Path) -> None:
     """Swap the finished folder in; an old output is set aside first and removed after, or
-    put back if the swap fails, so a failure at any point leaves one of the two whole."""
+    put back if the swap fails, so a failure at any point leaves one of the two whole. The
+    new folder's files reach the disk before the rename does: after a power cut, a folder
+    in place holds what was written, never the zeros of blocks the system had not yet
+    written (shards are sized before they are filled)."""
+    sync_tree(tmp)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -86,5 +90,32 @@ def move_into_place(tmp: Path, out: Path) -> None:
         if old is not None:
             os.replace(old, out)
         raise
+    sync(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)  # the new output is in place: nothing to fail for now
+
+
+def sync_tree(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # a failure here (EIO) means the data may not be on disk: the run fails
+            finally:
+                os.close(fd)
+        sync(Path(root))
+
+
+def sync(folder: Path) -> None:
+    """fsync a folder: its entries are what a rename changes. Not every system can open a
+    folder for this, nor every file system sync one; there it is the rename's own care."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

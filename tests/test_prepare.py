@@ -3,6 +3,7 @@ import os
 import string
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,3 +370,28 @@ def test_an_output_a_killed_run_had_moved_aside_is_put_back(tmp_path, prepare_da
         prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
     assert folder_bytes(tmp_path / "data") == before
     assert not list(tmp_path.glob(".data.*"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an open file through /proc")
+def test_every_file_of_the_output_reaches_the_disk_before_the_rename(tmp_path, prepare_data, monkeypatch):
+    # a rename that a power cut keeps, over files it does not, would leave shards of zeros
+    from data_prep import output_folder
+
+    synced, unsynced_at_rename = set(), []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        if ".partial-" in str(src):
+            unsynced_at_rename.extend(str(p) for p in Path(src).rglob("*") if p.is_file() and str(p) not in synced)
+            unsynced_at_rename.extend([] if str(src) in synced else [str(src)])
+        real_replace(src, dst)
+
+    monkeypatch.setattr(output_folder.os, "fsync", fsync)
+    monkeypatch.setattr(output_folder.os, "replace", replace)
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
+    assert (tmp_path / "data" / "meta.json").is_file() and unsynced_at_rename == []
