@@ -152,6 +152,60 @@ def test_overwrite_starts_the_run_over_and_a_refused_start_keeps_the_old_run(dat
     assert max(json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def run_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def fail_at_step(n: int):
+    def should_stop(step: int) -> bool:
+        if step == n:
+            raise TrainError("the loss became nan (a stand-in)")
+        return False
+    return should_stop
+
+
+def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_back(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
+    before = run_files(tmp_path / "run")
+    with pytest.raises(TrainError, match="stand-in"):
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=50, eval_interval=40), overwrite=True,
+              should_stop=fail_at_step(3), log=lambda s: None)
+    assert run_files(tmp_path / "run") == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([".lock", *before])
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_is_put_back_at_the_next_start(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
+    before = run_files(tmp_path / "run")
+    aside = tmp_path / "run" / ".previous-run"  # as a killed --overwrite run leaves it
+    aside.mkdir()
+    for name in before:
+        os.replace(tmp_path / "run" / name, aside / name)
+    (tmp_path / "run" / "config.json").write_text('{"model": {}, "train": {}}')  # the new run's
+    RunFolder.claim(tmp_path / "run", new_run=False, overwrite=False).release()
+    assert run_files(tmp_path / "run") == before and not aside.exists()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(data, tmp_path, existed):
+    if existed:
+        (tmp_path / "run").mkdir()
+    with pytest.raises(TrainError, match="stand-in"):
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=50, eval_interval=40), should_stop=fail_at_step(3), log=lambda s: None)
+    assert not (tmp_path / "run").exists() if not existed else run_files(tmp_path / "run") == {}
+
+
+def test_a_folder_of_other_files_is_refused_as_a_run_folder(data, tmp_path):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "config.json").write_text('{"my": 1}')
+    (tmp_path / "proj" / "metrics.jsonl").write_text("notes\n")
+    before = run_files(tmp_path / "proj")
+    for extra in ([], ["--overwrite"]):
+        proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "proj", "--max-iters", "2", "--quiet", *TINY_ARGS, *extra)
+        assert_one_line_error(proc, "gpt-train", "holds other files and no run")
+    assert run_files(tmp_path / "proj") == before
+
+
 def test_overwrite_also_removes_the_old_runs_picture(data, tmp_path):
     pytest.importorskip("matplotlib")
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=4, eval_interval=2), log=lambda s: None)

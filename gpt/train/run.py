@@ -147,7 +147,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
     refused = dist_.broadcast_object(refused)  # every rank stops, not just the first
     if refused:
         raise TrainError(refused)
-    started = False  # a run that fails before its first step leaves no folder behind
+    failed = True  # until the run returns: one that fails before its first checkpoint leaves nothing behind
     try:
         trainer = Trainer(cfg, dist_, device, resume_state, run_dir, log, base)
         resuming = resume_state is not None
@@ -158,7 +158,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             # optimizer moments included) would otherwise stay in memory to the end of the run
             resume_state.clear()
         if dist_.is_main:
-            folder.clear_previous_run()  # only now: a refused start keeps an --overwrite folder's old run
+            folder.set_aside_previous_run()  # only now: a refused start leaves an --overwrite folder's old run in place
             if resuming:
                 trainer.metrics.trim_after(trainer.step)
             ck.write_run_files(run_dir, {
@@ -174,8 +174,9 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
                 f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "
                 f"context {cfg.block_size}, preset {cfg.preset or 'none'}"
                 + (f"; evaluates and saves the weights' moving average (--ema {cfg.ema})" if cfg.ema else ""))
-        started = True
-        return trainer.run(should_stop)
+        result = trainer.run(should_stop)
+        failed = False
+        return result
     finally:
         if folder is not None:
-            folder.release(failed=not started)
+            folder.release(failed=failed)

@@ -5,12 +5,16 @@ run that is killed, even with `kill -9`, leaves no stale lock behind: the kernel
 it). A second run on the same folder is refused with one line. Default folder names carry
 the date, time and process id, so two runs started in the same second do not collide.
 Holding the lock, a run also removes the temporary files that a killed save left behind,
-and a run that fails before writing anything removes the folder it created. A run started
-with --overwrite clears the old run's files only once it is ready to train, so a run
-refused at start (data of another vocabulary, a bad option) leaves the old run as it was.
+and a run that fails before its first checkpoint removes the folder it created (or, in a
+folder that was there, the files it wrote). A run started with --overwrite sets the old
+run's files aside (`FOLDER/.previous-run/`) once it is ready to train, deletes them once it
+has saved a checkpoint of its own, and puts them back if it ends without one (refused at
+start, a loss that became NaN in the first steps, a full disk at the first save, killed).
+A folder that holds other files and no run is refused, so a run never writes over them.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -27,6 +31,18 @@ except ImportError:  # Windows: no advisory locks; one run per folder is then up
 
 LOCK_FILE = ".lock"
 RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json", PICTURE_FILE)
+ASIDE = ".previous-run"  # an --overwrite run's predecessor, until the new run has a checkpoint
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` holds a run: a checkpoint, or the config.json a run writes first."""
+    if (path / ck.LATEST).exists() or (path / ck.BEST).exists():
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"model", "train"} <= config.keys()
 
 
 def default_run_dir(model: str) -> Path:
@@ -37,6 +53,7 @@ class RunFolder:
     def __init__(self, path: Path, created: bool, lock_fd: int | None):
         self.path, self.created, self.lock_fd = path, created, lock_fd
         self.replaces_run = False  # a new run with --overwrite, in a folder that holds one
+        self.was_empty = False  # claimed for a new run with nothing in it: what is there later, this run wrote
 
     @classmethod
     def claim(cls, path: Path, new_run: bool, overwrite: bool) -> "RunFolder":
@@ -63,22 +80,45 @@ class RunFolder:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             folder.remove_stale_temporaries()
-            if new_run and (path / ck.LATEST).exists():
+            folder.settle()  # what a killed --overwrite run left aside
+            if new_run and holds_run(path):
                 if not overwrite:
                     raise TrainError(f"run folder {path} already holds a run; --resume continues it, --overwrite starts it over")
                 folder.replaces_run = True
+            elif new_run and any(not p.name.startswith(".") for p in path.iterdir()):
+                raise TrainError(f"--out {path} holds other files and no run; name a new or empty folder for the run")
+            folder.was_empty = new_run and not folder.replaces_run
         except BaseException:
             folder.release(failed=True)
             raise
         return folder
 
-    def clear_previous_run(self) -> None:
-        """With --overwrite, remove the old run's files: called once the new run is ready to
-        write its own, so a run that fails to start has destroyed nothing."""
+    def set_aside_previous_run(self) -> None:
+        """With --overwrite, move the old run's files aside: called once the new run is ready
+        to write its own. `settle` deletes or restores them."""
         if self.replaces_run:
+            aside = self.path / ASIDE
+            aside.mkdir()
             for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
+                if (self.path / name).exists():
+                    os.replace(self.path / name, aside / name)
             self.replaces_run = False
+
+    def settle(self) -> None:
+        """An --overwrite run's end (or, after a kill, the next run's start): with a
+        checkpoint of its own the new run stands and the old run's files go; without one the
+        new run's files go and the old run's come back."""
+        aside = self.path / ASIDE
+        if not aside.is_dir():
+            return
+        if (self.path / ck.LATEST).exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            return
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for p in aside.iterdir():
+            os.replace(p, self.path / p.name)
+        aside.rmdir()
 
     def remove_stale_temporaries(self) -> None:
         """Half-written files of saves that were killed (`.latest.pt.tmp-PID`): with the lock
@@ -87,10 +127,17 @@ class RunFolder:
             p.unlink(missing_ok=True)
 
     def release(self, failed: bool = False) -> None:
-        """Unlock; after a failed start (before any step), remove the folder if this run
-        created it, while still holding the lock so no other run can have claimed it."""
-        if failed and self.created and not any((self.path / n).exists() for n in (ck.LATEST, ck.BEST)):
-            shutil.rmtree(self.path, ignore_errors=True)
+        """Unlock, while still holding the lock so no other run can have claimed the folder:
+        settle an --overwrite; after a run that failed before its first checkpoint, remove
+        the folder if this run created it, else the files it wrote there."""
+        if self.lock_fd is not None:
+            self.settle()
+        if failed and not any((self.path / n).exists() for n in (ck.LATEST, ck.BEST)):
+            if self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            elif self.was_empty:
+                for name in RUN_FILES:
+                    (self.path / name).unlink(missing_ok=True)
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
