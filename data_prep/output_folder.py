@@ -73,6 +73,15 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def first_inside(out: Path, paths: list[str | Path]) -> str | Path | None:
+    """The first of `paths` that is `out` or lies inside it: what replacing `out` would delete."""
+    where = os.path.realpath(out).rstrip(os.sep) + os.sep
+    for path in paths:
+        if (os.path.realpath(path).rstrip(os.sep) + os.sep).startswith(where):
+            return path
+    return None
+
+
 def move_into_place(tmp: Path, out: Path) -> None:
     """Swap the finished folder in; an old output is set aside first and removed after, or
     put back if the swap fails, so a failure at any point leaves one of the two whole. The

@@ -33,7 +33,7 @@ from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
 from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
-from .output_folder import claim, clean_after_killed_runs, move_into_place
+from .output_folder import claim, clean_after_killed_runs, first_inside, move_into_place
 from .records import work_offline
 from .scan import Scan, make_units
 from .scratch import SPLITS
@@ -98,12 +98,10 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
 def check_not_an_input(out: Path, inputs: list[str | Path]) -> None:
     """Refuse an output folder that is, or holds, one of the inputs: replacing it (with
     --force) would delete the corpus it was made from."""
-    where = os.path.realpath(out)
-    for given in inputs:
-        path = os.path.realpath(given)
-        if path == where or path.startswith(where.rstrip(os.sep) + os.sep):
-            raise DataError(f"--out {display_name(out)} would replace the input {display_name(given)}; "
-                            "choose an output folder that holds no input (one inside an input folder is fine)")
+    given = first_inside(out, inputs)
+    if given is not None:
+        raise DataError(f"--out {display_name(out)} would replace the input {display_name(given)}; "
+                        "choose an output folder that holds no input (one inside an input folder is fine)")
 
 
 def check_output(out: Path, force: bool) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
-from data_prep.output_folder import claim, clean_after_killed_runs, move_into_place
+from data_prep.output_folder import claim, clean_after_killed_runs, first_inside, move_into_place
 
 from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
 from .config import ConfigError, ModelConfig
@@ -68,6 +68,9 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"export folder {out} already exists and is not empty (use --force to replace it)")
     path = resolve_checkpoint(ckpt)
+    if first_inside(out, [path]) is not None:
+        raise ExportError(f"--out {out} holds the checkpoint {path}, which replacing it would delete; "
+                          "name a folder of its own for the export (the default is RUN/safetensors)")
     state = load_checkpoint(path)
     lora = state.get("lora")
     if lora and not merge:

@@ -142,6 +142,15 @@ def test_exporting_over_an_existing_folder_needs_force_and_loses_nothing(run, tm
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_an_export_into_the_run_folder_it_reads_is_refused_even_with_force(run, tmp_path):
+    files = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+    for out in (run, run.parent):  # the run itself, and a folder holding it
+        with pytest.raises(ExportError, match="holds the checkpoint"):
+            export_safetensors(run, out, force=True)
+    assert files() == before and "best.pt" in before
+
+
 def test_an_export_a_killed_export_had_moved_aside_is_put_back(run, tmp_path):
     out = tmp_path / "out"
     export_safetensors(run, out)
