@@ -67,12 +67,23 @@ def plain_state_dict(model: torch.nn.Module) -> dict:
     return out
 
 
+def torch_save(state: dict, f) -> None:
+    """torch.save, whose zip writer turns a failed write (a full disk) into a RuntimeError
+    of its own: the OSError behind it is what the caller can report."""
+    try:
+        torch.save(state, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
+
+
 def save_checkpoint(path: Path, state: dict, best: bool = False) -> None:
     """Write `state` to `path` atomically; with `best`, the same file also becomes the run
     folder's best checkpoint (a hard link, renamed into place, so no second copy is written
     and a crash leaves either the old or the new best.pt)."""
     state = {"format": CKPT_FORMAT, "version": CKPT_VERSION, **state}
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_write_bytes(path, lambda f: torch_save(state, f))
     if best:
         tmp = path.with_name(f".{BEST}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)

@@ -206,6 +206,14 @@ def test_a_folder_of_other_files_is_refused_as_a_run_folder(data, tmp_path):
     assert run_files(tmp_path / "proj") == before
 
 
+def test_a_full_disk_at_the_first_save_is_one_line_and_leaves_no_folder(data, tmp_path):
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "4", "--eval-interval", "2", "--quiet",
+                   *TINY_ARGS, file_size_limit=40_000)  # torch's zip writer turns the failed write into a RuntimeError
+    assert_one_line_error(proc, "gpt-train", "cannot write a checkpoint", "File too large", "no checkpoint was saved")
+    assert "best so far" not in proc.stdout  # nothing was saved, as best.pt or otherwise
+    assert not (tmp_path / "run").exists()
+
+
 def test_overwrite_also_removes_the_old_runs_picture(data, tmp_path):
     pytest.importorskip("matplotlib")
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=4, eval_interval=2), log=lambda s: None)

@@ -216,8 +216,8 @@ class Trainer:
             try:
                 ck.save_checkpoint(self.run_dir / ck.LATEST, state, best=best)
             except OSError as e:
-                raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); "
-                                 f"the previous checkpoint is kept") from None
+                kept = "the previous checkpoint is kept" if (self.run_dir / ck.LATEST).exists() else "no checkpoint was saved"
+                raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); {kept}") from None
         self.dist.barrier()
 
     def elapsed(self) -> float:
@@ -427,9 +427,6 @@ class Trainer:
         train_loss = self.losses.recent_mean(self.cfg.log_interval)
         improved = val_loss < self.best_val
         self.metrics.write({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed(), 3), "train_loss": train_loss, "val_loss": val_loss, "val_bpc": bpc})
-        if self.dist.is_main:
-            tr = f"train {train_loss:.4f}, " if train_loss is not None else ""
-            self.progress.say(f"step {self.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char){', best so far: saved as best.pt' if improved else ''}")
         if improved:
             self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
         else:
@@ -437,5 +434,8 @@ class Trainer:
             if self.cooldown_due():
                 self.start_cooldown()
         self.save(val_loss, best=improved)
+        if self.dist.is_main:  # after the save: the line says what is on disk
+            tr = f"train {train_loss:.4f}, " if train_loss is not None else ""
+            self.progress.say(f"step {self.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char){', best so far: saved as best.pt' if improved else ''}")
         self.picture.update()
         return val_loss
