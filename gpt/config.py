@@ -6,6 +6,7 @@ written once, and `TrainConfig.model_config()` turns them into the model's shape
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from data_prep.errors import UserError
@@ -59,7 +60,7 @@ class ModelConfig:
             raise ConfigError(f"rotary embeddings need an even head size, got {self.n_embd // self.n_head}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if not self.logit_softcap >= 0:  # also refuses NaN
+        if not 0 <= self.logit_softcap < math.inf:  # also refuses NaN
             raise ConfigError(f"--logit-softcap must be positive (or 0 for none), got {self.logit_softcap}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -147,10 +148,21 @@ class TrainConfig:
             raise ConfigError("give --max-iters or --max-time (or both)")
         if self.max_iters is not None and self.max_iters < 1:
             raise ConfigError(f"--max-iters must be at least 1, got {self.max_iters}")
-        if self.max_time is not None and self.max_time <= 0:
+        if self.max_time is not None and not 0 < self.max_time < math.inf:
             raise ConfigError(f"--max-time must be positive (or 0 for no time budget), got {self.max_time}")
-        if not self.lr > 0 or (self.min_lr is not None and self.min_lr < 0):
-            raise ConfigError("--lr must be positive and --min-lr not negative")
+        # finite, in range, not NaN: each would otherwise be a traceback, or a NaN loss steps later
+        if not 0 < self.lr < math.inf or (self.min_lr is not None and not 0 <= self.min_lr < math.inf):
+            raise ConfigError("--lr must be positive and --min-lr not negative (both finite)")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (and finite), got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:  # what every generator seeded from it takes
+            raise ConfigError(f"--seed must be in [0, 2^32), got {self.seed}")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
+            raise ConfigError(f"--lora-alpha must be positive, got {self.lora_alpha}")
         if self.warmup_iters < 0:
             raise ConfigError(f"--warmup-iters must not be negative, got {self.warmup_iters}")
         if self.lora and not self.init_from:
@@ -170,8 +182,8 @@ class TrainConfig:
                 raise ConfigError("--optimizer muon trains a transformer's weight matrices; the bigram model has none (use adamw)")
             if self.lora:
                 raise ConfigError("--optimizer muon trains whole weight matrices, not low-rank adapters; use adamw with --lora")
-            if not self.muon_lr > 0 or not self.muon_weight_decay >= 0:
-                raise ConfigError("--muon-lr must be positive and --muon-weight-decay not negative")
+            if not 0 < self.muon_lr < math.inf or not 0 <= self.muon_weight_decay < math.inf:
+                raise ConfigError("--muon-lr must be positive and --muon-weight-decay not negative (both finite)")
         if self.lora < 0:
             raise ConfigError(f"--lora must be a rank of at least 1 (or 0 for full fine-tuning), got {self.lora}")
         self.model_config(vocab_size=1).validate()  # a bad model option stops the run before it claims a folder

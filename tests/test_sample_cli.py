@@ -72,6 +72,8 @@ ERRORS = {
     "top-p above one": (["--ckpt", NEW, "--top-p", "1.01"], None, "--top-p must be in (0, 1]"),
     "top-k of zero": (["--ckpt", NEW, "--top-k", "0"], None, "--top-k must be at least 1"),
     "negative max-new-tokens": (["--ckpt", NEW, "--max-new-tokens", "-1"], None, "--max-new-tokens must be >= 0"),
+    "more new tokens than memory holds": (["--ckpt", NEW, "--max-new-tokens", str(10**15)], None, "tokens do not fit in memory"),
+    "seed no generator takes": (["--ckpt", NEW, "--seed", str(10**20)], None, "--seed must be in [0, 2^63)"),
     "empty prompt file": (["--ckpt", NEW, "--prompt-file", "empty.txt"], None, "prompt file empty.txt is empty"),
     "unreadable prompt file": (["--ckpt", NEW, "--prompt-file", "nope.txt"], None, "cannot read the prompt file nope.txt"),
     "prompt that cannot be encoded": (["--ckpt", "strict", "--prompt", "the 🙂 cat"], None,

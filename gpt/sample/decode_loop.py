@@ -40,7 +40,11 @@ class DecodeLoop:
                  options: SamplingOptions, batch: int, static: bool, compile: bool = False):
         B, P, steps = batch, len(prompt_ids), options.max_new_tokens
         self.model, self.device, self.options, self.P, self.steps = model, device, options, P, steps
-        self.ids = torch.empty(B, P + steps, dtype=torch.long, device=device)
+        try:
+            self.ids = torch.empty(B, P + steps, dtype=torch.long, device=device)
+        except (RuntimeError, MemoryError):  # torch's "can't allocate memory" is a RuntimeError
+            raise GenerationError(f"{B} x {P + steps:,} tokens do not fit in memory on {device}; "
+                                  "ask for fewer --max-new-tokens (or --num-samples)") from None
         self.ids[:, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=device)
         self.window = ContextWindow(model.config.block_size, options.window_slide(model.config.block_size))
         greedy = options.temperature == 0

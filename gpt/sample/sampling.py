@@ -40,6 +40,8 @@ class SamplingOptions:
             raise GenerationError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 0:
             raise GenerationError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise GenerationError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.slide is not None and not 1 <= self.slide <= (block_size or self.slide):
             raise GenerationError(f"--slide must be between 1 and the model's context ({block_size or 'its length'}), got {self.slide}")
 
