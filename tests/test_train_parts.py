@@ -360,6 +360,13 @@ def test_a_torn_last_metrics_line_is_dropped_on_trim(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 10, "train_loss": 1.0}\n'
 
 
+def test_damaged_metrics_lines_are_dropped_on_trim_not_a_failure_to_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 10, "train_loss": 1.0}\n{"step": null}\n{"step": "5"}\n'
+                                             b'[1, 2]\n{"step": 12\xff}\n{"step": 11}\n')
+    MetricsLog(tmp_path).trim_after(20)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 10, "train_loss": 1.0}\n{"step": 11}\n'
+
+
 def test_optimizer_options_given_on_resume_apply(data, tmp_path):
     from gpt.train.distributed import Dist
     from gpt.train.run import resumed_config

@@ -20,11 +20,12 @@ METRICS_FILE = "metrics.jsonl"
 
 def logged_by(line: str, step: int) -> bool:
     """Whether a metrics line is whole and of a step up to `step` (a kill or a full disk can
-    leave the last line torn)."""
+    leave the last line torn; an editor, any line damaged)."""
     try:
-        return json.loads(line).get("step", 0) <= step
+        logged = json.loads(line).get("step", 0)
     except (ValueError, AttributeError):
         return False
+    return isinstance(logged, int) and logged <= step
 
 
 class MetricsLog:
@@ -37,7 +38,8 @@ class MetricsLog:
         """Keep only the lines of steps up to `step`."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if logged_by(line, step)]
+        text = self.path.read_text(encoding="utf-8", errors="replace")  # a damaged byte: its line fails to parse
+        kept = [line for line in text.splitlines() if logged_by(line, step)]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
