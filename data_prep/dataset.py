@@ -54,11 +54,14 @@ class PreparedData:
 
 def read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{what} {path} is unreadable or corrupt ({first_line(e)})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{what} {path} is corrupt (not a JSON object)")
+    return value
 
 
 def load(path: str | Path) -> PreparedData:
@@ -71,7 +74,7 @@ def load(path: str | Path) -> PreparedData:
     meta = read_json(path / META_FILE, "data metadata")
     if meta.get("format") != DATA_FORMAT:
         raise DataError(f"{path / META_FILE} is not a gpt-prepare metadata file")
-    check_version(meta.get("version"), DATA_VERSION, f"data folder {path} (made by a newer gpt-prepare)")
+    check_version(meta.get("version"), DATA_VERSION, f"data folder {path}")
     check_complete(meta, path / META_FILE)
     tokenizer = tokenizer_from_dict(read_json(path / TOKENIZER_FILE, "tokenizer"))
     check_tokenizer_matches(meta, tokenizer, path)
@@ -106,7 +109,9 @@ def check_complete(meta: dict, where: Path) -> None:
             problem = f"no split {name!r}"
             continue
         bad = [k for k, kind in SPLIT_KEYS.items() if not isinstance(info.get(k), kind)]
+        if "shards" not in bad and not all(isinstance(s, str) for s in info["shards"]):
+            bad.append("shards")
         if bad:
-            problem = f"split {name!r} lacks {', '.join(repr(k) for k in bad)}"
+            problem = f"split {name!r} lacks a valid {', '.join(repr(k) for k in bad)}"
     if problem:
         raise DataError(f"{where} is incomplete ({problem}); prepare the data again with gpt-prepare")

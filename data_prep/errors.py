@@ -26,5 +26,9 @@ def first_line(e: BaseException) -> str:
 
 def check_version(found, supported: int, what: str, error: type[Exception] = DataError) -> None:
     """Refuse a file written in a newer format than this toolkit reads."""
-    if int(found or 0) > supported:
+    try:
+        version = int(found or 0)
+    except (TypeError, ValueError):
+        raise error(f"{what} has a format version that is no number ({found!r}): the file is damaged") from None
+    if version > supported:
         raise error(f"{what} has format version {found}, newer than this toolkit reads ({supported}); upgrade the toolkit")

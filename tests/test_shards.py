@@ -1,6 +1,7 @@
 """Token shards and the prepared-data folder: what is written reads back, and every kind
 of damage or a newer format is refused on load with a DataError that says what is wrong."""
 import json
+import re
 import struct
 
 import numpy as np
@@ -127,10 +128,22 @@ def test_asking_for_an_unknown_split_names_the_ones_there_are(prepared):
     lambda m: m["splits"].pop("val"),
     lambda m: m["splits"]["train"].pop("shards"),
     lambda m: m["splits"]["train"].update(tokens="many"),
+    lambda m: m["splits"]["train"].update(shards=[1]),
 ])
 def test_a_meta_file_missing_what_training_reads_is_one_clear_error(prepared, damage):
     meta = json.loads((prepared / "meta.json").read_text())
     damage(meta)
     (prepared / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="meta.json is incomplete .*prepare the data again"):
+        data_prep.load(prepared)
+
+
+@pytest.mark.parametrize("meta,message", [
+    ("[1, 2]", "is corrupt (not a JSON object)"),
+    ('{"format": "chargpt-data", "version": "two"}', "format version that is no number ('two')"),
+])
+def test_a_meta_file_of_the_wrong_shape_is_one_clear_error(prepared, meta, message):
+    meta = meta.replace("chargpt-data", json.loads((prepared / "meta.json").read_text())["format"])
+    (prepared / "meta.json").write_text(meta)
+    with pytest.raises(DataError, match=re.escape(message)):
         data_prep.load(prepared)
