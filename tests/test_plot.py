@@ -100,6 +100,25 @@ def test_a_line_cut_short_by_a_crash_is_left_out(tmp_path):
     assert [r["step"] for r in metrics.logged] == [5, 10, 15, 20] and [r["step"] for r in metrics.evals] == [10, 20]
 
 
+def test_fields_that_are_not_numbers_are_left_out_and_the_rest_drawn(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = write_metrics(tmp_path / "run", steps=20)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 25, "val_loss": null}\n{"step": 30, "val_loss": "low"}\n{"step": [1], "train_loss": {"a": 1}}\n')
+    metrics = read_run(run)
+    assert [r["step"] for r in metrics.evals] == [10, 20] and [r["step"] for r in metrics.logged] == [5, 10, 15, 20, 25, 30]
+    assert main([str(run), "--out", str(tmp_path / "p.png")]) == 0
+
+
+@pytest.mark.parametrize("name", ["r$\\q$x", "odd\udcffname"])  # a formula to matplotlib; a name that is no UTF-8
+def test_a_run_named_oddly_is_drawn_with_its_name_as_it_is(tmp_path, name):
+    pytest.importorskip("matplotlib")
+    run = write_metrics(tmp_path / name, steps=20)
+    out = tmp_path / "p.png"
+    assert main([str(run), "--out", str(out)]) == 0 and out.read_bytes()[:8] == PNG_MAGIC
+    draw_progress(read_run(run))  # the picture gpt-train keeps, titled by the run's name
+
+
 # -- gpt-plot --------------------------------------------------------------------------------------
 def test_several_runs_on_one_picture_against_steps_tokens_or_time(tmp_path, capsys):
     pytest.importorskip("matplotlib")

@@ -68,9 +68,15 @@ def draw_progress(run: RunMetrics):
         ax.set(xlabel="step", ylabel=label)
         ax.grid(alpha=0.3)
     last = run.last_eval
-    detail = f": val {last['val_loss']:.4f} ({last['val_bpc']:.3f} bits/char) at step {last['step']}" if last else ""
-    fig.suptitle(f"{run.name}{detail}")
+    bpc = f" ({last['val_bpc']:.3f} bits/char)" if last and "val_bpc" in last else ""
+    detail = f": val {last['val_loss']:.4f}{bpc} at step {last['step']}" if last else ""
+    fig.suptitle(literal(f"{run.name}{detail}"))
     return fig
+
+
+def literal(text: str) -> str:
+    """Text matplotlib shows as it is: a `$` would start a formula (a run named `r$x$`)."""
+    return text.replace("$", r"\$")
 
 
 def draw_runs(runs: list[RunMetrics], x: str = "step"):
@@ -85,7 +91,7 @@ def draw_runs(runs: list[RunMetrics], x: str = "step"):
             xs, ys = run.series(getattr(run, which), x, y)
             style = dict(marker="o", ms=3) if which == "evals" else {}
             last = run.last_eval
-            name = f"{run.name} ({last['val_loss']:.3f})" if which == "evals" and last else run.name
+            name = literal(f"{run.name} ({last['val_loss']:.3f})" if which == "evals" and last else run.name)
             ax.plot(scaled(x, xs), ys, color=f"C{i % 10}", lw=1.2, label=name, **style)
             curves.append((scaled(x, xs), ys))
         if y.endswith("loss"):

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep.discovery import display_name
 from data_prep.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"  # gpt.train.metrics writes it; importing that would pull in the trainer
@@ -47,7 +48,7 @@ def metrics_path(run: str | Path) -> Path:
 
 def read_run(run: str | Path, name: str | None = None) -> RunMetrics:
     path = metrics_path(run)
-    metrics = RunMetrics(name or (path.parent.name if path.name == METRICS_FILE else path.stem), path)
+    metrics = RunMetrics(display_name(name or (path.parent.name if path.name == METRICS_FILE else path.stem)), path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -57,6 +58,15 @@ def read_run(run: str | Path, name: str | None = None) -> RunMetrics:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash mid-write; the others stand
-        if isinstance(record, dict) and "step" in record:
+        if not isinstance(record, dict):
+            continue
+        record = numbers(record)
+        if "step" in record:
             (metrics.evals if "val_loss" in record else metrics.logged).append(record)
     return metrics
+
+
+def numbers(record: dict) -> dict:
+    """The fields of a record that are numbers: every one drawn is; anything else (a line
+    edited by hand, damaged) is left out rather than fail the picture."""
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
