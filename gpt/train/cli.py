@@ -12,6 +12,7 @@ from data_prep.command import Parser, run_command
 
 from ..config import ACTIVATIONS, DEFAULT_PATIENCE, OPTIMIZERS, TrainConfig
 from .presets import FINETUNE, FINETUNE_LORA, PRESETS, describe, short
+from .progress import tolerant
 from .run import train
 
 EPILOG = """presets ({names}); a run always starts from one, and explicit options override
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             best = f" (best {result.best_val_loss:.4f} at step {result.best_step}, in best.pt: what gpt-sample and gpt-eval use)"
         early = {"patience": "stopped early, val no longer improving: ",
                  "cooldown": "stopped after a cooldown, val no longer improving: "}.get(result.stopped_by, "")
-        print(f"done: {early}{result.step} steps, {result.tokens:,} tokens, {loss}{best}; run folder {result.run_dir}")
-        return 0
+        tolerant(print)(f"done: {early}{result.step} steps, {result.tokens:,} tokens, {loss}{best}; run folder {result.run_dir}")
+        return 0  # the run is done and saved, whether or not its last line could be shown
 
     # training prints through progress.tolerant, which already outlives its reader
     return run_command("gpt-train", work, interrupted="interrupted before a step boundary; the run folder keeps its last checkpoint, if it had one")
