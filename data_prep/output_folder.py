@@ -100,7 +100,9 @@ def move_into_place(tmp: Path, out: Path) -> None:
             os.replace(old, out)
         raise
     sync(out.parent)
-    if old is not None:
+    if old is not None and old.is_symlink():  # an --out that was a link: the link goes, not what it named
+        old.unlink()
+    elif old is not None:
         shutil.rmtree(old, ignore_errors=True)  # the new output is in place: nothing to fail for now
 
 

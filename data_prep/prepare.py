@@ -67,7 +67,9 @@ class Summary:
 def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> Summary:
     """Prepare `inputs` into the folder `out`; see the module docstring."""
     opts.validate()
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." and ".." name a folder too, beside which the new one is written
+    if os.path.ismount(out):
+        raise DataError(f"--out {display_name(out)} is a mount point, which cannot be replaced by renaming; name a folder inside it")
     clean_after_killed_runs(out)
     check_output(out, opts.force)
     check_not_an_input(out, inputs)

@@ -112,7 +112,7 @@ def datasets_documents(path: Path, name: str, saved: bool, text_field: str) -> I
     except ImportError:
         raise SourceError(f"{name}: reading this format needs the 'datasets' package") from None
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors come back as our one warning line
     try:
         if saved:
             loaded = datasets.load_from_disk(str(path))

@@ -120,6 +120,40 @@ def test_cli_accepts_an_input_file_whose_name_is_not_utf8(tmp_path, run_cli):
     assert meta["sources"][0]["path"] == "corpus/bad\\xff.txt"
 
 
+def test_a_newline_in_a_file_name_keeps_each_message_on_one_line(tmp_path, run_cli):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "good.txt").write_text(GOOD)
+    (tmp_path / "corpus" / "two\nlines.bin").write_bytes(b"\0binary\0" * 10)
+    proc = run_cli("corpus", "--out", "data", "--quiet", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert [l for l in proc.stderr.splitlines() if "two" in l] == [
+        next(l for l in proc.stderr.splitlines() if l.startswith("gpt-prepare: warning: skipped corpus/two\\x0alines.bin"))]
+
+
+def test_a_corrupt_parquet_file_is_one_warning_without_library_chatter(tmp_path, run_cli):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "good.txt").write_text(GOOD)
+    (tmp_path / "corpus" / "bad.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    proc = run_cli("corpus", "--out", "data", "--quiet", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [l for l in proc.stderr.splitlines() if l.startswith("gpt-prepare: warning:")]
+    assert "bad.parquet" in proc.stderr
+
+
+def test_force_over_an_output_that_is_a_link_leaves_nothing_beside_it(tmp_path, run_cli):
+    import os
+
+    (tmp_path / "t.txt").write_text(GOOD)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mine.txt").write_text("keep me")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "data")
+    proc = run_cli("t.txt", "--out", "data", "--quiet", "--force", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "elsewhere", "t.txt"]  # no .data.old-PID link left
+    assert (tmp_path / "elsewhere" / "mine.txt").read_text() == "keep me"  # the link went, not the folder it named
+    assert (tmp_path / "data" / "meta.json").is_file()
+
+
 def test_cli_skips_and_counts_a_malformed_json_line_without_library_chatter(tmp_path, run_cli):
     lines = [json.dumps({"text": f"record {i} with some text\n"}) for i in range(196)]
     lines.insert(57, '{"text": "cut short')
