@@ -98,3 +98,10 @@ class SplitWriter:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def check_in_vocabulary(ids: np.ndarray, vocab_size: int, where: str) -> None:
+    """Refuse ids outside the vocabulary: a damaged or foreign shard, said here rather than
+    as an index error deep inside a model."""
+    if len(ids) and int(ids.max()) >= vocab_size:
+        raise DataError(f"{where} holds token id {int(ids.max())}, outside the vocabulary of {vocab_size} tokens; prepare the data again")

@@ -58,13 +58,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def plain_state_dict(model: torch.nn.Module) -> dict:
-    """Weights without the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes."""
-    out = {}
-    for k, v in model.state_dict().items():
-        for prefix in ("_orig_mod.", "module."):
-            k = k.replace(prefix, "")
-        out[k] = v
-    return out
+    """Weights by their plain names (`plain_name`)."""
+    return {plain_name(k): v for k, v in model.state_dict().items()}
+
+
+def plain_name(key: str) -> str:
+    """A weight's name without the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes."""
+    return key.replace("_orig_mod.", "").replace("module.", "")
 
 
 def torch_save(state: dict, f) -> None:

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from data_prep.errors import UserError
 
+from .checkpoint import plain_name
+
 TARGETS = ("qkv", "proj", "fc")  # attention's fused projection, the two output projections, the MLP's input
 
 
@@ -86,8 +88,7 @@ def apply(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' weights only (what a LoRA checkpoint holds)."""
-    return {k.replace("_orig_mod.", "").replace("module.", ""): v.detach().clone()
-            for k, v in model.state_dict().items() if ".lora_" in k}
+    return {plain_name(k): v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
 
 
 def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

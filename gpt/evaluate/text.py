@@ -23,6 +23,7 @@ import numpy as np
 import data_prep
 from data_prep import Tokenizer
 from data_prep.pieces import safe_pieces
+from data_prep.shards import check_in_vocabulary
 from data_prep.tokenizer import codepoints
 
 from .errors import EvalError
@@ -155,8 +156,7 @@ class SplitStream(TokenStream):
         for shard in self.shards:
             for i in range(0, len(shard), PIECE_TOKENS):
                 ids = np.asarray(shard[i : i + PIECE_TOKENS], dtype=np.int64)
-                if len(ids) and int(ids.max()) >= self.vocab_size:
-                    raise EvalError(f"a shard of {self.description} holds token id {int(ids.max())}, outside the vocabulary of {self.vocab_size} tokens; prepare the data again")
+                check_in_vocabulary(ids, self.vocab_size, f"a shard of {self.description}")
                 yield ids
 
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import torch
 
-from data_prep import DataError
+from data_prep.shards import check_in_vocabulary
 
 
 class BlockSizeError(ValueError):
@@ -42,9 +42,8 @@ class WindowIndex:
         for i, (s, w) in enumerate(zip(which.tolist(), flat.tolist())):
             off = w - int(self.starts[s])
             rows[i] = self.shards[s][off : off + n]
-        if self.vocab_size is not None and len(rows) and int(rows.max()) >= self.vocab_size:
-            # a damaged or foreign shard: say so here, not as an index error deep in the model
-            raise DataError(f"a shard holds token id {int(rows.max())}, outside the vocabulary of {self.vocab_size} tokens; prepare the data again")
+        if self.vocab_size is not None:
+            check_in_vocabulary(rows, self.vocab_size, "a shard")
         t = torch.from_numpy(rows)
         return t[:, :-1], t[:, 1:]
 
