@@ -4,6 +4,7 @@ a tokenizer, so every command accepts both kinds and the files written before BP
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Union
 
 from .bpe import BpeTokenizer
@@ -28,3 +29,10 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     except (json.JSONDecodeError, TypeError) as e:
         raise DataError(f"tokenizer JSON is malformed ({first_line(e)})") from None
     return tokenizer_from_dict(d)
+
+
+@lru_cache(maxsize=1)
+def worker_tokenizer(text: str) -> Tokenizer:
+    """`tokenizer_from_json`, once per worker process: jobs carry the tokenizer as its JSON
+    (small to hand over), and a worker reads it back for its first job only."""
+    return tokenizer_from_json(text)

@@ -16,13 +16,12 @@ replace (1 to 4 bytes a character): disk use does not grow.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .any_tokenizer import tokenizer_from_json
+from .any_tokenizer import worker_tokenizer
 from .bpe import BpeTokenizer
 from .encode import EncodeJob
 from .scratch import SPLITS, ScratchIndex
@@ -79,11 +78,6 @@ def encode_unit(scratch: ScratchIndex, val_tails: float | None, tok: BpeTokenize
     return counts["train"], counts["val"]
 
 
-@lru_cache(maxsize=1)
-def _tokenizer(spec: str) -> BpeTokenizer:
-    return tokenizer_from_json(spec)  # once per worker process, not once per group
-
-
 class EncodeUnits:
     """`count` over a group of units, as a picklable callable for the worker processes."""
 
@@ -91,7 +85,7 @@ class EncodeUnits:
         self.tokenizer, self.val_tails = tokenizer.to_json(), val_tails
 
     def __call__(self, group: list[ScratchIndex]) -> list[tuple[int, int]]:
-        tok = _tokenizer(self.tokenizer)
+        tok = worker_tokenizer(self.tokenizer)
         return [encode_unit(scratch, self.val_tails, tok) for scratch in group]
 
 

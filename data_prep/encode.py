@@ -11,12 +11,12 @@ or the train or val part of one). Two kinds of pass, one shape (`count`, then `w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import BinaryIO
 
 import numpy as np
 
 from .scratch import SPLITS, ScratchIndex, add_counts, sparse
+from .any_tokenizer import worker_tokenizer
 from .tokenizer import CharTokenizer
 from .workers import Workers, grouped
 
@@ -125,7 +125,7 @@ class CountTokens:
         self.tokenizer = tokenizer.to_json()
 
     def __call__(self, group: list[ScratchIndex]) -> list[tuple[int, int]]:
-        tok = _tokenizer(self.tokenizer)
+        tok = worker_tokenizer(self.tokenizer)
         return [tuple(tok.token_lengths(*counts[s]) for s in SPLITS) for counts in (sc.counts() for sc in group)]
 
 
@@ -146,11 +146,6 @@ def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
     return {"train": sparse(whole), "val": sparse(val)}
 
 
-@lru_cache(maxsize=1)
-def _tokenizer(spec: str) -> CharTokenizer:
-    return CharTokenizer.from_json(spec)  # once per worker process, not once per group
-
-
 class Encode:
     """Pass 2 over a group of jobs, as a picklable callable for the worker processes."""
 
@@ -158,7 +153,7 @@ class Encode:
         self.tokenizer, self.writers = tokenizer.to_json(), writers
 
     def __call__(self, group: list[EncodeJob]) -> dict:
-        tok = _tokenizer(self.tokenizer)
+        tok = worker_tokenizer(self.tokenizer)
         try:
             made = [encode_unit(job, tok, self.writers) for job in group]
         finally:
