@@ -70,28 +70,9 @@ class Trainer:
         configure_backends(device)
         self.data = data_prep.load(cfg.data)
         self.tokenizer = self.data.tokenizer
-        if resume_state is not None:
-            self.model_cfg = ModelConfig.from_dict(resume_state["model_config"])
-            if resume_state.get("data_fingerprint") != self.tokenizer.fingerprint():
-                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the checkpoint's; resume with the data the run was trained on")
-        elif base is not None:
-            self.model_cfg = ModelConfig.from_dict({**base.state["model_config"], "dropout": cfg.dropout})
-            if tokenizer_from_json(base.state["tokenizer"]).fingerprint() != self.tokenizer.fingerprint():
-                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the base model's; prepare the new text "
-                                 f"with its vocabulary: gpt-prepare NEW_TEXT --vocab-from {cfg.init_from}")
-        else:
-            self.model_cfg = cfg.model_config(len(self.tokenizer))
+        self.model_cfg = self.model_config(resume_state, base)
         torch.manual_seed(cfg.seed + dist_.rank)
-        try:
-            vocab = len(self.tokenizer)
-            self.sampler = BatchSampler(self.data.split("train"), cfg.block_size, cfg.batch_size, cfg.seed, dist_.rank, vocab)
-            self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows, vocab_size=vocab)
-        except BlockSizeError as e:
-            raise TrainError(str(e)) from None
-        windows = self.sampler.batch_bytes()
-        available = available_memory()
-        if available is not None and windows > available // 2:
-            raise TrainError(self.too_large(f"host memory (its token windows alone take {windows / 2**30:.1f} GiB of {available / 2**30:.1f} GiB available)"))
+        self.open_batches()
         # mean nats per token x tokens per character = nats per character, whatever the tokenizer
         self.tokens_per_char = self.data.tokens_per_character("val")
         self.model = build_model(self.model_cfg).to(device)
@@ -111,9 +92,48 @@ class Trainer:
         self.average = None
         if resume_state is not None:
             self._restore(resume_state)
+        self.wrap_model()
+        self.global_batch = cfg.batch_size * cfg.grad_accum * dist_.world_size
+        self.metrics = MetricsLog(run_dir, enabled=dist_.is_main)
+        self.picture = ProgressPicture(run_dir, enabled=dist_.is_main)
+        self.t0 = time.perf_counter()
+
+    def model_config(self, resume_state: dict | None, base: Base | None) -> ModelConfig:
+        """The model's shape: a resumed run's own, a fine-tuning base's, or the options'; the
+        data must use the vocabulary the first two were trained on."""
+        cfg, fingerprint = self.cfg, self.tokenizer.fingerprint()
+        if resume_state is not None:
+            if resume_state.get("data_fingerprint") != fingerprint:
+                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the checkpoint's; resume with the data the run was trained on")
+            return ModelConfig.from_dict(resume_state["model_config"])
+        if base is not None:
+            if tokenizer_from_json(base.state["tokenizer"]).fingerprint() != fingerprint:
+                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the base model's; prepare the new text "
+                                 f"with its vocabulary: gpt-prepare NEW_TEXT --vocab-from {cfg.init_from}")
+            return ModelConfig.from_dict({**base.state["model_config"], "dropout": cfg.dropout})
+        return cfg.model_config(len(self.tokenizer))
+
+    def open_batches(self) -> None:
+        """The training batch sampler and the fixed validation windows, refused where the
+        batch's windows alone would fill the host's memory."""
+        cfg, vocab = self.cfg, len(self.tokenizer)
+        try:
+            self.sampler = BatchSampler(self.data.split("train"), cfg.block_size, cfg.batch_size, cfg.seed, self.dist.rank, vocab)
+            self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows, vocab_size=vocab)
+        except BlockSizeError as e:
+            raise TrainError(str(e)) from None
+        windows = self.sampler.batch_bytes()
+        available = available_memory()
+        if available is not None and windows > available // 2:
+            raise TrainError(self.too_large(f"host memory (its token windows alone take {windows / 2**30:.1f} GiB of {available / 2**30:.1f} GiB available)"))
+
+    def wrap_model(self) -> None:
+        """What the steps call: the model, in DDP across ranks, compiled if asked; and the
+        weights' average, started from the weights every rank now holds alike."""
+        cfg, device = self.cfg, self.device
         self.ddp = None
         self.forward_model = self.model
-        if dist_.world_size > 1:
+        if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp = self.forward_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -124,10 +144,6 @@ class Trainer:
         self.compiled = cfg.compile
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
-        self.global_batch = cfg.batch_size * cfg.grad_accum * dist_.world_size
-        self.metrics = MetricsLog(run_dir, enabled=dist_.is_main)
-        self.picture = ProgressPicture(run_dir, enabled=dist_.is_main)
-        self.t0 = time.perf_counter()
 
     # -- state -------------------------------------------------------------------------------
     def _restore(self, s: dict) -> None:
@@ -372,31 +388,10 @@ class Trainer:
                 stopped_by, elapsed = self.stop_reason(stop, should_stop)
                 if stopped_by:
                     break
-                lr = self.scheduled_lr(elapsed)
-                self.last_lr, self.schedule_elapsed = lr, elapsed
-                loss = (self.first_step if self.step_count_this_run() == 0 else self.train_step)(lr)
-                self.step += 1
-                self.tokens += self.global_batch * cfg.block_size
-                window.add(self.global_batch * cfg.block_size)
-                self.losses.add(self.step, loss)
-                stats = None
-                if self.step % cfg.log_interval == 0:
-                    stats = {"train_loss": self.losses.mean_of_pending(), "lr": lr, "tokens_per_s": window.rate()}
-                    self.metrics.write({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed(), 3), **stats})
-                self.progress.step(self.step, self.elapsed(), stats)
+                self.one_step(elapsed, window)
                 if self.step % cfg.eval_interval == 0:
                     val_loss = self.evaluate_and_save()
-            self.losses.check()
-            if stopped_by in ("max_iters", "max_time", "cooldown"):
-                # training always ends with an evaluation (unless this step just had one)
-                if val_loss is None or self.step % cfg.eval_interval:
-                    val_loss = self.evaluate_and_save()
-                elif stopped_by == "max_time":
-                    # this step's checkpoint was written before the clock ran out: write the time
-                    # spent, or a resume would find budget left and train on
-                    self.save(val_loss)
-            elif stopped_by != "patience":  # a signal or a request: checkpoint where we are, quickly
-                self.save(None)
+            val_loss = self.finish(stopped_by, val_loss)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if is_out_of_memory(e):
                 raise TrainError(self.too_large(f"{self.device} memory")) from None
@@ -414,6 +409,37 @@ class Trainer:
         best = None if math.isinf(self.best_val) else self.best_val
         return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model,
                            self.best_step)
+
+    def one_step(self, elapsed: float, window: Throughput) -> None:
+        """A step at the schedule's rate for `elapsed`, counted, and logged every --log-interval."""
+        cfg = self.cfg
+        lr = self.scheduled_lr(elapsed)
+        self.last_lr, self.schedule_elapsed = lr, elapsed
+        loss = (self.first_step if self.step_count_this_run() == 0 else self.train_step)(lr)
+        self.step += 1
+        self.tokens += self.global_batch * cfg.block_size
+        window.add(self.global_batch * cfg.block_size)
+        self.losses.add(self.step, loss)
+        stats = None
+        if self.step % cfg.log_interval == 0:
+            stats = {"train_loss": self.losses.mean_of_pending(), "lr": lr, "tokens_per_s": window.rate()}
+            self.metrics.write({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed(), 3), **stats})
+        self.progress.step(self.step, self.elapsed(), stats)
+
+    def finish(self, stopped_by: str, val_loss: float | None) -> float | None:
+        """The run's last evaluation and checkpoint, as its reason for stopping asks."""
+        self.losses.check()
+        if stopped_by in ("max_iters", "max_time", "cooldown"):
+            # training always ends with an evaluation (unless this step just had one)
+            if val_loss is None or self.step % self.cfg.eval_interval:
+                return self.evaluate_and_save()
+            if stopped_by == "max_time":
+                # this step's checkpoint was written before the clock ran out: write the time
+                # spent, or a resume would find budget left and train on
+                self.save(val_loss)
+        elif stopped_by != "patience":  # a signal or a request: checkpoint where we are, quickly
+            self.save(None)
+        return val_loss
 
     def step_count_this_run(self) -> int:
         return len(self.losses.history) + len(self.losses.pending)
