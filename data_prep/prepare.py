@@ -142,7 +142,8 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
     total = tally.totals if doc_split else summed(unit_counts)
     chars = {s: int(total[s].sum()) for s in SPLITS}
     if chars["train"] == 0 or chars["val"] == 0:
-        raise DataError(f"the corpus is too small to split into train and val ({chars['train'] + chars['val']} characters)")
+        raise DataError(f"the corpus is too small to split into train and val at --val-fraction {opts.val_fraction:g} "
+                        f"({chars['train'] + chars['val']:,} characters, {chars['val']:,} of them for val)")
     tokenizer, in_vocab = _tokenizer(units, total, val_tails, opts, workers, base)
 
     # exact token counts per unit and split give each unit its place in the shards
