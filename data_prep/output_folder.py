@@ -73,6 +73,16 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def check_replaceable(out: Path) -> None:
+    """Refuse an output folder that renaming cannot replace (a mount point), or whose
+    replacing would delete the folder the shell is in from under it."""
+    if os.path.ismount(out):
+        raise DataError(f"--out {display_name(out)} is a mount point, which cannot be replaced by renaming; name a folder inside it")
+    if first_inside(out, [os.getcwd()]) is not None:
+        raise DataError(f"--out {display_name(out)} is, or holds, the current folder, which replacing it would delete "
+                        "from under the shell; run from another folder, or name another output")
+
+
 def first_inside(out: Path, paths: list[str | Path]) -> str | Path | None:
     """The first of `paths` that is `out` or lies inside it: what replacing `out` would delete."""
     where = os.path.realpath(out).rstrip(os.sep) + os.sep

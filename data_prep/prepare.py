@@ -33,7 +33,7 @@ from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
 from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
-from .output_folder import claim, clean_after_killed_runs, first_inside, move_into_place
+from .output_folder import check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
 from .records import work_offline
 from .scan import Scan, make_units
 from .scratch import SPLITS
@@ -67,12 +67,11 @@ class Summary:
 def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> Summary:
     """Prepare `inputs` into the folder `out`; see the module docstring."""
     opts.validate()
-    out = Path(os.path.abspath(out))  # "." and ".." name a folder too, beside which the new one is written
-    if os.path.ismount(out):
-        raise DataError(f"--out {display_name(out)} is a mount point, which cannot be replaced by renaming; name a folder inside it")
+    out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
+    check_replaceable(out)
     clean_after_killed_runs(out)
     check_output(out, opts.force)
-    check_not_an_input(out, inputs)
+    check_not_an_input(out, [*inputs, *([opts.vocab_from] if opts.vocab_from else [])])
     base = load_base_tokenizer(opts.vocab_from) if opts.vocab_from else None  # a bad base fails before any work
     sources = discover(inputs, exclude=out)
     if not sources:
@@ -98,8 +97,8 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
 
 
 def check_not_an_input(out: Path, inputs: list[str | Path]) -> None:
-    """Refuse an output folder that is, or holds, one of the inputs: replacing it (with
-    --force) would delete the corpus it was made from."""
+    """Refuse an output folder that is, or holds, one of the inputs (or the --vocab-from
+    base): replacing it (with --force) would delete the corpus it was made from."""
     given = first_inside(out, inputs)
     if given is not None:
         raise DataError(f"--out {display_name(out)} would replace the input {display_name(given)}; "

@@ -1,7 +1,6 @@
 """The worker processes both passes share, and the grouping of small jobs."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 from collections import deque
@@ -45,9 +44,12 @@ class Workers:
         if self.pool is None:
             return
         if kind is not None:  # a failure, Ctrl-C or SIGTERM: the workers' jobs are wasted, end them now
+            # the pool's own processes (it has no public list), not every child: a caller's own are none of ours
+            workers = list((getattr(self.pool, "_processes", None) or {}).values())
             self.pool.shutdown(wait=False, cancel_futures=True)
-            for child in multiprocessing.active_children():
-                child.terminate()
+            for worker in workers:
+                if worker.is_alive():
+                    worker.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -27,6 +27,7 @@ from .model import build_model
 CKPT_FORMAT = "gpt-checkpoint"
 CKPT_VERSION = 1
 LATEST, BEST = "latest.pt", "best.pt"
+PREVIOUS_RUN = ".previous-run"  # an --overwrite run's predecessor, set aside until the new run has a checkpoint
 DEFAULT_ROOT = Path("checkpoints")
 
 
@@ -141,6 +142,9 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST) -> Path:
         for name in (prefer, LATEST, BEST):
             if (p / name).is_file():
                 return p / name
+        if (p / PREVIOUS_RUN).is_dir():
+            raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST}): an --overwrite run stopped before its "
+                                  f"first one; the run it replaced waits in {p / PREVIOUS_RUN} and comes back at the next gpt-train on the folder")
         raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST})")
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")

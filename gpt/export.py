@@ -14,6 +14,7 @@ config.json describes, so a folder whose parts disagree is refused, never half-l
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
-from data_prep.output_folder import claim, clean_after_killed_runs, first_inside, move_into_place
+from data_prep.output_folder import check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
 
 from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
 from .config import ConfigError, ModelConfig
@@ -61,7 +62,8 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     new export is complete: it is written into a hidden folder beside it and renamed. A LoRA
     run is exported only with `merge`: its adapters folded into its base's weights, a model as
     large as the base that needs neither the base nor the adapters again."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
+    check_replaceable(out)
     clean_after_killed_runs(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder (name a folder to export into)")

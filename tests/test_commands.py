@@ -186,6 +186,18 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_put_back_at_the_next
     assert run_files(tmp_path / "run") == before and not aside.exists()
 
 
+def test_resume_after_an_overwrite_killed_before_its_first_checkpoint_continues_the_run_it_replaced(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
+    aside = tmp_path / "run" / ".previous-run"  # as a killed --overwrite run leaves it
+    aside.mkdir()
+    for name in run_files(tmp_path / "run"):
+        os.replace(tmp_path / "run" / name, aside / name)
+    with pytest.raises(ck.CheckpointError, match="waits in .*previous-run"):  # a reader says where it is
+        ck.resolve_checkpoint(tmp_path / "run")
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 14, "progress": False}, resume=True, log=lambda s: None)
+    assert result.step == 14 and not aside.exists()
+
+
 @pytest.mark.parametrize("existed", [False, True])
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(data, tmp_path, existed):
     if existed:
@@ -203,7 +215,7 @@ def test_a_folder_of_other_files_is_refused_as_a_run_folder(data, tmp_path):
     for extra in ([], ["--overwrite"]):
         proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "proj", "--max-iters", "2", "--quiet", *TINY_ARGS, *extra)
         assert_one_line_error(proc, "gpt-train", "holds other files and no run")
-    assert run_files(tmp_path / "proj") == before
+    assert run_files(tmp_path / "proj") == before and not (tmp_path / "proj" / ".lock").exists()
 
 
 def test_a_full_disk_at_the_first_save_is_one_line_and_leaves_no_folder(data, tmp_path):

@@ -350,6 +350,43 @@ def test_a_folder_made_at_the_output_during_a_run_is_kept(tmp_path, prepare_data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "data"]
 
 
+def test_an_output_that_is_the_current_folder_is_refused(tmp_path, prepare_data, monkeypatch):
+    # replacing it would leave the shell in a deleted folder
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in (".", tmp_path):  # the folder itself, and one holding it
+        with pytest.raises(DataError, match="is, or holds, the current folder"):
+            prepare_data(tmp_path / "a.txt", out=out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "here"]
+
+
+def test_an_output_that_is_the_vocab_from_base_is_refused_even_with_force(tmp_path, prepare_data, folder_bytes):
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    prepare_data(tmp_path / "a.txt", out=tmp_path / "base")
+    before = folder_bytes(tmp_path / "base")
+    with pytest.raises(DataError, match="would replace the input"):
+        prepare_data(tmp_path / "a.txt", out=tmp_path / "base", force=True, vocab_from=str(tmp_path / "base"))
+    assert folder_bytes(tmp_path / "base") == before
+
+
+def test_a_failed_run_ends_its_own_workers_and_no_other_process(tmp_path, prepare_data):
+    import multiprocessing
+    import time
+
+    other = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))  # a caller's own
+    other.start()
+    try:
+        (tmp_path / "a.txt").write_text("x")  # too small to split: fails after pass 1's workers ran
+        with pytest.raises(DataError, match="too small to split"):
+            prepare_data(tmp_path / "a.txt", workers=2)
+        other.join(timeout=2)  # returns at once if it was ended
+        assert other.is_alive()
+    finally:
+        other.kill()
+        other.join()
+
+
 def test_an_output_that_is_an_input_is_refused_even_with_force(tmp_path, prepare_data, folder_bytes):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -75,6 +75,7 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     resume_state = base = None
     if resume:
         run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
+        RunFolder.settle_if_idle(run_dir)  # an --overwrite killed before its first checkpoint: the run it replaced comes back
         resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
     # a resumed run keeps the device it was given (a --device cpu run stays on the CPU of a
     # machine with a GPU) unless one is given now

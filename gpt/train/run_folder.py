@@ -31,7 +31,6 @@ except ImportError:  # Windows: no advisory locks; one run per folder is then up
 
 LOCK_FILE = ".lock"
 RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json", PICTURE_FILE)
-ASIDE = ".previous-run"  # an --overwrite run's predecessor, until the new run has a checkpoint
 
 
 def holds_run(path: Path) -> bool:
@@ -62,6 +61,7 @@ class RunFolder:
         if path.exists() and not path.is_dir():
             raise TrainError(f"--out {path} is a file, not a folder; name a folder for the run")
         created = not path.exists()
+        lock_made = not (path / LOCK_FILE).exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -86,6 +86,8 @@ class RunFolder:
                     raise TrainError(f"run folder {path} already holds a run; --resume continues it, --overwrite starts it over")
                 folder.replaces_run = True
             elif new_run and any(not p.name.startswith(".") for p in path.iterdir()):
+                if lock_made:
+                    (path / LOCK_FILE).unlink()  # the user's folder, as it was
                 raise TrainError(f"--out {path} holds other files and no run; name a new or empty folder for the run")
             folder.was_empty = new_run and not folder.replaces_run
         except BaseException:
@@ -93,11 +95,29 @@ class RunFolder:
             raise
         return folder
 
+    @classmethod
+    def settle_if_idle(cls, path: Path) -> None:
+        """Settle what a killed --overwrite run left in `path` (see `settle`) before a resume
+        reads its checkpoint, unless a run holds the folder (it settles it itself)."""
+        if fcntl is None or not (path / ck.PREVIOUS_RUN).is_dir():
+            return
+        try:
+            fd = os.open(path / LOCK_FILE, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            cls(path, created=False, lock_fd=None).settle()
+        except OSError:
+            pass  # held by a running run
+        finally:
+            os.close(fd)
+
     def set_aside_previous_run(self) -> None:
         """With --overwrite, move the old run's files aside: called once the new run is ready
         to write its own. `settle` deletes or restores them."""
         if self.replaces_run:
-            aside = self.path / ASIDE
+            aside = self.path / ck.PREVIOUS_RUN
             aside.mkdir()
             for name in RUN_FILES:
                 if (self.path / name).exists():
@@ -108,7 +128,7 @@ class RunFolder:
         """An --overwrite run's end (or, after a kill, the next run's start): with a
         checkpoint of its own the new run stands and the old run's files go; without one the
         new run's files go and the old run's come back."""
-        aside = self.path / ASIDE
+        aside = self.path / ck.PREVIOUS_RUN
         if not aside.is_dir():
             return
         if (self.path / ck.LATEST).exists():
