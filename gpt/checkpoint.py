@@ -27,6 +27,7 @@ from .model import build_model
 CKPT_FORMAT = "gpt-checkpoint"
 CKPT_VERSION = 1
 LATEST, BEST = "latest.pt", "best.pt"
+EXPORT_FOLDER = "safetensors"  # where gpt-export writes a run's model unless told otherwise
 PREVIOUS_RUN = ".previous-run"  # an --overwrite run's predecessor, set aside until the new run has a checkpoint
 DEFAULT_ROOT = Path("checkpoints")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from data_prep.command import Parser, command
 
-from .checkpoint import resolve_checkpoint
+from .checkpoint import EXPORT_FOLDER, resolve_checkpoint
 from .export import EXPORT_FORMATS, export_safetensors
 
 EPILOG = """
@@ -42,7 +42,7 @@ def build_parser() -> Parser:
 
 
 def default_out(ckpt: Path) -> Path:
-    return ckpt.parent / "safetensors"
+    return ckpt.parent / EXPORT_FOLDER
 
 
 def export(args) -> None:

@@ -174,6 +174,20 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_ba
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([".lock", *before])
 
 
+def test_an_overwrite_takes_the_old_runs_export_with_it(data, tmp_path):
+    # left in place, RUN/safetensors would sample the old model as if it were the new run's
+    from gpt.export import export_safetensors
+
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
+    export_safetensors(tmp_path / "run", tmp_path / "run" / "safetensors")
+    with pytest.raises(TrainError, match="stand-in"):  # ends before its first checkpoint: the export comes back
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=50, eval_interval=40), overwrite=True,
+              should_stop=fail_at_step(3), log=lambda s: None)
+    assert (tmp_path / "run" / "safetensors" / "model.safetensors").is_file()
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3), overwrite=True, log=lambda s: None)
+    assert not (tmp_path / "run" / "safetensors").exists() and not (tmp_path / "run" / ".previous-run").exists()
+
+
 def test_an_overwrite_killed_before_its_first_checkpoint_is_put_back_at_the_next_start(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
     before = run_files(tmp_path / "run")

@@ -30,7 +30,16 @@ except ImportError:  # Windows: no advisory locks; one run per folder is then up
     fcntl = None
 
 LOCK_FILE = ".lock"
-RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json", PICTURE_FILE)
+# what a run writes in its folder; the export of its model too, which --overwrite must not
+# leave behind as if it were the new run's
+RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json", PICTURE_FILE, ck.EXPORT_FOLDER)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def holds_run(path: Path) -> bool:
@@ -135,7 +144,7 @@ class RunFolder:
             shutil.rmtree(aside, ignore_errors=True)
             return
         for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
+            remove(self.path / name)
         for p in aside.iterdir():
             os.replace(p, self.path / p.name)
         aside.rmdir()
@@ -157,7 +166,7 @@ class RunFolder:
                 shutil.rmtree(self.path, ignore_errors=True)
             elif self.was_empty:
                 for name in RUN_FILES:
-                    (self.path / name).unlink(missing_ok=True)
+                    remove(self.path / name)
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
