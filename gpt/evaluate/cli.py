@@ -8,7 +8,7 @@ from data_prep.command import Parser, command
 from ..device import resolve_device
 from ..quantize import QUANTIZE_MODES
 from .errors import EvalError
-from .evaluate import DEFAULT_BATCH, evaluate, load_run
+from .evaluate import DEFAULT_BATCH, check_sizes, evaluate, load_run
 from .report import as_json, table
 from .text import TextStream, open_split
 
@@ -58,10 +58,7 @@ def build_parser() -> Parser:
 def run(args) -> None:
     if args.files and args.split:
         raise EvalError("give either text FILEs or --split, not both")
-    if args.stride is not None and args.stride < 1:
-        raise EvalError(f"--stride must be at least 1, got {args.stride}")
-    if args.batch_size < 1:
-        raise EvalError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_sizes(args.stride, args.batch_size)
     device = resolve_device(args.device)
     data = args.data
     results = []

@@ -113,9 +113,16 @@ def default_stride(context: int) -> int:
     return max(1, context // 2)
 
 
-def check_stride(stride: int, run: LoadedRun) -> None:
-    if stride < 1:
+def check_sizes(stride: int | None, batch_size: int) -> None:
+    """What can be checked before a model is loaded (the command line does, so a bad value
+    costs no loading)."""
+    if stride is not None and stride < 1:
         raise EvalError(f"--stride must be at least 1, got {stride}")
+    if batch_size < 1:
+        raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def check_stride(stride: int, run: LoadedRun) -> None:
     if stride > run.context:
         raise EvalError(f"--stride {stride} is larger than the context of {run.name} ({run.context} tokens); "
                         f"use at most {run.context}")
@@ -125,10 +132,9 @@ def evaluate(run: LoadedRun, stream: TokenStream, stride: int | None = None, bat
              dtype: str = "auto", progress: bool = False) -> RunScore:
     """Score every token of `stream` once, in sliding windows of the run's context that
     each score `stride` tokens. Raises EvalError for text that cannot be scored."""
+    check_sizes(stride, batch_size)
     stride = default_stride(run.context) if stride is None else stride
     check_stride(stride, run)
-    if batch_size < 1:
-        raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
     scorer = TokenScorer(run.model, run.device, resolve_dtype(dtype, run.device), batch_size)
     windows = SlidingWindows(run.context, stride, pad_id=run.tokenizer.eot_id)
     # text arrives in pieces of one batch's worth of strides, so windows never pile up
