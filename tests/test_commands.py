@@ -195,9 +195,28 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_put_back_at_the_next
     aside.mkdir()
     for name in before:
         os.replace(tmp_path / "run" / name, aside / name)
+    (aside / ".complete").touch()
     (tmp_path / "run" / "config.json").write_text('{"model": {}, "train": {}}')  # the new run's
     RunFolder.claim(tmp_path / "run", new_run=False, overwrite=False).release()
     assert run_files(tmp_path / "run") == before and not aside.exists()
+
+
+def test_an_overwrite_killed_while_setting_the_old_run_aside_loses_none_of_it(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
+    before = run_files(tmp_path / "run")
+    aside = tmp_path / "run" / ".previous-run"
+    aside.mkdir()
+    os.replace(tmp_path / "run" / "latest.pt", aside / "latest.pt")  # killed after the first move
+    RunFolder.claim(tmp_path / "run", new_run=False, overwrite=False).release()
+    assert run_files(tmp_path / "run") == before and not aside.exists()
+
+
+def test_an_overwrite_frees_the_old_run_at_its_first_checkpoint_not_at_its_end(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
+    seen = []
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=6, eval_interval=2), overwrite=True,
+          should_stop=lambda step: seen.append((step, (tmp_path / "run" / ".previous-run").exists())), log=lambda s: None)
+    assert seen[:3] == [(0, True), (1, True), (2, False)]  # step 2's evaluation saved the first checkpoint
 
 
 def test_resume_after_an_overwrite_killed_before_its_first_checkpoint_continues_the_run_it_replaced(data, tmp_path):
@@ -206,6 +225,7 @@ def test_resume_after_an_overwrite_killed_before_its_first_checkpoint_continues_
     aside.mkdir()
     for name in run_files(tmp_path / "run"):
         os.replace(tmp_path / "run" / name, aside / name)
+    (aside / ".complete").touch()
     with pytest.raises(ck.CheckpointError, match="waits in .*previous-run"):  # a reader says where it is
         ck.resolve_checkpoint(tmp_path / "run")
     result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 14, "progress": False}, resume=True, log=lambda s: None)

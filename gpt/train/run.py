@@ -160,6 +160,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             resume_state.clear()
         if dist_.is_main:
             folder.set_aside_previous_run()  # only now: a refused start leaves an --overwrite folder's old run in place
+            trainer.after_save = folder.settle  # the first checkpoint of its own: the run it replaced goes
             if resuming:
                 trainer.metrics.trim_after(trainer.step)
             ck.write_run_files(run_dir, {

@@ -30,6 +30,7 @@ except ImportError:  # Windows: no advisory locks; one run per folder is then up
     fcntl = None
 
 LOCK_FILE = ".lock"
+SET_ASIDE = ".complete"  # in .previous-run/: every file of the old run is in it
 # what a run writes in its folder; the export of its model too, which --overwrite must not
 # leave behind as if it were the new run's
 RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json", PICTURE_FILE, ck.EXPORT_FOLDER)
@@ -115,10 +116,11 @@ class RunFolder:
         except OSError:
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # held by a running run
             cls(path, created=False, lock_fd=None).settle()
-        except OSError:
-            pass  # held by a running run
         finally:
             os.close(fd)
 
@@ -131,6 +133,7 @@ class RunFolder:
             for name in RUN_FILES:
                 if (self.path / name).exists():
                     os.replace(self.path / name, aside / name)
+            (aside / SET_ASIDE).touch()  # all moved: what is in the folder from now on is the new run's
             self.replaces_run = False
 
     def settle(self) -> None:
@@ -140,11 +143,13 @@ class RunFolder:
         aside = self.path / ck.PREVIOUS_RUN
         if not aside.is_dir():
             return
-        if (self.path / ck.LATEST).exists():
+        if (aside / SET_ASIDE).exists() and (self.path / ck.LATEST).exists():
             shutil.rmtree(aside, ignore_errors=True)
             return
-        for name in RUN_FILES:
-            remove(self.path / name)
+        if (aside / SET_ASIDE).exists():  # else killed while moving: the files in place are the old run's still
+            for name in RUN_FILES:
+                remove(self.path / name)
+            (aside / SET_ASIDE).unlink()
         for p in aside.iterdir():
             os.replace(p, self.path / p.name)
         aside.rmdir()

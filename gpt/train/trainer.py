@@ -94,6 +94,7 @@ class Trainer:
             self._restore(resume_state)
         self.wrap_model()
         self.global_batch = cfg.batch_size * cfg.grad_accum * dist_.world_size
+        self.after_save: Callable[[], None] | None = None  # rank 0's: the run folder settles an --overwrite
         self.metrics = MetricsLog(run_dir, enabled=dist_.is_main)
         self.picture = ProgressPicture(run_dir, enabled=dist_.is_main)
         self.t0 = time.perf_counter()
@@ -234,6 +235,8 @@ class Trainer:
             except OSError as e:
                 kept = "the previous checkpoint is kept" if (self.run_dir / ck.LATEST).exists() else "no checkpoint was saved"
                 raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); {kept}") from None
+            if self.after_save is not None:
+                self.after_save()
         self.dist.barrier()
 
     def elapsed(self) -> float:
