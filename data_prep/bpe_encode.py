@@ -9,9 +9,9 @@ runs the other way round from the character one (`encode.CharPass`):
 - `writer`: with every unit's counts known, and so its place, each unit's token files are
   copied into the shards and removed.
 
-The token files take the id type's bytes per token (2, for up to 65,536 tokens), and a
-token covers several characters, so they take no more than the code point scratch they
-replace (1 to 4 bytes a character): disk use does not grow.
+The token files take the id type's bytes per token (2, for up to 65,536 tokens); a BPE of
+a few thousand tokens covers several characters a token, so they take about as much as the
+code point scratch they replace (1 to 4 bytes a character), which is freed as they grow.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .any_tokenizer import worker_tokenizer
 from .bpe import BpeTokenizer
 from .encode import EncodeJob
+from .errors import writing
 from .scratch import SPLITS, ScratchIndex
 from .scratch_text import segment_pieces
 from .workers import Workers, grouped
@@ -44,7 +45,8 @@ def encode_unit(scratch: ScratchIndex, val_tails: float | None, tok: BpeTokenize
     eot = np.array([tok.eot_id], np.int32)
     counts = dict.fromkeys(SPLITS, 0)
     batch: list[tuple[str, str | None]] = []  # (split, text); None: an end-of-text token
-    outs = {s: open(ids_path(scratch, s), "wb") for s in SPLITS}
+    with writing(scratch.path.parent):
+        outs = {s: open(ids_path(scratch, s), "wb") for s in SPLITS}
 
     def flush() -> None:
         ids = iter(tok.encode_batch([t for _s, t in batch if t is not None]))
@@ -54,7 +56,8 @@ def encode_unit(scratch: ScratchIndex, val_tails: float | None, tok: BpeTokenize
         for s in SPLITS:
             if parts[s]:
                 a = np.concatenate(parts[s]).astype(dtype)
-                outs[s].write(a.tobytes())
+                with writing(ids_path(scratch, s)):
+                    outs[s].write(a.tobytes())
                 counts[s] += len(a)
         batch.clear()
 

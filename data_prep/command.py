@@ -16,7 +16,6 @@ it without `gpt-prepare` importing torch.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import sys
@@ -52,7 +51,7 @@ def silence_stdout() -> None:
 def silence(stream) -> None:
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both of the first two
         pass
 
 

@@ -9,17 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dataset import DATA_FORMAT, META_FILE
-from .errors import DataError
-
-
-CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}  # a newline in a name would break a one-line message
-
-
-def display_name(path: Path | str) -> str:
-    """The path as text that can be written anywhere, on one line: bytes of a file name that
-    are not UTF-8 (Python carries them as lone surrogates, which no UTF-8 file accepts) and
-    control characters such as a newline become backslash escapes such as \\xff and \\x0a."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(CONTROL)
+from .errors import DataError, display_name
 
 
 @dataclass

@@ -8,6 +8,9 @@ subclass (`DataError` here; checkpoints, configs, devices, training and sampling
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """A failure the user can act on: the message says what and, where it can, what to do."""
@@ -32,3 +35,25 @@ def check_version(found, supported: int, what: str, error: type[Exception] = Dat
         raise error(f"{what} has a format version that is no number ({found!r}): the file is damaged") from None
     if version > supported:
         raise error(f"{what} has format version {found}, newer than this toolkit reads ({supported}); upgrade the toolkit")
+
+
+CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}  # a newline in a name would break a one-line message
+
+
+def display_name(path: "os.PathLike | str") -> str:
+    """The path as text that can be written anywhere, on one line: bytes of a file name that
+    are not UTF-8 (Python carries them as lone surrogates, which no UTF-8 file accepts) and
+    control characters such as a newline become backslash escapes such as \\xff and \\x0a."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(CONTROL)
+
+
+@contextmanager
+def writing(path):
+    """Turns a failure to write one of the command's own files (a full disk, a file size
+    limit) into a DataError naming the file. gpt-prepare reads its inputs in the same code,
+    and an OSError there is the input's fault, which would skip the input, where a failed
+    write must stop the run."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(f"cannot write {display_name(path)}: {e.strerror or first_line(e)}") from None

@@ -73,6 +73,15 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def check_output(out: Path, force: bool, error: type[Exception] = DataError) -> None:
+    """Refuse a file where the folder goes, and a folder with something in it unless `force`:
+    at the start, and again just before the swap (a folder made there meanwhile is the user's)."""
+    if out.exists() and not out.is_dir():
+        raise error(f"output {display_name(out)} is a file, not a folder; choose another --out (--force replaces only a folder)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise error(f"output folder {display_name(out)} already exists and is not empty (use --force to replace it)")
+
+
 def check_replaceable(out: Path) -> None:
     """Refuse an output folder that renaming cannot replace (a mount point), or whose
     replacing would delete the folder the shell is in from under it."""

@@ -33,7 +33,7 @@ from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
 from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
-from .output_folder import check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
+from .output_folder import check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
 from .records import work_offline
 from .scan import Scan, make_units
 from .scratch import SPLITS
@@ -103,13 +103,6 @@ def check_not_an_input(out: Path, inputs: list[str | Path]) -> None:
     if given is not None:
         raise DataError(f"--out {display_name(out)} would replace the input {display_name(given)}; "
                         "choose an output folder that holds no input (one inside an input folder is fine)")
-
-
-def check_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output {display_name(out)} is a file, not a folder; choose another --out (--force replaces only a folder)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError(f"output folder {display_name(out)} already exists and is not empty (use --force to replace it)")
 
 
 def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from array import array
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -19,8 +19,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from .dataset import SPLITS
-from .discovery import display_name
-from .errors import DataError, first_line
+from .errors import writing
 from .tokenizer import codepoints
 
 BATCH_CHARS = 1 << 22  # characters converted, counted and encoded per numpy call (4 M: a few
@@ -116,17 +115,6 @@ class ScratchIndex:
                 start, n, b = start + take, n - take, b + 1
 
 
-@contextmanager
-def writing_scratch(path: Path):
-    """Turns a failure to write gpt-prepare's own scratch file (a full disk, a file size
-    limit) into a DataError: pass 1 reads inputs in the same code, and an OSError there is
-    the input's fault, which would skip the input, where this must stop the run."""
-    try:
-        yield
-    except OSError as e:
-        raise DataError(f"cannot write the scratch file {display_name(path)}: {e.strerror or first_line(e)}") from None
-
-
 class ScratchWriter:
     """Collects a unit's documents, chunk by chunk, and per batch converts them to code
     points once: they are hashed (which decides each document's split), counted per split,
@@ -134,7 +122,7 @@ class ScratchWriter:
     `open_counts` until its end decides its split."""
 
     def __init__(self, path: Path, val_fraction: float):
-        with writing_scratch(path):
+        with writing(path):
             self.path, self.file = path, open(path, "wb")
         self.val_fraction = val_fraction
         self.batches: list[tuple[int, int, int]] = []
@@ -218,12 +206,12 @@ class ScratchWriter:
             arrays[name] = (self.offset, a.dtype.str, len(a))
             self.write(a.tobytes())
             self.offset += a.nbytes
-        with writing_scratch(self.path):
+        with writing(self.path):
             self.file.close()
         return ScratchIndex(self.path, np.array(self.batches, np.int64).reshape(-1, 3), arrays), counts
 
     def write(self, data) -> None:
-        with writing_scratch(self.path):
+        with writing(self.path):
             self.file.write(data)
 
     def abandon(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, check_version
+from .errors import DataError, check_version, writing
 
 MAGIC = b"GPTOKENS"
 SHARD_VERSION = 1
@@ -81,16 +81,18 @@ class SplitWriter:
 
     def create(self) -> None:
         for path, n in zip(self.paths, self.sizes):
-            create_shard(path, n, self.dtype)
+            with writing(path):
+                create_shard(path, n, self.dtype)
 
     def write_at(self, offset: int, ids: np.ndarray) -> None:
         data = np.ascontiguousarray(ids, dtype=self.dtype.newbyteorder("<"))
         while len(data):
             shard, local = divmod(offset, self.shard_tokens)
             n = min(len(data), self.sizes[shard] - local)
-            if shard not in self._fds:
-                self._fds[shard] = os.open(self.paths[shard], os.O_WRONLY)
-            os.pwrite(self._fds[shard], data[:n], HEADER_SIZE + local * self.dtype.itemsize)
+            with writing(self.paths[shard]):
+                if shard not in self._fds:
+                    self._fds[shard] = os.open(self.paths[shard], os.O_WRONLY)
+                os.pwrite(self._fds[shard], data[:n], HEADER_SIZE + local * self.dtype.itemsize)
             data, offset = data[n:], offset + n
 
     def close(self) -> None:

@@ -14,8 +14,8 @@ from typing import BinaryIO, Callable, Iterator
 
 from .decode import BINARY_PROBE, BinaryContent, DecodeStats, Document, decode_text, is_binary, text_chunks
 from .discovery import Source
+from .errors import writing
 from .records import datasets_documents, json_lines_documents, record_format
-from .scratch import writing_scratch
 from .streams import DECODE_ERRORS, MAX_NESTING, HashingReader, Peekable, SourceError, content_head, decompressor, is_tar, open_content, sniff_compression
 from .tar import MemberStream, TarError, iter_tar
 
@@ -131,11 +131,11 @@ def archive_members(path: Path, name: str, on_done: Callable[[HashingReader], No
 def spill(member: MemberStream, path: Path) -> None:
     """A large member of an archive of archives, copied to a scratch file in pieces: the
     worker that reads it needs no copy of it in its job."""
-    with writing_scratch(path):
+    with writing(path):
         f = open(path, "wb")
     with f:
         for block in iter(lambda: member.read(1 << 20), b""):  # a failure to read is the input's
-            with writing_scratch(path):  # one to write, the run's
+            with writing(path):  # one to write, the run's
                 f.write(block)
 
 

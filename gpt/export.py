@@ -22,7 +22,7 @@ import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
-from data_prep.output_folder import check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
+from data_prep.output_folder import check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
 
 from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
 from .config import ConfigError, ModelConfig
@@ -65,10 +65,7 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
     check_replaceable(out)
     clean_after_killed_runs(out)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} is a file, not a folder (name a folder to export into)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ExportError(f"export folder {out} already exists and is not empty (use --force to replace it)")
+    check_output(out, force, ExportError)
     path = resolve_checkpoint(ckpt)
     if first_inside(out, [path]) is not None:
         raise ExportError(f"--out {out} holds the checkpoint {path}, which replacing it would delete; "
@@ -98,6 +95,7 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
         atomic_write_bytes(tmp / WEIGHTS, lambda f: f.write(blob))
         atomic_write_text(tmp / CONFIG, json.dumps(config, indent=1) + "\n")
         atomic_write_text(tmp / TOKENIZER, tokenizer.to_json())
+        check_output(out, force, ExportError)  # a folder made there meanwhile is the user's, as one at the start
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -59,8 +59,11 @@ def describe(name: str) -> str:
 
 
 def short(x: float) -> str:
-    """A learning rate as people write it: 5e-3, not 0.005."""
-    return f"{x:.0e}".replace("e-0", "e-") if x < 0.1 else f"{x:g}"
+    """A learning rate as people write it: 5e-3 and 1.5e-3, not 0.005 and 0.0015."""
+    if x >= 0.1 or x == 0:
+        return f"{x:g}"
+    mantissa, exponent = f"{x:.3e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 # Fine-tuning starts from a trained model: a lower learning rate and a short warmup keep
