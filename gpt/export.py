@@ -24,7 +24,7 @@ from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
 from data_prep.output_folder import check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
 
-from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
 from .config import ConfigError, ModelConfig
 from .model import build_model
 
@@ -92,9 +92,10 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     tmp = claim(out)
     try:
         blob = st.save(tensors, metadata={"format": EXPORT_FORMAT, "version": str(EXPORT_VERSION)})
-        atomic_write_bytes(tmp / WEIGHTS, lambda f: f.write(blob))
-        atomic_write_text(tmp / CONFIG, json.dumps(config, indent=1) + "\n")
-        atomic_write_text(tmp / TOKENIZER, tokenizer.to_json())
+        # plain writes: nothing reads the partial folder, and move_into_place syncs it whole
+        (tmp / WEIGHTS).write_bytes(blob)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+        (tmp / TOKENIZER).write_text(tokenizer.to_json(), encoding="utf-8")
         check_output(out, force, ExportError)  # a folder made there meanwhile is the user's, as one at the start
         move_into_place(tmp, out)
     except BaseException:
