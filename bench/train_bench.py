@@ -9,11 +9,13 @@ utilisation against this machine's fp32 matmul peak measured in the same run. Ou
 gpt-train's default precision (`dtype` in the JSON: bf16 where the CPU has it natively, else
 fp32), and where that is bf16 in fp32 as well; with --compile each also compiled. With
 --reference (a karpathy/nanoGPT checkout, copied, never modified) the reference trains the
-same configuration in the same run, taking turns with ours --repeat times, and the JSON
-gives ours over the reference: both are the median of per-step times after a fifth of the
-steps for warm-up (the reference prints each iteration's time; ours logs tokens/s every 10
-steps); `vs_reference` is best turn against best turn, `vs_reference_median` median against
-median. quality: val loss after --quality-time seconds of `gpt-train --preset cpu-small`,
+same configuration in the same run, taking turns with ours --repeat times (in reverse
+order every other turn), and the JSON gives ours over the reference: each turn's figure is
+the median of its per-step times after a fifth of the steps for warm-up (the reference
+prints each iteration's time; ours logs tokens/s every 10 steps); `vs_reference` is best
+turn against best turn, `vs_reference_median` median against median, and
+`vs_reference_paired` the median of the turns' own ratios, the figure a slow spell of a
+shared machine moves least. quality: val loss after --quality-time seconds of `gpt-train --preset cpu-small`,
 with the loss curve. bigram: val loss of the bigram baseline.
 """
 from __future__ import annotations
@@ -103,11 +105,16 @@ def main() -> None:
         if args.compile:
             variants |= {f"{name}_compiled": {**options, "compile": True} for name, options in variants.items()}
         runs: dict[str, list] = {}
-        for _turn in range(args.repeat):  # the sides take turns, so a busy spell hits both
-            if copy is not None:
-                runs.setdefault("reference", []).append(reference_throughput(copy, args.steps))
-            for name, options in variants.items():
-                runs.setdefault(name, []).append(throughput(data, tmp, args.steps, name, options))
+        sides = (["reference"] if copy is not None else []) + list(variants)
+        for turn in range(args.repeat):
+            # the sides take turns, in reverse order every other turn (reference, ours, ours,
+            # reference, ...): a slow spell of a shared machine, or a drift across the run,
+            # then falls on each side about equally, and each turn's pair ran minutes apart at most
+            for name in sides if turn % 2 == 0 else sides[::-1]:
+                if name == "reference":
+                    runs.setdefault(name, []).append(reference_throughput(copy, args.steps))
+                else:
+                    runs.setdefault(name, []).append(throughput(data, tmp, args.steps, name, variants[name]))
         for name, turns in runs.items():
             if name == "reference":
                 result["reference"] = {"source": f"karpathy/nanoGPT checkout {args.reference}", "args": REFERENCE_ARGS,
@@ -121,6 +128,9 @@ def main() -> None:
                 t["vs_reference"] = round(t["tokens_per_s"] / max(runs["reference"]), 3)
                 # the turns' medians too: on a shared machine one lucky turn moves the best
                 t["vs_reference_median"] = round(statistics.median(t["turns"]) / statistics.median(runs["reference"]), 3)
+                # and the median of each turn's own ratio, the two sides measured back to back:
+                # the figure a slow spell moves least, as it slows both sides of a turn alike
+                t["vs_reference_paired"] = round(statistics.median(o / r for o, r in zip(t["turns"], runs["reference"])), 3)
             result[name] = t
         bigram = train("bigram", {"data": str(data), "out": str(tmp / "bigram"), "device": "cpu", "progress": False}, log=lambda s: None)
         result["bigram"] = {"val_loss": round(bigram.val_loss, 4), "steps": bigram.step}
