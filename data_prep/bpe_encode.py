@@ -41,44 +41,72 @@ def ids_path(scratch: ScratchIndex, split: str) -> Path:
 
 def encode_unit(scratch: ScratchIndex, val_tails: float | None, tok: BpeTokenizer) -> tuple[int, int]:
     """Encode one unit into its token files; returns its (train, val) token counts."""
-    dtype = tok.dtype.newbyteorder("<")
-    eot = np.array([tok.eot_id], np.int32)
-    counts = dict.fromkeys(SPLITS, 0)
-    batch: list[tuple[str, str | None]] = []  # (split, text); None: an end-of-text token
-    with writing(scratch.path.parent):
-        outs = {s: open(ids_path(scratch, s), "wb") for s in SPLITS}
-
-    def flush() -> None:
-        ids = iter(tok.encode_batch([t for _s, t in batch if t is not None]))
-        parts = {s: [] for s in SPLITS}
-        for split, text in batch:
-            parts[split].append(eot if text is None else next(ids))
-        for s in SPLITS:
-            if parts[s]:
-                a = np.concatenate(parts[s]).astype(dtype)
-                with writing(ids_path(scratch, s)):
-                    outs[s].write(a.tobytes())
-                counts[s] += len(a)
-        batch.clear()
-
-    try:
-        chars = 0
-        with scratch.open() as f:
-            for in_val, pieces in segment_pieces(scratch, val_tails, f):
-                split = SPLITS[in_val]
-                for piece in pieces:
-                    batch.append((split, piece))
-                    chars += len(piece)
-                    if chars >= BATCH_CHARS:
-                        flush()
-                        chars = 0
-                batch.append((split, None))
-        flush()
-    finally:
-        for out in outs.values():
-            out.close()
+    with TokenFiles(scratch, tok) as files, scratch.open() as f:
+        for in_val, pieces in segment_pieces(scratch, val_tails, f):
+            split = SPLITS[in_val]
+            for piece in pieces:
+                files.add(split, piece)
+            files.add(split, None)
     scratch.path.unlink()  # done with it: frees the disk now, and in parallel, not at the end
-    return counts["train"], counts["val"]
+    return files.counts["train"], files.counts["val"]
+
+
+class TokenFiles:
+    """A unit's token files, one per split, filled in batches: texts wait until about
+    BATCH_CHARS characters are pending, then go to the tokenizer in one `encode_batch` call
+    (which spreads them over its threads), and their ids are appended in the order given."""
+
+    def __init__(self, scratch: ScratchIndex, tok: BpeTokenizer):
+        self.tok, self.dtype = tok, tok.dtype.newbyteorder("<")
+        self.eot = np.array([tok.eot_id], np.int32)
+        self.paths = {s: ids_path(scratch, s) for s in SPLITS}
+        self.counts = dict.fromkeys(SPLITS, 0)
+        self.pending: list[tuple[str, str | None]] = []  # (split, text); None: an end-of-text token
+        self.pending_chars = 0
+        self.files = {}
+        try:
+            with writing(scratch.path.parent):
+                for s, path in self.paths.items():
+                    self.files[s] = open(path, "wb")
+        except BaseException:
+            self.close()
+            raise
+
+    def add(self, split: str, text: str | None) -> None:
+        """`text`'s ids, or with None an end-of-text token, after those added before."""
+        self.pending.append((split, text))
+        self.pending_chars += len(text or "")
+        if self.pending_chars >= BATCH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        ids = iter(self.tok.encode_batch([t for _s, t in self.pending if t is not None]))
+        parts = {s: [] for s in SPLITS}
+        for split, text in self.pending:
+            parts[split].append(self.eot if text is None else next(ids))
+        for s, arrays in parts.items():
+            if arrays:
+                a = np.concatenate(arrays).astype(self.dtype)
+                with writing(self.paths[s]):
+                    self.files[s].write(a.tobytes())
+                self.counts[s] += len(a)
+        self.pending.clear()
+        self.pending_chars = 0
+
+    def __enter__(self) -> TokenFiles:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        try:
+            if kind is None:
+                self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for s, f in self.files.items():
+            with writing(self.paths[s]):  # the last buffered bytes reach the disk here
+                f.close()
 
 
 class EncodeUnits:

@@ -119,57 +119,77 @@ def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers:
 
 def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers, base: Tokenizer | None) -> Summary:
     tally, warnings = _read_pass(sources, tmp / "work", opts, workers)
+    split = _plan_split(tally, opts)
+    tokenizer, in_vocab = _tokenizer(split.units, split.total, split.val_tails, opts, workers, base)
+    tokens, documents, shards = _write_shards(split, tokenizer, tmp, opts, workers)
+    (tmp / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
+    skipped = {"files": sum(1 for i in tally.sources if i["error"]), "members": len(tally.skipped_members), "invalid_utf8_replaced": tally.invalid_utf8}
+    if tally.bad_records:  # only when there are some: other corpora's meta.json stays as it was
+        skipped["bad_records"] = tally.bad_records
+    meta = build_meta(
+        tokenizer, opts, doc_split=split.val_tails is None, tokens=tokens, documents=documents, shards=shards,
+        total=split.total, in_vocab=in_vocab, sources=tally.sources, skipped=skipped,
+    )
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    all_cps = np.flatnonzero(split.total["train"] + split.total["val"])
+    text_bytes = int(((split.total["train"] + split.total["val"])[all_cps] * utf8_length(all_cps)).sum())
+    return Summary(out=tmp, meta=meta, seconds=0.0, text_bytes=text_bytes, warnings=warnings)
+
+
+@dataclass
+class Split:
+    """How the corpus divides into train and val: by whole documents (`val_tails` None), or
+    inside the text, where each unit gives the tail `val_tails` of its text to val."""
+    units: list  # pass 1's results for the units that hold documents
+    val_tails: float | None
+    unit_counts: list | None  # per unit, its characters per split (a split inside the text only)
+    total: dict  # per split, the count of each code point
+
+
+def _plan_split(tally: Tally, opts: PrepareOptions) -> Split:
     units = [r for r in tally.units if r.documents]
     n_docs = sum(r.documents for r in units)
     if n_docs == 0:
         # the skip warnings are never shown when nothing is written: say why here
         reasons = [i["error"] for i in tally.sources if i["error"]]
         raise DataError("no text found in the inputs" + (f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})" if reasons else ""))
-
     # split by document when there are enough documents on both sides, else inside the text
     n_val_docs = sum(r.val_documents for r in units)
-    doc_split = n_docs >= MIN_DOCS_FOR_DOCUMENT_SPLIT and 0 < n_val_docs < n_docs
-    val_tails = None if doc_split else opts.val_fraction
-    unit_counts = None if doc_split else [recount_text_split(r.scratch, val_tails) for r in units]
-    total = tally.totals if doc_split else summed(unit_counts)
-    chars = {s: int(total[s].sum()) for s in SPLITS}
+    if n_docs >= MIN_DOCS_FOR_DOCUMENT_SPLIT and 0 < n_val_docs < n_docs:
+        split = Split(units, None, None, tally.totals)
+    else:
+        unit_counts = [recount_text_split(r.scratch, opts.val_fraction) for r in units]
+        split = Split(units, opts.val_fraction, unit_counts, summed(unit_counts))
+    chars = {s: int(split.total[s].sum()) for s in SPLITS}
     if chars["train"] == 0 or chars["val"] == 0:
         raise DataError(f"the corpus is too small to split into train and val at --val-fraction {opts.val_fraction:g} "
                         f"({chars['train'] + chars['val']:,} characters, {chars['val']:,} of them for val)")
-    tokenizer, in_vocab = _tokenizer(units, total, val_tails, opts, workers, base)
+    return split
 
+
+def _write_shards(split: Split, tokenizer: Tokenizer, tmp: Path, opts: PrepareOptions,
+                  workers: Workers) -> tuple[dict, dict, dict]:
+    """Pass 2: every unit's tokens into its place in the shards. Returns the tokens and the
+    documents (segments) per split, and the shards' file names."""
     # exact token counts per unit and split give each unit its place in the shards
-    n_seg = segment_counts(units, val_tails)
-    segments = {s: int(n.sum()) for s, n in n_seg.items()}
+    n_seg = segment_counts(split.units, split.val_tails)
     pass2 = BpePass(tokenizer) if tokenizer.kind == "bpe" else CharPass(tokenizer)
-    expected = pass2.count(units, n_seg, unit_counts, val_tails, workers, opts.progress)  # a BPE's frees the scratch
-    running = {s: int(expected[s].sum()) for s in SPLITS}
-    writers = {s: SplitWriter(tmp, s, running[s], opts.shard_tokens, tokenizer.dtype) for s in SPLITS}
+    expected = pass2.count(split.units, n_seg, split.unit_counts, split.val_tails, workers, opts.progress)  # a BPE's frees the scratch
+    tokens = {s: int(expected[s].sum()) for s in SPLITS}
+    writers = {s: SplitWriter(tmp, s, tokens[s], opts.shard_tokens, tokenizer.dtype) for s in SPLITS}
     for w in writers.values():
         w.create()
     starts = {s: np.cumsum(expected[s]) - expected[s] for s in SPLITS}
     jobs = (
-        EncodeJob(r.index, r.scratch, val_tails, {s: int(starts[s][i]) for s in SPLITS}, {s: int(expected[s][i]) for s in SPLITS})
-        for i, r in enumerate(units)
+        EncodeJob(r.index, r.scratch, split.val_tails, {s: int(starts[s][i]) for s in SPLITS}, {s: int(expected[s][i]) for s in SPLITS})
+        for i, r in enumerate(split.units)
     )
-    bar = tqdm(total=sum(running.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=not opts.progress, leave=False)
+    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=not opts.progress, leave=False)
     for produced in workers.map(pass2.writer(writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
-
-    (tmp / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
-    skipped = {"files": sum(1 for i in tally.sources if i["error"]), "members": len(tally.skipped_members), "invalid_utf8_replaced": tally.invalid_utf8}
-    if tally.bad_records:  # only when there are some: other corpora's meta.json stays as it was
-        skipped["bad_records"] = tally.bad_records
-    meta = build_meta(
-        tokenizer, opts, doc_split=doc_split, tokens=running, documents=segments,
-        shards={s: [p.name for p in writers[s].paths] for s in SPLITS}, total=total, in_vocab=in_vocab,
-        sources=tally.sources, skipped=skipped,
-    )
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    all_cps = np.flatnonzero(total["train"] + total["val"])
-    text_bytes = int(((total["train"] + total["val"])[all_cps] * utf8_length(all_cps)).sum())
-    return Summary(out=tmp, meta=meta, seconds=0.0, text_bytes=text_bytes, warnings=warnings)
+    documents = {s: int(n.sum()) for s, n in n_seg.items()}
+    return tokens, documents, {s: [p.name for p in writers[s].paths] for s in SPLITS}
 
 
 def _tokenizer(units: list, total: dict, val_tails: float | None, opts: PrepareOptions, workers: Workers,

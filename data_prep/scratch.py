@@ -160,25 +160,7 @@ class ScratchWriter:
         texts = [e for e in self.events if e is not None]
         cps = codepoints("".join(texts)) if texts else np.zeros(0, np.uint32)
         stored = narrowest(cps)
-        val_parts, undecided, end = [], [], 0
-        for event in self.events:
-            if event is None:  # a document ends: decide its split if still open
-                if self.val is None:
-                    self.val = in_val(self.crc, self.val_fraction)
-                if self.val:
-                    val_parts += undecided
-                    self.val_counts = add_counts(self.val_counts, self.open_counts)
-                self.docs_val.append(self.val)
-                self.crc, self.val, undecided, self.open_counts = 0, None, [], np.zeros(0, np.int64)
-                self.at_start = True
-                continue
-            start, end = end, end + len(event)
-            if self.val is None:
-                self.crc = zlib.crc32(cps[start:end], self.crc)  # of the uint32 code points, whatever is stored
-                if not self.hash_whole and self.at_start:  # hashed by its first chunk alone
-                    self.val = in_val(self.crc, self.val_fraction)
-            self.at_start = False
-            (undecided if self.val is None else val_parts if self.val else []).append(stored[start:end])
+        val_parts, undecided = self.split_chunks(cps, stored)
         if undecided:
             self.open_counts = add_counts(self.open_counts, count(np.concatenate(undecided)))
         if len(cps):
@@ -189,6 +171,37 @@ class ScratchWriter:
             self.batches.append((self.offset, len(cps), stored.itemsize))
             self.offset += stored.nbytes
         self.events, self.pending = [], 0
+
+    def split_chunks(self, cps: np.ndarray, stored: np.ndarray) -> tuple[list, list]:
+        """The batch's chunks (slices of `stored`) that go to val, and those of a document
+        whose split is still open at the batch's end. Each chunk feeds its document's hash
+        until the split is decided: by the first chunk, or at the document's end."""
+        val_parts, undecided, end = [], [], 0
+        for event in self.events:
+            if event is None:
+                val_parts += self.end_of_document(undecided)
+                undecided = []
+                continue
+            start, end = end, end + len(event)
+            if self.val is None:
+                self.crc = zlib.crc32(cps[start:end], self.crc)  # of the uint32 code points, whatever is stored
+                if not self.hash_whole and self.at_start:  # hashed by its first chunk alone
+                    self.val = in_val(self.crc, self.val_fraction)
+            self.at_start = False
+            (undecided if self.val is None else val_parts if self.val else []).append(stored[start:end])
+        return val_parts, undecided
+
+    def end_of_document(self, undecided: list) -> list:
+        """A document ends: its split is decided now if it was still open. Returns the
+        chunks of this batch that were waiting for it and go to val."""
+        if self.val is None:
+            self.val = in_val(self.crc, self.val_fraction)
+        if self.val:
+            self.val_counts = add_counts(self.val_counts, self.open_counts)  # its chunks from earlier batches
+        self.docs_val.append(self.val)
+        to_val = undecided if self.val else []
+        self.crc, self.val, self.open_counts, self.at_start = 0, None, np.zeros(0, np.int64), True
+        return to_val
 
     def close(self) -> tuple[ScratchIndex, dict]:
         """Store the trailer; returns the index and split -> (code points, counts)."""

@@ -102,6 +102,15 @@ def test_the_same_inputs_give_byte_identical_output_with_one_or_two_workers(corp
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
 
 
+def test_encoding_in_many_small_batches_gives_the_same_shards_as_in_one(corpus, tmp_path, folder_bytes, monkeypatch):
+    from data_prep import bpe_encode
+
+    prepare([corpus], tmp_path / "one", bpe_options())
+    monkeypatch.setattr(bpe_encode, "BATCH_CHARS", 500)  # a few documents a batch: many flushes per unit
+    prepare([corpus], tmp_path / "many", bpe_options())
+    assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "many")
+
+
 def test_new_text_can_be_encoded_with_a_bpe_base(corpus, tmp_path):
     prepare([corpus], tmp_path / "base", bpe_options())
     (tmp_path / "new").mkdir()
