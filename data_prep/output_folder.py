@@ -8,6 +8,8 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .discovery import display_name
@@ -30,6 +32,38 @@ def claim(out: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
+
+
+def missing_parents(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, nearest first: those that creating
+    `path` with its parents would make."""
+    missing = []
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (nearest first, as `missing_parents` lists them) while they are
+    empty: what a failed run made above its output, unless something was put there meanwhile."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+@contextmanager
+def parents_removed_on_failure(path: Path) -> Iterator[None]:
+    """A run that fails leaves no trace: not even the folders it made above `path`."""
+    made = missing_parents(path)
+    try:
+        yield
+    except BaseException:
+        remove_empty(made)
+        raise
 
 
 def busy(out: Path) -> None:

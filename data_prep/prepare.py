@@ -33,7 +33,8 @@ from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
 from .errors import DataError, first_line
 from .meta import build_meta
 from .options import PrepareOptions
-from .output_folder import check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
+from .output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place,
+                            parents_removed_on_failure)
 from .records import work_offline
 from .scan import Scan, make_units
 from .scratch import SPLITS
@@ -78,20 +79,21 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
         raise DataError("no input files found in " + ", ".join(map(display_name, inputs)))
     work_offline()
     t0 = time.perf_counter()
-    try:
-        tmp = claim(out)
-    except OSError as e:
-        raise DataError(f"cannot write the output folder {display_name(out)}: {e.strerror or first_line(e)}") from None
-    try:
-        (tmp / "work").mkdir()
-        with Workers(opts.workers or os.cpu_count() or 1) as workers:
-            summary = _prepare_into(sources, tmp, opts, workers, base)
-        shutil.rmtree(tmp / "work")
-        check_output(out, opts.force)  # a folder made there while this run worked is the user's, as one at the start
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with parents_removed_on_failure(out):
+        try:
+            tmp = claim(out)
+        except OSError as e:
+            raise DataError(f"cannot write the output folder {display_name(out)}: {e.strerror or first_line(e)}") from None
+        try:
+            (tmp / "work").mkdir()
+            with Workers(opts.workers or os.cpu_count() or 1) as workers:
+                summary = _prepare_into(sources, tmp, opts, workers, base)
+            shutil.rmtree(tmp / "work")
+            check_output(out, opts.force)  # a folder made there while this run worked is the user's, as one at the start
+            move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     summary.out, summary.seconds = out, time.perf_counter() - t0
     return summary
 

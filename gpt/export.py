@@ -22,7 +22,8 @@ import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.errors import UserError, check_version, first_line
-from data_prep.output_folder import check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place
+from data_prep.output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place,
+                                    parents_removed_on_failure)
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint
 from .config import ConfigError, ModelConfig
@@ -88,19 +89,19 @@ def export_safetensors(ckpt: str | Path | None, out: str | Path, force: bool = F
     }
     if lora:  # what was merged: the adapters' shape and the exact base they were trained on
         config["source"]["merged_lora"] = {k: lora[k] for k in ("rank", "alpha", "targets", "base")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = claim(out)
-    try:
-        blob = st.save(tensors, metadata={"format": EXPORT_FORMAT, "version": str(EXPORT_VERSION)})
-        # plain writes: nothing reads the partial folder, and move_into_place syncs it whole
-        (tmp / WEIGHTS).write_bytes(blob)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-        (tmp / TOKENIZER).write_text(tokenizer.to_json(), encoding="utf-8")
-        check_output(out, force, ExportError)  # a folder made there meanwhile is the user's, as one at the start
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with parents_removed_on_failure(out):
+        tmp = claim(out)
+        try:
+            blob = st.save(tensors, metadata={"format": EXPORT_FORMAT, "version": str(EXPORT_VERSION)})
+            # plain writes: nothing reads the partial folder, and move_into_place syncs it whole
+            (tmp / WEIGHTS).write_bytes(blob)
+            (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+            (tmp / TOKENIZER).write_text(tokenizer.to_json(), encoding="utf-8")
+            check_output(out, force, ExportError)  # a folder made there meanwhile is the user's, as one at the start
+            move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 

@@ -241,6 +241,13 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(data, t
     assert not (tmp_path / "run").exists() if not existed else run_files(tmp_path / "run") == {}
 
 
+def test_a_new_run_that_fails_before_its_first_checkpoint_removes_the_folders_it_made_above_it(data, tmp_path):
+    with pytest.raises(TrainError, match="stand-in"):
+        train(overrides=tiny_run(data, tmp_path / "a" / "b" / "run", max_iters=50, eval_interval=40), should_stop=fail_at_step(3),
+              log=lambda s: None)
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_folder_of_other_files_is_refused_as_a_run_folder(data, tmp_path):
     (tmp_path / "proj").mkdir()
     (tmp_path / "proj" / "config.json").write_text('{"my": 1}')

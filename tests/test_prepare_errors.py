@@ -290,6 +290,15 @@ def test_a_failure_midway_leaves_no_output_and_no_partial_folder(good_folder, tm
     assert not list(tmp_path.glob(".out.partial-*"))
 
 
+def test_a_failure_midway_removes_the_folders_it_made_above_the_output(good_folder, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "mine.txt").write_text("kept")
+    fail_in_pass_two(monkeypatch)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        prepare([good_folder], tmp_path / "a" / "b" / "c" / "out", PrepareOptions(workers=1, progress=False))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["mine.txt"]  # b and c are gone, a was there before
+
+
 def test_a_failure_midway_leaves_a_previous_output_intact(good_folder, tmp_path, monkeypatch, prepare_data, folder_bytes):
     out = tmp_path / "out"
     prepare_data(good_folder, out=out)

@@ -20,6 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
+from data_prep.output_folder import missing_parents, remove_empty
+
 from .. import checkpoint as ck
 from ..plot.live import PICTURE_FILE
 from .errors import TrainError
@@ -59,8 +61,9 @@ def default_run_dir(model: str) -> Path:
 
 
 class RunFolder:
-    def __init__(self, path: Path, created: bool, lock_fd: int | None):
+    def __init__(self, path: Path, created: bool, lock_fd: int | None, made_parents: list[Path] | None = None):
         self.path, self.created, self.lock_fd = path, created, lock_fd
+        self.made_parents = made_parents or []  # the folders above `path` this run created with it
         self.replaces_run = False  # a new run with --overwrite, in a folder that holds one
         self.was_empty = False  # claimed for a new run with nothing in it: what is there later, this run wrote
 
@@ -71,13 +74,15 @@ class RunFolder:
         if path.exists() and not path.is_dir():
             raise TrainError(f"--out {path} is a file, not a folder; name a folder for the run")
         created = not path.exists()
+        made_parents = missing_parents(path)
         lock_made = not (path / LOCK_FILE).exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            remove_empty(([path] if created else []) + made_parents)
             raise TrainError(f"cannot create the run folder {path} ({e.strerror})") from None
-        folder = cls(path, created, fd)
+        folder = cls(path, created, fd, made_parents)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,6 +174,7 @@ class RunFolder:
         if failed and not any((self.path / n).exists() for n in (ck.LATEST, ck.BEST)):
             if self.created:
                 shutil.rmtree(self.path, ignore_errors=True)
+                remove_empty(self.made_parents)
             elif self.was_empty:
                 for name in RUN_FILES:
                     remove(self.path / name)
