@@ -6,6 +6,7 @@ left beside the folder is cleaned up by the next run."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ def claim(out: Path) -> Path:
     neither loses anything."""
     clean_after_killed_runs(out)
     busy(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp = beside(out, "partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -32,6 +33,20 @@ def claim(out: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
+
+
+def beside(out: Path, kind: str) -> Path:
+    """This process's `.OUT.KIND-PID` folder beside `out` (KIND: partial or old)."""
+    return out.parent / f".{beside_stem(out)}.{kind}-{os.getpid()}"
+
+
+def beside_stem(out: Path) -> str:
+    """OUT in the names of the folders beside it: its name, or where that leaves no room
+    for the rest within a file name's 255 bytes, its start and a hash of the whole name."""
+    if len(os.fsencode(out.name)) <= 200:
+        return out.name
+    digest = hashlib.sha256(os.fsencode(out.name)).hexdigest()[:16]
+    return os.fsdecode(os.fsencode(out.name)[:120]) + "~" + digest  # a character cut in two round-trips as its bytes
 
 
 def missing_parents(path: Path) -> list[Path]:
@@ -77,8 +92,9 @@ def leftovers(out: Path) -> list[tuple[Path, str, int]]:
     """The unfinished copies (`partial`) and set-aside folders (`old`) beside `out`, with the
     process id that made each."""
     found = []
-    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 2 :].rpartition("-")
+    stem = beside_stem(out)
+    for p in out.parent.glob(f".{glob.escape(stem)}.*-*"):
+        kind, _, pid = p.name[len(stem) + 2 :].rpartition("-")
         if kind in ("partial", "old") and pid.isdigit():
             found.append((p, kind, int(pid)))
     return found
@@ -144,7 +160,7 @@ def move_into_place(tmp: Path, out: Path) -> None:
     sync_tree(tmp)
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = beside(out, "old")
         os.replace(out, old)
     try:
         os.replace(tmp, out)

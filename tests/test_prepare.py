@@ -10,6 +10,7 @@ import pytest
 
 from data_prep import decode
 from data_prep.errors import DataError
+from data_prep.output_folder import beside_stem
 from data_prep import prepare as prepare_module
 from data_prep import scratch as scratch_module
 from tests.support import dead_pid
@@ -315,6 +316,20 @@ def test_a_killed_runs_unfinished_output_is_removed_at_the_next_start(tmp_path, 
     prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
     assert not partial.exists()
     assert (tmp_path / "data" / "meta.json").is_file()
+
+
+def test_an_output_whose_name_is_near_the_length_limit_is_written_replaced_and_cleaned_after(tmp_path, prepare_data, folder_bytes):
+    # the folders beside it (.OUT.partial-PID, .OUT.old-PID) would pass the limit of 255 bytes
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    out = tmp_path / ("é" * 127)  # 254 bytes
+    prepare_data(tmp_path / "a.txt", out=out)
+    before = folder_bytes(out)
+    prepare_data(tmp_path / "a.txt", out=out, force=True)
+    assert folder_bytes(out) == before
+    partial = tmp_path / f".{beside_stem(out)}.partial-{dead_pid()}"  # as a killed run would leave it
+    partial.mkdir()
+    prepare_data(tmp_path / "a.txt", out=out, force=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "a.txt"] == [out.name]
 
 
 def test_a_second_run_into_an_output_another_run_is_writing_is_refused(tmp_path, prepare_data):
