@@ -135,10 +135,10 @@ def newest_run(root: Path = DEFAULT_ROOT, option: str = "--ckpt") -> Path:
     return max(runs, key=lambda p: ((p / LATEST).stat().st_mtime, p.name))
 
 
-def resolve_checkpoint(path: str | Path | None, prefer: str = BEST) -> Path:
+def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str = "--ckpt") -> Path:
     """A checkpoint file from a file path, a run folder (its best, else latest checkpoint)
-    or nothing (the newest run under ./checkpoints)."""
-    p = newest_run() if path is None else Path(path)
+    or nothing (the newest run under ./checkpoints; `option`: as for `newest_run`)."""
+    p = newest_run(option=option) if path is None else Path(path)
     if p.is_dir():
         for name in (prefer, LATEST, BEST):
             if (p / name).is_file():

@@ -46,7 +46,7 @@ def default_out(ckpt: Path) -> Path:
 
 
 def export(args) -> None:
-    ckpt = resolve_checkpoint(args.run)
+    ckpt = resolve_checkpoint(args.run, option="the RUN argument")
     out = Path(args.out) if args.out else default_out(ckpt)
     export_safetensors(ckpt, out, force=args.force, merge=args.merge)
     print(f"exported {ckpt} -> {out}/ (model.safetensors, config.json, tokenizer.json)")

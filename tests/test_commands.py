@@ -299,6 +299,19 @@ def test_resume_with_nothing_to_resume_names_gpt_trains_own_option(tmp_path):
     assert_one_line_error(proc, "gpt-train", "name a run folder with --out")
 
 
+@pytest.mark.parametrize("given,message", [
+    (["--overwrite"], "give one of them"),
+    (["--preset", "cpu-small"], "keeps its own settings"),
+    (["--init-from", "elsewhere"], "keeps the base it started from"),
+])
+def test_resume_refuses_the_options_that_start_a_new_run(data, tmp_path, given, message):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
+    before = (tmp_path / "run" / "latest.pt").read_bytes()
+    proc = run_cli("gpt.train", "--resume", "--out", tmp_path / "run", "--max-iters", "8", "--quiet", *given)
+    assert_one_line_error(proc, "gpt-train", message)
+    assert (tmp_path / "run" / "latest.pt").read_bytes() == before
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
     def starting():
         raise KeyboardInterrupt

@@ -163,6 +163,12 @@ def test_an_export_a_killed_export_had_moved_aside_is_put_back(run, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_with_no_run_to_export_the_message_names_the_commands_own_way_to_give_one(tmp_path):
+    r = run_cli("gpt.export_cli", cwd=tmp_path)
+    assert_one_line_error(r, "gpt-export", "no runs with a checkpoint", "the RUN argument")
+    assert "--ckpt" not in r.stderr  # gpt-sample's option, which gpt-export does not have
+
+
 def test_a_failed_export_removes_the_folders_it_made_above_its_output(run, tmp_path):
     r = run_cli("gpt.export_cli", run, "--out", tmp_path / "a" / "b" / "out", file_size_limit=1000)  # the weights do not fit
     assert_one_line_error(r, "gpt-export", "File too large")

@@ -47,6 +47,17 @@ def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def check_resume_options(preset: str | None, overrides: dict, overwrite: bool) -> None:
+    """Options that start a new run, refused beside --resume rather than silently ignored."""
+    if overwrite:
+        raise TrainError("--resume continues the run in the folder and --overwrite starts it over: give one of them")
+    if preset:
+        raise TrainError(f"--preset {preset} sets up a new run; a resumed run keeps its own settings "
+                         "(give single options, such as --max-iters or --lr, to change them)")
+    if overrides.get("init_from"):
+        raise TrainError("--init-from starts a new fine-tuning run; a resumed one keeps the base it started from (leave --init-from out)")
+
+
 def check_not_stopped_early(cfg: TrainConfig, state: dict) -> None:
     stale, cooldown = int(state.get("stale_evals", 0)), state.get("cooldown") if cfg.cooldown else None
     if cooldown is not None:  # a cooldown goes on to its end whatever the patience
@@ -72,6 +83,8 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     """Start (or with `resume`, continue) a run. `overrides` are explicit option values;
     `should_stop(step)` lets a caller end the run at a step boundary (it is checkpointed)."""
     overrides, log = dict(overrides or {}), tolerant(log)
+    if resume:
+        check_resume_options(preset, overrides, overwrite)
     resume_state = base = None
     if resume:
         run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
