@@ -134,6 +134,14 @@ def test_several_runs_on_one_picture_against_steps_tokens_or_time(tmp_path, caps
     assert "wrote" in capsys.readouterr().out
 
 
+def test_a_run_with_a_single_logged_point_is_drawn_with_a_marker(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = [read_run(write_metrics(tmp_path / "long")), read_run(write_metrics(tmp_path / "short", steps=5))]
+    for fig in (draw_runs(runs), draw_progress(runs[1])):
+        one_point = [l for ax in fig.axes for l in ax.get_lines() if len(l.get_xdata()) == 1]
+        assert one_point and all(l.get_marker() not in (None, "", "None") for l in one_point)  # a line of one point shows nothing
+
+
 def test_svg_when_asked(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "runs.svg"

@@ -56,7 +56,7 @@ def draw_progress(run: RunMetrics):
         for records, y, style in ((run.logged, "train_loss", dict(lw=1, alpha=0.7, label="train")),
                                   (run.evals, "val_loss", dict(marker="o", ms=3, lw=1.5, label="val"))):
             xs, ys = run.series(records, x, y)
-            ax.plot(scaled(x, xs), ys, **style)
+            ax.plot(scaled(x, xs), ys, **shown(style, len(xs)))
             curves.append((scaled(x, xs), ys))
         loss_limits(ax, curves)
         ax.set(xlabel=X_LABELS[x], ylabel="loss (nats/token)")
@@ -64,7 +64,7 @@ def draw_progress(run: RunMetrics):
         ax.grid(alpha=0.3)
     for ax, y, label in ((axes[1][0], "lr", "learning rate"), (axes[1][1], "tokens_per_s", "tokens/s")):
         xs, ys = run.series(run.logged, "step", y)
-        ax.plot(xs, ys, lw=1)
+        ax.plot(xs, ys, **shown(dict(lw=1), len(xs)))
         ax.set(xlabel="step", ylabel=label)
         ax.grid(alpha=0.3)
     last = run.last_eval
@@ -72,6 +72,11 @@ def draw_progress(run: RunMetrics):
     detail = f": val {last['val_loss']:.4f}{bpc} at step {last['step']}" if last else ""
     fig.suptitle(literal(f"{run.name}{detail}"))
     return fig
+
+
+def shown(style: dict, points: int) -> dict:
+    """`style` for a line of `points` points: a single point draws no line, so it gets a marker."""
+    return {"marker": "o", "ms": 4, **style} if points == 1 else style
 
 
 def literal(text: str) -> str:
@@ -92,7 +97,7 @@ def draw_runs(runs: list[RunMetrics], x: str = "step"):
             style = dict(marker="o", ms=3) if which == "evals" else {}
             last = run.last_eval
             name = literal(f"{run.name} ({last['val_loss']:.3f})" if which == "evals" and last else run.name)
-            ax.plot(scaled(x, xs), ys, color=f"C{i % 10}", lw=1.2, label=name, **style)
+            ax.plot(scaled(x, xs), ys, **shown(dict(color=f"C{i % 10}", lw=1.2, label=name, **style), len(xs)))
             curves.append((scaled(x, xs), ys))
         if y.endswith("loss"):
             loss_limits(ax, curves)
