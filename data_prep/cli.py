@@ -61,7 +61,10 @@ def format_summary(summary) -> str:
         return "\n".join(lines + tail_lines(summary))
     cov = m["coverage"]
     fallback = "byte fallback" if cov["byte_fallback"] else "unknown token" if cov["unknown_token"] else "no fallback needed"
-    lines.append(f"vocabulary: {m['vocab_size']} tokens ({cov['vocabulary_characters']} of {cov['distinct_characters']} distinct characters, {fallback}), {m['dtype']} ids")
+    # the corpus's distinct characters the vocabulary holds (a base's vocabulary may hold others too)
+    held = cov["distinct_characters"] - cov["outside_characters"]["distinct"]
+    base = "the base's (--vocab-from), " if m["options"].get("vocab_from") else ""
+    lines.append(f"vocabulary: {base}{m['vocab_size']} tokens ({held} of the corpus's {cov['distinct_characters']} distinct characters, {fallback}), {m['dtype']} ids")
     lines.append(f"coverage: {cov['train']:.4%} of train characters, {cov['val']:.4%} of val characters")
     out = cov.get("outside_characters")
     if out and out["distinct"]:

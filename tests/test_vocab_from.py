@@ -54,6 +54,8 @@ def test_characters_outside_the_base_vocabulary_are_counted_in_meta_and_the_summ
     distinct = {c for c in NEW_TEXT if c not in data_prep.load(tmp_path / "new").tokenizer.chars}
     assert outside["distinct"] == len(distinct) and outside["train"] + outside["val"] == 40 * sum(c in distinct for c in NEW_TEXT)
     assert f"({len(distinct)} distinct), encoded as byte fallback" in proc.stdout
+    held = len(set(NEW_TEXT)) - len(distinct)  # of the new text's characters, those the base holds: not the base's own count
+    assert f"vocabulary: the base's (--vocab-from), {len(data_prep.load(tmp_path / 'new').tokenizer)} tokens ({held} of the corpus's {len(set(NEW_TEXT))} distinct" in proc.stdout
 
 
 @pytest.mark.parametrize("name", ["best.pt", "tokenizer.json", "folder without tokenizer.json"])
