@@ -16,6 +16,11 @@ import pickle
 import zipfile
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: no run locks there
+    fcntl = None
+
 import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
@@ -29,6 +34,7 @@ CKPT_VERSION = 1
 LATEST, BEST = "latest.pt", "best.pt"
 EXPORT_FOLDER = "safetensors"  # where gpt-export writes a run's model unless told otherwise
 PREVIOUS_RUN = ".previous-run"  # an --overwrite run's predecessor, set aside until the new run has a checkpoint
+LOCK_FILE = ".lock"  # held (flock) by the gpt-train run writing the folder, which writes its process id there
 DEFAULT_ROOT = Path("checkpoints")
 
 
@@ -143,6 +149,10 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str 
         for name in (prefer, LATEST, BEST):
             if (p / name).is_file():
                 return p / name
+        running = training_process(p)
+        if running is not None:
+            raise CheckpointError(f"run folder {p} has no checkpoint yet: a gpt-train run (process {running}) is training there "
+                                  "and saves one at its first evaluation")
         if (p / PREVIOUS_RUN).is_dir():
             raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST}): an --overwrite run stopped before its "
                                   f"first one; the run it replaced waits in {p / PREVIOUS_RUN} and comes back at the next gpt-train on the folder")
@@ -150,6 +160,24 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str 
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     return p
+
+
+def training_process(folder: Path) -> str | None:
+    """The process id of the gpt-train run that holds `folder`, or None where none does."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:  # a shared lock, let go at once: refused only while a run holds the folder
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return None
+    finally:
+        os.close(fd)  # which also lets the shared lock go
 
 
 def file_sha256(path: Path) -> str:

@@ -312,6 +312,21 @@ def test_resume_refuses_the_options_that_start_a_new_run(data, tmp_path, given, 
     assert (tmp_path / "run" / "latest.pt").read_bytes() == before
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="run folders are locked with flock")
+def test_a_folder_whose_run_has_not_saved_yet_is_named_as_in_use_not_as_empty(data, tmp_path):
+    folder = RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False)  # a run before its first checkpoint
+    try:
+        with pytest.raises(ck.CheckpointError, match=rf"\(process {os.getpid()}\) is training there"):
+            train(overrides={"out": str(tmp_path / "run")}, resume=True, log=lambda s: None)
+        proc = run_cli("gpt.sample", "--ckpt", tmp_path / "run", "--max-new-tokens", "5")
+        assert_one_line_error(proc, "gpt-sample", "has no checkpoint yet", f"(process {os.getpid()}) is training there")
+    finally:
+        folder.release()
+    with pytest.raises(ck.CheckpointError, match="has no checkpoint") as e:  # once it is gone, the folder is empty
+        ck.resolve_checkpoint(tmp_path / "run")
+    assert "training there" not in str(e.value)
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
     def starting():
         raise KeyboardInterrupt

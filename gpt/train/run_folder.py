@@ -31,7 +31,7 @@ try:
 except ImportError:  # Windows: no advisory locks; one run per folder is then up to the user
     fcntl = None
 
-LOCK_FILE = ".lock"
+LOCK_FILE = ck.LOCK_FILE
 SET_ASIDE = ".complete"  # in .previous-run/: every file of the old run is in it
 # what a run writes in its folder; the export of its model too, which --overwrite must not
 # leave behind as if it were the new run's
