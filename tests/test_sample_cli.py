@@ -193,6 +193,8 @@ def test_help_documents_streaming_and_how_samples_are_separated(sample_main):
     (["--prompt-file", "empty_dir"], None, "cannot read the prompt file empty_dir"),
     (["--prompt-file", "-"], "", "the prompt file standard input is empty"),
     (["--slide", "17"], None, "--slide must be between 1 and the model's context (16)"),
+    (["--slide", "0"], None, "--slide must be between 1 and the model's context, got 0"),  # refused before the model is read
+    (["--stop", ""], None, "--stop needs some text to stop at"),
     (["--num-samples", "0"], None, "--num-samples must be at least 1"),
     (["--device", "tpu"], None, "unknown device 'tpu'"),
     (["--stop", "\\"], None, "malformed backslash escape"),

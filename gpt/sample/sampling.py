@@ -43,7 +43,10 @@ class SamplingOptions:
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise GenerationError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.slide is not None and not 1 <= self.slide <= (block_size or self.slide):
-            raise GenerationError(f"--slide must be between 1 and the model's context ({block_size or 'its length'}), got {self.slide}")
+            context = f" ({block_size})" if block_size else ""
+            raise GenerationError(f"--slide must be between 1 and the model's context{context}, got {self.slide}")
+        if any(s == "" for s in self.stop):
+            raise GenerationError("--stop needs some text to stop at; an empty string would end every sample before it began")
 
     def window_slide(self, block_size: int) -> int:
         return self.slide if self.slide is not None else max(1, block_size // 4)
