@@ -51,8 +51,10 @@ def atomic_write_bytes(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename == str(tmp):
+            e.filename = str(path)  # the message names the file the user asked for, not the temporary one
         raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -2,6 +2,7 @@
 once how to get it); gpt-plot overlays runs against steps, tokens or time, as PNG or SVG."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -161,5 +162,8 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, monkeypatch):
     assert_one_line_error(run_main(capsys, tmp_path / "nope"), "gpt-plot", "does not exist")
     assert_one_line_error(run_main(capsys, tmp_path / "not_a_run"), "gpt-plot", "no metrics.jsonl")
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.jpg"), "gpt-plot", ".png or .svg")
+    if importlib.util.find_spec("matplotlib"):
+        proc = run_main(capsys, run, "--out", tmp_path / "nodir" / "runs.png")
+        assert_one_line_error(proc, "gpt-plot", f"No such file or directory: {tmp_path / 'nodir' / 'runs.png'}")  # not its temporary file
     without_matplotlib(monkeypatch)
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.png"), "gpt-plot", "matplotlib", "pip install")
