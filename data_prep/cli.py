@@ -36,7 +36,9 @@ def build_parser() -> Parser:
     # the vocabulary options default to None so that one given beside --vocab-from is seen
     p.add_argument("--max-vocab", type=int, help=f"most tokens in the vocabulary, special and byte tokens included (default: {d.max_vocab})")
     p.add_argument("--min-char-count", type=int, help=f"characters seen fewer times than this in train are left out of the vocabulary (default: {d.min_char_count})")
-    p.add_argument("--oov", choices=("byte", "unk"), help=f"characters outside the vocabulary: 'byte' encodes them losslessly as UTF-8 byte tokens, 'unk' as one unknown token (default: {d.oov})")
+    p.add_argument("--oov", choices=("byte", "unk"), help="characters outside the vocabulary: 'byte' encodes them losslessly as UTF-8 byte tokens, 'unk' as one unknown token; "
+                   "given, the fallback is kept even where this corpus needs none, so new text (--vocab-from, prompts) can use it "
+                   "(default: byte tokens only where some character needs them)")
     p.add_argument("--tokenizer", choices=TOKENIZERS, help=f"'char': one token per character (--max-vocab, --min-char-count, --oov); 'bpe': a byte-level BPE learned on the training split (--vocab-size) (default: {d.tokenizer})")
     p.add_argument("--vocab-size", type=int, metavar="N", help="with --tokenizer bpe: tokens in all, the 256 byte tokens and <|endoftext|> included (more than 257)")
     p.add_argument("--vocab-from", metavar="RUN", help="use this run's vocabulary (run folder, checkpoint, data folder or tokenizer file) instead of building one, to fine-tune RUN on the inputs")

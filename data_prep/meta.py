@@ -41,7 +41,10 @@ def build_meta(
     if bpe:
         meta["bpe"] = {"merges": len(tokenizer.merges), "base_tokens": BPE_BASE, "learned_on": "train" if opts.vocab_from is None else "base"}
     left_out = ("workers", "force", "progress", *(CHAR_ONLY if bpe else BPE_ONLY))
-    return {**meta, "sources": sources, "skipped": skipped, "options": {k: v for k, v in asdict(opts).items() if k not in left_out}}
+    options = {k: v for k, v in asdict(opts).items() if k not in left_out}
+    if "oov" in options and options["oov"] is None:
+        options["oov"] = "byte"  # the default, as folders made before --oov could be left out record it
+    return {**meta, "sources": sources, "skipped": skipped, "options": options}
 
 
 def char_coverage(tokenizer: Tokenizer, total: dict, in_vocab: np.ndarray) -> dict:

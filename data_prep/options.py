@@ -19,7 +19,10 @@ class PrepareOptions:
     val_fraction: float = 0.1
     max_vocab: int = 2048
     min_char_count: int = 1
-    oov: str = "byte"  # byte fallback, or "unk"
+    # characters outside the vocabulary: "byte" (byte fallback) or "unk" (one unknown token),
+    # kept whether or not this corpus needs them, so new text can be encoded later
+    # (--vocab-from, sampling); None: byte fallback only where some character needs it
+    oov: str | None = None
     text_field: str = "text"
     shard_tokens: int = 100_000_000
     workers: int = 0  # 0: all cores
@@ -49,7 +52,7 @@ class PrepareOptions:
             raise DataError(f"--max-vocab must be at least 2, got {self.max_vocab}")
         if self.min_char_count < 1:
             raise DataError(f"--min-char-count must be at least 1, got {self.min_char_count}")
-        if self.oov not in ("byte", "unk"):
+        if self.oov not in (None, "byte", "unk"):
             raise DataError(f"--oov must be 'byte' or 'unk', got {self.oov!r}")
         if self.shard_tokens < 1:
             raise DataError(f"--shard-tokens must be positive, got {self.shard_tokens}")

@@ -20,17 +20,20 @@ def summed(unit_counts: list[dict]) -> dict:
 
 def build_tokenizer(total: dict, opts: PrepareOptions, base: CharTokenizer | None = None) -> tuple[CharTokenizer, np.ndarray]:
     """The tokenizer, and which code points its vocabulary holds. The vocabulary comes from
-    the training counts; byte tokens only if some character needs them, so a clean corpus
-    keeps a tiny vocabulary. With a `base` (--vocab-from) it is the base's, unchanged."""
+    the training counts; byte tokens only if some character needs them (or --oov asks for
+    a fallback), so a clean corpus keeps a tiny vocabulary. With a `base` (--vocab-from) it is the base's, unchanged."""
     if base is not None:
         return base, base_vocabulary_fits(base, total)
     train_cps = np.flatnonzero(total["train"])
     val_only = bool((total["val"] * (total["train"] == 0)).any())
-    vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count, oov=opts.oov, others_outside=val_only)
+    asked = opts.oov is not None  # a fallback asked for is kept even where this corpus needs none
+    oov = opts.oov or "byte"
+    vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count, oov=oov,
+                        others_outside=val_only or asked)
     in_vocab = np.zeros(N_CODEPOINTS, bool)
     in_vocab[[ord(c) for c in vocab]] = True
     outside = bool(((total["train"] + total["val"]) * ~in_vocab).any())
-    return CharTokenizer(chars=vocab, oov=opts.oov if outside else "error"), in_vocab
+    return CharTokenizer(chars=vocab, oov=oov if outside or asked else "error"), in_vocab
 
 
 def base_vocabulary_fits(base: CharTokenizer, total: dict) -> np.ndarray:
@@ -43,6 +46,6 @@ def base_vocabulary_fits(base: CharTokenizer, total: dict) -> np.ndarray:
         shown = " ".join(f"{chr(c)!r} (U+{c:04X})" for c in outside[:10].tolist()) + (" ..." if len(outside) > 10 else "")
         raise DataError(
             f"the base vocabulary has no byte fallback or unknown token (its corpus needed none), and the new text has "
-            f"{len(outside)} character(s) outside it: {shown}"
+            f"{len(outside)} character(s) outside it: {shown}; a base prepared with --oov byte (or --oov unk) keeps one"
         )
     return in_vocab

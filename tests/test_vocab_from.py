@@ -58,6 +58,28 @@ def test_characters_outside_the_base_vocabulary_are_counted_in_meta_and_the_summ
     assert f"vocabulary: the base's (--vocab-from), {len(data_prep.load(tmp_path / 'new').tokenizer)} tokens ({held} of the corpus's {len(set(NEW_TEXT))} distinct" in proc.stdout
 
 
+@pytest.mark.parametrize("oov", ["byte", "unk"])
+def test_a_fallback_asked_for_is_kept_where_the_corpus_needs_none_so_new_text_can_use_it(tmp_path, oov):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "a.txt").write_text("the cat sat on the mat\n" * 200)
+    prepare([clean], tmp_path / "base", PrepareOptions(workers=1, progress=False, oov=oov))
+    tokenizer = data_prep.load(tmp_path / "base").tokenizer
+    assert tokenizer.oov == oov
+    prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
+    assert data_prep.load(tmp_path / "new").meta["coverage"]["outside_characters"]["distinct"] > 0
+
+
+def test_by_default_a_clean_corpus_keeps_no_fallback_and_a_base_without_one_says_how_to_get_it(tmp_path):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "a.txt").write_text("the cat sat on the mat\n" * 200)
+    prepare([clean], tmp_path / "base", PrepareOptions(workers=1, progress=False))
+    assert len(data_prep.load(tmp_path / "base").tokenizer) == len(set("the cat sat on the mat\n")) + 1
+    with pytest.raises(DataError, match="prepared with --oov byte"):
+        prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
+
+
 @pytest.mark.parametrize("name", ["best.pt", "tokenizer.json", "folder without tokenizer.json"])
 def test_a_checkpoint_or_tokenizer_file_names_the_base_as_well(base, tmp_path, name):
     if name.startswith("folder"):
