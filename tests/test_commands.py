@@ -11,6 +11,7 @@ import pytest
 from data_prep.command import run_command
 from gpt import checkpoint as ck
 from gpt.train import TrainError, train
+from gpt.train.cli import INTERRUPTED
 from gpt.train.run_folder import RunFolder
 from tests.support import assert_one_line_error, ROOT, run_cli, tiny_run, write_corpus
 from tests.support import data  # noqa: F401 (a fixture)
@@ -331,8 +332,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
     def starting():
         raise KeyboardInterrupt
 
-    assert run_command("gpt-train", starting, interrupted="interrupted before a step boundary; the run folder keeps its last checkpoint, if it had one") == 130
-    assert capsys.readouterr().err == "gpt-train: error: interrupted before a step boundary; the run folder keeps its last checkpoint, if it had one\n"
+    assert run_command("gpt-train", starting, interrupted=INTERRUPTED) == 130
+    assert capsys.readouterr().err == f"gpt-train: error: {INTERRUPTED}\n"
 
 
 def test_ctrl_c_while_a_command_is_still_importing_is_one_line_and_exit_130(tmp_path):

@@ -118,6 +118,11 @@ def build_parser() -> Parser:
     return p
 
 
+# Ctrl-C outside the steps (while starting, evaluating or saving), where no checkpoint is written for it
+INTERRUPTED = ("interrupted before a step boundary; a run that had saved a checkpoint keeps it, and a new one that had not "
+               "leaves nothing (an --overwrite puts back the run it replaced)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "preset", "quiet") and v is not None}
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # the run is done and saved, whether or not its last line could be shown
 
     # training prints through progress.tolerant, which already outlives its reader
-    return run_command("gpt-train", work, interrupted="interrupted before a step boundary; the run folder keeps its last checkpoint, if it had one")
+    return run_command("gpt-train", work, interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":
