@@ -289,7 +289,7 @@ def test_half_written_files_of_a_killed_save_are_removed_at_the_next_start(data,
 def test_resuming_a_spent_budget_says_so_and_a_new_budget_continues(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=None, max_time=1.0), log=lambda s: None)
     proc = run_cli("gpt.train", "--resume", "--out", tmp_path / "run", "--quiet")
-    assert_one_line_error(proc, "gpt-train", "budget", "is used up", "--max-iters")
+    assert_one_line_error(proc, "gpt-train", "budget", "is used up", f"{tmp_path / 'run'} is at step", "--max-iters")
     step = ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"]
     result = train(overrides={"out": str(tmp_path / "run"), "max_iters": step + 3, "progress": False}, resume=True, log=lambda s: None)
     assert result.step == step + 3 and result.stopped_by == "max_iters"

@@ -74,7 +74,7 @@ def check_not_stopped_early(cfg: TrainConfig, state: dict) -> None:
 def check_budget_left(cfg: TrainConfig, step: int, elapsed: float) -> None:
     if (cfg.max_iters and step >= cfg.max_iters) or (cfg.max_time and elapsed >= cfg.max_time):
         budget = " and ".join(f"{k.replace('_', '-')} {getattr(cfg, k)}" for k in BUDGET_FIELDS if getattr(cfg, k))
-        raise TrainError(f"the run's budget ({budget}) is used up: it is at step {step} after {elapsed:.0f} s; "
+        raise TrainError(f"the run's budget ({budget}) is used up: {cfg.out} is at step {step} after {elapsed:.0f} s; "
                          f"give a larger one with --max-iters or --max-time (the whole run's total)")
 
 
