@@ -43,7 +43,7 @@ def build_meta(
     left_out = ("workers", "force", "progress", *(CHAR_ONLY if bpe else BPE_ONLY))
     options = {k: v for k, v in asdict(opts).items() if k not in left_out}
     if "oov" in options and options["oov"] is None:
-        options["oov"] = "byte"  # the default, as folders made before --oov could be left out record it
+        options["oov"] = "byte"  # the default (byte fallback where needed), recorded as meta.json always recorded it
     return {**meta, "sources": sources, "skipped": skipped, "options": options}
 
 
