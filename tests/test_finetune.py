@@ -242,6 +242,22 @@ def test_a_lora_run_whose_base_moved_or_changed_is_refused_naming_the_file(data,
     assert_one_line_error(proc, "gpt-eval", fragment, expected)
 
 
+def test_training_on_a_lora_runs_base_warns_that_the_lora_run_will_no_longer_load(data, base, tmp_path):
+    copy = tmp_path / "base"
+    shutil.copytree(base, copy)
+    train(overrides=tune(data, copy, tmp_path / "lora", max_iters=2, lora=2), log=lambda s: None)
+    train(overrides=tune(data, copy, tmp_path / "full", max_iters=2), log=lambda s: None)  # not LoRA: it keeps its own weights
+    for how in ({"resume": True}, {"overwrite": True}):
+        lines = []
+        overrides = {"out": str(copy), "max_iters": 32} if "resume" in how else {**TINY_MODEL, "data": str(data), "out": str(copy), "max_iters": 2}
+        train(overrides={**overrides, "device": "cpu", "progress": False}, log=lines.append, **how)
+        warned = [l for l in lines if l.startswith("warning:")]
+        assert len(warned) == 1 and f"{tmp_path / 'lora'} is a LoRA run" in warned[0] and "gpt-export --merge" in warned[0], lines
+    lines = []
+    train(overrides=tune(data, base, tmp_path / "other", max_iters=2), log=lines.append)  # a new run: nothing of the base changes
+    assert not [l for l in lines if l.startswith("warning:")]
+
+
 def test_a_lora_run_resumes_exactly(data, base, tmp_path):
     whole = train(overrides=tune(data, base, tmp_path / "whole", max_iters=12, lora=2), log=lambda s: None)
     first = train(overrides=tune(data, base, tmp_path / "split", max_iters=12, lora=2), should_stop=lambda s: s == 5, log=lambda s: None)

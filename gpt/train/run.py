@@ -17,7 +17,7 @@ from .base import Base
 from .optim import adamw_state_bytes, check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
-from .run_folder import RunFolder, default_run_dir
+from .run_folder import RunFolder, lora_runs_on, default_run_dir
 from .trainer import Trainer, TrainResult
 
 BUDGET_FIELDS = ("max_iters", "max_time")
@@ -172,6 +172,10 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             # optimizer moments included) would otherwise stay in memory to the end of the run
             resume_state.clear()
         if dist_.is_main:
+            if resuming or folder.replaces_run:
+                for other in lora_runs_on(run_dir):
+                    log(f"warning: {other} is a LoRA run on a checkpoint of {run_dir}, and loads only on that exact file: once this "
+                        f"run replaces it, {other} no longer loads (gpt-export --merge {other} first keeps its model)")
             folder.set_aside_previous_run()  # only now: a refused start leaves an --overwrite folder's old run in place
             trainer.after_save = folder.settle  # the first checkpoint of its own: the run it replaced goes
             if resuming:

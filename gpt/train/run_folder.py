@@ -45,6 +45,23 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def lora_runs_on(path: Path) -> list[Path]:
+    """The LoRA runs beside `path` (in the same parent folder) whose base checkpoint is in
+    it: a LoRA checkpoint holds only its adapters, and loads only on that exact base."""
+    found = []
+    for config_file in sorted(path.parent.glob("*/config.json")):
+        if config_file.parent == path:
+            continue
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            base = Path(config["lora"]["base"]["path"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if base.parent == path.resolve():
+            found.append(config_file.parent)
+    return found
+
+
 def holds_run(path: Path) -> bool:
     """Whether `path` holds a run: a checkpoint, or the config.json a run writes first."""
     if (path / ck.LATEST).exists() or (path / ck.BEST).exists():
