@@ -1,5 +1,6 @@
 """The commands as a new user meets them: one run per folder, output that may go away,
 full disks, files where folders belong, and every expected failure in one line."""
+import io
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from data_prep.command import run_command
 from gpt import checkpoint as ck
 from gpt.train import TrainError, train
 from gpt.train.cli import INTERRUPTED
+from gpt.train.progress import Progress
 from gpt.train.run_folder import RunFolder
 from tests.support import assert_one_line_error, ROOT, run_cli, tiny_run, write_corpus
 from tests.support import data  # noqa: F401 (a fixture)
@@ -391,15 +393,22 @@ def test_without_a_terminal_progress_is_plain_lines(data, tmp_path, monkeypatch,
 
 
 
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal: where gpt-train draws its progress bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("max_time,total", [(None, 2000), (8.0, None)])
+def test_the_bar_counts_towards_the_step_budget_only_when_no_time_budget_may_end_the_run_first(monkeypatch, max_time, total):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    progress = Progress(True, 0, max_iters=2000, max_time=max_time, log=lambda line: None)
+    assert progress.bar.total == total  # 2,000 steps would not be reached in 8 s: no time left counted from them
+    progress.close()
+
+
 def test_on_a_terminal_the_bar_shows_the_time_left_of_a_time_budget(monkeypatch):
-    import io
-
-    from gpt.train.progress import Progress
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     progress = Progress(True, 0, max_iters=None, max_time=60.0, log=lambda line: None)

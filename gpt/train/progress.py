@@ -24,7 +24,9 @@ class Progress:
         self.show = show
         self.bar = None
         if show and sys.stderr.isatty():
-            total = max_iters if max_iters else None
+            # a step count the time budget may end first would show a false time left; with a
+            # time budget the bar counts steps and its text says the seconds left
+            total = max_iters if max_iters and not max_time else None
             self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
         self.last_plain = time.perf_counter()
 
