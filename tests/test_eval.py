@@ -309,6 +309,15 @@ def test_bad_input_gets_one_clear_line_and_a_failing_exit(bad, ckpt, capsys, cas
     assert_one_line_error(proc, "gpt-eval", *fragments)
 
 
+def test_a_split_of_another_vocabulary_is_refused_naming_the_model_and_the_folder(ckpt, tmp_path, capsys):
+    from data_prep.prepare import PrepareOptions, prepare
+
+    (tmp_path / "other.txt").write_text("ΩμέγαΞΨ " * 500, encoding="utf-8")
+    prepare([tmp_path / "other.txt"], tmp_path / "other", PrepareOptions(workers=1, progress=False))
+    proc = run_main(capsys, "--ckpt", ckpt, "--split", "val", "--data", tmp_path / "other")
+    assert_one_line_error(proc, "gpt-eval", f"{tmp_path / 'other'} was prepared with another vocabulary than {ckpt}")
+
+
 def test_quantize_where_this_torch_has_no_int8_kernel_is_one_clear_line(bad, ckpt, capsys, monkeypatch):
     monkeypatch.delattr(torch, "_weight_int8pack_mm")
     proc = run_main(capsys, "--ckpt", ckpt, bad / "good.txt", "--quantize", "int8")

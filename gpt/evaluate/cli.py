@@ -70,7 +70,7 @@ def run(args) -> None:
             data = data or run_.data  # the first run's data folder, unless --data names one
             if not data:
                 raise EvalError(f"{run_.checkpoint} does not record the data it was trained on; name a folder with --data, or give text FILEs")
-            stream = open_split(data, args.split or "val", run_.tokenizer)
+            stream = open_split(data, args.split or "val", run_.tokenizer, run_.checkpoint)
         results.append(evaluate(run_, stream, args.stride, args.batch_size, args.dtype, progress=not args.quiet))
         run_.model = None  # one model in memory at a time
     print(as_json(results) if args.json else table(results))

@@ -165,10 +165,11 @@ def describe_paths(paths: list[str]) -> str:
     return names + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-def open_split(folder: str | Path, name: str, tokenizer: Tokenizer) -> SplitStream:
-    """A prepared split, refused when it was encoded with another vocabulary than the model's."""
+def open_split(folder: str | Path, name: str, tokenizer: Tokenizer, model: str | Path = "the model") -> SplitStream:
+    """A prepared split, refused when it was encoded with another vocabulary than that of
+    `model` (named in the message: with several runs, the data folder is the first's)."""
     data = data_prep.load(folder)
     if data.tokenizer.fingerprint() != tokenizer.fingerprint():
-        raise EvalError(f"{folder} was prepared with another vocabulary than the model's; give the text as files instead, "
-                        f"and they are encoded with the model's own")
+        raise EvalError(f"{folder} was prepared with another vocabulary than {model}'s; give the text as files instead, "
+                        f"and each model encodes them with its own")
     return SplitStream(data, name)
