@@ -24,6 +24,7 @@ except ImportError:  # not on Windows: no run locks there
 import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
+from data_prep.discovery import is_prepared_data
 from data_prep.errors import UserError, check_version, first_line
 
 from .config import ConfigError, ModelConfig
@@ -151,6 +152,9 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str 
         for name in (prefer, LATEST, BEST):
             if (p / name).is_file():
                 return p / name
+        if is_prepared_data(p):
+            raise CheckpointError(f"{p} is a data folder written by gpt-prepare, not a run folder; name a run folder or a checkpoint "
+                                  "(gpt-train writes them under checkpoints/)")
         running = training_process(p)
         if running is not None:
             raise CheckpointError(f"run folder {p} has no checkpoint yet: a gpt-train run (process {running}) is training there "

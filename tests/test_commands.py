@@ -297,6 +297,11 @@ def test_resuming_a_spent_budget_says_so_and_a_new_budget_continues(data, tmp_pa
     assert result.step == step + 3 and result.stopped_by == "max_iters"
 
 
+def test_a_data_folder_given_as_a_run_is_named_as_a_data_folder(data):
+    with pytest.raises(ck.CheckpointError, match="is a data folder written by gpt-prepare, not a run folder"):
+        ck.resolve_checkpoint(data)
+
+
 def test_resume_with_nothing_to_resume_names_gpt_trains_own_option(tmp_path):
     proc = run_cli("gpt.train", "--resume", "--quiet", cwd=tmp_path)
     assert_one_line_error(proc, "gpt-train", "name a run folder with --out")
