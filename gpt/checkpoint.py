@@ -18,7 +18,7 @@ from pathlib import Path
 
 try:
     import fcntl
-except ImportError:  # not on Windows: no run locks there
+except ImportError:  # Windows has no flock: no run locks there (as in train/run_folder.py)
     fcntl = None
 
 import torch

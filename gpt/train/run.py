@@ -17,7 +17,7 @@ from .base import Base
 from .optim import adamw_state_bytes, check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
-from .run_folder import RunFolder, lora_runs_on, default_run_dir
+from .run_folder import RunFolder, default_run_dir, lora_runs_on
 from .trainer import Trainer, TrainResult
 
 BUDGET_FIELDS = ("max_iters", "max_time")
@@ -83,10 +83,9 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     """Start (or with `resume`, continue) a run. `overrides` are explicit option values;
     `should_stop(step)` lets a caller end the run at a step boundary (it is checkpointed)."""
     overrides, log = dict(overrides or {}), tolerant(log)
-    if resume:
-        check_resume_options(preset, overrides, overwrite)
     resume_state = base = None
     if resume:
+        check_resume_options(preset, overrides, overwrite)
         run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
         RunFolder.settle_if_idle(run_dir)  # an --overwrite killed before its first checkpoint: the run it replaced comes back
         resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
