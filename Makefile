@@ -17,7 +17,7 @@ DEMO   ?= .demo
 DEMO_RUN ?= checkpoints/demo
 DEMO_TIME ?= 180
 
-.PHONY: demo test bench clean torch-choice
+.PHONY: demo test lint bench clean torch-choice
 
 # The torch choice is remembered in .venv/.torch; a different choice reinstalls torch. A
 # torch already in .venv with no record (put there by hand, or by CI) is kept.
@@ -47,6 +47,10 @@ demo: torch-choice $(VENV)/.installed
 
 test: torch-choice $(VENV)/.installed
 	$(PY) -m pytest tests
+
+# ruff, configured in pyproject.toml ([tool.ruff]); installed with the test extra
+lint: torch-choice $(VENV)/.installed
+	$(PY) -m ruff check .
 
 bench: torch-choice $(VENV)/.installed
 	$(PY) bench/prepare_bench.py ../shared/corpora/owt-sample

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data_prep  # noqa: E402
-from data_prep.errors import UserError  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
 from data_prep.prepare import PrepareOptions, prepare  # noqa: E402
 from data_prep.tokenizer import EOT  # noqa: E402
 from gpt.evaluate.evaluate import evaluate, load_run  # noqa: E402

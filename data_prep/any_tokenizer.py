@@ -8,7 +8,8 @@ from functools import lru_cache
 from typing import Union
 
 from .bpe import BpeTokenizer
-from .errors import DataError, first_line
+from .errors import DataError
+from plumbing.errors import first_line
 from .tokenizer import CharTokenizer
 from .tokenizer_file import file_kind
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from .dataset import TOKENIZER_FILE  # beside every run's checkpoints and in every data folder
 from .discovery import display_name
 from .any_tokenizer import Tokenizer, tokenizer_from_json
-from .errors import DataError, UserError, first_line
+from .errors import DataError
+from plumbing.errors import UserError, first_line
 
 CHECKPOINTS = ("best.pt", "latest.pt")
 

@@ -18,7 +18,9 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 
-from .errors import DataError, first_line
+from .errors import DataError
+
+from plumbing.errors import first_line
 from .pieces import safe_pieces
 from .tokenizer import EOT, IncrementalDecoder, smallest_dtype
 from .tokenizer_file import bpe_tokenizer_dict, byte_level_alphabet, read_bpe_tokenizer

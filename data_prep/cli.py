@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .command import Parser, run_command
+from plumbing.command import Parser, run_command
 from .discovery import display_name
 from .options import CHAR_ONLY, TOKENIZERS
 from .prepare import PrepareOptions, prepare

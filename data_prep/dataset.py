@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .any_tokenizer import Tokenizer, tokenizer_from_dict
-from .errors import DataError, check_version, first_line
+from .errors import DataError
+from plumbing.errors import check_version, first_line
 from .shards import open_shard
 
 META_FILE = "meta.json"
@@ -74,7 +75,7 @@ def load(path: str | Path) -> PreparedData:
     meta = read_json(path / META_FILE, "data metadata")
     if meta.get("format") != DATA_FORMAT:
         raise DataError(f"{path / META_FILE} is not a gpt-prepare metadata file")
-    check_version(meta.get("version"), DATA_VERSION, f"data folder {path}")
+    check_version(meta.get("version"), DATA_VERSION, f"data folder {path}", DataError)
     check_complete(meta, path / META_FILE)
     tokenizer = tokenizer_from_dict(read_json(path / TOKENIZER_FILE, "tokenizer"))
     check_tokenizer_matches(meta, tokenizer, path)

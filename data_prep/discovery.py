@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dataset import DATA_FORMAT, META_FILE
-from .errors import DataError, display_name
+from .errors import DataError
+from plumbing.errors import display_name
 
 
 @dataclass

@@ -30,10 +30,11 @@ from .bpe_train import LearnBpe
 from .dataset import META_FILE, TOKENIZER_FILE
 from .discovery import Source, discover, display_name
 from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
-from .errors import DataError, first_line
+from .errors import DataError
+from plumbing.errors import first_line
 from .meta import build_meta
 from .options import PrepareOptions
-from .output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place,
+from plumbing.output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place,
                             parents_removed_on_failure)
 from .records import work_offline
 from .scan import Scan, make_units
@@ -71,7 +72,7 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
     check_replaceable(out)
     clean_after_killed_runs(out)
-    check_output(out, opts.force)
+    check_output(out, opts.force, DataError)
     check_not_an_input(out, [*inputs, *([opts.vocab_from] if opts.vocab_from else [])])
     base = load_base_tokenizer(opts.vocab_from) if opts.vocab_from else None  # a bad base fails before any work
     sources = discover(inputs, exclude=out)
@@ -89,7 +90,7 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
             with Workers(opts.workers or os.cpu_count() or 1) as workers:
                 summary = _prepare_into(sources, tmp, opts, workers, base)
             shutil.rmtree(tmp / "work")
-            check_output(out, opts.force)  # a folder made there while this run worked is the user's, as one at the start
+            check_output(out, opts.force, DataError)  # a folder made there while this run worked is the user's, as one at the start
             move_into_place(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

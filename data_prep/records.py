@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .decode import CHUNK_BYTES, DecodeStats, Document
-from .errors import first_line
+from plumbing.errors import first_line
 from .streams import SourceError, open_content
 
 JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}

@@ -11,7 +11,7 @@ from typing import Iterator
 from . import sources as src
 from .decode import DecodeStats, Document
 from .discovery import Source
-from .errors import first_line
+from plumbing.errors import first_line
 from .options import PrepareOptions
 from .records import datasets_documents, json_lines_documents
 from .scratch import ScratchIndex, ScratchWriter

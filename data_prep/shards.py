@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, check_version, writing
+from .errors import DataError, writing
+
+from plumbing.errors import check_version
 
 MAGIC = b"GPTOKENS"
 SHARD_VERSION = 1
@@ -46,7 +48,7 @@ def read_header(path: Path) -> tuple[np.dtype, int]:
     magic, version, width, count = HEADER.unpack(raw)
     if magic != MAGIC:
         raise DataError(f"{path} is not a token shard (bad magic bytes)")
-    check_version(version, SHARD_VERSION, f"shard {path}")
+    check_version(version, SHARD_VERSION, f"shard {path}", DataError)
     if width not in DTYPES:
         raise DataError(f"shard {path} is corrupt: unknown token width {width}")
     expected = HEADER_SIZE + count * width

@@ -21,7 +21,9 @@ from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataError, check_version, first_line
+from .errors import DataError
+
+from plumbing.errors import check_version, first_line
 from .tokenizer_file import UNK, char_tokenizer_dict, is_hf_tokenizer, read_char_tokenizer
 
 TOKENIZER_KIND = "char"
@@ -200,7 +202,7 @@ class CharTokenizer:
     def _from_first_format(cls, d: dict) -> "CharTokenizer":
         if not isinstance(d, dict) or d.get("kind") != TOKENIZER_KIND:
             raise DataError(f"not a character tokenizer (kind {d.get('kind') if isinstance(d, dict) else None!r})")
-        check_version(d.get("version"), TOKENIZER_VERSION, "the tokenizer")
+        check_version(d.get("version"), TOKENIZER_VERSION, "the tokenizer", DataError)
         tok = cls(chars=list(d["chars"]), oov=d["oov"], specials=list(d["special_tokens"]))
         if "vocab_size" in d and d["vocab_size"] != len(tok):
             raise DataError(f"tokenizer file is inconsistent: it says {d['vocab_size']} tokens but defines {len(tok)}")

@@ -25,7 +25,8 @@ import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
 from data_prep.discovery import is_prepared_data
-from data_prep.errors import UserError, check_version, first_line
+from plumbing.atomic import atomic_write_bytes, atomic_write_text
+from plumbing.errors import UserError, check_version, first_line
 
 from .config import ConfigError, ModelConfig
 from .model import build_model
@@ -41,31 +42,6 @@ DEFAULT_ROOT = Path("checkpoints")
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, too new or does not fit the data/options."""
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it, rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename == str(tmp):
-            e.filename = str(path)  # the message names the file the user asked for, not the temporary one
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # make the rename itself durable
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def plain_state_dict(model: torch.nn.Module) -> dict:

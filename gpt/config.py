@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from data_prep.errors import UserError
+from plumbing.errors import UserError
 
 
 DEFAULT_PATIENCE = 5

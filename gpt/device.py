@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from data_prep.errors import UserError
+from plumbing.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

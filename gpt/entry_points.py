@@ -1,7 +1,7 @@
 """The installed commands ([project.scripts] in pyproject.toml): Ctrl-C while they start.
 
 A command spends its first seconds importing torch and numpy (2 to 3 s on a 2-core CPU)
-before its `main`, and `data_prep.command.run_command` in it, can turn Ctrl-C into one
+before its `main`, and `plumbing.command.run_command` in it, can turn Ctrl-C into one
 line; Python would print the interrupted import's traceback instead, dozens of lines. So
 each entry point first makes Ctrl-C end the process at once with one line (nothing has
 been written yet), imports its command, then hands Ctrl-C back to Python for the command's
@@ -23,7 +23,7 @@ def entry_point(prog: str, module: str, interrupted: str | None = "interrupted w
     as gpt-sample says nothing when stopped) and exit status 130."""
 
     def stop_while_starting(signum, frame) -> None:
-        # data_prep.command.fail would write this line, but importing it is what is being
+        # plumbing.command.fail would write this line, but importing it is what is being
         # interrupted; and an import half done cannot be unwound, so the process ends here
         if interrupted:
             os.write(2, f"{prog}: error: {interrupted}\n".encode())

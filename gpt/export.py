@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from data_prep import DataError, Tokenizer, tokenizer_from_json
-from data_prep.errors import UserError, check_version, first_line
-from data_prep.output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place,
+from plumbing.errors import UserError, check_version, first_line
+from plumbing.output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place,
                                     parents_removed_on_failure)
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, plain_state_dict, resolve_checkpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.command import Parser, command
+from plumbing.command import Parser, command
 
 from .checkpoint import EXPORT_FOLDER, resolve_checkpoint
 from .export import EXPORT_FORMATS, export_safetensors

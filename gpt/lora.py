@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data_prep.errors import UserError
+from plumbing.errors import UserError
 
 from .checkpoint import plain_name
 

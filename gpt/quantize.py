@@ -24,7 +24,7 @@ import platform
 import torch
 import torch.nn as nn
 
-from data_prep.errors import UserError, first_line
+from plumbing.errors import UserError, first_line
 
 QUANTIZE_MODES = ("int8",)
 COMPUTE_DTYPE = torch.bfloat16  # the activations' dtype inside the product (see the docstring)

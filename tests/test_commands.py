@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.command import run_command
+from plumbing.command import run_command
 from gpt import checkpoint as ck
 from gpt.train import TrainError, train
 from gpt.train.cli import INTERRUPTED

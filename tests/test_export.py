@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from data_prep.output_folder import move_into_place
+from plumbing.output_folder import move_into_place
 from gpt.export import ExportError, export_safetensors, load_export
 from gpt.sample import Generator, SamplingOptions
 from tests.support import assert_one_line_error, dead_pid, one_thread, run_cli, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)

@@ -10,7 +10,7 @@ import pytest
 
 from data_prep import decode
 from data_prep.errors import DataError
-from data_prep.output_folder import beside_stem
+from plumbing.output_folder import beside_stem
 from data_prep import prepare as prepare_module
 from data_prep import scratch as scratch_module
 from tests.support import dead_pid

@@ -45,13 +45,25 @@ def test_resumed_run_matches_uninterrupted_run_step_for_step(data, tmp_path):
 
 
 def test_a_resumed_run_keeps_the_device_it_was_started_on(data, tmp_path, monkeypatch):
-    """A --device cpu run resumed without --device stays on the CPU of a machine with a GPU
-    (made to look present here: a move to CUDA would fail on a CPU-only machine)."""
+    """A --device cpu run resumed without --device stays on the CPU of a machine with a GPU.
+    The GPU is made to look present only while the run chooses its device: faked for the
+    whole run, torch's own optimizer would ask a CUDA build's driver for its stream."""
+    import gpt.train.run as run_module
+
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [])
+    choose = run_module.resolve_device
+    chosen = []
+
+    def choose_where_a_gpu_looks_present(name):
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: True)
+            chosen.append(choose(name))
+        return chosen[-1]
+
+    monkeypatch.setattr(run_module, "resolve_device", choose_where_a_gpu_looks_present)
     lines = []
     result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 6, "progress": False}, resume=True, log=lines.append)
+    assert [d.type for d in chosen] == ["cpu"]
     assert result.step == 6
     assert any(line.startswith("resuming") and " on cpu (" in line for line in lines), lines
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from data_prep.command import Parser, command
+from plumbing.command import Parser, command
 
 from ..device import resolve_device
 from ..quantize import QUANTIZE_MODES

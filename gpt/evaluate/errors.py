@@ -1,5 +1,5 @@
 """Evaluation's expected failures."""
-from data_prep.errors import UserError
+from plumbing.errors import UserError
 
 
 class EvalError(UserError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.command import Parser, command
+from plumbing.command import Parser, command
 
 from .figure import draw_runs, picture_format, save_figure
 from .runs import X_AXES, PlotError, read_run

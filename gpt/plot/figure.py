@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes
+from plumbing.atomic import atomic_write_bytes
 from .runs import PlotError, RunMetrics
 
 INSTALL_HINT = "pip install 'chargpt[plot]' (or pip install matplotlib)"

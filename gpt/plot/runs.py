@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.discovery import display_name
-from data_prep.errors import UserError
+from plumbing.errors import display_name
+from plumbing.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"  # gpt.train.metrics writes it; importing that would pull in the trainer
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # what a picture's x axis can be: the record key

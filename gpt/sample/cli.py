@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.command import Parser, command
+from plumbing.command import Parser, command
 
 from ..quantize import QUANTIZE_MODES
 from .generate import Generator

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from data_prep import Tokenizer
-from data_prep.errors import UserError
+from plumbing.errors import UserError
 
 
 class GenerationError(UserError):

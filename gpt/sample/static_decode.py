@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from data_prep.errors import first_line
+from plumbing.errors import first_line
 
 from ..kv_cache import KVCache
 from .sampling import sample_next

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from data_prep.command import Parser, run_command
+from plumbing.command import Parser, run_command
 
 from ..config import ACTIVATIONS, DEFAULT_PATIENCE, OPTIMIZERS, TrainConfig
 from .presets import FINETUNE, FINETUNE_LORA, PRESETS, describe, short

@@ -1,7 +1,7 @@
 """The training stage's expected failures."""
 from __future__ import annotations
 
-from data_prep.errors import UserError
+from plumbing.errors import UserError
 
 
 class TrainError(UserError):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from plumbing.atomic import atomic_write_text
 from .errors import NonFiniteLoss
 
 METRICS_FILE = "metrics.jsonl"

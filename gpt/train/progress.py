@@ -10,7 +10,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from data_prep.command import silence_stdout
+from plumbing.command import silence_stdout
 
 PLAIN_EVERY_S = 30.0  # without a terminal, a progress line at most this often
 

@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from data_prep.output_folder import missing_parents, remove_empty
+from plumbing.output_folder import missing_parents, remove_empty
 
 from .. import checkpoint as ck
 from ..plot.live import PICTURE_FILE

@@ -20,7 +20,7 @@ import torch
 
 import data_prep
 from data_prep import tokenizer_from_json
-from data_prep.errors import first_line
+from plumbing.errors import first_line
 
 from .. import checkpoint as ck
 from .. import lora

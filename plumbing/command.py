@@ -10,7 +10,7 @@ SIGTERM. A reader that goes away (`gpt-sample | head`) ends the command quietly;
 whose product is files (gpt-prepare, gpt-train, gpt-export, gpt-plot) goes on without it.
 Warnings are shown as one line each, `PROG: warning: ...`, while the command runs.
 
-It lives in `data_prep`, the bottom layer of the toolkit, so that every command shares
+It lives in `plumbing`, below both packages, so that every command shares
 it without `gpt-prepare` importing torch.
 """
 from __future__ import annotations

@@ -13,8 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .discovery import display_name
-from .errors import DataError
+from .atomic import sync_folder, sync_tree
+from .errors import UserError, display_name
+
+
+class OutputFolderError(UserError):
+    """An output folder that cannot be written or replaced: in use, a file, not empty."""
 
 
 def claim(out: Path) -> Path:
@@ -29,7 +33,7 @@ def claim(out: Path) -> Path:
     tmp.mkdir(parents=True)
     try:
         busy(out)
-    except DataError:
+    except OutputFolderError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
@@ -84,7 +88,7 @@ def parents_removed_on_failure(path: Path) -> Iterator[None]:
 def busy(out: Path) -> None:
     for p, kind, pid in leftovers(out):
         if kind == "partial" and pid != os.getpid() and process_exists(pid):
-            raise DataError(f"another process (pid {pid}) is writing {display_name(out)}; wait for it to finish "
+            raise OutputFolderError(f"another process (pid {pid}) is writing {display_name(out)}; wait for it to finish "
                             f"(or, if that process is no gpt-prepare or gpt-export, remove {display_name(p)})")
 
 
@@ -123,7 +127,7 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-def check_output(out: Path, force: bool, error: type[Exception] = DataError) -> None:
+def check_output(out: Path, force: bool, error: type[Exception] = OutputFolderError) -> None:
     """Refuse a file where the folder goes, and a folder with something in it unless `force`:
     at the start, and again just before the swap (a folder made there meanwhile is the user's)."""
     if out.exists() and not out.is_dir():
@@ -136,9 +140,9 @@ def check_replaceable(out: Path) -> None:
     """Refuse an output folder that renaming cannot replace (a mount point), or whose
     replacing would delete the folder the shell is in from under it."""
     if os.path.ismount(out):
-        raise DataError(f"--out {display_name(out)} is a mount point, which cannot be replaced by renaming; name a folder inside it")
+        raise OutputFolderError(f"--out {display_name(out)} is a mount point, which cannot be replaced by renaming; name a folder inside it")
     if first_inside(out, [os.getcwd()]) is not None:
-        raise DataError(f"--out {display_name(out)} is, or holds, the current folder, which replacing it would delete "
+        raise OutputFolderError(f"--out {display_name(out)} is, or holds, the current folder, which replacing it would delete "
                         "from under the shell; run from another folder, or name another output")
 
 
@@ -168,34 +172,8 @@ def move_into_place(tmp: Path, out: Path) -> None:
         if old is not None:
             os.replace(old, out)
         raise
-    sync(out.parent)
+    sync_folder(out.parent)
     if old is not None and old.is_symlink():  # an --out that was a link: the link goes, not what it named
         old.unlink()
     elif old is not None:
         shutil.rmtree(old, ignore_errors=True)  # the new output is in place: nothing to fail for now
-
-
-def sync_tree(folder: Path) -> None:
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(Path(root) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # a failure here (EIO) means the data may not be on disk: the run fails
-            finally:
-                os.close(fd)
-        sync(Path(root))
-
-
-def sync(folder: Path) -> None:
-    """fsync a folder: its entries are what a rename changes. Not every system can open a
-    folder for this, nor every file system sync one; there it is the rename's own care."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
