@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from plumbing.errors import UserError
 
-from .checkpoint import plain_name
+from .store.checkpoint import plain_name
 
 TARGETS = ("qkv", "proj", "fc")  # attention's fused projection, the two output projections, the MLP's input
 

@@ -15,7 +15,7 @@ import torch
 
 from data_prep import CharTokenizer
 from data_prep.prepare import PrepareOptions, prepare
-from gpt.checkpoint import plain_state_dict, save_checkpoint
+from gpt.store.checkpoint import plain_state_dict, save_checkpoint
 from gpt.config import ModelConfig
 from gpt.kv_cache import KVCache
 from gpt.model import build_model

@@ -105,8 +105,9 @@ def test_a_sample_streams_byte_tokens_as_whole_characters_and_stops_inside_the_t
 
 
 def test_an_export_of_a_bpe_run_keeps_its_tokenizer(run):
-    from gpt.export import export_safetensors, load_export
+    from gpt.export.write import export_model
+    from gpt.store.export_folder import load_export
 
-    folder = export_safetensors(run / "run", run / "export")
+    folder = export_model(run / "run", run / "export")
     _model, tok = load_export(folder)
     assert tok.fingerprint() == data_prep.load(run / "data").tokenizer.fingerprint() and tok.kind == "bpe"

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from plumbing.command import run_command
-from gpt import checkpoint as ck
+from gpt.store import checkpoint as ck
+from gpt.store.runs import resolve_checkpoint
 from gpt.train import TrainError, train
 from gpt.train.cli import INTERRUPTED
 from gpt.train.progress import Progress
-from gpt.train.run_folder import RunFolder
+from gpt.store.run_folder import RunFolder
 from tests.support import assert_one_line_error, ROOT, run_cli, tiny_run, write_corpus
 from tests.support import data  # noqa: F401 (a fixture)
 
@@ -49,7 +50,7 @@ def test_two_runs_started_at_once_on_one_folder_leave_one_run(data, tmp_path):
 
 
 def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
-    holder = ("import sys, time; from pathlib import Path; from gpt.train.run_folder import RunFolder\n"
+    holder = ("import sys, time; from pathlib import Path; from gpt.store.run_folder import RunFolder\n"
               "RunFolder.claim(Path(sys.argv[1]), new_run=True, overwrite=False); print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "run")], stdout=subprocess.PIPE, cwd=ROOT)
     assert proc.stdout.readline() == b"held\n"
@@ -95,7 +96,7 @@ def test_every_command_survives_its_output_being_cut_short(data, tmp_path, comma
         "sample": "gpt.sample --ckpt run --max-new-tokens 2000 --ignore-eot --device cpu",
         "eval": "gpt.evaluate --ckpt run --device cpu",
         "plot": "gpt.plot run --out run.png",
-        "export": "gpt.export_cli run --out exported",
+        "export": "gpt.export.cli run --out exported",
     }
     if command not in ("prepare", "train"):
         train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
@@ -179,10 +180,10 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_ba
 
 def test_an_overwrite_takes_the_old_runs_export_with_it(data, tmp_path):
     # left in place, RUN/safetensors would sample the old model as if it were the new run's
-    from gpt.export import export_safetensors
+    from gpt.export.write import export_model
 
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
-    export_safetensors(tmp_path / "run", tmp_path / "run" / "safetensors")
+    export_model(tmp_path / "run", tmp_path / "run" / "safetensors")
     with pytest.raises(TrainError, match="stand-in"):  # ends before its first checkpoint: the export comes back
         train(overrides=tiny_run(data, tmp_path / "run", max_iters=50, eval_interval=40), overwrite=True,
               should_stop=fail_at_step(3), log=lambda s: None)
@@ -230,7 +231,7 @@ def test_resume_after_an_overwrite_killed_before_its_first_checkpoint_continues_
         os.replace(tmp_path / "run" / name, aside / name)
     (aside / ".complete").touch()
     with pytest.raises(ck.CheckpointError, match="waits in .*previous-run"):  # a reader says where it is
-        ck.resolve_checkpoint(tmp_path / "run")
+        resolve_checkpoint(tmp_path / "run")
     result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 14, "progress": False}, resume=True, log=lambda s: None)
     assert result.step == 14 and not aside.exists()
 
@@ -299,7 +300,7 @@ def test_resuming_a_spent_budget_says_so_and_a_new_budget_continues(data, tmp_pa
 
 def test_a_data_folder_given_as_a_run_is_named_as_a_data_folder(data):
     with pytest.raises(ck.CheckpointError, match="is a data folder written by gpt-prepare, not a run folder"):
-        ck.resolve_checkpoint(data)
+        resolve_checkpoint(data)
 
 
 def test_resume_with_nothing_to_resume_names_gpt_trains_own_option(tmp_path):
@@ -331,7 +332,7 @@ def test_a_folder_whose_run_has_not_saved_yet_is_named_as_in_use_not_as_empty(da
     finally:
         folder.release()
     with pytest.raises(ck.CheckpointError, match="has no checkpoint") as e:  # once it is gone, the folder is empty
-        ck.resolve_checkpoint(tmp_path / "run")
+        resolve_checkpoint(tmp_path / "run")
     assert "training there" not in str(e.value)
 
 

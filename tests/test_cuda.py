@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from gpt import checkpoint as ck
+from gpt.store import checkpoint as ck
 from gpt.sample import GenerationError, Generator, SamplingOptions
 from gpt.train import train
 from tests.support import ROOT, tiny_run, train_tiny_model

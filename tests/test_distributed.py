@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from gpt import checkpoint as ck
+from gpt.store import checkpoint as ck
 from gpt.train import train
 from tests.support import ROOT, TINY_MODEL, prepared
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt.checkpoint import plain_state_dict, save_checkpoint
+from gpt.store.checkpoint import plain_state_dict, save_checkpoint
 from gpt.evaluate import SlidingWindows, TextStream, Windows, evaluate, load_run
 from gpt.evaluate.cli import main
 from gpt.evaluate.scorer import TokenScorer
@@ -245,9 +245,9 @@ def test_quantize_int8_scores_the_model_gpt_sample_quantize_int8_samples_from(ck
 
 
 def test_an_export_folder_scores_as_the_checkpoint_it_was_written_from(ckpt, tmp_path, capsys):
-    from gpt.export import export_safetensors
+    from gpt.export.write import export_model
 
-    folder = export_safetensors(ckpt, tmp_path / "export")
+    folder = export_model(ckpt, tmp_path / "export")
     (tmp_path / "t.txt").write_text("".join(DOCUMENTS), encoding="utf-8")
     runs = []
     for run in (ckpt, folder):

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from plumbing.output_folder import move_into_place
-from gpt.export import ExportError, export_safetensors, load_export
+from gpt.store.export_folder import ExportError, load_export
+from gpt.export.write import export_model
 from gpt.sample import Generator, SamplingOptions
 from tests.support import assert_one_line_error, dead_pid, one_thread, run_cli, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
 
@@ -27,7 +28,7 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory) -> Path:
-    return export_safetensors(run, tmp_path_factory.mktemp("exports") / "tiny")
+    return export_model(run, tmp_path_factory.mktemp("exports") / "tiny")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -37,7 +38,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("pos", ["rope", "learned"])
 def test_an_export_loads_as_exactly_the_checkpoint_s_model(tmp_path, pos):
     model, tok, cfg = train_tiny_model(pos=pos, steps=20)
-    export = export_safetensors(write_checkpoint(tmp_path / "run", model, tok, cfg), tmp_path / "export")
+    export = export_model(write_checkpoint(tmp_path / "run", model, tok, cfg), tmp_path / "export")
     from_ckpt = Generator.load(tmp_path / "run", "cpu", "fp32")
     from_export = Generator.load(export, "cpu", "fp32")
     x = torch.tensor([tok.encode("the cat sat")])
@@ -103,7 +104,7 @@ def readme_logits(folder: Path, ids: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("pos", ["rope", "learned"])
 def test_the_readme_s_tensor_table_is_enough_to_run_an_export_without_this_package(tmp_path, pos):
     model, tok, cfg = train_tiny_model(pos=pos)  # 60 steps: enough that, with rotary positions, the tanh GELU misses the tolerance
-    export = export_safetensors(write_checkpoint(tmp_path / "run", model, tok, cfg), tmp_path / "export")
+    export = export_model(write_checkpoint(tmp_path / "run", model, tok, cfg), tmp_path / "export")
     ids = tok.encode("the cat sat on t")
     with torch.inference_mode():
         want = model(torch.tensor([ids]))[0][0]
@@ -123,7 +124,7 @@ def test_an_export_folder_samples_in_int8_as_its_checkpoint_does(exported, run):
 
 
 def test_the_command_writes_the_export_into_the_run_folder_by_default(run):
-    r = run_cli("gpt.export_cli", run, "--format", "safetensors")
+    r = run_cli("gpt.export.cli", run, "--format", "safetensors")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert sorted(p.name for p in (run / "safetensors").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
@@ -133,10 +134,10 @@ def test_exporting_over_an_existing_folder_needs_force_and_loses_nothing(run, tm
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    r = run_cli("gpt.export_cli", run, "--out", out)
+    r = run_cli("gpt.export.cli", run, "--out", out)
     assert_one_line_error(r, "gpt-export", f"{out} already exists", "--force")
     assert snapshot(out) == {"mine.txt": b"keep me"}
-    r = run_cli("gpt.export_cli", run, "--out", out, "--force")
+    r = run_cli("gpt.export.cli", run, "--out", out, "--force")
     assert r.returncode == 0, r.stderr
     assert sorted(snapshot(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -147,30 +148,30 @@ def test_an_export_into_the_run_folder_it_reads_is_refused_even_with_force(run, 
     before = files()
     for out in (run, run.parent):  # the run itself, and a folder holding it
         with pytest.raises(ExportError, match="holds the checkpoint"):
-            export_safetensors(run, out, force=True)
+            export_model(run, out, force=True)
     assert files() == before and "best.pt" in before
 
 
 def test_an_export_a_killed_export_had_moved_aside_is_put_back(run, tmp_path):
     out = tmp_path / "out"
-    export_safetensors(run, out)
+    export_model(run, out)
     before = snapshot(out)
     os.replace(out, tmp_path / f".out.old-{dead_pid()}")  # killed between the two renames of the swap
     (tmp_path / f".out.partial-{dead_pid()}").mkdir()  # and an unfinished export of another killed run
     with pytest.raises(ExportError, match="already exists"):
-        export_safetensors(run, out)
+        export_model(run, out)
     assert snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_with_no_run_to_export_the_message_names_the_commands_own_way_to_give_one(tmp_path):
-    r = run_cli("gpt.export_cli", cwd=tmp_path)
+    r = run_cli("gpt.export.cli", cwd=tmp_path)
     assert_one_line_error(r, "gpt-export", "no runs with a checkpoint", "the RUN argument")
     assert "--ckpt" not in r.stderr  # gpt-sample's option, which gpt-export does not have
 
 
 def test_a_failed_export_removes_the_folders_it_made_above_its_output(run, tmp_path):
-    r = run_cli("gpt.export_cli", run, "--out", tmp_path / "a" / "b" / "out", file_size_limit=1000)  # the weights do not fit
+    r = run_cli("gpt.export.cli", run, "--out", tmp_path / "a" / "b" / "out", file_size_limit=1000)  # the weights do not fit
     assert_one_line_error(r, "gpt-export", "File too large")
     assert list(tmp_path.iterdir()) == []
 

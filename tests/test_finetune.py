@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from gpt import checkpoint as ck
+from gpt.store import checkpoint as ck
 from gpt.evaluate import TextStream, evaluate, load_run
 from gpt.evaluate.cli import main as evaluate_main
 from gpt.sample import Generator
@@ -192,7 +192,7 @@ def test_gpt_eval_scores_a_lora_run_as_the_model_it_trained(data, base, tmp_path
 
 def test_gpt_export_merge_writes_a_lora_run_as_one_plain_model(data, base, tmp_path):
     train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
-    proc = run_cli("gpt.export_cli", tmp_path / "lora", "--merge", "--out", tmp_path / "merged")
+    proc = run_cli("gpt.export.cli", tmp_path / "lora", "--merge", "--out", tmp_path / "merged")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     exported, adapted = Generator.load(tmp_path / "merged", device="cpu"), Generator.load(tmp_path / "lora", device="cpu")
     x = torch.tensor([[1, 2, 3, 4]])
@@ -204,7 +204,7 @@ def test_gpt_export_merge_writes_a_lora_run_as_one_plain_model(data, base, tmp_p
 
 def test_a_lora_run_is_exported_only_with_merge(data, base, tmp_path):
     train(overrides=tune(data, base, tmp_path / "lora", max_iters=2, lora=2), log=lambda s: None)
-    proc = run_cli("gpt.export_cli", tmp_path / "lora", "--out", tmp_path / "export")
+    proc = run_cli("gpt.export.cli", tmp_path / "lora", "--out", tmp_path / "export")
     assert_one_line_error(proc, "gpt-export", "LoRA adapters on", str((base / "best.pt").resolve()), "give --merge")
     assert not (tmp_path / "export").exists()
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt import checkpoint as ck
+from gpt.store import checkpoint as ck
+from gpt.store.load import model_from_checkpoint
 from gpt.config import ConfigError, ModelConfig, TrainConfig
 from gpt.kv_cache import KVCache
 from gpt.model import build_model
@@ -131,7 +132,7 @@ def test_a_checkpoint_without_the_new_fields_loads_as_the_same_model(tmp_path):
     state = ck.load_checkpoint(write_checkpoint(tmp_path / "run", model, tok, cfg))
     for name in ("qk_norm", "logit_softcap", "tie_weights"):
         del state["model_config"][name]  # as checkpoints written before these options were
-    loaded, _ = ck.model_from_checkpoint(state)
+    loaded, _ = model_from_checkpoint(state)
     idx = torch.tensor([tok.encode("the cat sat on t")])
     with torch.no_grad():
         assert torch.equal(loaded(idx)[0], model(idx)[0])
@@ -150,7 +151,8 @@ def test_an_untied_head_survives_lora_int8_and_export(untied, tmp_path):
     import copy
 
     from gpt import lora
-    from gpt.export import export_safetensors, load_export, stored_tensors
+    from gpt.export.write import export_model
+    from gpt.store.export_folder import load_export, stored_tensors
     from gpt.quantize import Int8Linear, quantize_model
 
     model, tok, path = untied
@@ -159,7 +161,7 @@ def test_an_untied_head_survives_lora_int8_and_export(untied, tmp_path):
         expected = model(x)[0]
     tensors, tied = stored_tensors(model)
     assert tied == {} and torch.equal(tensors["head.weight"], model.head.weight)
-    exported, _ = load_export(export_safetensors(path, tmp_path / "export"))
+    exported, _ = load_export(export_model(path, tmp_path / "export"))
     with torch.no_grad():
         assert torch.equal(exported(x)[0], expected)
     adapted = copy.deepcopy(model)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt.checkpoint import DEFAULT_ROOT
+from gpt.store.layout import DEFAULT_ROOT
 from tests.support import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make here")

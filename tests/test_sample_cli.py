@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt.checkpoint import plain_state_dict, save_checkpoint
+from gpt.store.checkpoint import plain_state_dict, save_checkpoint
 from gpt import device
 from gpt.sample import Generator, SamplingOptions
 from gpt.sample.cli import main

@@ -149,10 +149,11 @@ def test_lone_surrogates_in_json_records_become_replacement_characters_and_are_c
 
 
 def test_a_checkpoint_that_stored_the_first_format_still_loads(tmp_path):
-    from gpt import checkpoint as ck
+    from gpt.store import checkpoint as ck
+from gpt.store.load import model_from_checkpoint
     from tests.support import train_tiny_model
 
     model, tok, cfg = train_tiny_model(steps=1)
     ck.save_checkpoint(tmp_path / "best.pt", {"model_config": cfg.to_dict(), "model": ck.plain_state_dict(model), "tokenizer": json.dumps(tok.identity())})
-    _model, again = ck.model_from_checkpoint(ck.load_checkpoint(tmp_path / "best.pt"))
+    _model, again = model_from_checkpoint(ck.load_checkpoint(tmp_path / "best.pt"))
     assert again.fingerprint() == tok.fingerprint() and again.encode("the cat") == tok.encode("the cat")

@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from gpt import checkpoint as ck
+from gpt.store import checkpoint as ck
+from gpt.store.load import model_from_checkpoint
 from gpt.train import NonFiniteLoss, Trainer, TrainError, train
 from data_prep.prepare import PrepareOptions, prepare
 from tests.support import assert_one_line_error, ROOT, run_cli, StepClock, tiny_run, write_corpus
@@ -109,7 +110,7 @@ def test_run_folder_holds_everything_sampling_needs(data, tmp_path):
     run = tmp_path / "run"
     assert {"latest.pt", "best.pt", "config.json", "tokenizer.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
     state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)  # plain tensors and values only
-    model, tok = ck.model_from_checkpoint(state)
+    model, tok = model_from_checkpoint(state)
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model"])
     assert tok.decode(tok.encode("the cat")) == "the cat"
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +142,7 @@ def test_checkpoint_killed_mid_write_keeps_previous_one(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=10), log=lambda s: None)
     latest = tmp_path / "run" / "latest.pt"
     script = (
-        "import sys, time, torch; from pathlib import Path; from gpt import checkpoint as ck\n"
+        "import sys, time, torch; from pathlib import Path; from gpt.store import checkpoint as ck\n"
         "def half_then_wait(obj, f):\n"
         "    f.write(b'PK' + bytes(1_000_000)); f.flush()\n"
         "    print('writing', flush=True); time.sleep(600)\n"

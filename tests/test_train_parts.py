@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt import checkpoint as ck
+from gpt.store import checkpoint as ck
 from gpt import device
 from gpt.config import ConfigError, ModelConfig, TrainConfig
 from gpt.model import build_model

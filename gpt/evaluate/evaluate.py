@@ -22,7 +22,8 @@ from tqdm import tqdm
 from data_prep import Tokenizer
 
 from ..device import resolve_dtype
-from ..export import is_export, load_any_model
+from ..store.export_folder import is_export
+from ..store.load import load_any_model
 from ..model import count_parameters
 from ..quantize import check_supported, quantize_model
 from .errors import EvalError

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from plumbing.command import Parser, command
 
-from .checkpoint import EXPORT_FOLDER, resolve_checkpoint
-from .export import EXPORT_FORMATS, export_safetensors
+from ..store.layout import EXPORT_FOLDER
+from ..store.runs import resolve_checkpoint
+from .write import EXPORT_FORMATS, export_model
 
 EPILOG = """
 output: a folder holding model.safetensors (fp32 weights, by their names in the model),
@@ -48,7 +49,7 @@ def default_out(ckpt: Path) -> Path:
 def export(args) -> None:
     ckpt = resolve_checkpoint(args.run, option="the RUN argument")
     out = Path(args.out) if args.out else default_out(ckpt)
-    export_safetensors(ckpt, out, force=args.force, merge=args.merge)
+    export_model(ckpt, out, force=args.force, merge=args.merge)
     print(f"exported {ckpt} -> {out}/ (model.safetensors, config.json, tokenizer.json)")
 
 

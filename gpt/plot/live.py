@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 
 from .figure import INSTALL_HINT, NoMatplotlib, draw_progress, save_figure
-from .runs import METRICS_FILE, read_run
+from ..store.layout import METRICS_FILE, PICTURE_FILE
+from .runs import read_run
 
-PICTURE_FILE = "progress.png"
 # redraw no more often than this many times the last drawing's cost: pictures stay under
 # about 5% of a run's time even when evaluations come every few steps
 COST_FACTOR = 20

@@ -8,7 +8,8 @@ from pathlib import Path
 from plumbing.errors import display_name
 from plumbing.errors import UserError
 
-METRICS_FILE = "metrics.jsonl"  # gpt.train.metrics writes it; importing that would pull in the trainer
+from ..store.layout import METRICS_FILE
+
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # what a picture's x axis can be: the record key
 
 

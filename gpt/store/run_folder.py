@@ -14,28 +14,26 @@ A folder that holds other files and no run is refused, so a run never writes ove
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 from pathlib import Path
 
+from plumbing.errors import UserError
 from plumbing.output_folder import missing_parents, remove_empty
 
-from .. import checkpoint as ck
-from ..plot.live import PICTURE_FILE
-from .errors import TrainError
+from .layout import BEST, LATEST, LOCK_FILE, PREVIOUS_RUN, RUN_FILES
+from .runs import holds_run
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; one run per folder is then up to the user
     fcntl = None
 
-LOCK_FILE = ck.LOCK_FILE
 SET_ASIDE = ".complete"  # in .previous-run/: every file of the old run is in it
-# what a run writes in its folder; the export of its model too, which --overwrite must not
-# leave behind as if it were the new run's
-RUN_FILES = (ck.LATEST, ck.BEST, "metrics.jsonl", "config.json", "tokenizer.json", PICTURE_FILE, ck.EXPORT_FOLDER)
+
+
+class RunFolderError(UserError):
+    """A run folder that cannot be claimed: a file, in use, or holding something else."""
 
 
 def remove(path: Path) -> None:
@@ -43,38 +41,6 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def lora_runs_on(path: Path) -> list[Path]:
-    """The LoRA runs beside `path` (in the same parent folder) whose base checkpoint is in
-    it: a LoRA checkpoint holds only its adapters, and loads only on that exact base."""
-    found = []
-    for config_file in sorted(path.parent.glob("*/config.json")):
-        if config_file.parent == path:
-            continue
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-            base = Path(config["lora"]["base"]["path"])
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
-        if base.parent == path.resolve():
-            found.append(config_file.parent)
-    return found
-
-
-def holds_run(path: Path) -> bool:
-    """Whether `path` holds a run: a checkpoint, or the config.json a run writes first."""
-    if (path / ck.LATEST).exists() or (path / ck.BEST).exists():
-        return True
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and {"model", "train"} <= config.keys()
-
-
-def default_run_dir(model: str) -> Path:
-    return ck.DEFAULT_ROOT / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 class RunFolder:
@@ -89,7 +55,7 @@ class RunFolder:
         """Create (if needed) and lock `path`. A new run refuses a folder that holds a run,
         unless `overwrite`; the old run's files are then cleared by `clear_previous_run`."""
         if path.exists() and not path.is_dir():
-            raise TrainError(f"--out {path} is a file, not a folder; name a folder for the run")
+            raise RunFolderError(f"--out {path} is a file, not a folder; name a folder for the run")
         created = not path.exists()
         made_parents = missing_parents(path)
         lock_made = not (path / LOCK_FILE).exists()
@@ -98,7 +64,7 @@ class RunFolder:
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             remove_empty(([path] if created else []) + made_parents)
-            raise TrainError(f"cannot create the run folder {path} ({e.strerror})") from None
+            raise RunFolderError(f"cannot create the run folder {path} ({e.strerror})") from None
         folder = cls(path, created, fd, made_parents)
         if fcntl is not None:
             try:
@@ -106,7 +72,7 @@ class RunFolder:
             except OSError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise TrainError(f"run folder {path} is in use by another gpt-train run (process {holder}); "
+                raise RunFolderError(f"run folder {path} is in use by another gpt-train run (process {holder}); "
                                  f"wait for it, or choose another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -115,12 +81,12 @@ class RunFolder:
             folder.settle()  # what a killed --overwrite run left aside
             if new_run and holds_run(path):
                 if not overwrite:
-                    raise TrainError(f"run folder {path} already holds a run; --resume continues it, --overwrite starts it over")
+                    raise RunFolderError(f"run folder {path} already holds a run; --resume continues it, --overwrite starts it over")
                 folder.replaces_run = True
             elif new_run and any(not p.name.startswith(".") for p in path.iterdir()):
                 if lock_made:
                     (path / LOCK_FILE).unlink()  # the user's folder, as it was
-                raise TrainError(f"--out {path} holds other files and no run; name a new or empty folder for the run")
+                raise RunFolderError(f"--out {path} holds other files and no run; name a new or empty folder for the run")
             folder.was_empty = new_run and not folder.replaces_run
         except BaseException:
             folder.release(failed=True)
@@ -131,7 +97,7 @@ class RunFolder:
     def settle_if_idle(cls, path: Path) -> None:
         """Settle what a killed --overwrite run left in `path` (see `settle`) before a resume
         reads its checkpoint, unless a run holds the folder (it settles it itself)."""
-        if fcntl is None or not (path / ck.PREVIOUS_RUN).is_dir():
+        if fcntl is None or not (path / PREVIOUS_RUN).is_dir():
             return
         try:
             fd = os.open(path / LOCK_FILE, os.O_RDWR)
@@ -150,7 +116,7 @@ class RunFolder:
         """With --overwrite, move the old run's files aside: called once the new run is ready
         to write its own. `settle` deletes or restores them."""
         if self.replaces_run:
-            aside = self.path / ck.PREVIOUS_RUN
+            aside = self.path / PREVIOUS_RUN
             aside.mkdir()
             for name in RUN_FILES:
                 if (self.path / name).exists():
@@ -162,10 +128,10 @@ class RunFolder:
         """An --overwrite run's end (or, after a kill, the next run's start): with a
         checkpoint of its own the new run stands and the old run's files go; without one the
         new run's files go and the old run's come back."""
-        aside = self.path / ck.PREVIOUS_RUN
+        aside = self.path / PREVIOUS_RUN
         if not aside.is_dir():
             return
-        if (aside / SET_ASIDE).exists() and (self.path / ck.LATEST).exists():
+        if (aside / SET_ASIDE).exists() and (self.path / LATEST).exists():
             shutil.rmtree(aside, ignore_errors=True)
             return
         if (aside / SET_ASIDE).exists():  # else killed while moving: the files in place are the old run's still
@@ -188,7 +154,7 @@ class RunFolder:
         the folder if this run created it, else the files it wrote there."""
         if self.lock_fd is not None:
             self.settle()
-        if failed and not any((self.path / n).exists() for n in (ck.LATEST, ck.BEST)):
+        if failed and not any((self.path / n).exists() for n in (LATEST, BEST)):
             if self.created:
                 shutil.rmtree(self.path, ignore_errors=True)
                 remove_empty(self.made_parents)

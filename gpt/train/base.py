@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import checkpoint as ck
+from ..store import load
+from ..store.checkpoint import load_checkpoint
+from ..store.runs import resolve_checkpoint
 from .errors import TrainError
 
 
@@ -29,17 +31,17 @@ class Base:
     @classmethod
     def from_run(cls, path: str | Path) -> "Base":
         """A run folder (its best checkpoint) or a checkpoint file."""
-        ckpt = ck.resolve_checkpoint(path)
-        state = ck.load_checkpoint(ckpt)
+        ckpt = resolve_checkpoint(path)
+        state = load_checkpoint(ckpt)
         if state.get("lora"):
             raise TrainError(f"--init-from {path} is a LoRA run (adapters on {state['lora']['base']['path']}); "
                              f"fine-tune from that base, or continue the LoRA run with --resume")
         for key in KEPT:
             if key not in state:
                 raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")
-        return cls(state, ck.base_reference(ckpt, state))
+        return cls(state, load.base_reference(ckpt, state))
 
     @classmethod
     def from_reference(cls, ref: dict) -> "Base":
         """The base a LoRA run recorded, checked to be exactly the file it was trained on."""
-        return cls(ck.load_base(ref), ref)
+        return cls(load.load_base(ref), ref)

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from plumbing.atomic import atomic_write_text
+
+from ..store.layout import METRICS_FILE
 from .errors import NonFiniteLoss
 
-METRICS_FILE = "metrics.jsonl"
 
 
 def logged_by(line: str, step: int) -> bool:

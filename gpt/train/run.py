@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 import gc
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .. import checkpoint as ck
 from ..config import MODEL_FIELDS, ModelConfig, TrainConfig
 from ..device import DeviceError, resolve_device
 from ..model import count_parameters
+from ..store import checkpoint
+from ..store.layout import LATEST
+from ..store.run_folder import RunFolder, RunFolderError
+from ..store.runs import default_run_dir, lora_runs_on, newest_run, resolve_checkpoint, write_run_files
 from .distributed import Dist, init_distributed
 from .errors import TrainError
 from .base import Base
 from .optim import adamw_state_bytes, check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
-from .run_folder import RunFolder, default_run_dir, lora_runs_on
 from .trainer import Trainer, TrainResult
 
 BUDGET_FIELDS = ("max_iters", "max_time")
@@ -86,9 +89,9 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     resume_state = base = None
     if resume:
         check_resume_options(preset, overrides, overwrite)
-        run_dir = Path(overrides["out"]) if overrides.get("out") else ck.newest_run(option="--out")
+        run_dir = Path(overrides["out"]) if overrides.get("out") else newest_run(option="--out")
         RunFolder.settle_if_idle(run_dir)  # an --overwrite killed before its first checkpoint: the run it replaced comes back
-        resume_state = ck.load_checkpoint(ck.resolve_checkpoint(run_dir, prefer=ck.LATEST), map_location="cpu")
+        resume_state = checkpoint.load_checkpoint(resolve_checkpoint(run_dir, prefer=LATEST), map_location="cpu")
     # a resumed run keeps the device it was given (a --device cpu run stays on the CPU of a
     # machine with a GPU) unless one is given now
     saved_device = resume_state["train_config"].get("device") if resume_state else None
@@ -155,7 +158,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
     if dist_.is_main:
         try:
             folder = RunFolder.claim(run_dir, new_run=resume_state is None, overwrite=overwrite)
-        except TrainError as e:
+        except RunFolderError as e:
             refused = str(e)
     refused = dist_.broadcast_object(refused)  # every rank stops, not just the first
     if refused:
@@ -173,17 +176,17 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
         if dist_.is_main:
             if resuming or folder.replaces_run:
                 for other in lora_runs_on(run_dir):
-                    log(f"warning: {other} is a LoRA run on a checkpoint of {run_dir}, and loads only on that exact file: once this "
+                    warnings.warn(f"{other} is a LoRA run on a checkpoint of {run_dir}, and loads only on that exact file: once this "
                         f"run replaces it, {other} no longer loads (gpt-export --merge {other} first keeps its model)")
             folder.set_aside_previous_run()  # only now: a refused start leaves an --overwrite folder's old run in place
             trainer.after_save = folder.settle  # the first checkpoint of its own: the run it replaced goes
             if resuming:
                 trainer.metrics.trim_after(trainer.step)
-            ck.write_run_files(run_dir, {
+            write_run_files(run_dir, {
                 "model": trainer.model_cfg.to_dict(), "train": asdict(cfg), "world_size": dist_.world_size,
                 "global_batch": trainer.global_batch, "tokens_per_step": trainer.global_batch * cfg.block_size,
                 **trainer.lineage(),
-            }, trainer.tokenizer)
+            }, trainer.tokenizer.to_json())
             n = count_parameters(trainer.model)
             if base is not None:
                 log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): {trained_summary(trainer.model, cfg)}")

@@ -22,11 +22,12 @@ import data_prep
 from data_prep import tokenizer_from_json
 from plumbing.errors import first_line
 
-from .. import checkpoint as ck
 from .. import lora
 from ..config import ModelConfig, TrainConfig
 from ..device import autocast, available_memory, configure_backends, resolve_dtype
 from ..model import build_model
+from ..store.checkpoint import plain_state_dict, save_checkpoint, training_state
+from ..store.layout import LATEST
 from ..plot.live import ProgressPicture
 from .average import WeightAverage
 from .base import Base
@@ -180,7 +181,7 @@ class Trainer:
 
     def weights(self) -> dict:
         """What a checkpoint keeps of the model: the adapters of a LoRA run, else every weight."""
-        return lora.adapter_state(self.model) if self.cfg.lora else ck.plain_state_dict(self.model)
+        return lora.adapter_state(self.model) if self.cfg.lora else plain_state_dict(self.model)
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -193,28 +194,16 @@ class Trainer:
         ranks = self.dist.gather_objects({"rng": rng_state(), "sampler": self.sampler.state()})
         with self.averaged():
             model = self.weights()  # views of the average's tensors, written before the next step moves them
-        average = {"trained_model": self.weights(), "average_updates": self.average.updates} if self.average is not None else {}
-        return {
-            "model_config": self.model_cfg.to_dict(),
-            "train_config": asdict(self.cfg),
-            "model": model,
-            **average,
-            **self.lineage(),
-            **self.optimizers.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "step": self.step,
-            "tokens": self.tokens,
-            "elapsed": self.elapsed(),
-            "val_loss": val_loss,
-            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-            "best_step": self.best_step,
-            "stale_evals": self.stale_evals,
-            "cooldown": self.cooldown,
-            "rank_states": ranks,
-            "world_size": self.dist.world_size,
-            "tokenizer": self.tokenizer.to_json(),
-            "data_fingerprint": self.tokenizer.fingerprint(),
-        }
+        return training_state(
+            model_config=self.model_cfg.to_dict(), train_config=asdict(self.cfg), model=model,
+            trained_model=self.weights() if self.average is not None else None,
+            average_updates=self.average.updates if self.average is not None else None,
+            lineage=self.lineage(), optimizers=self.optimizers.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            step=self.step, tokens=self.tokens, elapsed=self.elapsed(), val_loss=val_loss,
+            best_val_loss=None if math.isinf(self.best_val) else self.best_val, best_step=self.best_step,
+            stale_evals=self.stale_evals, cooldown=self.cooldown, rank_states=ranks, world_size=self.dist.world_size,
+            tokenizer=self.tokenizer.to_json(), data_fingerprint=self.tokenizer.fingerprint())
 
     def lineage(self) -> dict:
         """Where a fine-tuning run came from; for LoRA, what sampling needs to rebuild it."""
@@ -231,9 +220,9 @@ class Trainer:
         state = self.state(val_loss)  # every rank takes part in gathering the RNG states
         if self.dist.is_main:
             try:
-                ck.save_checkpoint(self.run_dir / ck.LATEST, state, best=best)
+                save_checkpoint(self.run_dir / LATEST, state, best=best)
             except OSError as e:
-                kept = "the previous checkpoint is kept" if (self.run_dir / ck.LATEST).exists() else "no checkpoint was saved"
+                kept = "the previous checkpoint is kept" if (self.run_dir / LATEST).exists() else "no checkpoint was saved"
                 raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); {kept}") from None
             if self.after_save is not None:
                 self.after_save()

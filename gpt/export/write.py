@@ -1,0 +1,51 @@
+"""Writing an export folder whole or not at all: beside its place, then renamed into it."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from plumbing.output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside,
+                                    move_into_place, parents_removed_on_failure)
+
+from ..store.checkpoint import load_checkpoint
+from ..store.export_folder import ExportError, write_export
+from ..store.load import model_from_checkpoint
+from ..store.runs import resolve_checkpoint
+
+EXPORT_FORMATS = ("safetensors",)
+
+
+def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, merge: bool = False) -> Path:
+    """Write the model of checkpoint `ckpt` (a file, a run folder or None: the newest run)
+    into the folder `out`. An existing `out` is replaced only with `force`, and only once the
+    new export is complete: it is written into a hidden folder beside it and renamed. A LoRA
+    run is exported only with `merge`: its adapters folded into its base's weights, a model as
+    large as the base that needs neither the base nor the adapters again."""
+    out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
+    check_replaceable(out)
+    clean_after_killed_runs(out)
+    check_output(out, force, ExportError)
+    path = resolve_checkpoint(ckpt)
+    if first_inside(out, [path]) is not None:
+        raise ExportError(f"--out {out} holds the checkpoint {path}, which replacing it would delete; "
+                          "name a folder of its own for the export (the default is RUN/safetensors)")
+    state = load_checkpoint(path)
+    lora = state.get("lora")
+    if lora and not merge:
+        raise ExportError(f"{path} holds LoRA adapters on {lora['base']['path']}; its export is the merged model "
+                          f"(full size, needing neither the base nor the adapters): give --merge")
+    model, tokenizer = model_from_checkpoint(state, "cpu", path)
+    source = {"checkpoint": str(path), "step": state.get("step"), "val_loss": state.get("val_loss")}
+    if lora:  # what was merged: the adapters' shape and the exact base they were trained on
+        source["merged_lora"] = {k: lora[k] for k in ("rank", "alpha", "targets", "base")}
+    with parents_removed_on_failure(out):
+        tmp = claim(out)
+        try:
+            write_export(tmp, model, tokenizer, source)
+            check_output(out, force, ExportError)  # a folder made there meanwhile is the user's, as one at the start
+            move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out

@@ -1,0 +1,112 @@
+"""Finding runs and their checkpoints: the newest run, a run folder's best or latest
+checkpoint, whether a folder holds a run, which process is training in it, and the LoRA
+runs built on it."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: no run locks there (as in run_folder.py)
+    fcntl = None
+
+from data_prep.discovery import is_prepared_data
+from plumbing.atomic import atomic_write_text
+
+from .checkpoint import CheckpointError
+from .layout import BEST, CONFIG_FILE, DEFAULT_ROOT, LATEST, LOCK_FILE, PREVIOUS_RUN, TOKENIZER_FILE
+
+
+def newest_run(root: Path = DEFAULT_ROOT, option: str = "--ckpt") -> Path:
+    """The run folder under `root` whose latest checkpoint is newest; `option` is the
+    command's option for naming one instead (said when there is none)."""
+    runs = [p.parent for p in root.glob(f"*/{LATEST}")] if root.is_dir() else []
+    if not runs:
+        raise CheckpointError(f"no runs with a checkpoint under {root}/ (train one with gpt-train, or name a run folder with {option})")
+    return max(runs, key=lambda p: ((p / LATEST).stat().st_mtime, p.name))
+
+
+def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str = "--ckpt") -> Path:
+    """A checkpoint file from a file path, a run folder (its best, else latest checkpoint)
+    or nothing (the newest run under ./checkpoints; `option`: as for `newest_run`)."""
+    p = newest_run(option=option) if path is None else Path(path)
+    if p.is_dir():
+        for name in (prefer, LATEST, BEST):
+            if (p / name).is_file():
+                return p / name
+        if is_prepared_data(p):
+            raise CheckpointError(f"{p} is a data folder written by gpt-prepare, not a run folder; name a run folder or a checkpoint "
+                                  "(gpt-train writes them under checkpoints/)")
+        running = training_process(p)
+        if running is not None:
+            raise CheckpointError(f"run folder {p} has no checkpoint yet: a gpt-train run (process {running}) is training there "
+                                  "and saves one at its first evaluation")
+        if (p / PREVIOUS_RUN).is_dir():
+            raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST}): an --overwrite run stopped before its "
+                                  f"first one; the run it replaced waits in {p / PREVIOUS_RUN} and comes back at the next "
+                                  "gpt-train on the folder")
+        raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST})")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return p
+
+
+def training_process(folder: Path) -> str | None:
+    """The process id of the gpt-train run that holds `folder`, or None where none does."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:  # a shared lock, let go at once: refused only while a run holds the folder
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return None
+    finally:
+        os.close(fd)  # which also lets the shared lock go
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` holds a run: a checkpoint, or the config.json a run writes first."""
+    if (path / LATEST).exists() or (path / BEST).exists():
+        return True
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"model", "train"} <= config.keys()
+
+
+def lora_runs_on(path: Path) -> list[Path]:
+    """The LoRA runs beside `path` (in the same parent folder) whose base checkpoint is in
+    it: a LoRA checkpoint holds only its adapters, and loads only on that exact base."""
+    found = []
+    for config_file in sorted(path.parent.glob(f"*/{CONFIG_FILE}")):
+        if config_file.parent == path:
+            continue
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            base = Path(config["lora"]["base"]["path"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if base.parent == path.resolve():
+            found.append(config_file.parent)
+    return found
+
+
+def default_run_dir(model: str) -> Path:
+    """A new run's folder: the model's kind, the date and time, and the process id, so two
+    runs started in the same second do not collide."""
+    return DEFAULT_ROOT / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def write_run_files(run_dir: Path, config: dict, tokenizer_json: str) -> None:
+    """The files a run writes before its first step: its options and its vocabulary."""
+    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
+    atomic_write_text(run_dir / TOKENIZER_FILE, tokenizer_json)
