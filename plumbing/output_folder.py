@@ -9,8 +9,9 @@ import glob
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import sync_folder, sync_tree
@@ -127,13 +128,35 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-def check_output(out: Path, force: bool, error: type[Exception] = OutputFolderError) -> None:
-    """Refuse a file where the folder goes, and a folder with something in it unless `force`:
-    at the start, and again just before the swap (a folder made there meanwhile is the user's)."""
+@dataclass(frozen=True)
+class Writer:
+    """The command that writes a kind of folder, and how to tell its folders from others."""
+
+    command: str  # "gpt-prepare", "gpt-export"
+    wrote: Callable[[Path], bool]  # whether a folder is one the command wrote
+
+
+def check_output(out: Path, force: bool, writer: Writer, error: type[Exception] = OutputFolderError) -> None:
+    """Refuse a file where the folder goes, and a folder with something in it unless `force`
+    and it is one the same command wrote (a trained run, a data folder, anything else the
+    user had is never replaced): at the start, and again just before the swap (a folder
+    made there meanwhile is the user's)."""
     if out.exists() and not out.is_dir():
         raise error(f"output {display_name(out)} is a file, not a folder; choose another --out (--force replaces only a folder)")
-    if out.exists() and any(out.iterdir()) and not force:
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
         raise error(f"output folder {display_name(out)} already exists and is not empty (use --force to replace it)")
+    if not writer.wrote(out):
+        raise error(f"--force replaces only a folder that {writer.command} wrote, and {display_name(out)} is not one: it holds "
+                    f"{listing(out)}; choose another --out, or move that folder away first")
+
+
+def listing(folder: Path, shown: int = 4) -> str:
+    """A folder's entries in a few words: the first names, then how many more."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(display_name(n) for n in names[:shown]) + more
 
 
 def check_replaceable(out: Path) -> None:

@@ -156,6 +156,25 @@ def test_several_samples_come_from_one_batch_and_are_printed_after_numbered_sepa
     assert out == "".join(f"--- sample {i} of 3 ---\na{t}\n" for i, t in enumerate(texts, start=1))
 
 
+def test_many_samples_run_in_bounded_batches_each_printed_before_the_next_is_generated(sample_main, monkeypatch):
+    from gpt.sample import cli as sample_cli
+
+    monkeypatch.setattr(sample_cli, "MAX_BATCH", 4)
+    sizes, printed_before = [], []
+    generate = Generator.generate
+
+    def watched(self, prompt, options, num_samples=1):
+        printed_before.append(sample_cli.sys.stdout.getvalue().count("--- sample"))
+        sizes.append(num_samples)
+        return generate(self, prompt, options, num_samples)
+
+    monkeypatch.setattr(Generator, "generate", watched)
+    status, out, _ = sample_main("--prompt", "a", "--seed", "4", "--max-new-tokens", "5", "--num-samples", "10", "--ignore-eot")
+    assert status == 0 and sizes == [4, 4, 2] and printed_before == [0, 4, 8]
+    second = library(NEW, "a", 4, seed=5, max_new_tokens=5, stop_at_eot=False)  # batch 1 draws with seed + 1
+    assert out.split("--- sample 5 of 10 ---\na")[1].split("\n--- sample 6")[0] == second[0]
+
+
 def test_the_prompt_can_come_from_standard_input_and_need_not_be_echoed(sample_main):
     status, out, _ = sample_main("--prompt-file", "-", "--temperature", "0", "--max-new-tokens", "20", "--no-echo", stdin="the rain")
     assert status == 0

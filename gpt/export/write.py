@@ -5,15 +5,16 @@ import os
 import shutil
 from pathlib import Path
 
-from plumbing.output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside,
+from plumbing.output_folder import (Writer, check_output, check_replaceable, claim, clean_after_killed_runs, first_inside,
                                     move_into_place, parents_removed_on_failure)
 
 from ..store.checkpoint import load_checkpoint
-from ..store.export_folder import ExportError, write_export
+from ..store.export_folder import ExportError, write_export, written_by_export
 from ..store.load import model_from_checkpoint
 from ..store.runs import resolve_checkpoint
 
 EXPORT_FORMATS = ("safetensors",)
+EXPORTER = Writer("gpt-export", written_by_export)
 
 
 def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, merge: bool = False) -> Path:
@@ -25,7 +26,7 @@ def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, 
     out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
     check_replaceable(out)
     clean_after_killed_runs(out)
-    check_output(out, force, ExportError)
+    check_output(out, force, EXPORTER, ExportError)
     path = resolve_checkpoint(ckpt)
     if first_inside(out, [path]) is not None:
         raise ExportError(f"--out {out} holds the checkpoint {path}, which replacing it would delete; "
@@ -43,7 +44,7 @@ def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, 
         tmp = claim(out)
         try:
             write_export(tmp, model, tokenizer, source)
-            check_output(out, force, ExportError)  # a folder made there meanwhile is the user's, as one at the start
+            check_output(out, force, EXPORTER, ExportError)  # a folder made there meanwhile is the user's, as one at the start
             move_into_place(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

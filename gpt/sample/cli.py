@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from plumbing.command import Parser, command
@@ -15,6 +16,8 @@ output: with one sample, the prompt and then the text are printed as they are ge
 (whole characters only; text that could be the start of a --stop string is held back until
 it is clear). With --num-samples N > 1 the samples are generated together in one batch and
 printed, in order, when the batch is done, each after a line '--- sample i of N ---'.
+Many samples run in batches of at most 64, each printed as it finishes, so memory stays that
+of one batch whatever N is; with --seed, batch k draws with seed + k.
 
 stopping: a sample ends at the end-of-text token (unless --ignore-eot), just before the
 first --stop string in its generated text, or after --max-new-tokens tokens.
@@ -40,7 +43,7 @@ def build_parser() -> Parser:
     src.add_argument("--prompt", default="", metavar="TEXT", help="text to continue; empty (the default) samples unconditionally, from the end-of-text token")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 file ('-': standard input)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", default=d.max_new_tokens, help="most tokens to generate per sample (default: %(default)s)")
-    p.add_argument("--num-samples", type=int, metavar="N", default=1, help="samples to generate together in one batch (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, metavar="N", default=1, help="samples to generate, together in batches of at most 64 (default: %(default)s)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed: the same seed and options give the same output (default: a fresh one each run)")
     p.add_argument("--temperature", type=float, metavar="T", default=d.temperature, help="below 1 is more conservative, above 1 more random; 0 always picks the most likely token (default: %(default)s)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample only from the k most likely tokens")
@@ -104,9 +107,23 @@ def sample(args) -> None:
             out.flush()
         out.write("\n")
     else:
-        for i, text in enumerate(generator.generate(prompt, options, args.num_samples), start=1):
-            out.write(f"--- sample {i} of {args.num_samples} ---\n{echo}{text}\n")
+        for first, texts in sample_batches(generator, prompt, options, args.num_samples):
+            for i, text in enumerate(texts, start=first):
+                out.write(f"--- sample {i} of {args.num_samples} ---\n{echo}{text}\n")
+            out.flush()
     out.flush()
+
+
+MAX_BATCH = 64  # samples generated together: the memory of 64, whatever --num-samples asks for
+
+
+def sample_batches(generator: Generator, prompt: str, options: SamplingOptions, count: int):
+    """(number of the first sample, the texts) for each batch of at most MAX_BATCH samples,
+    each generated only when the one before has been handed out. With a seed, batch k draws
+    with seed + k: the same options give the same output, and no two batches repeat."""
+    for k, first in enumerate(range(0, count, MAX_BATCH)):
+        seed = None if options.seed is None else options.seed + k
+        yield first + 1, generator.generate(prompt, replace(options, seed=seed), min(MAX_BATCH, count - first))
 
 
 # Ctrl-C is how a long sample is ended on purpose: quietly

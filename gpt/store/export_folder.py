@@ -77,6 +77,14 @@ def is_export(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / WEIGHTS).is_file()
 
 
+def written_by_export(path: str | Path) -> bool:
+    """Whether `path` is an export folder by its config.json too (what --force may replace)."""
+    try:
+        return is_export(path) and bool(read_export_config(path))
+    except ExportError:
+        return False
+
+
 def read_export_config(folder: str | Path) -> dict:
     """An export folder's config.json, checked to be one gpt-export wrote, in a version this
     code reads."""

@@ -7,6 +7,7 @@
 """
 from .errors import NonFiniteLoss, TrainError
 from .run import train
-from .trainer import Trainer, TrainResult
+from .loop import TrainResult
+from .trainer import Trainer
 
 __all__ = ["NonFiniteLoss", "TrainError", "TrainResult", "Trainer", "train"]

@@ -104,10 +104,10 @@ def build_parser() -> Parser:
     g.add_argument("--eval-interval", type=int, help=f"steps between evaluations and checkpoints (default: {d.eval_interval})")
     g.add_argument("--eval-windows", type=int, help=f"fixed validation windows per evaluation (default: {d.eval_windows})")
     g.add_argument("--patience", type=int, help="stop after this many evaluations without a better val loss (0: never); "
-                   f"default {DEFAULT_PATIENCE} for a run without a time budget, off with one. best.pt keeps the best model either way")
+                   f"default {DEFAULT_PATIENCE}, under a step or a time budget alike. best.pt keeps the best model either way")
     g.add_argument("--cooldown", type=float, metavar="FRACTION", help="when --patience runs out, decay the learning rate in a straight line to "
                    "--min-lr over this fraction of the steps so far, then stop, rather than stop at once (default: 0, off); "
-                   "with it --patience is on under a time budget too. With --patience 2 and 0.25, 1.8-2.7%% lower val loss on three small corpora that overfit")
+                   "With --patience 2 and 0.25, 1.8-2.7%% lower val loss on three small corpora that overfit")
     g.add_argument("--log-interval", type=int, help=f"steps between metrics.jsonl lines (default: {d.log_interval})")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("machine")
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         best = ""
         if result.best_val_loss is not None:
             best = f" (best {result.best_val_loss:.4f} at step {result.best_step}, in best.pt: what gpt-sample and gpt-eval use)"
-        early = {"patience": "stopped early, val no longer improving: ",
-                 "cooldown": "stopped after a cooldown, val no longer improving: "}.get(result.stopped_by, "")
+        early = {"patience": "stopped early, val no longer improving (--patience 0 trains on to the budget's end): ",
+                 "cooldown": "stopped after a cooldown, val no longer improving (--patience 0 trains on): "}.get(result.stopped_by, "")
         tolerant(print)(f"done: {early}{result.step} steps, {result.tokens:,} tokens, {loss}{best}; run folder {result.run_dir}")
         return 0  # the run is done and saved, whether or not its last line could be shown
 

@@ -117,12 +117,3 @@ class Optimizers:
             opt.load_state_dict(saved)
             for g, settings in zip(opt.param_groups, own):
                 g.update(settings)
-
-
-def learning_rate(step: int, progress: float, lr: float, min_lr: float, warmup_iters: int) -> float:
-    """Linear warmup over the first steps, then cosine decay from lr to min_lr as
-    `progress` (the fraction of the step or time budget used) goes from 0 to 1."""
-    if step < warmup_iters:
-        return lr * (step + 1) / warmup_iters
-    progress = min(max(progress, 0.0), 1.0)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)

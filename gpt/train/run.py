@@ -21,7 +21,8 @@ from .base import Base
 from .optim import adamw_state_bytes, check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
-from .trainer import Trainer, TrainResult
+from .loop import TrainResult
+from .trainer import Trainer
 
 BUDGET_FIELDS = ("max_iters", "max_time")
 

@@ -35,28 +35,11 @@ from .batches import BatchSampler, BlockSizeError, fixed_windows
 from .distributed import Dist
 from .errors import NonFiniteLoss, TrainError
 from .metrics import LossWindow, MetricsLog, Throughput
-from .optim import Optimizers, learning_rate
+from .optim import Optimizers
 from .progress import Progress
 from .rng import rng_state, set_rng_state
-from .signals import StopFlag
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    tokens: int
-    val_loss: float | None
-    best_val_loss: float | None
-    stopped_by: str  # "max_iters", "max_time", "patience", "cooldown", "signal SIGINT"/"signal SIGTERM", "request"
-    history: list = field(default_factory=list)  # (step, train loss) of every step
-    model: torch.nn.Module | None = None  # the trained model (this rank's copy)
-    best_step: int | None = None  # the step best.pt was saved at
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    msg = str(e).lower()
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+from .loop import Loop, TrainResult, is_out_of_memory
+from .schedule import Schedule
 
 
 class Trainer:
@@ -84,12 +67,8 @@ class Trainer:
             lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
         self.optimizers = Optimizers(self.model, cfg, device, self.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, math.inf
-        self.best_step, self.stale_evals = None, 0  # evaluations since the best one
-        # once patience runs out with --cooldown: {"start": step, "steps": its length, "lr": the
-        # rate it decays from, "elapsed": the schedule's clock then}
-        self.cooldown: dict | None = None
-        self.last_lr, self.schedule_elapsed = cfg.lr, 0.0
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self.schedule = Schedule.from_config(cfg)
         self.average = None
         if resume_state is not None:
             self._restore(resume_state)
@@ -163,9 +142,7 @@ class Trainer:
             raise TrainError(f"checkpoint does not fit this model ({first_line(e)})") from None
         self.step, self.tokens = int(s["step"]), int(s["tokens"])
         self.elapsed_before = float(s["elapsed"])
-        self.best_val = float(s["best_val_loss"]) if s.get("best_val_loss") is not None else math.inf
-        self.best_step, self.stale_evals = s.get("best_step"), int(s.get("stale_evals", 0))
-        self.cooldown = s.get("cooldown") if self.cfg.cooldown else None  # --cooldown 0 given now: the schedule goes on
+        self.schedule.restore(s)
         ranks = s.get("rank_states", [])
         if self.dist.rank < len(ranks):
             set_rng_state(ranks[self.dist.rank]["rng"])
@@ -201,8 +178,7 @@ class Trainer:
             lineage=self.lineage(), optimizers=self.optimizers.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             step=self.step, tokens=self.tokens, elapsed=self.elapsed(), val_loss=val_loss,
-            best_val_loss=None if math.isinf(self.best_val) else self.best_val, best_step=self.best_step,
-            stale_evals=self.stale_evals, cooldown=self.cooldown, rank_states=ranks, world_size=self.dist.world_size,
+            **self.schedule.state(), rank_states=ranks, world_size=self.dist.world_size,
             tokenizer=self.tokenizer.to_json(), data_fingerprint=self.tokenizer.fingerprint())
 
     def lineage(self) -> dict:
@@ -232,49 +208,6 @@ class Trainer:
         return self.elapsed_before + time.perf_counter() - self.t0
 
     # -- steps -------------------------------------------------------------------------------
-    def budget_used(self, elapsed: float) -> float:
-        """How far through its budget (steps or time, whichever is further) the run is."""
-        cfg = self.cfg
-        parts = []
-        if cfg.max_iters:
-            parts.append((self.step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1))
-        if cfg.max_time:
-            parts.append(elapsed / cfg.max_time)
-        return max(parts)
-
-    def scheduled_lr(self, elapsed: float) -> float:
-        """The learning rate for the next step: warmup then cosine decay over the budget, or
-        in a cooldown a straight line from the rate it started at down to --min-lr, reached
-        after its steps or at the budget's end (steps or time), whichever comes first."""
-        cfg, c = self.cfg, self.cooldown
-        if c is None:
-            return learning_rate(self.step, self.budget_used(elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
-        done = (self.step + 1 - c["start"]) / c["steps"]  # its last step runs at --min-lr
-        if cfg.max_iters:
-            done = max(done, (self.step + 1 - c["start"]) / max(cfg.max_iters - c["start"], 1))
-        if cfg.max_time:
-            done = max(done, (elapsed - c["elapsed"]) / max(cfg.max_time - c["elapsed"], 1e-9))
-        return c["lr"] + (cfg.final_lr - c["lr"]) * min(done, 1.0)
-
-    def cooldown_due(self) -> bool:
-        """Whether patience has run out in a run with --cooldown that has not started one."""
-        cfg = self.cfg
-        return bool(cfg.cooldown) and self.cooldown is None and self.stale_evals >= cfg.early_stop_after > 0
-
-    def start_cooldown(self) -> None:
-        """Patience has run out: rather than stop where the rate is still high, decay it
-        over --cooldown x the steps so far, then stop. On a corpus small enough to overfit,
-        the decay brings the lower loss a cosine's tail brings, before overfitting takes it
-        (README, "Cooldown")."""
-        steps = max(1, round(self.cfg.cooldown * self.step))
-        self.cooldown = {"start": self.step, "steps": steps, "lr": self.last_lr, "elapsed": self.schedule_elapsed}
-        if self.dist.is_main:
-            left = min(steps, self.cfg.max_iters - self.step) if self.cfg.max_iters else steps
-            budget = " or the time budget's end" if self.cfg.max_time else ""
-            self.progress.say(f"step {self.step}: no better val loss in {self.stale_evals} evaluations (best {self.best_val:.4f} at step "
-                              f"{self.best_step}): cooling the learning rate down from {self.last_lr:.3g} to {self.cfg.final_lr:.3g} "
-                              f"over {left} steps{budget}, then stopping")
-
     def train_step(self, lr: float) -> torch.Tensor:
         self.optimizers.set_lr(lr)
         total = torch.zeros((), device=self.device)
@@ -333,127 +266,6 @@ class Trainer:
         self.model.train()
         return (sums[0] / sums[1]).item()
 
-    def stop_reason(self, stop: StopFlag, should_stop: Callable[[int], bool] | None) -> tuple[str, float]:
-        """Why the run ends before this step ("" while it goes on), the same on every rank,
-        and the elapsed time every rank's schedule then uses (the slowest clock's)."""
-        cfg, elapsed, signum = self.cfg, self.elapsed(), stop.signum or 0
-        requested = should_stop is not None and should_stop(self.step)
-        if self.dist.world_size > 1:
-            # a signal or a request on any rank stops every rank; the time budget runs on the
-            # slowest clock
-            flags = torch.tensor([float(signum), elapsed, float(requested)], device=self.device, dtype=torch.float64)
-            self.dist.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            signum, elapsed, requested = int(flags[0].item()), float(flags[1].item()), bool(flags[2].item())
-        if cfg.max_iters and self.step >= cfg.max_iters:
-            return "max_iters", elapsed
-        if cfg.max_time and elapsed >= cfg.max_time:
-            return "max_time", elapsed
-        if self.cooldown is not None:
-            if self.step >= self.cooldown["start"] + self.cooldown["steps"]:
-                return "cooldown", elapsed
-        elif cfg.early_stop_after and self.stale_evals >= cfg.early_stop_after:
-            return "patience", elapsed
-        if signum:
-            return f"signal {signal.Signals(signum).name}", elapsed
-        if requested:
-            return "request", elapsed
-        return "", elapsed
-
-    # -- the loop ------------------------------------------------------------------------------
     def run(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
-        cfg = self.cfg
-        self.t0 = time.perf_counter()
-        self.losses = LossWindow(self.run_dir)
-        self.progress = Progress(cfg.progress and self.dist.is_main, self.step, cfg.max_iters, cfg.max_time, self.log)
-        val_loss, window = None, Throughput()
-        stop = StopFlag()
-        stop.install()
-        if self.cooldown_due():
-            # a run that stopped early, resumed with --cooldown: the decay starts from the rate the
-            # schedule gives its next step, on the checkpoint's clock (every rank's alike)
-            self.schedule_elapsed = self.elapsed_before
-            self.last_lr = learning_rate(self.step, self.budget_used(self.schedule_elapsed), cfg.lr, cfg.final_lr, cfg.warmup_iters)
-            self.start_cooldown()
-        try:
-            self.model.train()
-            while True:
-                stopped_by, elapsed = self.stop_reason(stop, should_stop)
-                if stopped_by:
-                    break
-                self.one_step(elapsed, window)
-                if self.step % cfg.eval_interval == 0:
-                    val_loss = self.evaluate_and_save()
-            val_loss = self.finish(stopped_by, val_loss)
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-            if is_out_of_memory(e):
-                raise TrainError(self.too_large(f"{self.device} memory")) from None
-            raise
-        finally:
-            self.progress.close()
-            stop.restore()
-            self.metrics.close()
-            self.picture.update(final=True)
-            # DDP's reducer hooks the model's parameters and holds the process group: it must go
-            # before the group does, not at interpreter exit, where gloo can abort the process
-            self.ddp = self.forward_model = None
-        if self.average is not None:
-            self.average.swap()  # the run's model, handed back, is its average
-        best = None if math.isinf(self.best_val) else self.best_val
-        return TrainResult(self.run_dir, self.step, self.tokens, val_loss, best, stopped_by, self.losses.history, self.model,
-                           self.best_step)
-
-    def one_step(self, elapsed: float, window: Throughput) -> None:
-        """A step at the schedule's rate for `elapsed`, counted, and logged every --log-interval."""
-        cfg = self.cfg
-        lr = self.scheduled_lr(elapsed)
-        self.last_lr, self.schedule_elapsed = lr, elapsed
-        loss = (self.first_step if self.step_count_this_run() == 0 else self.train_step)(lr)
-        self.step += 1
-        self.tokens += self.global_batch * cfg.block_size
-        window.add(self.global_batch * cfg.block_size)
-        self.losses.add(self.step, loss)
-        stats = None
-        if self.step % cfg.log_interval == 0:
-            stats = {"train_loss": self.losses.mean_of_pending(), "lr": lr, "tokens_per_s": window.rate()}
-            self.metrics.write({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed(), 3), **stats})
-        self.progress.step(self.step, self.elapsed(), stats)
-
-    def finish(self, stopped_by: str, val_loss: float | None) -> float | None:
-        """The run's last evaluation and checkpoint, as its reason for stopping asks."""
-        self.losses.check()
-        if stopped_by in ("max_iters", "max_time", "cooldown"):
-            # training always ends with an evaluation (unless this step just had one)
-            if val_loss is None or self.step % self.cfg.eval_interval:
-                return self.evaluate_and_save()
-            if stopped_by == "max_time":
-                # this step's checkpoint was written before the clock ran out: write the time
-                # spent, or a resume would find budget left and train on
-                self.save(val_loss)
-        elif stopped_by != "patience":  # a signal or a request: checkpoint where we are, quickly
-            self.save(None)
-        return val_loss
-
-    def step_count_this_run(self) -> int:
-        return len(self.losses.history) + len(self.losses.pending)
-
-    def evaluate_and_save(self) -> float:
-        self.losses.check()
-        val_loss = self.evaluate()
-        if not math.isfinite(val_loss):
-            raise NonFiniteLoss(f"the validation loss became {val_loss} at step {self.step}; stopped without saving; {self.run_dir} keeps what was saved before it")
-        bpc = val_loss / math.log(2) * self.tokens_per_char
-        train_loss = self.losses.recent_mean(self.cfg.log_interval)
-        improved = val_loss < self.best_val
-        self.metrics.write({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed(), 3), "train_loss": train_loss, "val_loss": val_loss, "val_bpc": bpc})
-        if improved:
-            self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
-        else:
-            self.stale_evals += 1
-            if self.cooldown_due():
-                self.start_cooldown()
-        self.save(val_loss, best=improved)
-        if self.dist.is_main:  # after the save: the line says what is on disk
-            tr = f"train {train_loss:.4f}, " if train_loss is not None else ""
-            self.progress.say(f"step {self.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char){', best so far: saved as best.pt' if improved else ''}")
-        self.picture.update()
-        return val_loss
+        """Train until the schedule, a signal or `should_stop(step)` ends the run (see loop.py)."""
+        return Loop(self).run(should_stop)
