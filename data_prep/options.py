@@ -29,7 +29,8 @@ class PrepareOptions:
     strict: bool = False
     force: bool = False
     progress: bool = True
-    vocab_from: str | None = None  # a run folder, checkpoint, prepared data folder or tokenizer file whose vocabulary to use
+    # a run folder, checkpoint, prepared data folder or tokenizer file whose vocabulary to use
+    vocab_from: str | None = None
     tokenizer: str = "char"  # "char": a character vocabulary; "bpe": a byte-level BPE learned on train
     vocab_size: int | None = None  # a BPE's tokens, special and byte tokens included
 
@@ -37,15 +38,18 @@ class PrepareOptions:
         if self.tokenizer not in TOKENIZERS:
             raise DataError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
         if self.vocab_from is not None and (self.tokenizer != "char" or self.vocab_size is not None):
-            raise DataError("--vocab-from uses the base's tokenizer as it is, character or BPE; --tokenizer and --vocab-size cannot change it")
+            raise DataError("--vocab-from uses the base's tokenizer as it is, character or BPE; --tokenizer and "
+                            "--vocab-size cannot change it")
         if self.tokenizer == "char" and self.vocab_size is not None:
             raise DataError("--vocab-size is for --tokenizer bpe; a character vocabulary is sized by --max-vocab")
         if self.tokenizer == "bpe":
             if self.vocab_size is None:
-                raise DataError("--tokenizer bpe needs --vocab-size N (the tokens to learn, the 256 byte tokens and <|endoftext|> included)")
+                raise DataError("--tokenizer bpe needs --vocab-size N (the tokens to learn, the 256 byte tokens and "
+                                "<|endoftext|> included)")
             if self.vocab_size <= BPE_BASE:
-                raise DataError(f"--vocab-size {self.vocab_size} is too small for a byte-level BPE: its 256 byte tokens and "
-                                f"<|endoftext|> take {BPE_BASE}; give at least {BPE_BASE + 1} to learn any merge")
+                raise DataError(f"--vocab-size {self.vocab_size} is too small for a byte-level BPE: its 256 byte "
+                                f"tokens and <|endoftext|> take {BPE_BASE}; give at least {BPE_BASE + 1} to learn "
+                                "any merge")
         if not 0 < self.val_fraction < 1:
             raise DataError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.max_vocab < 2:

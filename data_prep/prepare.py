@@ -1,15 +1,16 @@
 """`prepare()`: corpus -> documents -> vocabulary -> train/val token shards.
 
-Pass 1 (parallel; the expensive part for characters: decompression and parsing, `scan`)
-reads each unit of work (a file, or one member of an archive of archives), stores its
-documents' code points in a scratch file and returns per-split character counts. The
-tokenizer comes next: a character vocabulary built from the training counts
-(`vocabulary`), or a byte-level BPE learned from the training text (`bpe_train`), or a
-base's (--vocab-from). Pass 2 (parallel, `encode`) counts every unit's tokens per split,
-which gives its place in the shards, then writes its ids there: for characters the counts
-come from pass 1's and the ids from a numpy lookup; a BPE encodes each unit first and
-copies its ids into place after (`bpe_encode`). All of it happens in a hidden temporary
-folder that is renamed into place only when complete.
+Pass 1 (parallel; the expensive part for characters: decompression and parsing,
+`passes.pass1_read`) reads each unit of work (a file, or one member of an archive of
+archives), stores its documents' code points in a code point file and returns per-split
+character counts. The tokenizer comes next: a character vocabulary built from the training
+counts (`tokenize.char_vocabulary`), or a byte-level BPE learned from the training text
+(`tokenize.bpe_training`), or a base's (--vocab-from, `tokenize.vocab_from`). Pass 2
+(parallel, `passes.pass2_char`) counts every unit's tokens per split, which gives its place
+in the shards, then writes its ids there: for characters the counts come from pass 1's and
+the ids from a numpy lookup; a BPE encodes each unit first and copies its ids into place
+after (`passes.pass2_bpe`). All of it happens in a hidden temporary folder that is renamed
+into place only when complete.
 """
 from __future__ import annotations
 
@@ -23,27 +24,37 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .any_tokenizer import Tokenizer, tokenizer_from_json
-from .base_vocabulary import load_base_tokenizer
-from .bpe_encode import BpePass
-from .bpe_train import LearnBpe
-from .dataset import META_FILE, TOKENIZER_FILE
-from .discovery import Source, discover, display_name
-from .encode import CharPass, EncodeJob, recount_text_split, segment_counts
+from plumbing.errors import display_name, first_line
+from plumbing.output_folder import (
+    OutputFolderError,
+    Writer,
+    check_output,
+    check_replaceable,
+    claim,
+    clean_after_killed_runs,
+    first_inside,
+    move_into_place,
+    parents_removed_on_failure,
+)
+
 from .errors import DataError
-from plumbing.errors import first_line
-from .meta import build_meta
 from .options import PrepareOptions
-from plumbing.output_folder import (check_output, check_replaceable, claim, clean_after_killed_runs, first_inside, move_into_place,
-                            parents_removed_on_failure)
-from .records import work_offline
-from .scan import Scan, make_units
-from .scratch import SPLITS
-from .shards import SplitWriter
-from .tally import Tally
-from .tokenizer import utf8_length
-from .vocabulary import build_tokenizer, summed
-from .workers import Workers, grouped
+from .passes.pass1_read import Scan, make_units
+from .passes.pass1_totals import Tally
+from .passes.pass2_bpe import BpePass
+from .passes.pass2_char import CharPass, EncodeJob
+from .passes.segments import LearnBpe, recount_text_split, segment_counts, summed
+from .passes.workers import Workers, grouped
+from .prepared.data_folder import META_FILE, SPLITS, is_prepared_data
+from .prepared.meta import build_meta
+from .prepared.shards import SplitWriter
+from .read.inputs import Source, discover
+from .read.records import work_offline
+from .tokenize.char import utf8_length
+from .tokenize.char_vocabulary import build_tokenizer
+from .tokenize.kinds import Tokenizer, tokenizer_from_json
+from .tokenize.tokenizer_file import TOKENIZER_FILE
+from .tokenize.vocab_from import load_base_tokenizer
 
 __all__ = ["PrepareOptions", "Summary", "prepare"]
 
@@ -51,6 +62,8 @@ MIN_DOCS_FOR_DOCUMENT_SPLIT = 100  # fewer documents than this: split inside the
 GROUP_BYTES = 1 << 20  # pass-1 units go to a worker in groups of about this much input
 GROUP_CHARS = 1 << 21  # and pass-2 units in groups of about this many characters (a short tail)
 UNIT_COST = 1 << 15  # a unit's fixed cost (files to open, write and remove), in bytes of input
+# --force replaces a data folder gpt-prepare wrote, never a trained run or anything else the user had
+PREPARER = Writer("gpt-prepare", wrote=is_prepared_data)
 
 
 @dataclass
@@ -70,10 +83,13 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     """Prepare `inputs` into the folder `out`; see the module docstring."""
     opts.validate()
     out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
-    check_replaceable(out)
-    clean_after_killed_runs(out)
-    check_output(out, opts.force, DataError)
+    try:
+        check_replaceable(out)
+        clean_after_killed_runs(out)
+    except OutputFolderError as e:  # gpt-prepare's expected failures are DataErrors, whoever finds them
+        raise DataError(str(e)) from None
     check_not_an_input(out, [*inputs, *([opts.vocab_from] if opts.vocab_from else [])])
+    check_output(out, opts.force, PREPARER, DataError)
     base = load_base_tokenizer(opts.vocab_from) if opts.vocab_from else None  # a bad base fails before any work
     sources = discover(inputs, exclude=out)
     if not sources:
@@ -83,14 +99,18 @@ def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> 
     with parents_removed_on_failure(out):
         try:
             tmp = claim(out)
+        except OutputFolderError as e:  # another run is writing `out`
+            raise DataError(str(e)) from None
         except OSError as e:
-            raise DataError(f"cannot write the output folder {display_name(out)}: {e.strerror or first_line(e)}") from None
+            reason = e.strerror or first_line(e)
+            raise DataError(f"cannot write the output folder {display_name(out)}: {reason}") from None
         try:
             (tmp / "work").mkdir()
             with Workers(opts.workers or os.cpu_count() or 1) as workers:
                 summary = _prepare_into(sources, tmp, opts, workers, base)
             shutil.rmtree(tmp / "work")
-            check_output(out, opts.force, DataError)  # a folder made there while this run worked is the user's, as one at the start
+            # a folder made there while this run worked is the user's, as one at the start
+            check_output(out, opts.force, PREPARER, DataError)
             move_into_place(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -110,7 +130,8 @@ def check_not_an_input(out: Path, inputs: list[str | Path]) -> None:
 
 def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:
     tally = Tally(sources, opts.strict)
-    bar = tqdm(total=sum(i["bytes"] for i in tally.sources), unit="B", unit_scale=True, desc="reading", disable=not opts.progress, leave=False)
+    bar = tqdm(total=sum(i["bytes"] for i in tally.sources), unit="B", unit_scale=True, desc="reading",
+               disable=not opts.progress, leave=False)
     units = grouped(make_units(sources, tally.sources, work), lambda u: u.size + UNIT_COST, GROUP_BYTES)
     for group in workers.map(Scan(work, opts), units):
         for r in group:
@@ -120,13 +141,15 @@ def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers:
     return tally, tally.finish()
 
 
-def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers, base: Tokenizer | None) -> Summary:
+def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers,
+                  base: Tokenizer | None) -> Summary:
     tally, warnings = _read_pass(sources, tmp / "work", opts, workers)
     split = _plan_split(tally, opts)
     tokenizer, in_vocab = _tokenizer(split.units, split.total, split.val_tails, opts, workers, base)
     tokens, documents, shards = _write_shards(split, tokenizer, tmp, opts, workers)
     (tmp / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
-    skipped = {"files": sum(1 for i in tally.sources if i["error"]), "members": len(tally.skipped_members), "invalid_utf8_replaced": tally.invalid_utf8}
+    skipped = {"files": sum(1 for i in tally.sources if i["error"]), "members": len(tally.skipped_members),
+               "invalid_utf8_replaced": tally.invalid_utf8}
     if tally.bad_records:  # only when there are some: other corpora's meta.json stays as it was
         skipped["bad_records"] = tally.bad_records
     meta = build_meta(
@@ -155,7 +178,8 @@ def _plan_split(tally: Tally, opts: PrepareOptions) -> Split:
     if n_docs == 0:
         # the skip warnings are never shown when nothing is written: say why here
         reasons = [i["error"] for i in tally.sources if i["error"]]
-        raise DataError("no text found in the inputs" + (f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})" if reasons else ""))
+        why = f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})" if reasons else ""
+        raise DataError("no text found in the inputs" + why)
     # split by document when there are enough documents on both sides, else inside the text
     n_val_docs = sum(r.val_documents for r in units)
     if n_docs >= MIN_DOCS_FOR_DOCUMENT_SPLIT and 0 < n_val_docs < n_docs:
@@ -177,17 +201,20 @@ def _write_shards(split: Split, tokenizer: Tokenizer, tmp: Path, opts: PrepareOp
     # exact token counts per unit and split give each unit its place in the shards
     n_seg = segment_counts(split.units, split.val_tails)
     pass2 = BpePass(tokenizer) if tokenizer.kind == "bpe" else CharPass(tokenizer)
-    expected = pass2.count(split.units, n_seg, split.unit_counts, split.val_tails, workers, opts.progress)  # a BPE's frees the scratch
+    # a BPE's count frees the code point files
+    expected = pass2.count(split.units, n_seg, split.unit_counts, split.val_tails, workers, opts.progress)
     tokens = {s: int(expected[s].sum()) for s in SPLITS}
     writers = {s: SplitWriter(tmp, s, tokens[s], opts.shard_tokens, tokenizer.dtype) for s in SPLITS}
     for w in writers.values():
         w.create()
     starts = {s: np.cumsum(expected[s]) - expected[s] for s in SPLITS}
     jobs = (
-        EncodeJob(r.index, r.scratch, split.val_tails, {s: int(starts[s][i]) for s in SPLITS}, {s: int(expected[s][i]) for s in SPLITS})
+        EncodeJob(r.index, r.scratch, split.val_tails, {s: int(starts[s][i]) for s in SPLITS},
+                  {s: int(expected[s][i]) for s in SPLITS})
         for i, r in enumerate(split.units)
     )
-    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=not opts.progress, leave=False)
+    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=not opts.progress,
+               leave=False)
     for produced in workers.map(pass2.writer(writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()
@@ -203,6 +230,7 @@ def _tokenizer(units: list, total: dict, val_tails: float | None, opts: PrepareO
         return base, None
     if base is None and opts.tokenizer == "bpe":
         train_chars = int(total["train"].sum())
-        learned = workers.run(LearnBpe(val_tails, opts.vocab_size, train_chars if opts.progress else None), [r.scratch for r in units])
+        learn = LearnBpe(val_tails, opts.vocab_size, train_chars if opts.progress else None)
+        learned = workers.run(learn, [r.scratch for r in units])
         return tokenizer_from_json(learned), None
     return build_tokenizer(total, opts, base)

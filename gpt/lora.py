@@ -49,7 +49,7 @@ class LoRALinear(nn.Module):
         low = F.linear(x, self.lora_a) * self.scale  # (..., rank): the scale is applied on the small side
         # out + low B^T as one product writing one full-size tensor: the update and the sum as
         # separate tensors left the CPU allocator holding several per layer, and a LoRA run
-        # peaked above a full fine-tuning run (13-15% at batch 16; README, "Measured")
+        # peaked above a full fine-tuning run in memory
         return torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), self.lora_b.t()).view(out.shape)
 
     def merged(self) -> nn.Linear:

@@ -8,7 +8,7 @@ import pytest
 
 from tests.support import assert_one_line_error, prepared_bpe, run_cli, write_unicode_corpus
 
-OLD = {"meta.json": "an older output that must survive\n"}
+OLD = {"meta.json": json.dumps({"format": "gpt-prepared-data", "note": "an older output that must survive"})}
 
 
 @pytest.fixture(scope="module")

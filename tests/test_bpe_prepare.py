@@ -103,7 +103,7 @@ def test_the_same_inputs_give_byte_identical_output_with_one_or_two_workers(corp
 
 
 def test_encoding_in_many_small_batches_gives_the_same_shards_as_in_one(corpus, tmp_path, folder_bytes, monkeypatch):
-    from data_prep import bpe_encode
+    from data_prep.passes import pass2_bpe as bpe_encode
 
     prepare([corpus], tmp_path / "one", bpe_options())
     monkeypatch.setattr(bpe_encode, "BATCH_CHARS", 500)  # a few documents a batch: many flushes per unit

@@ -10,8 +10,8 @@ tokenizers = pytest.importorskip("tokenizers")
 
 import data_prep
 from data_prep import BpeTokenizer, CharTokenizer, DataError, tokenizer_from_json
-from data_prep.pieces import safe_pieces
-from data_prep.tokenizer_file import byte_level_alphabet
+from data_prep.tokenize.safe_cuts import safe_pieces
+from data_prep.tokenize.tokenizer_file import byte_level_alphabet
 from tests.test_tokenizer_file import varied_text
 
 
@@ -127,8 +127,9 @@ def test_cutting_where_pieces_cut_never_changes_the_ids(bpe, seed):
 
 
 def test_ordinary_text_is_cut_into_many_pieces_with_the_same_ids(bpe):
-    from tests.support import unicode_document
     import random
+
+    from tests.support import unicode_document
 
     rng = random.Random(5)
     text = "".join(unicode_document(rng, i) for i in range(40))

@@ -63,7 +63,7 @@ def test_the_files_load_with_safetensors_alone_and_match_the_config(exported, ru
 
 
 def readme_logits(folder: Path, ids: list[int]) -> torch.Tensor:
-    """Logits (T, V) computed as the README's "The export format" says, from the files alone
+    """Logits (T, V) computed as docs/formats.md ("The export folder") says, from the files alone
     (safetensors, the JSON config, plain torch functions): what a reader without this
     package would write. The default model: no biases, a tied head, GELU, no qk-norm and no
     soft-cap; rotary or learned positions."""
@@ -137,9 +137,15 @@ def test_exporting_over_an_existing_folder_needs_force_and_loses_nothing(run, tm
     r = run_cli("gpt.export.cli", run, "--out", out)
     assert_one_line_error(r, "gpt-export", f"{out} already exists", "--force")
     assert snapshot(out) == {"mine.txt": b"keep me"}
-    r = run_cli("gpt.export.cli", run, "--out", out, "--force")
+    r = run_cli("gpt.export.cli", run, "--out", out, "--force")  # a folder of the user's: never replaced
+    assert_one_line_error(r, "gpt-export", "--force replaces only a folder that gpt-export wrote", "mine.txt")
+    assert snapshot(out) == {"mine.txt": b"keep me"}
+    (out / "mine.txt").unlink()
+    assert run_cli("gpt.export.cli", run, "--out", out).returncode == 0  # an empty folder is anyone's
+    first = snapshot(out)
+    r = run_cli("gpt.export.cli", run, "--out", out, "--force")  # an export of its own: replaced whole
     assert r.returncode == 0, r.stderr
-    assert sorted(snapshot(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(snapshot(out)) == ["config.json", "model.safetensors", "tokenizer.json"] and snapshot(out) == first
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -230,3 +236,14 @@ def test_damaged_export_files_are_refused_in_one_line(exported, tmp_path):
     (bad / "config.json").write_text("{not json")
     with pytest.raises(ExportError, match="config.json is not readable JSON"):
         load_export(bad)
+
+
+def test_force_replaces_only_an_export_and_refuses_a_data_folder_naming_what_it_holds(run, tmp_path):
+    from tests.support import prepared
+
+    data = prepared(tmp_path)
+    proc = run_cli("gpt.export.cli", run, "--out", data, "--force")
+    assert proc.returncode == 1 and "--force replaces only a folder that gpt-export wrote" in proc.stderr, proc.stderr
+    assert "meta.json" in proc.stderr and (data / "meta.json").is_file()
+    assert run_cli("gpt.export.cli", run, "--out", tmp_path / "e").returncode == 0
+    assert run_cli("gpt.export.cli", run, "--out", tmp_path / "e", "--force").returncode == 0

@@ -101,6 +101,32 @@ def test_a_damaged_base_is_one_line_and_starts_no_run(data, base, tmp_path, dama
     assert not (tmp_path / "ft").exists()
 
 
+def nan_copy(run, folder):
+    """A copy of `run`'s best checkpoint whose weights hold a NaN, in `folder`."""
+    state = ck.load_checkpoint(run / "best.pt")
+    state["model"]["wte.weight"][0, 0] = float("nan")
+    folder.mkdir()
+    ck.save_checkpoint(folder / "best.pt", state)
+    return folder / "best.pt"
+
+
+def test_a_base_whose_weights_are_not_finite_is_named_and_starts_no_run(data, base, tmp_path):
+    bad = nan_copy(base, tmp_path / "nan")
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", bad.parent, "--device", "cpu", "--quiet")
+    assert_one_line_error(proc, "gpt-train", str(bad), "not finite")
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("command", ["gpt.sample", "gpt.evaluate", "gpt.export.cli"])
+def test_every_command_names_the_checkpoint_whose_weights_are_not_finite(data, base, tmp_path, command):
+    bad = nan_copy(base, tmp_path / "nan")
+    args = {"gpt.sample": ["--ckpt", bad, "--max-new-tokens", "5"], "gpt.evaluate": ["--ckpt", bad, "--split", "val", "--data", data],
+            "gpt.export.cli": [bad, "--out", tmp_path / "export"]}[command]
+    assert_one_line_error(run_cli(command, *args, "--device", "cpu") if command != "gpt.export.cli" else run_cli(command, *args),
+                          {"gpt.sample": "gpt-sample", "gpt.evaluate": "gpt-eval", "gpt.export.cli": "gpt-export"}[command],
+                          str(bad), "not finite")
+
+
 @pytest.mark.parametrize("case", ["data of another vocabulary", "a --lora-targets name that matches no layer"])
 def test_a_refused_start_with_overwrite_leaves_the_old_run_as_it_was(data, base, tmp_path, case):
     old = tmp_path / "old"

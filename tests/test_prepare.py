@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import decode
-from data_prep.errors import DataError
-from plumbing.output_folder import beside_stem
 from data_prep import prepare as prepare_module
-from data_prep import scratch as scratch_module
+from data_prep.errors import DataError
+from data_prep.passes import codepoint_files as scratch_module
+from data_prep.read import utf8 as decode
+from plumbing.output_folder import beside_stem
 from tests.support import dead_pid
 
 UNICODE = (
@@ -220,7 +220,8 @@ def big_corpus(folder, big: str) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_documents_larger_than_every_buffer_are_encoded_exactly_as_if_whole(tmp_path, prepare_data, folder_bytes, read_documents, monkeypatch, workers):
-    from data_prep import scan, tar
+    from data_prep.passes import pass1_read as scan
+    from data_prep.read import tar
 
     big = (UNICODE + "a line of filler text\n" * 10) * 400  # about 70,000 characters
     big_corpus(tmp_path / "corpus", big)
@@ -429,7 +430,7 @@ def test_an_output_a_killed_run_had_moved_aside_is_put_back(tmp_path, prepare_da
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an open file through /proc")
 def test_every_file_of_the_output_reaches_the_disk_before_the_rename(tmp_path, prepare_data, monkeypatch):
     # a rename that a power cut keeps, over files it does not, would leave shards of zeros
-    from data_prep import output_folder
+    from plumbing import output_folder
 
     synced, unsynced_at_rename = set(), []
     real_fsync, real_replace = os.fsync, os.replace

@@ -1,6 +1,7 @@
 """`gpt-prepare` as a user runs it: a summary on success; on an expected failure, one
 line on stderr, a non-zero exit and no traceback."""
 import json
+import os
 
 import pytest
 
@@ -66,14 +67,26 @@ def test_cli_refuses_an_existing_output_without_force_and_leaves_it_untouched(tm
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["notes.txt"]
 
 
-def test_cli_force_replaces_an_existing_output(tmp_path, run_cli):
+def test_cli_force_replaces_a_data_folder_gpt_prepare_wrote(tmp_path, run_cli):
     (tmp_path / "t.txt").write_text(GOOD)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "notes.txt").write_text("mine")
-    proc = run_cli("t.txt", "--out", "data", "--quiet", "--force", "--workers", "1")
+    assert run_cli("t.txt", "--out", "data", "--quiet", "--workers", "1").returncode == 0
+    (tmp_path / "u.txt").write_text(GOOD.upper())
+    proc = run_cli("u.txt", "--out", "data", "--quiet", "--force", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
-    assert not (tmp_path / "data" / "notes.txt").exists()
-    assert json.loads((tmp_path / "data" / "meta.json").read_text())["format"] == "gpt-prepared-data"
+    assert json.loads((tmp_path / "data" / "meta.json").read_text())["sources"][0]["path"].endswith("u.txt")
+
+
+@pytest.mark.parametrize("holds", ["a trained run", "notes of the user's"])
+def test_cli_force_refuses_a_folder_gpt_prepare_did_not_write_and_changes_nothing(tmp_path, run_cli, folder_bytes, holds):
+    (tmp_path / "t.txt").write_text(GOOD)
+    (tmp_path / "out").mkdir()
+    files = {"latest.pt": b"PK weights", "config.json": b'{"model": {}, "train": {}}'} if holds == "a trained run" else {"notes.txt": b"mine"}
+    for name, data in files.items():
+        (tmp_path / "out" / name).write_bytes(data)
+    proc = run_cli("t.txt", "--out", "out", "--quiet", "--force", "--workers", "1")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--force replaces only a folder that gpt-prepare wrote" in proc.stderr and sorted(files)[0] in proc.stderr
+    assert folder_bytes(tmp_path / "out") == files
 
 
 def test_cli_help_describes_inputs_and_output(run_cli):
@@ -141,17 +154,17 @@ def test_a_corrupt_parquet_file_is_one_warning_without_library_chatter(tmp_path,
     assert "bad.parquet" in proc.stderr
 
 
-def test_force_over_an_output_that_is_a_link_leaves_nothing_beside_it(tmp_path, run_cli):
+def test_force_over_an_output_that_is_a_link_leaves_nothing_beside_it(tmp_path, run_cli, folder_bytes):
     import os
 
     (tmp_path / "t.txt").write_text(GOOD)
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "mine.txt").write_text("keep me")
+    assert run_cli("t.txt", "--out", "elsewhere", "--quiet", "--workers", "1").returncode == 0
+    before = folder_bytes(tmp_path / "elsewhere")
     os.symlink(tmp_path / "elsewhere", tmp_path / "data")
     proc = run_cli("t.txt", "--out", "data", "--quiet", "--force", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "elsewhere", "t.txt"]  # no .data.old-PID link left
-    assert (tmp_path / "elsewhere" / "mine.txt").read_text() == "keep me"  # the link went, not the folder it named
+    assert folder_bytes(tmp_path / "elsewhere") == before  # the link went, not the folder it named
     assert (tmp_path / "data" / "meta.json").is_file()
 
 
@@ -197,7 +210,7 @@ def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, monkeypatch, cap
     import signal
 
     from data_prep import cli
-    from data_prep import scan as scan_module
+    from data_prep.passes import pass1_read as scan_module
 
     if multiprocessing.get_start_method() != "fork":
         pytest.skip("the workers must inherit this test's stand-in (fork)")
@@ -233,3 +246,45 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
         os.close(write)
     assert proc.returncode == 0
     assert data_prep.load(tmp_path / "data").meta["splits"]["train"]["tokens"] > 0
+
+
+# runs `python -m data_prep.cli ARGS` in this process, then names what it imported of torch and gpt
+RUN_AND_LIST_IMPORTS = """
+import runpy, sys
+sys.argv[0] = "gpt-prepare"
+try:
+    runpy.run_module("data_prep.cli", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    print("exit status:", e.code)
+print("imported:", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "gpt")))
+"""
+
+
+@pytest.mark.parametrize("tokenizer", ["char, the vocabulary of a checkpoint", "bpe"])
+def test_gpt_prepare_never_imports_torch_or_the_gpt_package(tmp_path, tokenizer):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from data_prep.prepare import PrepareOptions, prepare
+    from tests.support import ROOT
+
+    (tmp_path / "corpus").mkdir()
+    for i in range(6):
+        text = f"document {i}: the quick brown fox jumps over the lazy dog.\n"
+        (tmp_path / "corpus" / f"{i}.txt").write_text(text * 30)
+    if tokenizer == "bpe":
+        args = ["--tokenizer", "bpe", "--vocab-size", "280", "--workers", "2"]
+    else:  # a run folder as gpt-train leaves it: a checkpoint (a zip archive) and tokenizer.json beside it
+        prepare([tmp_path / "corpus"], tmp_path / "base", PrepareOptions(workers=1, progress=False))
+        (tmp_path / "run").mkdir()
+        zipfile.ZipFile(tmp_path / "run" / "best.pt", "w").close()
+        shutil.copy(tmp_path / "base" / "tokenizer.json", tmp_path / "run" / "tokenizer.json")
+        args = ["--vocab-from", str(tmp_path / "run" / "best.pt"), "--workers", "1"]
+    proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST_IMPORTS, str(tmp_path / "corpus"), "--out",
+                           str(tmp_path / "data"), "--quiet", *args],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "exit status: 0" in proc.stdout, proc.stderr
+    assert "imported: []" in proc.stdout
+    assert data_prep.load(tmp_path / "data").tokenizer.kind == tokenizer[:4].rstrip(",")

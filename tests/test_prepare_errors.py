@@ -6,9 +6,8 @@ import tarfile
 import pytest
 
 from data_prep import DataError
-from data_prep import encode as encode_module
+from data_prep.passes import pass2_char as encode_module
 from data_prep.prepare import PrepareOptions, prepare
-
 from tests.conftest import owt_archive_bytes, tar_bytes
 from tests.support import assert_one_line_error, run_cli
 
@@ -267,8 +266,8 @@ def test_an_existing_empty_output_folder_is_used(good_folder, tmp_path, prepare_
 
 def test_force_replaces_an_existing_output_folder(good_folder, tmp_path, prepare_data):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.bin").write_bytes(b"old")
+    prepare_data(good_folder, out=out)
+    (out / "stale.bin").write_bytes(b"old")  # a data folder is replaced whole, whatever else was put in it
     prepare_data(good_folder, out=out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train_0000.bin", "val_0000.bin"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

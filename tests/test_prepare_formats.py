@@ -9,7 +9,6 @@ import tarfile
 import pytest
 
 from data_prep import DataError
-
 from tests.conftest import tar_bytes
 
 RECORDS = [{"id": i, "text": f"record {i}: some text with ünïcödé 🙂\n" * (1 + i % 3), "title": f"title {i}"} for i in range(120)]
@@ -154,7 +153,7 @@ def test_pax_archives_with_long_unicode_names_and_folder_entries_yield_their_fil
 def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive():
     import io
 
-    from data_prep.tar import iter_tar
+    from data_prep.read.tar import iter_tar
 
     raw = tar_bytes([("a.bin", b"A" * 3000), ("b.txt", b"short"), ("c.bin", b"C" * 70000)], folders=("d",))
     assert list(iter_tar(io.BytesIO(raw), head=512)) == [("a.bin", b"A" * 512), ("b.txt", b"short"), ("c.bin", b"C" * 512)]
@@ -164,7 +163,7 @@ def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive(
 def test_a_peeked_stream_gives_back_every_byte_once():
     import io
 
-    from data_prep.streams import Peekable
+    from data_prep.read.streams import Peekable
 
     s = Peekable(io.BytesIO(bytes(range(200))))
     assert s.peek(10) == bytes(range(10))
@@ -176,7 +175,7 @@ def test_a_peeked_stream_gives_back_every_byte_once():
 
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 1000])
 def test_utf8_in_pieces_is_replaced_and_counted_exactly_as_pythons_replace_handler(piece):
-    from data_prep.decode import DecodeStats, Utf8Decoder
+    from data_prep.read.utf8 import DecodeStats, Utf8Decoder
 
     raw = "ok é 東京 🙂 ".encode() + b"caf\xe9 \xff\xfe \xf0\x9f\x99 \xed\xa0\x80 end \xe6\x9d"
     stats = DecodeStats()
@@ -187,8 +186,8 @@ def test_utf8_in_pieces_is_replaced_and_counted_exactly_as_pythons_replace_handl
 
 
 def test_strict_utf8_names_the_byte_of_the_first_invalid_sequence():
-    from data_prep.decode import DecodeStats, Utf8Decoder
-    from data_prep.streams import SourceError
+    from data_prep.read.streams import SourceError
+    from data_prep.read.utf8 import DecodeStats, Utf8Decoder
 
     decoder = Utf8Decoder("doc.txt", DecodeStats(), strict=True)
     decoder.decode(b"0123456789")

@@ -9,7 +9,7 @@ import pytest
 
 import data_prep
 from data_prep import DataError
-from data_prep.shards import HEADER_SIZE, SplitWriter, open_shard
+from data_prep.prepared.shards import HEADER_SIZE, SplitWriter, open_shard
 
 
 def write_shard(folder, ids, dtype):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from data_prep import CharTokenizer, DataError
-from data_prep.tokenizer import EOT, build_vocab, codepoints, smallest_dtype
+from data_prep.tokenize.char import EOT, build_vocab, codepoints, smallest_dtype
 
 UNICODE = "héllo wörld\r\n\tcafé 東京 🙂🎉 e\u0301 \U0001d11e \U0010fffd naïve — “ok”"
 

@@ -10,7 +10,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 import data_prep
 from data_prep import CharTokenizer, DataError
-from data_prep.tokenizer import EOT
+from data_prep.tokenize.char import EOT
 
 VOCAB_TEXT = "the quick brown fox jumps over the lazy dog\n\r\t\0 ÉéàçñüßøπΩжЖ東京日本語한국어🙂e\u0301"
 
@@ -150,7 +150,7 @@ def test_lone_surrogates_in_json_records_become_replacement_characters_and_are_c
 
 def test_a_checkpoint_that_stored_the_first_format_still_loads(tmp_path):
     from gpt.store import checkpoint as ck
-from gpt.store.load import model_from_checkpoint
+    from gpt.store.load import model_from_checkpoint
     from tests.support import train_tiny_model
 
     model, tok, cfg = train_tiny_model(steps=1)

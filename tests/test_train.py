@@ -81,6 +81,16 @@ def test_resuming_a_cuda_run_on_a_machine_without_one_says_how_to_go_on(data, tm
     assert run_cli("gpt.train", "--resume", "--out", str(run), "--max-iters", "6", "--quiet", "--device", "cpu").returncode == 0
 
 
+def test_resuming_from_weights_that_are_not_finite_names_the_checkpoint(data, tmp_path):
+    run = tmp_path / "run"
+    train(overrides=tiny_run(data, run, max_iters=4), log=lambda s: None)
+    state = ck.load_checkpoint(run / "latest.pt")
+    state["model"]["wte.weight"][0, 0] = float("nan")
+    ck.save_checkpoint(run / "latest.pt", state)
+    with pytest.raises(TrainError, match=f"{run / 'latest.pt'} are not finite"):
+        train(overrides={"out": str(run), "max_iters": 6, "progress": False}, resume=True, log=lambda s: None)
+
+
 def test_a_resumed_run_lets_go_of_the_checkpoint_it_loaded(data, tmp_path, monkeypatch):
     import gc
     import weakref
@@ -237,11 +247,11 @@ def test_max_time_stops_on_budget_with_decayed_learning_rate(data, tmp_path, mon
 def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(data, tmp_path):
     args = ["--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet", "--n-layer", "2", "--n-head", "2",
             "--n-embd", "32", "--block-size", "32", "--batch-size", "8", "--max-iters", "100000", "--eval-interval", "50"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gpt.train", *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 60
-    while not (tmp_path / "run" / "latest.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    for line in proc.stdout:  # the run says when its first checkpoint is on disk: wait for that, not for a clock
+        if line.startswith("step 50:"):
+            break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err

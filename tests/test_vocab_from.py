@@ -1,6 +1,7 @@
 """`gpt-prepare NEW_TEXT --vocab-from RUN`: new text encoded with a trained model's vocabulary,
 so that `gpt-train --init-from RUN` fine-tunes on it."""
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -80,16 +81,23 @@ def test_by_default_a_clean_corpus_keeps_no_fallback_and_a_base_without_one_says
         prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
 
 
-@pytest.mark.parametrize("name", ["best.pt", "tokenizer.json", "folder without tokenizer.json"])
+@pytest.mark.parametrize("name", ["best.pt", "tokenizer.json"])
 def test_a_checkpoint_or_tokenizer_file_names_the_base_as_well(base, tmp_path, name):
-    if name.startswith("folder"):
-        source = tmp_path / "run"
-        source.mkdir()
-        (source / "best.pt").write_bytes((base / "best.pt").read_bytes())
-    else:
-        source = base / name
-    prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(source)))
+    # a checkpoint's vocabulary is its run folder's tokenizer.json: gpt-prepare never opens it (that takes torch)
+    prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new",
+            PrepareOptions(workers=1, progress=False, vocab_from=str(base / name)))
     assert data_prep.load(tmp_path / "new").tokenizer.fingerprint() == base_fingerprint(base)
+
+
+@pytest.mark.parametrize("given", ["the checkpoint", "its folder"])
+def test_a_checkpoint_without_its_run_folders_tokenizer_file_is_refused_saying_what_to_name(base, tmp_path, given):
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "best.pt").write_bytes((base / "best.pt").read_bytes())
+    source = tmp_path / "copy" / "best.pt" if given == "the checkpoint" else tmp_path / "copy"
+    with pytest.raises(DataError, match="no tokenizer.json beside the checkpoint best.pt.*name the run folder, its "
+                                        "tokenizer.json, or the data folder the model was trained on"):
+        prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new",
+                PrepareOptions(workers=1, progress=False, vocab_from=str(source)))
 
 
 def test_a_base_with_an_unknown_token_encodes_new_characters_as_it_and_counts_them(tmp_path):
@@ -122,6 +130,8 @@ def test_a_base_without_fallback_refuses_new_characters_naming_them(tmp_path):
     (lambda t: None, ["--vocab-from", "missing_run"], "--vocab-from missing_run: no such file or folder"),
     (lambda t: (t / "tok.json").write_text('{"model": {"type": "BPE"'), ["--vocab-from", "tok.json"], "tokenizer JSON is malformed"),
     (lambda t: (t / "ck.pt").write_bytes(b"PK\x03\x04 truncated"), ["--vocab-from", "ck.pt"], "corrupt or truncated"),
+    (lambda t: zipfile.ZipFile(t / "ck.pt", "w").close(), ["--vocab-from", "ck.pt"],
+     "no tokenizer.json beside the checkpoint"),
     (lambda t: (t / "empty").mkdir(), ["--vocab-from", "empty"], "no tokenizer.json and no checkpoint"),
     (lambda t: (t / "tok.json").write_text("{}"), ["--vocab-from", "tok.json", "--oov", "unk"], "--oov cannot change it"),
 ])

@@ -22,9 +22,9 @@ import numpy as np
 
 import data_prep
 from data_prep import Tokenizer
-from data_prep.pieces import safe_pieces
-from data_prep.shards import check_in_vocabulary
-from data_prep.tokenizer import codepoints
+from data_prep.prepared.shards import check_in_vocabulary
+from data_prep.tokenize.char import codepoints
+from data_prep.tokenize.safe_cuts import safe_pieces
 
 from .errors import EvalError
 
@@ -46,8 +46,8 @@ def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text")
     """Documents in files, folders and archives, read by gpt-prepare's own code: this is the
     one place evaluation touches `data_prep.sources`. Unreadable content (binary files,
     corrupt archives) is skipped with a warning, as gpt-prepare does without --strict."""
-    from data_prep import sources
-    from data_prep.discovery import discover
+    from data_prep.read import documents as sources
+    from data_prep.read.inputs import discover
 
     unreadable = (sources.SourceError, *sources.DECODE_ERRORS)
 

@@ -14,7 +14,7 @@ EPILOG = """
 output: a folder holding model.safetensors (fp32 weights, by their names in the model),
 config.json (the model's shape, every tensor's shape, tied tensors) and tokenizer.json.
 gpt-sample --ckpt FOLDER and Generator.load(FOLDER) load it; so does any safetensors reader
-(the README lists the tensors and the computation that uses them).
+(docs/formats.md lists the tensors and the computation that uses them).
 
 A LoRA run (adapters on a base checkpoint) is exported with --merge: the adapters are folded
 into the base's weights, giving a plain model as large as the base that needs neither the

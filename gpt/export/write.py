@@ -26,11 +26,11 @@ def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, 
     out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
     check_replaceable(out)
     clean_after_killed_runs(out)
-    check_output(out, force, EXPORTER, ExportError)
     path = resolve_checkpoint(ckpt)
     if first_inside(out, [path]) is not None:
         raise ExportError(f"--out {out} holds the checkpoint {path}, which replacing it would delete; "
                           "name a folder of its own for the export (the default is RUN/safetensors)")
+    check_output(out, force, EXPORTER, ExportError)
     state = load_checkpoint(path)
     lora = state.get("lora")
     if lora and not merge:

@@ -13,7 +13,7 @@ try:
 except ImportError:  # Windows has no flock: no run locks there (as in run_folder.py)
     fcntl = None
 
-from data_prep.discovery import is_prepared_data
+from data_prep.prepared.data_folder import is_prepared_data
 from plumbing.atomic import atomic_write_text
 
 from .checkpoint import CheckpointError

@@ -4,7 +4,7 @@ At a high learning rate the weights jitter around the valley they are descending
 average over the last hundred or so steps sits lower in it. Evaluated side by side on a
 2-core CPU (cpu-small, 2,000 steps, four corpora), the average's val loss was 2-6% below
 the trained weights' in mid-run and 0.4-0.6% below at the end of the decayed schedule
-(README, "Weight averaging"). It costs one copy of the trained weights and one fused update per step.
+(docs/benchmarks.md, "Weight averaging"). It costs one copy of the trained weights and one fused update per step.
 
 With an average the run's model *is* the average: it is what evaluation scores, what
 best.pt keeps and what sampling and fine-tuning load (a checkpoint's "model"); the weights
@@ -31,7 +31,7 @@ class WeightAverage:
         the weights), later the decay's horizon of 1 / (1 - decay) steps. A plain mean of the
         first steps instead would keep the untrained weights in the average for hundreds of
         steps: 0.2-6.6% worse than the trained weights at step 250 of cpu-small on four
-        corpora, where this is 3.0-3.9% better (README, "Weight averaging")."""
+        corpora, where this is 3.0-3.9% better (docs/benchmarks.md, "Weight averaging")."""
         self.updates += 1
         weight = max(1.0 - self.decay, 10.0 / (self.updates + 9))
         # torch's own EMA (torch.optim.swa_utils.get_ema_multi_avg_fn) updates the same way

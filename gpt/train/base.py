@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..store import load
-from ..store.checkpoint import load_checkpoint
+from ..store.checkpoint import all_finite, load_checkpoint
 from ..store.runs import resolve_checkpoint
 from .errors import TrainError
 
@@ -39,6 +39,9 @@ class Base:
         for key in KEPT:
             if key not in state:
                 raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")
+        if not all_finite(state["model"]):
+            raise TrainError(f"--init-from {ckpt}: the checkpoint's weights are not finite numbers (the file is damaged, "
+                             "or its training diverged); start from an earlier checkpoint")
         return cls(state, load.base_reference(ckpt, state))
 
     @classmethod

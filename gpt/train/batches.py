@@ -11,7 +11,7 @@ import json
 import numpy as np
 import torch
 
-from data_prep.shards import check_in_vocabulary
+from data_prep.prepared.shards import check_in_vocabulary
 
 
 class BlockSizeError(ValueError):

@@ -22,7 +22,7 @@ An option's "default" in the list above is each preset's value where the preset 
 
 run folder (--out): latest.pt, best.pt, config.json, tokenizer.json, metrics.jsonl, progress.png.
 Ctrl-C or SIGTERM saves a checkpoint at the next step boundary; --resume continues exactly.
-Multi-GPU / multi-node: torchrun --nproc_per_node=N -m gpt.train [options] (see README).
+Multi-GPU / multi-node: torchrun --nproc_per_node=N -m gpt.train [options] (see docs/distributed.md).
 """
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -53,7 +52,7 @@ class Loop:
     def run(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
         t = self.trainer
         cfg = t.cfg
-        t.t0 = time.perf_counter()
+        t.start_clock()
         self.losses = LossWindow(t.run_dir)
         self.progress = Progress(cfg.progress and t.dist.is_main, t.step, cfg.max_iters, cfg.max_time, t.log)
         val_loss, window = None, Throughput()

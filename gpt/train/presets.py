@@ -12,17 +12,17 @@ PRESETS: dict[str, dict] = {
     # The well-known "baby GPT" Shakespeare configuration, for GPUs: about 10.7M parameters,
     # a few minutes on one modern GPU. It overfits its 1 MB corpus after about 1,250 of its
     # 5,000 steps, where a CPU run on a 150 KB corpus kept a best 4.9% lower with the weights'
-    # average (README, "Weight averaging"; not yet measured on a GPU)
+    # average (docs/benchmarks.md, "Weight averaging"; not yet measured on a GPU)
     "baby-gpt": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
                      lr=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=5000, eval_interval=250, beta2=0.99, ema=0.99),
     # The best model found for a few minutes of a 2-core CPU (a sweep of 140 s runs on Tiny
-    # Shakespeare, in the README): in so little time many small steps beat fewer large ones,
+    # Shakespeare): in so little time many small steps beat fewer large ones,
     # so the model is small, the context short, the learning rate high, and no dropout.
     # Muon for the hidden matrices: 13-19% lower held-out loss than the reference's CPU
     # configuration in its own wall time on four corpora in fp32 (17-23% in bf16, where the
-    # CPU has it natively), against 6-11% with AdamW alone (README, "Measured"). The weights'
+    # CPU has it natively), against 6-11% with AdamW alone (docs/benchmarks.md, "Quality against nanoGPT"). The weights'
     # moving average is the model: 0.4-0.6% lower val loss at the end of 2,000 steps, 2-6%
-    # in mid-run, on four corpora (README, "Weight averaging")
+    # in mid-run, on four corpora (docs/benchmarks.md, "Weight averaging")
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=24, dropout=0.0,
                       lr=5e-3, min_lr=5e-4, warmup_iters=50, max_iters=None, max_time=600, eval_interval=250,
                       eval_windows=256, beta2=0.99, optimizer="muon", ema=0.99),

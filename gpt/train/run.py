@@ -92,7 +92,11 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
         check_resume_options(preset, overrides, overwrite)
         run_dir = Path(overrides["out"]) if overrides.get("out") else newest_run(option="--out")
         RunFolder.settle_if_idle(run_dir)  # an --overwrite killed before its first checkpoint: the run it replaced comes back
-        resume_state = checkpoint.load_checkpoint(resolve_checkpoint(run_dir, prefer=LATEST), map_location="cpu")
+        latest = resolve_checkpoint(run_dir, prefer=LATEST)
+        resume_state = checkpoint.load_checkpoint(latest, map_location="cpu")
+        if not all(checkpoint.all_finite(resume_state.get(k, {})) for k in ("model", "trained_model")):
+            raise TrainError(f"--resume: the weights in {latest} are not finite numbers (the file is damaged, or the run "
+                             "diverged before it was saved); start again, or fine-tune from an earlier checkpoint with --init-from")
     # a resumed run keeps the device it was given (a --device cpu run stays on the CPU of a
     # machine with a GPU) unless one is given now
     saved_device = resume_state["train_config"].get("device") if resume_state else None

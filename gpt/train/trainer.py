@@ -77,7 +77,7 @@ class Trainer:
         self.after_save: Callable[[], None] | None = None  # rank 0's: the run folder settles an --overwrite
         self.metrics = MetricsLog(run_dir, enabled=dist_.is_main)
         self.picture = ProgressPicture(run_dir, enabled=dist_.is_main)
-        self.t0 = time.perf_counter()
+        self.start_clock()
 
     def model_config(self, resume_state: dict | None, base: Base | None) -> ModelConfig:
         """The model's shape: a resumed run's own, a fine-tuning base's, or the options'; the
@@ -203,6 +203,9 @@ class Trainer:
             if self.after_save is not None:
                 self.after_save()
         self.dist.barrier()
+
+    def start_clock(self) -> None:
+        self.t0 = time.perf_counter()
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t0

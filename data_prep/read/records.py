@@ -15,9 +15,10 @@ import re
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .decode import CHUNK_BYTES, DecodeStats, Document
 from plumbing.errors import first_line
+
 from .streams import SourceError, open_content
+from .utf8 import CHUNK_BYTES, DecodeStats, Document
 
 JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
 JSON_LINES_SUFFIXES = {".jsonl", ".ndjson"}
@@ -62,7 +63,8 @@ def lines(stream: BinaryIO) -> Iterator[bytes]:
         yield rest
 
 
-def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats, strict: bool) -> Iterator[Document]:
+def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats,
+                         strict: bool) -> Iterator[Document]:
     """One document per line's record; a line that is not a JSON object is skipped and
     counted (under `strict`, refused). The first record's fields name the ones there are."""
     fields_checked = False
@@ -75,16 +77,19 @@ def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: De
                 raise ValueError(f"a JSON {type(record).__name__}, not an object")
         except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             if strict:
-                raise SourceError(f"{name}: line {number} is not a JSON record ({first_line(e)}); without --strict it is skipped and counted") from None
+                raise SourceError(f"{name}: line {number} is not a JSON record ({first_line(e)}); without --strict "
+                                  "it is skipped and counted") from None
             stats.bad_records += 1
             continue
         if not fields_checked:
             if text_field not in record:
-                raise SourceError(f"{name}: no field {text_field!r} (fields: {', '.join(record)}); choose one with --text-field")
+                raise SourceError(f"{name}: no field {text_field!r} (fields: {', '.join(record)}); choose one with "
+                                  "--text-field")
             fields_checked = True
         value = record.get(text_field)
         if isinstance(value, str) and value:
-            yield Document(f"{name}#{number}", iter((without_lone_surrogates(value, f"{name}: line {number}", stats, strict),)))
+            text = without_lone_surrogates(value, f"{name}: line {number}", stats, strict)
+            yield Document(f"{name}#{number}", iter((text,)))
 
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -99,7 +104,8 @@ def without_lone_surrogates(text: str, where: str, stats: DecodeStats, strict: b
     if not found:
         return text
     if strict:
-        raise SourceError(f"{where}: a lone surrogate escape, which is not a character; without --strict it is replaced and counted")
+        raise SourceError(f"{where}: a lone surrogate escape, which is not a character; without --strict it is "
+                          "replaced and counted")
     stats.invalid_utf8 += found
     return LONE_SURROGATE.sub("\ufffd", text)
 
@@ -124,7 +130,8 @@ def datasets_documents(path: Path, name: str, saved: bool, text_field: str) -> I
         for part in parts:
             columns = part.column_names
             if columns is not None and text_field not in columns:
-                raise SourceError(f"{name}: no field {text_field!r} (fields: {', '.join(columns)}); choose one with --text-field")
+                raise SourceError(f"{name}: no field {text_field!r} (fields: {', '.join(columns)}); choose one "
+                                  "with --text-field")
             index = 0
             for batch in part.select_columns([text_field]).iter(batch_size=1000):
                 for value in batch[text_field]:

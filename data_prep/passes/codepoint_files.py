@@ -1,8 +1,8 @@
-"""The scratch format between the two passes, one file per unit of work: its documents'
-code points in batches (in the narrowest of uint8, uint16 and uint32 that holds a batch: a
-batch of one-byte characters, ASCII source code say, is written, read back and counted one
-byte each), then a trailer of
-what pass 2 needs: each document's length and split, and the unit's character counts.
+"""The code point files between the two passes (the scratch files of the work folder), one
+per unit of work: its documents' code points in batches (in the narrowest of uint8, uint16
+and uint32 that holds a batch: a batch of one-byte characters, ASCII source code say, is
+written, read back and counted one byte each), then a trailer of what pass 2 needs: each
+document's length and split, and the unit's character counts.
 
 The main process keeps only a few numbers per unit (`ScratchIndex`); the per-document and
 per-character arrays wait on disk, so its memory does not grow with the corpus.
@@ -18,14 +18,13 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .dataset import SPLITS
-from .errors import writing
-from .tokenizer import codepoints
+from ..errors import writing
+from ..prepared.data_folder import SPLITS
+from ..tokenize.char import codepoints
 
 BATCH_CHARS = 1 << 22  # characters converted, counted and encoded per numpy call (4 M: a few
 # arrays of this length per worker stay well under 100 MB, and numpy calls this long cost
 # nothing extra per call)
-N_CODEPOINTS = 0x110000  # all of Unicode: the length of a dense count table
 
 
 def add_counts(dense: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Pass 1: the units of work (a file, or one member of an archive of archives), and for
-each, its documents read, their code points stored in a scratch file, their characters
+each, its documents read, their code points stored in its code point file, their characters
 counted per split."""
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import sources as src
-from .decode import DecodeStats, Document
-from .discovery import Source
 from plumbing.errors import first_line
-from .options import PrepareOptions
-from .records import datasets_documents, json_lines_documents
-from .scratch import ScratchIndex, ScratchWriter
-from .streams import DECODE_ERRORS, HashingReader, SourceError
-from .tar import TarError
+
+from ..options import PrepareOptions
+from ..read import documents as src
+from ..read.inputs import Source
+from ..read.records import datasets_documents, json_lines_documents
+from ..read.streams import DECODE_ERRORS, HashingReader, SourceError
+from ..read.tar import TarError
+from ..read.utf8 import DecodeStats, Document
+from .codepoint_files import ScratchIndex, ScratchWriter
 
 SPILL_MEMBER = 1 << 23  # members of an archive of archives larger than this go to workers as files
 
@@ -86,19 +87,21 @@ def make_units(sources: list[Source], source_info: list[dict], work: Path) -> It
         index += 1
 
 
-def unit_documents(unit: Unit, reader: HashingReader | None, opts: PrepareOptions, stats: DecodeStats) -> Iterator[Document]:
+def unit_documents(unit: Unit, reader: HashingReader | None, opts: PrepareOptions,
+                   stats: DecodeStats) -> Iterator[Document]:
     if unit.kind in ("datasets", "saved"):
         yield from datasets_documents(Path(unit.path), unit.name, unit.kind == "saved", opts.text_field)
     elif unit.kind == "json lines":
         yield from json_lines_documents(reader, unit.name, opts.text_field, stats, opts.strict)
     elif unit.kind in ("member", "spilled"):
-        yield from src.member_documents(unit.payload if unit.kind == "member" else reader, unit.name, stats, opts.strict, depth=1)
+        member = unit.payload if unit.kind == "member" else reader
+        yield from src.member_documents(member, unit.name, stats, opts.strict, depth=1)
     else:
         yield from src.stream_documents(reader, unit.name, stats, opts.strict)
 
 
 def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
-    """Pass 1 for one unit: store its code points in its scratch file, count characters."""
+    """Pass 1 for one unit: store its code points in its code point file, count characters."""
     result = UnitResult(unit.index, unit.source, unit.size)
     stats = DecodeStats()
     scratch = ScratchWriter(scratch_path(work, unit.index), opts.val_fraction)

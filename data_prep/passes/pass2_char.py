@@ -1,12 +1,13 @@
 """Pass 2: every unit's token count per split, which gives its place in the shards, then its
 ids written straight into that place, an end-of-text token after each segment (a document,
-or the train or val part of one). Two kinds of pass, one shape (`count`, then `writer`):
+or the train or val part of one: `segments`). Two kinds of pass, one shape (`count`, then
+`writer`):
 
 - `CharPass` (here), for a character vocabulary: the counts come from the character counts
-  pass 1 made, without encoding; then the stored code points are mapped to ids one scratch
-  batch at a time, whatever the documents' lengths (a character-level tokenizer encodes a
-  text in pieces exactly as it encodes it whole).
-- `BpePass` (`bpe_encode`), for a BPE, whose counts are only known by encoding.
+  pass 1 made, without encoding; then the stored code points are mapped to ids one code
+  point batch at a time, whatever the documents' lengths (a character-level tokenizer
+  encodes a text in pieces exactly as it encodes it whole).
+- `BpePass` (`pass2_bpe`), for a BPE, whose counts are only known by encoding.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .scratch import SPLITS, ScratchIndex, add_counts, sparse
-from .any_tokenizer import worker_tokenizer
-from .tokenizer import CharTokenizer
+from ..prepared.data_folder import SPLITS
+from ..tokenize.char import CharTokenizer
+from ..tokenize.kinds import worker_tokenizer
+from .codepoint_files import ScratchIndex
+from .segments import document_segments
 from .workers import Workers, grouped
 
 
@@ -32,20 +35,6 @@ class EncodeJob:
     @property
     def chars(self) -> int:
         return self.scratch.chars
-
-
-def document_segments(scratch: ScratchIndex, val_tails: float | None, f: BinaryIO | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A unit's segments as (in val?, characters) arrays: its documents, split by document
-    hash, or (`val_tails`) each split inside into a train head and a val tail, empty parts
-    left out."""
-    trailer = scratch.trailer(f)
-    docs_chars = trailer["docs_chars"]
-    if val_tails is None:
-        return trailer["docs_val"].astype(bool), docs_chars
-    tails = np.round(docs_chars * val_tails).astype(np.int64)
-    in_val = np.tile([False, True], len(docs_chars))
-    chars = np.stack([docs_chars - tails, tails], axis=1).ravel()
-    return in_val[chars > 0], chars[chars > 0]
 
 
 def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
@@ -85,19 +74,8 @@ def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO)
     return made
 
 
-def segment_counts(units: list, val_tails: float | None) -> dict:
-    """Segments (so end-of-text tokens) of each unit per split, as split -> array."""
-    n_seg = {s: np.zeros(len(units), np.int64) for s in SPLITS}
-    for i, r in enumerate(units):
-        if val_tails is None:
-            n_seg["train"][i], n_seg["val"][i] = r.documents - r.val_documents, r.val_documents
-        else:
-            seg_val = document_segments(r.scratch, val_tails)[0]
-            n_seg["train"][i], n_seg["val"][i] = len(seg_val) - int(seg_val.sum()), int(seg_val.sum())
-    return n_seg
-
-
-def unit_tokens(tokenizer: CharTokenizer, units: list, n_seg: dict, unit_counts: list | None, workers: Workers) -> dict:
+def unit_tokens(tokenizer: CharTokenizer, units: list, n_seg: dict, unit_counts: list | None,
+                workers: Workers) -> dict:
     """Tokens each unit will produce per split (characters, byte tokens, one end-of-text
     token per segment: `n_seg`), as split -> array. `unit_counts`: the units' per-split
     counts when documents are split inside; else they are read back from the scratch
@@ -129,23 +107,6 @@ class CountTokens:
         return [tuple(tok.token_lengths(*counts[s]) for s in SPLITS) for counts in (sc.counts() for sc in group)]
 
 
-def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
-    """Per-split counts when documents are split inside: count the val tails, subtract."""
-    counts = scratch.counts().values()
-    whole = np.zeros(1 + max((int(cps[-1]) for cps, _ in counts if len(cps)), default=0), np.int64)
-    for cps, n in counts:
-        whole[cps] += n
-    val = np.zeros(0, np.int64)
-    start = 0
-    for is_val, n in zip(*(a.tolist() for a in document_segments(scratch, val_tails))):
-        if is_val:
-            for block in scratch.blocks(start, n):
-                val = add_counts(val, np.bincount(block))
-        start += n
-    whole[: len(val)] -= val
-    return {"train": sparse(whole), "val": sparse(val)}
-
-
 class Encode:
     """Pass 2 over a group of jobs, as a picklable callable for the worker processes."""
 
@@ -170,7 +131,8 @@ class CharPass:
     def __init__(self, tokenizer: CharTokenizer):
         self.tokenizer = tokenizer
 
-    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
+    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers,
+              progress: bool) -> dict:
         """split -> each unit's tokens; `n_seg`: split -> each unit's segments (segment_counts)."""
         return unit_tokens(self.tokenizer, units, n_seg, unit_counts, workers)
 

@@ -1,14 +1,15 @@
-"""What the main process keeps of pass 1: per-split character totals, merged as results
-arrive; every source's line in meta.json; and a few numbers per unit of work (its
-scratch index), never a unit's per-document or per-character arrays."""
+"""What the main process keeps of pass 1 (`Tally`): per-split character totals, merged as
+results arrive; every source's line in meta.json; and a few numbers per unit of work (its
+code point file's index), never a unit's per-document or per-character arrays."""
 from __future__ import annotations
 
 import numpy as np
 
-from .discovery import Source
-from .errors import DataError
-from .scan import UnitResult
-from .scratch import N_CODEPOINTS, SPLITS
+from ..errors import DataError
+from ..prepared.data_folder import SPLITS
+from ..read.inputs import Source
+from ..tokenize.char import N_CODEPOINTS
+from .pass1_read import UnitResult
 
 
 class Tally:

@@ -18,11 +18,11 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 
-from .errors import DataError
-
 from plumbing.errors import first_line
-from .pieces import safe_pieces
-from .tokenizer import EOT, IncrementalDecoder, smallest_dtype
+
+from ..errors import DataError
+from .char import EOT, IncrementalDecoder, smallest_dtype
+from .safe_cuts import safe_pieces
 from .tokenizer_file import bpe_tokenizer_dict, byte_level_alphabet, read_bpe_tokenizer
 
 SURROGATES = re.compile("[\ud800-\udfff]")
@@ -76,10 +76,11 @@ class BpeTokenizer:
         """Each text's ids (int32), encoded in parallel by the library."""
         lib = self.library
         encode = getattr(lib, "encode_batch_fast", lib.encode_batch)  # fast: without character offsets
-        return [np.array(e.ids, np.int32) for e in encode([without_surrogates(t) for t in texts], add_special_tokens=False)]
+        encoded = encode([without_surrogates(t) for t in texts], add_special_tokens=False)
+        return [np.array(e.ids, np.int32) for e in encoded]
 
     def encode_array(self, text: str) -> np.ndarray:
-        """Ids of `text` as int32, encoded in pieces cut where the ids do not change (`pieces`)."""
+        """Ids of `text` as int32, encoded in pieces cut where the ids do not change (`safe_cuts`)."""
         ids = self.encode_batch(list(safe_pieces([text])))
         return np.concatenate(ids) if ids else np.zeros(0, np.int32)
 

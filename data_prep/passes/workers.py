@@ -1,4 +1,5 @@
-"""The worker processes both passes share, and the grouping of small jobs."""
+"""The worker processes both passes (and the BPE's learning) share, and the grouping of
+small jobs."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
-from .errors import DataError
+from ..errors import DataError
 
 
 class Workers:

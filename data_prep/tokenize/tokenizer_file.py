@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import re
 
-from .errors import DataError
+from ..errors import DataError
 
+TOKENIZER_FILE = "tokenizer.json"  # its name in every data folder, and beside every run's checkpoints
 HF_FORMAT_VERSION = "1.0"
 UNK = "<|unk|>"
 BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
@@ -70,7 +71,8 @@ def hf_bpe_file(specials: list[str], vocab: list[str], merges: list[str], pre_to
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+             "special": True}
             for i, s in enumerate(specials)
         ],
         "normalizer": None,
@@ -123,7 +125,8 @@ def read_char_tokenizer(d: dict) -> tuple[list[str], list[str], str]:
         raise DataError(f"tokenizer file's unknown token is {unk!r}, not {UNK!r}")
     chars = tokens[len(specials) : len(tokens) - (256 if byte_fallback else 0)]
     if byte_fallback and tokens[len(tokens) - 256 :] != [byte_token(b) for b in range(256)]:
-        raise DataError("tokenizer file is inconsistent: byte fallback needs the 256 byte tokens <0x00>..<0xFF> last, in order")
+        raise DataError("tokenizer file is inconsistent: byte fallback needs the 256 byte tokens <0x00>..<0xFF> last, "
+                        "in order")
     return specials, chars, oov
 
 
@@ -158,11 +161,15 @@ def read_bpe_tokenizer(d: dict) -> tuple[list[str], list[str], list[str]]:
     naming what is wrong."""
     model = d["model"]
     if model.get("type") != "BPE" or d.get("normalizer") or d.get("decoder", {}).get("type") != "ByteLevel":
-        raise DataError("tokenizer file is not a byte-level BPE: it needs a BPE model, no normalizer and the ByteLevel decoder")
+        raise DataError("tokenizer file is not a byte-level BPE: it needs a BPE model, no normalizer and the ByteLevel "
+                        "decoder")
     if {k: d["pre_tokenizer"].get(k) for k in BYTE_LEVEL} != BYTE_LEVEL:
-        raise DataError(f"tokenizer file's ByteLevel pre-tokenizer has other settings than {BYTE_LEVEL}, which its ids were made with")
-    if model.get("unk_token") is not None or model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-        raise DataError("tokenizer file is inconsistent: a byte-level BPE has no unknown token, byte fallback or word affixes")
+        raise DataError(f"tokenizer file's ByteLevel pre-tokenizer has other settings than {BYTE_LEVEL}, "
+                        "which its ids were made with")
+    affixes = model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+    if model.get("unk_token") is not None or model.get("byte_fallback") or affixes:
+        raise DataError("tokenizer file is inconsistent: a byte-level BPE has no unknown token, byte fallback or word "
+                        "affixes")
     tokens, specials = vocabulary_in_id_order(d)
     rest = tokens[len(specials) :]
     alphabet = set(byte_level_alphabet().values())

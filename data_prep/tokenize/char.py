@@ -21,15 +21,16 @@ from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataError
-
 from plumbing.errors import check_version, first_line
+
+from ..errors import DataError
 from .tokenizer_file import UNK, char_tokenizer_dict, is_hf_tokenizer, read_char_tokenizer
 
 TOKENIZER_KIND = "char"
 TOKENIZER_VERSION = 1
 EOT = "<|endoftext|>"
 OOV_MODES = ("byte", "unk", "error")
+N_CODEPOINTS = 0x110000  # all of Unicode: the length of a dense table of counts per code point
 
 
 def codepoints(text: str) -> np.ndarray:
@@ -111,7 +112,8 @@ class CharTokenizer:
             self._luts[dtype] = self._lut.astype(dtype)  # -1 wraps to the type's largest value
         return self._luts[dtype], int(np.iinfo(dtype).max)
 
-    def encode_codepoints(self, cps: np.ndarray, eot_after: Sequence[int] = (), dtype: np.dtype | None = None) -> np.ndarray:
+    def encode_codepoints(self, cps: np.ndarray, eot_after: Sequence[int] = (),
+                          dtype: np.dtype | None = None) -> np.ndarray:
         """Ids of code points `cps` as int32, or as `dtype` (e.g. a shard's own id type)."""
         lut, outside = self._lookup_table(dtype)
         ids = lut.take(cps, mode="clip")
@@ -119,7 +121,8 @@ class CharTokenizer:
         eots = np.asarray(eot_after, dtype=np.int64)
         if len(missing) and self.oov == "error":
             bad = sorted({chr(c) for c in cps[missing[:1000]].tolist()})
-            raise DataError("characters not in the vocabulary: " + " ".join(f"{c!r} (U+{ord(c):04X})" for c in bad[:10]))
+            shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in bad[:10])
+            raise DataError("characters not in the vocabulary: " + shown)
         if len(missing) and self.oov == "unk":
             ids[missing] = self.unk_id
         elif len(missing):
@@ -241,7 +244,8 @@ class IncrementalDecoder:
         return self._dec.decode(b"", final=True)
 
 
-def build_vocab(cps: np.ndarray, counts: np.ndarray, *, max_vocab: int, min_count: int, oov: str, others_outside: bool = False) -> list[str]:
+def build_vocab(cps: np.ndarray, counts: np.ndarray, *, max_vocab: int, min_count: int, oov: str,
+                others_outside: bool = False) -> list[str]:
     """Characters to keep: count >= min_count, most frequent first, ties by code point, so
     that special tokens plus characters (plus 256 byte tokens when they are needed) fit in
     max_vocab. `others_outside`: some text has characters that are not in `cps` at all

@@ -10,9 +10,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .any_tokenizer import Tokenizer
-from .dataset import DATA_FORMAT, DATA_VERSIONS, SPLITS, TOKENIZER_FILE
-from .options import BPE_BASE, BPE_ONLY, CHAR_ONLY, PrepareOptions
+from ..options import BPE_BASE, BPE_ONLY, CHAR_ONLY, PrepareOptions
+from ..tokenize.kinds import Tokenizer
+from ..tokenize.tokenizer_file import TOKENIZER_FILE
+from .data_folder import DATA_FORMAT, DATA_VERSIONS, SPLITS
 
 
 def build_meta(
@@ -39,7 +40,8 @@ def build_meta(
         "coverage": bpe_coverage(total) if bpe else char_coverage(tokenizer, total, in_vocab),
     }
     if bpe:
-        meta["bpe"] = {"merges": len(tokenizer.merges), "base_tokens": BPE_BASE, "learned_on": "train" if opts.vocab_from is None else "base"}
+        learned_on = "train" if opts.vocab_from is None else "base"
+        meta["bpe"] = {"merges": len(tokenizer.merges), "base_tokens": BPE_BASE, "learned_on": learned_on}
     left_out = ("workers", "force", "progress", *(CHAR_ONLY if bpe else BPE_ONLY))
     options = {k: v for k, v in asdict(opts).items() if k not in left_out}
     if "oov" in options and options["oov"] is None:

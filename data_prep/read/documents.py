@@ -12,12 +12,23 @@ import io
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .decode import BINARY_PROBE, BinaryContent, DecodeStats, Document, decode_text, is_binary, text_chunks
-from .discovery import Source
-from .errors import writing
+from ..errors import writing
+from .inputs import Source
 from .records import datasets_documents, json_lines_documents, record_format
-from .streams import DECODE_ERRORS, MAX_NESTING, HashingReader, Peekable, SourceError, content_head, decompressor, is_tar, open_content, sniff_compression
+from .streams import (
+    DECODE_ERRORS,
+    MAX_NESTING,
+    HashingReader,
+    Peekable,
+    SourceError,
+    content_head,
+    decompressor,
+    is_tar,
+    open_content,
+    sniff_compression,
+)
 from .tar import MemberStream, TarError, iter_tar
+from .utf8 import BINARY_PROBE, BinaryContent, DecodeStats, Document, decode_text, is_binary, text_chunks
 
 Member = bytes | BinaryIO  # an archive member's content: small ones as bytes, large ones streamed
 

@@ -1,16 +1,16 @@
 """Finding the inputs: the files under the paths given, in a stable order."""
 from __future__ import annotations
 
-import json
 import os
 import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import DATA_FORMAT, META_FILE
-from .errors import DataError
 from plumbing.errors import display_name
+
+from ..errors import DataError
+from ..prepared.data_folder import is_prepared_data
 
 
 @dataclass
@@ -35,16 +35,6 @@ def is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (
         (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
     )
-
-
-def is_prepared_data(folder: Path) -> bool:
-    """A folder gpt-prepare wrote: its shards are output, never input (an output folder
-    inside the input folder must not be read back on the next run)."""
-    try:
-        with open(folder / META_FILE, "rb") as f:
-            return json.loads(f.read(1 << 20)).get("format") == DATA_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Source]:
@@ -77,8 +67,8 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
                     else:
                         warnings.warn(f"skipped {display_name(rootp / f)}: a pipe or a device, not a file")
         elif not readable_twice(p):
-            raise DataError(f"{display_name(p)} is a pipe or a device, not a file: gpt-prepare reads each input more than once; "
-                            "save its content to a file first")
+            raise DataError(f"{display_name(p)} is a pipe or a device, not a file: gpt-prepare reads each input more "
+                            "than once; save its content to a file first")
         else:
             found.append(Source(p, "file"))
     return found

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, writing
-
 from plumbing.errors import check_version
+
+from ..errors import DataError, writing
 
 MAGIC = b"GPTOKENS"
 SHARD_VERSION = 1
@@ -108,4 +108,5 @@ def check_in_vocabulary(ids: np.ndarray, vocab_size: int, where: str) -> None:
     """Refuse ids outside the vocabulary: a damaged or foreign shard, said here rather than
     as an index error deep inside a model."""
     if len(ids) and int(ids.max()) >= vocab_size:
-        raise DataError(f"{where} holds token id {int(ids.max())}, outside the vocabulary of {vocab_size} tokens; prepare the data again")
+        raise DataError(f"{where} holds token id {int(ids.max())}, outside the vocabulary of {vocab_size} tokens; "
+                        "prepare the data again")

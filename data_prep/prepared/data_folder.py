@@ -1,7 +1,7 @@
 """A prepared data folder: `meta.json`, `tokenizer.json` and token shards per split.
 
-This module is the one place that reads the folder; training and sampling go through
-`load()`.
+This module is the one place that reads the folder, and that tells one from any other
+folder (`is_prepared_data`); training and sampling go through `load()`.
 """
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .any_tokenizer import Tokenizer, tokenizer_from_dict
-from .errors import DataError
 from plumbing.errors import check_version, first_line
+
+from ..errors import DataError
+from ..tokenize.kinds import Tokenizer, tokenizer_from_dict
+from ..tokenize.tokenizer_file import TOKENIZER_FILE
 from .shards import open_shard
 
 META_FILE = "meta.json"
-TOKENIZER_FILE = "tokenizer.json"
 DATA_FORMAT = "gpt-prepared-data"
 # a folder is written with the lowest version that describes it, so a toolkit from before BPE
 # reads character folders and refuses BPE ones with "upgrade the toolkit"
@@ -49,8 +50,19 @@ class PreparedData:
         arrays = [open_shard(self.path / s) for s in info["shards"]]
         found = sum(len(a) for a in arrays)
         if found != info["tokens"]:
-            raise DataError(f"{self.path}: split {name!r} should hold {info['tokens']} tokens but its shards hold {found}")
+            raise DataError(f"{self.path}: split {name!r} should hold {info['tokens']} tokens but its shards hold "
+                            f"{found}")
         return arrays
+
+
+def is_prepared_data(folder: Path) -> bool:
+    """A folder gpt-prepare wrote: its shards are output, never input (an output folder
+    inside the input folder must not be read back on the next run)."""
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            return json.loads(f.read(1 << 20)).get("format") == DATA_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -88,10 +100,11 @@ def check_tokenizer_matches(meta: dict, tokenizer: Tokenizer, path: Path) -> Non
     kind = meta.get("tokenizer_kind", "char")
     again = f"prepare the data again (gpt-prepare ... --out {path} --force)"
     if tokenizer.kind != kind:
-        raise DataError(f"{path / TOKENIZER_FILE} is a {tokenizer.kind} tokenizer but {path / META_FILE} says the shards were encoded with a {kind} one; {again}")
+        raise DataError(f"{path / TOKENIZER_FILE} is a {tokenizer.kind} tokenizer but {path / META_FILE} says the "
+                        f"shards were encoded with a {kind} one; {again}")
     if isinstance(meta.get("vocab_size"), int) and meta["vocab_size"] != len(tokenizer):
-        raise DataError(f"{path / TOKENIZER_FILE} has {len(tokenizer)} tokens but {path / META_FILE} says {meta['vocab_size']}: "
-                        f"the tokenizer file no longer matches the shards; {again}")
+        raise DataError(f"{path / TOKENIZER_FILE} has {len(tokenizer)} tokens but {path / META_FILE} says "
+                        f"{meta['vocab_size']}: the tokenizer file no longer matches the shards; {again}")
 
 
 SPLIT_KEYS = {"tokens": int, "characters": int, "shards": list}

@@ -1,35 +1,28 @@
-"""The vocabulary from the corpus's character counts, and the tokenizer built on it."""
+"""A character vocabulary from the corpus's character counts (or a base's, checked against
+them), and the character tokenizer built on it."""
 from __future__ import annotations
 
 import numpy as np
 
-from .options import PrepareOptions
-from .scratch import N_CODEPOINTS, SPLITS
-from .errors import DataError
-from .tokenizer import CharTokenizer, build_vocab
+from ..errors import DataError
+from ..options import PrepareOptions
+from .char import N_CODEPOINTS, CharTokenizer, build_vocab
 
 
-def summed(unit_counts: list[dict]) -> dict:
-    """split -> dense counts over all code points, from units' split -> (code points, counts)."""
-    total = {s: np.zeros(N_CODEPOINTS, np.int64) for s in SPLITS}
-    for counts in unit_counts:
-        for s in SPLITS:
-            total[s][counts[s][0]] += counts[s][1]
-    return total
-
-
-def build_tokenizer(total: dict, opts: PrepareOptions, base: CharTokenizer | None = None) -> tuple[CharTokenizer, np.ndarray]:
+def build_tokenizer(total: dict, opts: PrepareOptions,
+                    base: CharTokenizer | None = None) -> tuple[CharTokenizer, np.ndarray]:
     """The tokenizer, and which code points its vocabulary holds. The vocabulary comes from
-    the training counts; byte tokens only if some character needs them (or --oov asks for
-    a fallback), so a clean corpus keeps a tiny vocabulary. With a `base` (--vocab-from) it is the base's, unchanged."""
+    the training counts (`total`: split -> dense counts); byte tokens only if some character
+    needs them (or --oov asks for a fallback), so a clean corpus keeps a tiny vocabulary.
+    With a `base` (--vocab-from) it is the base's, unchanged."""
     if base is not None:
         return base, base_vocabulary_fits(base, total)
     train_cps = np.flatnonzero(total["train"])
     val_only = bool((total["val"] * (total["train"] == 0)).any())
     asked = opts.oov is not None  # a fallback asked for is kept even where this corpus needs none
     oov = opts.oov or "byte"
-    vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count, oov=oov,
-                        others_outside=val_only or asked)
+    vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count,
+                        oov=oov, others_outside=val_only or asked)
     in_vocab = np.zeros(N_CODEPOINTS, bool)
     in_vocab[[ord(c) for c in vocab]] = True
     outside = bool(((total["train"] + total["val"]) * ~in_vocab).any())
@@ -43,7 +36,8 @@ def base_vocabulary_fits(base: CharTokenizer, total: dict) -> np.ndarray:
     in_vocab[[ord(c) for c in base.chars]] = True
     outside = np.flatnonzero((total["train"] + total["val"]) * ~in_vocab)
     if len(outside) and base.oov == "error":
-        shown = " ".join(f"{chr(c)!r} (U+{c:04X})" for c in outside[:10].tolist()) + (" ..." if len(outside) > 10 else "")
+        shown = " ".join(f"{chr(c)!r} (U+{c:04X})" for c in outside[:10].tolist())
+        shown += " ..." if len(outside) > 10 else ""
         raise DataError(
             f"the base vocabulary has no byte fallback or unknown token (its corpus needed none), and the new text has "
             f"{len(outside)} character(s) outside it: {shown}; a base prepared with --oov byte (or --oov unk) keeps one"

@@ -1,17 +1,17 @@
 """Pass 2 for a BPE: a unit's token counts are only known once it is encoded, so the pass
-runs the other way round from the character one (`encode.CharPass`):
+runs the other way round from the character one (`pass2_char.CharPass`):
 
-- `count`: each worker reads a unit's scratch back as text (`scratch_text`), encodes it in
-  batches of documents with the library's parallel `encode_batch`, and appends the ids to
+- `count`: each worker reads a unit's code point file back as text (`segments`), encodes
+  it in batches of documents with the library's parallel `encode_batch`, appends the ids to
   the unit's token files, one per split (`NNNNNNN.train.ids`, `.val.ids`, in the shards' id
-  type), an end-of-text token after each segment; the code point scratch is freed as soon
-  as the unit is encoded. The counts are the files' lengths.
+  type), an end-of-text token after each segment; the code point file is freed as soon as
+  the unit is encoded. The counts are the files' lengths.
 - `writer`: with every unit's counts known, and so its place, each unit's token files are
   copied into the shards and removed.
 
 The token files take the id type's bytes per token (2, for up to 65,536 tokens); a BPE of
 a few thousand tokens covers several characters a token, so they take about as much as the
-code point scratch they replace (1 to 4 bytes a character), which is freed as they grow.
+code point files they replace (1 to 4 bytes a character), which are freed as they grow.
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .any_tokenizer import worker_tokenizer
-from .bpe import BpeTokenizer
-from .encode import EncodeJob
-from .errors import writing
-from .scratch import SPLITS, ScratchIndex
-from .scratch_text import segment_pieces
+from ..errors import writing
+from ..prepared.data_folder import SPLITS
+from ..tokenize.bpe import BpeTokenizer
+from ..tokenize.kinds import worker_tokenizer
+from .codepoint_files import ScratchIndex
+from .pass2_char import EncodeJob
+from .segments import segment_pieces
 from .workers import Workers, grouped
 
 BATCH_CHARS = 1 << 20  # characters handed to one encode_batch call (the library's threads share them)
@@ -158,10 +159,12 @@ class BpePass:
     def __init__(self, tokenizer: BpeTokenizer):
         self.tokenizer = tokenizer
 
-    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers, progress: bool) -> dict:
+    def count(self, units: list, n_seg: dict, unit_counts: list | None, val_tails: float | None, workers: Workers,
+              progress: bool) -> dict:
         """split -> each unit's tokens, by encoding it (its segments, `n_seg`, are among them)."""
         expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
-        bar = tqdm(total=sum(r.scratch.chars for r in units), unit="char", unit_scale=True, desc="encoding", disable=not progress, leave=False)
+        bar = tqdm(total=sum(r.scratch.chars for r in units), unit="char", unit_scale=True, desc="encoding",
+                   disable=not progress, leave=False)
         groups = list(grouped(range(len(units)), lambda i: units[i].scratch.chars + UNIT_COST, GROUP_CHARS))
         counted = workers.map(EncodeUnits(self.tokenizer, val_tails), ([units[i].scratch for i in g] for g in groups))
         for group, counts in zip(groups, counted):

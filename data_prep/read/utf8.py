@@ -1,4 +1,5 @@
-"""Bytes to text: UTF-8 decoded in pieces, invalid sequences replaced and counted.
+"""Bytes to text: UTF-8 decoded in pieces, invalid sequences replaced and counted; and the
+`Document` every reader yields (a name and its text in chunks).
 
 The count lives in the decoder object that the caller passes around. A codec error handler
 (`codecs.register_error`) would do the replacing in C, but it is registered process-wide
@@ -74,7 +75,8 @@ class Utf8Decoder:
             except UnicodeDecodeError as e:
                 if self.strict:
                     where = self.offset + pos + e.start
-                    raise SourceError(f"{self.name}: invalid UTF-8 ({e.reason} at byte {where}); without --strict it is replaced and counted") from None
+                    raise SourceError(f"{self.name}: invalid UTF-8 ({e.reason} at byte {where}); without --strict it "
+                                      "is replaced and counted") from None
                 parts += [codecs.utf_8_decode(view[pos : pos + e.start], "strict", True)[0], "\ufffd"]
                 self.stats.invalid_utf8 += 1
                 pos += e.end

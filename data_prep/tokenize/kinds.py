@@ -1,16 +1,18 @@
-"""A tokenizer file of either kind, read into the right class: the one place that turns a
-tokenizer file's content (from a data folder, a run folder, a checkpoint or an export) into
-a tokenizer, so every command accepts both kinds and the files written before BPE existed."""
+"""The two kinds of tokenizer (characters, byte-level BPE) and a tokenizer file's content read
+into the right one: the one place that turns a tokenizer file (from a data folder, a run
+folder, a checkpoint or an export) into a tokenizer, so every command accepts both kinds and
+the files written before BPE existed."""
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from typing import Union
 
-from .bpe import BpeTokenizer
-from .errors import DataError
 from plumbing.errors import first_line
-from .tokenizer import CharTokenizer
+
+from ..errors import DataError
+from .bpe import BpeTokenizer
+from .char import CharTokenizer
 from .tokenizer_file import file_kind
 
 Tokenizer = Union[CharTokenizer, BpeTokenizer]
