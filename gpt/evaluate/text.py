@@ -8,7 +8,7 @@ vocabulary are counted (and a few named); they are scored as the tokenizer encod
 (their UTF-8 byte tokens, or the unknown token), or, with a tokenizer that has no fallback,
 left out of the score and counted as left out. A byte-level BPE has every character inside
 (as its bytes at worst); its ids depend on where a document is cut, so a document is cut
-only where they do not (`data_prep.pieces`), and a text scores as gpt-prepare encodes it.
+only where they do not (`data_prep.tokenize.safe_cuts`), and a text scores as gpt-prepare encodes it.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class ReadNotes:
 
 def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text") -> Iterator[Document]:
     """Documents in files, folders and archives, read by gpt-prepare's own code: this is the
-    one place evaluation touches `data_prep.sources`. Unreadable content (binary files,
+    one place evaluation touches `data_prep.read.documents`. Unreadable content (binary files,
     corrupt archives) is skipped with a warning, as gpt-prepare does without --strict."""
     from data_prep.read import documents as sources
     from data_prep.read.inputs import discover
