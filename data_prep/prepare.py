@@ -131,7 +131,7 @@ def check_not_an_input(out: Path, inputs: list[str | Path]) -> None:
 def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:
     tally = Tally(sources, opts.strict)
     bar = tqdm(total=sum(i["bytes"] for i in tally.sources), unit="B", unit_scale=True, desc="reading",
-               disable=not opts.progress, leave=False)
+               disable=None if opts.progress else True, leave=False)  # None: on a terminal only
     units = grouped(make_units(sources, tally.sources, work), lambda u: u.size + UNIT_COST, GROUP_BYTES)
     for group in workers.map(Scan(work, opts), units):
         for r in group:
@@ -178,7 +178,13 @@ def _plan_split(tally: Tally, opts: PrepareOptions) -> Split:
     if n_docs == 0:
         # the skip warnings are never shown when nothing is written: say why here
         reasons = [i["error"] for i in tally.sources if i["error"]]
-        why = f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})" if reasons else ""
+        empty = [i["path"] for i in tally.sources if not i["bytes"]]
+        if reasons:
+            why = f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})"
+        elif len(empty) == len(tally.sources):
+            why = f": {empty[0]} is empty (0 bytes)" if len(empty) == 1 else f": all {len(empty)} input files are empty (0 bytes)"
+        else:
+            why = ""
         raise DataError("no text found in the inputs" + why)
     # split by document when there are enough documents on both sides, else inside the text
     n_val_docs = sum(r.val_documents for r in units)
@@ -213,7 +219,7 @@ def _write_shards(split: Split, tokenizer: Tokenizer, tmp: Path, opts: PrepareOp
                   {s: int(expected[s][i]) for s in SPLITS})
         for i, r in enumerate(split.units)
     )
-    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=not opts.progress,
+    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=None if opts.progress else True,
                leave=False)
     for produced in workers.map(pass2.writer(writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))

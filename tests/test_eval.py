@@ -280,6 +280,7 @@ def bad(ckpt, tiny, tmp_path_factory) -> Path:
     model, tok, cfg = tiny
     save_checkpoint(root / "no_tokenizer.pt", {"model_config": cfg.to_dict(), "model": plain_state_dict(model)})
     (root / "empty.txt").write_text("")
+    (root / "blob.bin").write_bytes(b"\x00\x01\xff" * 300)
     (root / "foreign.txt").write_text("ΩμέγαΞΨ", encoding="utf-8")
     (root / "good.txt").write_text("the cat sat.", encoding="utf-8")
     write_checkpoint(root / "strict", *train_tiny_model(steps=0, oov="error"))
@@ -296,6 +297,8 @@ def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("case,args,fragments", [
     ("missing file", ("{ckpt}", "{bad}/nope.txt"), ("does not exist", "nope.txt")),
     ("empty text", ("{ckpt}", "{bad}/empty.txt"), ("empty", "empty.txt")),
+    ("binary file", ("{ckpt}", "{bad}/blob.bin"), ("1 file(s) skipped as unreadable", "blob.bin: binary content")),
+    ("a text file as --data", ("{ckpt}", "--split", "val", "--data", "{bad}/good.txt"), ("good.txt is a text file", "gpt-prepare")),
     ("no tokenizer", ("{bad}/no_tokenizer.pt", "{bad}/good.txt"), ("has no tokenizer",)),
     ("stride above the context", ("{ckpt}", "{bad}/good.txt", "--stride", "17"), ("--stride 17", "context", "16")),
     ("stride below 1", ("{ckpt}", "{bad}/good.txt", "--stride", "0"), ("--stride must be at least 1",)),

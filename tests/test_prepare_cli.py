@@ -41,12 +41,17 @@ def test_cli_prints_skip_warnings_on_success(tmp_path, run_cli):
     "files, args, fragments",
     [
         pytest.param({}, ["nope.txt"], ["does not exist", "nope.txt"], id="missing input"),
-        pytest.param({"empty.txt": b""}, ["empty.txt"], ["no text found"], id="no text"),
+        pytest.param({"empty.txt": b""}, ["empty.txt"], ["no text found", "empty.txt is empty (0 bytes)"], id="no text"),
         pytest.param({"blob.bin": b"\x00\x01" * 64}, ["blob.bin"], ["no text found", "binary content"], id="binary only"),
         pytest.param({"bad.txt": GOOD.encode() + b"\xff"}, ["bad.txt", "--strict"], ["invalid UTF-8"], id="strict invalid UTF-8"),
         pytest.param({"bad.xz": b"\xfd7zXZ\x00" + b"garbage" * 20}, ["bad.xz", "--strict"], ["bad.xz", "--strict"], id="strict corrupt xz"),
         pytest.param({"r.jsonl": b'{"body": "x"}\n'}, ["r.jsonl"], ["no field 'text' (fields: body)", "--text-field"], id="missing text field"),
         pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--val-fraction", "1.5"], ["--val-fraction"], id="bad option"),
+        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--val-fraction", "1"], ["more than 0 and less than 1"], id="val fraction 1"),
+        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--max-vocab", "2", "--oov", "unk"], ["--max-vocab 2", "at least 3"],
+                     id="max vocab 2 with unk"),
+        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--max-vocab", "10"], ["--max-vocab 10", "byte fallback", "256",
+                     "at least 258", "--oov unk"], id="max vocab 10"),
     ],
 )
 def test_cli_reports_an_expected_failure_in_one_line(tmp_path, run_cli, files, args, fragments):
@@ -288,3 +293,11 @@ def test_gpt_prepare_never_imports_torch_or_the_gpt_package(tmp_path, tokenizer)
     assert "exit status: 0" in proc.stdout, proc.stderr
     assert "imported: []" in proc.stdout
     assert data_prep.load(tmp_path / "data").tokenizer.kind == tokenizer[:4].rstrip(",")
+
+
+def test_progress_bars_stay_off_where_stderr_is_not_a_terminal(tmp_path, run_cli):
+    (tmp_path / "t.txt").write_text(GOOD)
+    for tokenizer in (["--tokenizer", "char"], ["--tokenizer", "bpe", "--vocab-size", "280"]):
+        proc = run_cli("t.txt", "--out", f"data-{tokenizer[1]}", "--workers", "1", *tokenizer)  # no --quiet: a log file's view
+        assert proc.returncode == 0, proc.stderr
+        assert "\r" not in proc.stderr and "%|" not in proc.stderr, proc.stderr

@@ -268,6 +268,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(data, tmp_path):
     [
         (lambda d, t: ["--data", str(t / "missing")], ["does not exist"]),
         (lambda d, t: ["--data", str(t)], ["not a prepared data folder"]),
+        (lambda d, t: ["--data", str(d.parent / "corpus" / "doc000.txt")], ["doc000.txt is a text file", "gpt-prepare", "doc000.txt --out doc000-data"]),
         (lambda d, t: ["--data", str(d), "--block-size", "100000000"], ["--block-size", "larger than the data"]),
         pytest.param(lambda d, t: ["--data", str(d), "--device", "cuda"], ["CUDA is not available"],
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
@@ -275,12 +276,23 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(data, tmp_path):
         (lambda d, t: ["--data", str(d), "--max-iters", "0"], ["--max-iters"]),
         (lambda d, t: ["--resume", "--out", str(t / "nothing")], ["checkpoint"]),
     ],
-    ids=["missing-data", "empty-data-folder", "block-size-too-large", "no-cuda", "batch-too-large", "bad-max-iters", "resume-nothing"],
+    ids=["missing-data", "empty-data-folder", "text-file-as-data", "block-size-too-large", "no-cuda", "batch-too-large", "bad-max-iters", "resume-nothing"],
 )
 def test_bad_input_gives_one_clear_line(data, tmp_path, make_args, fragments):
     base = ["--out", str(tmp_path / "r"), "--device", "cpu", "--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--max-iters", "2", "--quiet"]
     proc = run_cli("gpt.train", *base, *make_args(data, tmp_path))  # the case's own options come last and win
     assert_one_line_error(proc, "gpt-train", *fragments)
+
+
+def test_a_block_size_only_the_val_split_is_too_short_for_names_that_split(data, tmp_path):
+    import data_prep
+
+    splits = data_prep.load(data).meta["splits"]
+    block = splits["val"]["tokens"]
+    assert block + 1 < splits["train"]["tokens"]
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "r", "--device", "cpu", "--n-layer", "1", "--n-head", "1",
+                   "--n-embd", "8", "--block-size", str(block), "--max-iters", "2", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "the val split's longest shard holds", "--val-fraction")
 
 
 def test_data_from_a_newer_format_is_refused(data, tmp_path):

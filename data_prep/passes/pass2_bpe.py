@@ -164,7 +164,7 @@ class BpePass:
         """split -> each unit's tokens, by encoding it (its segments, `n_seg`, are among them)."""
         expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
         bar = tqdm(total=sum(r.scratch.chars for r in units), unit="char", unit_scale=True, desc="encoding",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)  # None: on a terminal only
         groups = list(grouped(range(len(units)), lambda i: units[i].scratch.chars + UNIT_COST, GROUP_CHARS))
         counted = workers.map(EncodeUnits(self.tokenizer, val_tails), ([units[i].scratch for i in g] for g in groups))
         for group, counts in zip(groups, counted):

@@ -77,9 +77,32 @@ def read_json(path: Path, what: str) -> dict:
     return value
 
 
+def looks_like_text(path: Path) -> bool:
+    """Whether a file's first bytes read as UTF-8 text with no NUL (a character cut in two at
+    the end of the sample is fine)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if b"\0" in head:
+        return False
+    for cut in range(4):
+        try:
+            head[: len(head) - cut].decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            continue
+    return False
+
+
 def load(path: str | Path) -> PreparedData:
     """Open a folder written by `gpt-prepare`, validating its format version and shards."""
     path = Path(path)
+    if path.is_file():
+        kind = "a text file" if looks_like_text(path) else "a file"
+        raise DataError(f"{path} is {kind}, not a data folder; prepare it first with: gpt-prepare {path} --out "
+                        f"{path.stem}-data (then give {path.stem}-data here)")
     if not path.is_dir():
         raise DataError(f"data folder {path} does not exist (run gpt-prepare first)")
     if not (path / META_FILE).exists():

@@ -169,9 +169,13 @@ def evaluate(run: LoadedRun, stream: TokenStream, stride: int | None = None, bat
 def check_scored(stream: TokenStream, tokens: int, run: LoadedRun) -> None:
     """Refuse a score that says nothing: no text at all, or none the model knows."""
     read = stream.characters_read
-    skipped = f" ({len(stream.notes.skipped)} file(s) skipped as unreadable)" if stream.notes.skipped else ""
     if read == 0 or tokens == 0:
-        raise EvalError(f"there is no text to score in {stream.description}: it is empty{skipped}")
+        skipped = stream.notes.skipped
+        if skipped:  # a binary file is not empty: say what was read instead
+            first = f"; the first: {skipped[0]}" if len(skipped) > 1 else f": {skipped[0]}"
+            raise EvalError(f"there is no text to score in {stream.description}: {len(skipped)} file(s) skipped as "
+                            f"unreadable{first}, and no other text")
+        raise EvalError(f"there is no text to score in {stream.description}: it is empty")
     if stream.oov_characters is not None and stream.oov_characters >= read:
         raise EvalError(f"none of the {read:,} characters of {stream.description} is in the vocabulary of {run.name} "
                         f"(its {len(run.tokenizer.chars)} characters); is it the kind of text the model was trained on?")

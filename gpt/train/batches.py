@@ -21,12 +21,14 @@ class BlockSizeError(ValueError):
 class WindowIndex:
     """Maps a flat window number to (shard, offset) over shards long enough for a window."""
 
-    def __init__(self, shards: list[np.ndarray], block_size: int, vocab_size: int | None = None):
+    def __init__(self, shards: list[np.ndarray], block_size: int, vocab_size: int | None = None, split: str = "train"):
         self.vocab_size = vocab_size
         self.shards = [s for s in shards if len(s) > block_size]
         if not self.shards:
             longest = max((len(s) for s in shards), default=0)
-            raise BlockSizeError(f"--block-size {block_size} is larger than the data: the longest shard holds {longest} tokens (need block size + 1)")
+            more = "; or prepare the data with a larger --val-fraction" if split == "val" else ""
+            raise BlockSizeError(f"--block-size {block_size} is larger than the data: the {split} split's longest shard "
+                                 f"holds {longest} tokens (need block size + 1){more}")
         self.block_size = block_size
         self.starts = np.cumsum([0] + [len(s) - block_size for s in self.shards])  # windows per shard
 
@@ -73,9 +75,9 @@ class BatchSampler:
 
 def fixed_windows(shards: list[np.ndarray], block_size: int, count: int, seed: int = 1234,
                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same `count` windows every time (evenly spread if the split is small), so
+    """The same `count` windows of the val split every time (evenly spread if it is small), so
     evaluations during a run, and across runs on the same data, are comparable."""
-    index = WindowIndex(shards, block_size, vocab_size)
+    index = WindowIndex(shards, block_size, vocab_size, split="val")
     if index.num_windows <= count:
         flat = np.arange(index.num_windows)
     else:
