@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from gpt.sample import Generator
 from gpt.train import TrainError, train
 from data_prep.prepare import PrepareOptions, prepare
 from tests.support import assert_one_line_error, run_cli, TINY_MODEL, write_corpus
+
+TINY_ARGS = [a for k, v in TINY_MODEL.items() if k != "progress" for a in (f"--{k.replace('_', '-')}", str(v))]
 from tests.support import data  # noqa: F401 (a fixture)
 
 
@@ -273,15 +276,16 @@ def test_training_on_a_lora_runs_base_warns_that_the_lora_run_will_no_longer_loa
     shutil.copytree(base, copy)
     train(overrides=tune(data, copy, tmp_path / "lora", max_iters=2, lora=2), log=lambda s: None)
     train(overrides=tune(data, copy, tmp_path / "full", max_iters=2), log=lambda s: None)  # not LoRA: it keeps its own weights
-    for how in ({"resume": True}, {"overwrite": True}):
-        lines = []
-        overrides = {"out": str(copy), "max_iters": 32} if "resume" in how else {**TINY_MODEL, "data": str(data), "out": str(copy), "max_iters": 2}
-        train(overrides={**overrides, "device": "cpu", "progress": False}, log=lines.append, **how)
-        warned = [l for l in lines if l.startswith("warning:")]
-        assert len(warned) == 1 and f"{tmp_path / 'lora'} is a LoRA run" in warned[0] and "gpt-export --merge" in warned[0], lines
-    lines = []
-    train(overrides=tune(data, base, tmp_path / "other", max_iters=2), log=lines.append)  # a new run: nothing of the base changes
-    assert not [l for l in lines if l.startswith("warning:")]
+    for how in (["--resume", "--max-iters", "32"], ["--overwrite", "--data", data, "--max-iters", "2", *TINY_ARGS]):
+        proc = run_cli("gpt.train", "--out", copy, "--device", "cpu", "--quiet", *how)
+        assert proc.returncode == 0, proc.stderr
+        warned = [line for line in proc.stderr.splitlines() if line.startswith("gpt-train: warning:")]  # on stderr, not stdout
+        assert len(warned) == 1 and f"{tmp_path / 'lora'} is a LoRA run" in warned[0] and "gpt-export --merge" in warned[0], proc
+        assert "LoRA run" not in proc.stdout
+    with pytest.warns() as caught:  # a new run: nothing of the base changes
+        warnings.warn("a marker, so that pytest.warns has one to see")
+        train(overrides=tune(data, base, tmp_path / "other", max_iters=2), log=lambda s: None)
+    assert not [w for w in caught if "LoRA run" in str(w.message)]
 
 
 def test_a_lora_run_resumes_exactly(data, base, tmp_path):
