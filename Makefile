@@ -52,10 +52,12 @@ test: torch-choice $(VENV)/.installed
 lint: torch-choice $(VENV)/.installed
 	$(PY) -m ruff check .
 
+# The benchmarks are modules of the bench package, which is not installed: `-m` finds it in the
+# repository root, make's working directory.
 bench: torch-choice $(VENV)/.installed
-	$(PY) bench/prepare_bench.py ../shared/corpora/owt-sample
-	$(PY) bench/train_bench.py
-	$(PY) bench/sample_bench.py
+	$(PY) -m bench.prepare_bench ../shared/corpora/owt-sample
+	$(PY) -m bench.train_bench
+	$(PY) -m bench.sample_bench
 
 # Start over: the environment (torch included), the demo's data and its run.
 clean:

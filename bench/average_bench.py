@@ -1,7 +1,7 @@
 """What the weight average (`--ema`) buys: held-out loss of the trained weights and of their
 average, at every evaluation of the same training, printed as JSON.
 
-    python bench/average_bench.py CORPUS [CORPUS ...] [--steps 2000] [--decay 0.99] [--preset cpu-small]
+    python -m bench.average_bench CORPUS [CORPUS ...] [--steps 2000] [--decay 0.99] [--preset cpu-small]
 
 Each corpus is prepared, then trained twice from the same seed, with `--ema 0` and with
 `--ema DECAY`. The average only watches the training (the tests check that the steps are the
@@ -12,16 +12,14 @@ average's at the same step: a paired comparison, free of the seed's noise. The s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+from bench.common import emit, new_result, read_metrics, steady
 from data_prep.prepare import PrepareOptions, prepare
 from gpt.train import train
-from machine import describe
-from train_bench import metrics
 
 
 def evaluations(rows: list[dict]) -> dict[int, float]:
@@ -30,7 +28,7 @@ def evaluations(rows: list[dict]) -> dict[int, float]:
 
 def tokens_per_s(rows: list[dict]) -> float:
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    return statistics.median(rates[len(rates) // 5 :])
+    return statistics.median(steady(rates))
 
 
 def compare(corpus: Path, tmp: Path, args: argparse.Namespace) -> dict:
@@ -42,7 +40,7 @@ def compare(corpus: Path, tmp: Path, args: argparse.Namespace) -> dict:
         train(args.preset, {"data": str(data), "out": str(out), "device": "cpu", "max_iters": args.steps, "max_time": 0,
                             "eval_interval": args.eval_interval, "patience": 0, "ema": decay, "progress": False},
               log=lambda s: None)
-        runs[name] = metrics(out)
+        runs[name] = read_metrics(out)
     trained, average = evaluations(runs["trained"]), evaluations(runs["average"])
     curve = [(step, round(trained[step], 4), round(average[step], 4), round(1 - average[step] / trained[step], 4))
              for step in sorted(trained)]
@@ -56,7 +54,7 @@ def compare(corpus: Path, tmp: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.average_bench", description=__doc__.splitlines()[0])
     p.add_argument("corpora", type=Path, nargs="+")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--decay", type=float, default=0.99)
@@ -66,9 +64,10 @@ def main() -> None:
     missing = [str(c) for c in args.corpora if not c.exists()]
     if missing:
         sys.exit(f"average_bench: no such corpus: {', '.join(missing)}")
+    result = new_result() | {"preset": args.preset, "decay": args.decay}
     with tempfile.TemporaryDirectory() as tmp:
-        results = [compare(corpus, Path(tmp), args) for corpus in args.corpora]
-    print(json.dumps({"machine": describe(), "preset": args.preset, "decay": args.decay, "results": results}, indent=1))
+        result["results"] = [compare(corpus, Path(tmp), args) for corpus in args.corpora]
+    emit(result)
 
 
 if __name__ == "__main__":

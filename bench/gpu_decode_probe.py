@@ -1,16 +1,17 @@
 """Which attention kernels the recorded decode step should use, measured on a CUDA GPU.
 
-    python bench/gpu_decode_probe.py RUN     # RUN: a trained run folder (e.g. baby-gpt)
+    python -m bench.gpu_decode_probe RUN     # RUN: a trained run folder (e.g. baby-gpt)
 
 For each choice of `gpt.sample.static_decode.STEP_ATTENTION` (torch's own, which picks
 cuDNN on an H100/H200, or the memory-efficient kernel): `gpt-sample` in a fresh process
-(1,000 tokens, as gpu_bench.py times it), then the library in a fresh process, one sample
+(1,000 tokens, as bench.gpu_bench times it), then the library in a fresh process, one sample
 (cold: the process's first call; warm: the same again) and 64 samples, the gaps over 3 ms
-between tokens read back, and the kernels of one eager decode step. Prints JSON lines.
+between tokens read back, and the kernels of one eager decode step. Prints JSON lines, each
+with the commit, machine and date it was measured on.
 """
 from __future__ import annotations
 
-import json
+import itertools
 import subprocess
 import sys
 import time
@@ -19,13 +20,14 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
+from bench.common import ROOT, emit, new_result
+from bench.gpu_bench import cli_sample
+from gpt.sample import static_decode
+from gpt.sample.decode_loop import DecodeLoop
+from gpt.sample.generate import Generator
+from gpt.sample.sampling import SamplingOptions
 
-import gpt.sample.static_decode as static_decode  # noqa: E402
-from gpt.sample.decode_loop import DecodeLoop  # noqa: E402
-from gpt.sample.generate import Generator  # noqa: E402
-from gpt.sample.sampling import SamplingOptions  # noqa: E402
-from gpu_bench import cli_sample  # noqa: E402
+MODULE = ("-m", "bench.gpu_decode_probe")
 
 CHOICES = {"default": None, "efficient": [SDPBackend.EFFICIENT_ATTENTION]}
 
@@ -37,9 +39,11 @@ def timed(gen: Generator, samples: int, group: int, tokens: int = 1000) -> dict:
     stamps = [time.perf_counter() - t0 for _ in gen.token_steps([gen.tokenizer.eot_id], options, samples, group)]
     torch.cuda.synchronize()
     total = time.perf_counter() - t0
-    gaps = [(i, round(1000 * (b - a), 2)) for i, (a, b) in enumerate(zip(stamps, stamps[1:]), start=1) if b - a > 0.003]
-    return {"first_ms": round(1000 * stamps[0], 2), "rate_after_first": round((tokens - 1) * samples / (total - stamps[0]), 1),
-            "stalls_ms": gaps[:12]}
+    # gaps over 3 ms between tokens: the stalls this probe looks for
+    gaps = [(i, round(1000 * (b - a), 2)) for i, (a, b) in enumerate(itertools.pairwise(stamps), start=1)
+            if b - a > 0.003]
+    return {"first_ms": round(1000 * stamps[0], 2),
+            "rate_after_first": round((tokens - 1) * samples / (total - stamps[0]), 1), "stalls_ms": gaps[:12]}
 
 
 def step_kernels(gen: Generator) -> dict:
@@ -52,7 +56,8 @@ def step_kernels(gen: Generator) -> dict:
         for _ in range(20):
             next(steps)
         torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
             for _ in range(10):
                 next(steps)
             torch.cuda.synchronize()
@@ -69,18 +74,20 @@ def library(run: str, choice: str) -> dict:
 
 
 def main() -> None:
-    if sys.argv[1] == "--cli":  # gpt-sample with the choice made: python gpu_decode_probe.py --cli CHOICE ARGS...
+    if sys.argv[1] == "--cli":  # gpt-sample with the choice made: python -m bench.gpu_decode_probe --cli CHOICE ARGS...
         static_decode.STEP_ATTENTION = CHOICES[sys.argv[2]]
         from gpt.sample.cli import main as sample_main
         sys.exit(sample_main(sys.argv[3:]))
     if sys.argv[1] == "--library":
-        print(json.dumps(library(sys.argv[2], sys.argv[3])), flush=True)
+        emit(new_result() | library(sys.argv[2], sys.argv[3]), indent=None)
         return
     run = sys.argv[1]
     for choice in CHOICES:
         for _ in range(2):
-            print(json.dumps({"cli": choice, **cli_sample(Path(run), "cuda", 1000, (__file__, "--cli", choice))}), flush=True)
-        subprocess.run([sys.executable, __file__, "--library", run, choice], timeout=300, check=False)
+            measured = cli_sample(Path(run), "cuda", 1000, (*MODULE, "--cli", choice))
+            emit(new_result() | {"cli": choice, **measured}, indent=None)
+        # a fresh process per choice: its first call is the cold one measured
+        subprocess.run([sys.executable, *MODULE, "--library", run, choice], cwd=ROOT, timeout=300, check=False)
 
 
 if __name__ == "__main__":

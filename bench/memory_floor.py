@@ -9,12 +9,11 @@ shows where this machine's cache ends.
 """
 from __future__ import annotations
 
-import time
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
+from bench.common import best_seconds
 from gpt.model import linear
 from gpt.quantize import Int8Linear
 
@@ -44,17 +43,6 @@ def weight_bytes_per_token(model: nn.Module) -> int:
     return total
 
 
-def best_seconds(fn, repeats: int, inner: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / inner)
-    return best
-
-
 @torch.inference_mode()
 def matvec_floor(model: nn.Module, dtype: torch.dtype, repeats: int = 7, inner: int = 20) -> dict:
     """The linear layers alone, for one token, as the decode path calls them (best of
@@ -81,7 +69,6 @@ def bandwidth_sweep(sizes_mb=(4, 16, 24, 32, 48, 96), rows: int = 1536, cols: in
     for mb in sizes_mb:
         n = max(1, round(mb * 1e6 / (rows * cols * 4)))
         mats = [torch.randn(rows, cols) for _ in range(n)]
-        seconds = best_seconds(lambda: [F.linear(x, w) for w in mats], repeats, max(1, 200 // n))
+        seconds = best_seconds(lambda mats=mats: [F.linear(x, w) for w in mats], repeats, max(1, 200 // n))
         out[f"{mb}MB"] = round(n * rows * cols * 4 / seconds / 1e9, 1)
-
     return out

@@ -1,7 +1,7 @@
 """Benchmark gpt-prepare against `xz -dc` on the same corpus, measured in the same run, on
 two kinds of corpus: the OpenWebText-style sample, and many small documents made here.
 
-    python bench/prepare_bench.py [CORPUS] [--copies N] [--small-docs N] [--workers 2] [--repeat R]
+    python -m bench.prepare_bench [CORPUS] [--copies N] [--small-docs N] [--workers 2] [--repeat R]
 
 `xz -dc` over every .xz file of a corpus on one core is the floor: decompression is the
 part no reader can skip. gpt-prepare then runs as a user runs it (a subprocess, with
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import lzma
 import os
 import re
@@ -34,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from machine import describe
+from bench.common import ROOT, emit, new_result
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 1e6
 
@@ -122,7 +121,8 @@ class MemoryPoller(threading.Thread):
 
 
 def run_prepare(corpus: Path, out: Path, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "data_prep.cli", str(corpus), "--out", str(out), "--force", "--quiet", "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "data_prep.cli", str(corpus), "--out", str(out), "--force", "--quiet",
+           "--workers", str(workers)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     poller = MemoryPoller(proc.pid)
@@ -170,15 +170,17 @@ def measure(corpus: Path, workers: int, repeat: int, out: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("corpus", type=Path, nargs="?", default=Path(__file__).resolve().parents[2] / "shared/corpora/owt-sample")
+    p = argparse.ArgumentParser(prog="python -m bench.prepare_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("corpus", type=Path, nargs="?", default=ROOT.parent / "shared/corpora/owt-sample")
     p.add_argument("--copies", type=int, default=13, help="copies of the corpus to prepare together (default: 13)")
-    p.add_argument("--small-docs", type=int, default=6, help="copies of the small-documents corpus; 0 leaves it out (default: 6)")
+    p.add_argument("--small-docs", type=int, default=6,
+                   help="copies of the small-documents corpus; 0 leaves it out (default: 6)")
     p.add_argument("--workers", type=int, default=2, help="gpt-prepare --workers (default: 2)")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each, the fastest reported (a shared machine is noisy; default: 1)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each, the fastest reported (a shared machine is noisy; default: 1)")
     args = p.parse_args()
-    host = describe()
-    report = {"workers": args.workers, "corpora": {}, "machine": host}
+    report = new_result() | {"workers": args.workers, "corpora": {}}
     with tempfile.TemporaryDirectory(prefix="prepare_bench-") as tmp:
         tmp = Path(tmp)
         corpora = {"openwebtext_style": (args.corpus, args.copies)}
@@ -186,10 +188,11 @@ def main() -> None:
             corpora["small_documents"] = (make_small_documents(tmp / "small"), args.small_docs)
         for name, (corpus, copies) in corpora.items():
             folder = build_copies(corpus, copies, tmp / f"{name}-copies") if copies > 1 else corpus
-            report["corpora"][name] = {"corpus": str(corpus), "copies": copies, **measure(folder, args.workers, args.repeat, tmp / "data")}
+            measured = measure(folder, args.workers, args.repeat, tmp / "data")
+            report["corpora"][name] = {"corpus": str(corpus), "copies": copies, **measured}
             if folder != corpus:
                 shutil.rmtree(folder)
-    print(json.dumps(report, indent=1))
+    emit(report)
 
 
 if __name__ == "__main__":
