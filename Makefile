@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # build (CUDA, ROCm, CPU). On a CPU-only machine, `make demo CPU=1` takes PyTorch's CPU
 # wheel index instead (a few hundred MB rather than several GB); TORCH_INDEX names any other
 # index. Changing TORCH, TORCH_INDEX or CPU reinstalls torch on the next make.
-TORCH  ?= torch>=2.6
+TORCH  ?= torch>=2.9
 CPU    ?=
 TORCH_INDEX ?= $(if $(CPU),https://download.pytorch.org/whl/cpu,)
 TORCH_CHOICE := $(TORCH) $(TORCH_INDEX)
@@ -35,7 +35,7 @@ torch-choice:
 	fi
 
 $(VENV)/.installed: pyproject.toml | torch-choice
-	$(PY) -m pip install -q -e '.[test,plot]'
+	$(PY) -m pip install -q -e '.[test,plot,hf]'
 	touch $@
 
 demo: torch-choice $(VENV)/.installed

@@ -322,7 +322,7 @@ def test_a_split_of_another_vocabulary_is_refused_naming_the_model_and_the_folde
 
 
 def test_quantize_where_this_torch_has_no_int8_kernel_is_one_clear_line(bad, ckpt, capsys, monkeypatch):
-    monkeypatch.delattr(torch, "_weight_int8pack_mm")
+    monkeypatch.delattr(torch, "_weight_int8pack_mm", raising=False)  # some builds lack it
     proc = run_main(capsys, "--ckpt", ckpt, bad / "good.txt", "--quantize", "int8")
     assert proc.returncode == 1 and proc.stdout == ""
     assert_one_line_error(proc, "gpt-eval", "needs torch._weight_int8pack_mm", "fp32 works")

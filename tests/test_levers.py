@@ -17,7 +17,7 @@ from gpt.train.cli import build_parser, main as train_main
 from gpt.train.average import WeightAverage
 from gpt.train.optim import Optimizers, hidden_matrices
 from gpt.train.presets import finetune_config
-from tests.support import assert_fixed_decode_matches_plain, assert_one_line_error, run_cli, tiny_run, train_tiny_model, write_checkpoint
+from tests.support import assert_one_line_error, run_cli, tiny_run, train_tiny_model, write_checkpoint
 from tests.support import data, one_thread  # noqa: F401 (fixtures)
 
 LEVERS = {
@@ -45,7 +45,7 @@ def far_from_init(model, std=0.3):
 
 
 def cached_logits(model, idx, dtype):
-    """A 5-token prefill through the cache, then one token at a time through decode()."""
+    """A 5-token prefill through the cache, then one token at a time."""
     cache = KVCache.for_model(model, len(idx), "cpu", dtype)
     with torch.no_grad():
         steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, idx.size(1))]
@@ -53,32 +53,17 @@ def cached_logits(model, idx, dtype):
 
 
 # -- each lever in the model -----------------------------------------------------------------
-def test_relu2_mlp_computes_relu_squared_in_forward_and_decode():
+def test_relu2_mlp_computes_relu_squared():
     mlp = small(activation="relu2").blocks[0].mlp
-    x = torch.randn(3, 7, 32)
+    x, residual = torch.randn(21, 32), torch.randn(21, 32)  # rows of the residual stream
     with torch.no_grad():
         expected = mlp.proj(F.relu(mlp.fc(x)) ** 2)
-        assert torch.allclose(mlp(x), expected, rtol=0, atol=1e-7)
-        residual = torch.randn(3, 32)
-        assert torch.allclose(mlp.decode(x[:, 0], residual), residual + expected[:, 0], rtol=0, atol=1e-6)
-        assert not torch.allclose(small().blocks[0].mlp(x), expected)  # gelu's is another function
+        assert torch.allclose(mlp(x, residual), residual + expected, rtol=0, atol=1e-6)
+        assert not torch.allclose(small().blocks[0].mlp(x, residual), residual + expected)  # gelu's is another function
 
 
-@pytest.mark.parametrize("lever", LEVERS)
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), (torch.float64, 1e-9)])
-def test_cached_decoding_matches_the_full_forward_with_each_lever(lever, dtype, atol):
-    # prefill and decode() against forward(); the only difference left is rounding, as the
-    # decode step rotates by one matrix where forward() rotates pairs (1e-6 in fp32)
-    model = far_from_init(small(**LEVERS[lever]).to(dtype))
-    idx = torch.randint(0, 40, (3, 16))
-    with torch.no_grad():
-        full, _ = model(idx)
-    torch.testing.assert_close(cached_logits(model, idx, dtype), full, atol=atol, rtol=0)
-
-
-@pytest.mark.parametrize("lever", LEVERS)
-def test_the_static_decode_step_matches_the_plain_one_with_each_lever(lever):
-    assert_fixed_decode_matches_plain(far_from_init(small(**LEVERS[lever])), steps=6, rtol=0, atol=1e-5)
+# that every inference path computes each lever alike, in every combination with the other
+# options: tests/test_model.py, test_every_path_gives_the_logits_of_the_full_forward_pass_...
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
@@ -366,7 +351,9 @@ def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given(
                 w.grad = g.clone()
         for opt in optimizers:
             opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(theirs, ours))  # bf16: torch's arithmetic exactly
+    # bf16: torch's arithmetic, to within bf16's rounding (an equal-bits check would hold only for the torch it was
+    # written against: the order of a private iteration's operations is no promise)
+    assert all((a - b).abs().max() < 2e-3 for a, b in zip(theirs, ours))
     assert all(0 < (a - b).abs().max() < 1e-2 for a, b in zip(theirs, fp32))  # fp32: the same method, finer
 
 
@@ -380,7 +367,7 @@ def test_muon_orthogonalises_a_cpu_run_in_bf16_only_where_it_trains_in_native_bf
 
 
 def test_muon_where_torch_lacks_it_is_one_clear_line(data, tmp_path, monkeypatch, capsys):
-    monkeypatch.delattr(torch.optim, "Muon")
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)  # absent before torch 2.9
     code = train_main(["--data", str(data), "--out", str(tmp_path / "r"), "--device", "cpu", "--max-iters", "2", "--quiet", "--optimizer", "muon"])
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert code == 1 and len(err) == 1 and err[0].startswith("gpt-train: error: --optimizer muon needs torch.optim.Muon")
@@ -394,5 +381,5 @@ def test_the_cpu_preset_trains_with_muon_and_falls_back_to_adamw_where_muon_cann
     assert layered_config("cpu-small", {}).ema == 0.99 and layered_config("cpu-small", {"ema": 0.0}).ema == 0.0
     assert layered_config("cpu-small", {"optimizer": "adamw"}).optimizer == "adamw"
     assert layered_config("cpu-small", {"model": "bigram"}).optimizer == "adamw"
-    monkeypatch.delattr(torch.optim, "Muon")
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)  # absent before torch 2.9
     assert layered_config("cpu-small", {}).optimizer == "adamw"
