@@ -9,7 +9,7 @@ import torch
 
 from gpt.store import checkpoint as ck
 from gpt.train import train
-from tests.support import ROOT, TINY_MODEL, prepared
+from tests.support import ROOT, TINY_MODEL, prepared, untrained_loss
 
 WORKER = ROOT / "tests" / "ddp_worker.py"
 
@@ -69,7 +69,7 @@ def test_run_written_by_two_processes_resumes_on_one(data, tmp_path):
     state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
     assert state["step"] == 20 and state["world_size"] == 2 and len(state["rank_states"]) == 2
     result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True, log=lambda s: None)
-    assert result.step == 30 and result.val_loss < 3.0
+    assert result.step == 30 and result.val_loss < untrained_loss(data) - 0.6
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 1
 
 

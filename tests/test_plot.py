@@ -117,7 +117,10 @@ def test_a_run_named_oddly_is_drawn_with_its_name_as_it_is(tmp_path, name):
     run = write_metrics(tmp_path / name, steps=20)
     out = tmp_path / "p.png"
     assert main([str(run), "--out", str(out)]) == 0 and out.read_bytes()[:8] == PNG_MAGIC
-    draw_progress(read_run(run))  # the picture gpt-train keeps, titled by the run's name
+    fig = draw_progress(read_run(run))  # the picture gpt-train keeps, titled by the run's name as it is
+    fig.canvas.draw()  # a formula or an unencodable name would fail here, where matplotlib lays text out
+    shown = {"r$\\q$x": "r$\\q$x", "odd\udcffname": "odd\\xffname"}[name]  # a name that is no UTF-8: its bytes escaped
+    assert fig._suptitle.get_text().replace("\\$", "$").startswith(shown)
 
 
 # -- gpt-plot --------------------------------------------------------------------------------------
