@@ -83,6 +83,11 @@ def model_option(name: str):
     return field(default=getattr(ModelConfig, name), metadata={"model": True})
 
 
+# a run's budget: it ends at whichever comes first, and its learning rate decays over whichever
+# is further along. Given as options, the two replace a preset's or a checkpoint's as a whole.
+BUDGET_FIELDS = ("max_iters", "max_time")
+
+
 @dataclass
 class TrainConfig:
     data: str = "data"
@@ -133,6 +138,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool = False
     seed: int = 1337
+    deterministic: bool = False  # torch's deterministic kernels; needs a step budget alone
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -146,6 +152,9 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_iters is None and self.max_time is None:
             raise ConfigError("give --max-iters or --max-time (or both)")
+        if self.deterministic and self.max_time is not None:
+            raise ConfigError("--deterministic needs a step budget alone (--max-iters, and --max-time 0 to drop a preset's): "
+                              "under a time budget the learning rate and the last step follow the clock")
         if self.max_iters is not None and self.max_iters < 1:
             raise ConfigError(f"--max-iters must be at least 1, got {self.max_iters}")
         if self.max_time is not None and not 0 < self.max_time < math.inf:
@@ -195,9 +204,8 @@ class TrainConfig:
     @property
     def early_stop_after(self) -> int:
         """Evaluations without improvement that end the run (0: never). On by default under
-        every budget: a small corpus overfits within a time budget as within a step budget
-        (40 KB of text, --max-time 60: a final val loss 1.02 above the run's best), and
-        best.pt keeps the best model either way."""
+        every budget: a small corpus overfits within a time budget as within a step budget,
+        and best.pt keeps the best model either way."""
         return self.patience if self.patience is not None else DEFAULT_PATIENCE
 
     @property

@@ -79,7 +79,8 @@ def build_parser() -> Parser:
     g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default: {d.grad_accum})")
     g.add_argument("--max-iters", type=int, help=f"optimizer steps (default: {d.max_iters})")
     g.add_argument("--max-time", type=float, help=f"wall-clock budget in seconds for the whole run; the learning rate decays over it (default: {d.max_time}). "
-                   "0 for none. With --resume, --max-iters or --max-time given now replace the saved budget")
+                   "0 for none. --max-iters or --max-time given replace a preset's budget, or with --resume the saved one, as a whole "
+                   "(give both to have both)")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr})")
     g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default: lr / 10)")
     g.add_argument("--warmup-iters", type=int, help=f"linear warmup steps (default: {d.warmup_iters})")
@@ -115,6 +116,9 @@ def build_parser() -> Parser:
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on CUDA GPUs that support it, fp16 with a gradient scaler on older ones; on a CPU bf16 where it computes bf16 natively (AVX512-BF16 or AMX), fp32 elsewhere")
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (falls back to eager with a warning if it fails)")
     g.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
+    g.add_argument("--deterministic", action="store_const", const=True,
+                   help="torch's deterministic kernels only (a kernel without one is refused, naming it); needs a step budget "
+                   "alone. On a CPU the default is already bitwise reproducible under a step budget (docs/train.md)")
     return p
 
 

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import gc
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..config import MODEL_FIELDS, ModelConfig, TrainConfig
+import torch
+
+from plumbing.errors import first_line
+
+from ..config import BUDGET_FIELDS, MODEL_FIELDS, ModelConfig, TrainConfig
 from ..device import DeviceError, resolve_device
 from ..model import count_parameters
 from ..store import checkpoint
@@ -24,7 +29,6 @@ from .progress import tolerant
 from .loop import TrainResult
 from .trainer import Trainer
 
-BUDGET_FIELDS = ("max_iters", "max_time")
 
 
 def saved_options(state: dict) -> dict:
@@ -123,7 +127,8 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                 raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); a fine-tuning run needs a folder of its own")
         cfg.validate()
         check_optimizer(cfg.optimizer)
-        result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
+        with deterministic_algorithms(cfg.deterministic, device):
+            result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
     except BaseException:
         gc.collect()
         dist_.close()
@@ -131,6 +136,28 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     gc.collect()  # the trainer and its DDP wrapper, before the group they use (see Trainer.run)
     dist_.close(finished=True)
     return result
+
+
+@contextmanager
+def deterministic_algorithms(on: bool, device):
+    """torch's deterministic kernels for the run (--deterministic), as it was after it. On a
+    GPU cuBLAS needs a fixed workspace for its deterministic products, set before its first
+    use; an operation with no deterministic kernel then raises, and the run says which."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    except RuntimeError as e:
+        if "deterministic" not in str(e):
+            raise
+        raise TrainError(f"--deterministic: {first_line(e)}; train on this device without --deterministic") from None
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 @contextmanager
