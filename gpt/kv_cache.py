@@ -17,10 +17,14 @@ import torch
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, head_size: int, block_size: int, device, dtype):
         self.kv = torch.zeros((n_layer, 2, batch, n_head, block_size, head_size), device=device, dtype=dtype)
+        # each layer's part, (2, B, nh, block, hs), as views made once: indexing the buffer
+        # with slices on every call cost a decoded token tens of microseconds on a CPU
+        self.layers = self.kv.unbind(0)
         self.block_size = block_size
         self.length = 0  # positions filled
         self.positions = torch.arange(block_size, device=device)  # for the static step's mask
-        self.open, self.shut = torch.zeros((), dtype=dtype, device=device), torch.full((), -torch.inf, dtype=dtype, device=device)
+        self.open = torch.zeros((), dtype=dtype, device=device)
+        self.shut = torch.full((), -torch.inf, dtype=dtype, device=device)
 
     @classmethod
     def for_model(cls, model, batch: int, device, dtype) -> "KVCache":
@@ -31,17 +35,18 @@ class KVCache:
         self.length = 0
 
     def update(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new keys and values, kv (2, B, nh, T, hs), for `layer`; return the whole
-        window's keys and values, each (B, nh, S, hs)."""
-        end = self.length + kv.size(3)
-        self.kv[layer, :, :, :, self.length : end] = kv
-        return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
+        """Store new keys and values, kv (2, B, nh, T, hs), for `layer` after the positions
+        filled; return the whole window's keys and values, each (B, nh, S, hs)."""
+        window = self.layers[layer].narrow(3, 0, self.length + kv.size(3))  # (2, B, nh, S, hs)
+        window.narrow(3, self.length, kv.size(3)).copy_(kv)
+        return window.unbind(0)
 
     def write(self, layer: int, pos: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one position's keys and values, kv (2, B, nh, 1, hs), for `layer` at `pos` (a
         0-dim tensor); return the whole buffers, whose shapes never change (the static step)."""
-        self.kv[layer].index_copy_(3, pos.view(1), kv)
-        return self.kv[layer, 0], self.kv[layer, 1]
+        buffer = self.layers[layer]  # (2, B, nh, block, hs)
+        buffer.index_copy_(3, pos.view(1), kv)
+        return buffer.unbind(0)
 
     def attention_bias(self, pos: torch.Tensor) -> torch.Tensor:
         """(1, block) added to attention scores: 0 up to window position `pos` (a 0-dim tensor),

@@ -42,7 +42,7 @@ def int8_kernel():
 class Int8Linear(nn.Module):
     """nn.Linear with int8 weights and one scale per output channel.
 
-    It has no float `.weight`: the decode path calls `forward` (see `gpt.model.linear`)."""
+    It has no float `.weight`: the model calls `forward` (see `gpt.layers.linear`)."""
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -71,7 +71,8 @@ class Int8Linear(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, "
+                f"bias={self.bias is not None}")
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,18 +89,23 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def check_supported(mode: str, device: torch.device) -> None:
     """Raise QuantizeError, naming what is missing, unless `mode` runs on `device` here."""
     if mode not in QUANTIZE_MODES:
-        raise QuantizeError(f"unknown quantization {mode!r} (use {', '.join(QUANTIZE_MODES)}, or leave it out to sample in fp32)")
+        raise QuantizeError(f"unknown quantization {mode!r} (use {', '.join(QUANTIZE_MODES)}, "
+                            "or leave it out to sample in fp32)")
     kernel = int8_kernel()
     if kernel is None:
-        raise QuantizeError(f"--quantize {mode} needs torch._weight_int8pack_mm, which torch {torch.__version__} lacks (upgrade torch, or leave out --quantize: fp32 works)")
-    if device.type == "cpu" and platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        raise QuantizeError(f"--quantize {mode} needs torch._weight_int8pack_mm, which torch {torch.__version__} lacks "
+                            "(upgrade torch, or leave out --quantize: fp32 works)")
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if device.type == "cpu" and x86 and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
         # without AVX2 torch runs the kernel's scalar fallback, several times slower than fp32
-        raise QuantizeError(f"--quantize {mode} needs a CPU with AVX2 or AVX-512, and torch finds neither here (leave out --quantize: fp32 works)")
+        raise QuantizeError(f"--quantize {mode} needs a CPU with AVX2 or AVX-512, and torch finds neither here "
+                            "(leave out --quantize: fp32 works)")
     try:
         x = torch.ones(1, 32, dtype=COMPUTE_DTYPE, device=device)
         kernel(x, torch.ones(8, 32, dtype=torch.int8, device=device), torch.ones(8, dtype=COMPUTE_DTYPE, device=device))
     except (RuntimeError, NotImplementedError) as e:
-        raise QuantizeError(f"--quantize {mode} does not run on {device} with torch {torch.__version__} ({first_line(e)}); leave out --quantize: fp32 works") from None
+        raise QuantizeError(f"--quantize {mode} does not run on {device} with torch {torch.__version__} "
+                            f"({first_line(e)}); leave out --quantize: fp32 works") from None
 
 
 def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
@@ -107,7 +113,8 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
     Quantize after casting the model to its sampling dtype (`Generator` does)."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise QuantizeError(f"this {getattr(model.config, 'kind', 'model')} model has no linear layers to quantize (leave out --quantize)")
+        kind = getattr(model.config, 'kind', 'model')
+        raise QuantizeError(f"this {kind} model has no linear layers to quantize (leave out --quantize)")
     for name, layer in linears:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, Int8Linear.from_linear(layer))

@@ -146,16 +146,18 @@ DOCUMENTS = [
 BLOCK = 16
 
 
-def train_tiny_model(pos: str = "rope", kind: str = "gpt", oov: str = "byte", steps: int = 60, **model_options):
+def train_tiny_model(pos: str = "rope", kind: str = "gpt", oov: str = "byte", steps: int = 60, block_size: int = BLOCK,
+                     **model_options):
     """A 2-layer model trained briefly on DOCUMENTS (separated by end-of-text tokens), with the
-    training code's own batch sampler and optimizer; in memory, no run folder. `model_options`:
-    other ModelConfig fields (qk_norm=True, ...)."""
+    training code's own batch sampler and optimizer; in memory, no run folder. `block_size`:
+    the model's context (it is trained on windows of BLOCK tokens whatever it is).
+    `model_options`: other ModelConfig fields (qk_norm=True, ...)."""
     torch.manual_seed(0)
     tok = CharTokenizer(chars=sorted(set("".join(DOCUMENTS))), oov=oov)
     stream = []
     for doc in DOCUMENTS * 8:
         stream += tok.encode(doc) + [tok.eot_id]
-    cfg = ModelConfig(kind=kind, vocab_size=len(tok), block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0, pos=pos, **model_options)
+    cfg = ModelConfig(kind=kind, vocab_size=len(tok), block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=0.0, pos=pos, **model_options)
     model = build_model(cfg)
     batches = BatchSampler([np.array(stream, np.uint8)], BLOCK, batch_size=16, seed=0, vocab_size=len(tok))
     opt = make_optimizer(model, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.99), device=torch.device("cpu"))

@@ -15,7 +15,7 @@ from gpt.store.runs import resolve_checkpoint
 from gpt.train import TrainError, train
 from gpt.train.cli import INTERRUPTED
 from gpt.train.progress import Progress
-from gpt.store.run_folder import RunFolder
+from gpt.store.run_folder import RunFolder, RunFolderError
 from tests.support import assert_one_line_error, ROOT, run_cli, tiny_run, write_corpus
 from tests.support import data  # noqa: F401 (a fixture)
 
@@ -54,7 +54,7 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
               "RunFolder.claim(Path(sys.argv[1]), new_run=True, overwrite=False); print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "run")], stdout=subprocess.PIPE, cwd=ROOT)
     assert proc.stdout.readline() == b"held\n"
-    with pytest.raises(TrainError, match="in use"):
+    with pytest.raises(RunFolderError, match="in use"):
         RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False)
     proc.kill()
     proc.wait()

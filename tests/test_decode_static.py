@@ -6,8 +6,11 @@ import torch
 
 from gpt.kv_cache import KVCache
 from gpt.sample import Generator, SamplingOptions
-from tests.support import assert_fixed_decode_matches_plain, train_tiny_model
-from tests.support import one_thread  # noqa: F401 (a fixture)
+from tests.support import (
+    assert_fixed_decode_matches_plain,
+    one_thread,  # noqa: F401 (a fixture)
+    train_tiny_model,
+)
 
 
 @pytest.fixture(scope="module", params=["rope", "learned"])
@@ -45,8 +48,8 @@ def test_positions_after_the_current_one_are_masked_out(trained):
         prompt = torch.tensor([[1, 2, 3]])
         model(prompt, cache=clean)
         model(prompt, cache=dirty)
-        a = model.decode(torch.tensor([4]), clean, pos=torch.tensor(3))
-        b = model.decode(torch.tensor([4]), dirty, pos=torch.tensor(3))
+        a, _ = model(torch.tensor([[4]]), cache=clean, pos=torch.tensor(3))
+        b, _ = model(torch.tensor([[4]]), cache=dirty, pos=torch.tensor(3))
     torch.testing.assert_close(a, b)
 
 
@@ -63,7 +66,7 @@ def test_the_static_step_reads_nothing_back_to_the_host(trained):
     with torch.inference_mode():
         model(torch.tensor([[1, 2, 3]]), cache=cache)
         with torch.profiler.profile() as prof:
-            model.decode(torch.tensor([4]), cache, pos=torch.tensor(3))
+            model(torch.tensor([[4]]), cache=cache, pos=torch.tensor(3))
     reads = [e.key for e in prof.key_averages() if e.key in ("aten::_local_scalar_dense", "aten::item")]
     assert reads == []
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gpt.store import checkpoint as ck
+from gpt.store.load import file_sha256
 from gpt.evaluate import TextStream, evaluate, load_run
 from gpt.evaluate.cli import main as evaluate_main
 from gpt.sample import Generator
@@ -49,14 +50,14 @@ def test_a_run_keeps_of_its_base_only_what_it_takes_and_lets_the_weights_go_once
     held = Base.from_run(base)
     assert set(held.state) == {"model", "model_config", "tokenizer"}  # not the base's optimizer moments
     held.release_weights()
-    assert "model" not in held.state and held.ref["sha256"] == ck.file_sha256(base / "best.pt")
+    assert "model" not in held.state and held.ref["sha256"] == file_sha256(base / "best.pt")
 
 
 def test_the_run_records_where_it_came_from_and_gets_fine_tuning_defaults(data, base, tmp_path):
     train(overrides=tune(data, base, tmp_path / "ft", max_iters=5), log=lambda s: None)
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert config["init_from"]["path"] == str((base / "best.pt").resolve())
-    assert config["init_from"]["sha256"] == ck.file_sha256(base / "best.pt") and config["init_from"]["step"] == 30
+    assert config["init_from"]["sha256"] == file_sha256(base / "best.pt") and config["init_from"]["step"] == 30
     assert config["train"]["lr"] == 3e-4 and config["train"]["warmup_iters"] == 20
     assert config["model"]["n_embd"] == TINY_MODEL["n_embd"]  # the shape comes from the base
 
@@ -173,7 +174,7 @@ def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_pat
     adapters = sum(t.numel() for t in state["model"].values())
     full = sum(t.numel() for t in weights(base / "best.pt").values())
     assert adapters < 0.2 * full
-    assert state["lora"]["base"]["sha256"] == ck.file_sha256(base / "best.pt")
+    assert state["lora"]["base"]["sha256"] == file_sha256(base / "best.pt")
     frozen = {k: v for k, v in result.model.state_dict().items() if ".lora_" not in k}
     origin = weights(base / "best.pt")
     assert len(frozen) == len(origin)
@@ -228,7 +229,7 @@ def test_gpt_export_merge_writes_a_lora_run_as_one_plain_model(data, base, tmp_p
     with torch.no_grad():
         assert torch.equal(exported.model(x)[0], adapted.model(x)[0])
     source = json.loads((tmp_path / "merged" / "config.json").read_text())["source"]
-    assert source["merged_lora"]["rank"] == 2 and source["merged_lora"]["base"]["sha256"] == ck.file_sha256(base / "best.pt")
+    assert source["merged_lora"]["rank"] == 2 and source["merged_lora"]["base"]["sha256"] == file_sha256(base / "best.pt")
 
 
 def test_a_lora_run_is_exported_only_with_merge(data, base, tmp_path):

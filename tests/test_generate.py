@@ -11,10 +11,19 @@ import torch
 
 from data_prep import CharTokenizer
 from gpt import device
-from gpt.sample.generate import Generator
-from gpt.sample.sampling import ContextWindow, GenerationError, SampleText, SamplingOptions, StopText, sample_next, to_gumbel
 from gpt.kv_cache import KVCache
+from gpt.sample.generate import Generator
+from gpt.sample.sampling import (
+    ContextWindow,
+    GenerationError,
+    SampleText,
+    SamplingOptions,
+    StopText,
+    sample_next,
+    to_gumbel,
+)
 from tests.support import BLOCK, DOCUMENTS, one_thread, train_tiny_model, write_checkpoint  # noqa: F401 (a fixture)
+
 
 @functools.cache
 def trained_generator(pos: str) -> Generator:
@@ -59,11 +68,13 @@ def test_slide_of_one_keeps_exactly_the_most_recent_block_size_tokens():
 # -- KV cache equivalence ----------------------------------------------------------------------
 @pytest.mark.parametrize("num_samples", [1, 3])
 @pytest.mark.parametrize("temperature,seed", [(0.0, None), (1.0, 7)])
-def test_cached_and_uncached_generation_give_identical_tokens_across_window_moves(generator, num_samples, temperature, seed):
+def test_cached_and_uncached_generation_give_identical_tokens_across_window_moves(generator, num_samples, temperature,
+                                                                                   seed):
     # 70 new tokens with a 16-token context: the window moves many times
     opts = SamplingOptions(max_new_tokens=70, temperature=temperature, seed=seed, stop_at_eot=False)
     cached = all_tokens(generator, "the cat", opts, num_samples)
-    uncached = all_tokens(generator, "the cat", SamplingOptions(**{**opts.__dict__, "use_kv_cache": False}), num_samples)
+    uncached_options = SamplingOptions(**{**opts.__dict__, "use_kv_cache": False})
+    uncached = all_tokens(generator, "the cat", uncached_options, num_samples)
     assert len(cached) == 70 and cached == uncached
 
 
@@ -100,7 +111,8 @@ def test_cached_decoding_feeds_the_model_one_token_per_step_between_window_moves
 # -- sampling ----------------------------------------------------------------------------------
 def test_temperature_zero_picks_the_argmax_of_the_models_logits(generator):
     prompt_ids = generator.encode_prompt("a dog")
-    tokens = [t[0] for t in all_tokens(generator, "a dog", SamplingOptions(max_new_tokens=10, temperature=0, stop_at_eot=False))]
+    options = SamplingOptions(max_new_tokens=10, temperature=0, stop_at_eot=False)
+    tokens = [t[0] for t in all_tokens(generator, "a dog", options)]
     seq = list(prompt_ids)
     with torch.no_grad():
         for token in tokens:  # 5 + 10 tokens fit the 16-token context: the window never moves
@@ -124,7 +136,8 @@ def draw(n: int, **options) -> Counter:
     """n draws of one sampling step on FIXED_LOGITS (one batch of n rows)."""
     rng = torch.Generator().manual_seed(0)
     noise = to_gumbel(torch.rand(n, len(FIXED_LOGITS), generator=rng))
-    tokens = sample_next(FIXED_LOGITS.expand(n, -1), options.pop("temperature", 1.0), options.get("top_k"), options.get("top_p"), noise)
+    temperature = options.pop("temperature", 1.0)
+    tokens = sample_next(FIXED_LOGITS.expand(n, -1), temperature, options.get("top_k"), options.get("top_p"), noise)
     return Counter(tokens.view(-1).tolist())
 
 

@@ -1,13 +1,16 @@
 """The models' defining properties: causality, rotary embeddings, and cached decoding."""
+import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt.config import ConfigError, ModelConfig
+from gpt.attention import apply_rope, plain_causal_attention, rope_basis, rope_rotation, rope_tables, rotate
+from gpt.config import ACTIVATIONS, ConfigError, ModelConfig
 from gpt.kv_cache import KVCache
-from gpt.model import apply_rope, build_model, count_parameters, plain_causal_attention, rope_basis, rope_rotation, rope_tables
+from gpt.model import build_model, count_parameters
+from gpt.quantize import quantize_model
 
 
 def small(pos="rope", **kw):
@@ -62,11 +65,12 @@ def test_plain_causal_attention_in_bf16_is_exact_attention_to_bf16_precision():
 
 
 def test_under_cpu_autocast_queries_and_keys_rotate_and_attend_in_bf16(monkeypatch):
-    import gpt.model as gm
+    import gpt.attention as ga
 
     seen = []
-    plain = gm.plain_causal_attention
-    monkeypatch.setattr(gm, "plain_causal_attention", lambda q, k, v, p: seen.append((q.dtype, k.dtype, v.dtype)) or plain(q, k, v, p))
+    plain = ga.plain_causal_attention
+    monkeypatch.setattr(ga, "plain_causal_attention",
+                        lambda q, k, v, p: seen.append((q.dtype, k.dtype, v.dtype)) or plain(q, k, v, p))
     model = build_model(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(0, 20, (2, 16)))
@@ -74,7 +78,7 @@ def test_under_cpu_autocast_queries_and_keys_rotate_and_attend_in_bf16(monkeypat
     assert seen == [(torch.bfloat16,) * 3] * 2
 
 
-def test_the_decode_rotation_is_rope_for_queries_and_keys_and_the_identity_for_values():
+def test_the_one_position_rotation_is_rope_for_queries_and_keys_and_the_identity_for_values():
     torch.manual_seed(2)
     x = torch.randn(3, 2, 1, 8, dtype=torch.float64)
     cos, sin = rope_tables(torch.tensor([37]), 8, 10000.0, torch.float64)
@@ -84,20 +88,81 @@ def test_the_decode_rotation_is_rope_for_queries_and_keys_and_the_identity_for_v
     assert torch.equal(rot[2], torch.eye(8, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("pos", ["rope", "learned"])
-@pytest.mark.parametrize("bias", [False, True])
-def test_incremental_decoding_with_cache_matches_full_forward(pos, bias):
-    # in float64 with every parameter far from its initial value (sharp attention, norm
-    # gains and biases that matter), so any slip in the one-token decode path shows
-    model = small(pos, bias=bias).double()
+def test_the_rotation_of_many_positions_leaves_the_values_exactly_as_they_are():
+    torch.manual_seed(2)
+    model = small()
+    qkv = torch.randn(3 * 4, 3, 2, 16)  # (B*T, 3, nh, hs): 3 sequences of 4 tokens
+    turned = rotate(qkv, model.rotary.at(5, 4), batch=3)  # (3, B, nh, T, hs)
+    assert torch.equal(turned[2], qkv.view(3, 4, 3, 2, 16)[:, :, 2].transpose(1, 2))
+    cos, sin = rope_tables(torch.arange(5, 9), 16, 10000.0, torch.float32)
+    torch.testing.assert_close(turned[1], apply_rope(qkv.view(3, 4, 3, 2, 16)[:, :, 1].transpose(1, 2), cos, sin))
+
+
+# every model option, in every combination: training's forward pass, a cache's fill, the
+# cached one-token steps after it and the fixed-shape step (what a CUDA graph replays) are
+# one code path, and this is what would fail if any of them computed an option differently
+OPTIONS = {"pos": ("rope", "learned"), "bias": (False, True), "activation": ACTIVATIONS, "qk_norm": (False, True),
+           "tie_weights": (True, False), "logit_softcap": (0.0, 2.0)}
+COMBINATIONS = [dict(zip(OPTIONS, values)) for values in itertools.product(*OPTIONS.values())]
+
+
+def combination_id(options: dict) -> str:
+    return "-".join(f"{k}={v}" for k, v in options.items())
+
+
+def far_from_init(model, std=0.3):
+    """Every parameter moved well away from its initial value (sharp attention, norm gains
+    and biases that matter, large logits), so a slip in any path shows."""
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(std=0.3)
+            p.normal_(std=std)
+    return model
+
+
+def logits_of_every_path(model, idx: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Logits for idx (B, 16) computed whole, through a cache (a 5-token fill, then one token
+    at a time) and through the fixed-shape step (after the same fill), for positions 5..15."""
+    B, T = idx.shape
+    plain, fixed = (KVCache.for_model(model, B, "cpu", dtype) for _ in range(2))
+    with torch.inference_mode():
+        full, _ = model(idx)
+        cached = [model(idx[:, :5], cache=plain)[0]] + [model(idx[:, t : t + 1], cache=plain)[0] for t in range(5, T)]
+        model(idx[:, :5], cache=fixed)
+        static = [model(idx[:, t : t + 1], cache=fixed, pos=torch.tensor(t))[0] for t in range(5, T)]
+    return {"full": full[:, 5:], "cached": torch.cat(cached, dim=1)[:, 5:], "static": torch.cat(static, dim=1)}
+
+
+@pytest.mark.parametrize("options", COMBINATIONS, ids=combination_id)
+def test_every_path_gives_the_logits_of_the_full_forward_pass_with_every_combination_of_options(options):
+    # in float64, so that the only difference left is rounding: the one-token steps rotate by
+    # one matrix where many positions rotate pairs of channels
+    model = far_from_init(small(**options).double())
     idx = torch.randint(0, 40, (3, 16))
-    full, _ = model(idx)
-    cache = KVCache.for_model(model, 3, "cpu", torch.float64)
-    steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, 16)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-9, rtol=0)
+    logits = logits_of_every_path(model, idx, torch.float64)
+    torch.testing.assert_close(logits["cached"], logits["full"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(logits["static"], logits["full"], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("options", COMBINATIONS[::5], ids=combination_id)
+def test_int8_layers_give_every_path_the_same_logits(options):
+    """int8 layers take bf16 activations, whose rounding turns the paths' fp32 differences
+    (1e-7) into differences of about 1e-3 of the logits' size; an option one path left out
+    would be off by tenths."""
+    model = quantize_model(far_from_init(small(**options), std=0.1))
+    idx = torch.randint(0, 40, (2, 16))
+    logits = logits_of_every_path(model, idx, torch.float32)
+    bound = 1e-2 * logits["full"].abs().max().item()
+    torch.testing.assert_close(logits["cached"], logits["full"], atol=bound, rtol=0)
+    torch.testing.assert_close(logits["static"], logits["full"], atol=bound, rtol=0)
+
+
+def test_a_position_tensor_is_refused_without_a_cache_or_with_more_than_one_token():
+    model = small()
+    with pytest.raises(ValueError, match="one token per sequence"):
+        model(torch.zeros(1, 1, dtype=torch.long), pos=torch.tensor(0))
+    with pytest.raises(ValueError, match="one token per sequence"):
+        cache = KVCache.for_model(model, 1, "cpu", torch.float32)
+        model(torch.zeros(1, 2, dtype=torch.long), cache=cache, pos=torch.tensor(0))
 
 
 def test_sequence_longer_than_context_is_refused():

@@ -143,22 +143,26 @@ def workdir(tmp_path_factory, tiny) -> Path:
 def cli(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     # int8 is a CPU path: pinned, so that a CUDA machine runs the same command
-    return subprocess.run([sys.executable, "-m", "gpt.sample", "--device", "cpu", *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "gpt.sample", "--device", "cpu", *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 # name -> (arguments, extra environment, fragments of the one error line)
 ERRORS = {
     "a mode that does not exist": (["--ckpt", "run", "--quantize", "int4"], {}, ["invalid choice: 'int4'"]),
-    "a model with nothing to quantize": (["--ckpt", "bigram", "--quantize", "int8"], {}, ["no linear layers to quantize"]),
+    "a model with nothing to quantize": (["--ckpt", "bigram", "--quantize", "int8"], {},
+                                         ["no linear layers to quantize"]),
     # torch's dispatcher told to use no vector instructions: the CPU of a machine without AVX2
-    "a CPU without AVX2": (["--ckpt", "run", "--quantize", "int8"], {"ATEN_CPU_CAPABILITY": "default"}, ["needs a CPU with AVX2 or AVX-512", "fp32 works"]),
+    "a CPU without AVX2": (["--ckpt", "run", "--quantize", "int8"], {"ATEN_CPU_CAPABILITY": "default"},
+                           ["needs a CPU with AVX2 or AVX-512", "fp32 works"]),
 }
 
 
 @pytest.fixture(scope="module")
 def runs(workdir) -> dict[str, subprocess.CompletedProcess]:
-    jobs = {"ok": (["--ckpt", "run", "--quantize", "int8", "--prompt", "the", "--temperature", "0", "--max-new-tokens", "30", "--no-echo"], {}),
+    ok = ["--ckpt", "run", "--quantize", "int8", "--prompt", "the", "--temperature", "0", "--max-new-tokens", "30",
+          "--no-echo"]
+    jobs = {"ok": (ok, {}),
             **{k: (a, e) for k, (a, e, _) in ERRORS.items()}}
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         return dict(zip(jobs, pool.map(lambda j: cli(workdir, *j[0], env=j[1]), jobs.values())))

@@ -104,7 +104,8 @@ def vocabulary_in_id_order(d: dict) -> tuple[list[str], list[str]]:
     added = sorted(d.get("added_tokens") or [], key=lambda a: a["id"])
     specials = [a["content"] for a in added]
     if [a["id"] for a in added] != list(range(len(added))) or tokens[: len(specials)] != specials:
-        raise DataError("tokenizer file is inconsistent: its special tokens are not the first ids of its vocabulary")
+        raise DataError("tokenizer file's special tokens are not the first ids of its vocabulary, where this toolkit's "
+                        "tokenizers number them")
     return tokens, specials
 
 
@@ -170,6 +171,15 @@ def read_bpe_tokenizer(d: dict) -> tuple[list[str], list[str], list[str]]:
     if model.get("unk_token") is not None or model.get("byte_fallback") or affixes:
         raise DataError("tokenizer file is inconsistent: a byte-level BPE has no unknown token, byte fallback or word "
                         "affixes")
+    # a file another tool wrote may set what changes the ids our encoder gives (it applies every
+    # merge, every time) or mark an added token as text to match: refused, never read otherwise
+    if model.get("dropout") or model.get("ignore_merges"):
+        raise DataError("tokenizer file's BPE has dropout or ignore_merges set, which give other ids than applying its "
+                        "merges, as this toolkit's encoder does")
+    plain = [a.get("content") for a in d.get("added_tokens") or [] if not a.get("special", True)]
+    if plain:
+        raise DataError(f"tokenizer file adds tokens that are not special ({', '.join(map(repr, plain[:3]))}); this "
+                        "toolkit's vocabulary has special tokens only beside its merges")
     tokens, specials = vocabulary_in_id_order(d)
     rest = tokens[len(specials) :]
     alphabet = set(byte_level_alphabet().values())

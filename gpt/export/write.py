@@ -1,28 +1,58 @@
-"""Writing an export folder whole or not at all: beside its place, then renamed into it."""
+"""Writing an export folder, in either format, whole or not at all: beside its place, then
+renamed into it."""
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import Callable, NamedTuple
 
-from plumbing.output_folder import (Writer, check_output, check_replaceable, claim, clean_after_killed_runs, first_inside,
-                                    move_into_place, parents_removed_on_failure)
+from plumbing.output_folder import (
+    Writer,
+    check_output,
+    check_replaceable,
+    claim,
+    clean_after_killed_runs,
+    first_inside,
+    move_into_place,
+    parents_removed_on_failure,
+)
 
+from ..store import export_folder, hf_folder
 from ..store.checkpoint import load_checkpoint
 from ..store.export_folder import ExportError, write_export, written_by_export
+from ..store.hf_folder import check_expressible, write_hf_folder, written_as_hf
+from ..store.layout import EXPORT_FOLDER, HF_EXPORT_FOLDER
 from ..store.load import model_from_checkpoint
 from ..store.runs import resolve_checkpoint
 
-EXPORT_FORMATS = ("safetensors",)
-EXPORTER = Writer("gpt-export", written_by_export)
+
+class Format(NamedTuple):
+    write: Callable  # (folder, model, tokenizer, source): the format's files, written into folder
+    files: tuple[str, ...]
+    folder: str  # its folder in the run folder, where --out is not given
 
 
-def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, merge: bool = False) -> Path:
+FORMATS = {
+    "safetensors": Format(write_export, (export_folder.WEIGHTS, export_folder.CONFIG, export_folder.TOKENIZER),
+                          EXPORT_FOLDER),
+    "hf": Format(write_hf_folder, hf_folder.FILES, HF_EXPORT_FOLDER),
+}
+EXPORT_FORMATS = tuple(FORMATS)
+# --force replaces a folder of either format: both are gpt-export's, and nothing else is
+EXPORTER = Writer("gpt-export", lambda path: written_by_export(path) or written_as_hf(path))
+
+
+def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, merge: bool = False,
+                 format: str = "safetensors") -> Path:
     """Write the model of checkpoint `ckpt` (a file, a run folder or None: the newest run)
-    into the folder `out`. An existing `out` is replaced only with `force`, and only once the
-    new export is complete: it is written into a hidden folder beside it and renamed. A LoRA
-    run is exported only with `merge`: its adapters folded into its base's weights, a model as
-    large as the base that needs neither the base nor the adapters again."""
+    into the folder `out`, in `format` (see FORMATS). An existing `out` is replaced only with
+    `force`, and only once the new export is complete: it is written into a hidden folder
+    beside it and renamed. A LoRA run is exported only with `merge`: its adapters folded into
+    its base's weights, a model as large as the base that needs neither the base nor the
+    adapters again. A model the format cannot express is refused before anything is written."""
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
     out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
     check_replaceable(out)
     clean_after_killed_runs(out)
@@ -37,13 +67,15 @@ def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, 
         raise ExportError(f"{path} holds LoRA adapters on {lora['base']['path']}; its export is the merged model "
                           f"(full size, needing neither the base nor the adapters): give --merge")
     model, tokenizer = model_from_checkpoint(state, "cpu", path)
+    if format == "hf":
+        check_expressible(model.config)
     source = {"checkpoint": str(path), "step": state.get("step"), "val_loss": state.get("val_loss")}
     if lora:  # what was merged: the adapters' shape and the exact base they were trained on
         source["merged_lora"] = {k: lora[k] for k in ("rank", "alpha", "targets", "base")}
     with parents_removed_on_failure(out):
         tmp = claim(out)
         try:
-            write_export(tmp, model, tokenizer, source)
+            FORMATS[format].write(tmp, model, tokenizer, source)
             check_output(out, force, EXPORTER, ExportError)  # a folder made there meanwhile is the user's, as one at the start
             move_into_place(tmp, out)
         except BaseException:

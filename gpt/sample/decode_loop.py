@@ -4,7 +4,7 @@ Every token so far lives in one ids buffer on the device; each step appends a co
 is one of three kinds, all sampling with the same pre-drawn noise (`NoiseSource`):
 - fill: the model reads the whole window (the prompt, a moved window, or every step
   without a KV cache) and the sample is drawn eagerly;
-- plain: one token through `GPT.decode`, eagerly (a CPU's fastest path);
+- plain: one token through the model against the cache, eagerly (a CPU's fastest path);
 - sampled: one token through `SampledStep`, model and sampling in fixed shapes, replayed
   as a CUDA graph on a GPU.
 
@@ -93,7 +93,8 @@ class DecodeLoop:
             return
         length = self.window.block_size - self.window.slide + 1
         with attention_backends(self.fill_attention):
-            self.model(torch.zeros(self.ids.size(0), length, dtype=torch.long, device=self.device), cache=self.cache, last_only=True)
+            idx = torch.zeros(self.ids.size(0), length, dtype=torch.long, device=self.device)
+            self.model(idx, cache=self.cache, last_only=True)
         self.cache.reset()
 
     def _advance(self, n: int) -> None:

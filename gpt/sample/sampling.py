@@ -46,7 +46,8 @@ class SamplingOptions:
             context = f" ({block_size})" if block_size else ""
             raise GenerationError(f"--slide must be between 1 and the model's context{context}, got {self.slide}")
         if any(s == "" for s in self.stop):
-            raise GenerationError("--stop needs some text to stop at; an empty string would end every sample before it began")
+            raise GenerationError("--stop needs some text to stop at; "
+                                  "an empty string would end every sample before it began")
 
     def window_slide(self, block_size: int) -> int:
         return self.slide if self.slide is not None else max(1, block_size // 4)

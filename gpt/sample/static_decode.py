@@ -2,11 +2,12 @@
 
 Decoding one token of a small model is about ninety tiny kernels; on a GPU each launch costs
 more CPU time (7-18 us) than the kernel takes, so the GPU idles while Python launches.
-`GPT.decode(idx, cache, pos)` with a position *tensor* has no shape or Python value that
-changes from token to token (the KV cache is a fixed buffer, attention is masked to the
-positions filled so far), so its kernels can be recorded once into a CUDA graph and
-replayed with one launch per token. On a CPU the same step runs eagerly: it is what the
-tests compare against the uncached path, and the graph replays exactly these operations.
+The model's forward pass given a position *tensor* (`model(idx, cache=cache, pos=pos)`,
+one token per sequence) has no shape or Python value that changes from token to token (the
+KV cache is a fixed buffer, attention is masked to the positions filled so far), so its
+kernels can be recorded once into a CUDA graph and replayed with one launch per token. On
+a CPU the same step runs eagerly: it is what the tests compare against the uncached path,
+and the graph replays exactly these operations.
 
 `SampledStep` records more than the model: the step reads its input token from the ids
 buffer, samples the next one from pre-drawn noise and writes it back, and moves its own
@@ -44,7 +45,8 @@ class Replay:
     replayed after. `restore()` is called after each warm-up run, so that a step with side
     effects (counters it moves) is recorded from the state it was called in."""
 
-    def __init__(self, fn: Callable[[], torch.Tensor | None], use_graph: bool, restore: Callable[[], None] = lambda: None):
+    def __init__(self, fn: Callable[[], torch.Tensor | None], use_graph: bool,
+                 restore: Callable[[], None] = lambda: None):
         self.fn, self.use_graph, self.restore = fn, use_graph, restore
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
@@ -84,10 +86,12 @@ class SampledStep:
 
     def __init__(self, model: torch.nn.Module, cache: KVCache, ids: torch.Tensor, noise: torch.Tensor | None,
                  sampling: tuple, scores: torch.Tensor, use_graph: bool, compile: bool = False):
-        self.model, self.cache, self.ids, self.noise, self.sampling, self.scores = model, cache, ids, noise, sampling, scores
+        self.model, self.cache, self.ids, self.noise = model, cache, ids, noise
+        self.sampling, self.scores = sampling, scores
         # the counters in one tensor, so that one kernel moves them all: n - 1, n, pos, slot
         self.counters = torch.zeros(4, dtype=torch.long, device=ids.device)
-        self.last, self.n, self.pos, self.slot = self.counters[0:1], self.counters[1:2], self.counters[2], self.counters[3:4]
+        self.last, self.n = self.counters[0:1], self.counters[1:2]
+        self.pos, self.slot = self.counters[2], self.counters[3:4]
         self.period = 1 if noise is None else noise.size(0)
         self._saved: list[torch.Tensor] = []
         # compiled, the step's element-wise kernels (norms, the activation, the sampling
@@ -117,8 +121,8 @@ class SampledStep:
             t.copy_(saved)
 
     def _step(self) -> None:
-        tokens = self.ids.index_select(1, self.last).view(-1)
-        logits = self.model.decode(tokens, self.cache, pos=self.pos)
+        tokens = self.ids.index_select(1, self.last)  # (B, 1)
+        logits = self.model(tokens, cache=self.cache, pos=self.pos)[0][:, 0]  # (B, V)
         noise = None if self.noise is None else self.noise.index_select(0, self.slot)[0]
         self.scores.add_(logits.sum(dtype=torch.float32))
         self.ids.index_copy_(1, self.n, sample_next(logits, *self.sampling, noise))

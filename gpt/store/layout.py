@@ -8,6 +8,7 @@
       metrics.jsonl    one JSON record per logged step and per evaluation
       progress.png     the loss curves, redrawn at every evaluation
       safetensors/     gpt-export's default output for the run
+      hf/              gpt-export --format hf's default output (a Hugging Face folder)
       .lock            held (flock) by the gpt-train run writing the folder, its process id inside
       .previous-run/   an --overwrite run's predecessor, set aside until the new run saves
 """
@@ -21,10 +22,11 @@ TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 PICTURE_FILE = "progress.png"
 EXPORT_FOLDER = "safetensors"
+HF_EXPORT_FOLDER = "hf"
 LOCK_FILE = ".lock"
 PREVIOUS_RUN = ".previous-run"
 DEFAULT_ROOT = Path("checkpoints")
 
 # what a run writes in its folder; the export of its model too, which --overwrite must not
 # leave behind as if it were the new run's
-RUN_FILES = (LATEST, BEST, METRICS_FILE, CONFIG_FILE, TOKENIZER_FILE, PICTURE_FILE, EXPORT_FOLDER)
+RUN_FILES = (LATEST, BEST, METRICS_FILE, CONFIG_FILE, TOKENIZER_FILE, PICTURE_FILE, EXPORT_FOLDER, HF_EXPORT_FOLDER)

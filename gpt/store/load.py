@@ -1,5 +1,6 @@
-"""Loading any model: a checkpoint, a LoRA run with its base, or a folder written by
-gpt-export. Sampling, evaluation, export and serving all start here.
+"""Loading any model: a checkpoint, a LoRA run with its base, a folder written by gpt-export,
+or a Hugging Face folder (GPT-2 or GPT-NeoX, ours or saved by transformers). Sampling,
+evaluation, export and serving all start here.
 
 A LoRA run's checkpoint holds its adapters only, and names its base checkpoint by path
 and SHA-256: the base is loaded, checked to be exactly that file, and the adapters merged
@@ -20,14 +21,19 @@ from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from .checkpoint import CheckpointError, all_finite, load_checkpoint
 from .export_folder import WEIGHTS, ExportError, is_export, load_export, read_export_config
+from .hf_folder import is_hf_folder, read_hf_folder
 from .runs import resolve_checkpoint
 
 
 def load_any_model(path: str | Path | None, device="cpu") -> tuple[torch.nn.Module, Tokenizer, Path, dict]:
     """The model (in eval mode, on `device`) and tokenizer at `path`: a folder written by
-    gpt-export, a checkpoint file, a run folder (its best checkpoint) or None (the newest
-    run). Also the file the weights came from, and what it records of its run: a
-    checkpoint's whole state, an export's `source` (step and val loss; no tokens or time)."""
+    gpt-export, a Hugging Face folder, a checkpoint file, a run folder (its best checkpoint)
+    or None (the newest run). Also the file the weights came from, and what it records of its
+    run: a checkpoint's whole state, an export's `source` (step and val loss; no tokens or
+    time; nothing for a folder transformers saved)."""
+    if path is not None and is_hf_folder(path):  # before is_export: both hold a model.safetensors
+        state = read_hf_folder(path)
+        return (*model_from_checkpoint(state, device, Path(path)), Path(path) / WEIGHTS, state["source"])
     if path is not None and is_export(path):
         model, tokenizer = load_export(path, device)
         return model, tokenizer, Path(path) / WEIGHTS, read_export_config(path).get("source", {})
@@ -88,7 +94,8 @@ def base_reference(path: Path, state: dict) -> dict:
 
 
 def load_base(ref: dict) -> dict:
-    """The base checkpoint a LoRA run's adapters belong to, exactly as it was."""
+    """The base checkpoint a LoRA run's adapters belong to, exactly as it was (or, for a base
+    that is a Hugging Face folder, its weights file, read as a checkpoint's state)."""
     path = Path(ref["path"])
     if not path.is_file():
         raise CheckpointError(f"the base checkpoint of this LoRA run is missing: expected {path} "
@@ -96,4 +103,6 @@ def load_base(ref: dict) -> dict:
     if file_sha256(path) != ref["sha256"]:
         raise CheckpointError(f"the base checkpoint {path} has changed since this LoRA run was trained on it "
                               f"(SHA-256 {ref['sha256'][:16]}... expected)")
+    if path.name == WEIGHTS and is_hf_folder(path.parent):
+        return read_hf_folder(path.parent)
     return load_checkpoint(path)

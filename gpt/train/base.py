@@ -1,5 +1,6 @@
-"""The model a fine-tuning run starts from: a checkpoint, and a reference to it (path, step
-and SHA-256) that the run records so its origin is never in doubt."""
+"""The model a fine-tuning run starts from: a checkpoint or a Hugging Face folder, and a
+reference to it (path, step and SHA-256 of the file holding the weights) that the run
+records so its origin is never in doubt."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +8,9 @@ from pathlib import Path
 
 from ..store import load
 from ..store.checkpoint import all_finite, load_checkpoint
+from ..store.hf_folder import WEIGHTS, is_hf_folder, read_hf_folder
 from ..store.runs import resolve_checkpoint
 from .errors import TrainError
-
 
 # what a run takes from its base's checkpoint; the rest (the base's optimizer moments, twice
 # the weights' size) is let go at once rather than held for the whole run
@@ -30,7 +31,11 @@ class Base:
 
     @classmethod
     def from_run(cls, path: str | Path) -> "Base":
-        """A run folder (its best checkpoint) or a checkpoint file."""
+        """A run folder (its best checkpoint), a checkpoint file, or a Hugging Face folder
+        (gpt-export --format hf's, or a GPT-2 or GPT-NeoX model saved by transformers)."""
+        if is_hf_folder(path):
+            state = read_hf_folder(path)  # checked whole, its weights finite: refused in one line otherwise
+            return cls(state, load.base_reference(Path(path) / WEIGHTS, state))
         ckpt = resolve_checkpoint(path)
         state = load_checkpoint(ckpt)
         if state.get("lora"):
