@@ -1,48 +1,19 @@
-"""pytest's shared fixtures for every test under tests/ (pytest loads this file for the
-whole suite), though only the data_prep tests (test_prepare*.py, test_shards.py) use them:
-small corpora built in code (one of them shaped like OpenWebText), helpers that run
-`prepare` and read its output back as text, and `run_cli` for `gpt-prepare` as a user runs
-it. What the model, training and sampling tests share is in support.py."""
+"""Every fixture of the suite (helpers that are plain functions are in helpers.py): small
+corpora built in code (one of them shaped like OpenWebText), `prepare` with test-friendly
+defaults, the learnable corpus prepared once per module, and one thread for small models."""
 from __future__ import annotations
 
-import io
-import lzma
 import random
 import subprocess
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
 import data_prep
-from tests import support
 from data_prep.prepare import PrepareOptions, prepare
-
-WORDS = "the of and a to in is was for on that with as by at from his her an it were are which this be or has had".split()
-EXTRA = ["naïve", "café", "Zürich", "—", "“quoted”", "€5", "東京", "🙂", "e\u0301", "\t", "\r\n"]
-
-
-def make_document(rng: random.Random, index: int) -> str:
-    words = [rng.choice(WORDS if rng.random() < 0.9 else EXTRA) for _ in range(rng.randint(30, 250))]
-    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
-    return f"Document {index}: " + "\n".join(lines) + "\n"
-
-
-def tar_bytes(members: list[tuple[str, bytes]], format: int = tarfile.GNU_FORMAT, folders: tuple[str, ...] = ()) -> bytes:
-    """A tar archive of (name, content) members after entries for `folders`, with fixed
-    metadata so it is reproducible."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=format) as tar:
-        for name in folders:
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_500_000_000
-            tar.addfile(info)
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 1_500_000_000, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+from tests import helpers
+from tests.helpers import make_document, owt_archive_bytes, prepared, split_documents, tar_bytes
 
 
 @pytest.fixture(scope="session")
@@ -58,11 +29,6 @@ def owt_archives() -> dict[str, list[tuple[str, str]]]:
             docs.append((f"{index:07d}-{rng.getrandbits(64):016x}.txt", make_document(rng, index)))
         archives[f"urlsf_subset00-{a}_data.xz"] = docs
     return archives
-
-
-def owt_archive_bytes(docs: list[tuple[str, str]]) -> bytes:
-    """One urlsf_subset*_data.xz file: an xz-compressed tar of .txt documents."""
-    return lzma.compress(tar_bytes([(name, text.encode()) for name, text in docs]))
 
 
 @pytest.fixture
@@ -106,17 +72,6 @@ def prepare_data(tmp_path):
     return run
 
 
-def split_documents(data: data_prep.PreparedData, split: str) -> list[str]:
-    """A split's token stream cut at its end-of-text tokens and decoded (strictly, so a
-    broken UTF-8 sequence fails the test instead of becoming U+FFFD)."""
-    ids = np.concatenate([np.asarray(a) for a in data.split(split)])
-    tok = data.tokenizer
-    ends = np.flatnonzero(ids == tok.eot_id)
-    assert len(ends) and ends[-1] == len(ids) - 1, "a split must end with an end-of-text token"
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    return [tok.decode_bytes(ids[s:e].tolist()).decode("utf-8") for s, e in zip(starts, ends)]
-
-
 @pytest.fixture
 def read_documents():
     return split_documents
@@ -149,10 +104,26 @@ def folder_bytes():
 
 
 @pytest.fixture
-def run_cli(tmp_path):
+def prepare_cli(tmp_path):
     """Run `python -m data_prep.cli ARGS` in tmp_path; returns the completed process."""
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return support.run_cli("data_prep.cli", *args, cwd=tmp_path)
+        return helpers.run_cli("data_prep.cli", *args, cwd=tmp_path)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The learnable corpus, prepared once per test module that imports this fixture."""
+    return prepared(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Used by a module with `pytestmark = pytest.mark.usefixtures("one_thread")`: models this small run fastest on one thread, and do not slow to a crawl when other
+    processes hold the cores (OpenMP threads waiting on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

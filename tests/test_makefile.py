@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpt.store.layout import DEFAULT_ROOT
-from tests.support import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make here")
 

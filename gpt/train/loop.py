@@ -102,7 +102,7 @@ class Loop:
         """Why the run ends before this step ("" while it goes on), the same on every rank,
         and the elapsed time every rank's schedule then uses (the slowest clock's)."""
         t = self.trainer
-        cfg, elapsed, signum = t.cfg, t.elapsed(), stop.signum or 0
+        elapsed, signum = t.elapsed(), stop.signum or 0
         requested = should_stop is not None and should_stop(t.step)
         if t.dist.world_size > 1:
             # a signal or a request on any rank stops every rank; the time budget runs on the

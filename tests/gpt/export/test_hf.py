@@ -28,10 +28,9 @@ from gpt.store.export_folder import ExportError
 from gpt.store.hf_folder import MAPPED, HFFolderError, read_hf_folder
 from gpt.store.load import base_reference, file_sha256, load_any_model
 from gpt.train import train
-from tests.support import (  # noqa: F401 (a fixture)
+from tests.helpers import (
     ROOT,
     assert_one_line_error,
-    one_thread,
     prepared,
     prepared_bpe,
     run_cli,
@@ -39,6 +38,8 @@ from tests.support import (  # noqa: F401 (a fixture)
     write_checkpoint,
     write_corpus,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
 
 REASON = "the hf extra (pip install '.[hf]') is what loads an exported folder; writing one does not need it"
 TEXT = "the rain in spain stays mainly on the plain. "  # real text of the tiny models' corpus, 45 tokens
@@ -412,6 +413,7 @@ def test_commands_refuse_such_a_folder_in_one_line(transformers, bpe_tokenizer, 
 
 def test_a_vocabulary_that_cannot_be_represented_is_refused_by_gpt_prepare_saying_why(transformers, bpe_tokenizer,
                                                                                       tmp_path):
+
     folder, _ = their_folder(transformers, bpe_tokenizer, tmp_path / "theirs", "gpt2")
     bad = edited(folder, tmp_path, lambda c, f: edit_tokenizer(f, lambda d: d["model"].update(ignore_merges=True)))
     text = write_corpus(tmp_path / "text", n_docs=5)

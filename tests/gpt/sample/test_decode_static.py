@@ -1,0 +1,85 @@
+"""The fixed-shape decode step (what CUDA graphs replay on a GPU), checked on the CPU:
+the same tokens as recomputing the whole window, across window moves, and the same tokens
+whether they are read back every step or in groups."""
+import pytest
+import torch
+
+from gpt.kv_cache import KVCache
+from gpt.sample import Generator, SamplingOptions
+from tests.helpers import assert_fixed_decode_matches_plain, train_tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
+
+
+@pytest.fixture(scope="module", params=["rope", "learned"])
+def trained(request):
+    model, tok, _ = train_tiny_model(pos=request.param)
+    return model, tok
+
+
+def tokens(model, tok, options, static=False, num_samples=1, sync_every=1):
+    gen = Generator(model, tok, torch.device("cpu"), torch.float32, static_decode=static)
+    return list(gen.token_steps(gen.encode_prompt("the cat"), options, num_samples, sync_every))
+
+
+@pytest.mark.parametrize("temperature, seed", [(0.0, None), (1.0, 7)])
+def test_the_static_step_gives_the_tokens_of_the_uncached_path_across_window_moves(trained, temperature, seed):
+    model, tok = trained
+    options = dict(max_new_tokens=60, temperature=temperature, seed=seed, slide=5)  # the window of 16 moves many times
+    static = tokens(model, tok, SamplingOptions(**options), static=True, num_samples=3)
+    uncached = tokens(model, tok, SamplingOptions(**options, use_kv_cache=False), num_samples=3)
+    assert static == uncached
+
+
+def test_the_static_step_matches_the_plain_decode_step_logit_for_logit(trained):
+    model, _ = trained
+    assert_fixed_decode_matches_plain(model, steps=8, rtol=1e-5, atol=1e-5)
+
+
+def test_positions_after_the_current_one_are_masked_out(trained):
+    """Stale keys beyond the position (left by an earlier window) must not be seen."""
+    model, _ = trained
+    with torch.inference_mode():
+        clean = KVCache.for_model(model, 1, "cpu", torch.float32)
+        dirty = KVCache.for_model(model, 1, "cpu", torch.float32)
+        dirty.kv.normal_()  # garbage keys and values everywhere, as after many window moves
+        prompt = torch.tensor([[1, 2, 3]])
+        model(prompt, cache=clean)
+        model(prompt, cache=dirty)
+        a, _ = model(torch.tensor([[4]]), cache=clean, pos=torch.tensor(3))
+        b, _ = model(torch.tensor([[4]]), cache=dirty, pos=torch.tensor(3))
+    torch.testing.assert_close(a, b)
+
+
+def test_reading_tokens_back_in_groups_changes_nothing(trained):
+    model, tok = trained
+    options = SamplingOptions(max_new_tokens=45, temperature=1.0, seed=3)
+    assert tokens(model, tok, options, num_samples=2, sync_every=16) == tokens(model, tok, options, num_samples=2)
+
+
+def test_the_static_step_reads_nothing_back_to_the_host(trained):
+    """A CUDA graph cannot record a read of the position tensor (and would freeze it)."""
+    model, _ = trained
+    cache = KVCache.for_model(model, 1, "cpu", torch.float32)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2, 3]]), cache=cache)
+        with torch.profiler.profile() as prof:
+            model(torch.tensor([[4]]), cache=cache, pos=torch.tensor(3))
+    reads = [e.key for e in prof.key_averages() if e.key in ("aten::_local_scalar_dense", "aten::item")]
+    assert reads == []
+
+
+def test_a_decode_step_that_fails_to_compile_samples_eagerly_with_a_warning(trained, monkeypatch):
+    model, tok = trained
+    options = SamplingOptions(max_new_tokens=30, temperature=1.0, seed=4)
+    eager = tokens(model, tok, options, static=True)
+
+    def broken_compile(fn, **kwargs):
+        def run():
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    gen = Generator(model, tok, torch.device("cpu"), torch.float32, compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed .RuntimeError: no C.. compiler.; sampling without it"):
+        assert list(gen.token_steps(gen.encode_prompt("the cat"), options)) == eager
