@@ -47,7 +47,8 @@ def main() -> None:
         first, equal = None, []
         for turn in range(args.turns):
             for deterministic in ((False, True) if turn % 2 == 0 else (True, False)):  # each side goes first in turn
-                seconds, weights = one_run(data, Path(tmp) / f"run-{turn}-{deterministic}", args.steps, dtype, deterministic)
+                seconds, weights = one_run(data, Path(tmp) / f"run-{turn}-{deterministic}", args.steps, dtype,
+                                           deterministic)
                 times[deterministic].append(seconds)
                 first = first or weights
                 equal.append(all(torch.equal(first[k], weights[k]) for k in first))

@@ -51,9 +51,11 @@ class PrepareOptions:
                                 f"tokens and <|endoftext|> take {BPE_BASE}; give at least {BPE_BASE + 1} to learn "
                                 "any merge")
         if not 0 < self.val_fraction < 1:
-            raise DataError(f"--val-fraction must be more than 0 and less than 1 (both splits need text), got {self.val_fraction}")
+            raise DataError(f"--val-fraction must be more than 0 and less than 1 (both splits need text), "
+                            f"got {self.val_fraction}")
         if self.max_vocab < 2:
-            raise DataError(f"--max-vocab must be at least 2 (the end-of-text token and one character), got {self.max_vocab}")
+            raise DataError(f"--max-vocab must be at least 2 (the end-of-text token and one character), "
+                            f"got {self.max_vocab}")
         if self.min_char_count < 1:
             raise DataError(f"--min-char-count must be at least 1, got {self.min_char_count}")
         if self.oov not in (None, "byte", "unk"):

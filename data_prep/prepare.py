@@ -182,7 +182,8 @@ def _plan_split(tally: Tally, opts: PrepareOptions) -> Split:
         if reasons:
             why = f" ({len(reasons)} file(s) skipped as unusable; the first: {reasons[0]})"
         elif len(empty) == len(tally.sources):
-            why = f": {empty[0]} is empty (0 bytes)" if len(empty) == 1 else f": all {len(empty)} input files are empty (0 bytes)"
+            why = (f": {empty[0]} is empty (0 bytes)" if len(empty) == 1
+                   else f": all {len(empty)} input files are empty (0 bytes)")
         else:
             why = ""
         raise DataError("no text found in the inputs" + why)
@@ -219,8 +220,8 @@ def _write_shards(split: Split, tokenizer: Tokenizer, tmp: Path, opts: PrepareOp
                   {s: int(expected[s][i]) for s in SPLITS})
         for i, r in enumerate(split.units)
     )
-    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing, disable=None if opts.progress else True,
-               leave=False)
+    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing,
+               disable=None if opts.progress else True, leave=False)
     for produced in workers.map(pass2.writer(writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()

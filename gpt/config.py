@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, fields
 
 from plumbing.errors import UserError
 
-
 DEFAULT_PATIENCE = 5
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu2")
 OPTIMIZERS = ("adamw", "muon")
@@ -126,7 +125,8 @@ class TrainConfig:
     eval_interval: int = 250
     eval_windows: int = 256
     patience: int | None = None  # evaluations without a new best before stopping (0: never); None: 5
-    cooldown: float = 0.0  # when patience runs out: decay the lr to min_lr over this fraction of the steps so far, then stop
+    # when patience runs out: decay the lr to min_lr over this fraction of the steps so far, then stop
+    cooldown: float = 0.0
     log_interval: int = 10
     # fine-tuning: start from another run's model (in full, or with low-rank adapters)
     init_from: str | None = None  # a run folder or checkpoint
@@ -153,8 +153,8 @@ class TrainConfig:
         if self.max_iters is None and self.max_time is None:
             raise ConfigError("give --max-iters or --max-time (or both)")
         if self.deterministic and self.max_time is not None:
-            raise ConfigError("--deterministic needs a step budget alone (--max-iters, and --max-time 0 to drop a preset's): "
-                              "under a time budget the learning rate and the last step follow the clock")
+            raise ConfigError("--deterministic needs a step budget alone (--max-iters, and --max-time 0 to drop "
+                              "a preset's): under a time budget the learning rate and the last step follow the clock")
         if self.max_iters is not None and self.max_iters < 1:
             raise ConfigError(f"--max-iters must be at least 1, got {self.max_iters}")
         if self.max_time is not None and not 0 < self.max_time < math.inf:
@@ -167,7 +167,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip"):
             if not 0 <= getattr(self, name) < math.inf:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (and finite), got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (and finite), "
+                                  f"got {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:  # what every generator seeded from it takes
             raise ConfigError(f"--seed must be in [0, 2^32), got {self.seed}")
         if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
@@ -179,7 +180,8 @@ class TrainConfig:
         if self.patience is not None and self.patience < 0:
             raise ConfigError(f"--patience must be 0 (never stop early) or more, got {self.patience}")
         if not 0 <= self.cooldown <= 1:
-            raise ConfigError(f"--cooldown must be a fraction of the steps so far, from 0 (off) to 1, got {self.cooldown}")
+            raise ConfigError(f"--cooldown must be a fraction of the steps so far, from 0 (off) to 1, "
+                              f"got {self.cooldown}")
         if self.cooldown and self.patience == 0:
             raise ConfigError("--cooldown starts when --patience runs out, which --patience 0 never does")
         if not 0 <= self.ema < 1:  # also refuses NaN
@@ -188,9 +190,11 @@ class TrainConfig:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon":
             if self.model != "gpt":
-                raise ConfigError("--optimizer muon trains a transformer's weight matrices; the bigram model has none (use adamw)")
+                raise ConfigError("--optimizer muon trains a transformer's weight matrices; "
+                                  "the bigram model has none (use adamw)")
             if self.lora:
-                raise ConfigError("--optimizer muon trains whole weight matrices, not low-rank adapters; use adamw with --lora")
+                raise ConfigError("--optimizer muon trains whole weight matrices, not low-rank adapters; "
+                                  "use adamw with --lora")
             if not 0 < self.muon_lr < math.inf or not 0 <= self.muon_weight_decay < math.inf:
                 raise ConfigError("--muon-lr must be positive and --muon-weight-decay not negative (both finite)")
         if self.lora < 0:

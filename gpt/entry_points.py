@@ -30,7 +30,8 @@ def entry_point(prog: str, module: str, interrupted: str | None = "interrupted w
         os._exit(128 + signum)
 
     def main(argv: list[str] | None = None) -> int:
-        ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left alone where Ctrl-C is ignored (a script's background job)
+        # left alone where Ctrl-C is ignored (a script's background job)
+        ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler
         if ours:
             signal.signal(signal.SIGINT, stop_while_starting)
         try:

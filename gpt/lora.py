@@ -50,7 +50,8 @@ class LoRALinear(nn.Module):
         # out + low B^T as one product writing one full-size tensor: the update and the sum as
         # separate tensors left the CPU allocator holding several per layer, and a LoRA run
         # peaked above a full fine-tuning run in memory
-        return torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), self.lora_b.t()).view(out.shape)
+        return torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]),
+                           self.lora_b.t()).view(out.shape)
 
     def merged(self) -> nn.Linear:
         with torch.no_grad():
@@ -64,7 +65,8 @@ def parse_targets(text: str) -> tuple[str, ...]:
     if not names:
         raise LoRAError(f"--lora-targets {text!r} names no layer (choose from {', '.join(TARGETS)})")
     if unknown:
-        raise LoRAError(f"--lora-targets {text!r}: {', '.join(unknown)} matches no layer (choose from {', '.join(TARGETS)})")
+        raise LoRAError(f"--lora-targets {text!r}: {', '.join(unknown)} matches no layer "
+                        f"(choose from {', '.join(TARGETS)})")
     return names
 
 

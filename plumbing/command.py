@@ -135,7 +135,8 @@ def _run_command(prog: str, work: Callable[[], int | None], interrupted: str | N
     except KeyboardInterrupt:
         return fail(prog, interrupted, 130) if interrupted else 130
     except Terminated:
-        return fail(prog, f"stopped by SIGTERM; {interrupted}", 128 + signal.SIGTERM) if interrupted else 128 + signal.SIGTERM
+        return (fail(prog, f"stopped by SIGTERM; {interrupted}", 128 + signal.SIGTERM) if interrupted
+                else 128 + signal.SIGTERM)
     except BrokenPipeError:
         silence_stdout()
         return 0
@@ -150,8 +151,9 @@ def _run_command(prog: str, work: Callable[[], int | None], interrupted: str | N
         return code
 
 
-def command(prog: str, build_parser: Callable[[], argparse.ArgumentParser], work: Callable[[argparse.Namespace], int | None],
-            interrupted: str | None = "interrupted", makes_files: bool = False) -> Callable[[list[str] | None], int]:
+def command(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
+            work: Callable[[argparse.Namespace], int | None], interrupted: str | None = "interrupted",
+            makes_files: bool = False) -> Callable[[list[str] | None], int]:
     """A command's `main(argv)`: parse the arguments, then `work(args)` through run_command."""
 
     def main(argv: list[str] | None = None) -> int:

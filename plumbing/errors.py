@@ -30,7 +30,8 @@ def check_version(found, supported: int, what: str, error: type[Exception] = Use
     except (TypeError, ValueError):
         raise error(f"{what} has a format version that is no number ({found!r}): the file is damaged") from None
     if version > supported:
-        raise error(f"{what} has format version {found}, newer than this toolkit reads ({supported}); upgrade the toolkit")
+        raise error(f"{what} has format version {found}, newer than this toolkit reads ({supported}); "
+                    "upgrade the toolkit")
 
 
 CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}  # a newline in a name would break a one-line message

@@ -89,8 +89,9 @@ def parents_removed_on_failure(path: Path) -> Iterator[None]:
 def busy(out: Path) -> None:
     for p, kind, pid in leftovers(out):
         if kind == "partial" and pid != os.getpid() and process_exists(pid):
-            raise OutputFolderError(f"another process (pid {pid}) is writing {display_name(out)}; wait for it to finish "
-                            f"(or, if that process is no gpt-prepare or gpt-export, remove {display_name(p)})")
+            raise OutputFolderError(f"another process (pid {pid}) is writing {display_name(out)}; "
+                                    f"wait for it to finish (or, if that process is no gpt-prepare or gpt-export, "
+                                    f"remove {display_name(p)})")
 
 
 def leftovers(out: Path) -> list[tuple[Path, str, int]]:
@@ -142,13 +143,15 @@ def check_output(out: Path, force: bool, writer: Writer, error: type[Exception] 
     user had is never replaced): at the start, and again just before the swap (a folder
     made there meanwhile is the user's)."""
     if out.exists() and not out.is_dir():
-        raise error(f"output {display_name(out)} is a file, not a folder; choose another --out (--force replaces only a folder)")
+        raise error(f"output {display_name(out)} is a file, not a folder; "
+                    "choose another --out (--force replaces only a folder)")
     if not out.exists() or not any(out.iterdir()):
         return
     if not force:
         raise error(f"output folder {display_name(out)} already exists and is not empty (use --force to replace it)")
     if not writer.wrote(out):
-        raise error(f"--force replaces only a folder that {writer.command} wrote, and {display_name(out)} is not one: it holds "
+        raise error(f"--force replaces only a folder that {writer.command} wrote, "
+                    f"and {display_name(out)} is not one: it holds "
                     f"{listing(out)}; choose another --out, or move that folder away first")
 
 
@@ -163,10 +166,12 @@ def check_replaceable(out: Path) -> None:
     """Refuse an output folder that renaming cannot replace (a mount point), or whose
     replacing would delete the folder the shell is in from under it."""
     if os.path.ismount(out):
-        raise OutputFolderError(f"--out {display_name(out)} is a mount point, which cannot be replaced by renaming; name a folder inside it")
+        raise OutputFolderError(f"--out {display_name(out)} is a mount point, which cannot be replaced by renaming; "
+                                "name a folder inside it")
     if first_inside(out, [os.getcwd()]) is not None:
-        raise OutputFolderError(f"--out {display_name(out)} is, or holds, the current folder, which replacing it would delete "
-                        "from under the shell; run from another folder, or name another output")
+        raise OutputFolderError(f"--out {display_name(out)} is, or holds, the current folder, "
+                                "which replacing it would delete from under the shell; "
+                                "run from another folder, or name another output")
 
 
 def first_inside(out: Path, paths: list[str | Path]) -> str | Path | None:

@@ -121,8 +121,9 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Used by a module with `pytestmark = pytest.mark.usefixtures("one_thread")`: models this small run fastest on one thread, and do not slow to a crawl when other
-    processes hold the cores (OpenMP threads waiting on each other)."""
+    """Used by a module with `pytestmark = pytest.mark.usefixtures("one_thread")`: models this small run fastest on
+    one thread, and do not slow to a crawl when other processes hold the cores (OpenMP threads waiting on each
+    other)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -59,7 +59,8 @@ def tiny_run(data: Path, out: Path, device: str = "cpu", **options) -> dict:
 def write_corpus(folder: Path, n_docs: int = 150, seed: int = 0) -> Path:
     """Short documents from a tiny grammar: structured enough to learn in a few steps."""
     rng = random.Random(seed)
-    names, verbs, things = ["the cat", "a dog", "my friend", "the king"], ["sees", "likes", "eats", "finds"], ["bread", "the moon", "a fish", "water"]
+    names, verbs, things = (["the cat", "a dog", "my friend", "the king"], ["sees", "likes", "eats", "finds"],
+                            ["bread", "the moon", "a fish", "water"])
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n_docs):
         lines = [f"{rng.choice(names)} {rng.choice(verbs)} {rng.choice(things)}." for _ in range(rng.randint(3, 8))]
@@ -125,7 +126,7 @@ def dead_pid() -> int:
 def assert_one_line_error(proc: subprocess.CompletedProcess, prog: str, *fragments: str) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and "warning" not in l]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "warning" not in line]
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error:"), proc.stderr
     for f in fragments:
         assert f in lines[0], lines[0]
@@ -152,7 +153,8 @@ def train_tiny_model(pos: str = "rope", kind: str = "gpt", oov: str = "byte", st
     stream = []
     for doc in DOCUMENTS * 8:
         stream += tok.encode(doc) + [tok.eot_id]
-    cfg = ModelConfig(kind=kind, vocab_size=len(tok), block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=0.0, pos=pos, **model_options)
+    cfg = ModelConfig(kind=kind, vocab_size=len(tok), block_size=block_size, n_layer=2, n_head=2, n_embd=32,
+                      dropout=0.0, pos=pos, **model_options)
     model = build_model(cfg)
     batches = BatchSampler([np.array(stream, np.uint8)], BLOCK, batch_size=16, seed=0, vocab_size=len(tok))
     opt = make_optimizer(model, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.99), device=torch.device("cpu"))
@@ -191,7 +193,8 @@ def write_checkpoint(run_dir: Path, model, tok: CharTokenizer, cfg: ModelConfig)
 
 
 # -- corpora built in code, shaped like OpenWebText (the data_prep tests) --------------------------
-WORDS = "the of and a to in is was for on that with as by at from his her an it were are which this be or has had".split()
+WORDS = ("the of and a to in is was for on that with as by at from his her an it were are which this be or "
+         "has had").split()
 EXTRA = ["naïve", "café", "Zürich", "—", "“quoted”", "€5", "東京", "🙂", "e\u0301", "\t", "\r\n"]
 
 
@@ -201,7 +204,8 @@ def make_document(rng: random.Random, index: int) -> str:
     return f"Document {index}: " + "\n".join(lines) + "\n"
 
 
-def tar_bytes(members: list[tuple[str, bytes]], format: int = tarfile.GNU_FORMAT, folders: tuple[str, ...] = ()) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]], format: int = tarfile.GNU_FORMAT,
+              folders: tuple[str, ...] = ()) -> bytes:
     """A tar archive of (name, content) members after entries for `folders`, with fixed
     metadata so it is reproducible."""
     buf = io.BytesIO()
@@ -242,8 +246,10 @@ def varied_text(n_chars: int, seed: int = 0) -> str:
     characters, CRLF and NUL; lone surrogates are left out, as the data pipeline replaces
     them (a library cannot take them at all)."""
     rng = random.Random(seed)
-    pieces = ["\r\n", "\0", "\t", "\x7f", "\x85", "\u2028", "e\u0301\u0302", "🙂", "👩\u200d💻", "🇫🇷", "東京", "\ufeff", "\ufffd", " ", "  "]
-    ranges = [(0x20, 0x7E), (0x80, 0x7FF), (0x800, 0xD7FF), (0xE000, 0xFFFF), (0x10000, 0x1FFFF), (0x20000, 0x3FFFF), (0xE0000, 0x10FFFF)]
+    pieces = ["\r\n", "\0", "\t", "\x7f", "\x85", "\u2028", "e\u0301\u0302", "🙂", "👩\u200d💻", "🇫🇷", "東京", "\ufeff",
+              "\ufffd", " ", "  "]
+    ranges = [(0x20, 0x7E), (0x80, 0x7FF), (0x800, 0xD7FF), (0xE000, 0xFFFF), (0x10000, 0x1FFFF), (0x20000, 0x3FFFF),
+              (0xE0000, 0x10FFFF)]
     out, size = [], 0
     while size < n_chars:
         r = rng.random()

@@ -57,15 +57,16 @@ def test_the_demo_trains_where_a_plain_gpt_sample_looks(venv):
 
 def test_cpu_1_installs_torch_from_pytorchs_cpu_index_with_progress_shown(venv):
     make("torch-choice", f"VENV={venv}", "CPU=1")
-    assert pip_calls(venv) == [f"-m pip install torch>=2.6 --index-url {CPU_INDEX}"]  # no -q: a large download shows progress
-    assert (venv / ".torch").read_text().split() == ["torch>=2.6", CPU_INDEX]
+    # no -q: a large download shows progress
+    assert pip_calls(venv) == [f"-m pip install torch>=2.9 --index-url {CPU_INDEX}"]
+    assert (venv / ".torch").read_text().split() == ["torch>=2.9", CPU_INDEX]
 
 
 def test_a_changed_torch_choice_reinstalls_torch_and_an_unchanged_one_does_nothing(venv):
     make("torch-choice", f"VENV={venv}", "CPU=1")
     pip_calls(venv)
     make("torch-choice", f"VENV={venv}")
-    assert pip_calls(venv) == ["-m pip install --force-reinstall --no-deps torch>=2.6", "-m pip install torch>=2.6"]
-    assert (venv / ".torch").read_text().split() == ["torch>=2.6"]
+    assert pip_calls(venv) == ["-m pip install --force-reinstall --no-deps torch>=2.9", "-m pip install torch>=2.9"]
+    assert (venv / ".torch").read_text().split() == ["torch>=2.9"]
     make("torch-choice", f"VENV={venv}")
     assert pip_calls(venv) == []

@@ -33,8 +33,9 @@ def learn_bpe(texts: Iterable[str], vocab_size: int, progress_chars: int | None 
     lib.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bar = tqdm(total=progress_chars, unit="char", unit_scale=True, desc="learning BPE", disable=True if progress_chars is None else None,
-               leave=False, position=0)  # a worker inherits its parent's bars, whose places it must not keep
+    # a worker inherits its parent's bars, whose places it must not keep
+    bar = tqdm(total=progress_chars, unit="char", unit_scale=True, desc="learning BPE",
+               disable=True if progress_chars is None else None, leave=False, position=0)
     lib.train_from_iterator(counted(texts, bar), trainer=trainer)
     bar.close()
     model = json.loads(lib.to_str())["model"]

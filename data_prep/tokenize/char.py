@@ -260,8 +260,8 @@ def build_vocab(cps: np.ndarray, counts: np.ndarray, *, max_vocab: int, min_coun
         room -= 256
     if room < 1 and fallback:
         raise DataError(f"--max-vocab {max_vocab} leaves no room for characters: the characters left out need the byte "
-                        f"fallback, whose 256 byte tokens and the end-of-text token take {256 + n_special}; give at least "
-                        f"{257 + n_special}, or --oov unk (one unknown token in their place)")
+                        f"fallback, whose 256 byte tokens and the end-of-text token take {256 + n_special}; "
+                        f"give at least {257 + n_special}, or --oov unk (one unknown token in their place)")
     if room < 1:
         raise DataError(f"--max-vocab {max_vocab} leaves no room for characters: the special tokens take {n_special}; "
                         f"give at least {n_special + 1}")

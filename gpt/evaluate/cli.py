@@ -41,17 +41,28 @@ examples:
 def build_parser() -> Parser:
     p = Parser(prog="gpt-eval", description=__doc__, epilog=EPILOG)
     p.add_argument("files", nargs="*", metavar="FILE", help="text to score: files, folders or archives")
-    p.add_argument("--ckpt", action="append", metavar="RUN", help="a run folder (its best checkpoint), a checkpoint file or a folder written by gpt-export; repeat to compare runs (default: the newest run under ./checkpoints)")
-    p.add_argument("--split", choices=("val", "train"), help="score a prepared split instead of FILEs (default without FILEs: val)")
-    p.add_argument("--data", metavar="DIR", help="the prepared data folder for --split (default: the one the first run was trained on)")
-    p.add_argument("--stride", type=int, metavar="N", help="tokens each window scores, 1 to the context (default: half the context)")
-    p.add_argument("--batch-size", type=int, metavar="N", default=DEFAULT_BATCH, help="windows per forward pass (default: %(default)s)")
-    p.add_argument("--text-field", default="text", metavar="NAME", help="the field holding the text in JSON / Parquet inputs (default: %(default)s)")
+    p.add_argument("--ckpt", action="append", metavar="RUN",
+                   help="a run folder (its best checkpoint), a checkpoint file or a folder written by gpt-export; "
+                   "repeat to compare runs (default: the newest run under ./checkpoints)")
+    p.add_argument("--split", choices=("val", "train"),
+                   help="score a prepared split instead of FILEs (default without FILEs: val)")
+    p.add_argument("--data", metavar="DIR",
+                   help="the prepared data folder for --split (default: the one the first run was trained on)")
+    p.add_argument("--stride", type=int, metavar="N",
+                   help="tokens each window scores, 1 to the context (default: half the context)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=DEFAULT_BATCH,
+                   help="windows per forward pass (default: %(default)s)")
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="the field holding the text in JSON / Parquet inputs (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--device", default="auto", metavar="NAME", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--dtype", default="auto", metavar="NAME", help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (default: %(default)s)")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: score with weight-only int8 linear layers, as gpt-sample --quantize int8 samples (needs AVX2 or AVX-512 on a CPU); default: none")
+    p.add_argument("--device", default="auto", metavar="NAME",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--dtype", default="auto", metavar="NAME",
+                   help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (default: %(default)s)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="int8: score with weight-only int8 linear layers, as gpt-sample --quantize int8 samples "
+                   "(needs AVX2 or AVX-512 on a CPU); default: none")
     return p
 
 
@@ -69,7 +80,8 @@ def run(args) -> None:
         else:
             data = data or run_.data  # the first run's data folder, unless --data names one
             if not data:
-                raise EvalError(f"{run_.checkpoint} does not record the data it was trained on; name a folder with --data, or give text FILEs")
+                raise EvalError(f"{run_.checkpoint} does not record the data it was trained on; "
+                                "name a folder with --data, or give text FILEs")
             stream = open_split(data, args.split or "val", run_.tokenizer, run_.checkpoint)
         results.append(evaluate(run_, stream, args.stride, args.batch_size, args.dtype, progress=not args.quiet))
         run_.model = None  # one model in memory at a time

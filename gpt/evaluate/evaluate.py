@@ -22,10 +22,10 @@ from tqdm import tqdm
 from data_prep import Tokenizer
 
 from ..device import resolve_dtype
-from ..store.export_folder import is_export
-from ..store.load import load_any_model
 from ..model import count_parameters
 from ..quantize import check_supported, quantize_model
+from ..store.export_folder import is_export
+from ..store.load import load_any_model
 from .errors import EvalError
 from .scorer import TokenScorer
 from .text import TokenStream
@@ -104,8 +104,9 @@ def load_run(path: str | Path | None, device: torch.device, quantize: str | None
         return kind(record[key]) if record.get(key) is not None else None
 
     data = (record.get("train_config") or {}).get("data")
-    return LoadedRun(name + (f" ({quantize})" if quantize else ""), ckpt, model, tokenizer, device, model.config.block_size,
-                     parameters, number("tokens", int), number("elapsed", float), number("step", int), data, quantize)
+    return LoadedRun(name + (f" ({quantize})" if quantize else ""), ckpt, model, tokenizer, device,
+                     model.config.block_size, parameters, number("tokens", int), number("elapsed", float),
+                     number("step", int), data, quantize)
 
 
 def default_stride(context: int) -> int:
@@ -178,4 +179,5 @@ def check_scored(stream: TokenStream, tokens: int, run: LoadedRun) -> None:
         raise EvalError(f"there is no text to score in {stream.description}: it is empty")
     if stream.oov_characters is not None and stream.oov_characters >= read:
         raise EvalError(f"none of the {read:,} characters of {stream.description} is in the vocabulary of {run.name} "
-                        f"(its {len(run.tokenizer.chars)} characters); is it the kind of text the model was trained on?")
+                        f"(its {len(run.tokenizer.chars)} characters); "
+                        f"is it the kind of text the model was trained on?")

@@ -34,13 +34,15 @@ def table(results: list[RunScore]) -> str:
     anything skipped while reading."""
     first = results[0].stream
     lines = [f"text: {first.description} ({first.characters_read:,} characters)"]
-    head = ("run", "parameters", "tokens seen", "trained", "context/stride", "tokens scored", "bits/char", "nats/token", "perplexity")
+    head = ("run", "parameters", "tokens seen", "trained", "context/stride", "tokens scored", "bits/char", "nats/token",
+            "perplexity")
     best = min(r.score.bits_per_char for r in results)
     rows = [head]
     for r in results:
         mark = " *" if len(results) > 1 and r.score.bits_per_char == best else ""
-        rows.append((r.run.name, human_count(r.run.parameters), human_count(r.run.tokens_seen), human_time(r.run.training_time),
-                     f"{r.run.context}/{r.stride}", f"{r.score.tokens:,}", f"{r.score.bits_per_char:.4f}{mark}",
+        rows.append((r.run.name, human_count(r.run.parameters), human_count(r.run.tokens_seen),
+                     human_time(r.run.training_time), f"{r.run.context}/{r.stride}", f"{r.score.tokens:,}",
+                     f"{r.score.bits_per_char:.4f}{mark}",
                      f"{r.score.nats_per_token:.4f}", f"{r.score.perplexity:.3f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     for i, row in enumerate(rows):
@@ -61,13 +63,16 @@ def notes(results: list[RunScore]) -> list[str]:
         if s.oov_characters:
             named = ", ".join(f"{c!r} x{n}" for c, n in s.oov_examples.most_common(OOV_SHOWN))
             more = ", ..." if len(s.oov_examples) > OOV_SHOWN else ""
-            how = {"byte": "scored as their UTF-8 byte tokens", "unk": "scored as the unknown token (which flatters the score)",
+            how = {"byte": "scored as their UTF-8 byte tokens",
+                   "unk": "scored as the unknown token (which flatters the score)",
                    "error": "left out of the score (the vocabulary has no fallback)"}[r.run.tokenizer.oov]
             share = s.oov_characters / max(s.characters_read, 1)
-            out.append(f"{r.run.name}: {s.oov_characters:,} characters outside the vocabulary ({share:.2%}), {how}: {named}{more}")
+            out.append(f"{r.run.name}: {s.oov_characters:,} characters outside the vocabulary ({share:.2%}), "
+                       f"{how}: {named}{more}")
     s = results[0].stream
     if s.notes.skipped:
-        out.append(f"skipped {len(s.notes.skipped)} unreadable file(s): {s.notes.skipped[0]}{', ...' if len(s.notes.skipped) > 1 else ''}")
+        out.append(f"skipped {len(s.notes.skipped)} unreadable file(s): "
+                   f"{s.notes.skipped[0]}{', ...' if len(s.notes.skipped) > 1 else ''}")
     if s.notes.invalid_utf8:
         out.append(f"{s.notes.invalid_utf8:,} invalid UTF-8 sequence(s) were read as U+FFFD")
     return out
@@ -79,11 +84,13 @@ def as_json(results: list[RunScore]) -> str:
     for r in results:
         s = r.stream
         runs.append({
-            "run": r.run.name, "checkpoint": str(r.run.checkpoint), "quantize": r.run.quantize, "parameters": r.run.parameters,
+            "run": r.run.name, "checkpoint": str(r.run.checkpoint), "quantize": r.run.quantize,
+            "parameters": r.run.parameters,
             "tokens_seen": r.run.tokens_seen, "training_time_s": r.run.training_time, "step": r.run.step,
             "context": r.run.context, "stride": r.stride,
             "characters": r.score.characters, "tokens": r.score.tokens, "nats": r.score.nats,
-            "bits_per_char": r.score.bits_per_char, "nats_per_token": r.score.nats_per_token, "perplexity": r.score.perplexity,
+            "bits_per_char": r.score.bits_per_char, "nats_per_token": r.score.nats_per_token,
+            "perplexity": r.score.perplexity,
             "oov_characters": s.oov_characters, "oov_mode": r.run.tokenizer.oov,
             "oov_examples": dict(s.oov_examples.most_common(OOV_SHOWN)),
         })

@@ -54,7 +54,8 @@ def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text")
     def skip(source, e: BaseException) -> None:
         if isinstance(e, OSError) and e.filename and not isinstance(e, EOFError):
             raise e  # a file that cannot be opened at all is the user's to fix
-        reason = str(e) if isinstance(e, sources.SourceError) else f"{source.path}: unreadable ({type(e).__name__}: {e})"
+        reason = (str(e) if isinstance(e, sources.SourceError)
+                  else f"{source.path}: unreadable ({type(e).__name__}: {e})")
         if reason not in notes.skipped:
             notes.skipped.append(reason)
             warnings.warn(f"skipped {reason}")
@@ -170,6 +171,6 @@ def open_split(folder: str | Path, name: str, tokenizer: Tokenizer, model: str |
     `model` (named in the message: with several runs, the data folder is the first's)."""
     data = data_prep.load(folder)
     if data.tokenizer.fingerprint() != tokenizer.fingerprint():
-        raise EvalError(f"{folder} was prepared with another vocabulary than {model}'s; give the text as files instead, "
-                        f"and each model encodes them with its own")
+        raise EvalError(f"{folder} was prepared with another vocabulary than {model}'s; "
+                        f"give the text as files instead, and each model encodes them with its own")
     return SplitStream(data, name)

@@ -40,13 +40,17 @@ examples:
 
 def build_parser() -> Parser:
     p = Parser(prog="gpt-export", description=__doc__, epilog=EPILOG)
-    p.add_argument("run", nargs="?", metavar="RUN", help="a run folder (its best checkpoint) or a checkpoint file (default: the newest run under ./checkpoints)")
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="a run folder (its best checkpoint) or a checkpoint file "
+                   "(default: the newest run under ./checkpoints)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="safetensors",
                    help="safetensors: this toolkit's folder; hf: a folder transformers loads (default: %(default)s)")
     p.add_argument("--out", metavar="DIR",
-                   help="folder to write (default: a 'safetensors' or 'hf' folder, after the format, in the run folder)")
+                   help="folder to write "
+                   "(default: a 'safetensors' or 'hf' folder, after the format, in the run folder)")
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
-    p.add_argument("--merge", action="store_true", help="for a LoRA run: fold its adapters into its base's weights and export that model "
+    p.add_argument("--merge", action="store_true",
+                   help="for a LoRA run: fold its adapters into its base's weights and export that model "
                    "(a LoRA run is refused without it; a run without adapters is exported as it is)")
     return p
 

@@ -76,7 +76,8 @@ def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, 
         tmp = claim(out)
         try:
             FORMATS[format].write(tmp, model, tokenizer, source)
-            check_output(out, force, EXPORTER, ExportError)  # a folder made there meanwhile is the user's, as one at the start
+            # a folder made there meanwhile is the user's, as one at the start
+            check_output(out, force, EXPORTER, ExportError)
             move_into_place(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -5,5 +5,5 @@ from .figure import NoMatplotlib, draw_progress, draw_runs, save_figure
 from .live import PICTURE_FILE, ProgressPicture
 from .runs import PlotError, RunMetrics, read_run
 
-__all__ = ["NoMatplotlib", "PICTURE_FILE", "PlotError", "ProgressPicture", "RunMetrics", "draw_progress", "draw_runs", "read_run",
-           "save_figure"]
+__all__ = ["NoMatplotlib", "PICTURE_FILE", "PlotError", "ProgressPicture", "RunMetrics", "draw_progress", "draw_runs",
+           "read_run", "save_figure"]

@@ -24,8 +24,10 @@ examples:
 def build_parser() -> Parser:
     p = Parser(prog="gpt-plot", description=__doc__, epilog=EPILOG)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.jsonl files)")
-    p.add_argument("--out", default="runs.png", metavar="FILE", help="the picture to write, .png or .svg (default: %(default)s)")
-    p.add_argument("--x", choices=tuple(X_AXES), default="step", help="the x axis: steps, tokens seen or training time (default: %(default)s)")
+    p.add_argument("--out", default="runs.png", metavar="FILE",
+                   help="the picture to write, .png or .svg (default: %(default)s)")
+    p.add_argument("--x", choices=tuple(X_AXES), default="step",
+                   help="the x axis: steps, tokens seen or training time (default: %(default)s)")
     return p
 
 

@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 
 from plumbing.atomic import atomic_write_bytes
+
 from .runs import PlotError, RunMetrics
 
 INSTALL_HINT = "pip install 'chargpt[plot]' (or pip install matplotlib)"
@@ -88,7 +89,8 @@ def draw_runs(runs: list[RunMetrics], x: str = "step"):
     """Several runs on one picture, each in its own colour: train loss, val loss, learning
     rate and tokens/s against steps, tokens seen or training time."""
     fig, axes = new_figure(2, 2)
-    panels = ((axes[0][0], "logged", "train_loss", "train loss (nats/token)"), (axes[0][1], "evals", "val_loss", "val loss (nats/token)"),
+    panels = ((axes[0][0], "logged", "train_loss", "train loss (nats/token)"),
+              (axes[0][1], "evals", "val_loss", "val loss (nats/token)"),
               (axes[1][0], "logged", "lr", "learning rate"), (axes[1][1], "logged", "tokens_per_s", "tokens/s"))
     for ax, which, y, label in panels:
         curves = []

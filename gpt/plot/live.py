@@ -11,8 +11,8 @@ import time
 import warnings
 from pathlib import Path
 
-from .figure import INSTALL_HINT, NoMatplotlib, draw_progress, save_figure
 from ..store.layout import METRICS_FILE, PICTURE_FILE
+from .figure import INSTALL_HINT, NoMatplotlib, draw_progress, save_figure
 from .runs import read_run
 
 # redraw no more often than this many times the last drawing's cost: pictures stay under
@@ -43,7 +43,8 @@ class ProgressPicture:
         try:
             save_figure(draw_progress(read_run(self.run_dir)), self.run_dir / PICTURE_FILE)
         except NoMatplotlib:
-            self.warn(f"matplotlib is not installed, so the run draws no {PICTURE_FILE}; to get pictures: {INSTALL_HINT}")
+            self.warn(f"matplotlib is not installed, so the run draws no {PICTURE_FILE}; "
+                      f"to get pictures: {INSTALL_HINT}")
             self.enabled = False
             return
         except Exception as e:  # noqa: BLE001 (a picture must never stop training, whatever the failure)

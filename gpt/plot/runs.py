@@ -5,8 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plumbing.errors import display_name
-from plumbing.errors import UserError
+from plumbing.errors import UserError, display_name
 
 from ..store.layout import METRICS_FILE
 
@@ -21,7 +20,8 @@ class PlotError(UserError):
 class RunMetrics:
     name: str
     path: Path  # the metrics file
-    logged: list[dict] = field(default_factory=list)  # training steps: step, tokens, elapsed, train_loss, lr, tokens_per_s
+    # training steps: step, tokens, elapsed, train_loss, lr, tokens_per_s
+    logged: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)  # evaluations: step, tokens, elapsed, train_loss, val_loss, val_bpc
 
     def series(self, records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:

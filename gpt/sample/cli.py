@@ -38,25 +38,48 @@ examples:
 def build_parser() -> Parser:
     p = Parser(prog="gpt-sample", description=__doc__, epilog=EPILOG)
     d = SamplingOptions()
-    p.add_argument("--ckpt", metavar="PATH", help="a run folder (its best checkpoint), a checkpoint file or a folder written by gpt-export (default: the newest run under ./checkpoints)")
+    p.add_argument("--ckpt", metavar="PATH",
+                   help="a run folder (its best checkpoint), a checkpoint file or a folder written by gpt-export "
+                   "(default: the newest run under ./checkpoints)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default="", metavar="TEXT", help="text to continue; empty (the default) samples unconditionally, from the end-of-text token")
+    src.add_argument("--prompt", default="", metavar="TEXT",
+                     help="text to continue; empty (the default) samples unconditionally, from the end-of-text token")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 file ('-': standard input)")
-    p.add_argument("--max-new-tokens", type=int, metavar="N", default=d.max_new_tokens, help="most tokens to generate per sample (default: %(default)s)")
-    p.add_argument("--num-samples", type=int, metavar="N", default=1, help="samples to generate, together in batches of at most 64 (default: %(default)s)")
-    p.add_argument("--seed", type=int, metavar="N", help="random seed: the same seed and options give the same output (default: a fresh one each run)")
-    p.add_argument("--temperature", type=float, metavar="T", default=d.temperature, help="below 1 is more conservative, above 1 more random; 0 always picks the most likely token (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", default=d.max_new_tokens,
+                   help="most tokens to generate per sample (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, metavar="N", default=1,
+                   help="samples to generate, together in batches of at most 64 (default: %(default)s)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="random seed: the same seed and options give the same output (default: a fresh one each run)")
+    p.add_argument("--temperature", type=float, metavar="T", default=d.temperature,
+                   help="below 1 is more conservative, above 1 more random; 0 always picks the most likely token "
+                   "(default: %(default)s)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample only from the k most likely tokens")
-    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: only from the fewest most likely tokens whose probability adds up to p, in (0, 1]")
-    p.add_argument("--stop", action="append", default=[], metavar="STRING", help="end a sample just before this text (repeatable; backslash escapes such as \\n and \\t are understood)")
-    p.add_argument("--ignore-eot", action="store_true", help="go on past the end-of-text token (it is shown as <|endoftext|>)")
+    p.add_argument("--top-p", type=float, metavar="P",
+                   help="nucleus sampling: only from the fewest most likely tokens whose probability adds up to p, "
+                   "in (0, 1]")
+    p.add_argument("--stop", action="append", default=[], metavar="STRING",
+                   help="end a sample just before this text "
+                   "(repeatable; backslash escapes such as \\n and \\t are understood)")
+    p.add_argument("--ignore-eot", action="store_true",
+                   help="go on past the end-of-text token (it is shown as <|endoftext|>)")
     p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt before it")
-    p.add_argument("--device", default="auto", metavar="NAME", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--dtype", default="auto", metavar="NAME", help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16; the weights are cast once (default: %(default)s)")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: weight-only int8 linear layers, a quarter of fp32's bytes to read per token (faster on a CPU, bits per character within 1%% of fp32; needs AVX2 or AVX-512); default: none, the weights stay in --dtype")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step first: fewer, fused kernels per token (faster on a GPU once compiled, slower on a CPU; compiling takes tens of seconds)")
-    p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context for every token (slow; for checking the cache)")
-    p.add_argument("--slide", type=int, metavar="N", help="tokens the context window jumps forward when it is full (default: a quarter of the context)")
+    p.add_argument("--device", default="auto", metavar="NAME",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--dtype", default="auto", metavar="NAME",
+                   help="auto (bf16 or fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16; the weights are cast once "
+                   "(default: %(default)s)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="int8: weight-only int8 linear layers, a quarter of fp32's bytes to read per token "
+                   "(faster on a CPU, bits per character within 1%% of fp32; needs AVX2 or AVX-512); "
+                   "default: none, the weights stay in --dtype")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step first: fewer, fused kernels per token "
+                   "(faster on a GPU once compiled, slower on a CPU; compiling takes tens of seconds)")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="recompute the whole context for every token (slow; for checking the cache)")
+    p.add_argument("--slide", type=int, metavar="N",
+                   help="tokens the context window jumps forward when it is full (default: a quarter of the context)")
     return p
 
 
@@ -94,7 +117,8 @@ def sample(args) -> None:
     if args.num_samples < 1:
         raise GenerationError(f"--num-samples must be at least 1, got {args.num_samples}")
     prompt = read_prompt(args)
-    generator = Generator.load(args.ckpt, device=args.device, dtype=args.dtype, quantize=args.quantize, compile=args.compile)
+    generator = Generator.load(args.ckpt, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                               compile=args.compile)
     options.validate(generator.block_size)
     generator.encode_prompt(prompt)  # refuse a prompt that cannot be encoded before printing anything
     out = sys.stdout

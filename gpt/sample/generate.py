@@ -20,8 +20,8 @@ import torch
 from data_prep import DataError, Tokenizer
 
 from ..device import resolve_device, resolve_dtype
-from ..store.load import load_any_model
 from ..quantize import check_supported, quantize_model
+from ..store.load import load_any_model
 from .decode_loop import DecodeLoop
 from .sampling import GenerationError, SampleText, SamplingOptions
 

@@ -33,7 +33,8 @@ class SamplingOptions:
     def validate(self, block_size: int | None = None) -> None:
         """Raise GenerationError for a bad value; --slide is checked against block_size once known."""
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise GenerationError(f"--temperature must be a number >= 0, got {self.temperature}")
+            raise GenerationError(f"--temperature must be a finite number >= 0 (0: always the most likely token; "
+                                  f"higher: more random), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise GenerationError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:

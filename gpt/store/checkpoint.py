@@ -45,7 +45,8 @@ def training_state(*, model_config: dict, train_config: dict, model: dict, train
         "model_config": model_config, "train_config": train_config, "model": model, **average, **lineage, **optimizers,
         "scaler": scaler, "step": step, "tokens": tokens, "elapsed": elapsed, "val_loss": val_loss,
         "best_val_loss": best_val_loss, "best_step": best_step, "stale_evals": stale_evals, "cooldown": cooldown,
-        "rank_states": rank_states, "world_size": world_size, "tokenizer": tokenizer, "data_fingerprint": data_fingerprint,
+        "rank_states": rank_states, "world_size": world_size, "tokenizer": tokenizer,
+        "data_fingerprint": data_fingerprint,
     }
 
 
@@ -88,7 +89,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
-        raise CheckpointError(f"{path} is corrupt or truncated, or not a checkpoint at all (it is not a complete torch archive)")
+        raise CheckpointError(f"{path} is corrupt or truncated, or not a checkpoint at all "
+                              "(it is not a complete torch archive)")
     damaged = first_damaged_record(path)
     if damaged:
         raise CheckpointError(f"{path} is damaged: its record {damaged} does not match its checksum "
@@ -99,7 +101,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         # torch's own message ends by advising weights_only=False, which would run whatever
         # code the file carries: the one thing never to do with a file that needs it
         raise CheckpointError(f"{path} is refused: it holds Python objects other than tensors and plain values, and "
-                              "loading those could run code from the file (gpt-train never writes such a checkpoint)") from None
+                              "loading those could run code from the file "
+                              "(gpt-train never writes such a checkpoint)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
@@ -124,4 +127,5 @@ def all_finite(weights: dict) -> bool:
     """Whether every floating-point tensor of `weights` holds finite numbers only. torch.load
     does not verify stored checksums: damaged bytes inside a well-formed file load silently,
     and non-finite weights are their visible sign (or a diverged run's)."""
-    return all(bool(t.isfinite().all()) for t in weights.values() if isinstance(t, torch.Tensor) and t.is_floating_point())
+    return all(bool(t.isfinite().all()) for t in weights.values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point())

@@ -114,7 +114,8 @@ def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, Toke
     except (KeyError, TypeError, ValueError, ConfigError, DataError, OSError) as e:
         raise ExportError(f"export {folder} has a bad model description or tokenizer ({first_line(e)})") from None
     if len(tokenizer) != cfg.vocab_size:
-        raise ExportError(f"export {folder}: its tokenizer has {len(tokenizer)} tokens but its config says vocab_size {cfg.vocab_size}")
+        raise ExportError(f"export {folder}: its tokenizer has {len(tokenizer)} tokens "
+                          f"but its config says vocab_size {cfg.vocab_size}")
     tensors = read_tensors(folder / WEIGHTS)
     expected, tied = stored_tensors(model)
     check_tensors(folder, {k: tuple(v.shape) for k, v in expected.items()}, tensors)
@@ -138,8 +139,11 @@ def check_tensors(folder: Path, expected: dict[str, tuple], found: dict[str, tor
     """Refuse, in one line, weights that do not fit the model config.json describes."""
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
-    wrong = [f"{k} is {tuple(found[k].shape)}, not {expected[k]}" for k in expected if k in found and tuple(found[k].shape) != expected[k]]
+    wrong = [f"{k} is {tuple(found[k].shape)}, not {expected[k]}" for k in expected
+             if k in found and tuple(found[k].shape) != expected[k]]
     wrong += [f"{k} is {v.dtype}" for k, v in found.items() if k in expected and v.dtype != torch.float32]
     if missing or extra or wrong:
-        parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
-        raise ExportError(f"export {folder}: {WEIGHTS} does not match the model in {CONFIG} ({'; '.join(parts + wrong[:3])})")
+        parts = (([f"missing {', '.join(missing[:3])}"] if missing else [])
+                 + ([f"unexpected {', '.join(extra[:3])}"] if extra else []))
+        raise ExportError(f"export {folder}: {WEIGHTS} does not match the model in {CONFIG} "
+                          f"({'; '.join(parts + wrong[:3])})")

@@ -21,7 +21,8 @@ from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from .checkpoint import CheckpointError, all_finite, load_checkpoint
 from .export_folder import WEIGHTS, ExportError, is_export, load_export, read_export_config
-from .hf_folder import is_hf_folder, read_hf_folder
+from .hf_folder import is_hf_folder
+from .hf_read import read_hf_folder
 from .runs import resolve_checkpoint
 
 
@@ -40,7 +41,8 @@ def load_any_model(path: str | Path | None, device="cpu") -> tuple[torch.nn.Modu
     ckpt = resolve_checkpoint(path)
     record = load_checkpoint(ckpt)
     if not record.get("tokenizer"):
-        raise ExportError(f"{ckpt} has no tokenizer, so no text can be encoded for its model (was it written by gpt-train?)")
+        raise ExportError(f"{ckpt} has no tokenizer, so no text can be encoded for its model "
+                          "(was it written by gpt-train?)")
     return (*model_from_checkpoint(record, device, ckpt), ckpt, record)
 
 
@@ -57,13 +59,15 @@ def model_from_checkpoint(state: dict, device="cpu", path: Path | None = None) -
     except (KeyError, TypeError, ConfigError, DataError) as e:
         raise CheckpointError(f"{where} is missing or has a bad model description ({e})") from None
     if len(tokenizer) != cfg.vocab_size:
-        raise CheckpointError(f"{where}: its tokenizer has {len(tokenizer)} tokens but its model expects {cfg.vocab_size}")
+        raise CheckpointError(f"{where}: its tokenizer has {len(tokenizer)} tokens "
+                              f"but its model expects {cfg.vocab_size}")
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{where}: its weights do not match its model config ({first_line(e)})") from None
     if not all_finite(state["model"]):
-        raise CheckpointError(f"{where} has weights that are not finite numbers (the file is damaged, or its training diverged)")
+        raise CheckpointError(f"{where} has weights that are not finite numbers "
+                              "(the file is damaged, or its training diverged)")
     return model.to(device).eval(), tokenizer
 
 

@@ -81,12 +81,14 @@ class RunFolder:
             folder.settle()  # what a killed --overwrite run left aside
             if new_run and holds_run(path):
                 if not overwrite:
-                    raise RunFolderError(f"run folder {path} already holds a run; --resume continues it, --overwrite starts it over")
+                    raise RunFolderError(f"run folder {path} already holds a run; "
+                                         "--resume continues it, --overwrite starts it over")
                 folder.replaces_run = True
             elif new_run and any(not p.name.startswith(".") for p in path.iterdir()):
                 if lock_made:
                     (path / LOCK_FILE).unlink()  # the user's folder, as it was
-                raise RunFolderError(f"--out {path} holds other files and no run; name a new or empty folder for the run")
+                raise RunFolderError(f"--out {path} holds other files and no run; "
+                                     "name a new or empty folder for the run")
             folder.was_empty = new_run and not folder.replaces_run
         except BaseException:
             folder.release(failed=True)

@@ -25,7 +25,8 @@ def newest_run(root: Path = DEFAULT_ROOT, option: str = "--ckpt") -> Path:
     command's option for naming one instead (said when there is none)."""
     runs = [p.parent for p in root.glob(f"*/{LATEST}")] if root.is_dir() else []
     if not runs:
-        raise CheckpointError(f"no runs with a checkpoint under {root}/ (train one with gpt-train, or name a run folder with {option})")
+        raise CheckpointError(f"no runs with a checkpoint under {root}/ "
+                              f"(train one with gpt-train, or name a run folder with {option})")
     return max(runs, key=lambda p: ((p / LATEST).stat().st_mtime, p.name))
 
 
@@ -38,15 +39,17 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str 
             if (p / name).is_file():
                 return p / name
         if is_prepared_data(p):
-            raise CheckpointError(f"{p} is a data folder written by gpt-prepare, not a run folder; name a run folder or a checkpoint "
-                                  "(gpt-train writes them under checkpoints/)")
+            raise CheckpointError(f"{p} is a data folder written by gpt-prepare, not a run folder; "
+                                  "name a run folder or a checkpoint (gpt-train writes them under checkpoints/)")
         running = training_process(p)
         if running is not None:
-            raise CheckpointError(f"run folder {p} has no checkpoint yet: a gpt-train run (process {running}) is training there "
+            raise CheckpointError(f"run folder {p} has no checkpoint yet: "
+                                  f"a gpt-train run (process {running}) is training there "
                                   "and saves one at its first evaluation")
         if (p / PREVIOUS_RUN).is_dir():
-            raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST}): an --overwrite run stopped before its "
-                                  f"first one; the run it replaced waits in {p / PREVIOUS_RUN} and comes back at the next "
+            raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST}): "
+                                  f"an --overwrite run stopped before its first one; "
+                                  f"the run it replaced waits in {p / PREVIOUS_RUN} and comes back at the next "
                                   "gpt-train on the folder")
         raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST})")
     if not p.exists():

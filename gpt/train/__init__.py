@@ -7,7 +7,6 @@
 """
 from .errors import NonFiniteLoss, TrainError
 from .run import train
-from .loop import TrainResult
-from .trainer import Trainer
+from .trainer import Trainer, TrainResult
 
 __all__ = ["NonFiniteLoss", "TrainError", "TrainResult", "Trainer", "train"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..store import load
 from ..store.checkpoint import all_finite, load_checkpoint
-from ..store.hf_folder import WEIGHTS, is_hf_folder, read_hf_folder
+from ..store.hf_folder import WEIGHTS, is_hf_folder
+from ..store.hf_read import read_hf_folder
 from ..store.runs import resolve_checkpoint
 from .errors import TrainError
 
@@ -45,8 +46,8 @@ class Base:
             if key not in state:
                 raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")
         if not all_finite(state["model"]):
-            raise TrainError(f"--init-from {ckpt}: the checkpoint's weights are not finite numbers (the file is damaged, "
-                             "or its training diverged); start from an earlier checkpoint")
+            raise TrainError(f"--init-from {ckpt}: the checkpoint's weights are not finite numbers "
+                             "(the file is damaged, or its training diverged); start from an earlier checkpoint")
         return cls(state, load.base_reference(ckpt, state))
 
     @classmethod

@@ -27,8 +27,8 @@ class WindowIndex:
         if not self.shards:
             longest = max((len(s) for s in shards), default=0)
             more = "; or prepare the data with a larger --val-fraction" if split == "val" else ""
-            raise BlockSizeError(f"--block-size {block_size} is larger than the data: the {split} split's longest shard "
-                                 f"holds {longest} tokens (need block size + 1){more}")
+            raise BlockSizeError(f"--block-size {block_size} is larger than the data: the {split} split's "
+                                 f"longest shard holds {longest} tokens (need block size + 1){more}")
         self.block_size = block_size
         self.starts = np.cumsum([0] + [len(s) - block_size for s in self.shards])  # windows per shard
 

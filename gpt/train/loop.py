@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
@@ -22,31 +20,11 @@ from .errors import NonFiniteLoss, TrainError
 from .metrics import LossWindow, Throughput
 from .progress import Progress
 from .signals import StopFlag
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    tokens: int
-    val_loss: float | None
-    best_val_loss: float | None
-    stopped_by: str  # "max_iters", "max_time", "patience", "cooldown", "signal SIGINT"/"signal SIGTERM", "request"
-    history: list = field(default_factory=list)  # (step, train loss) of every step
-    model: torch.nn.Module | None = None  # the trained model (this rank's copy)
-    best_step: int | None = None  # the step best.pt was saved at
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    msg = str(e).lower()
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+from .trainer import Trainer, TrainResult, is_out_of_memory
 
 
 class Loop:
-    def __init__(self, trainer: "Trainer"):
+    def __init__(self, trainer: Trainer):
         self.trainer = trainer
 
     def run(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
@@ -94,8 +72,9 @@ class Loop:
             sched, cfg = t.schedule, t.cfg
             left = min(cooldown["steps"], cfg.max_iters - t.step) if cfg.max_iters else cooldown["steps"]
             budget = " or the time budget's end" if cfg.max_time else ""
-            self.progress.say(f"step {t.step}: no better val loss in {sched.stale_evals} evaluations (best {sched.best_val:.4f} at "
-                              f"step {sched.best_step}): cooling the learning rate down from {cooldown['lr']:.3g} to "
+            self.progress.say(f"step {t.step}: no better val loss in {sched.stale_evals} evaluations "
+                              f"(best {sched.best_val:.4f} at step {sched.best_step}): "
+                              f"cooling the learning rate down from {cooldown['lr']:.3g} to "
                               f"{cfg.final_lr:.3g} over {left} steps{budget}, then stopping")
 
     def stop_reason(self, stop: StopFlag, should_stop: Callable[[int], bool] | None) -> tuple[str, float]:
@@ -159,16 +138,19 @@ class Loop:
         self.losses.check()
         val_loss = t.evaluate()
         if not math.isfinite(val_loss):
-            raise NonFiniteLoss(f"the validation loss became {val_loss} at step {t.step}; stopped without saving; {t.run_dir} keeps what was saved before it")
+            raise NonFiniteLoss(f"the validation loss became {val_loss} at step {t.step}; stopped without saving; "
+                                f"{t.run_dir} keeps what was saved before it")
         bpc = val_loss / math.log(2) * t.tokens_per_char
         train_loss = self.losses.recent_mean(t.cfg.log_interval)
-        t.metrics.write({"step": t.step, "tokens": t.tokens, "elapsed": round(t.elapsed(), 3), "train_loss": train_loss, "val_loss": val_loss, "val_bpc": bpc})
+        t.metrics.write({"step": t.step, "tokens": t.tokens, "elapsed": round(t.elapsed(), 3), "train_loss": train_loss,
+                         "val_loss": val_loss, "val_bpc": bpc})
         improved = t.schedule.evaluated(t.step, val_loss)
         if t.schedule.cooldown_due():
             self.say_cooldown(t.schedule.start_cooldown(t.step))
         t.save(val_loss, best=improved)
         if t.dist.is_main:  # after the save: the line says what is on disk
             tr = f"train {train_loss:.4f}, " if train_loss is not None else ""
-            self.progress.say(f"step {t.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char){', best so far: saved as best.pt' if improved else ''}")
+            self.progress.say(f"step {t.step}: {tr}val {val_loss:.4f} ({bpc:.3f} bits/char)"
+                              f"{', best so far: saved as best.pt' if improved else ''}")
         t.picture.update()
         return val_loss

@@ -18,7 +18,6 @@ from ..store.layout import METRICS_FILE
 from .errors import NonFiniteLoss
 
 
-
 def logged_by(line: str, step: int) -> bool:
     """Whether a metrics line is whole and of a step up to `step` (a kill or a full disk can
     leave the last line torn; an editor, any line damaged)."""
@@ -70,10 +69,11 @@ class LossWindow:
         self.pending.append((step, loss))
 
     def check(self) -> list[float]:
-        values = torch.stack([l for _, l in self.pending]).tolist() if self.pending else []
+        values = torch.stack([loss for _, loss in self.pending]).tolist() if self.pending else []
         for (s, _), v in zip(self.pending, values):
             if not math.isfinite(v):
-                raise NonFiniteLoss(f"the loss became {v} at step {s}; stopped without saving; {self.run_dir} keeps what was saved before it (try a lower --lr)")
+                raise NonFiniteLoss(f"the loss became {v} at step {s}; stopped without saving; "
+                                    f"{self.run_dir} keeps what was saved before it (try a lower --lr)")
         self.history.extend((s, v) for (s, _), v in zip(self.pending, values))
         self.pending.clear()
         return values

@@ -49,11 +49,12 @@ class Muon(torch.optim.Muon):
             if decay:
                 torch._foreach_mul_(params, 1 - lr * decay)
             for shape, same in by_shape(params).items():
-                ortho = orthogonalise(torch.stack([updates[i] for i in same]), group["ns_coefficients"], group["ns_steps"],
-                                      group["eps"], self.ns_dtype)
+                ortho = orthogonalise(torch.stack([updates[i] for i in same]), group["ns_coefficients"],
+                                      group["ns_steps"], group["eps"], self.ns_dtype)
                 # "original": a tall matrix's rate grows with sqrt(rows / columns)
                 scale = -lr * math.sqrt(max(1.0, shape[0] / shape[1]))
-                torch._foreach_add_([params[i] for i in same], list(ortho.to(params[same[0]].dtype).unbind(0)), alpha=scale)
+                torch._foreach_add_([params[i] for i in same], list(ortho.to(params[same[0]].dtype).unbind(0)),
+                                    alpha=scale)
 
 
 def by_shape(params: list[torch.Tensor]) -> dict[tuple, list[int]]:

@@ -1,8 +1,6 @@
 """The optimizers (AdamW, or Muon beside it) and the learning-rate schedule."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..config import ConfigError, TrainConfig
@@ -12,7 +10,8 @@ from ..config import ConfigError, TrainConfig
 RESUME_SETTINGS = ("fused", "weight_decay", "betas")
 
 
-def adamw(params: list, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+def adamw(params: list, lr: float, weight_decay: float, betas: tuple[float, float],
+          device: torch.device) -> torch.optim.AdamW:
     # decay matrices (embeddings, projections); not norms' gains or biases, whose scale
     # the decay would only pull toward zero
     decay = [p for p in params if p.dim() >= 2]
@@ -24,7 +23,8 @@ def adamw(params: list, lr: float, weight_decay: float, betas: tuple[float, floa
     return torch.optim.AdamW(groups, lr=lr, betas=betas, **extra)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                   device: torch.device) -> torch.optim.AdamW:
     """AdamW for every trainable parameter."""
     return adamw([p for p in model.parameters() if p.requires_grad], lr, weight_decay, betas, device)
 
@@ -38,7 +38,8 @@ def adamw_state_bytes(params) -> int:
 def check_optimizer(name: str) -> None:
     """Refuse, before anything is written, an optimizer this torch does not have."""
     if name == "muon" and not hasattr(torch.optim, "Muon"):
-        raise ConfigError(f"--optimizer muon needs torch.optim.Muon (torch 2.9 or later); this is torch {torch.__version__} (use --optimizer adamw)")
+        raise ConfigError(f"--optimizer muon needs torch.optim.Muon (torch 2.9 or later); "
+                          f"this is torch {torch.__version__} (use --optimizer adamw)")
 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -69,8 +70,8 @@ class Optimizers:
             # "original" scales each matrix's rate by sqrt(max(1, rows / columns)), as the
             # speed-run records that use lr 0.02 do. Muon's decoupled decay is multiplied by its
             # rate, several times AdamW's, so it has its own option (default none, as in those records)
-            self.muon = Muon(hidden, newton_schulz_dtype(device, dtype), lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
-                             adjust_lr_fn="original")
+            self.muon = Muon(hidden, newton_schulz_dtype(device, dtype), lr=cfg.muon_lr,
+                             weight_decay=cfg.muon_weight_decay, adjust_lr_fn="original")
         self.adamw = adamw(params, cfg.lr, cfg.weight_decay, betas, device)
         self.muon_scale = cfg.muon_lr / cfg.lr
 

@@ -42,7 +42,8 @@ PRESET_USES = {"cpu-small": "the CPU default", "baby-gpt": "the GPU default", "b
 def describe(name: str) -> str:
     """A preset in one line for --help, read from its values so the two cannot drift apart."""
     v = {**asdict(TrainConfig()), **PRESETS[name]}
-    shape = "bigram table" if v["model"] == "bigram" else f"{v['n_layer']} layers, {v['n_head']} heads, {v['n_embd']} channels"
+    shape = ("bigram table" if v["model"] == "bigram"
+             else f"{v['n_layer']} layers, {v['n_head']} heads, {v['n_embd']} channels")
     parts = [shape, f"context {v['block_size']}", f"batch {v['batch_size']}"]
     if v["dropout"] and v["model"] != "bigram":
         parts.append(f"dropout {v['dropout']}")
@@ -71,9 +72,10 @@ def short(x: float) -> str:
 # fine-tuning keeps to AdamW: Muon's rate is set for training from scratch, and it cannot train adapters
 FINETUNE = dict(lr=3e-4, min_lr=3e-5, warmup_iters=20, eval_interval=100, optimizer="adamw")
 FINETUNE_LORA = dict(lr=2e-3, min_lr=2e-4, warmup_iters=20, eval_interval=100, weight_decay=0.0, optimizer="adamw")
-SHAPE_FROM_MODEL = {"model": "kind", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "block_size",
-                    "pos": "pos", "bias": "bias", "dropout": "dropout", "activation": "activation", "qk_norm": "qk_norm",
-                    "tie_weights": "tie_weights", "logit_softcap": "logit_softcap"}
+SHAPE_FROM_MODEL = {"model": "kind", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
+                    "block_size": "block_size", "pos": "pos", "bias": "bias", "dropout": "dropout",
+                    "activation": "activation", "qk_norm": "qk_norm", "tie_weights": "tie_weights",
+                    "logit_softcap": "logit_softcap"}
 
 
 def default_preset(device_type: str, model: str | None = None) -> str:
@@ -107,13 +109,16 @@ def muon_fits(values: dict) -> bool:
 def finetune_config(preset: str, base_model: dict, overrides: dict) -> TrainConfig:
     """Defaults, the preset, the fine-tuning defaults, the base model's shape, then explicit
     options; an explicit option may not change the shape (dropout and a shorter context may)."""
-    base_model = ModelConfig.from_dict(base_model).to_dict()  # what a base saved before an option existed was built with
+    # what a base saved before an option existed was built with
+    base_model = ModelConfig.from_dict(base_model).to_dict()
     shape = {option: base_model[field] for option, field in SHAPE_FROM_MODEL.items()}
-    fixed = [k for k in shape if k not in ("dropout", "block_size") and overrides.get(k) is not None and overrides[k] != shape[k]]
+    fixed = [k for k in shape
+             if k not in ("dropout", "block_size") and overrides.get(k) is not None and overrides[k] != shape[k]]
     if fixed:
         raise ConfigError(f"options {', '.join('--' + k.replace('_', '-') for k in fixed)} do not match the base model "
                           f"({', '.join(f'{k}={shape[k]}' for k in fixed)}); the shape comes from --init-from")
     if overrides.get("block_size") is not None and overrides["block_size"] > shape["block_size"]:
-        raise ConfigError(f"--block-size {overrides['block_size']} is longer than the base model's context ({shape['block_size']})")
+        raise ConfigError(f"--block-size {overrides['block_size']} is longer than the base model's context "
+                          f"({shape['block_size']})")
     tuning = FINETUNE_LORA if overrides.get("lora") else FINETUNE
     return layered_config(preset, {**tuning, **shape, **{k: v for k, v in overrides.items() if v is not None}})

@@ -38,7 +38,8 @@ class Progress:
             self.bar.update(1)
             if stats is not None:
                 left = f", {max(self.max_time - elapsed, 0):.0f}s left" if self.max_time else ""
-                self.bar.set_postfix_str(f"loss {stats['train_loss']:.4f}, lr {stats['lr']:.2e}, {stats['tokens_per_s']:,.0f} tok/s{left}")
+                self.bar.set_postfix_str(f"loss {stats['train_loss']:.4f}, lr {stats['lr']:.2e}, "
+                                         f"{stats['tokens_per_s']:,.0f} tok/s{left}")
         elif stats is not None and time.perf_counter() - self.last_plain >= PLAIN_EVERY_S:
             self.last_plain = time.perf_counter()
             of = f"/{self.max_iters}" if self.max_iters else ""

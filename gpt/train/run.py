@@ -20,15 +20,14 @@ from ..store import checkpoint
 from ..store.layout import LATEST
 from ..store.run_folder import RunFolder, RunFolderError
 from ..store.runs import default_run_dir, lora_runs_on, newest_run, resolve_checkpoint, write_run_files
+from .base import Base
 from .distributed import Dist, init_distributed
 from .errors import TrainError
-from .base import Base
+from .loop import Loop
 from .optim import adamw_state_bytes, check_optimizer
 from .presets import default_preset, finetune_config, layered_config
 from .progress import tolerant
-from .loop import TrainResult
-from .trainer import Trainer
-
+from .trainer import Trainer, TrainResult
 
 
 def saved_options(state: dict) -> dict:
@@ -47,7 +46,8 @@ def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
     clash = [k for k in (*MODEL_FIELDS, "optimizer") if overrides.get(k) is not None and overrides[k] != saved.get(k)]
     if clash:
         raise TrainError(f"options {', '.join('--' + k.replace('_', '-') for k in clash)} do not match the checkpoint "
-                         f"({', '.join(f'{k}={saved.get(k)}' for k in clash)}); a resumed run keeps its model and optimizer")
+                         f"({', '.join(f'{k}={saved.get(k)}' for k in clash)}); "
+                         "a resumed run keeps its model and optimizer")
     values = dict(saved)
     if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
         values.update(dict.fromkeys(BUDGET_FIELDS))
@@ -63,20 +63,24 @@ def check_resume_options(preset: str | None, overrides: dict, overwrite: bool) -
         raise TrainError(f"--preset {preset} sets up a new run; a resumed run keeps its own settings "
                          "(give single options, such as --max-iters or --lr, to change them)")
     if overrides.get("init_from"):
-        raise TrainError("--init-from starts a new fine-tuning run; a resumed one keeps the base it started from (leave --init-from out)")
+        raise TrainError("--init-from starts a new fine-tuning run; "
+                         "a resumed one keeps the base it started from (leave --init-from out)")
 
 
 def check_not_stopped_early(cfg: TrainConfig, state: dict) -> None:
     stale, cooldown = int(state.get("stale_evals", 0)), state.get("cooldown") if cfg.cooldown else None
     if cooldown is not None:  # a cooldown goes on to its end whatever the patience
         if int(state["step"]) >= cooldown["start"] + cooldown["steps"]:
-            raise TrainError(f"the run ended with its cooldown at step {state['step']}, after val stopped improving (best at step "
-                             f"{state.get('best_step')}, in best.pt); resume with --cooldown 0 --patience 0 to train on at the scheduled rate")
+            raise TrainError(f"the run ended with its cooldown at step {state['step']}, after val stopped improving "
+                             f"(best at step {state.get('best_step')}, in best.pt); "
+                             "resume with --cooldown 0 --patience 0 to train on at the scheduled rate")
         return
-    if cfg.early_stop_after and stale >= cfg.early_stop_after and not cfg.cooldown:  # with --cooldown now, it starts at once
-        raise TrainError(f"the run stopped early: {stale} evaluations without a better val loss than step {state.get('best_step')}'s; "
-                         f"resume with a larger --patience (0: never stop early) to train on, or with --cooldown 0.25 to decay "
-                         f"its learning rate from where it stopped")
+    # with --cooldown now, it starts at once
+    if cfg.early_stop_after and stale >= cfg.early_stop_after and not cfg.cooldown:
+        raise TrainError(f"the run stopped early: {stale} evaluations without a better val loss "
+                         f"than step {state.get('best_step')}'s; "
+                         f"resume with a larger --patience (0: never stop early) to train on, "
+                         f"or with --cooldown 0.25 to decay its learning rate from where it stopped")
 
 
 def check_budget_left(cfg: TrainConfig, step: int, elapsed: float) -> None:
@@ -95,12 +99,14 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
     if resume:
         check_resume_options(preset, overrides, overwrite)
         run_dir = Path(overrides["out"]) if overrides.get("out") else newest_run(option="--out")
-        RunFolder.settle_if_idle(run_dir)  # an --overwrite killed before its first checkpoint: the run it replaced comes back
+        # an --overwrite killed before its first checkpoint: the run it replaced comes back
+        RunFolder.settle_if_idle(run_dir)
         latest = resolve_checkpoint(run_dir, prefer=LATEST)
         resume_state = checkpoint.load_checkpoint(latest, map_location="cpu")
         if not all(checkpoint.all_finite(resume_state.get(k, {})) for k in ("model", "trained_model")):
-            raise TrainError(f"--resume: the weights in {latest} are not finite numbers (the file is damaged, or the run "
-                             "diverged before it was saved); start again, or fine-tune from an earlier checkpoint with --init-from")
+            raise TrainError(f"--resume: the weights in {latest} are not finite numbers "
+                             "(the file is damaged, or the run diverged before it was saved); "
+                             "start again, or fine-tune from an earlier checkpoint with --init-from")
     # a resumed run keeps the device it was given (a --device cpu run stays on the CPU of a
     # machine with a GPU) unless one is given now
     saved_device = resume_state["train_config"].get("device") if resume_state else None
@@ -123,8 +129,10 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                 cfg = layered_config(preset, overrides)
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
-            if base is not None and run_dir.resolve() == Path(base.ref["path"]).parent:  # --overwrite would delete the base
-                raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); a fine-tuning run needs a folder of its own")
+            # --overwrite would delete the base
+            if base is not None and run_dir.resolve() == Path(base.ref["path"]).parent:
+                raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); "
+                                 "a fine-tuning run needs a folder of its own")
         cfg.validate()
         check_optimizer(cfg.optimizer)
         with deterministic_algorithms(cfg.deterministic, device):
@@ -133,7 +141,7 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
         gc.collect()
         dist_.close()
         raise
-    gc.collect()  # the trainer and its DDP wrapper, before the group they use (see Trainer.run)
+    gc.collect()  # the trainer and its DDP wrapper, before the group they use (see Loop.run)
     dist_.close(finished=True)
     return result
 
@@ -169,7 +177,8 @@ def naming_kept_device(kept: str | None):
     except DeviceError as e:
         if kept is None:
             raise
-        raise DeviceError(f"{e} (the run was started with --device {kept}, which --resume keeps unless given another)") from None
+        raise DeviceError(f"{e} (the run was started with --device {kept}, "
+                          "which --resume keeps unless given another)") from None
 
 
 def trained_summary(model, cfg: TrainConfig) -> str:
@@ -179,7 +188,8 @@ def trained_summary(model, cfg: TrainConfig) -> str:
         return f"all {sum(p.numel() for p in trained):,} parameters trained"
     frozen = [p for p in model.parameters() if not p.requires_grad]  # the base's weights, every one
     adapters, base = sum(p.numel() for p in trained), sum(p.numel() for p in frozen)
-    return (f"LoRA rank {cfg.lora} on {cfg.lora_targets}: {adapters:,} adapter weights trained ({adapters / base:.1%} of the base's {base:,}, "
+    return (f"LoRA rank {cfg.lora} on {cfg.lora_targets}: {adapters:,} adapter weights trained "
+            f"({adapters / base:.1%} of the base's {base:,}, "
             f"which stay frozen); gradients and AdamW moments take {adamw_state_bytes(trained) / 1e6:.2f} MB "
             f"instead of {adamw_state_bytes(frozen) / 1e6:.2f} MB for full fine-tuning")
 
@@ -208,8 +218,9 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
         if dist_.is_main:
             if resuming or folder.replaces_run:
                 for other in lora_runs_on(run_dir):
-                    warnings.warn(f"{other} is a LoRA run on a checkpoint of {run_dir}, and loads only on that exact file: once this "
-                        f"run replaces it, {other} no longer loads (gpt-export --merge {other} first keeps its model)")
+                    warnings.warn(f"{other} is a LoRA run on a checkpoint of {run_dir}, "
+                                  f"and loads only on that exact file: once this run replaces it, "
+                                  f"{other} no longer loads (gpt-export --merge {other} first keeps its model)")
             folder.set_aside_previous_run()  # only now: a refused start leaves an --overwrite folder's old run in place
             trainer.after_save = folder.settle  # the first checkpoint of its own: the run it replaced goes
             if resuming:
@@ -221,13 +232,16 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
             }, trainer.tokenizer.to_json())
             n = count_parameters(trainer.model)
             if base is not None:
-                log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): {trained_summary(trainer.model, cfg)}")
+                log(f"fine-tuning {base.ref['path']} (step {base.ref['step']}, sha256 {base.ref['sha256'][:12]}): "
+                    f"{trained_summary(trainer.model, cfg)}")
             what = f"resuming {run_dir} at step {trainer.step}" if resuming else f"training into {run_dir}"
-            log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} ({str(trainer.dtype).replace('torch.', '')}), "
-                f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x {cfg.grad_accum} accumulation, "
+            log(f"{what}: {trainer.model_cfg.kind} with {n / 1e6:.2f}M parameters on {device} "
+                f"({str(trainer.dtype).replace('torch.', '')}), "
+                f"global batch {trainer.global_batch} = {dist_.world_size} rank(s) x {cfg.batch_size} x "
+                f"{cfg.grad_accum} accumulation, "
                 f"context {cfg.block_size}, preset {cfg.preset or 'none'}"
                 + (f"; evaluates and saves the weights' moving average (--ema {cfg.ema})" if cfg.ema else ""))
-        result = trainer.run(should_stop)
+        result = Loop(trainer).run(should_stop)
         failed = False
         return result
     finally:

@@ -44,18 +44,20 @@ class Schedule:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> "Schedule":
-        return cls(cfg.lr, cfg.final_lr, cfg.warmup_iters, cfg.max_iters, cfg.max_time, cfg.early_stop_after, cfg.cooldown,
-                   last_lr=cfg.lr)
+        return cls(cfg.lr, cfg.final_lr, cfg.warmup_iters, cfg.max_iters, cfg.max_time, cfg.early_stop_after,
+                   cfg.cooldown, last_lr=cfg.lr)
 
     # -- what a checkpoint keeps -----------------------------------------------------------------
     def state(self) -> dict:
         best = None if math.isinf(self.best_val) else self.best_val
-        return {"best_val_loss": best, "best_step": self.best_step, "stale_evals": self.stale_evals, "cooldown": self.cooldown}
+        return {"best_val_loss": best, "best_step": self.best_step, "stale_evals": self.stale_evals,
+                "cooldown": self.cooldown}
 
     def restore(self, s: dict) -> None:
         self.best_val = float(s["best_val_loss"]) if s.get("best_val_loss") is not None else math.inf
         self.best_step, self.stale_evals = s.get("best_step"), int(s.get("stale_evals", 0))
-        self.cooldown = s.get("cooldown") if self.cooldown_fraction else None  # --cooldown 0 given now: the schedule goes on
+        # --cooldown 0 given now: the schedule goes on
+        self.cooldown = s.get("cooldown") if self.cooldown_fraction else None
 
     # -- the learning rate -----------------------------------------------------------------------
     def budget_used(self, step: int, elapsed: float) -> float:

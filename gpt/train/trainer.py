@@ -6,8 +6,6 @@ batches, gradients are averaged by DDP, rank 0 alone writes.
 """
 from __future__ import annotations
 
-import math
-import signal
 import time
 import warnings
 from contextlib import nullcontext
@@ -26,20 +24,37 @@ from .. import lora
 from ..config import ModelConfig, TrainConfig
 from ..device import autocast, available_memory, configure_backends, resolve_dtype
 from ..model import build_model
+from ..plot.live import ProgressPicture
 from ..store.checkpoint import plain_state_dict, save_checkpoint, training_state
 from ..store.layout import LATEST
-from ..plot.live import ProgressPicture
 from .average import WeightAverage
 from .base import Base
 from .batches import BatchSampler, BlockSizeError, fixed_windows
 from .distributed import Dist
-from .errors import NonFiniteLoss, TrainError
-from .metrics import LossWindow, MetricsLog, Throughput
+from .errors import TrainError
+from .metrics import MetricsLog
 from .optim import Optimizers
-from .progress import Progress
 from .rng import rng_state, set_rng_state
-from .loop import Loop, TrainResult, is_out_of_memory
 from .schedule import Schedule
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    val_loss: float | None
+    best_val_loss: float | None
+    stopped_by: str  # "max_iters", "max_time", "patience", "cooldown", "signal SIGINT"/"signal SIGTERM", "request"
+    history: list = field(default_factory=list)  # (step, train loss) of every step
+    model: torch.nn.Module | None = None  # the trained model (this rank's copy)
+    best_step: int | None = None  # the step best.pt was saved at
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return (isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg
+            or "can't allocate memory" in msg or "not enough memory" in msg)
 
 
 class Trainer:
@@ -85,12 +100,14 @@ class Trainer:
         cfg, fingerprint = self.cfg, self.tokenizer.fingerprint()
         if resume_state is not None:
             if resume_state.get("data_fingerprint") != fingerprint:
-                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the checkpoint's; resume with the data the run was trained on")
+                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the checkpoint's; "
+                                 "resume with the data the run was trained on")
             return ModelConfig.from_dict(resume_state["model_config"])
         if base is not None:
             if tokenizer_from_json(base.state["tokenizer"]).fingerprint() != fingerprint:
-                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the base model's; prepare the new text "
-                                 f"with its vocabulary: gpt-prepare NEW_TEXT --vocab-from {cfg.init_from}")
+                raise TrainError(f"data folder {cfg.data} has a different vocabulary from the base model's; "
+                                 f"prepare the new text with its vocabulary: "
+                                 f"gpt-prepare NEW_TEXT --vocab-from {cfg.init_from}")
             return ModelConfig.from_dict({**base.state["model_config"], "dropout": cfg.dropout})
         return cfg.model_config(len(self.tokenizer))
 
@@ -99,14 +116,17 @@ class Trainer:
         batch's windows alone would fill the host's memory."""
         cfg, vocab = self.cfg, len(self.tokenizer)
         try:
-            self.sampler = BatchSampler(self.data.split("train"), cfg.block_size, cfg.batch_size, cfg.seed, self.dist.rank, vocab)
-            self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows, vocab_size=vocab)
+            self.sampler = BatchSampler(self.data.split("train"), cfg.block_size, cfg.batch_size, cfg.seed,
+                                        self.dist.rank, vocab)
+            self.val_x, self.val_y = fixed_windows(self.data.split("val"), cfg.block_size, cfg.eval_windows,
+                                                   vocab_size=vocab)
         except BlockSizeError as e:
             raise TrainError(str(e)) from None
         windows = self.sampler.batch_bytes()
         available = available_memory()
         if available is not None and windows > available // 2:
-            raise TrainError(self.too_large(f"host memory (its token windows alone take {windows / 2**30:.1f} GiB of {available / 2**30:.1f} GiB available)"))
+            raise TrainError(self.too_large(f"host memory (its token windows alone take {windows / 2**30:.1f} GiB "
+                                            f"of {available / 2**30:.1f} GiB available)"))
 
     def wrap_model(self) -> None:
         """What the steps call: the model, in DDP across ranks, compiled if asked; and the
@@ -117,7 +137,8 @@ class Trainer:
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.ddp = self.forward_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.ddp = self.forward_model = DDP(self.model,
+                                                device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.ema and self.average is None:
             # from the weights as they are (initialised, a base's, or resumed), after DDP has
             # given every rank rank 0's: each rank must hold the same average
@@ -198,8 +219,10 @@ class Trainer:
             try:
                 save_checkpoint(self.run_dir / LATEST, state, best=best)
             except OSError as e:
-                kept = "the previous checkpoint is kept" if (self.run_dir / LATEST).exists() else "no checkpoint was saved"
-                raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); {kept}") from None
+                kept = ("the previous checkpoint is kept" if (self.run_dir / LATEST).exists()
+                        else "no checkpoint was saved")
+                raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); "
+                                 f"{kept}") from None
             if self.after_save is not None:
                 self.after_save()
         self.dist.barrier()
@@ -268,7 +291,3 @@ class Trainer:
         self.dist.all_reduce(sums)
         self.model.train()
         return (sums[0] / sums[1]).item()
-
-    def run(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
-        """Train until the schedule, a signal or `should_stop(step)` ends the run (see loop.py)."""
-        return Loop(self).run(should_stop)

@@ -20,14 +20,18 @@ def workdir(tmp_path_factory):
 
 PREPARE_CASES = {
     "unknown tokenizer": (["--tokenizer", "wordpiece"], 2, ["--tokenizer", "invalid choice: 'wordpiece'"]),
-    "vocab size too small": (["--tokenizer", "bpe", "--vocab-size", "200"], 1, ["--vocab-size 200 is too small", "at least 258"]),
+    "vocab size too small": (["--tokenizer", "bpe", "--vocab-size", "200"], 1,
+                             ["--vocab-size 200 is too small", "at least 258"]),
     "vocab size too large for the corpus": (["--tokenizer", "bpe", "--vocab-size", "20000"], 1,
                                             ["--vocab-size 20000 is more than the training split can give", "or less"]),
     "vocab size with char": (["--vocab-size", "300"], 2, ["--vocab-size is for --tokenizer bpe"]),
-    "vocab size with an explicit char": (["--tokenizer", "char", "--vocab-size", "300"], 2, ["--vocab-size is for --tokenizer bpe"]),
+    "vocab size with an explicit char": (["--tokenizer", "char", "--vocab-size", "300"], 2,
+                                         ["--vocab-size is for --tokenizer bpe"]),
     "bpe without a vocab size": (["--tokenizer", "bpe"], 1, ["--tokenizer bpe needs --vocab-size"]),
-    "a char option with bpe": (["--tokenizer", "bpe", "--vocab-size", "300", "--max-vocab", "100"], 2, ["--max-vocab", "a BPE is sized by --vocab-size"]),
-    "tokenizer with vocab-from": (["--tokenizer", "bpe", "--vocab-size", "300", "--vocab-from", "corpus"], 2, ["--vocab-from", "cannot change it"]),
+    "a char option with bpe": (["--tokenizer", "bpe", "--vocab-size", "300", "--max-vocab", "100"], 2,
+                               ["--max-vocab", "a BPE is sized by --vocab-size"]),
+    "tokenizer with vocab-from": (["--tokenizer", "bpe", "--vocab-size", "300", "--vocab-from", "corpus"], 2,
+                                  ["--vocab-from", "cannot change it"]),
 }
 
 
@@ -41,7 +45,8 @@ def prepare_runs(workdir):
         out.mkdir()
         for name, text in OLD.items():
             (out / name).write_text(text)
-        return case, run_cli("data_prep.cli", "corpus", "--out", out, "--force", "--workers", "1", "--quiet", *args, cwd=workdir), out
+        return case, run_cli("data_prep.cli", "corpus", "--out", out, "--force", "--workers", "1", "--quiet", *args,
+                             cwd=workdir), out
 
     with ThreadPoolExecutor(2) as pool:
         return {case: (proc, out) for case, proc, out in pool.map(run, PREPARE_CASES)}
@@ -82,7 +87,8 @@ def edit_other_kind(folder):
 
 
 EDITS = {
-    "vocabulary size differs from meta.json": (edit_vocab_size, ["has 319 tokens but", "meta.json says 320", "prepare the data again"]),
+    "vocabulary size differs from meta.json": (edit_vocab_size,
+                                               ["has 319 tokens but", "meta.json says 320", "prepare the data again"]),
     "a merge of tokens it does not have": (edit_broken_merge, ["merge 'Ġ zzzz'"]),
     "a tokenizer of the other kind": (edit_other_kind, ["is a char tokenizer", "bpe one", "prepare the data again"]),
 }

@@ -6,12 +6,12 @@ import random
 import numpy as np
 import pytest
 
-tokenizers = pytest.importorskip("tokenizers")
-
 import data_prep
 from data_prep import BpeTokenizer
 from data_prep.prepare import PrepareOptions, prepare
 from tests.helpers import unicode_document, write_unicode_corpus
+
+tokenizers = pytest.importorskip("tokenizers")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def test_meta_records_the_kind_and_the_tokens_per_character_of_each_split(corpus
     assert (meta["version"], meta["tokenizer_kind"]) == (2, "bpe")
     for split in ("train", "val"):
         info = meta["splits"][split]
-        assert info["tokens_per_character"] == info["tokens"] / info["characters"] < 1  # merges make tokens rarer than characters
+        # merges make tokens rarer than characters
+        assert info["tokens_per_character"] == info["tokens"] / info["characters"] < 1
     assert meta["options"]["tokenizer"] == "bpe" and "max_vocab" not in meta["options"]
 
 
@@ -115,7 +116,8 @@ def test_new_text_can_be_encoded_with_a_bpe_base(corpus, tmp_path):
     prepare([corpus], tmp_path / "base", bpe_options())
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "new.txt").write_text("brand new words ж🎉 kalo mi\n" * 50, encoding="utf-8")
-    prepare([tmp_path / "new"], tmp_path / "data", PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
+    prepare([tmp_path / "new"], tmp_path / "data",
+            PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
     base, new = data_prep.load(tmp_path / "base"), data_prep.load(tmp_path / "data")
     assert new.tokenizer.fingerprint() == base.tokenizer.fingerprint()
     assert new.meta["bpe"]["learned_on"] == "base"

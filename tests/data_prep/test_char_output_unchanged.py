@@ -12,10 +12,14 @@ from data_prep.prepare import PrepareOptions, prepare
 from tests.helpers import make_document, write_corpus
 
 BEFORE_BPE = {
-    "docs": {"meta.json": "9e5566ce1cbc0232", "tokenizer.json": "db54dec7329233cb", "train_0000.bin": "d46eb0a92667adb3", "val_0000.bin": "405cbf68f92b880f"},
-    "mixed": {"meta.json": "17b474c03a9f7fc6", "tokenizer.json": "c1a144ca86ab280d", "train_0000.bin": "6cb1b4b8ad6ad364", "val_0000.bin": "92e2f978a389e54f"},
-    "unk": {"meta.json": "72803194529b55cd", "tokenizer.json": "6f0a010f91b7a1dd", "train_0000.bin": "07e115ef55871af6", "val_0000.bin": "4866397aa3756f62"},
-    "one": {"meta.json": "a284c1430a43e106", "tokenizer.json": "76526ddd65140323", "train_0000.bin": "7901c799ad9e2335", "val_0000.bin": "b943027ce340b616"},
+    "docs": {"meta.json": "9e5566ce1cbc0232", "tokenizer.json": "db54dec7329233cb",
+             "train_0000.bin": "d46eb0a92667adb3", "val_0000.bin": "405cbf68f92b880f"},
+    "mixed": {"meta.json": "17b474c03a9f7fc6", "tokenizer.json": "c1a144ca86ab280d",
+              "train_0000.bin": "6cb1b4b8ad6ad364", "val_0000.bin": "92e2f978a389e54f"},
+    "unk": {"meta.json": "72803194529b55cd", "tokenizer.json": "6f0a010f91b7a1dd",
+            "train_0000.bin": "07e115ef55871af6", "val_0000.bin": "4866397aa3756f62"},
+    "one": {"meta.json": "a284c1430a43e106", "tokenizer.json": "76526ddd65140323",
+            "train_0000.bin": "7901c799ad9e2335", "val_0000.bin": "b943027ce340b616"},
 }
 CASES = {
     "docs": (["docs"], {}),  # ASCII documents, split by document, no fallback needed

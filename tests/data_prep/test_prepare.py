@@ -96,7 +96,8 @@ def test_a_clean_corpus_gets_its_distinct_characters_plus_end_of_text_as_uint8_i
     assert not data.meta["coverage"]["byte_fallback"]
 
 
-def test_the_vocabulary_never_exceeds_max_vocab_when_rare_characters_are_left_out(tmp_path, prepare_data, read_documents):
+def test_the_vocabulary_never_exceeds_max_vocab_when_rare_characters_are_left_out(tmp_path, prepare_data,
+                                                                                  read_documents):
     text = "".join(chr(0x4E00 + i) * (1 + i % 3) for i in range(400)) * 3
     (tmp_path / "t.txt").write_text(text)
     _, data = prepare_data(tmp_path / "t.txt", min_char_count=4, max_vocab=300)
@@ -106,7 +107,8 @@ def test_the_vocabulary_never_exceeds_max_vocab_when_rare_characters_are_left_ou
     assert train + val == text
 
 
-def test_the_vocabulary_never_exceeds_max_vocab_when_val_has_characters_train_lacks(tmp_path, prepare_data, read_documents):
+def test_the_vocabulary_never_exceeds_max_vocab_when_val_has_characters_train_lacks(tmp_path, prepare_data,
+                                                                                    read_documents):
     train_text = "".join(chr(0x4E00 + i) for i in range(300)) * 9
     val_text = "🙂" * 300
     (tmp_path / "t.txt").write_text(train_text + val_text)
@@ -116,7 +118,8 @@ def test_the_vocabulary_never_exceeds_max_vocab_when_val_has_characters_train_la
 
 
 @pytest.mark.parametrize("layout", ["folder", "outer tar"])
-def test_owt_tokens_hold_only_document_text_never_tar_headers(layout, owt_folder, owt_tar, owt_archives, prepare_data, read_documents):
+def test_owt_tokens_hold_only_document_text_never_tar_headers(layout, owt_folder, owt_tar, owt_archives, prepare_data,
+                                                              read_documents):
     _, data = prepare_data(owt_folder if layout == "folder" else owt_tar)
     decoded = "".join(read_documents(data, "train") + read_documents(data, "val"))
     assert "\0" not in decoded and "ustar" not in decoded
@@ -126,7 +129,8 @@ def test_owt_tokens_hold_only_document_text_never_tar_headers(layout, owt_folder
 
 
 @pytest.mark.parametrize("layout", ["folder", "outer tar"])
-def test_owt_documents_come_out_whole_one_per_end_of_text_token(layout, owt_folder, owt_tar, owt_texts, prepare_data, read_documents):
+def test_owt_documents_come_out_whole_one_per_end_of_text_token(layout, owt_folder, owt_tar, owt_texts, prepare_data,
+                                                                read_documents):
     _, data = prepare_data(owt_folder if layout == "folder" else owt_tar)
     train, val = read_documents(data, "train"), read_documents(data, "val")
     assert data.meta["split_mode"] == "document"
@@ -152,10 +156,14 @@ def test_identical_documents_always_share_a_split(tmp_path, prepare_data, read_d
     assert not set(train) & set(val)
 
 
-def test_an_outer_tar_and_a_folder_of_its_archives_give_the_same_shards(owt_folder, owt_tar, prepare_data, folder_bytes):
+def test_an_outer_tar_and_a_folder_of_its_archives_give_the_same_shards(owt_folder, owt_tar, prepare_data,
+                                                                        folder_bytes):
     _, a = prepare_data(owt_folder)
     _, b = prepare_data(owt_tar)
-    shards = lambda d: {k: v for k, v in folder_bytes(d.path).items() if k.endswith(".bin")}
+
+    def shards(d):
+        return {k: v for k, v in folder_bytes(d.path).items() if k.endswith(".bin")}
+
     assert shards(a) == shards(b)
 
 
@@ -219,7 +227,8 @@ def big_corpus(folder, big: str) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_documents_larger_than_every_buffer_are_encoded_exactly_as_if_whole(tmp_path, prepare_data, folder_bytes, read_documents, monkeypatch, workers):
+def test_documents_larger_than_every_buffer_are_encoded_exactly_as_if_whole(tmp_path, prepare_data, folder_bytes,
+                                                                            read_documents, monkeypatch, workers):
     from data_prep.passes import pass1_read as scan
     from data_prep.read import tar
 
@@ -239,7 +248,8 @@ def test_documents_larger_than_every_buffer_are_encoded_exactly_as_if_whole(tmp_
     assert docs.count(big) == 2 and big[::-1] in docs
 
 
-def test_a_compressed_stream_that_expands_a_thousandfold_streams_through_in_bounded_memory(tmp_path, prepare_data, monkeypatch):
+def test_a_compressed_stream_that_expands_a_thousandfold_streams_through_in_bounded_memory(tmp_path, prepare_data,
+                                                                                           monkeypatch):
     import gzip
     import tracemalloc
 
@@ -264,7 +274,8 @@ def test_a_compressed_stream_that_expands_a_thousandfold_streams_through_in_boun
     # the fixed part (character count tables over all of Unicode, buffers) is the same for
     # both; what would grow with the document must not
     small, large = peak_memory(5_000_000), peak_memory(50_000_000)
-    assert large < small + 10_000_000, f"{small / 1e6:.0f} MB held at once for a 5 MB document, {large / 1e6:.0f} MB for 50 MB"
+    assert large < small + 10_000_000, (f"{small / 1e6:.0f} MB held at once for a 5 MB document, "
+                                        f"{large / 1e6:.0f} MB for 50 MB")
 
 
 def test_ten_thousand_tiny_files_in_one_folder_are_each_a_document(tmp_path, prepare_data):
@@ -319,7 +330,8 @@ def test_a_killed_runs_unfinished_output_is_removed_at_the_next_start(tmp_path, 
     assert (tmp_path / "data" / "meta.json").is_file()
 
 
-def test_an_output_whose_name_is_near_the_length_limit_is_written_replaced_and_cleaned_after(tmp_path, prepare_data, folder_bytes):
+def test_an_output_whose_name_is_near_the_length_limit_is_written_replaced_and_cleaned_after(tmp_path, prepare_data,
+                                                                                             folder_bytes):
     # the folders beside it (.OUT.partial-PID, .OUT.old-PID) would pass the limit of 255 bytes
     (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
     out = tmp_path / ("é" * 127)  # 254 bytes

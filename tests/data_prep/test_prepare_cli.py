@@ -41,17 +41,23 @@ def test_cli_prints_skip_warnings_on_success(tmp_path, prepare_cli):
     "files, args, fragments",
     [
         pytest.param({}, ["nope.txt"], ["does not exist", "nope.txt"], id="missing input"),
-        pytest.param({"empty.txt": b""}, ["empty.txt"], ["no text found", "empty.txt is empty (0 bytes)"], id="no text"),
-        pytest.param({"blob.bin": b"\x00\x01" * 64}, ["blob.bin"], ["no text found", "binary content"], id="binary only"),
-        pytest.param({"bad.txt": GOOD.encode() + b"\xff"}, ["bad.txt", "--strict"], ["invalid UTF-8"], id="strict invalid UTF-8"),
-        pytest.param({"bad.xz": b"\xfd7zXZ\x00" + b"garbage" * 20}, ["bad.xz", "--strict"], ["bad.xz", "--strict"], id="strict corrupt xz"),
-        pytest.param({"r.jsonl": b'{"body": "x"}\n'}, ["r.jsonl"], ["no field 'text' (fields: body)", "--text-field"], id="missing text field"),
+        pytest.param({"empty.txt": b""}, ["empty.txt"], ["no text found", "empty.txt is empty (0 bytes)"],
+                     id="no text"),
+        pytest.param({"blob.bin": b"\x00\x01" * 64}, ["blob.bin"], ["no text found", "binary content"],
+                     id="binary only"),
+        pytest.param({"bad.txt": GOOD.encode() + b"\xff"}, ["bad.txt", "--strict"], ["invalid UTF-8"],
+                     id="strict invalid UTF-8"),
+        pytest.param({"bad.xz": b"\xfd7zXZ\x00" + b"garbage" * 20}, ["bad.xz", "--strict"], ["bad.xz", "--strict"],
+                     id="strict corrupt xz"),
+        pytest.param({"r.jsonl": b'{"body": "x"}\n'}, ["r.jsonl"], ["no field 'text' (fields: body)", "--text-field"],
+                     id="missing text field"),
         pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--val-fraction", "1.5"], ["--val-fraction"], id="bad option"),
-        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--val-fraction", "1"], ["more than 0 and less than 1"], id="val fraction 1"),
-        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--max-vocab", "2", "--oov", "unk"], ["--max-vocab 2", "at least 3"],
-                     id="max vocab 2 with unk"),
-        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--max-vocab", "10"], ["--max-vocab 10", "byte fallback", "256",
-                     "at least 258", "--oov unk"], id="max vocab 10"),
+        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--val-fraction", "1"], ["more than 0 and less than 1"],
+                     id="val fraction 1"),
+        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--max-vocab", "2", "--oov", "unk"],
+                     ["--max-vocab 2", "at least 3"], id="max vocab 2 with unk"),
+        pytest.param({"t.txt": GOOD.encode()}, ["t.txt", "--max-vocab", "10"],
+                     ["--max-vocab 10", "byte fallback", "256", "at least 258", "--oov unk"], id="max vocab 10"),
     ],
 )
 def test_cli_reports_an_expected_failure_in_one_line(tmp_path, prepare_cli, files, args, fragments):
@@ -82,10 +88,12 @@ def test_cli_force_replaces_a_data_folder_gpt_prepare_wrote(tmp_path, prepare_cl
 
 
 @pytest.mark.parametrize("holds", ["a trained run", "notes of the user's"])
-def test_cli_force_refuses_a_folder_gpt_prepare_did_not_write_and_changes_nothing(tmp_path, prepare_cli, folder_bytes, holds):
+def test_cli_force_refuses_a_folder_gpt_prepare_did_not_write_and_changes_nothing(tmp_path, prepare_cli, folder_bytes,
+                                                                                  holds):
     (tmp_path / "t.txt").write_text(GOOD)
     (tmp_path / "out").mkdir()
-    files = {"latest.pt": b"PK weights", "config.json": b'{"model": {}, "train": {}}'} if holds == "a trained run" else {"notes.txt": b"mine"}
+    files = ({"latest.pt": b"PK weights", "config.json": b'{"model": {}, "train": {}}'} if holds == "a trained run"
+             else {"notes.txt": b"mine"})
     for name, data in files.items():
         (tmp_path / "out" / name).write_bytes(data)
     proc = prepare_cli("t.txt", "--out", "out", "--quiet", "--force", "--workers", "1")
@@ -124,7 +132,8 @@ def test_cli_reports_a_read_only_output_location_in_one_line(tmp_path, monkeypat
     code = cli.main([str(tmp_path / "t.txt"), "--out", str(tmp_path / "ro" / "data"), "--quiet", "--workers", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
-    assert err.startswith("gpt-prepare: error: cannot write the output folder ") and "ro/data: Read-only file system" in err
+    assert (err.startswith("gpt-prepare: error: cannot write the output folder ")
+            and "ro/data: Read-only file system" in err)
 
 
 def test_cli_accepts_an_input_file_whose_name_is_not_utf8(tmp_path, prepare_cli):
@@ -144,8 +153,9 @@ def test_a_newline_in_a_file_name_keeps_each_message_on_one_line(tmp_path, prepa
     (tmp_path / "corpus" / "two\nlines.bin").write_bytes(b"\0binary\0" * 10)
     proc = prepare_cli("corpus", "--out", "data", "--quiet", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
-    assert [l for l in proc.stderr.splitlines() if "two" in l] == [
-        next(l for l in proc.stderr.splitlines() if l.startswith("gpt-prepare: warning: skipped corpus/two\\x0alines.bin"))]
+    assert [line for line in proc.stderr.splitlines() if "two" in line] == [
+        next(line for line in proc.stderr.splitlines()
+             if line.startswith("gpt-prepare: warning: skipped corpus/two\\x0alines.bin"))]
 
 
 def test_a_corrupt_parquet_file_is_one_warning_without_library_chatter(tmp_path, prepare_cli):
@@ -155,7 +165,8 @@ def test_a_corrupt_parquet_file_is_one_warning_without_library_chatter(tmp_path,
     (tmp_path / "corpus" / "bad.parquet").write_bytes(b"PAR1 not really parquet PAR1")
     proc = prepare_cli("corpus", "--out", "data", "--quiet", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines() == [l for l in proc.stderr.splitlines() if l.startswith("gpt-prepare: warning:")]
+    assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines()
+                                        if line.startswith("gpt-prepare: warning:")]
     assert "bad.parquet" in proc.stderr
 
 
@@ -245,7 +256,8 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first byte
     try:
-        proc = subprocess.run([sys.executable, "-m", "data_prep.cli", str(tmp_path / "t.txt"), "--out", str(tmp_path / "data")],
+        proc = subprocess.run([sys.executable, "-m", "data_prep.cli", str(tmp_path / "t.txt"),
+                               "--out", str(tmp_path / "data")],
                               stdout=write, stderr=write, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     finally:
         os.close(write)
@@ -298,6 +310,7 @@ def test_gpt_prepare_never_imports_torch_or_the_gpt_package(tmp_path, tokenizer)
 def test_progress_bars_stay_off_where_stderr_is_not_a_terminal(tmp_path, prepare_cli):
     (tmp_path / "t.txt").write_text(GOOD)
     for tokenizer in (["--tokenizer", "char"], ["--tokenizer", "bpe", "--vocab-size", "280"]):
-        proc = prepare_cli("t.txt", "--out", f"data-{tokenizer[1]}", "--workers", "1", *tokenizer)  # no --quiet: a log file's view
+        # no --quiet: a log file's view
+        proc = prepare_cli("t.txt", "--out", f"data-{tokenizer[1]}", "--workers", "1", *tokenizer)
         assert proc.returncode == 0, proc.stderr
         assert "\r" not in proc.stderr and "%|" not in proc.stderr, proc.stderr

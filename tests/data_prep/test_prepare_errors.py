@@ -77,7 +77,8 @@ def test_a_corpus_too_small_to_split_is_an_error(tmp_path, prepare_data):
         prepare_data(tmp_path / "tiny.txt")
 
 
-@pytest.mark.parametrize("option, value", [("val_fraction", 1.5), ("max_vocab", 1), ("min_char_count", 0), ("shard_tokens", 0), ("workers", -1)])
+@pytest.mark.parametrize("option, value", [("val_fraction", 1.5), ("max_vocab", 1), ("min_char_count", 0),
+                                           ("shard_tokens", 0), ("workers", -1)])
 def test_an_invalid_option_is_an_error_naming_it(tmp_path, prepare_data, option, value):
     (tmp_path / "t.txt").write_text(GOOD)
     with pytest.raises(DataError, match="--" + option.replace("_", "-")):
@@ -129,7 +130,8 @@ def corrupt(data: bytes) -> bytes:
     return data[:middle] + bytes(b ^ 0x55 for b in data[middle : middle + 16]) + data[middle + 16 :]
 
 
-def test_a_corrupt_xz_file_among_good_ones_is_skipped_and_counted(owt_folder, owt_archives, prepare_data, whole_documents):
+def test_a_corrupt_xz_file_among_good_ones_is_skipped_and_counted(owt_folder, owt_archives, prepare_data,
+                                                                   whole_documents):
     bad = owt_folder / "urlsf_subset00-2_data.xz"
     bad.write_bytes(corrupt(bad.read_bytes()))
     summary, data = prepare_data(owt_folder)
@@ -147,7 +149,8 @@ def test_a_corrupt_xz_file_fails_under_strict(owt_folder, prepare_data):
 
 
 @pytest.mark.parametrize("tar_format", ["gnu", "pax with long names"])
-def test_a_corrupt_archive_inside_an_outer_tar_is_skipped_alone(tmp_path, owt_archives, prepare_data, whole_documents, tar_format):
+def test_a_corrupt_archive_inside_an_outer_tar_is_skipped_alone(tmp_path, owt_archives, prepare_data, whole_documents,
+                                                                tar_format):
     folder = "openwebtext" if tar_format == "gnu" else "openwebtext/" + "ünïcode-folder-name-" * 8
     members = [(f"{folder}/{name}", owt_archive_bytes(docs)) for name, docs in sorted(owt_archives.items())]
     members[1] = (members[1][0], corrupt(members[1][1]))
@@ -205,10 +208,12 @@ def test_a_file_that_cannot_be_opened_is_skipped_and_counted(good_folder, prepar
     (good_folder / "gone.txt").symlink_to(good_folder / "deleted-meanwhile.txt")
     summary, data = prepare_data(good_folder)
     assert data.meta["skipped"]["files"] == 1
-    assert [w for w in summary.warnings if "gone.txt" in w] == [f"skipped {good_folder / 'gone.txt'}: unreadable (No such file or directory)"]
+    assert [w for w in summary.warnings if "gone.txt" in w] == [
+        f"skipped {good_folder / 'gone.txt'}: unreadable (No such file or directory)"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions; covered by the dangling-link test")
+@pytest.mark.skipif(os.geteuid() == 0,
+                    reason="root reads files whatever their permissions; covered by the dangling-link test")
 def test_a_file_without_read_permission_is_skipped_and_counted(good_folder, prepare_data):
     locked = good_folder / "locked.txt"
     locked.write_text(GOOD)
@@ -219,7 +224,8 @@ def test_a_file_without_read_permission_is_skipped_and_counted(good_folder, prep
 
 
 def test_a_binary_member_inside_an_archive_is_skipped_and_counted_as_a_member(tmp_path, prepare_data, read_documents):
-    (tmp_path / "docs.tar").write_bytes(tar_bytes([("a.txt", GOOD.encode()), ("b.bin", b"\x00\x01" * 100), ("c.txt", GOOD.encode())]))
+    (tmp_path / "docs.tar").write_bytes(tar_bytes([("a.txt", GOOD.encode()), ("b.bin", b"\x00\x01" * 100),
+                                                   ("c.txt", GOOD.encode())]))
     summary, data = prepare_data(tmp_path / "docs.tar")
     assert data.meta["skipped"] == {"files": 0, "members": 1, "invalid_utf8_replaced": 0}
     assert any("docs.tar::b.bin" in w for w in summary.warnings)
@@ -297,7 +303,8 @@ def test_a_failure_midway_removes_the_folders_it_made_above_the_output(good_fold
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["mine.txt"]  # b and c are gone, a was there before
 
 
-def test_a_failure_midway_leaves_a_previous_output_intact(good_folder, tmp_path, monkeypatch, prepare_data, folder_bytes):
+def test_a_failure_midway_leaves_a_previous_output_intact(good_folder, tmp_path, monkeypatch, prepare_data,
+                                                          folder_bytes):
     out = tmp_path / "out"
     prepare_data(good_folder, out=out)
     before = folder_bytes(out)

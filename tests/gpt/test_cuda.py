@@ -26,7 +26,8 @@ def opts(data, out, **kw):
 def test_bf16_training_learns_and_resumes(data, tmp_path):
     first = train(overrides=opts(data, tmp_path / "run", max_iters=20, dtype="bf16"), log=lambda s: None)
     assert first.val_loss < untrained_loss(data) - 0.4
-    rest = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True, log=lambda s: None)
+    rest = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True,
+                 log=lambda s: None)
     assert rest.step == 30 and ck.load_checkpoint(tmp_path / "run" / "latest.pt")["train_config"]["dtype"] == "bf16"
 
 
@@ -78,7 +79,8 @@ def test_non_finite_scores_on_the_gpu_are_a_clear_error_not_a_device_assert():
         model.ln_f.weight[0] = float("nan")
     gen = Generator(model.to("cuda"), tok, torch.device("cuda"), torch.float32)
     with pytest.raises(GenerationError, match="not finite"):
-        list(gen.token_steps(gen.encode_prompt("the"), SamplingOptions(max_new_tokens=40, temperature=1.0, seed=0), 1, 8))
+        list(gen.token_steps(gen.encode_prompt("the"), SamplingOptions(max_new_tokens=40, temperature=1.0, seed=0),
+                             1, 8))
 
 
 def test_graph_decoding_in_bf16_stays_close_to_fp32(exact_fp32):
@@ -107,16 +109,20 @@ def test_every_lever_and_muon_train_and_resume_in_mixed_precision(data, tmp_path
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = train(overrides=opts(data, tmp_path / "run", max_iters=20, dtype=dtype, optimizer="muon", **LEVERS), log=lambda s: None)
+        first = train(overrides=opts(data, tmp_path / "run", max_iters=20, dtype=dtype, optimizer="muon", **LEVERS),
+                      log=lambda s: None)
     assert first.val_loss < untrained_loss(data) - 0.4
-    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]  # the qk-norm gain follows the activations' dtype
-    rest = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True, log=lambda s: None)
+    # the qk-norm gain follows the activations' dtype
+    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]
+    rest = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True,
+                 log=lambda s: None)
     assert rest.step == 30 and ck.load_checkpoint(tmp_path / "run" / "latest.pt")["muon_optimizer"]["state"]
 
 
 def test_graph_decoding_with_every_lever_gives_the_uncached_tokens_in_fp32(exact_fp32):
     model, tok, _ = train_tiny_model(**LEVERS)
-    gens = [Generator(model.to("cuda"), tok, torch.device("cuda"), torch.float32, static_decode=s) for s in (True, False)]
+    gens = [Generator(model.to("cuda"), tok, torch.device("cuda"), torch.float32, static_decode=s)
+            for s in (True, False)]
     options = dict(max_new_tokens=60, temperature=1.0, seed=2, slide=4)
     ids = gens[0].encode_prompt("the cat")
     a = list(gens[0].token_steps(ids, SamplingOptions(**options), 3, sync_every=8))
@@ -133,15 +139,19 @@ def test_a_damaged_checkpoint_is_refused_before_sampling_on_the_gpu(tmp_path):
     mid = len(good) // 3
     damaged[mid : mid + 2000] = bytes(b ^ 0x5A for b in damaged[mid : mid + 2000])
     (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
-    proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "damaged.pt", "--device", "cuda"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "damaged.pt", "--device", "cuda"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1 and "is damaged" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_torchrun_with_nccl_at_world_size_one(data, tmp_path):
     args = ["--data", str(data), "--out", str(tmp_path / "run"), "--device", "cuda", "--max-iters", "10", "--quiet",
-            "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8", "--eval-interval", "5"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "gpt.train", *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
+            "--eval-interval", "5"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
+                           "gpt.train", *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 10

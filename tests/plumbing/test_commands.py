@@ -25,7 +25,8 @@ TINY_ARGS = ["--device", "cpu", "--n-layer", "1", "--n-head", "2", "--n-embd", "
 def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path):
     held = RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False)  # as a running gpt-train holds it
     try:
-        proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+        proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet",
+                       *TINY_ARGS)
         assert_one_line_error(proc, "gpt-train", "is in use by another gpt-train run", f"process {os.getpid()}")
     finally:
         held.release()
@@ -34,8 +35,10 @@ def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path):
 
 
 def test_two_runs_started_at_once_on_one_folder_leave_one_run(data, tmp_path):
-    args = [sys.executable, "-m", "gpt.train", "--data", str(data), "--out", str(tmp_path / "run"), "--max-iters", "10", "--quiet", *TINY_ARGS]
-    procs = [subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [sys.executable, "-m", "gpt.train", "--data", str(data), "--out", str(tmp_path / "run"), "--max-iters", "10",
+            "--quiet", *TINY_ARGS]
+    procs = [subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     ends = sorted((p.wait(timeout=180), p.communicate()[1]) for p in procs)
     (won, _), (lost, refusal) = ends
@@ -48,7 +51,8 @@ def test_two_runs_started_at_once_on_one_folder_leave_one_run(data, tmp_path):
 
 def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
     holder = ("import sys, time; from pathlib import Path; from gpt.store.run_folder import RunFolder\n"
-              "RunFolder.claim(Path(sys.argv[1]), new_run=True, overwrite=False); print('held', flush=True); time.sleep(600)\n")
+              "RunFolder.claim(Path(sys.argv[1]), new_run=True, overwrite=False); "
+              "print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "run")], stdout=subprocess.PIPE, cwd=ROOT)
     assert proc.stdout.readline() == b"held\n"
     with pytest.raises(RunFolderError, match="in use"):
@@ -58,8 +62,10 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
     RunFolder.claim(tmp_path / "run", new_run=True, overwrite=False).release()  # the kernel let go of the lock
 
 def test_default_run_folders_of_runs_started_together_differ(data, tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--max-iters", "2", "--quiet", *TINY_ARGS],
-                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs = [subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--max-iters", "2", "--quiet",
+                               *TINY_ARGS],
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
              for _ in range(2)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
@@ -109,8 +115,10 @@ def test_every_command_survives_its_output_being_cut_short(data, tmp_path, comma
 def test_sampling_into_a_full_disk_is_one_line(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "run", "--max-new-tokens", "50", "--device", "cpu"],
-                              cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "run", "--max-new-tokens", "50",
+                               "--device", "cpu"],
+                              cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert_one_line_error(proc, "gpt-sample", "No space left on device")
 
 
@@ -122,8 +130,10 @@ def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_che
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ck.torch, "save", disk_full)
-    with pytest.raises(TrainError, match="cannot write a checkpoint .*No space left on device.*previous checkpoint is kept"):
-        train(overrides={"out": str(tmp_path / "run"), "max_iters": 10, "progress": False}, resume=True, log=lambda s: None)
+    with pytest.raises(TrainError,
+                       match="cannot write a checkpoint .*No space left on device.*previous checkpoint is kept"):
+        train(overrides={"out": str(tmp_path / "run"), "max_iters": 10, "progress": False}, resume=True,
+              log=lambda s: None)
     monkeypatch.undo()
     assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 5
 
@@ -136,7 +146,8 @@ def test_out_naming_a_file_is_one_line(data, tmp_path):
 
 
 def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
-    proc = run_cli("gpt.train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    proc = run_cli("gpt.train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--max-iters", "2",
+                   "--quiet", *TINY_ARGS)
     assert_one_line_error(proc, "gpt-train", "does not exist")
     assert not (tmp_path / "run").exists()
 
@@ -216,7 +227,8 @@ def test_an_overwrite_frees_the_old_run_at_its_first_checkpoint_not_at_its_end(d
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
     seen = []
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=6, eval_interval=2), overwrite=True,
-          should_stop=lambda step: seen.append((step, (tmp_path / "run" / ".previous-run").exists())), log=lambda s: None)
+          should_stop=lambda step: seen.append((step, (tmp_path / "run" / ".previous-run").exists())),
+          log=lambda s: None)
     assert seen[:3] == [(0, True), (1, True), (2, False)]  # step 2's evaluation saved the first checkpoint
 
 
@@ -229,7 +241,8 @@ def test_resume_after_an_overwrite_killed_before_its_first_checkpoint_continues_
     (aside / ".complete").touch()
     with pytest.raises(ck.CheckpointError, match="waits in .*previous-run"):  # a reader says where it is
         resolve_checkpoint(tmp_path / "run")
-    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 14, "progress": False}, resume=True, log=lambda s: None)
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 14, "progress": False}, resume=True,
+                   log=lambda s: None)
     assert result.step == 14 and not aside.exists()
 
 
@@ -238,14 +251,15 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(data, t
     if existed:
         (tmp_path / "run").mkdir()
     with pytest.raises(TrainError, match="stand-in"):
-        train(overrides=tiny_run(data, tmp_path / "run", max_iters=50, eval_interval=40), should_stop=fail_at_step(3), log=lambda s: None)
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=50, eval_interval=40), should_stop=fail_at_step(3),
+              log=lambda s: None)
     assert not (tmp_path / "run").exists() if not existed else run_files(tmp_path / "run") == {}
 
 
 def test_a_new_run_that_fails_before_its_first_checkpoint_removes_the_folders_it_made_above_it(data, tmp_path):
     with pytest.raises(TrainError, match="stand-in"):
-        train(overrides=tiny_run(data, tmp_path / "a" / "b" / "run", max_iters=50, eval_interval=40), should_stop=fail_at_step(3),
-              log=lambda s: None)
+        train(overrides=tiny_run(data, tmp_path / "a" / "b" / "run", max_iters=50, eval_interval=40),
+              should_stop=fail_at_step(3), log=lambda s: None)
     assert not (tmp_path / "a").exists()
 
 
@@ -255,14 +269,16 @@ def test_a_folder_of_other_files_is_refused_as_a_run_folder(data, tmp_path):
     (tmp_path / "proj" / "metrics.jsonl").write_text("notes\n")
     before = run_files(tmp_path / "proj")
     for extra in ([], ["--overwrite"]):
-        proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "proj", "--max-iters", "2", "--quiet", *TINY_ARGS, *extra)
+        proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "proj", "--max-iters", "2", "--quiet",
+                       *TINY_ARGS, *extra)
         assert_one_line_error(proc, "gpt-train", "holds other files and no run")
     assert run_files(tmp_path / "proj") == before and not (tmp_path / "proj" / ".lock").exists()
 
 
 def test_a_full_disk_at_the_first_save_is_one_line_and_leaves_no_folder(data, tmp_path):
-    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "4", "--eval-interval", "2", "--quiet",
-                   *TINY_ARGS, file_size_limit=40_000)  # torch's zip writer turns the failed write into a RuntimeError
+    # torch's zip writer turns the failed write into a RuntimeError
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "4", "--eval-interval", "2",
+                   "--quiet", *TINY_ARGS, file_size_limit=40_000)
     assert_one_line_error(proc, "gpt-train", "cannot write a checkpoint", "File too large", "no checkpoint was saved")
     assert "best so far" not in proc.stdout  # nothing was saved, as best.pt or otherwise
     assert not (tmp_path / "run").exists()
@@ -291,7 +307,8 @@ def test_resuming_a_spent_budget_says_so_and_a_new_budget_continues(data, tmp_pa
     proc = run_cli("gpt.train", "--resume", "--out", tmp_path / "run", "--quiet")
     assert_one_line_error(proc, "gpt-train", "budget", "is used up", f"{tmp_path / 'run'} is at step", "--max-iters")
     step = ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"]
-    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": step + 3, "progress": False}, resume=True, log=lambda s: None)
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": step + 3, "progress": False}, resume=True,
+                   log=lambda s: None)
     assert result.step == step + 3 and result.stopped_by == "max_iters"
 
 
@@ -344,7 +361,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
 def test_ctrl_c_while_a_command_is_still_importing_is_one_line_and_exit_130(tmp_path):
     """A command's first seconds are its imports (torch, numpy), before its main can catch
     Ctrl-C: a command module that is interrupted as it loads stands in for them."""
-    (tmp_path / "slow_start.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(60)\n")
+    (tmp_path / "slow_start.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                            "time.sleep(60)\n")
     script = "import sys; from gpt.entry_points import entry_point; sys.exit(entry_point('gpt-train', 'slow_start')())"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
@@ -358,12 +376,14 @@ def test_every_installed_command_starts_through_an_entry_point_that_loads_no_tor
 
     from gpt import entry_points
 
-    scripts = dict(re.findall(r'^(gpt-[a-z]+) = "gpt\.entry_points:(\w+)"$', (ROOT / "pyproject.toml").read_text(), re.M))
+    scripts = dict(re.findall(r'^(gpt-[a-z]+) = "gpt\.entry_points:(\w+)"$', (ROOT / "pyproject.toml").read_text(),
+                              re.M))
     assert set(scripts) == {"gpt-prepare", "gpt-train", "gpt-sample", "gpt-eval", "gpt-plot", "gpt-export"}
     for prog, name in scripts.items():
         launcher = getattr(entry_points, name)
         assert launcher.prog == prog and callable(importlib.import_module(launcher.module).main)
-    loaded = subprocess.run([sys.executable, "-c", "import sys, gpt.entry_points; print(sorted({'torch', 'numpy'} & set(sys.modules)))"],
+    loaded = subprocess.run([sys.executable, "-c",
+                             "import sys, gpt.entry_points; print(sorted({'torch', 'numpy'} & set(sys.modules)))"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert loaded.stdout.strip() == "[]", loaded.stderr
 
@@ -403,7 +423,8 @@ class Terminal(io.StringIO):
 
 
 @pytest.mark.parametrize("max_time,total", [(None, 2000), (8.0, None)])
-def test_the_bar_counts_towards_the_step_budget_only_when_no_time_budget_may_end_the_run_first(monkeypatch, max_time, total):
+def test_the_bar_counts_towards_the_step_budget_only_when_no_time_budget_may_end_the_run_first(monkeypatch, max_time,
+                                                                                              total):
     monkeypatch.setattr(sys, "stderr", Terminal())
     progress = Progress(True, 0, max_iters=2000, max_time=max_time, log=lambda line: None)
     assert progress.bar.total == total  # 2,000 steps would not be reached in 8 s: no time left counted from them

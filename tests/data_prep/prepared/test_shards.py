@@ -93,7 +93,8 @@ def test_a_newer_data_format_version_in_meta_is_refused_on_load(prepared):
     meta = json.loads((prepared / "meta.json").read_text())
     meta["version"] = 99
     (prepared / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="data folder .* has format version 99, newer than this toolkit reads .*upgrade"):
+    with pytest.raises(DataError,
+                       match="data folder .* has format version 99, newer than this toolkit reads .*upgrade"):
         data_prep.load(prepared)
 
 

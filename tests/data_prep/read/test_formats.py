@@ -11,7 +11,8 @@ import pytest
 from data_prep import DataError
 from tests.helpers import tar_bytes
 
-RECORDS = [{"id": i, "text": f"record {i}: some text with ünïcödé 🙂\n" * (1 + i % 3), "title": f"title {i}"} for i in range(120)]
+RECORDS = [{"id": i, "text": f"record {i}: some text with ünïcödé 🙂\n" * (1 + i % 3), "title": f"title {i}"}
+           for i in range(120)]
 TEXTS = sorted(r["text"] for r in RECORDS)  # enough records to split by document
 
 
@@ -142,9 +143,11 @@ def test_a_compressed_outer_tar_of_archives_is_read(tmp_path, owt_tar, owt_texts
     assert whole_documents(data) == sorted(owt_texts)
 
 
-def test_pax_archives_with_long_unicode_names_and_folder_entries_yield_their_files(tmp_path, prepare_data, whole_documents):
+def test_pax_archives_with_long_unicode_names_and_folder_entries_yield_their_files(tmp_path, prepare_data,
+                                                                                    whole_documents):
     texts = [f"pax member {i} ünïcode text\n" * 10 for i in range(3)]
-    raw = tar_bytes([(f"dïr/名前-{i}-" + "x" * 120 + ".txt", t.encode()) for i, t in enumerate(texts)], format=tarfile.PAX_FORMAT, folders=("dïr",))
+    raw = tar_bytes([(f"dïr/名前-{i}-" + "x" * 120 + ".txt", t.encode()) for i, t in enumerate(texts)],
+                    format=tarfile.PAX_FORMAT, folders=("dïr",))
     (tmp_path / "pax.tar").write_bytes(raw)
     _, data = prepare_data(tmp_path / "pax.tar")
     assert whole_documents(data) == sorted(texts)
@@ -156,7 +159,8 @@ def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive(
     from data_prep.read.tar import iter_tar
 
     raw = tar_bytes([("a.bin", b"A" * 3000), ("b.txt", b"short"), ("c.bin", b"C" * 70000)], folders=("d",))
-    assert list(iter_tar(io.BytesIO(raw), head=512)) == [("a.bin", b"A" * 512), ("b.txt", b"short"), ("c.bin", b"C" * 512)]
+    assert list(iter_tar(io.BytesIO(raw), head=512)) == [("a.bin", b"A" * 512), ("b.txt", b"short"),
+                                                         ("c.bin", b"C" * 512)]
     assert list(iter_tar(io.BytesIO(raw))) == [("a.bin", b"A" * 3000), ("b.txt", b"short"), ("c.bin", b"C" * 70000)]
 
 
@@ -180,7 +184,8 @@ def test_utf8_in_pieces_is_replaced_and_counted_exactly_as_pythons_replace_handl
     raw = "ok é 東京 🙂 ".encode() + b"caf\xe9 \xff\xfe \xf0\x9f\x99 \xed\xa0\x80 end \xe6\x9d"
     stats = DecodeStats()
     decoder = Utf8Decoder("x", stats, strict=False)
-    text = "".join(decoder.decode(raw[i : i + piece]) for i in range(0, len(raw), piece)) + decoder.decode(b"", final=True)
+    text = ("".join(decoder.decode(raw[i : i + piece]) for i in range(0, len(raw), piece))
+            + decoder.decode(b"", final=True))
     assert text == raw.decode("utf-8", "replace")
     assert stats.invalid_utf8 == text.count("\ufffd")
 

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-tokenizers = pytest.importorskip("tokenizers")
-
 import data_prep
 from data_prep import BpeTokenizer, CharTokenizer, DataError, tokenizer_from_json
 from data_prep.tokenize.safe_cuts import safe_pieces
 from data_prep.tokenize.tokenizer_file import byte_level_alphabet
 from tests.helpers import varied_text
+
+tokenizers = pytest.importorskip("tokenizers")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,8 @@ def _is_utf8(b: bytes) -> bool:
 def test_the_file_round_trips_and_keeps_its_fingerprint(bpe):
     tok = bpe.tokenizer
     again = tokenizer_from_json(tok.to_json())
-    assert isinstance(again, BpeTokenizer) and again.fingerprint() == tok.fingerprint() and again.to_json() == tok.to_json()
+    assert (isinstance(again, BpeTokenizer) and again.fingerprint() == tok.fingerprint()
+            and again.to_json() == tok.to_json())
     assert (bpe.path / "tokenizer.json").read_text(encoding="utf-8") == tok.to_json()
 
 
@@ -99,7 +100,9 @@ def test_files_are_read_by_their_kind(bpe):
 @pytest.mark.parametrize("edit, fragment", [
     (lambda d: d["model"]["vocab"].update({"ka": 5}), "ids are not 0..N-1"),
     (lambda d: d["model"]["merges"].append("zz qq"), "not in its vocabulary"),
-    (lambda d: d["model"]["vocab"].pop(next(t for t, i in d["model"]["vocab"].items() if i == len(d["model"]["vocab"]) - 1)), "not in its vocabulary"),
+    (lambda d: d["model"]["vocab"].pop(next(t for t, i in d["model"]["vocab"].items()
+                                            if i == len(d["model"]["vocab"]) - 1)),
+     "not in its vocabulary"),
     (lambda d: d["model"].update(byte_fallback=True), "byte fallback"),
     (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "other settings"),
     (lambda d: d["model"]["vocab"].update({"a b": len(d["model"]["vocab"])}), "byte-level characters"),

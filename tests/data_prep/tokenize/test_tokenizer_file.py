@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-tokenizers = pytest.importorskip("tokenizers")
-
 import data_prep
 from data_prep import CharTokenizer, DataError
 from data_prep.tokenize.char import EOT
 from tests.helpers import VOCAB_TEXT, varied_text
+
+tokenizers = pytest.importorskip("tokenizers")
 
 
 def library(tok: CharTokenizer, tmp_path) -> "tokenizers.Tokenizer":
@@ -62,7 +62,8 @@ def test_in_unk_mode_the_unknown_token_is_special_and_ours(tmp_path):
     tok = CharTokenizer(chars=list("ab"), oov="unk")
     lib = library(tok, tmp_path)
     assert lib.token_to_id("<|unk|>") == tok.unk_id
-    assert lib.encode("a東🙂b").ids == tok.encode("a東🙂b") == [tok.encode("a")[0], tok.unk_id, tok.unk_id, tok.encode("b")[0]]
+    assert lib.encode("a東🙂b").ids == tok.encode("a東🙂b") == [tok.encode("a")[0], tok.unk_id, tok.unk_id,
+                                                              tok.encode("b")[0]]
 
 
 def test_a_prepared_folder_holds_a_library_file_that_gives_the_shards_ids(prepare_data, owt_folder, owt_texts):
@@ -78,7 +79,8 @@ def test_a_prepared_folder_holds_a_library_file_that_gives_the_shards_ids(prepar
 
 def test_files_in_the_first_format_still_load_with_the_same_fingerprint(tmp_path):
     tok = CharTokenizer(chars=list("zyx東"), oov="byte")
-    first = json.dumps({"kind": "char", "version": 1, "oov": "byte", "special_tokens": [EOT], "chars": "zyx東", "byte_fallback": True, "vocab_size": 1 + 4 + 256})
+    first = json.dumps({"kind": "char", "version": 1, "oov": "byte", "special_tokens": [EOT], "chars": "zyx東",
+                        "byte_fallback": True, "vocab_size": 1 + 4 + 256})
     old = CharTokenizer.from_json(first)
     assert old.encode("x東🙂") == tok.encode("x東🙂") and old.fingerprint() == tok.fingerprint()
     assert CharTokenizer.from_json(old.to_json()).fingerprint() == tok.fingerprint()
@@ -118,7 +120,8 @@ def test_transformers_loads_the_file_when_it_is_installed(tmp_path):
 
 def test_lone_surrogates_in_json_records_become_replacement_characters_and_are_counted(prepare_data, tmp_path):
     corpus = tmp_path / "records.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"record {i} " + ("a\ud800b" if i == 3 else "ok")}) for i in range(10)) + "\n")
+    corpus.write_text("\n".join(json.dumps({"text": f"record {i} " + ("a\ud800b" if i == 3 else "ok")})
+                                for i in range(10)) + "\n")
     summary, data = prepare_data(corpus)
     assert summary.meta["skipped"]["invalid_utf8_replaced"] == 1
     assert "\ufffd" in data.tokenizer.chars and not any(0xD800 <= ord(c) <= 0xDFFF for c in data.tokenizer.chars)
@@ -130,6 +133,7 @@ def test_a_checkpoint_that_stored_the_first_format_still_loads(tmp_path):
     from tests.helpers import train_tiny_model
 
     model, tok, cfg = train_tiny_model(steps=1)
-    ck.save_checkpoint(tmp_path / "best.pt", {"model_config": cfg.to_dict(), "model": ck.plain_state_dict(model), "tokenizer": json.dumps(tok.identity())})
+    ck.save_checkpoint(tmp_path / "best.pt", {"model_config": cfg.to_dict(), "model": ck.plain_state_dict(model),
+                                              "tokenizer": json.dumps(tok.identity())})
     _model, again = model_from_checkpoint(ck.load_checkpoint(tmp_path / "best.pt"))
     assert again.fingerprint() == tok.fingerprint() and again.encode("the cat") == tok.encode("the cat")

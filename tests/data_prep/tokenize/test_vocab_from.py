@@ -43,7 +43,8 @@ def test_new_text_gets_the_base_vocabulary_and_fine_tuning_accepts_it(base, tmp_
     prepare([new_corpus(tmp_path / "corpus")], new, PrepareOptions(workers=1, progress=False, vocab_from=str(base)))
     data = data_prep.load(new)
     assert data.tokenizer.fingerprint() == base_fingerprint(base)
-    result = train(overrides=tiny_run(new, tmp_path / "ft", init_from=str(base), max_iters=2, eval_interval=1), log=lambda s: None)
+    result = train(overrides=tiny_run(new, tmp_path / "ft", init_from=str(base), max_iters=2, eval_interval=1),
+                   log=lambda s: None)
     assert result.step == 2
 
 
@@ -53,10 +54,13 @@ def test_characters_outside_the_base_vocabulary_are_counted_in_meta_and_the_summ
     assert proc.returncode == 0, proc.stderr
     outside = json.loads((tmp_path / "new" / "meta.json").read_text())["coverage"]["outside_characters"]
     distinct = {c for c in NEW_TEXT if c not in data_prep.load(tmp_path / "new").tokenizer.chars}
-    assert outside["distinct"] == len(distinct) and outside["train"] + outside["val"] == 40 * sum(c in distinct for c in NEW_TEXT)
+    assert (outside["distinct"] == len(distinct)
+            and outside["train"] + outside["val"] == 40 * sum(c in distinct for c in NEW_TEXT))
     assert f"({len(distinct)} distinct), encoded as byte fallback" in proc.stdout
-    held = len(set(NEW_TEXT)) - len(distinct)  # of the new text's characters, those the base holds: not the base's own count
-    assert f"vocabulary: the base's (--vocab-from), {len(data_prep.load(tmp_path / 'new').tokenizer)} tokens ({held} of the corpus's {len(set(NEW_TEXT))} distinct" in proc.stdout
+    # of the new text's characters, those the base holds: not the base's own count
+    held = len(set(NEW_TEXT)) - len(distinct)
+    assert (f"vocabulary: the base's (--vocab-from), {len(data_prep.load(tmp_path / 'new').tokenizer)} tokens "
+            f"({held} of the corpus's {len(set(NEW_TEXT))} distinct" in proc.stdout)
 
 
 @pytest.mark.parametrize("oov", ["byte", "unk"])
@@ -67,7 +71,8 @@ def test_a_fallback_asked_for_is_kept_where_the_corpus_needs_none_so_new_text_ca
     prepare([clean], tmp_path / "base", PrepareOptions(workers=1, progress=False, oov=oov))
     tokenizer = data_prep.load(tmp_path / "base").tokenizer
     assert tokenizer.oov == oov
-    prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
+    prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new",
+            PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
     assert data_prep.load(tmp_path / "new").meta["coverage"]["outside_characters"]["distinct"] > 0
 
 
@@ -78,7 +83,8 @@ def test_by_default_a_clean_corpus_keeps_no_fallback_and_a_base_without_one_says
     prepare([clean], tmp_path / "base", PrepareOptions(workers=1, progress=False))
     assert len(data_prep.load(tmp_path / "base").tokenizer) == len(set("the cat sat on the mat\n")) + 1
     with pytest.raises(DataError, match="prepared with --oov byte"):
-        prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
+        prepare([new_corpus(tmp_path / "corpus")], tmp_path / "new",
+                PrepareOptions(workers=1, progress=False, vocab_from=str(tmp_path / "base")))
 
 
 @pytest.mark.parametrize("name", ["best.pt", "tokenizer.json"])
@@ -102,10 +108,12 @@ def test_a_checkpoint_without_its_run_folders_tokenizer_file_is_refused_saying_w
 
 def test_a_base_with_an_unknown_token_encodes_new_characters_as_it_and_counts_them(tmp_path):
     base_data = tmp_path / "base"
-    prepare([write_corpus(tmp_path / "corpus")], base_data, PrepareOptions(workers=1, progress=False, oov="unk", max_vocab=12))
+    prepare([write_corpus(tmp_path / "corpus")], base_data,
+            PrepareOptions(workers=1, progress=False, oov="unk", max_vocab=12))
     tok = data_prep.load(base_data).tokenizer
     assert tok.unk_id is not None
-    prepare([new_corpus(tmp_path / "new_corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(base_data)))
+    prepare([new_corpus(tmp_path / "new_corpus")], tmp_path / "new",
+            PrepareOptions(workers=1, progress=False, vocab_from=str(base_data)))
     new = data_prep.load(tmp_path / "new")
     assert new.tokenizer.fingerprint() == tok.fingerprint()
     outside = [c for c in NEW_TEXT if c not in tok.chars]
@@ -121,19 +129,23 @@ def test_a_base_without_fallback_refuses_new_characters_naming_them(tmp_path):
     prepare([write_corpus(tmp_path / "corpus")], base_data, PrepareOptions(workers=1, progress=False))
     assert data_prep.load(base_data).tokenizer.oov == "error"  # a clean corpus needs no fallback
     with pytest.raises(DataError, match=r"no byte fallback or unknown token.*'Q' \(U\+0051\)"):
-        prepare([new_corpus(tmp_path / "new_corpus")], tmp_path / "new", PrepareOptions(workers=1, progress=False, vocab_from=str(base_data)))
+        prepare([new_corpus(tmp_path / "new_corpus")], tmp_path / "new",
+                PrepareOptions(workers=1, progress=False, vocab_from=str(base_data)))
     # text inside its vocabulary is fine
-    prepare([new_corpus(tmp_path / "same", "the cat sees the moon.\n")], tmp_path / "same_data", PrepareOptions(workers=1, progress=False, vocab_from=str(base_data)))
+    prepare([new_corpus(tmp_path / "same", "the cat sees the moon.\n")], tmp_path / "same_data",
+            PrepareOptions(workers=1, progress=False, vocab_from=str(base_data)))
 
 
 @pytest.mark.parametrize("setup, args, fragment", [
     (lambda t: None, ["--vocab-from", "missing_run"], "--vocab-from missing_run: no such file or folder"),
-    (lambda t: (t / "tok.json").write_text('{"model": {"type": "BPE"'), ["--vocab-from", "tok.json"], "tokenizer JSON is malformed"),
+    (lambda t: (t / "tok.json").write_text('{"model": {"type": "BPE"'), ["--vocab-from", "tok.json"],
+     "tokenizer JSON is malformed"),
     (lambda t: (t / "ck.pt").write_bytes(b"PK\x03\x04 truncated"), ["--vocab-from", "ck.pt"], "corrupt or truncated"),
     (lambda t: zipfile.ZipFile(t / "ck.pt", "w").close(), ["--vocab-from", "ck.pt"],
      "no tokenizer.json beside the checkpoint"),
     (lambda t: (t / "empty").mkdir(), ["--vocab-from", "empty"], "no tokenizer.json and no checkpoint"),
-    (lambda t: (t / "tok.json").write_text("{}"), ["--vocab-from", "tok.json", "--oov", "unk"], "--oov cannot change it"),
+    (lambda t: (t / "tok.json").write_text("{}"), ["--vocab-from", "tok.json", "--oov", "unk"],
+     "--oov cannot change it"),
 ])
 def test_a_bad_vocab_from_is_one_clear_line(tmp_path, prepare_cli, setup, args, fragment):
     new_corpus(tmp_path / "corpus")

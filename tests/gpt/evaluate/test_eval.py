@@ -146,14 +146,16 @@ def test_stride_equal_to_the_context_scores_non_overlapping_windows(tiny):
     assert last % BLOCK, "the stream should end in a part window"
     # each window from its start; the part left at the end is scored by one last window that
     # ends at the stream's end, so its tokens still get a whole context's worth before them
-    want = reference_losses(model, stream, lambda p: (p - 1) // BLOCK * BLOCK if p <= last // BLOCK * BLOCK else last - BLOCK)
+    want = reference_losses(model, stream,
+                            lambda p: (p - 1) // BLOCK * BLOCK if p <= last // BLOCK * BLOCK else last - BLOCK)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_a_stream_shorter_than_the_context_is_scored_whole(tiny):
     model, tok, _ = tiny
     stream = token_stream(tok)[:7]
-    torch.testing.assert_close(windowed_losses(model, stream, stride=4), reference_losses(model, stream, lambda p: 0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(windowed_losses(model, stream, stride=4), reference_losses(model, stream, lambda p: 0),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_batch_size_and_pieces_do_not_change_the_score(tiny):
@@ -210,8 +212,8 @@ def test_val_split_score_agrees_with_the_val_loss_gpt_train_logged(tmp_path, cap
     data = prepared(tmp_path)
     result = train(overrides={**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu",
                               "max_iters": 40, "eval_windows": 100_000}, log=lambda s: None)
-    assert main(["--ckpt", str(tmp_path / "run" / "latest.pt"), "--split", "val", "--stride", str(TINY_MODEL["block_size"]),
-                 "--json", "--quiet", "--device", "cpu"]) == 0
+    assert main(["--ckpt", str(tmp_path / "run" / "latest.pt"), "--split", "val",
+                 "--stride", str(TINY_MODEL["block_size"]), "--json", "--quiet", "--device", "cpu"]) == 0
     got = json.loads(capsys.readouterr().out)["runs"][0]
     assert got["nats_per_token"] == pytest.approx(result.val_loss, rel=0.01)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -227,7 +229,8 @@ def test_several_runs_share_one_table(tiny, tmp_path, capsys):
     write_checkpoint(tmp_path / "trained", model, tok, cfg)
     write_checkpoint(tmp_path / "untrained", untrained, tok, cfg)
     (tmp_path / "t.txt").write_text("".join(DOCUMENTS), encoding="utf-8")
-    assert main(["--ckpt", str(tmp_path / "trained"), "--ckpt", str(tmp_path / "untrained"), str(tmp_path / "t.txt"), "--quiet", "--device", "cpu"]) == 0
+    assert main(["--ckpt", str(tmp_path / "trained"), "--ckpt", str(tmp_path / "untrained"), str(tmp_path / "t.txt"),
+                 "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in out if line.startswith(("trained", "untrained"))}
     assert "*" in rows["trained"] and "*" not in rows["untrained"]  # the trained model predicts its own text better
@@ -276,7 +279,8 @@ def test_quantize_int8_costs_under_1pct_in_bits_per_character(ckpt, tmp_path, ca
     (tmp_path / "t.txt").write_text("".join(DOCUMENTS), encoding="utf-8")
     runs = []
     for quantize in ([], ["--quantize", "int8"]):
-        assert main(["--ckpt", str(ckpt), str(tmp_path / "t.txt"), "--json", "--quiet", "--device", "cpu", *quantize]) == 0
+        assert main(["--ckpt", str(ckpt), str(tmp_path / "t.txt"), "--json", "--quiet", "--device", "cpu",
+                     *quantize]) == 0
         runs.append(json.loads(capsys.readouterr().out)["runs"][0])
     fp32, int8 = runs
     assert (fp32["quantize"], int8["quantize"]) == (None, "int8") and int8["run"] == f"{fp32['run']} (int8)"
@@ -308,12 +312,14 @@ def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
     ("missing file", ("{ckpt}", "{bad}/nope.txt"), ("does not exist", "nope.txt")),
     ("empty text", ("{ckpt}", "{bad}/empty.txt"), ("empty", "empty.txt")),
     ("binary file", ("{ckpt}", "{bad}/blob.bin"), ("1 file(s) skipped as unreadable", "blob.bin: binary content")),
-    ("a text file as --data", ("{ckpt}", "--split", "val", "--data", "{bad}/good.txt"), ("good.txt is a text file", "gpt-prepare")),
+    ("a text file as --data", ("{ckpt}", "--split", "val", "--data", "{bad}/good.txt"),
+     ("good.txt is a text file", "gpt-prepare")),
     ("no tokenizer", ("{bad}/no_tokenizer.pt", "{bad}/good.txt"), ("has no tokenizer",)),
     ("stride above the context", ("{ckpt}", "{bad}/good.txt", "--stride", "17"), ("--stride 17", "context", "16")),
     ("stride below 1", ("{ckpt}", "{bad}/good.txt", "--stride", "0"), ("--stride must be at least 1",)),
     ("nothing in the vocabulary", ("{bad}/strict", "{bad}/foreign.txt"), ("none of the 7 characters", "vocabulary")),
-    ("nothing in the vocabulary, byte fallback", ("{ckpt}", "{bad}/foreign.txt"), ("none of the 7 characters", "vocabulary")),
+    ("nothing in the vocabulary, byte fallback", ("{ckpt}", "{bad}/foreign.txt"),
+     ("none of the 7 characters", "vocabulary")),
 ])
 
 def test_bad_input_gets_one_clear_line_and_a_failing_exit(bad, ckpt, capsys, case, args, fragments):

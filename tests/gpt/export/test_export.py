@@ -105,7 +105,8 @@ def readme_logits(folder: Path, ids: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])
 def test_the_readme_s_tensor_table_is_enough_to_run_an_export_without_this_package(tmp_path, pos):
-    model, tok, cfg = train_tiny_model(pos=pos)  # 60 steps: enough that, with rotary positions, the tanh GELU misses the tolerance
+    # 60 steps: enough that, with rotary positions, the tanh GELU misses the tolerance
+    model, tok, cfg = train_tiny_model(pos=pos)
     export = export_model(write_checkpoint(tmp_path / "run", model, tok, cfg), tmp_path / "export")
     ids = tok.encode("the cat sat on t")
     with torch.inference_mode():
@@ -114,21 +115,25 @@ def test_the_readme_s_tensor_table_is_enough_to_run_an_export_without_this_packa
 
 
 def test_gpt_sample_reads_an_export_folder(exported, run):
-    r = run_cli("gpt.sample", "--ckpt", exported, "--prompt", "the", "--seed", "1", "--max-new-tokens", "30", "--no-echo", "--device", "cpu")
+    r = run_cli("gpt.sample", "--ckpt", exported, "--prompt", "the", "--seed", "1", "--max-new-tokens", "30",
+                "--no-echo", "--device", "cpu")
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert r.stdout == Generator.load(run, "cpu", "fp32").generate("the", SamplingOptions(max_new_tokens=30, seed=1))[0] + "\n"
+    assert r.stdout == Generator.load(run, "cpu", "fp32").generate(
+        "the", SamplingOptions(max_new_tokens=30, seed=1))[0] + "\n"
 
 
 def test_an_export_folder_samples_in_int8_as_its_checkpoint_does(exported, run):
     opts = SamplingOptions(max_new_tokens=40, seed=2)
     from_export = Generator.load(exported, "cpu", "fp32", quantize="int8")
-    assert from_export.generate("the", opts) == Generator.load(run, "cpu", "fp32", quantize="int8").generate("the", opts)
+    assert from_export.generate("the", opts) == Generator.load(
+        run, "cpu", "fp32", quantize="int8").generate("the", opts)
 
 
 def test_the_command_writes_the_export_into_the_run_folder_by_default(run):
     r = run_cli("gpt.export.cli", run, "--format", "safetensors")
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert sorted(p.name for p in (run / "safetensors").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (run / "safetensors").iterdir()) == ["config.json", "model.safetensors",
+                                                                       "tokenizer.json"]
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 
@@ -180,7 +185,8 @@ def test_with_no_run_to_export_the_message_names_the_commands_own_way_to_give_on
 
 
 def test_a_failed_export_removes_the_folders_it_made_above_its_output(run, tmp_path):
-    r = run_cli("gpt.export.cli", run, "--out", tmp_path / "a" / "b" / "out", file_size_limit=1000)  # the weights do not fit
+    # the weights do not fit
+    r = run_cli("gpt.export.cli", run, "--out", tmp_path / "a" / "b" / "out", file_size_limit=1000)
     assert_one_line_error(r, "gpt-export", "File too large")
     assert list(tmp_path.iterdir()) == []
 

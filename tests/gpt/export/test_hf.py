@@ -25,7 +25,8 @@ from gpt.model import build_model
 from gpt.sample import Generator, SamplingOptions
 from gpt.store import checkpoint as ck
 from gpt.store.export_folder import ExportError
-from gpt.store.hf_folder import MAPPED, HFFolderError, read_hf_folder
+from gpt.store.hf_folder import MAPPED, HFFolderError
+from gpt.store.hf_read import read_hf_folder
 from gpt.store.load import base_reference, file_sha256, load_any_model
 from gpt.train import train
 from tests.helpers import (

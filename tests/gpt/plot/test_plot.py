@@ -44,8 +44,9 @@ def write_metrics(run: Path, steps: int = 50, scale: float = 1.0) -> Path:
         base = {"step": step, "tokens": step * 256, "elapsed": step * 0.5}
         lines.append({**base, "train_loss": scale * (1 + 3 / step), "lr": 1e-3, "tokens_per_s": 500.0})
         if step % 10 == 0:
-            lines.append({**base, "train_loss": scale * (1 + 3 / step), "val_loss": scale * (1.1 + 3 / step), "val_bpc": 1.6})
-    (run / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+            lines.append({**base, "train_loss": scale * (1 + 3 / step), "val_loss": scale * (1.1 + 3 / step),
+                          "val_bpc": 1.6})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return run
 
 
@@ -65,7 +66,7 @@ def test_the_picture_shows_loss_against_steps_and_time_the_learning_rate_and_thr
     assert labels == [("step", "loss (nats/token)"), ("training time (minutes)", "loss (nats/token)"),
                       ("step", "learning rate"), ("step", "tokens/s")]
 
-    assert [l.get_label() for l in fig.axes[0].get_lines()] == ["train", "val"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["train", "val"]
 
 
 def test_without_matplotlib_training_goes_on_and_says_once_how_to_get_pictures(data, tmp_path, monkeypatch):
@@ -108,9 +109,11 @@ def test_fields_that_are_not_numbers_are_left_out_and_the_rest_drawn(tmp_path):
     pytest.importorskip("matplotlib")
     run = write_metrics(tmp_path / "run", steps=20)
     with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"step": 25, "val_loss": null}\n{"step": 30, "val_loss": "low"}\n{"step": [1], "train_loss": {"a": 1}}\n')
+        f.write('{"step": 25, "val_loss": null}\n{"step": 30, "val_loss": "low"}\n'
+                '{"step": [1], "train_loss": {"a": 1}}\n')
     metrics = read_run(run)
-    assert [r["step"] for r in metrics.evals] == [10, 20] and [r["step"] for r in metrics.logged] == [5, 10, 15, 20, 25, 30]
+    assert ([r["step"] for r in metrics.evals] == [10, 20]
+            and [r["step"] for r in metrics.logged] == [5, 10, 15, 20, 25, 30])
     assert main([str(run), "--out", str(tmp_path / "p.png")]) == 0
 
 
@@ -132,7 +135,7 @@ def test_several_runs_on_one_picture_against_steps_tokens_or_time(tmp_path, caps
     runs = [write_metrics(tmp_path / "lr-1e-3"), write_metrics(tmp_path / "lr-3e-3", scale=0.9)]
     fig = draw_runs([read_run(r) for r in runs], x="tokens")
     for ax in fig.axes:
-        assert [l.get_label().split()[0] for l in ax.get_lines()] == ["lr-1e-3", "lr-3e-3"]
+        assert [line.get_label().split()[0] for line in ax.get_lines()] == ["lr-1e-3", "lr-3e-3"]
         assert ax.get_xlabel() == "tokens seen"
     for x in ("step", "tokens", "time"):
         out = tmp_path / f"{x}.png"
@@ -145,8 +148,9 @@ def test_a_run_with_a_single_logged_point_is_drawn_with_a_marker(tmp_path):
     pytest.importorskip("matplotlib")
     runs = [read_run(write_metrics(tmp_path / "long")), read_run(write_metrics(tmp_path / "short", steps=5))]
     for fig in (draw_runs(runs), draw_progress(runs[1])):
-        one_point = [l for ax in fig.axes for l in ax.get_lines() if len(l.get_xdata()) == 1]
-        assert one_point and all(l.get_marker() not in (None, "", "None") for l in one_point)  # a line of one point shows nothing
+        one_point = [line for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata()) == 1]
+        # a line of one point shows nothing
+        assert one_point and all(line.get_marker() not in (None, "", "None") for line in one_point)
 
 
 def test_svg_when_asked(tmp_path):
@@ -170,6 +174,8 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, monkeypatch):
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.jpg"), "gpt-plot", ".png or .svg")
     if importlib.util.find_spec("matplotlib"):
         proc = run_main(capsys, run, "--out", tmp_path / "nodir" / "runs.png")
-        assert_one_line_error(proc, "gpt-plot", f"No such file or directory: {tmp_path / 'nodir' / 'runs.png'}")  # not its temporary file
+        # not its temporary file
+        assert_one_line_error(proc, "gpt-plot", f"No such file or directory: {tmp_path / 'nodir' / 'runs.png'}")
     without_matplotlib(monkeypatch)
-    assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.png"), "gpt-plot", "matplotlib", "pip install")
+    assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.png"), "gpt-plot", "matplotlib",
+                          "pip install")

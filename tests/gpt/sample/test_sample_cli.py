@@ -40,10 +40,13 @@ def workdir(tmp_path_factory) -> Path:
     model, tok, cfg = train_tiny_model()
     untrained, _, _ = train_tiny_model(steps=0)
     old = write_checkpoint(root / "checkpoints" / "old", untrained, tok, cfg)
-    save_checkpoint(old.parent / "latest.pt", {"model_config": cfg.to_dict(), "model": plain_state_dict(untrained), "tokenizer": tok.to_json()})
+    save_checkpoint(old.parent / "latest.pt", {"model_config": cfg.to_dict(), "model": plain_state_dict(untrained),
+                                               "tokenizer": tok.to_json()})
     os.utime(old.parent / "latest.pt", (1_000_000_000, 1_000_000_000))  # runs are ordered by their latest.pt's time
     write_checkpoint(root / "checkpoints" / "new", model, tok, cfg)
-    save_checkpoint(root / "checkpoints" / "new" / "latest.pt", {"model_config": cfg.to_dict(), "model": plain_state_dict(untrained), "tokenizer": tok.to_json()})
+    save_checkpoint(root / "checkpoints" / "new" / "latest.pt", {"model_config": cfg.to_dict(),
+                                                                 "model": plain_state_dict(untrained),
+                                                                 "tokenizer": tok.to_json()})
 
     strict_model, strict_tok, strict_cfg = train_tiny_model(steps=0, oov="error")
     write_checkpoint(root / "strict", strict_model, strict_tok, strict_cfg)
@@ -51,9 +54,11 @@ def workdir(tmp_path_factory) -> Path:
     (root / "truncated.pt").write_bytes(good[: len(good) // 2])
     (root / "garbage.pt").write_bytes(b"\x00not a checkpoint\xff" * 100)
     damaged = bytearray(good)
-    damaged[len(good) // 3 : len(good) // 3 + 2000] = bytes(b ^ 0x5A for b in damaged[len(good) // 3 : len(good) // 3 + 2000])
+    damaged[len(good) // 3 : len(good) // 3 + 2000] = bytes(b ^ 0x5A
+                                                            for b in damaged[len(good) // 3 : len(good) // 3 + 2000])
     (root / "damaged.pt").write_bytes(bytes(damaged))
-    save_checkpoint(root / "future.pt", {"version": 99, "model_config": cfg.to_dict(), "model": plain_state_dict(model), "tokenizer": tok.to_json()})
+    save_checkpoint(root / "future.pt", {"version": 99, "model_config": cfg.to_dict(), "model": plain_state_dict(model),
+                                         "tokenizer": tok.to_json()})
     (root / "empty.txt").write_text("")
     (root / "prompt.txt").write_text("to be", encoding="utf-8")
     (root / "empty_dir").mkdir()
@@ -69,15 +74,20 @@ ERRORS = {
     "damaged checkpoint": (["--ckpt", "damaged.pt"], None, "damaged.pt is damaged: its record"),
     "truncated checkpoint": (["--ckpt", "truncated.pt"], None, "truncated.pt is corrupt or truncated"),
     "newer checkpoint format": (["--ckpt", "future.pt"], None, "format version 99, newer than this toolkit reads"),
-    "negative temperature": (["--ckpt", NEW, "--temperature", "-0.5"], None, "--temperature must be a number >= 0"),
+    "negative temperature": (["--ckpt", NEW, "--temperature", "-0.5"], None,
+                             "--temperature must be a finite number >= 0"),
+    "infinite temperature": (["--ckpt", NEW, "--temperature", "inf"], None,
+                             "--temperature must be a finite number >= 0"),
     "top-p of zero": (["--ckpt", NEW, "--top-p", "0"], None, "--top-p must be in (0, 1]"),
     "top-p above one": (["--ckpt", NEW, "--top-p", "1.01"], None, "--top-p must be in (0, 1]"),
     "top-k of zero": (["--ckpt", NEW, "--top-k", "0"], None, "--top-k must be at least 1"),
     "negative max-new-tokens": (["--ckpt", NEW, "--max-new-tokens", "-1"], None, "--max-new-tokens must be >= 0"),
-    "more new tokens than memory holds": (["--ckpt", NEW, "--max-new-tokens", str(10**15)], None, "tokens do not fit in memory"),
+    "more new tokens than memory holds": (["--ckpt", NEW, "--max-new-tokens", str(10**15)], None,
+                                          "tokens do not fit in memory"),
     "seed no generator takes": (["--ckpt", NEW, "--seed", str(10**20)], None, "--seed must be in [0, 2^63)"),
     "empty prompt file": (["--ckpt", NEW, "--prompt-file", "empty.txt"], None, "prompt file empty.txt is empty"),
-    "unreadable prompt file": (["--ckpt", NEW, "--prompt-file", "nope.txt"], None, "cannot read the prompt file nope.txt"),
+    "unreadable prompt file": (["--ckpt", NEW, "--prompt-file", "nope.txt"], None,
+                               "cannot read the prompt file nope.txt"),
     "prompt that cannot be encoded": (["--ckpt", "strict", "--prompt", "the 🙂 cat"], None,
                                       "the prompt cannot be encoded: characters not in the vocabulary: '🙂' (U+1F642)"),
     "unavailable device": (["--ckpt", NEW, "--device", "cuda:99"], None, "--device cuda:99"),
@@ -152,7 +162,8 @@ def test_the_command_runs_as_a_module(workdir):
 
 
 def test_several_samples_come_from_one_batch_and_are_printed_after_numbered_separator_lines(sample_main):
-    status, out, _ = sample_main("--prompt", "a", "--seed", "4", "--max-new-tokens", "30", "--num-samples", "3", "--top-k", "5", "--ignore-eot")
+    status, out, _ = sample_main("--prompt", "a", "--seed", "4", "--max-new-tokens", "30", "--num-samples", "3",
+                                 "--top-k", "5", "--ignore-eot")
     assert status == 0
     texts = library(NEW, "a", 3, seed=4, max_new_tokens=30, top_k=5, stop_at_eot=False)
     assert out == "".join(f"--- sample {i} of 3 ---\na{t}\n" for i, t in enumerate(texts, start=1))
@@ -171,20 +182,23 @@ def test_many_samples_run_in_bounded_batches_each_printed_before_the_next_is_gen
         return generate(self, prompt, options, num_samples)
 
     monkeypatch.setattr(Generator, "generate", watched)
-    status, out, _ = sample_main("--prompt", "a", "--seed", "4", "--max-new-tokens", "5", "--num-samples", "10", "--ignore-eot")
+    status, out, _ = sample_main("--prompt", "a", "--seed", "4", "--max-new-tokens", "5", "--num-samples", "10",
+                                 "--ignore-eot")
     assert status == 0 and sizes == [4, 4, 2] and printed_before == [0, 4, 8]
     second = library(NEW, "a", 4, seed=5, max_new_tokens=5, stop_at_eot=False)  # batch 1 draws with seed + 1
     assert out.split("--- sample 5 of 10 ---\na")[1].split("\n--- sample 6")[0] == second[0]
 
 
 def test_the_prompt_can_come_from_standard_input_and_need_not_be_echoed(sample_main):
-    status, out, _ = sample_main("--prompt-file", "-", "--temperature", "0", "--max-new-tokens", "20", "--no-echo", stdin="the rain")
+    status, out, _ = sample_main("--prompt-file", "-", "--temperature", "0", "--max-new-tokens", "20", "--no-echo",
+                                 stdin="the rain")
     assert status == 0
     assert out == library(NEW, "the rain", temperature=0, max_new_tokens=20)[0] + "\n"
 
 
 def test_stop_strings_understand_escapes_and_cut_the_output(sample_main):
-    status, out, _ = sample_main("--prompt", "the", "--seed", "5", "--max-new-tokens", "80", "--stop", "xyz", "--stop", r"\x20")
+    status, out, _ = sample_main("--prompt", "the", "--seed", "5", "--max-new-tokens", "80", "--stop", "xyz",
+                                 "--stop", r"\x20")
     full = library(NEW, "the", seed=5, max_new_tokens=80)[0]
     assert status == 0 and " " in full  # so the stop string matters
     assert out == "the" + full[: full.index(" ")] + "\n"
@@ -192,7 +206,8 @@ def test_stop_strings_understand_escapes_and_cut_the_output(sample_main):
 
 def test_a_slow_precision_on_cpu_is_a_one_line_warning(sample_main, monkeypatch):
     monkeypatch.setattr(device, "native_bf16", lambda: False)  # a CPU that emulates bf16
-    status, out, err = sample_main("--prompt-file", "prompt.txt", "--device", "cpu", "--dtype", "bf16", "--max-new-tokens", "10", "--top-p", "0.9")
+    status, out, err = sample_main("--prompt-file", "prompt.txt", "--device", "cpu", "--dtype", "bf16",
+                                   "--max-new-tokens", "10", "--top-p", "0.9")
     assert status == 0 and out.startswith("to be")
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpt-sample: warning: bf16"), err
@@ -200,7 +215,8 @@ def test_a_slow_precision_on_cpu_is_a_one_line_warning(sample_main, monkeypatch)
 
 def test_bf16_where_the_cpu_has_it_natively_samples_without_a_warning(sample_main, monkeypatch):
     monkeypatch.setattr(device, "native_bf16", lambda: True)
-    status, out, err = sample_main("--prompt-file", "prompt.txt", "--device", "cpu", "--dtype", "bf16", "--max-new-tokens", "10")
+    status, out, err = sample_main("--prompt-file", "prompt.txt", "--device", "cpu", "--dtype", "bf16",
+                                   "--max-new-tokens", "10")
     assert status == 0 and out.startswith("to be") and err == ""
 
 
@@ -214,7 +230,8 @@ def test_help_documents_streaming_and_how_samples_are_separated(sample_main):
     (["--prompt-file", "empty_dir"], None, "cannot read the prompt file empty_dir"),
     (["--prompt-file", "-"], "", "the prompt file standard input is empty"),
     (["--slide", "17"], None, "--slide must be between 1 and the model's context (16)"),
-    (["--slide", "0"], None, "--slide must be between 1 and the model's context, got 0"),  # refused before the model is read
+    # refused before the model is read
+    (["--slide", "0"], None, "--slide must be between 1 and the model's context, got 0"),
     (["--stop", ""], None, "--stop needs some text to stop at"),
     (["--num-samples", "0"], None, "--num-samples must be at least 1"),
     (["--device", "tpu"], None, "unknown device 'tpu'"),
@@ -231,4 +248,5 @@ def test_other_mistakes_are_one_error_line_too(sample_main, args, stdin, message
 def test_without_runs_under_checkpoints_it_says_how_to_get_one(sample_main, workdir):
     status, out, err = sample_main("--prompt", "x", cwd=workdir / "empty_dir")
     assert status == 1 and out == ""
-    assert err == "gpt-sample: error: no runs with a checkpoint under checkpoints/ (train one with gpt-train, or name a run folder with --ckpt)\n"
+    assert err == ("gpt-sample: error: no runs with a checkpoint under checkpoints/ (train one with gpt-train, "
+                   "or name a run folder with --ckpt)\n")

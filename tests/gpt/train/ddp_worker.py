@@ -6,7 +6,8 @@
 of N gets rows [r*b, (r+1)*b) (split further by micro-step under gradient accumulation),
 so N ranks at batch b see exactly the examples that one process sees at batch N*b.
 'resume' continues the run in the options' "out" folder. 'stop-on-rank-1': only rank 1 asks
-the run to stop, after step 5; 'stop-at-once': every rank, before the first step. 'overfit': the val loss is made to fall to step 8, then rise.
+the run to stop, after step 5; 'stop-at-once': every rank, before the first step. 'overfit': the val loss is made
+to fall to step 8, then rise.
 """
 import json
 import os

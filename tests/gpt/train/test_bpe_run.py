@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
-
-pytest.importorskip("tokenizers")
-
 import data_prep
 from gpt.evaluate.text import TextStream
 from gpt.sample import Generator, SamplingOptions
 from gpt.sample.sampling import SampleText
 from tests.helpers import run_cli, write_unicode_corpus
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
+
+pytest.importorskip("tokenizers")
 
 BLOCK = 32
 TRAIN = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", str(BLOCK), "--batch-size", "8",
@@ -29,8 +29,10 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe-run")
     write_unicode_corpus(root / "corpus")
     # two workers and progress bars: the BPE is learned in a worker, with its bar
-    prep = run_cli("data_prep.cli", "corpus", "--out", "data", "--tokenizer", "bpe", "--vocab-size", "320", "--workers", "2", cwd=root)
-    assert prep.returncode == 0 and "byte-level BPE of 320 tokens (63 merges learned on train)" in prep.stdout, prep.stderr
+    prep = run_cli("data_prep.cli", "corpus", "--out", "data", "--tokenizer", "bpe", "--vocab-size", "320",
+                   "--workers", "2", cwd=root)
+    assert (prep.returncode == 0
+            and "byte-level BPE of 320 tokens (63 merges learned on train)" in prep.stdout), prep.stderr
     train = run_cli("gpt.train", "--data", "data", "--out", "run", "--max-iters", "20", *TRAIN, cwd=root, timeout=300)
     assert train.returncode == 0, train.stderr
     return root
@@ -49,14 +51,15 @@ def test_training_reports_bits_per_character_through_the_tokens_per_character(ru
 
 
 def test_a_bpe_run_resumes(run):
-    proc = run_cli("gpt.train", "--resume", "--out", "run", "--data", "data", "--max-iters", "25", "--quiet", cwd=run, timeout=300)
+    proc = run_cli("gpt.train", "--resume", "--out", "run", "--data", "data", "--max-iters", "25", "--quiet", cwd=run,
+                   timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert logged_evaluations(run / "run")[-1]["step"] == 25
 
 
 def test_gpt_eval_on_the_val_split_agrees_with_what_training_logged(run):
-    proc = run_cli("gpt.evaluate", "--ckpt", "run/best.pt", "--split", "val", "--stride", str(BLOCK), "--json", "--quiet", "--device", "cpu",
-                   cwd=run, timeout=300)
+    proc = run_cli("gpt.evaluate", "--ckpt", "run/best.pt", "--split", "val", "--stride", str(BLOCK), "--json",
+                   "--quiet", "--device", "cpu", cwd=run, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)["runs"][0]
     meta = json.loads((run / "data" / "meta.json").read_text())["splits"]["val"]
@@ -80,8 +83,8 @@ def test_gpt_eval_scores_a_text_file_as_gpt_prepare_encoded_it(run):
 
 
 def test_gpt_sample_continues_a_prompt_and_stops_before_a_stop_string(run):
-    proc = run_cli("gpt.sample", "--ckpt", "run", "--prompt", "Doc 7: ka", "--stop", " ", "--max-new-tokens", "60", "--seed", "3",
-                   "--temperature", "1.0", "--device", "cpu", cwd=run, timeout=300)
+    proc = run_cli("gpt.sample", "--ckpt", "run", "--prompt", "Doc 7: ka", "--stop", " ", "--max-new-tokens", "60",
+                   "--seed", "3", "--temperature", "1.0", "--device", "cpu", cwd=run, timeout=300)
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Doc 7: ka")

@@ -21,7 +21,8 @@ def data(tmp_path_factory):
 
 def torchrun(nproc: int, out, mode: str, options: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER), str(out), mode, json.dumps(options)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER),
+           str(out), mode, json.dumps(options)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -47,7 +48,8 @@ def test_two_processes_train_and_end_with_identical_weights(data, tmp_path):
 def test_every_rank_averages_the_weights_rank_0_gave_it(data, tmp_path):
     # each rank initialises its own weights, and DDP gives every rank rank 0's: the average
     # must start from those, or a run stopped before its first step hands back rank-own models
-    options = {**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 40, "ema": 0.9}
+    options = {**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 40,
+               "ema": 0.9}
     torchrun(2, tmp_path / "dump", "stop-at-once", options)
     w0, w1 = weights(tmp_path / "dump", 0), weights(tmp_path / "dump", 1)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
@@ -56,8 +58,10 @@ def test_every_rank_averages_the_weights_rank_0_gave_it(data, tmp_path):
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_two_ranks_at_batch_b_equal_one_process_at_batch_2b(data, tmp_path, grad_accum):
     # fp32: a CPU with native bf16 would train in bf16, where the two batchings round differently
-    base = {**TINY_MODEL, "data": str(data), "device": "cpu", "dtype": "fp32", "block_size": 16, "max_iters": 1, "warmup_iters": 0, "lr": 1e-2}
-    torchrun(2, tmp_path / "two", "fixed", {**base, "out": str(tmp_path / "r2"), "batch_size": 8 // grad_accum, "grad_accum": grad_accum})
+    base = {**TINY_MODEL, "data": str(data), "device": "cpu", "dtype": "fp32", "block_size": 16, "max_iters": 1,
+            "warmup_iters": 0, "lr": 1e-2}
+    torchrun(2, tmp_path / "two", "fixed", {**base, "out": str(tmp_path / "r2"), "batch_size": 8 // grad_accum,
+                                            "grad_accum": grad_accum})
     torchrun(1, tmp_path / "one", "fixed", {**base, "out": str(tmp_path / "r1"), "batch_size": 16})
     two, one = weights(tmp_path / "two", 0), weights(tmp_path / "one", 0)
     assert all(torch.allclose(two[k], one[k], atol=1e-6) for k in one)
@@ -68,14 +72,16 @@ def test_run_written_by_two_processes_resumes_on_one(data, tmp_path):
     torchrun(2, tmp_path / "dump", "sampled", options)
     state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
     assert state["step"] == 20 and state["world_size"] == 2 and len(state["rank_states"]) == 2
-    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True, log=lambda s: None)
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 30, "progress": False}, resume=True,
+                   log=lambda s: None)
     assert result.step == 30 and result.val_loss < untrained_loss(data) - 0.6
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 1
 
 
 def test_a_run_of_one_process_resumes_on_two(data, tmp_path):
     """The new rank has no saved random state: it gets a fresh, reproducible stream."""
-    train(overrides={**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 10}, log=lambda s: None)
+    train(overrides={**TINY_MODEL, "data": str(data), "out": str(tmp_path / "run"), "device": "cpu", "max_iters": 10},
+          log=lambda s: None)
     torchrun(2, tmp_path / "dump", "resume", {"out": str(tmp_path / "run"), "max_iters": 20, "progress": False})
     state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
     assert state["step"] == 20 and state["world_size"] == 2 and len(state["rank_states"]) == 2

@@ -23,7 +23,8 @@ TINY_ARGS = [a for k, v in TINY_MODEL.items() if k != "progress" for a in (f"--{
 @pytest.fixture(scope="module")
 def base(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("base") / "run"
-    train(overrides={**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", "max_iters": 30}, log=lambda s: None)
+    train(overrides={**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", "max_iters": 30},
+          log=lambda s: None)
     return out
 
 
@@ -37,7 +38,8 @@ def weights(path):
 
 
 def test_a_fine_tuning_run_starts_from_the_base_weights_with_a_fresh_step_count(data, base, tmp_path):
-    result = train(overrides=tune(data, base, tmp_path / "ft", max_iters=100), should_stop=lambda step: True, log=lambda s: None)
+    result = train(overrides=tune(data, base, tmp_path / "ft", max_iters=100), should_stop=lambda step: True,
+                   log=lambda s: None)
     assert result.step == 0
     start, origin = weights(tmp_path / "ft" / "latest.pt"), weights(base / "best.pt")
     assert all(torch.equal(start[k], origin[k]) for k in origin)
@@ -77,18 +79,21 @@ def test_data_with_another_vocabulary_is_refused_naming_vocab_from(base, tmp_pat
 
 def test_a_fine_tuning_run_resumes_exactly(data, base, tmp_path):
     whole = train(overrides=tune(data, base, tmp_path / "whole", max_iters=14, dropout=0.1), log=lambda s: None)
-    first = train(overrides=tune(data, base, tmp_path / "split", max_iters=14, dropout=0.1), should_stop=lambda s: s == 6, log=lambda s: None)
+    first = train(overrides=tune(data, base, tmp_path / "split", max_iters=14, dropout=0.1),
+                  should_stop=lambda s: s == 6, log=lambda s: None)
     rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
     assert dict(first.history + rest.history) == dict(whole.history)
 
 
 def test_an_option_that_would_change_the_base_shape_is_refused(data, base, tmp_path):
-    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", base, "--n-layer", "5", "--device", "cpu", "--quiet")
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", base, "--n-layer", "5",
+                   "--device", "cpu", "--quiet")
     assert_one_line_error(proc, "gpt-train", "--n-layer", "do not match the base model")
 
 
 def test_a_missing_base_is_one_line(data, tmp_path):
-    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", tmp_path / "nope", "--device", "cpu", "--quiet")
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", tmp_path / "nope",
+                   "--device", "cpu", "--quiet")
     assert_one_line_error(proc, "gpt-train", "not found")
 
 
@@ -99,7 +104,8 @@ def test_a_missing_base_is_one_line(data, tmp_path):
 def test_a_damaged_base_is_one_line_and_starts_no_run(data, base, tmp_path, damage, fragment):
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "best.pt").write_bytes(damage((base / "best.pt").read_bytes()))
-    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", tmp_path / "damaged", "--device", "cpu", "--quiet")
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", tmp_path / "damaged",
+                   "--device", "cpu", "--quiet")
     assert_one_line_error(proc, "gpt-train", str(tmp_path / "damaged" / "best.pt"), fragment)
     assert not (tmp_path / "ft").exists()
 
@@ -115,7 +121,8 @@ def nan_copy(run, folder):
 
 def test_a_base_whose_weights_are_not_finite_is_named_and_starts_no_run(data, base, tmp_path):
     bad = nan_copy(base, tmp_path / "nan")
-    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", bad.parent, "--device", "cpu", "--quiet")
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--init-from", bad.parent, "--device", "cpu",
+                   "--quiet")
     assert_one_line_error(proc, "gpt-train", str(bad), "not finite")
     assert not (tmp_path / "ft").exists()
 
@@ -123,10 +130,13 @@ def test_a_base_whose_weights_are_not_finite_is_named_and_starts_no_run(data, ba
 @pytest.mark.parametrize("command", ["gpt.sample", "gpt.evaluate", "gpt.export.cli"])
 def test_every_command_names_the_checkpoint_whose_weights_are_not_finite(data, base, tmp_path, command):
     bad = nan_copy(base, tmp_path / "nan")
-    args = {"gpt.sample": ["--ckpt", bad, "--max-new-tokens", "5"], "gpt.evaluate": ["--ckpt", bad, "--split", "val", "--data", data],
+    args = {"gpt.sample": ["--ckpt", bad, "--max-new-tokens", "5"],
+            "gpt.evaluate": ["--ckpt", bad, "--split", "val", "--data", data],
             "gpt.export.cli": [bad, "--out", tmp_path / "export"]}[command]
-    assert_one_line_error(run_cli(command, *args, "--device", "cpu") if command != "gpt.export.cli" else run_cli(command, *args),
-                          {"gpt.sample": "gpt-sample", "gpt.evaluate": "gpt-eval", "gpt.export.cli": "gpt-export"}[command],
+    assert_one_line_error(run_cli(command, *args, "--device", "cpu") if command != "gpt.export.cli"
+                          else run_cli(command, *args),
+                          {"gpt.sample": "gpt-sample", "gpt.evaluate": "gpt-eval",
+                           "gpt.export.cli": "gpt-export"}[command],
                           str(bad), "not finite")
 
 
@@ -135,7 +145,8 @@ def test_a_refused_start_with_overwrite_leaves_the_old_run_as_it_was(data, base,
     old = tmp_path / "old"
     shutil.copytree(base, old)
     before = {p.name: p.read_bytes() for p in old.iterdir() if p.name != ".lock"}
-    args = ["--data", another_vocabulary(tmp_path)] if case.startswith("data") else ["--data", data, "--lora", "2", "--lora-targets", "qkv,head"]
+    args = (["--data", another_vocabulary(tmp_path)] if case.startswith("data")
+            else ["--data", data, "--lora", "2", "--lora-targets", "qkv,head"])
     proc = run_cli("gpt.train", *args, "--out", old, "--overwrite", "--init-from", base, "--device", "cpu", "--quiet")
     assert_one_line_error(proc, "gpt-train", "--vocab-from" if case.startswith("data") else "head matches no layer")
     assert {p.name: p.read_bytes() for p in old.iterdir() if p.name != ".lock"} == before
@@ -145,7 +156,8 @@ def test_the_base_run_s_own_folder_is_refused_as_out_even_with_overwrite(data, b
     copy = tmp_path / "base"
     shutil.copytree(base, copy)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.name != ".lock"}
-    proc = run_cli("gpt.train", "--data", data, "--out", copy, "--overwrite", "--init-from", copy, "--device", "cpu", "--quiet")
+    proc = run_cli("gpt.train", "--data", data, "--out", copy, "--overwrite", "--init-from", copy, "--device", "cpu",
+                   "--quiet")
     assert_one_line_error(proc, "gpt-train", "is the folder of the base run")
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.name != ".lock"} == before
 
@@ -163,7 +175,8 @@ def test_a_lora_layer_computes_w_x_plus_scaled_b_a_x_and_its_gradients():
     got = layer(x)
     torch.testing.assert_close(got, want)
     g = torch.randn_like(got)
-    torch.testing.assert_close(torch.autograd.grad(got, (x, layer.lora_a, layer.lora_b), g), torch.autograd.grad(want, (x, a, b), g))
+    torch.testing.assert_close(torch.autograd.grad(got, (x, layer.lora_a, layer.lora_b), g),
+                               torch.autograd.grad(want, (x, a, b), g))
 
 
 def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_path):
@@ -185,9 +198,10 @@ def test_a_lora_run_reports_what_it_trains_and_the_memory_its_frozen_base_saves(
     lines = []
     result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=1, lora=2), log=lines.append)
     frozen = sum(p.numel() for p in result.model.parameters() if not p.requires_grad)
-    c = TINY_MODEL["n_embd"]  # rank 2 x (inputs + outputs) of qkv, attention's proj, fc and the MLP's proj, in each block
+    # rank 2 x (inputs + outputs) of qkv, attention's proj, fc and the MLP's proj, in each block
+    c = TINY_MODEL["n_embd"]
     adapters = TINY_MODEL["n_layer"] * 2 * ((c + 3 * c) + (c + c) + (c + 4 * c) + (4 * c + c))
-    line = next(l for l in lines if l.startswith("fine-tuning"))
+    line = next(text for text in lines if text.startswith("fine-tuning"))
     assert f"{adapters:,} adapter weights trained" in line and f"the base's {frozen:,}" in line
     # fp32: a gradient and two AdamW moments of 4 bytes for each trained weight
     assert f"take {12 * adapters / 1e6:.2f} MB instead of {12 * frozen / 1e6:.2f} MB for full fine-tuning" in line
@@ -210,7 +224,8 @@ def test_a_lora_run_samples_with_its_adapters_merged(data, base, tmp_path):
 def test_gpt_eval_scores_a_lora_run_as_the_model_it_trained(data, base, tmp_path, capsys):
     result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
     (tmp_path / "t.txt").write_text("the cat sees the moon. a dog likes bread.\n" * 20, encoding="utf-8")
-    assert evaluate_main(["--ckpt", str(tmp_path / "lora"), "--ckpt", str(base), str(tmp_path / "t.txt"), "--json", "--quiet", "--device", "cpu"]) == 0
+    assert evaluate_main(["--ckpt", str(tmp_path / "lora"), "--ckpt", str(base), str(tmp_path / "t.txt"), "--json",
+                          "--quiet", "--device", "cpu"]) == 0
     adapted, plain = json.loads(capsys.readouterr().out)["runs"]
     run = load_run(tmp_path / "lora", torch.device("cpu"))
     run.model = result.model.eval()  # the trained model itself: the base with its adapters unmerged
@@ -223,12 +238,14 @@ def test_gpt_export_merge_writes_a_lora_run_as_one_plain_model(data, base, tmp_p
     train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lr=2e-2), log=lambda s: None)
     proc = run_cli("gpt.export.cli", tmp_path / "lora", "--merge", "--out", tmp_path / "merged")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    exported, adapted = Generator.load(tmp_path / "merged", device="cpu"), Generator.load(tmp_path / "lora", device="cpu")
+    exported, adapted = (Generator.load(tmp_path / "merged", device="cpu"),
+                         Generator.load(tmp_path / "lora", device="cpu"))
     x = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(exported.model(x)[0], adapted.model(x)[0])
     source = json.loads((tmp_path / "merged" / "config.json").read_text())["source"]
-    assert source["merged_lora"]["rank"] == 2 and source["merged_lora"]["base"]["sha256"] == file_sha256(base / "best.pt")
+    assert (source["merged_lora"]["rank"] == 2
+            and source["merged_lora"]["base"]["sha256"] == file_sha256(base / "best.pt"))
 
 
 def test_a_lora_run_is_exported_only_with_merge(data, base, tmp_path):
@@ -239,7 +256,8 @@ def test_a_lora_run_is_exported_only_with_merge(data, base, tmp_path):
 
 
 def test_lora_targets_and_alpha_choose_the_layers_and_the_scale_that_sampling_merges_with(data, base, tmp_path):
-    result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lora_alpha=1.0, lora_targets="qkv", lr=2e-2),
+    result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2, lora_alpha=1.0,
+                                  lora_targets="qkv", lr=2e-2),
                    log=lambda s: None)
     state = ck.load_checkpoint(tmp_path / "lora" / "latest.pt")
     assert state["lora"]["alpha"] == 1.0 and state["lora"]["targets"] == ["qkv"]
@@ -275,12 +293,15 @@ def test_training_on_a_lora_runs_base_warns_that_the_lora_run_will_no_longer_loa
     copy = tmp_path / "base"
     shutil.copytree(base, copy)
     train(overrides=tune(data, copy, tmp_path / "lora", max_iters=2, lora=2), log=lambda s: None)
-    train(overrides=tune(data, copy, tmp_path / "full", max_iters=2), log=lambda s: None)  # not LoRA: it keeps its own weights
+    # not LoRA: it keeps its own weights
+    train(overrides=tune(data, copy, tmp_path / "full", max_iters=2), log=lambda s: None)
     for how in (["--resume", "--max-iters", "32"], ["--overwrite", "--data", data, "--max-iters", "2", *TINY_ARGS]):
         proc = run_cli("gpt.train", "--out", copy, "--device", "cpu", "--quiet", *how)
         assert proc.returncode == 0, proc.stderr
-        warned = [line for line in proc.stderr.splitlines() if line.startswith("gpt-train: warning:")]  # on stderr, not stdout
-        assert len(warned) == 1 and f"{tmp_path / 'lora'} is a LoRA run" in warned[0] and "gpt-export --merge" in warned[0], proc
+        # on stderr, not stdout
+        warned = [line for line in proc.stderr.splitlines() if line.startswith("gpt-train: warning:")]
+        assert (len(warned) == 1 and f"{tmp_path / 'lora'} is a LoRA run" in warned[0]
+                and "gpt-export --merge" in warned[0]), proc
         assert "LoRA run" not in proc.stdout
     with pytest.warns() as caught:  # a new run: nothing of the base changes
         warnings.warn("a marker, so that pytest.warns has one to see")
@@ -290,14 +311,16 @@ def test_training_on_a_lora_runs_base_warns_that_the_lora_run_will_no_longer_loa
 
 def test_a_lora_run_resumes_exactly(data, base, tmp_path):
     whole = train(overrides=tune(data, base, tmp_path / "whole", max_iters=12, lora=2), log=lambda s: None)
-    first = train(overrides=tune(data, base, tmp_path / "split", max_iters=12, lora=2), should_stop=lambda s: s == 5, log=lambda s: None)
+    first = train(overrides=tune(data, base, tmp_path / "split", max_iters=12, lora=2), should_stop=lambda s: s == 5,
+                  log=lambda s: None)
     rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
     assert dict(first.history + rest.history) == dict(whole.history)
 
 
 def test_a_lora_run_as_init_from_is_refused_naming_its_base(data, base, tmp_path):
     train(overrides=tune(data, base, tmp_path / "lora", max_iters=2, lora=2), log=lambda s: None)
-    with pytest.raises(TrainError, match=re.escape(f"is a LoRA run (adapters on {(base / 'best.pt').resolve()}); fine-tune from that base")):
+    with pytest.raises(TrainError, match=re.escape(f"is a LoRA run (adapters on {(base / 'best.pt').resolve()}); "
+                                                   "fine-tune from that base")):
         train(overrides=tune(data, tmp_path / "lora", tmp_path / "ft", max_iters=2), log=lambda s: None)
 
 

@@ -51,7 +51,8 @@ def cached_logits(model, idx, dtype):
     """A 5-token prefill through the cache, then one token at a time."""
     cache = KVCache.for_model(model, len(idx), "cpu", dtype)
     with torch.no_grad():
-        steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, idx.size(1))]
+        steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0]
+                                                       for t in range(5, idx.size(1))]
     return torch.cat(steps, dim=1)
 
 
@@ -80,7 +81,8 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
         after, _ = model(idx)
     torch.testing.assert_close(after, before, atol=1e-4, rtol=0)
     torch.testing.assert_close(cached_logits(model, idx, torch.float32), cached_before, atol=1e-4, rtol=0)
-    assert {n for n, _ in model.named_parameters() if "_norm" in n} == {f"blocks.{i}.attn.{q}_norm.weight" for i in (0, 1) for q in "qk"}
+    assert {n for n, _ in model.named_parameters() if "_norm" in n} == {f"blocks.{i}.attn.{q}_norm.weight"
+                                                                        for i in (0, 1) for q in "qk"}
 
 
 def test_softcap_bounds_every_logit_in_forward_decode_and_evaluation():
@@ -171,10 +173,12 @@ def test_muon_takes_the_blocks_weight_matrices_and_adamw_everything_else():
     in_muon = {id(p) for g in opts.muon.param_groups for p in g["params"]}
     in_adamw = {id(p) for g in opts.adamw.param_groups for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
-    expected = {n for n, p in model.named_parameters() if n.startswith("blocks.") and n.endswith(("qkv.weight", "proj.weight", "fc.weight"))}
+    expected = {n for n, p in model.named_parameters()
+                if n.startswith("blocks.") and n.endswith(("qkv.weight", "proj.weight", "fc.weight"))}
     assert {names[i] for i in in_muon} == expected and len(expected) == 8
     assert not in_muon & in_adamw and in_muon | in_adamw == set(names)
-    assert {"wte.weight", "head.weight", "ln_f.weight", "blocks.0.attn.q_norm.weight", "blocks.0.mlp.fc.bias"} <= {names[i] for i in in_adamw}
+    assert ({"wte.weight", "head.weight", "ln_f.weight", "blocks.0.attn.q_norm.weight", "blocks.0.mlp.fc.bias"}
+            <= {names[i] for i in in_adamw})
     assert [id(p) for p in hidden_matrices(model)] == [id(p) for g in opts.muon.param_groups for p in g["params"]]
     opts.set_lr(5e-4)  # half of --lr: the schedule's point applies to both
     assert all(g["lr"] == 5e-4 for g in opts.adamw.param_groups)
@@ -198,7 +202,8 @@ def test_resumed_run_matches_uninterrupted_run_with_each_lever(data, tmp_path, l
     options = TRAINING_LEVERS.get(lever) or LEVERS[lever]
     kw = dict(max_iters=16, eval_interval=6, **options)
     whole = train(overrides=tiny_run(data, tmp_path / "whole", **kw), log=lambda s: None)
-    first = train(overrides=tiny_run(data, tmp_path / "split", **kw), should_stop=lambda step: step == 7, log=lambda s: None)
+    first = train(overrides=tiny_run(data, tmp_path / "split", **kw), should_stop=lambda step: step == 7,
+                  log=lambda s: None)
     rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
     resumed = dict(first.history + rest.history)
     assert [resumed[s] for s in range(1, 17)] == [dict(whole.history)[s] for s in range(1, 17)]
@@ -206,15 +211,18 @@ def test_resumed_run_matches_uninterrupted_run_with_each_lever(data, tmp_path, l
 
 
 def test_resuming_with_another_optimizer_or_shape_is_refused(data, tmp_path):
-    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3, optimizer="adamw"), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3, optimizer="adamw"),
+          log=lambda s: None)
     for option in ({"optimizer": "muon"}, {"qk_norm": True}, {"logit_softcap": 5.0}):
         with pytest.raises(TrainError, match="--" + next(iter(option)).replace("_", "-")):
-            train(overrides={"out": str(tmp_path / "run"), "progress": False, "max_iters": 6, **option}, resume=True, log=lambda s: None)
+            train(overrides={"out": str(tmp_path / "run"), "progress": False, "max_iters": 6, **option}, resume=True,
+                  log=lambda s: None)
 
 
 def test_a_run_saved_before_the_options_existed_resumes_with_its_own_model(data, tmp_path):
     # such a run trained with AdamW, the only optimizer there was
-    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3, optimizer="adamw"), log=lambda s: None)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=3, eval_interval=3, optimizer="adamw"),
+          log=lambda s: None)
     latest = tmp_path / "run" / "latest.pt"
     state = ck.load_checkpoint(latest)
     for name in ("activation", "qk_norm", "tie_weights", "logit_softcap"):
@@ -223,7 +231,8 @@ def test_a_run_saved_before_the_options_existed_resumes_with_its_own_model(data,
     for name in ("optimizer", "muon_lr", "muon_weight_decay"):
         del state["train_config"][name]
     ck.save_checkpoint(latest, {k: v for k, v in state.items() if k not in ("format", "version")})
-    result = train(overrides={"out": str(tmp_path / "run"), "progress": False, "max_iters": 6}, resume=True, log=lambda s: None)
+    result = train(overrides={"out": str(tmp_path / "run"), "progress": False, "max_iters": 6}, resume=True,
+                   log=lambda s: None)
     assert result.step == 6 and result.model.blocks[0].mlp.approximate == "tanh"
     assert ck.load_checkpoint(latest)["train_config"]["activation"] == "gelu_tanh"
 
@@ -299,8 +308,10 @@ def test_averaging_can_be_turned_on_and_off_when_resuming_and_training_goes_on_a
 # -- options and errors ----------------------------------------------------------------------
 def test_the_command_line_options_reach_the_config():
     args = build_parser().parse_args(["--activation", "relu2", "--qk-norm", "--no-tie-weights", "--logit-softcap", "30",
-                                      "--optimizer", "muon", "--muon-lr", "0.01", "--muon-weight-decay", "0.1", "--ema", "0.95"])
-    cfg = TrainConfig.from_dict({k: v for k, v in vars(args).items() if v is not None and k in TrainConfig.__dataclass_fields__})
+                                      "--optimizer", "muon", "--muon-lr", "0.01", "--muon-weight-decay", "0.1",
+                                      "--ema", "0.95"])
+    cfg = TrainConfig.from_dict({k: v for k, v in vars(args).items()
+                                 if v is not None and k in TrainConfig.__dataclass_fields__})
     model = cfg.model_config(40)
     assert (model.activation, model.qk_norm, model.tie_weights, model.logit_softcap) == ("relu2", True, False, 30.0)
     assert (cfg.optimizer, cfg.muon_lr, cfg.muon_weight_decay, cfg.ema) == ("muon", 0.01, 0.1, 0.95)
@@ -332,7 +343,8 @@ def test_bad_lever_values_are_refused_clearly(options, fragment):
     (["--ema", "1"], "--ema"),
 ])
 def test_bad_lever_values_give_one_clear_line(data, tmp_path, args, fragment):
-    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "r", "--device", "cpu", "--max-iters", "2", "--quiet", *args)
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "r", "--device", "cpu", "--max-iters", "2",
+                   "--quiet", *args)
     assert_one_line_error(proc, "gpt-train", fragment)
     assert not (tmp_path / "r").exists()
 
@@ -346,7 +358,8 @@ def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given(
     ours = [torch.nn.Parameter(w.detach().clone()) for w in theirs]
     fp32 = [torch.nn.Parameter(w.detach().clone()) for w in theirs]
     options = dict(lr=0.02, weight_decay=0.01, adjust_lr_fn="original")
-    optimizers = [torch.optim.Muon(theirs, **options), Muon(ours, torch.bfloat16, **options), Muon(fp32, torch.float32, **options)]
+    optimizers = [torch.optim.Muon(theirs, **options), Muon(ours, torch.bfloat16, **options),
+                  Muon(fp32, torch.float32, **options)]
     for _ in range(4):
         grads = [torch.randn_like(w) for w in theirs]
         for group in (theirs, ours, fp32):
@@ -360,10 +373,13 @@ def test_our_muon_is_torchs_with_the_newton_schulz_iteration_in_the_dtype_given(
     assert all(0 < (a - b).abs().max() < 1e-2 for a, b in zip(theirs, fp32))  # fp32: the same method, finer
 
 
-@pytest.mark.parametrize("native, dtype, expected", [(True, torch.bfloat16, torch.bfloat16), (True, torch.float32, torch.float32),
-                                                     (False, torch.bfloat16, torch.float32), (False, torch.float32, torch.float32)])
+@pytest.mark.parametrize("native, dtype, expected", [(True, torch.bfloat16, torch.bfloat16),
+                                                     (True, torch.float32, torch.float32),
+                                                     (False, torch.bfloat16, torch.float32),
+                                                     (False, torch.float32, torch.float32)])
 
-def test_muon_orthogonalises_a_cpu_run_in_bf16_only_where_it_trains_in_native_bf16(monkeypatch, native, dtype, expected):
+def test_muon_orthogonalises_a_cpu_run_in_bf16_only_where_it_trains_in_native_bf16(monkeypatch, native, dtype,
+                                                                                   expected):
     from gpt.train import muon
 
     monkeypatch.setattr(muon, "native_bf16", lambda: native)
@@ -372,9 +388,11 @@ def test_muon_orthogonalises_a_cpu_run_in_bf16_only_where_it_trains_in_native_bf
 
 def test_muon_where_torch_lacks_it_is_one_clear_line(data, tmp_path, monkeypatch, capsys):
     monkeypatch.delattr(torch.optim, "Muon", raising=False)  # absent before torch 2.9
-    code = train_main(["--data", str(data), "--out", str(tmp_path / "r"), "--device", "cpu", "--max-iters", "2", "--quiet", "--optimizer", "muon"])
-    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
-    assert code == 1 and len(err) == 1 and err[0].startswith("gpt-train: error: --optimizer muon needs torch.optim.Muon")
+    code = train_main(["--data", str(data), "--out", str(tmp_path / "r"), "--device", "cpu", "--max-iters", "2",
+                       "--quiet", "--optimizer", "muon"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert (code == 1 and len(err) == 1
+            and err[0].startswith("gpt-train: error: --optimizer muon needs torch.optim.Muon"))
     assert not (tmp_path / "r").exists()
 
 

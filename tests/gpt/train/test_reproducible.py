@@ -11,12 +11,13 @@ from gpt.train.presets import layered_config
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
 
 # the dtypes this CPU trains in: bf16 only where it computes bf16 natively (else it is not offered by default)
-DTYPES = ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16"))]
+DTYPES = ["fp32",
+          pytest.param("bf16", marks=pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16"))]
 
 
 def run_options(data, out, dtype, **options):
-    # the cpu-small preset keeps a time budget of its own: --max-iters replaces it, and 60 steps run past its warmup (50),
-    # where a learning rate that followed the clock used to part two runs
+    # the cpu-small preset keeps a time budget of its own: --max-iters replaces it, and 60 steps run past its warmup
+    # (50), where a learning rate that followed the clock used to part two runs
     return {"data": str(data), "out": str(out), "device": "cpu", "dtype": dtype, "preset": "cpu-small", "max_iters": 60,
             "eval_interval": 20, "batch_size": 8, "seed": 7, "progress": False, **options}
 
@@ -50,7 +51,8 @@ def test_a_deterministic_run_stopped_at_any_step_and_resumed_ends_bitwise_equal(
     train("cpu-small", run_options(data, tmp_path / "whole", dtype, deterministic=True), log=lambda s: None)
     seen = []
     train("cpu-small", run_options(data, tmp_path / "split", dtype, deterministic=True),
-          should_stop=lambda step: seen.append(torch.are_deterministic_algorithms_enabled()) or step == 37, log=lambda s: None)
+          should_stop=lambda step: seen.append(torch.are_deterministic_algorithms_enabled()) or step == 37,
+          log=lambda s: None)
 
     train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
     assert_bitwise_equal(final_weights(tmp_path / "whole"), final_weights(tmp_path / "split"))

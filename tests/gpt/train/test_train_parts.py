@@ -85,7 +85,8 @@ def test_help_shows_the_value_each_default_preset_gives_and_says_options_keep_th
     assert "override its values" in preset_help and "bigram for --model bigram" in preset_help
 
 def test_choosing_the_bigram_brings_its_preset(data, tmp_path):
-    result = train(overrides=tiny_run(data, tmp_path / "run", model="bigram", max_iters=3, lr=None, block_size=None), log=lambda s: None)
+    result = train(overrides=tiny_run(data, tmp_path / "run", model="bigram", max_iters=3, lr=None, block_size=None),
+                   log=lambda s: None)
     saved = ck.load_checkpoint(result.run_dir / "latest.pt")["train_config"]
     assert saved["preset"] == "bigram" and saved["lr"] == PRESETS["bigram"]["lr"] and saved["weight_decay"] == 0.0
 
@@ -100,7 +101,8 @@ def test_unknown_config_keys_are_refused_like_the_models():
 def test_the_model_options_build_the_model_config():
     cfg = TrainConfig(model="gpt", n_layer=3, n_head=2, n_embd=16, block_size=8, dropout=0.1, pos="learned", bias=True)
     m = cfg.model_config(vocab_size=50)
-    assert (m.kind, m.vocab_size, m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.pos, m.bias) == ("gpt", 50, 3, 2, 16, 8, 0.1, "learned", True)
+    assert (m.kind, m.vocab_size, m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.pos, m.bias) == (
+        "gpt", 50, 3, 2, 16, 8, 0.1, "learned", True)
 
 
 # -- schedule and optimizer ------------------------------------------------------------------
@@ -163,7 +165,7 @@ def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
         log.write({"step": step, "train_loss": 1.0})
     log.close()
     log.trim_after(20)
-    assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10, 20]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10, 20]
 
 
 def test_resume_trims_the_crashed_tail_of_metrics(data, tmp_path):
@@ -171,8 +173,9 @@ def test_resume_trims_the_crashed_tail_of_metrics(data, tmp_path):
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 15, "train_loss": 9.0}) + "\n")  # logged after the checkpoint, then a crash
     train(overrides={"out": str(tmp_path / "run"), "max_iters": 20, "progress": False}, resume=True, log=lambda s: None)
-    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps) and 9.0 not in [json.loads(l).get("train_loss") for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and 9.0 not in [
+        json.loads(line).get("train_loss") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(data, tmp_path, monkeypatch):
@@ -186,7 +189,8 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(data, tmp_path, mo
         warnings.simplefilter("always")
         result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, compile=True), log=lambda s: None)
     assert result.step == 5 and math.isfinite(result.val_loss)
-    assert any("torch.compile failed (RuntimeError: backend exploded); training in eager mode" in str(w.message) for w in caught)
+    assert any("torch.compile failed (RuntimeError: backend exploded); training in eager mode" in str(w.message)
+               for w in caught)
 
 
 def test_the_fp16_gradient_scaler_is_saved_and_restored(data, tmp_path):
@@ -219,13 +223,15 @@ def test_a_run_stops_after_patience_evaluations_without_improvement_and_says_so_
 
     losses = iter([2.0, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1])
     monkeypatch.setattr(Trainer, "evaluate", lambda self: next(losses))
-    result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=100, eval_interval=2, patience=3), log=lambda s: None)
+    result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=100, eval_interval=2, patience=3),
+                   log=lambda s: None)
     assert result.stopped_by == "patience" and result.step == 10
     assert result.best_val_loss == 1.5 and result.best_step == 4
     assert ck.load_checkpoint(tmp_path / "run" / "best.pt")["step"] == 4
     with pytest.raises(TrainError, match="stopped early.*--patience"):
         train(overrides={"out": str(tmp_path / "run"), "progress": False}, resume=True, log=lambda s: None)
-    again = train(overrides={"out": str(tmp_path / "run"), "progress": False, "patience": 10, "max_iters": 14}, resume=True, log=lambda s: None)
+    again = train(overrides={"out": str(tmp_path / "run"), "progress": False, "patience": 10, "max_iters": 14},
+                  resume=True, log=lambda s: None)
     assert again.step == 14
 
 
@@ -244,7 +250,8 @@ def test_a_cooldown_decays_the_rate_to_min_lr_once_patience_runs_out_then_stops(
 
     monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
     run = tmp_path / "run"
-    options = dict(max_iters=100, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
+    options = dict(max_iters=100, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0,
+                   log_interval=1)
     result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
     # stale evaluations at steps 10 and 12: the cooldown starts at 12, for 6 steps
     assert result.stopped_by == "cooldown" and result.step == 18 and result.best_step == 8
@@ -259,7 +266,8 @@ def test_a_cooldown_cut_short_by_the_step_budget_still_reaches_min_lr_at_its_end
 
     monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
     run = tmp_path / "run"
-    options = dict(max_iters=15, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
+    options = dict(max_iters=15, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0,
+                   log_interval=1)
     result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
     assert result.stopped_by == "max_iters" and result.step == 15  # 3 of the cooldown's 6 steps, then the budget
     lr = logged_lr(run)
@@ -274,7 +282,8 @@ def test_a_cooldown_under_a_time_budget_reaches_min_lr_as_the_time_runs_out(data
     monkeypatch.setattr(trainer_module, "time", StepClock())
     monkeypatch.setattr(trainer_module.Trainer, "evaluate", rising_after(14))
     run = tmp_path / "run"
-    options = dict(max_iters=None, max_time=1.2, eval_interval=2, cooldown=1.0, patience=2, lr=1e-2, min_lr=1e-3, warmup_iters=0, log_interval=1)
+    options = dict(max_iters=None, max_time=1.2, eval_interval=2, cooldown=1.0, patience=2, lr=1e-2, min_lr=1e-3,
+                   warmup_iters=0, log_interval=1)
     result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
     lr = logged_lr(run)
     # the cooldown starts at step 18 for 18 steps, but the clock runs out first: the rate
@@ -292,7 +301,8 @@ def test_a_run_stopped_in_its_cooldown_resumes_it_step_for_step(data, tmp_path, 
     monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
     kw = dict(max_iters=100, eval_interval=2, patience=2, cooldown=0.5, warmup_iters=0, log_interval=1)
     whole = train(overrides=tiny_run(data, tmp_path / "whole", **kw), log=lambda s: None)
-    first = train(overrides=tiny_run(data, tmp_path / "split", **kw), should_stop=lambda step: step == 15, log=lambda s: None)
+    first = train(overrides=tiny_run(data, tmp_path / "split", **kw), should_stop=lambda step: step == 15,
+                  log=lambda s: None)
     rest = train(overrides={"out": str(tmp_path / "split"), "progress": False}, resume=True, log=lambda s: None)
     assert rest.stopped_by == "cooldown" and rest.step == whole.step == 18
     assert dict(first.history + rest.history) == dict(whole.history)
@@ -308,7 +318,8 @@ def test_a_finished_cooldown_is_not_resumed_unless_asked(data, tmp_path, monkeyp
     train(overrides=tiny_run(data, run, max_iters=100, eval_interval=2, patience=2, cooldown=0.5), log=lambda s: None)
     with pytest.raises(TrainError, match="ended with its cooldown at step 18.*--cooldown 0 --patience 0"):
         train(overrides={"out": str(run), "progress": False}, resume=True, log=lambda s: None)
-    again = train(overrides={"out": str(run), "progress": False, "cooldown": 0.0, "patience": 0, "max_iters": 22}, resume=True, log=lambda s: None)
+    again = train(overrides={"out": str(run), "progress": False, "cooldown": 0.0, "patience": 0, "max_iters": 22},
+                  resume=True, log=lambda s: None)
     assert again.step == 22 and again.stopped_by == "max_iters"
 
 
