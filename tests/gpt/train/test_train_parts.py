@@ -245,14 +245,19 @@ def logged_lr(run) -> dict:
     return {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
 
 
-def test_a_cooldown_decays_the_rate_to_min_lr_once_patience_runs_out_then_stops(data, tmp_path, monkeypatch):
+def cooled_run(data, tmp_path, monkeypatch, max_iters: int):
+    """A run whose val loss rises after step 8, with patience 2 and a cooldown of half the steps so far."""
     from gpt.train.trainer import Trainer
 
     monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
     run = tmp_path / "run"
-    options = dict(max_iters=100, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0,
+    options = dict(max_iters=max_iters, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0,
                    log_interval=1)
-    result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
+    return run, train(overrides=tiny_run(data, run, **options), log=lambda s: None)
+
+
+def test_a_cooldown_decays_the_rate_to_min_lr_once_patience_runs_out_then_stops(data, tmp_path, monkeypatch):
+    run, result = cooled_run(data, tmp_path, monkeypatch, max_iters=100)
     # stale evaluations at steps 10 and 12: the cooldown starts at 12, for 6 steps
     assert result.stopped_by == "cooldown" and result.step == 18 and result.best_step == 8
     lr = logged_lr(run)
@@ -262,13 +267,7 @@ def test_a_cooldown_decays_the_rate_to_min_lr_once_patience_runs_out_then_stops(
 
 
 def test_a_cooldown_cut_short_by_the_step_budget_still_reaches_min_lr_at_its_end(data, tmp_path, monkeypatch):
-    from gpt.train.trainer import Trainer
-
-    monkeypatch.setattr(Trainer, "evaluate", rising_after(8))
-    run = tmp_path / "run"
-    options = dict(max_iters=15, eval_interval=2, patience=2, cooldown=0.5, lr=1e-2, min_lr=1e-3, warmup_iters=0,
-                   log_interval=1)
-    result = train(overrides=tiny_run(data, run, **options), log=lambda s: None)
+    run, result = cooled_run(data, tmp_path, monkeypatch, max_iters=15)
     assert result.stopped_by == "max_iters" and result.step == 15  # 3 of the cooldown's 6 steps, then the budget
     lr = logged_lr(run)
     assert [lr[s] for s in (13, 14, 15)] == pytest.approx([lr[12] + (1e-3 - lr[12]) * k / 3 for k in (1, 2, 3)])
