@@ -260,7 +260,9 @@ def test_prompt_characters_outside_the_vocabulary_are_encoded_as_the_data_was():
     model, tok, _ = train_tiny_model(steps=0, oov="byte")
     gen = Generator(model, tok, torch.device("cpu"), torch.float32)
     assert tok.decode_bytes(gen.encode_prompt("the 🙂 cat")).decode() == "the 🙂 cat"
-    assert gen.generate("東京 ", SamplingOptions(max_new_tokens=5, seed=0))[0] is not None
+    options = SamplingOptions(max_new_tokens=5, seed=0, stop_at_eot=False)
+    ids = [step[0] for step in gen.token_steps(gen.encode_prompt("東京 "), options)]
+    assert len(ids) == 5 and gen.generate("東京 ", options)[0] == tok.decode_bytes(ids).decode("utf-8", "replace")
 
     model, tok, _ = train_tiny_model(steps=0, oov="unk")
     assert Generator(model, tok, torch.device("cpu"), torch.float32).encode_prompt("a🙂")[1] == tok.unk_id
