@@ -45,8 +45,10 @@ demo: torch-choice $(VENV)/.installed
 	$(VENV)/bin/gpt-sample --ckpt $(DEMO_RUN) --max-new-tokens 300 --prompt "def "
 	@echo "the run is in $(DEMO_RUN); sample again with: $(VENV)/bin/gpt-sample --prompt 'def '"
 
+# one worker per core (pytest-xdist); a file's tests stay in one worker, which builds its
+# module fixtures (a trained model, a prepared corpus) once
 test: torch-choice $(VENV)/.installed
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto --dist loadfile tests
 
 # ruff, configured in pyproject.toml ([tool.ruff]); installed with the test extra
 lint: torch-choice $(VENV)/.installed

@@ -19,7 +19,8 @@ def run_options(data, out, dtype, **options):
     # the cpu-small preset keeps a time budget of its own: --max-iters replaces it, and 60 steps run past its warmup
     # (50), where a learning rate that followed the clock used to part two runs
     return {"data": str(data), "out": str(out), "device": "cpu", "dtype": dtype, "preset": "cpu-small", "max_iters": 60,
-            "eval_interval": 20, "batch_size": 8, "seed": 7, "progress": False, **options}
+            "eval_interval": 20, "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "batch_size": 4, "seed": 7,
+            "progress": False, **options}
 
 
 def final_weights(folder):
