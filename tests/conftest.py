@@ -115,7 +115,7 @@ def prepare_cli(tmp_path):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """The learnable corpus, prepared once per test module that imports this fixture."""
+    """The learnable corpus, prepared once per test module that uses it."""
     return prepared(tmp_path_factory.mktemp("data"))
 
 
