@@ -46,11 +46,13 @@ class Workers:
             return
         if kind is not None:  # a failure, Ctrl-C or SIGTERM: the workers' jobs are wasted, end them now
             # the pool's own processes (it has no public list), not every child: a caller's own are none of ours
-            workers = list((getattr(self.pool, "_processes", None) or {}).values())
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            for worker in workers:
+            for worker in list((getattr(self.pool, "_processes", None) or {}).values()):
                 if worker.is_alive():
                     worker.terminate()
+        # One shutdown that waits, always: its manager thread must be joined before the
+        # interpreter exits, whose own farewell to the pool otherwise writes to a pipe that
+        # thread has closed (a traceback after the error line). A shutdown(wait=False)
+        # first would forget the thread, so the second could not join it.
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
