@@ -58,7 +58,9 @@ def rope_rotation(basis: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     """(3, hs, hs) = (R, R, I) for one position, from its (hs,) rows [cos, cos] and [sin, sin]
     (columns of the basis scaled by them): x @ R == apply_rope(x) for queries and keys, the
     identity for values, so one position's three projections turn in one batched product,
-    with the matrices built in two kernels."""
+    with the matrices built in two kernels. Rows (B, hs), a position per sequence, give
+    (B, 3, hs, hs)."""
+    cos, sin = (t.view(*t.shape[:-1], 1, 1, t.size(-1)) for t in (cos, sin))
     return torch.addcmul(torch.addcmul(basis[0], basis[1], cos), basis[2], sin)
 
 
@@ -84,8 +86,8 @@ class Rotary(nn.Module):
         (3, hs, hs) matrices (start may then be a 0-dim tensor); else the cos and sin tables,
         (3, 1, 1, T, hs/2), in autocast's dtype, which float projections give queries and
         keys: cast once here rather than in every layer (on a GPU each cast is a kernel)."""
-        if T == 1:
-            return rope_rotation(self.basis, *row(self.rows, start))
+        if T == 1:  # start may also be (B,) positions, one per sequence
+            return rope_rotation(self.basis, *row(self.rows, start).unbind(-2))
         dtype = products_dtype(self.cos.device, self.cos.dtype)
         return self.cos[..., start : start + T, :].to(dtype), self.sin[..., start : start + T, :].to(dtype)
 
@@ -93,7 +95,7 @@ class Rotary(nn.Module):
 def rotate(qkv: torch.Tensor, rope: Rope, batch: int) -> torch.Tensor:
     """Queries, keys and values (3, B, nh, T, hs) from qkv (B*T, 3, nh, hs), with the
     queries and keys turned by their positions' angles and the values as they were."""
-    if isinstance(rope, torch.Tensor):  # one position per sequence: (3, hs, hs) matrices
+    if isinstance(rope, torch.Tensor):  # one position per sequence: (3, hs, hs) or (B, 3, hs, hs) matrices
         qkv = torch.matmul(qkv, rope)  # a 4-dim product: torch takes a 5-dim one by a path twice as slow
     qkv = qkv.view(batch, -1, *qkv.shape[1:]).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
     if isinstance(rope, tuple):
@@ -111,11 +113,12 @@ def products_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
 
 
 def row(table: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
-    """table[pos] for an int or a 0-dim position tensor. Indexing with the tensor itself
-    would read it back to the host (`.item()`), which a CUDA graph cannot record and which
-    would freeze the position at its captured value; index_select stays on the device."""
+    """table[pos] for an int, a 0-dim position tensor or (B,) positions (then (B, ...)).
+    Indexing with a 0-dim tensor itself would read it back to the host (`.item()`), which a
+    CUDA graph cannot record and which would freeze the position at its captured value;
+    index_select stays on the device."""
     if isinstance(pos, torch.Tensor):
-        return table.index_select(0, pos.view(1))[0]
+        return table.index_select(0, pos.view(-1)).view(*pos.shape, *table.shape[1:])
     return table[pos]
 
 
@@ -125,9 +128,10 @@ class Positions:
     """Where one forward call's tokens sit, as every layer's attention needs it: `batch`
     sequences of `length` new tokens, the rotary angles of their positions (`Rotary.at`;
     None with learned positions), and the cache holding the earlier positions' keys and
-    values. With `pos` (a 0-dim tensor, one token per sequence) the step has fixed shapes:
-    keys and values are written at `pos` and attention runs over the whole cache buffer,
-    later positions masked out by `bias` (1, block), made once for all layers."""
+    values. With `pos` (a 0-dim tensor, or (B,): a position per sequence; one token per
+    sequence) the step has fixed shapes: keys and values are written at `pos` and attention
+    runs over the whole cache buffer, later positions masked out by `bias` (1 or B, 1, 1,
+    block), made once for all layers."""
 
     batch: int
     length: int

@@ -5,11 +5,18 @@ It holds the keys and values of the current context window, at window positions
 representation changes, in every layer, so the cache is reset and refilled from the new
 window; between moves each new token costs one position's work.
 
+For serving (`gpt.serve`), each sequence of the batch is its own request, at its own
+position: the fixed-shape step then takes a position per sequence, and `row(b)` is a cache
+over sequence b alone, through which a new request's prompt is filled while the others
+decode.
+
 Keys and values share one buffer, (layer, key or value, batch, head, position, channel), so
 a new position's key and value go in with one copy: on a GPU every kernel of a decode step
 counts, since each costs more than the little arithmetic it does.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -31,6 +38,14 @@ class KVCache:
         c = model.config
         return cls(c.n_layer, batch, c.n_head, c.head_size, c.block_size, device, dtype)
 
+    def row(self, b: int) -> "KVCache":
+        """A cache over sequence b alone that shares this one's memory, empty to begin with."""
+        view = copy.copy(self)
+        view.kv = self.kv.narrow(2, b, 1)
+        view.layers = view.kv.unbind(0)
+        view.length = 0
+        return view
+
     def reset(self) -> None:
         self.length = 0
 
@@ -43,16 +58,22 @@ class KVCache:
 
     def write(self, layer: int, pos: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one position's keys and values, kv (2, B, nh, 1, hs), for `layer` at `pos` (a
-        0-dim tensor); return the whole buffers, whose shapes never change (the static step)."""
+        0-dim tensor, or (B,): one per sequence); return the whole buffers, whose shapes never
+        change (the static step)."""
         buffer = self.layers[layer]  # (2, B, nh, block, hs)
-        buffer.index_copy_(3, pos.view(1), kv)
+        if pos.dim() == 0:
+            buffer.index_copy_(3, pos.view(1), kv)
+        else:
+            buffer.scatter_(3, pos.view(1, -1, 1, 1, 1).expand_as(kv), kv)
         return buffer.unbind(0)
 
     def attention_bias(self, pos: torch.Tensor) -> torch.Tensor:
-        """(1, block) added to attention scores: 0 up to window position `pos` (a 0-dim tensor),
-        -inf after it. Made once per token for every layer, in the cache's dtype, so no layer
-        converts a boolean mask itself (three kernels a layer on a GPU)."""
-        return torch.where(self.positions <= pos, self.open, self.shut).view(1, -1)
+        """(1 or B, 1, 1, block) added to attention scores: 0 up to window position `pos` (a
+        0-dim tensor, or one per sequence), -inf after it. Made once per token for every layer,
+        in the cache's dtype, so no layer converts a boolean mask itself (three kernels a
+        layer on a GPU)."""
+        open_ = self.positions <= pos.unsqueeze(-1)  # (block,) or (B, block)
+        return torch.where(open_, self.open, self.shut).view(-1, 1, 1, self.block_size)
 
     def advance(self, n_new: int) -> None:
         self.length += n_new

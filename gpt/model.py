@@ -137,13 +137,15 @@ class GPT(LanguageModel):
         position only with `last_only`. Training, a cache's fill and each decoded token all
         run this one path.
 
-        With `pos`, a 0-dim position tensor on the model's device, and one token per
-        sequence, every shape is fixed: the new keys and values are written at `pos` and
+        With `pos`, a 0-dim position tensor on the model's device (or (B,), a position per
+        sequence: a server's requests each at their own), and one token per sequence, every
+        shape is fixed: the new keys and values are written at `pos` and
         attention runs over the whole cache buffer, the positions after `pos` masked out.
         Nothing then depends on a Python number, so the step can be captured once as a CUDA
         graph and replayed for every token; the caller keeps `cache.length` (it is not
         advanced here)."""
         B, T = idx.shape
+        C = self.config.n_embd
         if pos is None:
             start = cache.length if cache is not None else 0
             if start + T > self.config.block_size:
@@ -154,12 +156,12 @@ class GPT(LanguageModel):
             start = pos
         x = F.embedding(idx, self.wte.weight)  # (B, T, C)
         if self.wpe is not None:  # + (T, C); a position tensor is read on the device (see `row`)
-            x = x + (self.wpe.weight[start : start + T] if pos is None else row(self.wpe.weight, pos))
+            x = x + (self.wpe.weight[start : start + T] if pos is None else row(self.wpe.weight, pos).view(-1, 1, C))
         x = x.view(B * T, -1)  # (N, C)
         if self.training and self.config.dropout:
             x = F.dropout(x, self.config.dropout)
         rope = self.rotary.at(start, T) if self.rotary is not None else None
-        bias = cache.attention_bias(pos) if pos is not None else None  # (1, block): the window so far
+        bias = cache.attention_bias(pos) if pos is not None else None  # (1 or B, 1, 1, block): the window so far
         at = Positions(B, T, rope, cache, pos, bias)
         for block in self.blocks:
             x = block.forward(x, at)
