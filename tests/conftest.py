@@ -128,3 +128,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- gpt-serve -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def serve_run(tmp_path_factory) -> Path:
+    """A run folder holding the tiny trained model, with a context of 64 tokens."""
+    model, tok, cfg = helpers.train_tiny_model(steps=60, block_size=64)
+    run = tmp_path_factory.mktemp("serve") / "tiny"
+    helpers.write_checkpoint(run, model, tok, cfg)
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(serve_run):
+    """gpt-serve on 127.0.0.1 at a free port, serving the tiny model as "tiny", batches of 16."""
+    from tests.live_server import LiveServer
+
+    with LiveServer(serve_run, max_batch=16) as live:
+        yield live

@@ -53,6 +53,7 @@ class CompletionRequest(BaseModel):
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None  # an extension: sample from the k most likely tokens
+    ignore_eos: bool = False  # an extension (vLLM's name): go on past the end-of-text token
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
@@ -110,7 +111,8 @@ class CompletionRequest(BaseModel):
         choice i draws with seed + i, so the n completions differ and each is reproducible."""
         seed = None if self.seed is None else (self.seed + choice) % 2**63
         return SamplingOptions(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
-                               top_p=None if self.top_p == 1 else self.top_p, stop=self.stops(), seed=seed)
+                               top_p=None if self.top_p == 1 else self.top_p, stop=self.stops(), seed=seed,
+                               stop_at_eot=not self.ignore_eos)
 
 
 class Limits(BaseModel):

@@ -226,7 +226,12 @@ class Run:
         return api.usage(self.prompt_tokens, sum(self.tokens))
 
     def let_go(self) -> None:
+        """The request is over (answered, failed, or its client went away): sequences still
+        running leave the batch, and those whose end was not seen count as cancelled."""
         self.served.engine.cancel(s for s in self.seqs if s.state is not State.ENDED)
+        if self.open:
+            self.served.metrics.completions.labels("cancelled").inc(self.open)
+            self.open = 0
 
     async def whole(self, request: Request) -> JSONResponse:
         texts = [[e] if self.body.echo else [] for e in self.echoes]

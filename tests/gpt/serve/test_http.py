@@ -1,0 +1,127 @@
+"""gpt-serve at the HTTP level, for what OpenAI's client cannot send or see: malformed bodies,
+limits, overload, a client that goes away mid-stream, CORS and the metrics' text."""
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from gpt.serve.api import Limits
+from tests.live_server import LONG, LiveServer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TIMEOUT_S = 30
+
+
+def post(server, body: bytes | dict, **headers) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(server.url + "/v1/completions", content=content, timeout=TIMEOUT_S,
+                      headers={"Content-Type": "application/json", **headers})
+
+
+def assert_error(r: httpx.Response, status: int, *fragments: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    for fragment in fragments:
+        assert fragment in error["message"]
+    return error
+
+
+@pytest.mark.parametrize("body, fragments", [
+    (b'{"prompt": "the ",', ["not valid JSON"]),
+    (b"", ["needs a JSON body"]),
+    (b'["the "]', ["body"]),
+    (b'{"prompt": 5}', ["prompt"]),
+    (b'{"prompt": "a", "max_tokens": 2.5}', ["max_tokens"]),
+    (b'{"prompt": "a", "stream": "yes"}', ["stream"]),
+    (b'{"prompt": "a", "n": 0}', ["n must be"]),
+    (b'{"prompt": "a", "temperature": 1e400}', ["temperature"]),
+    (b'{"prompt": [], "max_tokens": 3}', ["empty list"]),
+])
+def test_a_malformed_or_mistyped_body_is_a_400_json_error(server, body, fragments):
+    assert_error(post(server, body), 400, *fragments)
+
+
+def test_a_body_over_the_limit_is_a_413(serve_run):
+    with LiveServer(serve_run, max_batch=1, max_body=200) as live:
+        assert_error(post(live, {"prompt": "a" * 500}), 413, "200 bytes")
+        assert post(live, {"prompt": "a", "max_tokens": 2}).status_code == 200
+
+
+def test_an_unknown_route_is_a_404_json_error(server):
+    assert_error(httpx.get(server.url + "/v1/chat/completions", timeout=TIMEOUT_S), 404)
+    assert_error(httpx.get(server.url + "/v1/models/other", timeout=TIMEOUT_S), 404, "other")
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_memory_stays_bounded(serve_run):
+    long = {"prompt": "the ", "max_tokens": LONG, "ignore_eos": True, "stream": True}
+    with LiveServer(serve_run, max_batch=1, max_waiting=1) as live, httpx.Client(timeout=TIMEOUT_S) as http:
+        with http.stream("POST", live.url + "/v1/completions", json=long) as running:
+            lines = running.iter_lines()  # held: a dropped iterator closes the connection
+            next(lines)  # in the only slot
+            with http.stream("POST", live.url + "/v1/completions", json=long) as waiting:
+                assert live.wait_for(lambda: live.served.engine.load() == (1, 1))
+                busy = post(live, {"prompt": "a", "max_tokens": 2})
+                assert_error(busy, 429, "busy")
+                assert busy.headers["retry-after"] == "1"
+                assert live.served.engine.load() == (1, 1)  # the refused request holds nothing
+                assert waiting.status_code == 200
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
+    request = json.dumps({"prompt": "the ", "max_tokens": LONG, "ignore_eos": True, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as raw:
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(request)).encode() + b"\r\n\r\n" + request)
+        received = b""
+        while b"data: " not in received:
+            received += raw.recv(4096)
+        assert server.served.engine.load()[0] == 1
+    assert server.wait_for(lambda: server.served.engine.load() == (0, 0))
+    assert server.wait_for(lambda: server.metric('gpt_serve_completions_total{reason="cancelled"}') >= 1)
+
+
+def test_cors_is_off_unless_an_origin_is_allowed(server, serve_run):
+    preflight = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST"}
+    r = httpx.options(server.url + "/v1/completions", headers=preflight, timeout=TIMEOUT_S)
+    assert "access-control-allow-origin" not in r.headers
+    with LiveServer(serve_run, max_batch=1, cors_origins=("http://example.test",)) as live:
+        r = httpx.options(live.url + "/v1/completions", headers=preflight, timeout=TIMEOUT_S)
+        assert r.headers["access-control-allow-origin"] == "http://example.test"
+
+
+def test_the_metrics_count_requests_tokens_and_latencies(serve_run):
+    with LiveServer(serve_run, max_batch=4) as live:
+        assert post(live, {"prompt": "the ", "max_tokens": 12, "temperature": 0, "n": 2}).status_code == 200
+        assert_error(post(live, {"prompt": "a", "top_p": 2}), 400)
+        text = httpx.get(live.url + "/metrics", timeout=TIMEOUT_S).text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['gpt_serve_requests_total{route="/v1/completions",status="200"}'] == 1
+    assert samples['gpt_serve_requests_total{route="/v1/completions",status="400"}'] == 1
+    assert samples["gpt_serve_prompt_tokens_total"] == 4
+    assert samples["gpt_serve_generated_tokens_total"] == 24
+    assert samples['gpt_serve_completions_total{reason="length"}'] == 2
+    assert samples["gpt_serve_time_to_first_token_seconds_count"] == 1
+    assert samples["gpt_serve_time_per_output_token_seconds_count"] == 2
+    assert samples["gpt_serve_request_duration_seconds_count"] == 1
+    for gauge in ("gpt_serve_queue_depth", "gpt_serve_active_sequences", "gpt_serve_batch_occupancy"):
+        assert gauge in samples
+
+
+def test_max_tokens_is_capped_by_the_operator(serve_run):
+    with LiveServer(serve_run, max_batch=1, limits=Limits(max_tokens=10)) as live:
+        assert_error(post(live, {"prompt": "a", "max_tokens": 11}), 400, "10")
+        assert post(live, {"prompt": "a", "max_tokens": 10}).json()["usage"]["completion_tokens"] <= 10
+
+
+def test_the_page_is_served_whole_with_nothing_from_elsewhere(server):
+    r = httpx.get(server.url + "/", timeout=TIMEOUT_S)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'id="prompt"' in r.text and 'id="stop"' in r.text
+    for outside in ("http://", "https://", "//cdn", "src=\"//"):
+        assert outside not in r.text
