@@ -1,0 +1,80 @@
+"""The page at / in a real headless browser (Chromium, driven by Selenium): a prompt typed in,
+the text streamed in as it is generated, and the stop button. Skipped where no Chromium and
+chromedriver are installed (`apt-get install chromium chromium-driver`; CI installs them)."""
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TIMEOUT_S = 60
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (BROWSER and DRIVER):
+        pytest.skip("no Chromium with chromedriver here (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    except WebDriverException as e:
+        pytest.skip(f"Chromium would not start: {e.msg}")
+    driver.set_page_load_timeout(TIMEOUT_S)
+    yield driver
+    driver.quit()
+
+
+def set_value(browser, element_id: str, value: str) -> None:
+    """A range or number input's value, as a user dragging or typing it leaves it."""
+    browser.execute_script(
+        "const e = document.getElementById(arguments[0]); e.value = arguments[1];"
+        "e.dispatchEvent(new Event('input'));", element_id, value)
+
+
+def test_a_prompt_typed_in_streams_the_models_text(browser, server):
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, TIMEOUT_S)
+    wait.until(lambda b: "tiny" in b.find_element(By.ID, "model").text)  # the page asked the API for the model
+    browser.find_element(By.ID, "prompt").send_keys("the cat ")
+    set_value(browser, "temperature", "0")
+    set_value(browser, "max-tokens", "200")
+    browser.find_element(By.ID, "generate").click()
+    output = browser.find_element(By.ID, "output")
+    wait.until(lambda b: output.get_attribute("data-state") != "running")
+    assert output.get_attribute("data-state") == "done"
+    shown = browser.find_element(By.ID, "generated").text
+    expected = httpx.post(server.url + "/v1/completions", timeout=TIMEOUT_S, json={
+        "prompt": "the cat ", "max_tokens": 200, "temperature": 0}).json()["choices"][0]["text"]
+    assert shown.strip() == expected.strip() and shown.strip()  # the browser shows whitespace trimmed at the ends
+    assert int(output.get_attribute("data-chunks")) >= 1
+    assert "done" in browser.find_element(By.ID, "status").text
+
+
+def test_the_stop_button_ends_a_long_generation_and_frees_its_slot(browser, server):
+    browser.get(server.url + "/")
+    browser.execute_script("document.getElementById('max-tokens').max = 1000000")
+    set_value(browser, "max-tokens", "1000000")
+    browser.find_element(By.ID, "prompt").send_keys("to be ")
+    browser.find_element(By.ID, "ignore-eos").click()  # a request that would run for many minutes
+    browser.find_element(By.ID, "generate").click()
+    wait = WebDriverWait(browser, TIMEOUT_S)
+    wait.until(lambda b: b.find_element(By.ID, "generated").text)
+    output = browser.find_element(By.ID, "output")
+    assert output.get_attribute("data-state") == "running"
+    browser.find_element(By.ID, "stop").click()
+    wait.until(lambda b: output.get_attribute("data-state") != "running")
+    assert output.get_attribute("data-state") == "stopped"
+    assert browser.find_element(By.ID, "status").text == "stopped"
+    assert server.wait_for(lambda: server.served.engine.load() == (0, 0))
+    assert not browser.find_element(By.ID, "generate").get_attribute("disabled")
