@@ -58,9 +58,7 @@ def rope_rotation(basis: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     """(3, hs, hs) = (R, R, I) for one position, from its (hs,) rows [cos, cos] and [sin, sin]
     (columns of the basis scaled by them): x @ R == apply_rope(x) for queries and keys, the
     identity for values, so one position's three projections turn in one batched product,
-    with the matrices built in two kernels. Rows (B, hs), a position per sequence, give
-    (B, 3, hs, hs)."""
-    cos, sin = (t.view(*t.shape[:-1], 1, 1, t.size(-1)) for t in (cos, sin))
+    with the matrices built in two kernels."""
     return torch.addcmul(torch.addcmul(basis[0], basis[1], cos), basis[2], sin)
 
 
@@ -83,19 +81,27 @@ class Rotary(nn.Module):
 
     def at(self, start: int | torch.Tensor, T: int) -> Rope:
         """What `rotate` needs for window positions start..start+T-1: for one position, its
-        (3, hs, hs) matrices (start may then be a 0-dim tensor); else the cos and sin tables,
+        (3, hs, hs) matrices (start may then be a 0-dim tensor); for (B,) positions, one token
+        at each, their cos and sin; else the cos and sin tables,
         (3, 1, 1, T, hs/2), in autocast's dtype, which float projections give queries and
         keys: cast once here rather than in every layer (on a GPU each cast is a kernel)."""
-        if T == 1:  # start may also be (B,) positions, one per sequence
-            return rope_rotation(self.basis, *row(self.rows, start).unbind(-2))
         dtype = products_dtype(self.cos.device, self.cos.dtype)
+        if isinstance(start, torch.Tensor) and start.dim() == 1:
+            # a position per sequence (a server's batch): each sequence's angles, (3, B, 1, 1,
+            # hs/2), applied by pairs of channels; for 16 sequences this is cheaper than
+            # building and applying 16 sets of rotation matrices
+            cos, sin = (t[:, 0, 0].index_select(1, start).view(3, -1, 1, 1, t.size(-1)).to(dtype)
+                        for t in (self.cos, self.sin))
+            return cos, sin
+        if T == 1:
+            return rope_rotation(self.basis, *row(self.rows, start).unbind(-2))
         return self.cos[..., start : start + T, :].to(dtype), self.sin[..., start : start + T, :].to(dtype)
 
 
 def rotate(qkv: torch.Tensor, rope: Rope, batch: int) -> torch.Tensor:
     """Queries, keys and values (3, B, nh, T, hs) from qkv (B*T, 3, nh, hs), with the
     queries and keys turned by their positions' angles and the values as they were."""
-    if isinstance(rope, torch.Tensor):  # one position per sequence: (3, hs, hs) or (B, 3, hs, hs) matrices
+    if isinstance(rope, torch.Tensor):  # one position per sequence: (3, hs, hs) matrices
         qkv = torch.matmul(qkv, rope)  # a 4-dim product: torch takes a 5-dim one by a path twice as slow
     qkv = qkv.view(batch, -1, *qkv.shape[1:]).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
     if isinstance(rope, tuple):

@@ -46,6 +46,18 @@ class KVCache:
         view.length = 0
         return view
 
+    def prefix(self, length: int) -> "KVCache":
+        """The first `length` positions of every sequence, sharing this cache's memory: a
+        fixed-shape step given positions below `length` attends over these only."""
+        if length == self.block_size:
+            return self
+        view = copy.copy(self)
+        view.kv = self.kv.narrow(4, 0, length)
+        view.layers = view.kv.unbind(0)
+        view.positions = self.positions[:length]
+        view.block_size = length
+        return view
+
     def reset(self) -> None:
         self.length = 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -59,6 +60,13 @@ class Served:
         self.metrics = Metrics(settings.max_batch)
         self.engine = Engine(generator.model, generator.device, generator.dtype, settings.max_batch,
                              settings.max_waiting, on_step=self.metrics.on_step)
+        self._mailbox: Mailbox | None = None
+
+    def mailbox(self, loop: asyncio.AbstractEventLoop) -> "Mailbox":
+        """The mailbox to `loop`, one per loop (a server runs one)."""
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = Mailbox(loop)
+        return self._mailbox
 
     def encode(self, prompt: str, param: str) -> list[int]:
         try:
@@ -159,10 +167,10 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
         raise unknown_model(body.model, s.name)
     prompts = body.prompts()
     ids = [served.encode(p, "prompt") for p in prompts]
-    loop = asyncio.get_running_loop()
+    mailbox = served.mailbox(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     gen = served.generator
-    seqs = [Sequence(prompt_ids, body.options(j), gen.tokenizer, gen.block_size, sink_for(loop, events, i * body.n + j))
+    seqs = [Sequence(prompt_ids, body.options(j), gen.tokenizer, gen.block_size, mailbox.sink(events, i * body.n + j))
             for i, prompt_ids in enumerate(ids) for j in range(body.n)]
     try:
         served.engine.submit(seqs)
@@ -181,16 +189,35 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
     return await run.whole(request)
 
 
-def sink_for(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int):
-    """An engine-side sink: hands the event to the request's loop (never blocks the engine)."""
+class Mailbox:
+    """Events from the engine's thread to the event loop, with one wake-up of the loop for
+    all the events posted before it runs, not one per token: a step of 16 sequences would
+    otherwise wake it 16 times, and each wake-up takes the interpreter's lock from the
+    engine, which then waits to get it back for its next operation."""
 
-    def sink(event: Event) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.pending: list[tuple[asyncio.Queue, tuple[int, Event]]] = []
+
+    def sink(self, events: asyncio.Queue, index: int):
+        """An engine-side sink for choice `index` of a request (it never blocks the engine)."""
+        return lambda event: self.post(events, (index, event))
+
+    def post(self, events: asyncio.Queue, item: tuple[int, Event]) -> None:
+        with self.lock:
+            self.pending.append((events, item))
+            if len(self.pending) > 1:  # a delivery is already on its way
+                return
         try:
-            loop.call_soon_threadsafe(events.put_nowait, (index, event))
+            self.loop.call_soon_threadsafe(self.deliver)
         except RuntimeError:  # the loop has closed: nobody is reading any more
             pass
 
-    return sink
+    def deliver(self) -> None:
+        with self.lock:
+            ready, self.pending = self.pending, []
+        for events, item in ready:
+            events.put_nowait(item)
 
 
 class Run:

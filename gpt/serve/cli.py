@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from plumbing.command import Parser, command
@@ -153,18 +154,29 @@ def serve(args) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"gpt-serve: serving {name} ({generator.device}, {str(generator.dtype).removeprefix('torch.')}"
           f"{', int8' if args.quantize else ''}, batches of {args.max_batch}) at http://{shown}:{port}", flush=True)
-    stopped: list[int] = []
-    # uvicorn stops gracefully on these, then raises them again: here they only record that
-    # the stop was asked for, so it ends with status 0 rather than as killed
-    previous = {sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    served.engine.start()
+    # The engine runs on this, the main thread (see Engine.run), and the web server on a
+    # second one. Ctrl-C and SIGTERM ask the web server to stop: it takes no new connection,
+    # lets requests in flight finish for up to --grace seconds and cancels the rest; then
+    # the engine stops, and the command exits 0.
+    def stop_serving(signum, frame) -> None:
+        server.should_exit = True
+
+    def web() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            served.engine.stop()
+
+    previous = {sig: signal.signal(sig, stop_serving) for sig in (signal.SIGINT, signal.SIGTERM)}
+    web_thread = threading.Thread(target=web, name="gpt-serve web", daemon=True)
+    web_thread.start()
     try:
-        server.run(sockets=[sock])
+        served.engine.run()
     finally:
+        server.should_exit = True
+        web_thread.join(args.grace + 10)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        served.engine.stop(timeout=10)
         sock.close()
     print("gpt-serve: stopped", file=sys.stderr)
     return 0

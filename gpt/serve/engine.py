@@ -36,6 +36,7 @@ from .sequence import Sequence, State
 
 FILL_CHUNK = 64  # tokens of a window per model call when filling a slot
 FILL_BUDGET = 128  # tokens filled per step, at most (at least one chunk)
+ATTEND_STEP = 64  # the decode step attends over a multiple of this many positions
 
 
 class EngineFull(Exception):
@@ -64,11 +65,13 @@ class Engine:
         self.slots: list[Sequence | None] = [None] * max_batch
         self.waiting: deque[Sequence] = deque()
         self.changed = threading.Condition()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, name="gpt-serve engine", daemon=True)
+        self.stopping = self.running = False
+        self.thread: threading.Thread | None = None
 
     # -- the callers' side (any thread) ---------------------------------------------------------
     def start(self) -> "Engine":
+        """Run the engine on a thread of its own (`run` runs it on the caller's)."""
+        self.thread = threading.Thread(target=self.run, name="gpt-serve engine", daemon=True)
         self.thread.start()
         return self
 
@@ -94,17 +97,15 @@ class Engine:
             self.changed.notify()
 
     def stop(self, timeout: float | None = None) -> None:
-        """End the engine: every sequence still queued or running ends as cancelled."""
+        """End the engine: every sequence still queued or running ends as cancelled (by the
+        engine's loop as it returns, or here if it is not running)."""
         with self.changed:
             self.stopping = True
             self.changed.notify()
-        if self.thread.is_alive():
+            if not self.running:
+                self._end_all()
+        if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
-        with self.changed:
-            for seq in [*self.waiting, *(s for s in self.slots if s is not None)]:
-                seq.sink(seq.end("", "cancelled"))
-            self.waiting.clear()
-            self.slots = [None] * self.max_batch
 
     def load(self) -> tuple[int, int]:
         """(sequences in slots, sequences waiting)."""
@@ -112,7 +113,27 @@ class Engine:
             return sum(s is not None for s in self.slots), len(self.waiting)
 
     # -- the engine's thread --------------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Take steps until stopped. gpt-serve runs this on the main thread: torch's worker
+        threads serve the thread that first used them best (on a 2-core CPU a decode step run
+        from a second thread took 1.6x as long), and the web server's thread has little to do."""
+        with self.changed:
+            self.running = True
+        try:
+            self._loop()
+        finally:
+            with self.changed:
+                self.running = False
+                self._end_all()
+
+    def _end_all(self) -> None:
+        for seq in [*self.waiting, *(s for s in self.slots if s is not None)]:
+            if seq.state is not State.ENDED:
+                seq.sink(seq.end("", "cancelled"))
+        self.waiting.clear()
+        self.slots = [None] * self.max_batch
+
+    def _loop(self) -> None:
         while True:
             with self.changed:
                 while not self.stopping and not self.waiting and not any(self.slots):
@@ -204,7 +225,11 @@ class Engine:
             logits = self.model(self.ids)[0][:, -1]
         else:
             self.pos.copy_(self._tensor(pos))
-            logits = self.model(self.ids, cache=self.cache, pos=self.pos)[0][:, -1]  # (max_batch, V)
+            # attention reads the positions up to the furthest row's, in steps of ATTEND_STEP:
+            # a masked position adds an exact zero to its row's sums, so a row's numbers do not
+            # depend on how far the others are (the crowd test holds it to that)
+            reach = min(self.block_size, -(-(max(pos) + 1) // ATTEND_STEP) * ATTEND_STEP)
+            logits = self.model(self.ids, cache=self.cache.prefix(reach), pos=self.pos)[0][:, -1]  # (max_batch, V)
         rows = self._tensor([s.slot for s in ready])
         return self._sample(ready, logits.index_select(0, rows))
 

@@ -77,7 +77,7 @@ def test_the_models_list_names_the_served_model(client):
 
 
 @pytest.mark.parametrize("fields", [
-    dict(temperature=-0.5), dict(top_p=0.0), dict(max_tokens=-1), dict(max_tokens=10**6),
+    dict(temperature=-0.5), dict(top_p=0.0), dict(max_tokens=-1), dict(max_tokens=10**7),
     dict(extra_body={"top_k": 0}), dict(extra_body={"no_such_field": 1}), dict(stop=[""]),
     dict(prompt="x" * 65), dict(logprobs=2), dict(extra_body={"max_tokens": "5"}),
 ])

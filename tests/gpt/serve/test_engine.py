@@ -69,7 +69,14 @@ def others(tok, count: int, seed: int) -> list[Reader]:
     return readers
 
 
-def test_a_seeded_sequence_gets_the_same_tokens_alone_and_among_fifteen_others_joining_and_leaving(tiny):
+@pytest.fixture
+def short_reach(monkeypatch):
+    """Attention over positions in steps of 8, so the crowd's rows, at different positions,
+    make the step attend over more positions than a row alone would."""
+    monkeypatch.setattr(engine_module, "ATTEND_STEP", 8)
+
+
+def test_a_seeded_sequence_gets_the_same_tokens_alone_and_among_fifteen_others_joining_and_leaving(tiny, short_reach):
     model, tok = tiny
     options = SamplingOptions(max_new_tokens=100, temperature=0.9, top_k=20, seed=7, stop_at_eot=False)
     alone = run_alone(model, tok, "the cat ", options)
@@ -91,7 +98,7 @@ def test_a_seeded_sequence_gets_the_same_tokens_alone_and_among_fifteen_others_j
     assert len(alone) == 100
 
 
-def test_greedy_sequences_never_see_each_others_tokens(tiny):
+def test_greedy_sequences_never_see_each_others_tokens(tiny, short_reach):
     model, tok = tiny
     greedy = SamplingOptions(max_new_tokens=60, temperature=0, stop_at_eot=False)
     alone = run_alone(model, tok, "a dog ", greedy)
