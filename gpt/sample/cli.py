@@ -19,6 +19,11 @@ printed, in order, when the batch is done, each after a line '--- sample i of N 
 Many samples run in batches of at most 64, each printed as it finishes, so memory stays that
 of one batch whatever N is; with --seed, batch k draws with seed + k.
 
+beam search: --beams N keeps the N most likely partial texts at every step and prints the
+best finished one (--num-samples K: the K best, each after '--- beam i of K ---'), scored by
+log-probability / length^--length-penalty; it is deterministic and ignores the sampling
+options.
+
 stopping: a sample ends at the end-of-text token (unless --ignore-eot), just before the
 first --stop string in its generated text, or after --max-new-tokens tokens.
 
@@ -61,6 +66,12 @@ def build_parser() -> Parser:
     p.add_argument("--stop", action="append", default=[], metavar="STRING",
                    help="end a sample just before this text "
                    "(repeatable; backslash escapes such as \\n and \\t are understood)")
+    p.add_argument("--beams", type=int, metavar="N",
+                   help="beam search with N beams instead of sampling: the most likely continuation (with "
+                   "--num-samples K <= N, the K best), deterministic; the sampling options are not used")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
+                   help="beam search scores a text by its log-probability / length^A: 0 favours short texts, "
+                   "1 (the default) compares them per token")
     p.add_argument("--ignore-eot", action="store_true",
                    help="go on past the end-of-text token (it is shown as <|endoftext|>)")
     p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt before it")
@@ -123,6 +134,13 @@ def sample(args) -> None:
     generator.encode_prompt(prompt)  # refuse a prompt that cannot be encoded before printing anything
     out = sys.stdout
     echo = "" if args.no_echo else prompt
+    if args.beams is not None:
+        texts = [text for text, _, _ in generator.beam(prompt, options, args.beams, args.num_samples,
+                                                       args.length_penalty)]
+        for i, text in enumerate(texts, start=1):
+            out.write(f"--- beam {i} of {len(texts)} ---\n{echo}{text}\n" if len(texts) > 1 else f"{echo}{text}\n")
+        out.flush()
+        return
     if args.num_samples == 1:
         out.write(echo)
         out.flush()

@@ -22,6 +22,7 @@ from data_prep import DataError, Tokenizer
 from ..device import resolve_device, resolve_dtype
 from ..quantize import check_supported, quantize_model
 from ..store.load import load_any_model
+from .beam import beam_search
 from .decode_loop import DecodeLoop
 from .sampling import GenerationError, SampleText, SamplingOptions
 
@@ -119,6 +120,26 @@ class Generator:
         for pieces in self.stream_samples(prompt, options, 1, self.stream_every):
             if pieces[0]:
                 yield pieces[0]
+
+    def beam(self, prompt: str, options: SamplingOptions, beams: int, count: int = 1,
+             alpha: float = 1.0) -> list[tuple[str, int, bool]]:
+        """The `count` best continuations by beam search with `beams` beams (length-normalised
+        by alpha), best first: (text, tokens generated, whether it ended before max_new_tokens).
+        Of `options`, the length, stop strings, end-of-text rule and slide are used; the
+        sampling fields are not (the search is deterministic)."""
+        options.validate(self.block_size)
+        if not 1 <= count <= beams:
+            raise GenerationError(f"beam search returns between 1 and --beams ({beams}) texts, {count} were asked for")
+        eot = self.tokenizer.eot_id if options.stop_at_eot else None
+        found = beam_search(self.model, self.encode_prompt(prompt), beams, options.max_new_tokens, eot, alpha,
+                            self.device, self.dtype, options.slide)
+        results = []
+        for hypothesis in found[:count]:
+            text = SampleText(self.tokenizer, options)
+            pieces = [text.push(token) for token in hypothesis.tokens]
+            stopped = text.done
+            results.append(("".join(pieces) + text.finish(), len(hypothesis.tokens), stopped))
+        return results
 
     def generate(self, prompt: str, options: SamplingOptions, num_samples: int = 1) -> list[str]:
         """num_samples continuations of the prompt, generated together in one batch."""

@@ -4,9 +4,10 @@ checks (each a 400 naming the field), the response and the stream's chunks, and 
 Only `/v1/completions`: a character model continues text, and a chat format would be a
 convention the model was never trained on (no roles, no turn tokens), so chat completions
 would promise what the model cannot do. Fields OpenAI defines that this server does not
-implement (`logprobs`, `best_of` > n, penalties, `logit_bias`, `suffix`) are refused with
+implement (`logprobs`, penalties, `logit_bias`, `suffix`) are refused with
 a 400 naming them when set to anything but their neutral value; unknown fields are refused
-too, so a misspelt option is never silently ignored.
+too, so a misspelt option is never silently ignored. `best_of` > 1 is beam search: the n
+most likely completions of best_of beams, length-normalised, deterministic.
 """
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     echo: bool = False
     user: str | None = None
-    # OpenAI's, accepted at their neutral values only
-    best_of: int | None = None
+    # OpenAI's, accepted at their neutral values only (but best_of)
+    best_of: int | None = None  # > 1: beam search with this many beams, returning the n best
     logprobs: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -79,8 +80,7 @@ class CompletionRequest(BaseModel):
         """400 for a value out of range or a feature not offered, naming the field."""
         unsupported = {"logprobs": self.logprobs is not None, "suffix": self.suffix is not None,
                        "presence_penalty": self.presence_penalty != 0, "frequency_penalty": self.frequency_penalty != 0,
-                       "logit_bias": bool(self.logit_bias),
-                       "best_of": self.best_of is not None and self.best_of != self.n}
+                       "logit_bias": bool(self.logit_bias)}
         for field, asked in unsupported.items():
             if asked:
                 raise ApiError(400, f"{field} is not supported by this server", field, "unsupported_parameter")
@@ -100,11 +100,22 @@ class CompletionRequest(BaseModel):
         if len(self.prompts()) * self.n > limits.max_n:
             raise ApiError(400, f"{len(self.prompts())} prompts x n={self.n} completions is more than this server's "
                            f"{limits.max_n} per request", "n")
+        if self.best_of is not None and not self.n <= self.best_of <= limits.max_n:
+            raise ApiError(400, f"best_of must be between n ({self.n}) and {limits.max_n}, got {self.best_of}",
+                           "best_of")
+        if self.beams and self.stream:
+            raise ApiError(400, "best_of cannot be streamed: the best completions are known only at the end",
+                           "stream")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ApiError(400, f"seed must be in [0, 2^63), got {self.seed}", "seed")
         stops = self.stops()
         if len(stops) > 4 or any(s == "" for s in stops):
             raise ApiError(400, "stop must be up to 4 non-empty strings", "stop")
+
+    @property
+    def beams(self) -> int:
+        """Beams for beam search (best_of > 1: the n best of best_of beams), else 0."""
+        return self.best_of if self.best_of is not None and self.best_of > 1 else 0
 
     def options(self, choice: int) -> SamplingOptions:
         """The sampling options of completion number `choice` of this request: with a seed,

@@ -61,12 +61,19 @@ class Served:
         self.engine = Engine(generator.model, generator.device, generator.dtype, settings.max_batch,
                              settings.max_waiting, on_step=self.metrics.on_step)
         self._mailbox: Mailbox | None = None
+        self._beam_lock: asyncio.Lock | None = None
 
     def mailbox(self, loop: asyncio.AbstractEventLoop) -> "Mailbox":
         """The mailbox to `loop`, one per loop (a server runs one)."""
         if self._mailbox is None or self._mailbox.loop is not loop:
             self._mailbox = Mailbox(loop)
         return self._mailbox
+
+    def beam_lock(self) -> asyncio.Lock:
+        """One beam search at a time (made on the loop that first asks)."""
+        if self._beam_lock is None:
+            self._beam_lock = asyncio.Lock()
+        return self._beam_lock
 
     def encode(self, prompt: str, param: str) -> list[int]:
         try:
@@ -167,6 +174,8 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
         raise unknown_model(body.model, s.name)
     prompts = body.prompts()
     ids = [served.encode(p, "prompt") for p in prompts]
+    if body.beams:
+        return await beam_completion(served, body, prompts, ids)
     mailbox = served.mailbox(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     gen = served.generator
@@ -187,6 +196,24 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
         return StreamingResponse(run.stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return await run.whole(request)
+
+
+async def beam_completion(served: Served, body: CompletionRequest, prompts: list[str],
+                          ids: list[list[int]]) -> JSONResponse:
+    """best_of > 1: the n best of best_of beams for each prompt, by beam search, on a worker
+    thread, one search at a time (the engine's batch goes on meanwhile)."""
+    choices, generated = [], 0
+    for i, prompt in enumerate(prompts):
+        async with served.beam_lock():
+            found = await asyncio.to_thread(served.generator.beam, prompt, body.options(0), body.beams, body.n)
+        for j, (text, tokens, stopped) in enumerate(found):
+            choices.append(api.choice(i * body.n + j, (prompt if body.echo else "") + text,
+                                      "stop" if stopped else "length"))
+            generated += tokens
+    served.metrics.prompt_tokens.inc(sum(len(p) for p in ids))
+    served.metrics.generated_tokens.inc(generated)
+    usage = api.usage(sum(len(p) for p in ids), generated)
+    return JSONResponse(api.completion(api.completion_id(), served.settings.name, api.now(), choices, usage))
 
 
 class Mailbox:

@@ -6,6 +6,7 @@ import httpx
 import openai
 import pytest
 
+from gpt.sample.sampling import SamplingOptions
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,3 +116,17 @@ def test_with_an_api_key_every_route_but_health_needs_it(serve_run):
         assert httpx.get(live.url + "/health").status_code == 200
         assert httpx.get(live.url + "/metrics").status_code == 401
         assert httpx.get(live.url + "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_best_of_is_beam_search_returning_the_n_best(client, server):
+    r = client.completions.create(model="tiny", prompt="the ", max_tokens=20, best_of=4, n=2)
+    expected = server.served.generator.beam("the ", SamplingOptions(max_new_tokens=20), beams=4, count=2)
+    assert [c.text for c in r.choices] == [text for text, _, _ in expected]
+    assert [c.finish_reason for c in r.choices] == ["stop" if stopped else "length" for _, _, stopped in expected]
+    assert r.usage.completion_tokens == sum(tokens for _, tokens, _ in expected)
+
+
+@pytest.mark.parametrize("fields", [dict(best_of=1, n=2), dict(best_of=3, stream=True)])
+def test_best_of_below_n_or_streamed_is_refused(client, fields):
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="a", max_tokens=5, **fields)
