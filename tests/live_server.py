@@ -18,9 +18,13 @@ LONG = 1_000_000  # max_tokens the test servers allow: a request that runs until
 
 
 class LiveServer:
-    def __init__(self, run: Path, name: str = "tiny", limits: Limits | None = None, **settings):
-        generator = Generator.load(run, device="cpu", dtype="fp32")
-        self.served = Served(generator, Settings(name=name, limits=limits or Limits(max_tokens=LONG), **settings))
+    def __init__(self, run: Path | None, name: str = "tiny", limits: Limits | None = None, served: Served | None = None,
+                 **settings):
+        """The model at `run`, served with these settings, or `served` as it is."""
+        if served is None:
+            generator = Generator.load(run, device="cpu", dtype="fp32")
+            served = Served(generator, Settings(name=name, limits=limits or Limits(max_tokens=LONG), **settings))
+        self.served = served
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

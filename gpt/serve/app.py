@@ -3,7 +3,7 @@
     GET  /                the page to try the model in a browser (page.html: no outside resource)
     GET  /health          {"status": "ok"}: open to all, for load balancers
     GET  /metrics         Prometheus' text format
-    GET  /v1/models       the model served
+    GET  /v1/models       the models served: the model, and its LoRA adapters (--lora)
     POST /v1/completions  OpenAI's completions, streamed as server-sent events with "stream": true
 
 Every error is OpenAI's error object with the right status: 400 for a bad request (malformed
@@ -14,9 +14,6 @@ queue is full, 503 while shutting down.
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
-import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -30,13 +27,14 @@ from starlette.middleware.cors import CORSMiddleware
 from ..sample.generate import Generator
 from ..sample.sampling import GenerationError
 from . import api
+from .adapters import using
 from .api import ApiError, CompletionRequest, Limits
 from .engine import Engine, EngineFull, EngineStopped
 from .metrics import CONTENT_TYPE, Metrics
-from .sequence import Event, Sequence, State
+from .middleware import BearerAuth, BodyLimit, Counted
+from .run import Mailbox, Run
+from .sequence import Event, Sequence
 
-OPEN_PATHS = ("/health", "/")  # the page holds no data; the calls it makes carry the key
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/completions")
 RETRY_AFTER_S = 1
 
 
@@ -49,6 +47,7 @@ class Settings:
     api_key: str | None = None
     max_body: int = 1 << 20  # bytes of a request body
     cors_origins: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()  # the LoRA adapters' ids, adapter k being adapters[k - 1]
 
 
 class Served:
@@ -60,6 +59,7 @@ class Served:
         self.metrics = Metrics(settings.max_batch)
         self.engine = Engine(generator.model, generator.device, generator.dtype, settings.max_batch,
                              settings.max_waiting, on_step=self.metrics.on_step)
+        self.models = [settings.name, *settings.adapters]  # a request's `model` picks one; index = adapter
         self._mailbox: Mailbox | None = None
         self._beam_lock: asyncio.Lock | None = None
 
@@ -74,6 +74,14 @@ class Served:
         if self._beam_lock is None:
             self._beam_lock = asyncio.Lock()
         return self._beam_lock
+
+    def adapter(self, model: str | None) -> int:
+        """The adapter a request's `model` names (0: the model itself, also when none is named)."""
+        if model is None:
+            return 0
+        if model not in self.models:
+            raise unknown_model(model, self.models)
+        return self.models.index(model)
 
     def encode(self, prompt: str, param: str) -> list[int]:
         try:
@@ -118,13 +126,12 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [model_card(served)]}
+        return {"object": "list", "data": [model_card(served, name) for name in served.models]}
 
     @app.get("/v1/models/{name}")
     async def model(name: str):
-        if name != s.name:
-            raise unknown_model(name, s.name)
-        return model_card(served)
+        served.adapter(name)  # 404 for a model not served
+        return model_card(served, name)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -140,14 +147,17 @@ def create_app(served: Served) -> FastAPI:
     return app
 
 
-def model_card(served: Served) -> dict:
-    return {"id": served.settings.name, "object": "model", "created": 0, "owned_by": "gpt-serve",
+def model_card(served: Served, name: str) -> dict:
+    card = {"id": name, "object": "model", "created": 0, "owned_by": "gpt-serve",
             "context_length": served.generator.block_size}
+    if name != served.settings.name:  # a LoRA adapter: its base, as vLLM names it
+        card.update(root=served.settings.name, parent=served.settings.name)
+    return card
 
 
-def unknown_model(asked: str, name: str) -> ApiError:
-    return ApiError(404, f"the model {asked!r} does not exist; this server serves {name!r}", "model",
-                    "model_not_found", kind="not_found_error")
+def unknown_model(asked: str, names: list[str]) -> ApiError:
+    return ApiError(404, f"the model {asked!r} does not exist; this server serves "
+                    f"{', '.join(repr(n) for n in names)}", "model", "model_not_found", kind="not_found_error")
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str, str | None]:
@@ -168,19 +178,17 @@ def validation_message(errors: list[dict]) -> tuple[str, str, str | None]:
 # -- a completion request ----------------------------------------------------------------------
 async def complete(served: Served, body: CompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
-    s = served.settings
     body.check(served.limits)
-    if body.model is not None and body.model != s.name:
-        raise unknown_model(body.model, s.name)
+    adapter = served.adapter(body.model)
     prompts = body.prompts()
     ids = [served.encode(p, "prompt") for p in prompts]
     if body.beams:
-        return await beam_completion(served, body, prompts, ids)
+        return await beam_completion(served, body, prompts, ids, adapter)
     mailbox = served.mailbox(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     gen = served.generator
-    seqs = [Sequence(prompt_ids, body.options(j), gen.tokenizer, gen.block_size, mailbox.sink(events, i * body.n + j))
-            for i, prompt_ids in enumerate(ids) for j in range(body.n)]
+    seqs = [Sequence(prompt_ids, body.options(j), gen.tokenizer, gen.block_size, mailbox.sink(events, i * body.n + j),
+                     adapter) for i, prompt_ids in enumerate(ids) for j in range(body.n)]
     try:
         served.engine.submit(seqs)
     except EngineFull:
@@ -199,13 +207,17 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
 
 
 async def beam_completion(served: Served, body: CompletionRequest, prompts: list[str],
-                          ids: list[list[int]]) -> JSONResponse:
+                          ids: list[list[int]], adapter: int) -> JSONResponse:
     """best_of > 1: the n best of best_of beams for each prompt, by beam search, on a worker
     thread, one search at a time (the engine's batch goes on meanwhile)."""
+    def search(prompt: str) -> list[tuple[str, int, bool]]:
+        with using(adapter):
+            return served.generator.beam(prompt, body.options(0), body.beams, body.n)
+
     choices, generated = [], 0
     for i, prompt in enumerate(prompts):
         async with served.beam_lock():
-            found = await asyncio.to_thread(served.generator.beam, prompt, body.options(0), body.beams, body.n)
+            found = await asyncio.to_thread(search, prompt)
         for j, (text, tokens, stopped) in enumerate(found):
             choices.append(api.choice(i * body.n + j, (prompt if body.echo else "") + text,
                                       "stop" if stopped else "length"))
@@ -213,227 +225,4 @@ async def beam_completion(served: Served, body: CompletionRequest, prompts: list
     served.metrics.prompt_tokens.inc(sum(len(p) for p in ids))
     served.metrics.generated_tokens.inc(generated)
     usage = api.usage(sum(len(p) for p in ids), generated)
-    return JSONResponse(api.completion(api.completion_id(), served.settings.name, api.now(), choices, usage))
-
-
-class Mailbox:
-    """Events from the engine's thread to the event loop, with one wake-up of the loop for
-    all the events posted before it runs, not one per token: a step of 16 sequences would
-    otherwise wake it 16 times, and each wake-up takes the interpreter's lock from the
-    engine, which then waits to get it back for its next operation."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.lock = loop, threading.Lock()
-        self.pending: list[tuple[asyncio.Queue, tuple[int, Event]]] = []
-
-    def sink(self, events: asyncio.Queue, index: int):
-        """An engine-side sink for choice `index` of a request (it never blocks the engine)."""
-        return lambda event: self.post(events, (index, event))
-
-    def post(self, events: asyncio.Queue, item: tuple[int, Event]) -> None:
-        with self.lock:
-            self.pending.append((events, item))
-            if len(self.pending) > 1:  # a delivery is already on its way
-                return
-        try:
-            self.loop.call_soon_threadsafe(self.deliver)
-        except RuntimeError:  # the loop has closed: nobody is reading any more
-            pass
-
-    def deliver(self) -> None:
-        with self.lock:
-            ready, self.pending = self.pending, []
-        for events, item in ready:
-            events.put_nowait(item)
-
-
-class Run:
-    """One request's completions as their events arrive: gathered whole, or streamed."""
-
-    def __init__(self, served: Served, seqs: list[Sequence], events: asyncio.Queue, arrived: float,
-                 prompt_tokens: int, echoes: list[str], body: CompletionRequest):
-        self.served, self.seqs, self.events, self.arrived = served, seqs, events, arrived
-        self.prompt_tokens, self.echoes, self.body = prompt_tokens, echoes, body
-        self.id, self.created, self.name = api.completion_id(), api.now(), served.settings.name
-        self.first: list[float | None] = [None] * len(seqs)
-        self.tokens = [0] * len(seqs)
-        self.open = len(seqs)
-
-    def take(self, index: int, event: Event) -> None:
-        """Account for one event: times, tokens, metrics."""
-        t = time.perf_counter()
-        m = self.served.metrics
-        if event.tokens and self.first[index] is None:
-            self.first[index] = t
-            if all(f is None or f == t for f in self.first):  # the request's first token
-                m.first_token.observe(t - self.arrived)
-        self.tokens[index] = event.tokens
-        if event.done:
-            self.open -= 1
-            m.completions.labels(event.finish_reason).inc()
-            if event.tokens > 1 and self.first[index] is not None:
-                m.per_token.observe((t - self.first[index]) / (event.tokens - 1))
-            if self.open == 0:
-                m.latency.observe(t - self.arrived)
-
-    def usage(self) -> dict:
-        return api.usage(self.prompt_tokens, sum(self.tokens))
-
-    def let_go(self) -> None:
-        """The request is over (answered, failed, or its client went away): sequences still
-        running leave the batch, and those whose end was not seen count as cancelled."""
-        self.served.engine.cancel(s for s in self.seqs if s.state is not State.ENDED)
-        if self.open:
-            self.served.metrics.completions.labels("cancelled").inc(self.open)
-            self.open = 0
-
-    async def whole(self, request: Request) -> JSONResponse:
-        texts = [[e] if self.body.echo else [] for e in self.echoes]
-        reasons: list[str | None] = [None] * len(self.seqs)
-        gone = asyncio.ensure_future(disconnected(request))
-        try:
-            while self.open:
-                got = asyncio.ensure_future(self.events.get())
-                done, _ = await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if got not in done:  # the client went away: its slots go to others now
-                    got.cancel()
-                    return JSONResponse(api.error_body("the client disconnected"), 499)
-                index, event = got.result()
-                self.take(index, event)
-                if event.finish_reason == "error":
-                    raise ApiError(500, f"generation failed: {event.error}", kind="server_error")
-                if event.finish_reason == "cancelled":
-                    raise ApiError(503, "the server is shutting down", kind="server_error")
-                texts[index].append(event.text)
-                reasons[index] = event.finish_reason or reasons[index]
-        finally:
-            gone.cancel()
-            self.let_go()
-        choices = [api.choice(i, "".join(t), r) for i, (t, r) in enumerate(zip(texts, reasons))]
-        return JSONResponse(api.completion(self.id, self.name, self.created, choices, self.usage()))
-
-    async def stream(self):
-        """Server-sent events, OpenAI's chunks: everything ready when the client can take it
-        goes in one chunk per choice, so a slow reader costs fewer, larger chunks."""
-        include_usage = self.body.stream_options is not None and self.body.stream_options.include_usage
-        try:
-            if self.body.echo:
-                for i, text in enumerate(self.echoes):
-                    yield self.chunk([api.choice(i, text, None)])
-            while self.open:
-                ready = [await self.events.get()]
-                while not self.events.empty():
-                    ready.append(self.events.get_nowait())
-                merged: dict[int, list] = {}
-                for index, event in ready:
-                    self.take(index, event)
-                    if event.finish_reason in ("error", "cancelled"):
-                        message = (f"generation failed: {event.error}" if event.finish_reason == "error"
-                                   else "the server is shutting down")
-                        yield sse(api.error_body(message, "server_error"))
-                        return
-                    text, _ = merged.get(index, ("", None))
-                    merged[index] = [text + event.text, event.finish_reason]
-                for index, (text, reason) in sorted(merged.items()):
-                    if text or reason:
-                        yield self.chunk([api.choice(index, text, reason)])
-            if include_usage:
-                yield self.chunk([], self.usage())
-            yield "data: [DONE]\n\n"
-        finally:
-            self.let_go()
-
-    def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
-        return sse(api.completion(self.id, self.name, self.created, choices, usage))
-
-
-def sse(body: dict) -> str:
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-
-async def disconnected(request: Request) -> None:
-    """Returns when the client closes its connection (the body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-# -- middleware (plain ASGI: they see every request, the unknown routes' included) ----------------
-async def send_error(send, status: int, message: str, kind: str, headers: list | None = None) -> None:
-    body = json.dumps(api.error_body(message, kind)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class BearerAuth:
-    """Every route but /health and the page needs `Authorization: Bearer KEY`."""
-
-    def __init__(self, app, key: str):
-        self.app, self.key = app, key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
-            return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.key):
-            return await send_error(send, 401, "a valid API key is needed: send 'Authorization: Bearer KEY'",
-                                    "authentication_error", [(b"www-authenticate", b"Bearer")])
-        return await self.app(scope, receive, send)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Request bodies of at most `limit` bytes: 413 beyond, told by Content-Length or counted."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await send_error(send, 413, f"the request body is over this server's limit of {self.limit} bytes",
-                                    "invalid_request_error")
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge()
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except BodyTooLarge:
-            await send_error(send, 413, f"the request body is over this server's limit of {self.limit} bytes",
-                             "invalid_request_error")
-
-
-class Counted:
-    """gpt_serve_requests{route, status}: unknown paths are counted as one route, "other"."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-
-        async def counting(message):
-            if message["type"] == "http.response.start":
-                self.metrics.requests.labels(route, str(message["status"])).inc()
-            await send(message)
-
-        await self.app(scope, receive, counting)
+    return JSONResponse(api.completion(api.completion_id(), served.models[adapter], api.now(), choices, usage))

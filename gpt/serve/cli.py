@@ -17,6 +17,7 @@ from ..device import resolve_device, resolve_dtype
 from ..quantize import QUANTIZE_MODES, check_supported
 from ..sample.generate import Generator
 from ..store.load import load_any_model
+from .adapters import load_adapters
 from .api import Limits
 
 API_KEY_ENV = "GPT_SERVE_API_KEY"
@@ -40,6 +41,8 @@ examples:
   gpt-serve                                   the newest run under ./checkpoints, on port 8000
   gpt-serve checkpoints/run1 --quantize int8  int8 weights: faster on a CPU
   gpt-serve checkpoints/run1 --host 0.0.0.0 --api-key "$(cat key.txt)"
+  gpt-serve checkpoints/base --lora poems=checkpoints/poems --lora law=checkpoints/law
+                                              three models in one batch: "model": "poems" picks one
 """
 
 
@@ -66,6 +69,9 @@ def build_parser() -> Parser:
                    help="the most max_tokens a request may ask for (default: %(default)s)")
     p.add_argument("--max-n", type=int, default=d.max_n, metavar="N",
                    help="the most completions one request may ask for, n x prompts (default: %(default)s)")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=RUN",
+                   help="also serve the LoRA run RUN, trained on this model, as the model NAME (repeatable): "
+                   "requests for any of them share each batch")
     p.add_argument("--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages from ORIGIN call the API (repeatable; '*' for any); default: none")
@@ -85,18 +91,43 @@ def check(args) -> None:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.grace >= 0:
         raise UserError(f"--grace must be >= 0 seconds, got {args.grace}")
+    adapters(args)
 
 
-def load(args) -> tuple[Generator, str]:
-    """The generator, and the model's id: its run folder's name unless --name says."""
+def adapters(args) -> list[tuple[str, str]]:
+    """--lora NAME=RUN, as [(name, run)]: names given once each, none empty."""
+    pairs = []
+    for given in args.lora:
+        name, sep, run = given.partition("=")
+        if not sep or not name.strip() or not run:
+            raise UserError(f"--lora takes NAME=RUN (a name for the API and a LoRA run folder), got {given!r}")
+        pairs.append((name.strip(), run))
+    names = [n for n, _ in pairs] + ([args.name] if args.name else [])
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"--lora: the name {repeated[0]!r} is given to more than one model")
+    return pairs
+
+
+def load(args) -> tuple[Generator, str, list[str]]:
+    """The generator, the model's id (its run folder's name unless --name says), and the
+    ids of the LoRA adapters served with it."""
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.quantize is not None:
         check_supported(args.quantize, device)
-    model, tokenizer, weights, _ = load_any_model(args.run, device)
+    model, tokenizer, weights, record = load_any_model(args.run, device)
     name = args.name or (Path(args.run).resolve().name if args.run and Path(args.run).is_dir()
                          else weights.resolve().parent.name)
-    return Generator(model, tokenizer, device, dtype, args.quantize), name
+    generator = Generator(model, tokenizer, device, dtype, args.quantize)
+    if not args.lora:
+        return generator, name, []
+    if record.get("lora"):
+        raise UserError(f"--lora: {weights} is itself a LoRA run; serve its base model with --lora NAME=RUN")
+    lora = adapters(args)
+    if name in [n for n, _ in lora]:
+        raise UserError(f"--lora: the name {name!r} is the served model's; give the adapter another name")
+    return generator, name, load_adapters(generator.model, weights, lora, dtype, device)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -136,7 +167,7 @@ def serve(args) -> int:
     except ImportError as e:
         raise UserError(f"gpt-serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    generator, name = load(args)  # a model that fails to load: one line, before the port opens
+    generator, name, lora_names = load(args)  # a model that fails to load: one line, before the port opens
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     if not is_loopback(args.host) and not api_key:
@@ -144,7 +175,7 @@ def serve(args) -> int:
               "machine can use the model", file=sys.stderr)
     settings = Settings(name=name, max_batch=args.max_batch, max_waiting=args.max_queue,
                         limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n), api_key=api_key,
-                        max_body=args.max_body, cors_origins=tuple(args.cors_origin))
+                        max_body=args.max_body, cors_origins=tuple(args.cors_origin), adapters=tuple(lora_names))
     served = Served(generator, settings)
     app = create_app(served)
     quiet_logs(args.access_log)
@@ -153,7 +184,8 @@ def serve(args) -> int:
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     print(f"gpt-serve: serving {name} ({generator.device}, {str(generator.dtype).removeprefix('torch.')}"
-          f"{', int8' if args.quantize else ''}, batches of {args.max_batch}) at http://{shown}:{port}", flush=True)
+          f"{', int8' if args.quantize else ''}, batches of {args.max_batch})"
+          f"{''.join(f' and {n}' for n in lora_names)} at http://{shown}:{port}", flush=True)
     # The engine runs on this, the main thread (see Engine.run), and the web server on a
     # second one. Ctrl-C and SIGTERM ask the web server to stop: it takes no new connection,
     # lets requests in flight finish for up to --grace seconds and cancels the rest; then

@@ -32,6 +32,7 @@ from plumbing.errors import first_line
 from ..kv_cache import KVCache
 from ..sample.decode_loop import NOT_FINITE
 from ..sample.sampling import sample_next
+from .adapters import using
 from .sequence import Sequence, State
 
 FILL_CHUNK = 64  # tokens of a window per model call when filling a slot
@@ -207,7 +208,8 @@ class Engine:
         high = min(low + FILL_CHUNK, n)
         row = self.rows[seq.slot]
         row.length = seq.filled
-        logits = self.model(self._tensor(seq.tokens[low:high])[None], cache=row, last_only=True)[0][:, -1]
+        with using(seq.adapter):
+            logits = self.model(self._tensor(seq.tokens[low:high])[None], cache=row, last_only=True)[0][:, -1]
         seq.filled = high - start
         return high - low, (self._sample([seq], logits) if high == n else 0)
 
@@ -221,6 +223,7 @@ class Engine:
             else:  # filling: its next chunk overwrites what this step writes at its next position
                 pos[b] = min(seq.filled, self.block_size - 1)
         self.ids.copy_(self._tensor(ids).view(-1, 1))
+        adapters = [0 if s is None else s.adapter for s in self.slots]
         if self.cache is None:
             logits = self.model(self.ids)[0][:, -1]
         else:
@@ -229,7 +232,8 @@ class Engine:
             # a masked position adds an exact zero to its row's sums, so a row's numbers do not
             # depend on how far the others are (the crowd test holds it to that)
             reach = min(self.block_size, -(-(max(pos) + 1) // ATTEND_STEP) * ATTEND_STEP)
-            logits = self.model(self.ids, cache=self.cache.prefix(reach), pos=self.pos)[0][:, -1]  # (max_batch, V)
+            with using(self._tensor(adapters) if any(adapters) else None):
+                logits = self.model(self.ids, cache=self.cache.prefix(reach), pos=self.pos)[0][:, -1]  # (max_batch, V)
         rows = self._tensor([s.slot for s in ready])
         return self._sample(ready, logits.index_select(0, rows))
 

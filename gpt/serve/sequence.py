@@ -42,12 +42,13 @@ class Event:
 
 class Sequence:
     def __init__(self, prompt_ids: Ids[int], options: SamplingOptions, tokenizer: Tokenizer, block_size: int,
-                 sink: Callable[[Event], None]):
+                 sink: Callable[[Event], None], adapter: int = 0):
         """`sink(event)` is called on the engine's thread: it must not block (a server hands
-        the event to its event loop)."""
+        the event to its event loop). `adapter`: the LoRA adapter it decodes with
+        (`adapters.using`; 0: none)."""
         self.tokens = list(prompt_ids)
         self.prompt_tokens = len(self.tokens)
-        self.options, self.sink = options, sink
+        self.options, self.sink, self.adapter = options, sink, adapter
         self.text = SampleText(tokenizer, options)
         self.window = ContextWindow(block_size, options.window_slide(block_size))
         self.state = State.WAITING

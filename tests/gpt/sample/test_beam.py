@@ -14,7 +14,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tok, _ = train_tiny_model(steps=40)
+    """The tiny model with a vocabulary of 25 tokens (no byte fallback), so that every
+    hypothesis of 3 tokens can be tried."""
+    model, tok, _ = train_tiny_model(steps=40, oov="unk")
     return model, tok
 
 
