@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 
+import httpx
 import pytest
 import torch
 from openai import OpenAI
@@ -16,8 +17,7 @@ from gpt.serve.api import Limits
 from gpt.serve.app import Served, Settings
 from gpt.serve.engine import Engine
 from gpt.serve.sequence import Sequence
-from gpt.train import train
-from tests.helpers import TINY_MODEL, assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, run_cli
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,20 +25,8 @@ CPU = torch.device("cpu")
 TIMEOUT_S = 60
 
 
-@pytest.fixture(scope="module")
-def runs(data, tmp_path_factory):
-    """A base run and two LoRA runs on it, of ranks 2 and 4 (different targets for the second)."""
-    root = tmp_path_factory.mktemp("lora")
-    common = {"data": str(data), "device": "cpu", "progress": False, "eval_windows": 16, "batch_size": 8,
-              "eval_interval": 10, "max_time": 0}
-    train(overrides={**TINY_MODEL, **common, "out": str(root / "base"), "max_iters": 30}, log=lambda s: None)
-    for name, rank, targets in (("poems", 2, "qkv,proj,fc"), ("law", 4, "qkv")):
-        train(overrides={**common, "out": str(root / name), "init_from": str(root / "base"), "max_iters": 10,
-                         "lora": rank, "lora_targets": targets, "lr": 5e-2}, log=lambda s: None)
-    return root
-
-
 def banked(runs) -> Generator:
+    """The base model with both adapters in its bank: 1 is "poems", 2 is "law"."""
     gen = Generator.load(runs / "base", device="cpu", dtype="fp32")
     load_adapters(gen.model, runs / "base" / "best.pt", [("poems", str(runs / "poems")), ("law", str(runs / "law"))],
                   torch.float32, CPU)
@@ -46,19 +34,19 @@ def banked(runs) -> Generator:
 
 
 @torch.inference_mode()
-def test_each_row_of_a_batch_computes_its_own_adapters_model(runs):
-    gen = banked(runs)
+def test_each_row_of_a_batch_computes_its_own_adapters_model(lora_runs):
+    gen = banked(lora_runs)
     ids = torch.tensor([gen.encode_prompt("the dog ran to the")] * 3)
     with using(torch.tensor([0, 1, 2])):
         rows = gen.model(ids)[0]
     for k, name in enumerate(("base", "poems", "law")):
-        merged = Generator.load(runs / name, device="cpu", dtype="fp32").model  # gpt-sample's model: merged
+        merged = Generator.load(lora_runs / name, device="cpu", dtype="fp32").model  # gpt-sample's model: merged
         torch.testing.assert_close(rows[k], merged(ids[:1])[0][0], atol=2e-5, rtol=1e-4)
     assert not torch.allclose(rows[0], rows[1], atol=1e-3) and not torch.allclose(rows[0], rows[2], atol=1e-3)
 
 
-def test_a_seeded_adapter_sequence_gets_the_same_tokens_alone_and_among_other_adapters(runs):
-    gen = banked(runs)
+def test_a_seeded_adapter_sequence_gets_the_same_tokens_alone_and_among_other_adapters(lora_runs):
+    gen = banked(lora_runs)
 
     def sequence(adapter: int, seed: int) -> tuple[Sequence, queue.Queue]:
         options = SamplingOptions(max_new_tokens=40, temperature=1.0, seed=seed, stop_at_eot=False)
@@ -85,8 +73,8 @@ def test_a_seeded_adapter_sequence_gets_the_same_tokens_alone_and_among_other_ad
         engine.stop()
 
 
-def test_a_requests_model_picks_its_adapter_and_the_models_list_names_them_all(runs):
-    served = Served(banked(runs), Settings(name="base", adapters=("poems", "law"), limits=Limits()))
+def test_a_requests_model_picks_its_adapter_and_the_models_list_names_them_all(lora_runs):
+    served = Served(banked(lora_runs), Settings(name="base", adapters=("poems", "law"), limits=Limits()))
     with LiveServer(None, served=served) as live:
         client = OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
         listed = {m.id: m for m in client.models.list().data}
@@ -100,15 +88,36 @@ def test_a_requests_model_picks_its_adapter_and_the_models_list_names_them_all(r
         assert len(set(texts.values())) == 3  # three different models, sampled with the same noise
 
 
-def test_adapters_trained_on_another_model_are_refused_before_the_port_opens(runs, serve_run):
-    r = run_cli("gpt.serve", serve_run, "--lora", f"poems={runs / 'poems'}", "--port", "0")
+def test_adapters_trained_on_another_model_are_refused_before_the_port_opens(lora_runs, serve_run):
+    r = run_cli("gpt.serve", serve_run, "--lora", f"poems={lora_runs / 'poems'}", "--port", "0")
     assert_one_line_error(r, "gpt-serve", "poems", "not on the model served")
     assert "serving" not in r.stdout
 
 
 @pytest.mark.parametrize("given, fragment", [("poems", "NAME=RUN"), ("=x", "NAME=RUN"), ("{base}", "whole model")])
-def test_a_bad_lora_option_is_one_line_before_the_port_opens(runs, given, fragment):
-    value = given if "{" not in given else f"full={runs / 'base'}"
-    r = run_cli("gpt.serve", runs / "base", "--lora", value, "--port", "0")
+def test_a_bad_lora_option_is_one_line_before_the_port_opens(lora_runs, given, fragment):
+    value = given if "{" not in given else f"full={lora_runs / 'base'}"
+    r = run_cli("gpt.serve", lora_runs / "base", "--lora", value, "--port", "0")
     assert_one_line_error(r, "gpt-serve", fragment)
     assert "serving" not in r.stdout
+
+
+def test_the_page_offers_the_adapters_and_generates_with_the_one_picked(lora_runs, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    served = Served(banked(lora_runs), Settings(name="base", adapters=("poems", "law"), limits=Limits()))
+    with LiveServer(None, served=served) as live:
+        browser.get(live.url + "/")
+        wait = WebDriverWait(browser, TIMEOUT_S)
+        choice = browser.find_element(By.ID, "model-choice")
+        wait.until(lambda b: choice.is_displayed())
+        Select(choice).select_by_value("law")
+        browser.find_element(By.ID, "prompt").send_keys("the cat ")
+        browser.execute_script("const t = document.getElementById('temperature'); t.value = '0';")
+        browser.find_element(By.ID, "generate").click()
+        output = browser.find_element(By.ID, "output")
+        wait.until(lambda b: output.get_attribute("data-state") != "running")
+        expected = httpx.post(live.url + "/v1/completions", timeout=TIMEOUT_S, json={
+            "model": "law", "prompt": "the cat ", "max_tokens": 300, "temperature": 0}).json()["choices"][0]["text"]
+        assert browser.find_element(By.ID, "generated").text.strip() == expected.strip()

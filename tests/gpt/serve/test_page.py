@@ -3,36 +3,13 @@ the text streamed in as it is generated, and the stop button. Skipped where no C
 chromedriver are installed (`apt-get install chromium chromium-driver`; CI installs them)."""
 from __future__ import annotations
 
-import shutil
-
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TIMEOUT_S = 60
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (BROWSER and DRIVER):
-        pytest.skip("no Chromium with chromedriver here (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    try:
-        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
-    except WebDriverException as e:
-        pytest.skip(f"Chromium would not start: {e.msg}")
-    driver.set_page_load_timeout(TIMEOUT_S)
-    yield driver
-    driver.quit()
 
 
 def set_value(browser, element_id: str, value: str) -> None:
