@@ -15,8 +15,8 @@ product's rounding depends on its shape, not on the other rows' values, so a fix
 makes each sequence's numbers, and its tokens, the same whether it ran alone or among
 others; a fill's chunks depend on its own length only. Each sequence draws its noise from
 its own seeded generator (`Sequence.next_noise`). The price is that a lone request
-computes max_batch rows (on a 2-core CPU, a 6-layer model's step at 16 rows takes about
-3x one row's time): `--max-batch` is the operator's choice between the two.
+computes max_batch rows (on a 2-core CPU a lone client of the baby model got half the
+tokens/s at 16 rows that it got at one): `--max-batch` is the operator's choice between the two.
 """
 from __future__ import annotations
 
