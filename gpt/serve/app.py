@@ -199,7 +199,9 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
         raise ApiError(503, "the server is shutting down", kind="server_error") from None
     prompt_tokens = sum(len(p) for p in ids)
     served.metrics.prompt_tokens.inc(prompt_tokens)
-    run = Run(served, seqs, events, arrived, prompt_tokens, [p for p in prompts for _ in range(body.n)], body)
+    echoes = [p for p in prompts for _ in range(body.n)]
+    run = Run(served.engine, served.metrics, served.models[adapter], seqs, events, arrived, prompt_tokens, echoes,
+              body)
     if body.stream:
         return StreamingResponse(run.stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

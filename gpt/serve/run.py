@@ -7,17 +7,15 @@ import asyncio
 import json
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from . import api
 from .api import ApiError, CompletionRequest
+from .engine import Engine
+from .metrics import Metrics
 from .sequence import Event, Sequence, State
-
-if TYPE_CHECKING:
-    from .app import Served
 
 
 class Mailbox:
@@ -54,11 +52,11 @@ class Mailbox:
 class Run:
     """One request's completions as their events arrive: gathered whole, or streamed."""
 
-    def __init__(self, served: Served, seqs: list[Sequence], events: asyncio.Queue, arrived: float,
-                 prompt_tokens: int, echoes: list[str], body: CompletionRequest):
-        self.served, self.seqs, self.events, self.arrived = served, seqs, events, arrived
+    def __init__(self, engine: Engine, metrics: Metrics, model: str, seqs: list[Sequence], events: asyncio.Queue,
+                 arrived: float, prompt_tokens: int, echoes: list[str], body: CompletionRequest):
+        self.engine, self.metrics, self.seqs, self.events, self.arrived = engine, metrics, seqs, events, arrived
         self.prompt_tokens, self.echoes, self.body = prompt_tokens, echoes, body
-        self.id, self.created, self.name = api.completion_id(), api.now(), served.models[seqs[0].adapter]
+        self.id, self.created, self.name = api.completion_id(), api.now(), model
         self.first: list[float | None] = [None] * len(seqs)
         self.tokens = [0] * len(seqs)
         self.open = len(seqs)
@@ -66,7 +64,7 @@ class Run:
     def take(self, index: int, event: Event) -> None:
         """Account for one event: times, tokens, metrics."""
         t = time.perf_counter()
-        m = self.served.metrics
+        m = self.metrics
         if event.tokens and self.first[index] is None:
             self.first[index] = t
             if all(f is None or f == t for f in self.first):  # the request's first token
@@ -86,9 +84,9 @@ class Run:
     def let_go(self) -> None:
         """The request is over (answered, failed, or its client went away): sequences still
         running leave the batch, and those whose end was not seen count as cancelled."""
-        self.served.engine.cancel(s for s in self.seqs if s.state is not State.ENDED)
+        self.engine.cancel(s for s in self.seqs if s.state is not State.ENDED)
         if self.open:
-            self.served.metrics.completions.labels("cancelled").inc(self.open)
+            self.metrics.completions.labels("cancelled").inc(self.open)
             self.open = 0
 
     async def whole(self, request: Request) -> JSONResponse:
