@@ -27,7 +27,7 @@ import torch.nn as nn
 from plumbing.errors import UserError
 
 from ..layers import linear
-from ..store.checkpoint import load_checkpoint
+from ..store.checkpoint import CheckpointError, load_checkpoint
 from ..store.load import file_sha256
 from ..store.runs import resolve_checkpoint
 
@@ -103,8 +103,11 @@ def load_adapters(model: nn.Module, served: Path, runs: list[tuple[str, str]], d
     digest = file_sha256(served)
     adapters = []
     for name, run in runs:
-        ckpt = resolve_checkpoint(run)
-        state = load_checkpoint(ckpt)
+        try:
+            ckpt = resolve_checkpoint(run)
+            state = load_checkpoint(ckpt)
+        except CheckpointError as e:
+            raise AdapterError(f"--lora {name}={run}: {e}") from None
         spec = state.get("lora")
         if not spec:
             raise AdapterError(f"--lora {name}={run}: {ckpt} holds a whole model, not LoRA adapters")

@@ -17,6 +17,7 @@ from ..device import resolve_device, resolve_dtype
 from ..quantize import QUANTIZE_MODES, check_supported
 from ..sample.generate import Generator
 from ..store.load import load_any_model
+from ..store.runs import resolve_checkpoint
 from .adapters import load_adapters
 from .api import Limits
 
@@ -116,7 +117,9 @@ def load(args) -> tuple[Generator, str, list[str]]:
     dtype = resolve_dtype(args.dtype, device)
     if args.quantize is not None:
         check_supported(args.quantize, device)
-    model, tokenizer, weights, record = load_any_model(args.run, device)
+    # with no RUN, the newest run; a message about finding none names this command's argument
+    run = args.run if args.run is not None else resolve_checkpoint(None, option="the RUN argument")
+    model, tokenizer, weights, record = load_any_model(run, device)
     name = args.name or (Path(args.run).resolve().name if args.run and Path(args.run).is_dir()
                          else weights.resolve().parent.name)
     generator = Generator(model, tokenizer, device, dtype, args.quantize)

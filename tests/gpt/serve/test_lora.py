@@ -94,7 +94,8 @@ def test_adapters_trained_on_another_model_are_refused_before_the_port_opens(lor
     assert "serving" not in r.stdout
 
 
-@pytest.mark.parametrize("given, fragment", [("poems", "NAME=RUN"), ("=x", "NAME=RUN"), ("{base}", "whole model")])
+@pytest.mark.parametrize("given, fragment", [("poems", "NAME=RUN"), ("=x", "NAME=RUN"), ("{base}", "whole model"),
+                                             ("x=/nonexistent/run", "--lora x=/nonexistent/run: checkpoint not found")])
 def test_a_bad_lora_option_is_one_line_before_the_port_opens(lora_runs, given, fragment):
     value = given if "{" not in given else f"full={lora_runs / 'base'}"
     r = run_cli("gpt.serve", lora_runs / "base", "--lora", value, "--port", "0")

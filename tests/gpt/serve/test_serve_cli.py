@@ -32,6 +32,11 @@ def start(*args: str) -> tuple[subprocess.Popen, str]:
     return proc, found.group(1)
 
 
+def test_with_no_run_and_none_under_checkpoints_the_message_names_the_run_argument(tmp_path):
+    r = run_cli("gpt.serve", "--port", "0", cwd=tmp_path)
+    assert_one_line_error(r, "gpt-serve", "no runs with a checkpoint", "the RUN argument")
+
+
 def test_a_run_that_does_not_load_is_one_line_before_any_port_opens(tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_cli("gpt.serve", tmp_path / "empty", "--port", "0")
