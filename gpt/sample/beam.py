@@ -25,6 +25,8 @@ import torch
 from ..kv_cache import KVCache
 from .sampling import ContextWindow, GenerationError
 
+MAX_BEAMS = 1024  # each beam is a row of the KV cache (4.7 MB for the baby model, 4.8 GB for 1,024): a bound
+
 
 @dataclass(frozen=True)
 class Hypothesis:
@@ -43,8 +45,8 @@ def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, m
                 dtype: torch.dtype = torch.float32, slide: int | None = None) -> list[Hypothesis]:
     """The best `beams` hypotheses after the prompt, best first. `eot_id` None: the
     end-of-text token is a token like any other (nothing finishes early)."""
-    if beams < 1:
-        raise GenerationError(f"--beams must be at least 1, got {beams}")
+    if not 1 <= beams <= MAX_BEAMS:
+        raise GenerationError(f"--beams must be between 1 and {MAX_BEAMS}, got {beams}")
     if max_new_tokens < 1:
         raise GenerationError(f"beam search needs --max-new-tokens of at least 1, got {max_new_tokens}")
     if not alpha >= 0:
@@ -59,13 +61,15 @@ def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, m
     for step in range(max_new_tokens):
         n = len(prompt) + step  # tokens so far; predicting token n
         moved = window.update(n)
-        rows = torch.tensor([prompt + list(t) for t, _ in live], dtype=torch.long, device=device)  # (K, n)
-        if use_cache and cache is not None and not moved:
-            logits = model(rows[:, -1:], cache=cache, last_only=True)[0][:, -1]
-        else:
+        if use_cache and cache is not None and not moved:  # the cache holds the rest: the last tokens only
+            last = torch.tensor([[t[-1]] for t, _ in live], dtype=torch.long, device=device)  # (K, 1)
+            logits = model(last, cache=cache, last_only=True)[0][:, -1]
+        else:  # the whole window, into a new cache
+            rows = torch.tensor([(prompt + list(t))[window.start : n] for t, _ in live], dtype=torch.long,
+                                device=device)
             if use_cache:
                 cache = KVCache.for_model(model, len(live), device, dtype)
-            logits = model(rows[:, window.start : n], cache=cache, last_only=True)[0][:, -1]
+            logits = model(rows, cache=cache, last_only=True)[0][:, -1]
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (K, V)
         totals = torch.tensor([lp for _, lp in live], device=device)[:, None] + log_probs
         if eot_id is not None:  # each live hypothesis ended here is a finished one

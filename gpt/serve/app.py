@@ -219,7 +219,10 @@ async def beam_completion(served: Served, body: CompletionRequest, prompts: list
     choices, generated = [], 0
     for i, prompt in enumerate(prompts):
         async with served.beam_lock():
-            found = await asyncio.to_thread(search, prompt)
+            try:
+                found = await asyncio.to_thread(search, prompt)
+            except GenerationError as e:  # e.g. more beams than the search allows
+                raise ApiError(400, str(e), "best_of") from None
         for j, (text, tokens, stopped) in enumerate(found):
             choices.append(api.choice(i * body.n + j, (prompt if body.echo else "") + text,
                                       "stop" if stopped else "length"))

@@ -52,8 +52,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await send_error(send, 413, f"the request body is over this server's limit of {self.limit} bytes",
-                                    "invalid_request_error")
+            return await self.refuse(send)
         seen = 0
 
         async def counted():
@@ -68,8 +67,12 @@ class BodyLimit:
         try:
             await self.app(scope, counted, send)
         except BodyTooLarge:
-            await send_error(send, 413, f"the request body is over this server's limit of {self.limit} bytes",
-                             "invalid_request_error")
+            await self.refuse(send)
+
+
+    async def refuse(self, send) -> None:
+        await send_error(send, 413, f"the request body is over this server's limit of {self.limit} bytes",
+                         "invalid_request_error")
 
 
 class Counted:

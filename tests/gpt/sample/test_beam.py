@@ -54,7 +54,7 @@ def test_beams_run_past_the_context(tiny):
     assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
 
 
-@pytest.mark.parametrize("beams, steps, alpha", [(0, 5, 1.0), (2, 0, 1.0), (2, 5, -1.0)])
+@pytest.mark.parametrize("beams, steps, alpha", [(0, 5, 1.0), (1025, 5, 1.0), (2, 0, 1.0), (2, 5, -1.0)])
 def test_bad_settings_are_refused(tiny, beams, steps, alpha):
     model, tok = tiny
     with pytest.raises(GenerationError):

@@ -125,3 +125,13 @@ def test_the_page_is_served_whole_with_nothing_from_elsewhere(server):
     assert 'id="prompt"' in r.text and 'id="stop"' in r.text
     for outside in ("http://", "https://", "//cdn", "src=\"//"):
         assert outside not in r.text
+
+
+def test_more_beams_than_the_search_allows_is_a_400_even_where_the_operator_allows_more(serve_run):
+    from gpt.sample.beam import MAX_BEAMS
+
+    with LiveServer(serve_run, max_batch=1, limits=Limits(max_tokens=10, max_n=MAX_BEAMS + 1)) as live:
+        r = httpx.post(live.url + "/v1/completions", timeout=TIMEOUT_S,
+                       json={"prompt": "a", "max_tokens": 2, "best_of": MAX_BEAMS + 1})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "best_of" and str(MAX_BEAMS) in r.json()["error"]["message"]
