@@ -1,38 +1,71 @@
 #!/usr/bin/env bash
-# Everything a CUDA machine should confirm, in one go, each step time-limited, each log kept.
+# Every check a CUDA machine should make, in one go, each step time-limited, each log kept.
 #
-#     bash bench/gpu_check.sh LOG_DIR [TRAIN_STEPS]   from the repository root
-#     (CORPUS=FILE: the benchmark's text, default Tiny Shakespeare beside the project)
+#     bash bench/gpu_check.sh LOG_DIR [CORPUS]     from the repository root
 #
-# 1. the CUDA-only tests and the decoding tests (fast, first: a broken GPU path shows at once);
-# 2. bench.gpu_bench on a quiet GPU (training, sampling 1 and 64, the floors) -> gpu_bench.json;
-# 3. the whole suite, in parallel when pytest-xdist is there.
+# CORPUS (default: Tiny Shakespeare beside the project) is the time-to-quality text; the
+# second corpus is this Python's standard library sources, which every machine has.
+# In order, the timed steps with the GPU alone, then the untimed ones together:
+# 1. time to quality: recipes under a 60 s budget each, one after another -> ttq.json;
+# 2. bench.gpu_bench from the baby-gpt run of step 1: sampling 1 and 64, the floors -> gpu_bench.json;
+# 3. bench.serve_bench: gpt-serve with 1, 16 and 64 streaming clients -> serve_bench.json;
+# 4. the whole suite on most of the cores, and beside it on the others the default and the
+#    best recipe on the second corpus (a check of quality, not of speed) -> ttq_second.json.
 # Each step's exit status is in LOG_DIR/status; a failed step does not stop the next.
 set -u -o pipefail
-logs=${1:?usage: gpu_check.sh LOG_DIR [TRAIN_STEPS]}
-steps=${2:-5000}
+logs=${1:?usage: gpu_check.sh LOG_DIR [CORPUS]}
+corpus=${2:-../shared/corpora/tinyshakespeare.txt}
 mkdir -p "$logs"
+work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
+cores=$(nproc)
+# a check of this script on a CPU: DEVICE=cpu RECIPES=smoke SECONDS_EACH=20 SUITE=0
+device=${DEVICE:-cuda}
+recipes=${RECIPES:-baby-gpt,baby-muon,wide-muon}
+first=${recipes%%,*}
 
-step() {  # step NAME SECONDS COMMAND...
+step() {  # step NAME SECONDS COMMAND...: the log in LOG_DIR/NAME.log, the JSON it printed in NAME.json
     local name=$1 limit=$2
     shift 2
     local t0=$SECONDS
     timeout "$limit" "$@" > "$logs/$name.log" 2>&1
     local rc=$?
     echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$logs/status"
-    tail -n 25 "$logs/$name.log"
+    # the record a benchmark prints last (an indented JSON whose first line is a lone brace)
+    awk '/^[{]$/ {buf = ""; on = 1} on {buf = buf $0 "\n"} END {printf "%s", buf}' "$logs/$name.log" > "$logs/$name.json"
+    [ -s "$logs/$name.json" ] || rm -f "$logs/$name.json"
+    tail -n 4 "$logs/$name.log"
+}
+
+best_of() {  # the winning recipe's name in a time_to_quality JSON
+    $py -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"] or "")' "$1" 2> /dev/null
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $py -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__,
                                    "cuda", torch.version.cuda)'
+  git rev-parse --short HEAD 2> /dev/null
 } | tee "$logs/machine.txt"
 
-step cuda_tests 150 $py -m pytest -q -p no:cacheprovider \
-    tests/test_cuda.py tests/test_decode_static.py tests/test_generate.py tests/test_sample_cli.py
-step gpu_bench 220 $py -m bench.gpu_bench --train-steps "$steps" ${CORPUS:+--corpus "$CORPUS"}
-grep -q '^{' "$logs/gpu_bench.log" && sed -n '/^{/,$p' "$logs/gpu_bench.log" > "$logs/gpu_bench.json"
-if $py -c 'import xdist' 2> /dev/null; then parallel=(-n 8); else parallel=(); fi
-step suite 170 $py -m pytest -q -p no:cacheprovider "${parallel[@]}" tests
+ttq=(--max-time "${SECONDS_EACH:-60}" --device "$device")
+$py -m data_prep.cli "$corpus" --out "$work/first" > "$logs/prepare.log" 2>&1
+step ttq 240 $py -m bench.time_to_quality "$work/first" --recipes "$recipes" "${ttq[@]}" --keep "$work/ttq"
+step gpu_bench 80 $py -m bench.gpu_bench --run "$work/ttq/$first" --device "$device"
+step serve_bench 60 $py -m bench.serve_bench --clients 1,16,64 --max-batches 64 --max-tokens 256 \
+    --requests-each 4 --goal-turns 0 --dtype auto --corpus "$corpus"
+
+stdlib=$($py -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+$py -m data_prep.cli "$stdlib"/*.py --out "$work/second" > "$logs/prepare_second.log" 2>&1
+best=$(best_of "$logs/ttq.json")
+second=$first
+[ -n "$best" ] && [ "$best" != "$first" ] && second=$first,$best
+few=$((cores / 4 > 1 ? cores / 4 : 1))
+step ttq_second 155 taskset -c 0-$((few - 1)) $py -m bench.time_to_quality "$work/second" --recipes "$second" \
+    "${ttq[@]}" &
+if [ "${SUITE:-1}" = 1 ]; then
+    if $py -c 'import xdist' 2> /dev/null; then parallel=(-n $((cores - few)) --dist loadfile); else parallel=(); fi
+    step suite 155 taskset -c "$few-$((cores - 1))" $py -m pytest -q -p no:cacheprovider "${parallel[@]}" tests
+fi
+wait
+rm -rf "$work"

@@ -53,10 +53,10 @@ def write_baby_run(folder: Path, corpus: Path) -> Path:
 class Server:
     """gpt-serve in its own process on 127.0.0.1, at a port the system picks."""
 
-    def __init__(self, run: Path, max_batch: int):
+    def __init__(self, run: Path, max_batch: int, dtype: str = "fp32"):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gpt.serve", str(run), "--port", "0", "--max-batch", str(max_batch),
-             "--max-queue", "4096", "--dtype", "fp32"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             "--max-queue", "4096", "--dtype", dtype], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         found = re.search(r"at (http://\S+)", line)
         if not found:
@@ -157,19 +157,21 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, default=CORPUS, help="the text whose characters are the vocabulary")
     p.add_argument("--plot", type=Path, help="draw the throughput-latency picture into this PNG")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--dtype", default="fp32",
+                   help="the servers' --dtype (fp32: the CPU figures; auto: bf16 where the GPU has it)")
     p.add_argument("--goal-turns", type=int, default=5,
                    help="then 16 clients against --max-batch 1 and 16 again, alternately, this many turns each")
     args = p.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     max_batches = [int(b) for b in args.max_batches.split(",")]
     result = new_result()
-    result.update(model={**BABY, "weights": "random initialisation"}, max_tokens=args.max_tokens,
+    result.update(model={**BABY, "weights": "random initialisation"}, dtype=args.dtype, max_tokens=args.max_tokens,
                   max_batches=max_batches, runs=[])
     prompts = [line for line in args.corpus.read_text(encoding="utf-8").splitlines() if len(line) > 20][:256]
     with tempfile.TemporaryDirectory() as tmp:
         run = write_baby_run(Path(tmp), args.corpus)
         for max_batch in max_batches:
-            server = Server(run, max_batch)
+            server = Server(run, max_batch, args.dtype)
             try:
                 asyncio.run(wave(server.url, 1, prompts, 8, 1))  # warm-up: first calls load kernels
                 for n in clients:
