@@ -119,6 +119,13 @@ def write_json(path: Path, result: dict) -> None:
     atomic_write_text(Path(path), json.dumps(result, indent=1) + "\n")
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a benchmark's child `python`: this checkout first on its path,
+    then the caller's path (packages put on PYTHONPATH must stay importable there)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 # -- training runs ---------------------------------------------------------------------------
 def read_metrics(run: Path) -> list[dict]:
     """The records of a run folder's metrics.jsonl, in order."""

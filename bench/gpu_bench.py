@@ -92,7 +92,7 @@ def cli_sample(run: Path, device: str, tokens: int, program: tuple[str, ...] = (
            "--no-echo", "--device", device, "--seed", "0"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(common.ROOT)})
+                            env=common.child_env())
     output, t_first, t_last = b"", None, None
     while chunk := os.read(proc.stdout.fileno(), 1 << 16):
         t_last = time.perf_counter()

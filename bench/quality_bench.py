@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import os
 import re
 import shlex
 import shutil
@@ -49,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import PROVENANCE, ROOT, emit, git_commit, new_result, quoted, read_metrics, write_json
+from bench.common import PROVENANCE, child_env, emit, git_commit, new_result, quoted, read_metrics, write_json
 from gpt.store.layout import LATEST
 from gpt.store.load import load_any_model
 
@@ -79,7 +78,7 @@ def quoted_reference() -> dict:
 
 def run(cmd: list[str], cwd: Path | None = None) -> tuple[str, float]:
     """Run a command; its stdout and wall time. A failure ends the benchmark with its stderr."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUTF8": "1"}
+    env = {**child_env(), "PYTHONUTF8": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0

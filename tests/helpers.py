@@ -103,12 +103,20 @@ def prepared_bpe(tmp: Path, vocab_size: int = 320, **options) -> Path:
     return out
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child `python`: this checkout first on its path, then whatever
+    path the caller had (packages installed beside the environment, as on a machine where
+    they were put on PYTHONPATH, must stay importable in the child)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 120, stdin: str | None = None,
             file_size_limit: int | None = None) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` (a command: data_prep.cli, gpt.train, gpt.sample) with this
     checkout's packages, as a user would run it. `file_size_limit`: bytes any file it writes
     may hold (`ulimit -f`), beyond which writes fail as on a full disk."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))

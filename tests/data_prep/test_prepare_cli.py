@@ -137,7 +137,6 @@ def test_cli_reports_a_read_only_output_location_in_one_line(tmp_path, monkeypat
 
 
 def test_cli_accepts_an_input_file_whose_name_is_not_utf8(tmp_path, prepare_cli):
-    import os
 
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / os.fsdecode(b"bad\xff.txt")).write_text(GOOD)
@@ -171,7 +170,6 @@ def test_a_corrupt_parquet_file_is_one_warning_without_library_chatter(tmp_path,
 
 
 def test_force_over_an_output_that_is_a_link_leaves_nothing_beside_it(tmp_path, prepare_cli, folder_bytes):
-    import os
 
     (tmp_path / "t.txt").write_text(GOOD)
     assert prepare_cli("t.txt", "--out", "elsewhere", "--quiet", "--workers", "1").returncode == 0
@@ -199,7 +197,6 @@ def test_cli_skips_and_counts_a_malformed_json_line_without_library_chatter(tmp_
 
 
 def test_sigterm_mid_run_removes_the_unfinished_output_and_says_so(tmp_path, monkeypatch, capsys):
-    import os
     import signal
 
     from data_prep import cli
@@ -222,7 +219,6 @@ def test_sigterm_mid_run_removes_the_unfinished_output_and_says_so(tmp_path, mon
 
 def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, monkeypatch, capsys):
     import multiprocessing
-    import os
     import signal
 
     from data_prep import cli
@@ -246,11 +242,10 @@ def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, monkeypatch, cap
 
 def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     # `gpt-prepare corpus 2>&1 | head -c 10`: the product is the folder, not the messages
-    import os
     import subprocess
     import sys
 
-    from tests.helpers import ROOT
+    from tests.helpers import child_env
 
     (tmp_path / "t.txt").write_text(GOOD * 50)
     read, write = os.pipe()
@@ -258,7 +253,7 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     try:
         proc = subprocess.run([sys.executable, "-m", "data_prep.cli", str(tmp_path / "t.txt"),
                                "--out", str(tmp_path / "data")],
-                              stdout=write, stderr=write, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                              stdout=write, stderr=write, env=child_env(), timeout=120)
     finally:
         os.close(write)
     assert proc.returncode == 0
@@ -285,7 +280,7 @@ def test_gpt_prepare_never_imports_torch_or_the_gpt_package(tmp_path, tokenizer)
     import zipfile
 
     from data_prep.prepare import PrepareOptions, prepare
-    from tests.helpers import ROOT
+    from tests.helpers import child_env
 
     (tmp_path / "corpus").mkdir()
     for i in range(6):
@@ -301,7 +296,7 @@ def test_gpt_prepare_never_imports_torch_or_the_gpt_package(tmp_path, tokenizer)
         args = ["--vocab-from", str(tmp_path / "run" / "best.pt"), "--workers", "1"]
     proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST_IMPORTS, str(tmp_path / "corpus"), "--out",
                            str(tmp_path / "data"), "--quiet", *args],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          capture_output=True, text=True, timeout=120, env=child_env())
     assert "exit status: 0" in proc.stdout, proc.stderr
     assert "imported: []" in proc.stdout
     assert data_prep.load(tmp_path / "data").tokenizer.kind == tokenizer[:4].rstrip(",")

@@ -4,7 +4,6 @@ Mixed-precision training and exact resume on the GPU (also with every training l
 Muon), torch.compile, the CUDA-graph decode step against the uncached path (exact tokens in
 fp32, close logits in bf16; also with every lever), torchrun with NCCL, and a damaged
 checkpoint refused before any kernel runs."""
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import torch
 from gpt.sample import GenerationError, Generator, SamplingOptions
 from gpt.store import checkpoint as ck
 from gpt.train import train
-from tests.helpers import ROOT, tiny_run, train_tiny_model, untrained_loss
+from tests.helpers import ROOT, child_env, tiny_run, train_tiny_model, untrained_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -141,7 +140,7 @@ def test_a_damaged_checkpoint_is_refused_before_sampling_on_the_gpu(tmp_path):
     (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
     proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "damaged.pt", "--device", "cuda"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env=child_env())
     assert proc.returncode == 1 and "is damaged" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -152,6 +151,6 @@ def test_torchrun_with_nccl_at_world_size_one(data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
                            "gpt.train", *args],
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env=child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 10

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from gpt.quantize import Int8Linear, QuantizeError, check_supported, quantize_model
 from gpt.sample import Generator, SamplingOptions
-from tests.helpers import BLOCK, ROOT, assert_one_line_error, train_tiny_model, write_checkpoint
+from tests.helpers import BLOCK, ROOT, assert_one_line_error, child_env, train_tiny_model, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
 
@@ -145,7 +145,7 @@ def workdir(tmp_path_factory, tiny) -> Path:
 
 
 def cli(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    env = child_env(OMP_NUM_THREADS="1", **(env or {}))
     # int8 is a CPU path: pinned, so that a CUDA machine runs the same command
     return subprocess.run([sys.executable, "-m", "gpt.sample", "--device", "cpu", *args], cwd=workdir,
                           capture_output=True, text=True, timeout=300, env=env)

@@ -16,7 +16,7 @@ from gpt.train import TrainError, train
 from gpt.train.cli import INTERRUPTED
 from gpt.train.progress import Progress
 from plumbing.command import run_command
-from tests.helpers import ROOT, assert_one_line_error, run_cli, tiny_run, write_corpus
+from tests.helpers import ROOT, assert_one_line_error, child_env, run_cli, tiny_run, write_corpus
 
 TINY_ARGS = ["--device", "cpu", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
              "--batch-size", "4", "--eval-windows", "8", "--eval-interval", "5"]
@@ -37,7 +37,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path):
 def test_two_runs_started_at_once_on_one_folder_leave_one_run(data, tmp_path):
     args = [sys.executable, "-m", "gpt.train", "--data", str(data), "--out", str(tmp_path / "run"), "--max-iters", "10",
             "--quiet", *TINY_ARGS]
-    procs = [subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(args, env=child_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     ends = sorted((p.wait(timeout=180), p.communicate()[1]) for p in procs)
@@ -64,7 +64,7 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
 def test_default_run_folders_of_runs_started_together_differ(data, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--max-iters", "2", "--quiet",
                                *TINY_ARGS],
-                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
              for _ in range(2)]
     for p in procs:
@@ -83,7 +83,7 @@ def into_a_head_that_has_gone(command: str, cwd: Path) -> subprocess.CompletedPr
     head.wait(timeout=30)
     try:
         return subprocess.run(command.split(), stdout=write, stderr=subprocess.PIPE, text=True, cwd=cwd, timeout=180,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env=child_env())
     finally:
         os.close(write)
 
@@ -118,7 +118,7 @@ def test_sampling_into_a_full_disk_is_one_line(data, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "gpt.sample", "--ckpt", "run", "--max-new-tokens", "50",
                                "--device", "cpu"],
                               cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env=child_env())
     assert_one_line_error(proc, "gpt-sample", "No space left on device")
 
 
@@ -365,7 +365,7 @@ def test_ctrl_c_while_a_command_is_still_importing_is_one_line_and_exit_130(tmp_
                                             "time.sleep(60)\n")
     script = "import sys; from gpt.entry_points import entry_point; sys.exit(entry_point('gpt-train', 'slow_start')())"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+                          env=child_env(PYTHONPATH=f"{child_env()['PYTHONPATH']}{os.pathsep}{tmp_path}"))
     assert proc.returncode == 130
     assert proc.stderr == "gpt-train: error: interrupted while starting; nothing was written\n"
 
@@ -384,7 +384,7 @@ def test_every_installed_command_starts_through_an_entry_point_that_loads_no_tor
         assert launcher.prog == prog and callable(importlib.import_module(launcher.module).main)
     loaded = subprocess.run([sys.executable, "-c",
                              "import sys, gpt.entry_points; print(sorted({'torch', 'numpy'} & set(sys.modules)))"],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+                            capture_output=True, text=True, env=child_env(), timeout=60)
     assert loaded.stdout.strip() == "[]", loaded.stderr
 
 

@@ -2,6 +2,7 @@
 Parquet, save_to_disk folders) and compressed or archived text."""
 import bz2
 import gzip
+import importlib.util
 import json
 import lzma
 import tarfile
@@ -14,6 +15,9 @@ from tests.helpers import tar_bytes
 RECORDS = [{"id": i, "text": f"record {i}: some text with ünïcödé 🙂\n" * (1 + i % 3), "title": f"title {i}"}
            for i in range(120)]
 TEXTS = sorted(r["text"] for r in RECORDS)  # enough records to split by document
+# `datasets` is a declared dependency, so every install has it; a machine set up by hand
+# without it (its absence is one clear line, tested in test_prepare_cli.py) skips these
+needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="no datasets package here")
 
 
 def all_documents(data, read_documents):
@@ -28,6 +32,7 @@ def test_json_lines_records_are_one_document_each(tmp_path, prepare_data, read_d
     assert sum(data.meta["splits"][s]["documents"] for s in ("train", "val")) == len(RECORDS)
 
 
+@needs_datasets
 def test_a_json_file_of_records_is_read(tmp_path, prepare_data, read_documents):
     path = tmp_path / "records.json"
     path.write_text(json.dumps(RECORDS))
@@ -35,6 +40,7 @@ def test_a_json_file_of_records_is_read(tmp_path, prepare_data, read_documents):
     assert all_documents(data, read_documents) == TEXTS
 
 
+@needs_datasets
 def test_a_parquet_file_is_read(tmp_path, prepare_data, read_documents):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -44,6 +50,7 @@ def test_a_parquet_file_is_read(tmp_path, prepare_data, read_documents):
     assert all_documents(data, read_documents) == TEXTS
 
 
+@needs_datasets
 def test_a_saved_dataset_dict_folder_is_read_split_by_split(tmp_path, prepare_data, read_documents):
     import datasets
 
@@ -56,6 +63,7 @@ def test_a_saved_dataset_dict_folder_is_read_split_by_split(tmp_path, prepare_da
     assert all_documents(data, read_documents) == TEXTS
 
 
+@needs_datasets
 def test_a_saved_dataset_inside_a_searched_folder_is_found(tmp_path, prepare_data, read_documents):
     import datasets
 
@@ -71,15 +79,15 @@ def test_text_field_chooses_the_column(tmp_path, prepare_data, read_documents):
     assert all_documents(data, read_documents) == sorted(r["title"] for r in RECORDS)
 
 
-@pytest.mark.parametrize("name", ["records.jsonl", "records.parquet"])
+@pytest.mark.parametrize("name", ["records.jsonl", pytest.param("records.parquet", marks=needs_datasets)])
 def test_a_missing_text_field_is_an_error_naming_the_fields(tmp_path, prepare_data, name):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = tmp_path / name
     if name.endswith(".jsonl"):
         path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         pq.write_table(pa.Table.from_pylist(RECORDS), path)
     with pytest.raises(DataError, match=r"no field 'body' \(fields: id, text, title\)"):
         prepare_data(path, text_field="body")

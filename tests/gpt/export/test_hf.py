@@ -5,7 +5,6 @@ greedy text and encodes our ids; and the way back (`gpt-train --init-from DIR`, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,8 @@ from gpt.store.hf_read import read_hf_folder
 from gpt.store.load import base_reference, file_sha256, load_any_model
 from gpt.train import train
 from tests.helpers import (
-    ROOT,
     assert_one_line_error,
+    child_env,
     prepared,
     prepared_bpe,
     run_cli,
@@ -251,7 +250,7 @@ def test_writing_the_folder_needs_no_transformers(tmp_path):
     script = ("import sys; sys.modules['transformers'] = None  # as if not installed: importing it fails\n"
               "from gpt.export.cli import main; sys.exit(main([sys.argv[1], '--format', 'hf', '--out', sys.argv[2]]))")
     r = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path / "hf")], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                       env=child_env(), timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 

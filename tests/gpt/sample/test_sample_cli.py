@@ -18,13 +18,13 @@ from gpt import device
 from gpt.sample import Generator, SamplingOptions
 from gpt.sample.cli import main
 from gpt.store.checkpoint import plain_state_dict, save_checkpoint
-from tests.helpers import ROOT, train_tiny_model, write_checkpoint
+from tests.helpers import ROOT, child_env, train_tiny_model, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
 
 REPO = ROOT
 # one thread: these runs are many, small and started together
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+ENV = child_env(OMP_NUM_THREADS="1")
 
 
 def cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:

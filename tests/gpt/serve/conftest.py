@@ -5,8 +5,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
 
 from gpt.train import train
 from tests.helpers import TINY_MODEL
@@ -22,6 +20,8 @@ def browser():
     (`apt-get install chromium chromium-driver`; CI installs them)."""
     if not (BROWSER and DRIVER):
         pytest.skip("no Chromium with chromedriver here (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="no selenium here (pip install -e '.[test]')")
+    from selenium.common.exceptions import WebDriverException
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):

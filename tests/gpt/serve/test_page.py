@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+
+# the browser's driver library: where it is not installed the module skips (`.[test]` has it)
+By = pytest.importorskip("selenium.webdriver.common.by", reason="no selenium here").By
+WebDriverWait = pytest.importorskip("selenium.webdriver.support.ui", reason="no selenium here").WebDriverWait
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TIMEOUT_S = 60

@@ -9,7 +9,7 @@ import torch
 
 from gpt.store import checkpoint as ck
 from gpt.train import train
-from tests.helpers import ROOT, TINY_MODEL, prepared, untrained_loss
+from tests.helpers import ROOT, TINY_MODEL, child_env, prepared, untrained_loss
 
 WORKER = ROOT / "tests" / "gpt" / "train" / "ddp_worker.py"
 
@@ -20,7 +20,8 @@ def data(tmp_path_factory):
 
 
 def torchrun(nproc: int, out, mode: str, options: dict) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = env["PYTHONPATH"].replace(str(ROOT), f"{ROOT}{os.pathsep}{ROOT / 'tests'}", 1)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER),
            str(out), mode, json.dumps(options)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)

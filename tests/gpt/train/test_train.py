@@ -1,7 +1,6 @@
 """gpt-train: learning, exact resume, crash-safe checkpoints, and clear errors."""
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from data_prep.prepare import PrepareOptions, prepare
 from gpt.store import checkpoint as ck
 from gpt.store.load import model_from_checkpoint
 from gpt.train import NonFiniteLoss, Trainer, TrainError, train
-from tests.helpers import ROOT, StepClock, assert_one_line_error, run_cli, tiny_run, write_corpus
+from tests.helpers import ROOT, StepClock, assert_one_line_error, child_env, run_cli, tiny_run, write_corpus
 
 
 def test_gpt_learns_well_below_uniform_entropy(data, tmp_path):
@@ -258,7 +257,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes(data, tmp_path):
     args = ["--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet", "--n-layer", "2",
             "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8", "--max-iters", "100000",
             "--eval-interval", "50"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = child_env(PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "gpt.train", *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=env)
     for line in proc.stdout:  # the run says when its first checkpoint is on disk: wait for that, not for a clock
