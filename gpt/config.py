@@ -137,6 +137,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    # recompute each block's activations in the backward pass instead of keeping them: the
+    # activations of one block at a time rather than of all, for one more forward pass
+    activation_checkpointing: bool = False
     seed: int = 1337
     deterministic: bool = False  # torch's deterministic kernels; needs a step budget alone
     progress: bool = True
@@ -197,6 +200,9 @@ class TrainConfig:
                                   "use adamw with --lora")
             if not 0 < self.muon_lr < math.inf or not 0 <= self.muon_weight_decay < math.inf:
                 raise ConfigError("--muon-lr must be positive and --muon-weight-decay not negative (both finite)")
+        if self.activation_checkpointing and self.model != "gpt":
+            raise ConfigError("--activation-checkpointing recomputes a transformer's blocks; "
+                              "the bigram model has none (leave it out)")
         if self.lora < 0:
             raise ConfigError(f"--lora must be a rank of at least 1 (or 0 for full fine-tuning), got {self.lora}")
         self.model_config(vocab_size=1).validate()  # a bad model option stops the run before it claims a folder

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import CausalSelfAttention, Positions, Rotary, row
 from .config import ModelConfig
@@ -118,6 +119,9 @@ class GPT(LanguageModel):
             # untrained residual stream adds noise to the first steps' gradients
             nn.init.zeros_(self.head.weight)
         self.rotary = Rotary(cfg.head_size, cfg.block_size, cfg.rope_base) if cfg.pos == "rope" else None
+        # activation checkpointing (gpt-train --activation-checkpointing): a way to train, not
+        # part of the model, so it is set on the model by the trainer and saved nowhere
+        self.checkpoint_blocks = False
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -163,8 +167,11 @@ class GPT(LanguageModel):
         rope = self.rotary.at(start, T) if self.rotary is not None else None
         bias = cache.attention_bias(pos) if pos is not None else None  # (1 or B, 1, 1, block): the window so far
         at = Positions(B, T, rope, cache, pos, bias)
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block.forward(x, at)
+            # non-reentrant checkpointing replays the block with the random state it first
+            # ran with, so dropout draws the same masks and the gradients are the same
+            x = checkpoint(block.forward, x, at, use_reentrant=False) if recompute else block.forward(x, at)
         if cache is not None and pos is None:
             cache.advance(T)
         if last_only and T > 1:

@@ -43,7 +43,7 @@ class PresetDefaults:
 
 
 GPT_ONLY = {"n_layer", "n_head", "n_embd", "dropout", "pos", "bias", "activation", "qk_norm", "tie_weights",
-            "optimizer", "muon_lr"}
+            "optimizer", "muon_lr", "activation_checkpointing"}
 
 
 def shown(value) -> str:
@@ -146,6 +146,9 @@ def build_parser() -> Parser:
                    "on a CPU bf16 where it computes bf16 natively (AVX512-BF16 or AMX), fp32 elsewhere")
     g.add_argument("--compile", action="store_const", const=True,
                    help="torch.compile the model (falls back to eager with a warning if it fails)")
+    g.add_argument("--activation-checkpointing", action="store_const", const=True,
+                   help="keep only each block's input and recompute the rest in the backward pass: "
+                   "much less activation memory (long contexts, large batches) for about a third more compute")
     g.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="torch's deterministic kernels only (a kernel without one is refused, naming it); "

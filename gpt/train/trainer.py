@@ -80,6 +80,8 @@ class Trainer:
             base.release_weights()
         if cfg.lora:
             lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
+        if cfg.activation_checkpointing:
+            self.model.checkpoint_blocks = True
         self.optimizers = Optimizers(self.model, cfg, device, self.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
