@@ -11,6 +11,7 @@ import sys
 from plumbing.command import Parser, run_command
 
 from ..config import ACTIVATIONS, DEFAULT_PATIENCE, OPTIMIZERS, TrainConfig
+from .errors import TrainError
 from .presets import FINETUNE, FINETUNE_LORA, PRESETS, describe, short
 from .progress import tolerant
 from .run import train
@@ -62,6 +63,8 @@ def build_parser() -> Parser:
     a("--resume", action="store_true",
       help="continue the run in --out (default: the newest run under ./checkpoints) from its latest checkpoint")
     a("--overwrite", action="store_true", help="start a new run in an --out folder that already holds one")
+    a("--plan", action="store_true", help="print the memory the run would need (weights, gradients, optimizer "
+      "state, activations, the peak) and the largest micro-batch that fits; train nothing")
     a("--preset", choices=sorted(PRESETS), help="a named configuration; options given override its values one by one "
       "(default: bigram for --model bigram, else cpu-small on CPU, baby-gpt on CUDA)")
     g = p.add_argument_group("model")
@@ -165,11 +168,18 @@ INTERRUPTED = ("interrupted before a step boundary; a run that had saved a check
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("resume", "overwrite", "preset", "quiet") and v is not None}
+                 if k not in ("resume", "overwrite", "preset", "quiet", "plan") and v is not None}
     if args.quiet:
         overrides["progress"] = False
 
     def work() -> int:
+        if args.plan:
+            if args.resume:
+                raise TrainError("--plan plans a new run; leave out --resume")
+            from .plan import plan_report
+
+            tolerant(print)(plan_report(args.preset, overrides))
+            return 0
         result = train(args.preset, overrides, resume=args.resume, overwrite=args.overwrite)
         if result.stopped_by.startswith("signal"):
             name = result.stopped_by.split()[1]

@@ -1,0 +1,188 @@
+"""gpt-train --plan: the memory one training process will need, before it needs it.
+
+Per process (one GPU, or the CPU), in bytes:
+- weights: fp32, whatever the precision of the products (mixed precision keeps fp32 masters);
+- gradients: fp32, one per trained weight, alive from the backward pass to the optimizer's step;
+- optimizer state: AdamW's two moments (8 bytes a weight), Muon's one momentum (4) for the
+  hidden matrices, and the weights' moving average (4) with --ema;
+- activations: what autograd keeps for the backward pass. They are not estimated from a
+  formula but counted: the model's forward runs once, for one window, on PyTorch's meta
+  device (shapes without memory or arithmetic), and every tensor autograd saves is added up,
+  so each model option, dropout's masks and activation checkpointing count as the code has
+  them. In bf16 or fp16 the saved floating tensors are half as large (autocast computes the
+  products, and keeps their inputs, in that precision), and the weights' half-precision copies
+  are kept too;
+- the peak adds what the backward pass holds briefly: the logits' gradient, and while a
+  block's gradients flow, its activations' gradients and the kernels' temporaries (measured,
+  see `memory_plan`), and with checkpointing the block recomputed.
+
+Under DDP (torchrun) every process holds all of the above for its own micro-batch; a bucket of
+gradients on their way to the other processes adds a few tens of MB (torch's 25 MB buckets).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import PLAIN_ATTENTION_MAX_T
+from ..config import ModelConfig, TrainConfig
+from ..model import build_model
+from .optim import hidden_matrices
+
+DDP_BUCKETS = 2 * 25 * 2**20  # DDP's gradient buckets (25 MB each) in flight, beside the gradients
+HALF = (torch.bfloat16, torch.float16)
+BLOCKS_IN_FLIGHT = 2.25
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    parameters: int
+    trained: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations_per_window: int  # kept for the backward pass, one window of block_size tokens
+    transient_per_window: int  # held briefly at the backward pass's start (logits' gradient, one block)
+    fixed_extra: int  # half-precision weight copies, DDP's buckets
+
+    def activations(self, windows: int) -> int:
+        return self.activations_per_window * windows
+
+    def peak(self, windows: int) -> int:
+        """The most alive at once: weights, optimizer state, then during the backward pass the
+        activations, the transients, and the gradients (counted whole: by the end of the
+        backward pass every one exists, while most activations are already freed)."""
+        state = self.weights + self.optimizer + self.fixed_extra
+        return state + self.gradients + (self.activations_per_window + self.transient_per_window) * windows
+
+    def largest_windows(self, budget: int) -> int:
+        """The largest micro-batch (windows) whose peak fits `budget` bytes (0: none fits)."""
+        free = budget - self.peak(0)
+        per = self.activations_per_window + self.transient_per_window
+        return max(0, free // per) if per else 0
+
+
+def saved_bytes(model: torch.nn.Module, block_size: int, half: bool, scores_kept: bool) -> tuple[int, int]:
+    """Bytes autograd saves in one window's forward pass on the meta device (each storage once;
+    the weights, kept anyway, left out). Floating tensors count at 2 bytes an element when
+    `half`, as autocast would keep them. On the meta device attention runs torch's math path,
+    which keeps the (T, T) scores; the fused kernels that run on a GPU and a CPU keep a
+    log-sum-exp per query instead, so scores count only where a path that keeps them runs
+    (`scores_kept`). Returns (all bytes, the scores' part)."""
+    weights = {id(p) for p in model.parameters()}
+    head_size = getattr(model.config, "head_size", None)
+    seen: dict[int, int] = {}
+    scores: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t._base if t._base is not None else t
+        if id(base) in weights:
+            return t
+        size = 2 if half and base.is_floating_point() else base.element_size()
+        if base.dim() >= 2 and base.shape[-1] == base.shape[-2] == block_size > 1:
+            if scores_kept:
+                seen[id(base)] = scores[id(base)] = base.numel() * size
+            else:
+                seen[id(base)] = base[..., 0].numel() * 4  # the fused kernels' log-sum-exp, fp32
+        elif base.dim() == 4 and base.shape[-2:] == (head_size, block_size) and not scores_kept:
+            pass  # the math path's transposed keys, which the fused kernels do not copy
+        else:
+            seen[id(base)] = base.numel() * size
+        return t
+
+    idx = torch.zeros(1, block_size, dtype=torch.long, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, idx)
+    return sum(seen.values()), sum(scores.values())
+
+
+def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_type: str,
+                world_size: int = 1) -> MemoryPlan:
+    model_cfg: ModelConfig = cfg.model_config(vocab_size)
+    with torch.device("meta"):
+        model = build_model(model_cfg).train()
+    params = list(model.parameters())
+    n = sum(p.numel() for p in params)
+    half = dtype in HALF
+    # where attention keeps its scores: on a CPU, torch's fused kernel has no dropout (with
+    # dropout torch runs its math path), and in bf16 this toolkit runs its plain path
+    scores = device_type == "cpu" and (
+        model_cfg.dropout > 0 or (dtype == torch.bfloat16 and model_cfg.block_size <= PLAIN_ATTENTION_MAX_T))
+    kept, kept_scores = saved_bytes(model, model_cfg.block_size, half, scores)
+    layers = max(1, getattr(model_cfg, "n_layer", 1))
+    recompute = cfg.activation_checkpointing and model_cfg.kind == "gpt"
+    block, block_scores = kept // layers, kept_scores // layers  # one block's, as kept without checkpointing
+    if recompute:
+        model.checkpoint_blocks = True
+        kept, _ = saved_bytes(model, model_cfg.block_size, half, scores)
+    # While a block's backward runs, beside what is kept: its activations' gradients and the
+    # kernels' temporaries (2.25 blocks' worth of the activations other than attention's
+    # scores, a third of the scores', whose gradients come one at a time) and, when the block
+    # was not kept, the block itself once more, recomputed. Measured on a CPU
+    # (bench/plan_bench.py, docs/benchmarks.md#memory-plan).
+    others = block - block_scores
+    transient = int(BLOCKS_IN_FLIGHT * others + block_scores / 3) + (block if recompute else 0)
+    transient += model_cfg.block_size * vocab_size * 4  # the logits' gradient, fp32 at the loss
+    moments = 8 * n
+    if cfg.optimizer == "muon" and model_cfg.kind == "gpt":
+        hidden = sum(p.numel() for p in hidden_matrices(model))
+        moments = 8 * (n - hidden) + 4 * hidden
+    average = 4 * n if cfg.ema else 0
+    extra = (2 * n if half else 0) + (DDP_BUCKETS if world_size > 1 else 0)
+    return MemoryPlan(parameters=n, trained=n, weights=4 * n, gradients=4 * n, optimizer=moments + average,
+                      activations_per_window=kept, transient_per_window=transient, fixed_extra=extra)
+
+
+def describe(plan: MemoryPlan, cfg: TrainConfig, dtype_name: str, world_size: int, budget: int | None,
+             budget_of: str) -> str:
+    """The plan as gpt-train --plan prints it."""
+    windows = cfg.batch_size
+    tokens = windows * cfg.block_size
+
+    def mb(x: int) -> str:
+        return f"{x / 2**20:,.1f} MB" if x < 10 * 2**30 else f"{x / 2**30:,.2f} GB"
+
+    lines = [
+        f"model: {plan.parameters:,} parameters; {dtype_name} products, micro-batch {windows} x {cfg.block_size} "
+        f"= {tokens:,} tokens" + (f", {world_size} processes (DDP)" if world_size > 1 else ""),
+        "memory per process:",
+        f"  weights (fp32)        {mb(plan.weights)}",
+        f"  gradients (fp32)      {mb(plan.gradients)}",
+        f"  optimizer state       {mb(plan.optimizer)}" + (" (with the weights' average)" if cfg.ema else ""),
+        f"  activations           {mb(plan.activations(windows))}"
+        + (" (blocks recomputed: --activation-checkpointing)" if cfg.activation_checkpointing else ""),
+        f"  other                 {mb(plan.fixed_extra + plan.transient_per_window * windows)}"
+        " (half-precision weight copies, the logits' gradient, DDP's buckets)",
+        f"  peak                  {mb(plan.peak(windows))}",
+    ]
+    if budget is not None:
+        fits = plan.largest_windows(budget)
+        lines.append(f"largest micro-batch that fits {mb(budget)} ({budget_of}): {fits} windows"
+                     + ("" if fits else ": the weights and optimizer state alone do not fit"))
+    return "\n".join(lines)
+
+
+def plan_report(preset: str | None, overrides: dict) -> str:
+    """What `gpt-train --plan` prints for these options: nothing is trained, no folder made."""
+    import data_prep
+
+    from ..device import available_memory, resolve_device, resolve_dtype
+    from .errors import TrainError
+    from .presets import default_preset, layered_config
+
+    if overrides.get("init_from") or overrides.get("lora"):
+        raise TrainError("--plan plans a run from scratch; leave out --init-from and --lora")
+    device = resolve_device(overrides.get("device") or "auto")
+    cfg = layered_config(preset or default_preset(device.type, overrides.get("model")), overrides)
+    vocab_size = len(data_prep.load(cfg.data).tokenizer)
+    dtype = resolve_dtype(cfg.dtype, device, training=True)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = memory_plan(cfg, vocab_size, dtype, device.type, world_size)
+    if device.type == "cuda":
+        budget, of = torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}"
+    else:
+        budget, of = available_memory(), "this machine's available memory"
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return describe(plan, cfg, names.get(dtype, str(dtype)), world_size, budget, of)
