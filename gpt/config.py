@@ -133,6 +133,10 @@ class TrainConfig:
     lora: int = 0  # adapter rank; 0: fine-tune every weight
     lora_alpha: float | None = None  # the adapters' scale is alpha / rank; default 2 x rank
     lora_targets: str = "qkv,proj,fc"
+    # distillation: learn from a trained model's distribution as well as from the data
+    teacher: str | None = None  # a run, checkpoint or model folder with the data's vocabulary
+    distill_weight: float = 0.5  # the soft (teacher) term's share of the loss, in (0, 1]
+    distill_temperature: float = 2.0  # both distributions are softened by it
     # machine
     device: str = "auto"
     dtype: str = "auto"
@@ -200,6 +204,10 @@ class TrainConfig:
                                   "use adamw with --lora")
             if not 0 < self.muon_lr < math.inf or not 0 <= self.muon_weight_decay < math.inf:
                 raise ConfigError("--muon-lr must be positive and --muon-weight-decay not negative (both finite)")
+        if not 0 < self.distill_weight <= 1:  # also refuses NaN
+            raise ConfigError(f"--distill-weight must be in (0, 1], got {self.distill_weight}")
+        if not 0 < self.distill_temperature < math.inf:
+            raise ConfigError(f"--distill-temperature must be positive and finite, got {self.distill_temperature}")
         if self.activation_checkpointing and self.model != "gpt":
             raise ConfigError("--activation-checkpointing recomputes a transformer's blocks; "
                               "the bigram model has none (leave it out)")

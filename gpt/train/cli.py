@@ -127,6 +127,14 @@ def build_parser() -> Parser:
                    f"(needs --init-from; lr {short(FINETUNE_LORA['lr'])})")
     g.add_argument("--lora-alpha", type=float, help="the adapters' scale is alpha / rank (default: 2 x rank)")
     g.add_argument("--lora-targets", help="comma-separated layers to adapt: qkv, proj, fc (default: all three)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", metavar="RUN",
+                   help="also learn from this trained model's predictions (a run, a checkpoint or a model folder "
+                   "with the data's vocabulary: gpt-prepare TEXT --vocab-from RUN); any student size")
+    g.add_argument("--distill-weight", type=float, metavar="A",
+                   help=f"the teacher's share of the loss, in (0, 1] (default: {d.distill_weight})")
+    g.add_argument("--distill-temperature", type=float, metavar="T",
+                   help=f"softens both distributions before they are compared (default: {d.distill_temperature})")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int,
                    help=f"steps between evaluations and checkpoints (default: {d.eval_interval})")

@@ -111,6 +111,8 @@ class Loop:
         stats = None
         if t.step % cfg.log_interval == 0:
             stats = {"train_loss": self.losses.mean_of_pending(), "lr": lr, "tokens_per_s": window.rate()}
+            if t.teacher is not None:  # the time its forward passes took, so far in this process
+                stats["teacher_s"] = round(t.teacher.seconds, 3)
             t.metrics.write({"step": t.step, "tokens": t.tokens, "elapsed": round(t.elapsed(), 3), **stats})
         self.progress.step(t.step, t.elapsed(), stats)
 

@@ -30,6 +30,7 @@ from ..store.layout import LATEST
 from .average import WeightAverage
 from .base import Base
 from .batches import BatchSampler, BlockSizeError, fixed_windows
+from .distill import Teacher
 from .distributed import Dist
 from .errors import TrainError
 from .metrics import MetricsLog
@@ -82,6 +83,11 @@ class Trainer:
             lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
         if cfg.activation_checkpointing:
             self.model.checkpoint_blocks = True
+        self.teacher = None
+        if cfg.teacher:
+            recorded = resume_state.get("teacher") if resume_state is not None else None
+            self.teacher = Teacher.load(cfg.teacher, self.tokenizer.fingerprint(), cfg.data, device,
+                                        cfg.distill_weight, cfg.distill_temperature, recorded)
         self.optimizers = Optimizers(self.model, cfg, device, self.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
@@ -205,10 +211,12 @@ class Trainer:
             tokenizer=self.tokenizer.to_json(), data_fingerprint=self.tokenizer.fingerprint())
 
     def lineage(self) -> dict:
-        """Where a fine-tuning run came from; for LoRA, what sampling needs to rebuild it."""
+        """Where a fine-tuning run came from; for LoRA, what sampling needs to rebuild it; the
+        teacher a distilled run learns from (its file and SHA-256)."""
+        teacher = {"teacher": self.teacher.ref} if self.teacher is not None else {}
         if self.origin is None:
-            return {}
-        out = {"init_from": self.origin}
+            return teacher
+        out = {"init_from": self.origin, **teacher}
         if self.cfg.lora and self.base is not None:
             out["lora"] = {"rank": self.cfg.lora, "alpha": self.cfg.lora_scale_alpha,
                            "targets": list(lora.parse_targets(self.cfg.lora_targets)), "base": self.base.ref}
@@ -246,7 +254,9 @@ class Trainer:
             # DDP averages gradients across ranks on the last micro-step only
             sync = self.ddp.no_sync() if (self.ddp is not None and not last) else nullcontext()
             with sync, autocast(self.device, self.dtype):
-                _, loss = self.forward_model(x, y)
+                logits, loss = self.forward_model(x, y)
+                if self.teacher is not None:
+                    loss = self.teacher.loss(x, logits, loss)
                 loss = loss / self.cfg.grad_accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
