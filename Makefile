@@ -35,7 +35,7 @@ torch-choice:
 	fi
 
 $(VENV)/.installed: pyproject.toml | torch-choice
-	$(PY) -m pip install -q -e '.[test,plot,hf,serve]'
+	$(PY) -m pip install -q -e '.[test,plot,hf,serve,track]'
 	touch $@
 
 demo: torch-choice $(VENV)/.installed

@@ -128,6 +128,7 @@ class TrainConfig:
     # when patience runs out: decay the lr to min_lr over this fraction of the steps so far, then stop
     cooldown: float = 0.0
     log_interval: int = 10
+    trackers: str = ""  # --log: experiment trackers beside metrics.jsonl, comma-separated (tensorboard, wandb)
     # fine-tuning: start from another run's model (in full, or with low-rank adapters)
     init_from: str | None = None  # a run folder or checkpoint
     lora: int = 0  # adapter rank; 0: fine-tune every weight

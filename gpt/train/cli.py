@@ -149,6 +149,10 @@ def build_parser() -> Parser:
                    "over this fraction of the steps so far, then stop, rather than stop at once (default: 0, off); "
                    "With --patience 2 and 0.25, 1.8-2.7%% lower val loss on three small corpora that overfit")
     g.add_argument("--log-interval", type=int, help=f"steps between metrics.jsonl lines (default: {d.log_interval})")
+    g.add_argument("--log", dest="trackers", metavar="TRACKERS",
+                   help="also send metrics.jsonl's figures and the configuration to tensorboard (into RUN/tensorboard) "
+                   "and/or wandb (into RUN/wandb; WANDB_MODE=offline works without a network), comma-separated; "
+                   "an optional extra: pip install 'chargpt[track]'")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("machine")
     g.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")

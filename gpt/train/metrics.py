@@ -33,6 +33,7 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         self.file = None
         self.enabled = enabled
+        self.trackers = None  # trackers.Trackers: every record goes to them too
 
     def trim_after(self, step: int) -> None:
         """Keep only the lines of steps up to `step`."""
@@ -49,11 +50,16 @@ class MetricsLog:
             self.file = open(self.path, "a", encoding="utf-8")
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.trackers is not None:
+            self.trackers.write(record)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 class LossWindow:

@@ -20,6 +20,7 @@ from ..store import checkpoint
 from ..store.layout import LATEST
 from ..store.run_folder import RunFolder, RunFolderError
 from ..store.runs import default_run_dir, lora_runs_on, newest_run, resolve_checkpoint, write_run_files
+from . import trackers
 from .base import Base
 from .distributed import Dist, init_distributed
 from .errors import TrainError
@@ -135,6 +136,7 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                                  "a fine-tuning run needs a folder of its own")
         cfg.validate()
         check_optimizer(cfg.optimizer)
+        trackers.check_installed(trackers.parse(cfg.trackers))  # before a folder is claimed
         with deterministic_algorithms(cfg.deterministic, device):
             result = run_in_folder(cfg, dist_, device, resume_state, run_dir, overwrite, should_stop, log, base)
     except BaseException:

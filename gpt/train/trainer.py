@@ -27,6 +27,7 @@ from ..model import build_model
 from ..plot.live import ProgressPicture
 from ..store.checkpoint import plain_state_dict, save_checkpoint, training_state
 from ..store.layout import LATEST
+from . import trackers
 from .average import WeightAverage
 from .base import Base
 from .batches import BatchSampler, BlockSizeError, fixed_windows
@@ -99,6 +100,8 @@ class Trainer:
         self.global_batch = cfg.batch_size * cfg.grad_accum * dist_.world_size
         self.after_save: Callable[[], None] | None = None  # rank 0's: the run folder settles an --overwrite
         self.metrics = MetricsLog(run_dir, enabled=dist_.is_main)
+        if cfg.trackers and dist_.is_main:
+            self.metrics.trackers = trackers.Trackers(trackers.parse(cfg.trackers), run_dir, asdict(cfg))
         self.picture = ProgressPicture(run_dir, enabled=dist_.is_main)
         self.start_clock()
 
