@@ -63,8 +63,7 @@ class Wandb:
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(project="chargpt", name=run_dir.name, dir=str(run_dir), config=config,
-                              reinit="create_new")
+        self.run = wandb.init(project="chargpt", name=run_dir.name, dir=str(run_dir), config=config)
 
     def write(self, record: dict) -> None:
         self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
