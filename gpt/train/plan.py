@@ -99,7 +99,9 @@ def saved_bytes(model: torch.nn.Module, block_size: int, half: bool, scores_kept
 
 
 def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_type: str,
-                world_size: int = 1) -> MemoryPlan:
+                world_size: int = 1, teacher_parameters: int = 0) -> MemoryPlan:
+    """`teacher_parameters`: a distilled run's teacher (--teacher), whose fp32 weights stay
+    alive, and whose logits join the student's for each window."""
     model_cfg: ModelConfig = cfg.model_config(vocab_size)
     with torch.device("meta"):
         model = build_model(model_cfg).train()
@@ -131,6 +133,9 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_ty
         moments = 8 * (n - hidden) + 4 * hidden
     average = 4 * n if cfg.ema else 0
     extra = (2 * n if half else 0) + (DDP_BUCKETS if world_size > 1 else 0)
+    if teacher_parameters:
+        extra += teacher_parameters * 4  # its weights (autocast keeps no copies of weights without gradients)
+        transient += 2 * model_cfg.block_size * vocab_size * 4  # its logits and their log-softmax, fp32
     return MemoryPlan(parameters=n, trained=n, weights=4 * n, gradients=4 * n, optimizer=moments + average,
                       activations_per_window=kept, transient_per_window=transient, fixed_extra=extra)
 
@@ -154,7 +159,7 @@ def describe(plan: MemoryPlan, cfg: TrainConfig, dtype_name: str, world_size: in
         f"  activations           {mb(plan.activations(windows))}"
         + (" (blocks recomputed: --activation-checkpointing)" if cfg.activation_checkpointing else ""),
         f"  other                 {mb(plan.fixed_extra + plan.transient_per_window * windows)}"
-        " (half-precision weight copies, the logits' gradient, DDP's buckets)",
+        " (half-precision weight copies, the logits' gradient, DDP's buckets, a --teacher)",
         f"  peak                  {mb(plan.peak(windows))}",
     ]
     if budget is not None:
@@ -179,7 +184,12 @@ def plan_report(preset: str | None, overrides: dict) -> str:
     vocab_size = len(data_prep.load(cfg.data).tokenizer)
     dtype = resolve_dtype(cfg.dtype, device, training=True)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = memory_plan(cfg, vocab_size, dtype, device.type, world_size)
+    teacher = 0
+    if cfg.teacher:
+        from ..store.load import load_any_model
+
+        teacher = sum(p.numel() for p in load_any_model(cfg.teacher, "cpu")[0].parameters())
+    plan = memory_plan(cfg, vocab_size, dtype, device.type, world_size, teacher)
     if device.type == "cuda":
         budget, of = torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}"
     else:
