@@ -45,3 +45,9 @@ def test_a_larger_batch_plans_more_activations_and_a_smaller_largest_fit():
 def test_plan_with_resume_is_one_line(data, tmp_path):
     proc = run_cli("gpt.train", "--data", data, "--plan", "--resume", "--out", tmp_path / "run")
     assert_one_line_error(proc, "gpt-train", "--plan")
+
+
+def test_a_teacher_adds_its_weights_and_its_logits():
+    cfg = TrainConfig(**SHAPE)
+    alone, taught = (memory_plan(cfg, 80, torch.float32, "cpu", teacher_parameters=t) for t in (0, 10_000))
+    assert taught.peak(4) - alone.peak(4) == 10_000 * 4 + 4 * 2 * SHAPE["block_size"] * 80 * 4
