@@ -9,8 +9,9 @@
 # 1. time to quality: recipes under a 60 s budget each, one after another -> ttq.json;
 # 2. bench.gpu_bench from the baby-gpt run of step 1: sampling 1 and 64, the floors -> gpu_bench.json;
 # 3. bench.serve_bench: gpt-serve with 1, 16 and 64 streaming clients -> serve_bench.json;
-# 4. the whole suite on most of the cores, and beside it on the others the default and the
-#    best recipe on the second corpus (a check of quality, not of speed) -> ttq_second.json.
+# 4. the whole suite on most of the cores (failures named in suite_failures.txt), and beside it
+#    on the others the default and the best recipe on the second corpus (a check of quality,
+#    not of speed) -> ttq_second.json.
 # Each step's exit status is in LOG_DIR/status; a failed step does not stop the next.
 set -u -o pipefail
 logs=${1:?usage: gpu_check.sh LOG_DIR [CORPUS]}
@@ -65,7 +66,11 @@ step ttq_second 155 taskset -c 0-$((few - 1)) $py -m bench.time_to_quality "$wor
     "${ttq[@]}" &
 if [ "${SUITE:-1}" = 1 ]; then
     if $py -c 'import xdist' 2> /dev/null; then parallel=(-n $((cores - few)) --dist loadfile); else parallel=(); fi
-    step suite 155 taskset -c "$few-$((cores - 1))" $py -m pytest -q -p no:cacheprovider "${parallel[@]}" tests
+    # verbose (the project's addopts has -q, which would cancel a -v): each failure is named
+    # as it happens, so a suite stopped by its limit still says which tests failed
+    step suite 240 taskset -c "$few-$((cores - 1))" $py -m pytest -o addopts= -v -rfE -p no:cacheprovider \
+        "${parallel[@]}" tests
+    grep -E "FAILED|ERROR" "$logs/suite.log" | sort -u > "$logs/suite_failures.txt"
 fi
 wait
 rm -rf "$work"
