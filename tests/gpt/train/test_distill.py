@@ -14,7 +14,7 @@ from gpt.store import checkpoint as ck
 from gpt.train import TrainError, train
 from gpt.train.distill import Teacher
 from tests.gpt.train.test_finetune import another_vocabulary
-from tests.helpers import TINY_MODEL, assert_one_line_error, run_cli, train_tiny_model, untrained_loss
+from tests.helpers import TINY_MODEL, assert_one_line_error, run_cli, tiny_run, train_tiny_model, untrained_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
 STUDENT = dict(n_layer=1, n_head=2, n_embd=16)
@@ -23,8 +23,7 @@ STUDENT = dict(n_layer=1, n_head=2, n_embd=16)
 @pytest.fixture(scope="module")
 def teacher(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "run"
-    train(overrides={**TINY_MODEL, "data": str(data), "out": str(out), "device": "cpu", "max_iters": 40},
-          log=lambda s: None)
+    train(overrides=tiny_run(data, out, max_iters=40), log=lambda s: None)
     return out
 
 
