@@ -36,7 +36,8 @@ class Teacher:
         self.model, self.ref, self.device = model, ref, device
         self.weight, self.temperature = weight, temperature
         self.dtype = fastest_dtype(device)
-        self.seconds = 0.0  # time spent in the teacher's forward passes
+        self.counted = 0.0  # seconds spent in the teacher's forward passes, those read so far
+        self.pending: list[tuple] = []  # on a GPU: (start, end) events not yet read
 
     @classmethod
     def load(cls, path: str, fingerprint: str, data: str, device: torch.device, weight: float, temperature: float,
@@ -57,15 +58,31 @@ class Teacher:
         model.requires_grad_(False)
         return cls(model, ref, device, weight, temperature)
 
+    @property
+    def seconds(self) -> float:
+        """The time the teacher's forward passes took so far (on a GPU, read when asked: at
+        the metrics' interval, not every step)."""
+        if self.pending:
+            self.pending[-1][1].synchronize()
+            self.counted += sum(s.elapsed_time(e) for s, e in self.pending) / 1000
+            self.pending = []
+        return self.counted
+
     def loss(self, x: torch.Tensor, student_logits: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
         """The distillation loss for inputs x (B, T), given the student's logits (B, T, V) and
         its cross-entropy `hard`."""
+        gpu = self.device.type == "cuda"
+        if gpu:  # timed by events on the stream: waiting for them here would stall the step
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
         t0 = time.perf_counter()
         with torch.no_grad(), autocast(self.device, self.dtype):
             teacher_logits = self.model(x)[0]
-        if self.device.type == "cuda":  # the time is the teacher's own, not the queue's
-            torch.cuda.current_stream(self.device).synchronize()
-        self.seconds += time.perf_counter() - t0
+        if gpu:
+            end.record()
+            self.pending.append((start, end))
+        else:
+            self.counted += time.perf_counter() - t0
         t = self.temperature
         V = student_logits.size(-1)
         student = F.log_softmax(student_logits.float().view(-1, V) / t, dim=-1)
