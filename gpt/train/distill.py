@@ -20,22 +20,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..device import autocast, native_bf16
+from ..device import autocast, resolve_dtype
 from ..store.load import file_sha256, load_any_model
 from .errors import TrainError
-
-
-def fastest_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and native_bf16() else torch.float32
 
 
 class Teacher:
     def __init__(self, model: torch.nn.Module, ref: dict, device: torch.device, weight: float, temperature: float):
         self.model, self.ref, self.device = model, ref, device
         self.weight, self.temperature = weight, temperature
-        self.dtype = fastest_dtype(device)
+        # the fastest precision of the device: what training's "auto" chooses (bf16 on a GPU
+        # that has it, else fp16; bf16 on a CPU with native bf16, else fp32)
+        self.dtype = resolve_dtype("auto", device, training=True)
         self.counted = 0.0  # seconds spent in the teacher's forward passes, those read so far
         self.pending: list[tuple] = []  # on a GPU: (start, end) events not yet read
 

@@ -39,7 +39,6 @@ BLOCKS_IN_FLIGHT = 2.25
 @dataclass(frozen=True)
 class MemoryPlan:
     parameters: int
-    trained: int
     weights: int
     gradients: int
     optimizer: int
@@ -136,7 +135,7 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_ty
     if teacher_parameters:
         extra += teacher_parameters * 4  # its weights (autocast keeps no copies of weights without gradients)
         transient += 2 * model_cfg.block_size * vocab_size * 4  # its logits and their log-softmax, fp32
-    return MemoryPlan(parameters=n, trained=n, weights=4 * n, gradients=4 * n, optimizer=moments + average,
+    return MemoryPlan(parameters=n, weights=4 * n, gradients=4 * n, optimizer=moments + average,
                       activations_per_window=kept, transient_per_window=transient, fixed_extra=extra)
 
 
@@ -173,7 +172,7 @@ def plan_report(preset: str | None, overrides: dict) -> str:
     """What `gpt-train --plan` prints for these options: nothing is trained, no folder made."""
     import data_prep
 
-    from ..device import available_memory, resolve_device, resolve_dtype
+    from ..device import DTYPES, available_memory, resolve_device, resolve_dtype
     from .errors import TrainError
     from .presets import default_preset, layered_config
 
@@ -194,5 +193,5 @@ def plan_report(preset: str | None, overrides: dict) -> str:
         budget, of = torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}"
     else:
         budget, of = available_memory(), "this machine's available memory"
-    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return describe(plan, cfg, names.get(dtype, str(dtype)), world_size, budget, of)
+    name = next(n for n, d in DTYPES.items() if d == dtype)
+    return describe(plan, cfg, name, world_size, budget, of)
