@@ -3,6 +3,7 @@ corpora built in code (one of them shaped like OpenWebText), `prepare` with test
 defaults, the learnable corpus prepared once per module, and one thread for small models."""
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 from pathlib import Path
@@ -14,6 +15,21 @@ import data_prep
 from data_prep.prepare import PrepareOptions, prepare
 from tests import helpers
 from tests.helpers import make_document, owt_archive_bytes, prepared, split_documents, tar_bytes
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker takes its share of the cores, for its own torch threads,
+    for the commands it runs (OMP_NUM_THREADS is inherited) and for torch.compile's compile
+    workers: on a 16-core GPU machine, 16 workers each running 16 OpenMP threads and 16
+    compile processes crawled (a suite of 8 minutes on 2 cores was not done after 8 minutes
+    there). A value the caller set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    for name in ("OMP_NUM_THREADS", "TORCHINDUCTOR_COMPILE_THREADS"):
+        os.environ.setdefault(name, share)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
