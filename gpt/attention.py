@@ -212,8 +212,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer = layer  # which of the cache's layers holds this one's keys and values
         self.n_head, self.head_size, self.dropout = cfg.n_head, cfg.head_size, cfg.dropout
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # one fused projection
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.attn_width, bias=cfg.bias)  # one fused projection
+        self.proj = nn.Linear(cfg.attn_width, cfg.n_embd, bias=cfg.bias)
         self.proj.is_residual_out = True
         # queries and keys normalised per head, before rotation: attention scores stay bounded
         # however large the projections grow (why the speed-run records use it: a high learning

@@ -44,6 +44,10 @@ class ModelConfig:
     activation: str = "gelu"  # the MLP's: "gelu" (exact), "gelu_tanh" (the tanh approximation) or "relu2" (relu(x)^2)
     qk_norm: bool = False  # RMS-normalise queries and keys per head before rotary embeddings and attention
     logit_softcap: float = 0.0  # logits = C * tanh(logits / C); 0: off
+    # the shapes gpt-prune leaves when it removes attention heads and MLP channels (each layer
+    # keeps the same number, so every layer has one shape); 0: the usual shapes
+    head_dim: int = 0  # channels per head; 0: n_embd / n_head
+    mlp_width: int = 0  # the MLP's inner width; 0: 4 x n_embd
 
     def validate(self) -> None:
         if self.kind not in ("gpt", "bigram"):
@@ -53,10 +57,13 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.kind == "gpt" and self.n_embd % self.n_head:
+        if self.head_dim < 0 or self.mlp_width < 0:
+            raise ConfigError(f"head_dim and mlp_width must be positive (or 0 for the usual shapes), "
+                              f"got {self.head_dim} and {self.mlp_width}")
+        if self.kind == "gpt" and not self.head_dim and self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.kind == "gpt" and self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(f"rotary embeddings need an even head size, got {self.n_embd // self.n_head}")
+        if self.kind == "gpt" and self.pos == "rope" and self.head_size % 2:
+            raise ConfigError(f"rotary embeddings need an even head size, got {self.head_size}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not 0 <= self.logit_softcap < math.inf:  # also refuses NaN
@@ -66,7 +73,16 @@ class ModelConfig:
 
     @property
     def head_size(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def attn_width(self) -> int:
+        """Channels of all heads together: n_embd, unless gpt-prune removed heads."""
+        return self.n_head * self.head_size
+
+    @property
+    def mlp_hidden(self) -> int:
+        return self.mlp_width or 4 * self.n_embd
 
     def to_dict(self) -> dict:
         return asdict(self)

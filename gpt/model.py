@@ -65,8 +65,8 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=cfg.bias)
         self.proj.is_residual_out = True
         self.dropout = cfg.dropout
         # exact (erf) GELU by default: on CPU its backward pass is about 4x faster than the
@@ -77,7 +77,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """residual + mlp(x), both (N, C)."""
-        h = linear(self.fc, x)  # (N, 4C)
+        h = linear(self.fc, x)  # (N, 4C, or what gpt-prune left)
         h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.approximate)
         return linear_residual(self.proj, h, residual, self.dropout if self.training else 0.0)
 
@@ -196,4 +196,4 @@ def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
     plus attention's score and weighted-sum products over the context."""
     if cfg.kind == "bigram":
         return 6.0 * cfg.vocab_size  # one row read per token; the cost is the softmax
-    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.attn_width * cfg.block_size

@@ -120,7 +120,7 @@ def to_ours(t: torch.Tensor, layout: str, n_head: int) -> torch.Tensor:
 # -- writing -------------------------------------------------------------------------------------
 # the ModelConfig fields the mapping knows: an option added later is refused (unless off) until mapped
 MAPPED = {"kind", "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "pos", "bias", "tie_weights",
-          "rope_base", "activation", "qk_norm", "logit_softcap"}
+          "rope_base", "activation", "qk_norm", "logit_softcap", "head_dim", "mlp_width"}
 
 
 def inexpressible(cfg: ModelConfig) -> str | None:
@@ -134,6 +134,9 @@ def inexpressible(cfg: ModelConfig) -> str | None:
         return "--qk-norm (per-head RMS norms of queries and keys)"
     if cfg.logit_softcap:
         return f"--logit-softcap {cfg.logit_softcap:g}"
+    if cfg.attn_width != cfg.n_embd:  # both take a head's width to be n_embd / n_head
+        return (f"{cfg.n_head} heads of {cfg.head_size} channels beside {cfg.n_embd} channels "
+                "(a model whose heads gpt-prune removed)")
     return None
 
 
@@ -175,14 +178,14 @@ def hf_config(cfg: ModelConfig, eot_id: int, source: dict) -> dict:
               "initializer_range": 0.02, "use_cache": True, "dtype": "float32"}
     if arch == GPT2:
         shape = {"n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-                 "n_inner": 4 * cfg.n_embd, "activation_function": ACTIVATION_OUT[cfg.activation],
+                 "n_inner": cfg.mlp_hidden, "activation_function": ACTIVATION_OUT[cfg.activation],
                  "layer_norm_epsilon": LAYER_NORM_EPS, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
                  "attn_pdrop": cfg.dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                  "reorder_and_upcast_attn": False, "add_cross_attention": False}
     else:
         shape = {"max_position_embeddings": cfg.block_size, "hidden_size": cfg.n_embd,
                  "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-                 "intermediate_size": 4 * cfg.n_embd, "hidden_act": ACTIVATION_OUT[cfg.activation],
+                 "intermediate_size": cfg.mlp_hidden, "hidden_act": ACTIVATION_OUT[cfg.activation],
                  "layer_norm_eps": LAYER_NORM_EPS, "use_parallel_residual": False, "attention_bias": True,
                  "hidden_dropout": cfg.dropout, "attention_dropout": cfg.dropout,
                  "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base, "partial_rotary_factor": 1.0},

@@ -90,9 +90,7 @@ def model_config(config: dict, where: str) -> ModelConfig:
     if not isinstance(act, str) or act not in ACTIVATION_IN:
         refuse(f"its activation is {act!r} (not one of {', '.join(ACTIVATION_IN)})")
     if arch == GPT2:
-        inner = config.get("n_inner")
-        if inner not in (None, 4 * C):
-            refuse(f"its MLP is {inner} wide, not 4 x n_embd = {4 * C}")
+        inner = get("n_inner", int) if config.get("n_inner") is not None else 4 * C
         if not config.get("scale_attn_weights", True) or config.get("scale_attn_by_inverse_layer_idx"):
             refuse("its attention scores are scaled other than by 1/sqrt(head size) "
                    "(scale_attn_weights false or scale_attn_by_inverse_layer_idx true)")
@@ -104,8 +102,7 @@ def model_config(config: dict, where: str) -> ModelConfig:
     else:
         if config.get("use_parallel_residual", True):  # transformers' default for NeoX
             refuse("it adds attention and MLP in parallel (use_parallel_residual true)")
-        if get("intermediate_size", int) != 4 * C:
-            refuse(f"its MLP is {config['intermediate_size']} wide, not 4 x hidden_size = {4 * C}")
+        inner = get("intermediate_size", int)
         rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
         scaling = config.get("rope_scaling") or {}  # older versions' field for scaled rotary embeddings
         legacy = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
@@ -127,8 +124,9 @@ def model_config(config: dict, where: str) -> ModelConfig:
         dropout = config.get("hidden_dropout", 0.0)
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         dropout = 0.0  # a training option, not part of what the model computes
+    # an MLP of another width than 4 x n_embd (gpt-prune's, or a model made so) is mlp_width
     cfg = ModelConfig(kind="gpt", vocab_size=get("vocab_size", int), n_embd=C, bias=True, dropout=float(dropout),
-                      activation=ACTIVATION_IN[act], **shape)
+                      activation=ACTIVATION_IN[act], mlp_width=0 if inner == 4 * C else inner, **shape)
     try:
         cfg.validate()
     except ConfigError as e:

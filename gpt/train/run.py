@@ -104,6 +104,10 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
         RunFolder.settle_if_idle(run_dir)
         latest = resolve_checkpoint(run_dir, prefer=LATEST)
         resume_state = checkpoint.load_checkpoint(latest, map_location="cpu")
+        if "rank_states" not in resume_state:  # a model without a run to continue: gpt-prune's
+            raise TrainError(f"--resume: {run_dir} holds a model but no run to continue (no optimizer or sampler "
+                             f"state; gpt-prune writes such folders); train it further with "
+                             f"gpt-train --init-from {run_dir} --out NEW")
         if not all(checkpoint.all_finite(resume_state.get(k, {})) for k in ("model", "trained_model")):
             raise TrainError(f"--resume: the weights in {latest} are not finite numbers "
                              "(the file is damaged, or the run diverged before it was saved); "

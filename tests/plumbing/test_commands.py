@@ -88,7 +88,7 @@ def into_a_head_that_has_gone(command: str, cwd: Path) -> subprocess.CompletedPr
         os.close(write)
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "sample", "eval", "plot", "export"])
+@pytest.mark.parametrize("command", ["prepare", "train", "sample", "eval", "plot", "export", "prune"])
 def test_every_command_survives_its_output_being_cut_short(data, tmp_path, command):
     if command == "plot":
         pytest.importorskip("matplotlib")
@@ -100,6 +100,7 @@ def test_every_command_survives_its_output_being_cut_short(data, tmp_path, comma
         "eval": "gpt.evaluate --ckpt run --device cpu",
         "plot": "gpt.plot run --out run.png",
         "export": "gpt.export.cli run --out exported",
+        "prune": "gpt.prune run --out pruned --heads 0.5 --device cpu",
     }
     if command not in ("prepare", "train"):
         train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
@@ -378,7 +379,7 @@ def test_every_installed_command_starts_through_an_entry_point_that_loads_no_tor
 
     scripts = dict(re.findall(r'^(gpt-[a-z]+) = "gpt\.entry_points:(\w+)"$', (ROOT / "pyproject.toml").read_text(),
                               re.M))
-    assert set(scripts) == {"gpt-prepare", "gpt-train", "gpt-sample", "gpt-eval", "gpt-plot", "gpt-export", "gpt-serve"}
+    assert set(scripts) == {"gpt-prepare", "gpt-train", "gpt-sample", "gpt-eval", "gpt-plot", "gpt-export", "gpt-prune", "gpt-serve"}
     for prog, name in scripts.items():
         launcher = getattr(entry_points, name)
         assert launcher.prog == prog and callable(importlib.import_module(launcher.module).main)
