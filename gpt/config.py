@@ -121,6 +121,8 @@ class TrainConfig:
     qk_norm: bool = model_option("qk_norm")
     tie_weights: bool = model_option("tie_weights")
     logit_softcap: float = model_option("logit_softcap")
+    head_dim: int = model_option("head_dim")
+    mlp_width: int = model_option("mlp_width")
     # optimisation
     batch_size: int = 64
     grad_accum: int = 1

@@ -44,7 +44,7 @@ class PresetDefaults:
 
 
 GPT_ONLY = {"n_layer", "n_head", "n_embd", "dropout", "pos", "bias", "activation", "qk_norm", "tie_weights",
-            "optimizer", "muon_lr", "activation_checkpointing"}
+            "optimizer", "muon_lr", "activation_checkpointing", "head_dim", "mlp_width"}
 
 
 def shown(value) -> str:
@@ -87,6 +87,10 @@ def build_parser() -> Parser:
     g.add_argument("--logit-softcap", type=float, metavar="C",
                    help="squash logits to C * tanh(logits / C) in training, evaluation and sampling; 0 for none "
                    "(default: 0)")
+    g.add_argument("--head-dim", type=int, metavar="N",
+                   help="channels per attention head, when not n_embd / n_head (gpt-prune's shapes; default: that)")
+    g.add_argument("--mlp-width", type=int, metavar="N",
+                   help="the MLP's inner width, when not 4 x n_embd (gpt-prune's shapes; default: that)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help=f"sequences per micro-batch per process (default: {d.batch_size})")
     g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default: {d.grad_accum})")

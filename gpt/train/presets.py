@@ -75,7 +75,7 @@ FINETUNE_LORA = dict(lr=2e-3, min_lr=2e-4, warmup_iters=20, eval_interval=100, w
 SHAPE_FROM_MODEL = {"model": "kind", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
                     "block_size": "block_size", "pos": "pos", "bias": "bias", "dropout": "dropout",
                     "activation": "activation", "qk_norm": "qk_norm", "tie_weights": "tie_weights",
-                    "logit_softcap": "logit_softcap"}
+                    "logit_softcap": "logit_softcap", "head_dim": "head_dim", "mlp_width": "mlp_width"}
 
 
 def default_preset(device_type: str, model: str | None = None) -> str:
