@@ -117,11 +117,11 @@ def draw(report: dict, path: Path) -> None:
     corpora = report["corpora"]
     fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.5), squeeze=False)
     for ax, result in zip(axes[0], corpora):
-        for m in result["models"]:
-            ax.scatter(m["cpu_tokens_per_s"], m["val_bits_per_char"], s=30)
-            ax.annotate(m["model"], (m["cpu_tokens_per_s"], m["val_bits_per_char"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+        for i, m in enumerate(result["models"]):
+            ax.scatter(m["cpu_tokens_per_s"], m["val_bits_per_char"], s=36, color=f"C{i}", label=m["model"],
+                       marker="x" if m["quantize"] else "o")
         ax.set_title(Path(result["corpus"]).name, fontsize=10)
+        ax.legend(fontsize=7)
         ax.set_xlabel("one sample, CPU tokens/s")
         ax.set_ylabel("val bits/char")
         ax.grid(alpha=0.3)
