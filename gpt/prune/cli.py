@@ -9,13 +9,13 @@ from plumbing.command import Parser, command
 from .prune import PruneOptions, prune
 
 EPILOG = """
-what goes: --layers N removes the N layers whose removal raises the validation loss least
-(measured: the loss with each block skipped). --heads F and --mlp F remove that fraction of
-each layer's attention heads and MLP channels, the ones with the lowest first-order estimate
-of what removing them costs (|weight x gradient| summed over what each feeds). Every layer
-keeps the same number of heads and channels, so the model keeps one shape. The matrices
-shrink: fewer parameters, fewer FLOPs, faster sampling. Zeroing weights would make nothing
-faster.
+what goes: --layers N removes the N layers, and --heads F the fraction F of each layer's
+attention heads, whose removal raises the validation loss least (measured: the loss with
+each block skipped, or each head's output zeroed, one at a time). --mlp F removes the
+fraction F of each layer's MLP channels with the lowest first-order estimate of that cost
+(|weight x gradient| summed over each channel's output column). Every layer keeps the same
+number of heads and channels, so the model keeps one shape. The matrices shrink: fewer
+parameters, fewer FLOPs, faster sampling. Zeroing weights would make nothing faster.
 
 measured on: --windows validation windows of --data (default: the data folder the run was
 trained on), which must have the model's vocabulary.
@@ -23,7 +23,8 @@ trained on), which must have the model's vocabulary.
 output: a new run folder (latest.pt and best.pt, config.json, tokenizer.json), written beside
 its place and renamed into it when complete. gpt-sample, gpt-eval, gpt-export, gpt-serve
 and --quantize int8 load it as any run. A pruned model has lost some of what it knew: heal
-it by training it further, alone or from the model it was cut from:
+it by training it further (at the preset's own rates, not fine-tuning's lower one), alone or
+from the model it was cut from:
   gpt-train --init-from NEW --data DATA --out HEALED [--teacher RUN]
 
 A LoRA run is pruned after merging its adapters (gpt-export RUN --merge --out MERGED); a

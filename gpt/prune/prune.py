@@ -39,7 +39,7 @@ from ..store.layout import CONFIG_FILE, LATEST
 from ..store.load import base_reference, load_any_model, model_from_checkpoint
 from ..store.runs import resolve_checkpoint, write_run_files
 from ..train.batches import BlockSizeError, fixed_windows
-from .importance import group_scores, layer_costs, mean_loss
+from .importance import channel_scores, head_costs, layer_costs, mean_loss
 from .shrink import Kept, how_many_removed, shrink, top
 
 MARK = "pruned"  # the checkpoint's and config.json's record of the cut
@@ -153,12 +153,11 @@ def choose(model: GPT, opts: PruneOptions, batches: list) -> tuple[GPT, Kept]:
         layers = [i for i in layers if i not in dropped]
         model = shrink(model, Kept(layers, [all_heads] * len(layers), [all_channels] * len(layers)))
     heads, channels = [all_heads] * len(layers), [all_channels] * len(layers)
+    if drop_heads:
+        heads = [top(costs, cfg.n_head - drop_heads) for costs in head_costs(model, batches)]
+    if drop_channels:
+        channels = [top(scores, cfg.mlp_hidden - drop_channels) for scores in channel_scores(model, batches)]
     if drop_heads or drop_channels:
-        head_scores, channel_scores = group_scores(model, batches)
-        if drop_heads:
-            heads = [top(s, cfg.n_head - drop_heads) for s in head_scores]
-        if drop_channels:
-            channels = [top(s, cfg.mlp_hidden - drop_channels) for s in channel_scores]
         model = shrink(model, Kept(list(range(len(layers))), heads, channels))
     return model, Kept(layers, heads, channels)
 

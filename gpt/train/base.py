@@ -14,8 +14,10 @@ from ..store.runs import resolve_checkpoint
 from .errors import TrainError
 
 # what a run takes from its base's checkpoint; the rest (the base's optimizer moments, twice
-# the weights' size) is let go at once rather than held for the whole run
-KEPT = ("model", "model_config", "tokenizer")
+# the weights' size) is let go at once rather than held for the whole run. "pruned": what
+# gpt-prune cut, where it did (such a base heals at the preset's rates: presets.HEAL)
+REQUIRED = ("model", "model_config", "tokenizer")
+KEPT = (*REQUIRED, "pruned")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Base:
         if state.get("lora"):
             raise TrainError(f"--init-from {path} is a LoRA run (adapters on {state['lora']['base']['path']}); "
                              f"fine-tune from that base, or continue the LoRA run with --resume")
-        for key in KEPT:
+        for key in REQUIRED:
             if key not in state:
                 raise TrainError(f"--init-from {path}: the checkpoint has no {key.replace('_', ' ')}")
         if not all_finite(state["model"]):

@@ -125,7 +125,8 @@ def build_parser() -> Parser:
     g.add_argument("--init-from", metavar="RUN",
                    help="start from this run's model (a run folder: its best checkpoint, or a checkpoint file), "
                    f"with a fresh optimizer and schedule, a lower learning rate ({short(FINETUNE['lr'])}) "
-                   "and a short warmup; the data must use its vocabulary (gpt-prepare NEW --vocab-from RUN)")
+                   "and a short warmup (a model gpt-prune cut heals at the preset's own rates); "
+                   "the data must use its vocabulary (gpt-prepare NEW --vocab-from RUN)")
     g.add_argument("--lora", type=int, metavar="RANK",
                    help="train low-rank adapters of this rank instead of every weight "
                    f"(needs --init-from; lr {short(FINETUNE_LORA['lr'])})")

@@ -129,7 +129,7 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
             preset = preset or default_preset(device.type, overrides.get("model"))
             if overrides.get("init_from"):
                 base = Base.from_run(overrides["init_from"])
-                cfg = finetune_config(preset, base.state["model_config"], overrides)
+                cfg = finetune_config(preset, base.state["model_config"], overrides, pruned="pruned" in base.state)
             else:
                 cfg = layered_config(preset, overrides)
             # every rank must use the folder that rank 0 named

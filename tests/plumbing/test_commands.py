@@ -379,7 +379,8 @@ def test_every_installed_command_starts_through_an_entry_point_that_loads_no_tor
 
     scripts = dict(re.findall(r'^(gpt-[a-z]+) = "gpt\.entry_points:(\w+)"$', (ROOT / "pyproject.toml").read_text(),
                               re.M))
-    assert set(scripts) == {"gpt-prepare", "gpt-train", "gpt-sample", "gpt-eval", "gpt-plot", "gpt-export", "gpt-prune", "gpt-serve"}
+    assert set(scripts) == {"gpt-prepare", "gpt-train", "gpt-sample", "gpt-eval", "gpt-plot", "gpt-export", "gpt-prune",
+                            "gpt-serve"}
     for prog, name in scripts.items():
         launcher = getattr(entry_points, name)
         assert launcher.prog == prog and callable(importlib.import_module(launcher.module).main)
