@@ -157,6 +157,15 @@ def test_a_pruned_model_heals_at_the_presets_rates_where_fine_tuning_takes_a_low
     assert healed["lr"] == PRESETS["cpu-small"]["lr"] and tuned["lr"] == FINETUNE["lr"]
 
 
+def test_a_pruned_model_heals_from_the_model_it_was_cut_from(trained, data, tmp_path):
+    prune(str(trained), tmp_path / "small", PruneOptions(heads=0.5))
+    result = train(overrides=from_base(data, tmp_path / "healed", tmp_path / "small", max_iters=3,
+                                       teacher=str(trained)), log=lambda s: None)
+    assert result.step == 3
+    record = json.loads((tmp_path / "healed" / "config.json").read_text())
+    assert record["train"]["teacher"] == str(trained)
+
+
 def test_a_pruned_model_is_served(trained, tmp_path):
     from openai import OpenAI
 
