@@ -86,6 +86,33 @@ def parents_removed_on_failure(path: Path) -> Iterator[None]:
         raise
 
 
+def checked_output(out: str | Path, force: bool, writer: "Writer", error: type[Exception] = OutputFolderError) -> Path:
+    """`out` as an absolute path (the new folder is written beside it: ".." has no name to
+    write beside), checked before any work: renaming can replace it, what a killed run left
+    beside it is cleaned up, and nothing is there that `force` may not replace."""
+    out = Path(os.path.abspath(out))
+    check_replaceable(out)
+    clean_after_killed_runs(out)
+    check_output(out, force, writer, error)
+    return out
+
+
+@contextmanager
+def new_folder(out: Path, force: bool, writer: "Writer", error: type[Exception] = OutputFolderError) -> Iterator[Path]:
+    """The unfinished copy of `out` to write into (`claim`), moved into place when the block
+    ends and removed if it fails, with the folders made above `out`. A folder made at `out`
+    meanwhile is the user's, as one at the start, and is refused (`check_output`)."""
+    with parents_removed_on_failure(out):
+        tmp = claim(out)
+        try:
+            yield tmp
+            check_output(out, force, writer, error)
+            move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
 def busy(out: Path) -> None:
     for p, kind, pid in leftovers(out):
         if kind == "partial" and pid != os.getpid() and process_exists(pid):

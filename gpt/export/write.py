@@ -2,21 +2,10 @@
 renamed into it."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from plumbing.output_folder import (
-    Writer,
-    check_output,
-    check_replaceable,
-    claim,
-    clean_after_killed_runs,
-    first_inside,
-    move_into_place,
-    parents_removed_on_failure,
-)
+from plumbing.output_folder import Writer, checked_output, first_inside, new_folder
 
 from ..store import export_folder, hf_folder
 from ..store.checkpoint import load_checkpoint
@@ -53,14 +42,11 @@ def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, 
     adapters again. A model the format cannot express is refused before anything is written."""
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
-    out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
-    check_replaceable(out)
-    clean_after_killed_runs(out)
     path = resolve_checkpoint(ckpt)
-    if first_inside(out, [path]) is not None:
+    if first_inside(out, [path]) is not None:  # said before --force's refusal of a run folder, which it also is
         raise ExportError(f"--out {out} holds the checkpoint {path}, which replacing it would delete; "
                           "name a folder of its own for the export (the default is RUN/safetensors)")
-    check_output(out, force, EXPORTER, ExportError)
+    out = checked_output(out, force, EXPORTER, ExportError)
     state = load_checkpoint(path)
     lora = state.get("lora")
     if lora and not merge:
@@ -72,14 +58,6 @@ def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, 
     source = {"checkpoint": str(path), "step": state.get("step"), "val_loss": state.get("val_loss")}
     if lora:  # what was merged: the adapters' shape and the exact base they were trained on
         source["merged_lora"] = {k: lora[k] for k in ("rank", "alpha", "targets", "base")}
-    with parents_removed_on_failure(out):
-        tmp = claim(out)
-        try:
-            FORMATS[format].write(tmp, model, tokenizer, source)
-            # a folder made there meanwhile is the user's, as one at the start
-            check_output(out, force, EXPORTER, ExportError)
-            move_into_place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with new_folder(out, force, EXPORTER, ExportError) as tmp:
+        FORMATS[format].write(tmp, model, tokenizer, source)
     return out

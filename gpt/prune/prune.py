@@ -10,8 +10,6 @@ it is a start for `gpt-train --init-from`, which heals it, not a run to resume.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +17,7 @@ import torch
 
 import data_prep
 from plumbing.errors import UserError
-from plumbing.output_folder import (
-    Writer,
-    check_output,
-    check_replaceable,
-    claim,
-    clean_after_killed_runs,
-    first_inside,
-    move_into_place,
-    parents_removed_on_failure,
-)
+from plumbing.output_folder import Writer, checked_output, first_inside, new_folder
 
 from ..device import resolve_device
 from ..model import GPT, count_parameters
@@ -164,10 +153,7 @@ def choose(model: GPT, opts: PruneOptions, batches: list) -> tuple[GPT, Kept]:
 
 def prune(source: str, out: str | Path, opts: PruneOptions) -> Result:
     opts.check()
-    out = Path(os.path.abspath(out))
-    check_replaceable(out)
-    clean_after_killed_runs(out)
-    check_output(out, opts.force, PRUNER, PruneError)
+    out = checked_output(out, opts.force, PRUNER, PruneError)
     device = resolve_device(opts.device)
     model, tokenizer, file, record = load_source(source, device)
     if first_inside(out, [file]) is not None:
@@ -188,15 +174,8 @@ def prune(source: str, out: str | Path, opts: PruneOptions) -> Result:
              "tokenizer": tokenizer.to_json(), "data_fingerprint": tokenizer.fingerprint(),
              "step": record.get("step"), "val_loss": None, "train_config": {"data": data},  # gpt-eval's default data
              MARK: {**report, "kept_heads": kept.heads, "kept_channels": kept.channels}}
-    with parents_removed_on_failure(out):
-        tmp = claim(out)
-        try:
-            save_checkpoint(tmp / LATEST, state, best=True)
-            write_run_files(tmp, {"model": smaller.config.to_dict(), MARK: report}, tokenizer.to_json())
-            check_output(out, opts.force, PRUNER, PruneError)  # a folder made there meanwhile is the user's
-            move_into_place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with new_folder(out, opts.force, PRUNER, PruneError) as tmp:
+        save_checkpoint(tmp / LATEST, state, best=True)
+        write_run_files(tmp, {"model": smaller.config.to_dict(), MARK: report}, tokenizer.to_json())
     return Result(out, sizes, (before, after), kept, (cfg.n_layer, cfg.n_head, cfg.mlp_hidden),
                   report["measured"]["windows"], data)
