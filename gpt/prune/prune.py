@@ -10,6 +10,7 @@ it is a start for `gpt-train --init-from`, which heals it, not a run to resume.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +107,15 @@ def load_source(path: str, device: torch.device) -> tuple[GPT, data_prep.Tokeniz
 
 def measuring_batches(opts: PruneOptions, record: dict, model: GPT, tokenizer, device) -> tuple[list, str]:
     """The validation windows the importance is measured on, in batches, and their folder."""
-    folder = opts.data or (record.get("train_config") or {}).get("data")
+    recorded = (record.get("train_config") or {}).get("data")
+    folder = opts.data or recorded
     if not folder:
         raise PruneError("give --data: a folder prepared with this model's vocabulary, whose validation split "
                          "measures what each part of the model is worth")
+    if not opts.data and not Path(folder).is_dir():
+        raise PruneError(f"the data folder the model was trained on, {folder}, is not there; give --data: a folder "
+                         "prepared with the model's vocabulary")
+    folder = os.path.abspath(folder)  # recorded so, the folder works from any directory
     data = data_prep.load(folder)
     if data.tokenizer.fingerprint() != tokenizer.fingerprint():
         raise PruneError(f"data folder {folder} has a different vocabulary from the model; "
@@ -117,8 +123,9 @@ def measuring_batches(opts: PruneOptions, record: dict, model: GPT, tokenizer, d
     cfg = model.config
     try:
         x, y = fixed_windows(data.split("val"), cfg.block_size, opts.windows, opts.seed, cfg.vocab_size)
-    except BlockSizeError as e:
-        raise PruneError(str(e)) from None
+    except BlockSizeError:
+        raise PruneError(f"the validation split of {folder} has no stretch as long as the model's context "
+                         f"({cfg.block_size} tokens) plus one; prepare more text, or a larger --val-fraction") from None
     batches = [(x[i : i + opts.batch_size].to(device), y[i : i + opts.batch_size].to(device))
                for i in range(0, len(x), opts.batch_size)]
     return batches, str(folder)
@@ -134,6 +141,11 @@ def choose(model: GPT, opts: PruneOptions, batches: list) -> tuple[GPT, Kept]:
                                (drop_channels, cfg.mlp_hidden, "MLP channel in each layer")):
         if asked >= total:
             raise PruneError(f"removing {asked} of {total} would leave no {what}; remove fewer")
+    for fraction, removed, total, name in ((opts.heads, drop_heads, cfg.n_head, "heads"),
+                                           (opts.mlp, drop_channels, cfg.mlp_hidden, "mlp")):
+        if fraction is not None and removed == 0:  # rounded to none: a copy, not what was asked
+            raise PruneError(f"--{name} {fraction:g} of {total} rounds to none removed; give at least "
+                             f"{0.5 / total:.3g}")
     all_heads, all_channels = list(range(cfg.n_head)), list(range(cfg.mlp_hidden))
     layers = list(range(cfg.n_layer))
     if opts.layers:

@@ -130,6 +130,14 @@ def test_pruning_a_run_writes_a_smaller_run_folder_and_leaves_the_run_as_it_was(
     assert bytes_of(trained) == before
 
 
+def test_the_data_measured_on_is_recorded_by_its_whole_path(trained, data, tmp_path):
+    proc = run_cli("gpt.prune", trained, "--out", tmp_path / "small", "--layers", "1", "--data", data.name,
+                   "--device", "cpu", cwd=data.parent)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert config["pruned"]["measured"]["data"] == str(data)  # an absolute path already
+
+
 def test_every_command_loads_a_pruned_model_and_training_heals_it(trained, data, tmp_path):
     small, healed = tmp_path / "small", tmp_path / "healed"
     prune(str(trained), small, PruneOptions(heads=0.5, mlp=0.5, device="cpu"))
@@ -197,7 +205,7 @@ def test_transformers_loads_a_model_whose_mlp_was_pruned_and_one_with_fewer_head
     (["--heads", "0"], "in (0, 1]"), (["--mlp", "1.5"], "in (0, 1]"), (["--heads", "nan"], "in (0, 1]"),
     (["--layers", "-1"], "0 or more"), ([], "nothing to remove"),
     (["--heads", "1"], "would leave no head"), (["--mlp", "1"], "would leave no MLP channel"),
-    (["--layers", "3"], "would leave no layer"),
+    (["--layers", "3"], "would leave no layer"), (["--heads", "0.1"], "rounds to none removed"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(trained, tmp_path, args, says):
     proc = run_cli("gpt.prune", trained, "--out", tmp_path / "new", "--device", "cpu", *args)
