@@ -53,8 +53,8 @@ def shrink(model: GPT, kept: Kept) -> GPT:
     new = {k: v for k, v in old.items() if not k.startswith("blocks.")}
     for j, (i, heads, channels) in enumerate(zip(kept.layers, kept.heads, kept.channels)):
         h, c = torch.tensor(heads), torch.tensor(channels)
+        prefix = f"blocks.{i}."
         for key, value in old.items():
-            prefix = f"blocks.{i}."
             if not key.startswith(prefix):
                 continue
             name = key[len(prefix):]
