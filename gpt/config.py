@@ -98,6 +98,9 @@ def model_option(name: str):
     return field(default=getattr(ModelConfig, name), metadata={"model": True})
 
 
+FSDP_FP16 = ("fp16's gradient scaler would look for overflows in this process's part of the gradients only "
+             "(use --dtype bf16 or fp32)")
+
 # a run's budget: it ends at whichever comes first, and its learning rate decays over whichever
 # is further along. Given as options, the two replace a preset's or a checkpoint's as a whole.
 BUDGET_FIELDS = ("max_iters", "max_time")
@@ -163,6 +166,8 @@ class TrainConfig:
     # recompute each block's activations in the backward pass instead of keeping them: the
     # activations of one block at a time rather than of all, for one more forward pass
     activation_checkpointing: bool = False
+    # shard the weights, gradients and optimizer state across the processes torchrun starts
+    fsdp: bool = False
     seed: int = 1337
     deterministic: bool = False  # torch's deterministic kernels; needs a step budget alone
     progress: bool = True
@@ -230,9 +235,25 @@ class TrainConfig:
         if self.activation_checkpointing and self.model != "gpt":
             raise ConfigError("--activation-checkpointing recomputes a transformer's blocks; "
                               "the bigram model has none (leave it out)")
+        if self.fsdp:
+            self.check_fsdp()
         if self.lora < 0:
             raise ConfigError(f"--lora must be a rank of at least 1 (or 0 for full fine-tuning), got {self.lora}")
         self.model_config(vocab_size=1).validate()  # a bad model option stops the run before it claims a folder
+
+    def check_fsdp(self) -> None:
+        """What --fsdp cannot be combined with, each refused in one line saying why."""
+        clashes = [
+            (self.model != "gpt", "the bigram model is one table, which sharding would not shrink (use --model gpt)"),
+            (self.optimizer == "muon", "--optimizer muon orthogonalises whole weight matrices, which FSDP splits "
+                                       "across processes (use --optimizer adamw)"),
+            (bool(self.lora), "--lora trains adapters on a frozen base that each process holds whole "
+                              "(fine-tune with --init-from alone)"),
+            (self.dtype == "fp16", FSDP_FP16),
+        ]
+        for refused, why in clashes:
+            if refused:
+                raise ConfigError(f"--fsdp: {why}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         shape = {name: getattr(self, name) for name in MODEL_FIELDS if name != "model"}

@@ -122,6 +122,9 @@ class GPT(LanguageModel):
         # activation checkpointing (gpt-train --activation-checkpointing): a way to train, not
         # part of the model, so it is set on the model by the trainer and saved nowhere
         self.checkpoint_blocks = False
+        # under FSDP (gpt-train --fsdp) each block's weights are gathered by hooks on its call;
+        # elsewhere the blocks' forward is called directly, which skips a call's per-token cost
+        self.sharded_blocks = False
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -169,9 +172,10 @@ class GPT(LanguageModel):
         at = Positions(B, T, rope, cache, pos, bias)
         recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
+            run = block if self.sharded_blocks else block.forward
             # non-reentrant checkpointing replays the block with the random state it first
             # ran with, so dropout draws the same masks and the gradients are the same
-            x = checkpoint(block.forward, x, at, use_reentrant=False) if recompute else block.forward(x, at)
+            x = checkpoint(run, x, at, use_reentrant=False) if recompute else run(x, at)
         if cache is not None and pos is None:
             cache.advance(T)
         if last_only and T > 1:

@@ -19,7 +19,8 @@ import torch
 from plumbing.atomic import atomic_write_bytes
 from plumbing.errors import UserError, check_version, first_line
 
-from .layout import BEST
+from . import sharded
+from .layout import BEST, SHARDS_FOLDER
 
 CKPT_FORMAT = "gpt-checkpoint"
 CKPT_VERSION = 1
@@ -84,7 +85,11 @@ def save_checkpoint(path: Path, state: dict, best: bool = False) -> None:
         os.replace(tmp, path.with_name(BEST))
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", shards: str = "weights") -> dict:
+    """The checkpoint at `path`. A sharded one's (gpt-train --fsdp) tensors are read whole into
+    the places a single file keeps them, as `shards` asks: "weights" ("model" and, beside an
+    average, "trained_model"), "all" (the optimizer's state too: a resume in one process or
+    under DDP), or "none" (the pointer as it is: a --fsdp resume reads its own part)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -108,7 +113,35 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by gpt-train")
     check_version(state.get("version"), CKPT_VERSION, f"checkpoint {path}", CheckpointError)
+    if state.get("sharded") and shards != "none":
+        read_shards(path, state, optimizer=shards == "all")
     return state
+
+
+def read_shards(path: Path, state: dict, optimizer: bool) -> None:
+    record = state["sharded"]
+    prefixes = ("model/", "trained_model/") + (("optim/",) if optimizer else ())
+    try:
+        tensors = sharded.read_tensors(path, record, prefixes)
+    except sharded.ShardError as e:
+        raise CheckpointError(str(e)) from None
+    state["model"] = sharded.split(tensors, "model")
+    if state.get("average_updates") is not None:
+        state["trained_model"] = sharded.split(tensors, "trained_model")
+    if optimizer:
+        state["optimizer"] = sharded.by_index(sharded.nested_optimizer(tensors), record["param_groups"])
+
+
+def remove_stale_shards(run_dir: Path) -> None:
+    """The shard folders neither latest.pt nor best.pt points to: a --fsdp run's older saves,
+    those a run resumed without --fsdp left, and what a killed save was writing."""
+    if (run_dir / SHARDS_FOLDER).is_dir():
+        sharded.remove_unreferenced(run_dir, sharded.referenced(run_dir, shard_record))
+
+
+def shard_record(path: Path) -> dict | None:
+    """What a pointer at `path` records of its shards (None for a checkpoint in one file)."""
+    return load_checkpoint(path, shards="none").get("sharded")
 
 
 def first_damaged_record(path: Path) -> str | None:

@@ -3,6 +3,7 @@
     checkpoints/RUN/
       latest.pt        the newest checkpoint (`checkpoint.save_checkpoint`)
       best.pt          the checkpoint with the lowest validation loss (a hard link)
+      shards/          a --fsdp run's tensors, which latest.pt and best.pt point to (`sharded`)
       config.json      the run's model and training options, written before the first step
       tokenizer.json   the vocabulary, as gpt-prepare wrote it
       metrics.jsonl    one JSON record per logged step and per evaluation
@@ -17,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 LATEST, BEST = "latest.pt", "best.pt"
+SHARDS_FOLDER = "shards"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
@@ -29,4 +31,5 @@ DEFAULT_ROOT = Path("checkpoints")
 
 # what a run writes in its folder; the export of its model too, which --overwrite must not
 # leave behind as if it were the new run's
-RUN_FILES = (LATEST, BEST, METRICS_FILE, CONFIG_FILE, TOKENIZER_FILE, PICTURE_FILE, EXPORT_FOLDER, HF_EXPORT_FOLDER)
+RUN_FILES = (LATEST, BEST, SHARDS_FOLDER, METRICS_FILE, CONFIG_FILE, TOKENIZER_FILE, PICTURE_FILE, EXPORT_FOLDER,
+             HF_EXPORT_FOLDER)

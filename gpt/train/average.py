@@ -20,8 +20,10 @@ import torch
 class WeightAverage:
     """The average of `params` (the trained ones), updated after each optimizer step."""
 
-    def __init__(self, params: list[torch.nn.Parameter], decay: float, updates: int = 0):
-        self.params, self.decay, self.updates = params, decay, updates
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, updates: int = 0, in_place: bool = False):
+        """`in_place`: swap values, not tensors (FSDP's parameters are views of its own
+        storage, which its gathers read: a parameter given another tensor would not be seen)."""
+        self.params, self.decay, self.updates, self.in_place = params, decay, updates, in_place
         self.average = [p.detach().clone() for p in params]
 
     @torch.no_grad()
@@ -37,10 +39,17 @@ class WeightAverage:
         # torch's own EMA (torch.optim.swa_utils.get_ema_multi_avg_fn) updates the same way
         torch._foreach_lerp_(self.average, self.params, weight)
 
+    @torch.no_grad()
     def swap(self) -> None:
-        """Exchange the parameters' values with the average's (no copy: the tensors trade places)."""
+        """Exchange the parameters' values with the average's (no copy: the tensors trade
+        places; with `in_place`, through one tensor's copy at a time)."""
         for i, p in enumerate(self.params):
-            p.data, self.average[i] = self.average[i], p.data
+            if self.in_place:
+                held = p.detach().clone()
+                p.detach().copy_(self.average[i])
+                self.average[i].copy_(held)
+            else:
+                p.data, self.average[i] = self.average[i], p.data
 
     @contextmanager
     def applied(self):

@@ -5,6 +5,7 @@ Also the torchrun entry point: `torchrun --nproc_per_node=N -m gpt.train ...` (o
 """
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 
@@ -169,6 +170,10 @@ def build_parser() -> Parser:
     g.add_argument("--activation-checkpointing", action="store_const", const=True,
                    help="keep only each block's input and recompute the rest in the backward pass: "
                    "much less activation memory (long contexts, large batches) for about a third more compute")
+    g.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun, shard the weights, gradients and optimizer state across the processes "
+                   "(FSDP) instead of copying them to each (DDP): for models larger than one GPU holds. Checkpoints "
+                   "are then sharded too, and load everywhere; --no-fsdp resumes such a run without it")
     g.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="torch's deterministic kernels only (a kernel without one is refused, naming it); "

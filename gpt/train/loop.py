@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from . import sharding
 from .errors import NonFiniteLoss, TrainError
 from .metrics import LossWindow, Throughput
 from .progress import Progress
@@ -62,8 +63,10 @@ class Loop:
             t.ddp = t.forward_model = None
         if t.average is not None:
             t.average.swap()  # the run's model, handed back, is its average
+        # under FSDP gathered whole, on rank 0's host only: no GPU need hold it all
+        model = sharding.whole_model(t.model, t.model_cfg, t.dist.is_main) if t.fsdp else t.model
         best = t.schedule.state()["best_val_loss"]
-        return TrainResult(t.run_dir, t.step, t.tokens, val_loss, best, stopped_by, self.losses.history, t.model,
+        return TrainResult(t.run_dir, t.step, t.tokens, val_loss, best, stopped_by, self.losses.history, model,
                            t.schedule.best_step)
 
     def say_cooldown(self, cooldown: dict) -> None:

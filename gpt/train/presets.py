@@ -107,8 +107,10 @@ def layered_config(preset: str, overrides: dict) -> TrainConfig:
 
 
 def muon_fits(values: dict) -> bool:
-    """Whether a preset's Muon can train this run: torch has it, and there are weight matrices."""
-    return hasattr(torch.optim, "Muon") and values.get("model", "gpt") != "bigram" and not values.get("lora")
+    """Whether a preset's Muon can train this run: torch has it, there are weight matrices,
+    and they are whole (not adapters, not split by --fsdp)."""
+    return (hasattr(torch.optim, "Muon") and values.get("model", "gpt") != "bigram" and not values.get("lora")
+            and not values.get("fsdp"))
 
 
 def finetune_config(preset: str, base_model: dict, overrides: dict, pruned: bool = False) -> TrainConfig:

@@ -103,11 +103,18 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
         # an --overwrite killed before its first checkpoint: the run it replaced comes back
         RunFolder.settle_if_idle(run_dir)
         latest = resolve_checkpoint(run_dir, prefer=LATEST)
-        resume_state = checkpoint.load_checkpoint(latest, map_location="cpu")
+        # a sharded checkpoint's tensors: read whole for a run in one process or under DDP,
+        # each rank's part by the Trainer under --fsdp
+        resume_state = checkpoint.load_checkpoint(latest, map_location="cpu", shards="none")
+        fsdp = overrides.get("fsdp")
+        if not (fsdp if fsdp is not None else resume_state["train_config"].get("fsdp", False)):
+            if resume_state.get("sharded"):
+                checkpoint.read_shards(latest, resume_state, optimizer=True)
         if "rank_states" not in resume_state:  # a model without a run to continue: gpt-prune's
             raise TrainError(f"--resume: {run_dir} holds a model but no run to continue (no optimizer or sampler "
                              f"state; gpt-prune writes such folders); train it further with "
                              f"gpt-train --init-from {run_dir} --out NEW")
+        resume_state["path"] = str(latest)
         if not all(checkpoint.all_finite(resume_state.get(k, {})) for k in ("model", "trained_model")):
             raise TrainError(f"--resume: the weights in {latest} are not finite numbers "
                              "(the file is damaged, or the run diverged before it was saved); "
@@ -139,6 +146,11 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                 raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); "
                                  "a fine-tuning run needs a folder of its own")
         cfg.validate()
+        if cfg.fsdp and not dist_.enabled:
+            raise TrainError("--fsdp shards the model across the processes torchrun starts, and this is one process "
+                             "started alone: run it under torchrun (torchrun --nproc_per_node=N -m gpt.train --fsdp "
+                             "...), or leave --fsdp out" + (" (--no-fsdp continues a --fsdp run in one process)"
+                                                            if resume else ""))
         check_optimizer(cfg.optimizer)
         trackers.check_installed(trackers.parse(cfg.trackers))  # before a folder is claimed
         with deterministic_algorithms(cfg.deterministic, device):

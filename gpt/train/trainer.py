@@ -21,13 +21,14 @@ from data_prep import tokenizer_from_json
 from plumbing.errors import first_line
 
 from .. import lora
-from ..config import ModelConfig, TrainConfig
+from ..config import FSDP_FP16, ModelConfig, TrainConfig
 from ..device import autocast, available_memory, configure_backends, resolve_dtype
 from ..model import build_model
 from ..plot.live import ProgressPicture
-from ..store.checkpoint import plain_state_dict, save_checkpoint, training_state
+from ..store import sharded
+from ..store.checkpoint import plain_state_dict, remove_stale_shards, save_checkpoint, training_state
 from ..store.layout import LATEST
-from . import trackers
+from . import sharding, trackers
 from .average import WeightAverage
 from .base import Base
 from .batches import BatchSampler, BlockSizeError, fixed_windows
@@ -49,7 +50,7 @@ class TrainResult:
     best_val_loss: float | None
     stopped_by: str  # "max_iters", "max_time", "patience", "cooldown", "signal SIGINT"/"signal SIGTERM", "request"
     history: list = field(default_factory=list)  # (step, train loss) of every step
-    model: torch.nn.Module | None = None  # the trained model (this rank's copy)
+    model: torch.nn.Module | None = None  # the trained model (this rank's copy; under FSDP rank 0's, on its host)
     best_step: int | None = None  # the step best.pt was saved at
 
 
@@ -68,18 +69,28 @@ class Trainer:
         # where a fine-tuning run came from: its base, or what a resumed run recorded
         self.origin = base.ref if base is not None else (resume_state or {}).get("init_from")
         self.dtype = resolve_dtype(cfg.dtype, device, training=True)
+        if cfg.fsdp and self.dtype == torch.float16:  # --dtype auto on a GPU without bf16
+            raise TrainError(f"--fsdp on {device}: {FSDP_FP16}")
         configure_backends(device)
         self.data = data_prep.load(cfg.data)
         self.tokenizer = self.data.tokenizer
         self.model_cfg = self.model_config(resume_state, base)
-        torch.manual_seed(cfg.seed + dist_.rank)
+        self.fsdp = cfg.fsdp
+        # under FSDP each rank keeps its part of the weights it initialised: every rank must
+        # initialise the same ones (DDP gives every rank rank 0's instead)
+        torch.manual_seed(cfg.seed + (0 if self.fsdp else dist_.rank))
         self.open_batches()
         # mean nats per token x tokens per character = nats per character, whatever the tokenizer
         self.tokens_per_char = self.data.tokens_per_character("val")
-        self.model = build_model(self.model_cfg).to(device)
+        # under FSDP built whole on the host, then sharded onto the device: each GPU holds its part only
+        self.model = build_model(self.model_cfg).to("cpu" if self.fsdp else device)
+        if self.fsdp and dist_.rank:
+            torch.manual_seed(cfg.seed + dist_.rank)  # each rank's own dropout masks from here on
         if base is not None:
             self.model.load_state_dict(base.state["model"])  # a resumed full fine-tuning run overwrites them below
             base.release_weights()
+        if self.fsdp:
+            sharding.shard_model(self.model, device, dist_.world_size, self.dtype)
         if cfg.lora:
             lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
         if cfg.activation_checkpointing:
@@ -91,6 +102,7 @@ class Trainer:
                                         cfg.distill_weight, cfg.distill_temperature, recorded)
         self.optimizers = Optimizers(self.model, cfg, device, self.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.resume_from = Path(resume_state["path"]) if resume_state is not None and "path" in resume_state else None
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
         self.schedule = Schedule.from_config(cfg)
         self.average = None
@@ -145,7 +157,7 @@ class Trainer:
         cfg, device = self.cfg, self.device
         self.ddp = None
         self.forward_model = self.model
-        if self.dist.world_size > 1:
+        if self.dist.world_size > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp = self.forward_model = DDP(self.model,
@@ -153,7 +165,7 @@ class Trainer:
         if cfg.ema and self.average is None:
             # from the weights as they are (initialised, a base's, or resumed), after DDP has
             # given every rank rank 0's: each rank must hold the same average
-            self.average = WeightAverage(self.trained_parameters(), cfg.ema)
+            self.average = WeightAverage(self.trained_parameters(), cfg.ema, in_place=self.fsdp)
         self.compiled = cfg.compile
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
@@ -161,13 +173,18 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------
     def _restore(self, s: dict) -> None:
         try:
-            # with an average, "model" is the average and the optimizer's weights are beside it
-            self.load_weights(s.get("trained_model", s["model"]))
-            if self.cfg.ema and "trained_model" in s:
-                self.average = WeightAverage(self.trained_parameters(), self.cfg.ema, int(s["average_updates"]))
-                with self.average.applied():
-                    self.load_weights(s["model"])
-            self.optimizers.load_state_dict(s)
+            if self.cfg.ema and s.get("average_updates") is not None:
+                self.average = WeightAverage(self.trained_parameters(), self.cfg.ema, int(s["average_updates"]),
+                                             in_place=self.fsdp)
+            if self.fsdp:
+                sharding.restore(self, s)
+            else:
+                # with an average, "model" is the average and the optimizer's weights are beside it
+                self.load_weights(s.get("trained_model", s["model"]))
+                if self.average is not None:
+                    with self.average.applied():
+                        self.load_weights(s["model"])
+                self.optimizers.load_state_dict(s)
             if s.get("scaler"):
                 self.scaler.load_state_dict(s["scaler"])
         except (RuntimeError, ValueError, KeyError, lora.LoRAError) as e:
@@ -200,14 +217,17 @@ class Trainer:
         return self.average.applied() if self.average is not None else nullcontext()
 
     def state(self, val_loss: float | None) -> dict:
+        """The checkpoint's contents; under FSDP without the tensors, which `save` writes sharded."""
         ranks = self.dist.gather_objects({"rng": rng_state(), "sampler": self.sampler.state()})
         with self.averaged():
-            model = self.weights()  # views of the average's tensors, written before the next step moves them
+            # views of the average's tensors, written before the next step moves them
+            model = self.weights() if not self.fsdp else {}
+        average = self.average is not None
         return training_state(
             model_config=self.model_cfg.to_dict(), train_config=asdict(self.cfg), model=model,
-            trained_model=self.weights() if self.average is not None else None,
-            average_updates=self.average.updates if self.average is not None else None,
-            lineage=self.lineage(), optimizers=self.optimizers.state_dict(),
+            trained_model=(self.weights() if not self.fsdp else {}) if average else None,
+            average_updates=self.average.updates if average else None,
+            lineage=self.lineage(), optimizers=self.optimizers.state_dict() if not self.fsdp else {},
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             step=self.step, tokens=self.tokens, elapsed=self.elapsed(), val_loss=val_loss,
             **self.schedule.state(), rank_states=ranks, world_size=self.dist.world_size,
@@ -228,14 +248,18 @@ class Trainer:
     def save(self, val_loss: float | None, best: bool = False) -> None:
         """The latest checkpoint, which is also the best one when `val_loss` is the lowest yet."""
         state = self.state(val_loss)  # every rank takes part in gathering the RNG states
-        if self.dist.is_main:
-            try:
+        try:
+            if self.fsdp:
+                sharding.save(self, state, best)
+            elif self.dist.is_main:
                 save_checkpoint(self.run_dir / LATEST, state, best=best)
-            except OSError as e:
-                kept = ("the previous checkpoint is kept" if (self.run_dir / LATEST).exists()
-                        else "no checkpoint was saved")
-                raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({e.strerror or first_line(e)}); "
-                                 f"{kept}") from None
+        except (OSError, sharded.ShardError) as e:
+            kept = ("the previous checkpoint is kept" if (self.run_dir / LATEST).exists()
+                    else "no checkpoint was saved")
+            reason = e.strerror or first_line(e) if isinstance(e, OSError) else str(e)
+            raise TrainError(f"cannot write a checkpoint in {self.run_dir} ({reason}); {kept}") from None
+        if self.dist.is_main:
+            remove_stale_shards(self.run_dir)
             if self.after_save is not None:
                 self.after_save()
         self.dist.barrier()
@@ -292,17 +316,22 @@ class Trainer:
         """Mean loss of the run's model (the average, where there is one) over the fixed
         validation windows (split across ranks, then averaged)."""
         self.model.eval()
-        n = len(self.val_x)
-        mine = range(self.dist.rank * self.cfg.batch_size, n, self.cfg.batch_size * self.dist.world_size)
+        n, b, ranks = len(self.val_x), self.cfg.batch_size, self.dist.world_size
+        mine = list(range(self.dist.rank * b, n, b * ranks))
+        # under FSDP every forward pass gathers weights from every rank: each rank makes as
+        # many as the first, the extra ones on its first window, not counted
+        passes = len(range(0, n, b * ranks)) if self.fsdp else len(mine)
         sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         with self.averaged():
-            for i in mine:
-                x = self.val_x[i : i + self.cfg.batch_size].to(self.device)
-                y = self.val_y[i : i + self.cfg.batch_size].to(self.device)
+            for k in range(passes):
+                i = mine[k] if k < len(mine) else 0
+                x = self.val_x[i : i + b].to(self.device)
+                y = self.val_y[i : i + b].to(self.device)
                 with autocast(self.device, self.dtype):
                     _, loss = self.model(x, y)
-                sums[0] += loss.double() * len(x)
-                sums[1] += len(x)
+                if k < len(mine):
+                    sums[0] += loss.double() * len(x)
+                    sums[1] += len(x)
         self.dist.all_reduce(sums)
         self.model.train()
         return (sums[0] / sums[1]).item()

@@ -1,0 +1,181 @@
+"""gpt-train --fsdp under torchrun with gloo on CPU (2 processes): the same steps as DDP,
+sharded checkpoints that resume exactly at any world size and under DDP, that every
+single-process command loads, and that a killed save or a damaged file cannot pass for whole."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt.config import ConfigError
+from gpt.sample.cli import main as sample_main
+from gpt.store import checkpoint as ck
+from gpt.store.layout import SHARDS_FOLDER
+from gpt.train import train
+from gpt.train.presets import layered_config
+from tests.gpt.train.test_distributed import torchrun, torchrun_failing, weights
+from tests.helpers import TINY_MODEL, assert_one_line_error, prepared, run_cli
+
+# fp32, no dropout and AdamW (a preset's Muon gives way to it under --fsdp): FSDP and DDP then
+# differ only in the order of floating-point sums
+BASE = {**TINY_MODEL, "device": "cpu", "dtype": "fp32", "optimizer": "adamw", "max_iters": 20, "eval_interval": 5,
+        "ema": 0.9, "grad_accum": 2, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared(tmp_path_factory.mktemp("fsdp"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """20 steps of a --fsdp run on 2 processes, start to end."""
+    root = tmp_path_factory.mktemp("fsdp-run")
+    torchrun(2, root / "dump", "sampled", {**BASE, "data": str(data), "out": str(root / "run"), "fsdp": True})
+    return root
+
+
+@pytest.fixture(scope="module")
+def stopped(data, tmp_path_factory):
+    """The same run, stopped at step 5 (a sharded checkpoint written by 2 processes)."""
+    root = tmp_path_factory.mktemp("fsdp-stopped")
+    torchrun(2, root / "dump", "stop-on-rank-1", {**BASE, "data": str(data), "out": str(root / "run"), "fsdp": True})
+    return root / "run"
+
+
+def copy_run(run, dest):
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock"))
+    return dest
+
+
+def losses(folder, rank=0):
+    return json.loads((folder / f"rank{rank}.losses").read_text())
+
+
+def everything(path):
+    """A checkpoint's weights, average and optimizer moments, whole, by name."""
+    state = ck.load_checkpoint(path, shards="all")
+    names = {}
+    for key in ("model", "trained_model"):
+        names.update({f"{key}/{k}": v for k, v in state[key].items()})
+    for index, moments in state["optimizer"]["state"].items():
+        names.update({f"optim/{index}/{m}": t for m, t in moments.items()})
+    return state, names
+
+
+def test_fsdp_takes_the_steps_ddp_takes(data, uninterrupted, tmp_path):
+    torchrun(2, tmp_path / "dump", "sampled", {**BASE, "data": str(data), "out": str(tmp_path / "run")})
+    fsdp, ddp = uninterrupted / "dump", tmp_path / "dump"
+    for rank in (0, 1):
+        assert losses(fsdp, rank) == pytest.approx(losses(ddp, rank), rel=1e-5)
+    a, b = weights(fsdp, 0), weights(ddp, 0)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in b)
+    assert not (fsdp / "rank1.pt").exists()  # rank 0 alone hands back the whole model
+
+
+def test_a_sharded_checkpoint_is_a_pointer_and_one_part_per_process(stopped):
+    state = ck.load_checkpoint(stopped / "latest.pt", shards="none")
+    assert state["step"] == 5 and state["world_size"] == 2 and state["model"] == {}
+    folder = stopped / state["sharded"]["folder"]
+    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    # the request to stop saved again at step 5, after the evaluation's save that best.pt points to
+    best = stopped / ck.load_checkpoint(stopped / "best.pt", shards="none")["sharded"]["folder"]
+    assert best != folder and {p.name for p in (stopped / SHARDS_FOLDER).iterdir()} == {folder.name, best.name}
+
+
+def test_a_resumed_fsdp_run_continues_as_if_never_stopped(uninterrupted, stopped, tmp_path):
+    run = copy_run(stopped, tmp_path / "run")
+    torchrun(2, tmp_path / "dump", "resume", {"out": str(run)})
+    assert losses(tmp_path / "dump") == losses(uninterrupted / "dump")[5:]
+    a, b = weights(tmp_path / "dump", 0), weights(uninterrupted / "dump", 0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("nproc, fsdp", [(1, True), (2, False)], ids=["fsdp-on-1", "ddp-on-2"])
+def test_a_sharded_checkpoint_resumes_whole_on_other_ranks_and_under_ddp(stopped, tmp_path, nproc, fsdp):
+    """Resumed and saved again at once: every weight, the average and AdamW's moments as they were."""
+    run = copy_run(stopped, tmp_path / "run")
+    _, before = everything(run / "latest.pt")
+    torchrun(nproc, tmp_path / "dump", "resume-stop-at-once", {"out": str(run), "fsdp": fsdp})
+    state, after = everything(run / "latest.pt")
+    assert state["world_size"] == nproc and bool(state.get("sharded")) == fsdp
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    if not fsdp:  # the shards best.pt points to are kept, the others removed
+        best = Path(ck.shard_record(run / "best.pt")["folder"]).name
+        assert [p.name for p in (run / SHARDS_FOLDER).iterdir()] == [best]
+
+
+def test_a_ddp_checkpoint_resumes_sharded(data, tmp_path):
+    run = tmp_path / "run"
+    torchrun(2, tmp_path / "first", "stop-on-rank-1", {**BASE, "data": str(data), "out": str(run)})
+    _, before = everything(run / "latest.pt")
+    torchrun(2, tmp_path / "dump", "resume-stop-at-once", {"out": str(run), "fsdp": True})
+    state, after = everything(run / "latest.pt")
+    assert state.get("sharded") and before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_one_process_resumes_a_sharded_run(stopped, tmp_path):
+    run = copy_run(stopped, tmp_path / "run")
+    result = train(overrides={"out": str(run), "max_iters": 8, "fsdp": False}, resume=True, log=lambda s: None)
+    assert result.step == 8 and ck.load_checkpoint(run / "latest.pt", shards="none").get("sharded") is None
+
+
+def test_every_single_process_command_loads_a_sharded_checkpoint(data, stopped, tmp_path, capsys):
+    from gpt.evaluate.cli import main as eval_main
+    from gpt.export.cli import main as export_main
+
+    assert sample_main(["--ckpt", str(stopped), "--prompt", "the", "--max-new-tokens", "8", "--seed", "1"]) == 0
+    assert eval_main(["--ckpt", str(stopped)]) == 0
+    assert "bits" in capsys.readouterr().out
+    assert export_main([str(stopped), "--out", str(tmp_path / "export")]) == 0
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    result = train(overrides={**BASE, "data": str(data), "init_from": str(stopped), "out": str(tmp_path / "tuned"),
+                              "max_iters": 2, "eval_interval": 2}, log=lambda s: None)
+    assert result.step == 2
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(data, tmp_path):
+    run = tmp_path / "run"
+    torchrun_failing(2, tmp_path / "dump", "die-while-saving",
+                     {**BASE, "data": str(data), "out": str(run), "fsdp": True})
+    state = ck.load_checkpoint(run / "latest.pt")
+    assert state["step"] == 5 and all(torch.isfinite(t).all() for t in state["model"].values())
+    assert any(p.name.startswith(".tmp-") for p in (run / SHARDS_FOLDER).iterdir())  # what the save was writing
+    train(overrides={"out": str(run), "max_iters": 6, "fsdp": False}, resume=True, log=lambda s: None)
+    assert not any(p.name.startswith(".tmp-") for p in (run / SHARDS_FOLDER).iterdir())
+
+
+@pytest.mark.parametrize("damage, fragment", [("delete", "is missing"), ("truncate", "is truncated")])
+def test_a_missing_or_truncated_shard_is_named_in_one_line(stopped, tmp_path, damage, fragment):
+    run = copy_run(stopped, tmp_path / "run")
+    folder = run / ck.load_checkpoint(run / "latest.pt", shards="none")["sharded"]["folder"]
+    part = folder / "__1_0.distcp"
+    if damage == "delete":
+        part.unlink()
+    else:
+        part.write_bytes(part.read_bytes()[:1000])
+    proc = run_cli("gpt.sample", "--ckpt", run / "latest.pt", "--prompt", "a", "--max-new-tokens", "2")
+    assert_one_line_error(proc, "gpt-sample", str(part), fragment)
+    proc = run_cli("gpt.train", "--resume", "--out", run, "--no-fsdp", "--max-iters", "8")
+    assert_one_line_error(proc, "gpt-train", str(part), fragment)
+
+
+def test_fsdp_started_alone_is_refused(data, tmp_path):
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "r", "--device", "cpu", "--fsdp", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "--fsdp", "torchrun")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"model": "bigram"}, "bigram"), ({"optimizer": "muon"}, "--optimizer muon"), ({"dtype": "fp16"}, "fp16"),
+    ({"lora": 4, "init_from": "x"}, "--lora"),
+], ids=["bigram", "muon", "fp16", "lora"])
+def test_what_fsdp_cannot_be_combined_with_is_named(options, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        layered_config("cpu-small", {"fsdp": True, **options}).validate()
+
+
+def test_a_presets_muon_gives_way_to_adamw_under_fsdp():
+    assert layered_config("cpu-small", {"fsdp": True}).optimizer == "adamw"
