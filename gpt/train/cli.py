@@ -64,8 +64,9 @@ def build_parser() -> Parser:
     a("--resume", action="store_true",
       help="continue the run in --out (default: the newest run under ./checkpoints) from its latest checkpoint")
     a("--overwrite", action="store_true", help="start a new run in an --out folder that already holds one")
-    a("--plan", action="store_true", help="print the memory the run would need (weights, gradients, optimizer "
-      "state, activations, the peak) and the largest micro-batch that fits; train nothing")
+    a("--plan", nargs="?", type=int, const=0, metavar="PROCESSES", help="print the memory each process of the run "
+      "would need (weights, gradients, optimizer state, activations, the peak), under DDP and under --fsdp for "
+      "PROCESSES processes (default: torchrun's, else 1), and the largest micro-batch that fits; train nothing")
     a("--preset", choices=sorted(PRESETS), help="a named configuration; options given override its values one by one "
       "(default: bigram for --model bigram, else cpu-small on CPU, baby-gpt on CUDA)")
     g = p.add_argument_group("model")
@@ -195,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["progress"] = False
 
     def work() -> int:
-        if args.plan:
+        if args.plan is not None:
             if args.resume:
                 raise TrainError("--plan plans a new run; leave out --resume")
             from .plan import plan_report
 
-            tolerant(print)(plan_report(args.preset, overrides))
+            tolerant(print)(plan_report(args.preset, overrides, args.plan))
             return 0
         result = train(args.preset, overrides, resume=args.resume, overwrite=args.overwrite)
         if result.stopped_by.startswith("signal"):

@@ -116,6 +116,8 @@ class Loop:
             stats = {"train_loss": self.losses.mean_of_pending(), "lr": lr, "tokens_per_s": window.rate()}
             if t.teacher is not None:  # the time its forward passes took, so far in this process
                 stats["teacher_s"] = round(t.teacher.seconds, 3)
+            if t.device.type == "cuda":  # the most this process has held, for the plan to be checked against
+                stats["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(t.device) / 2**20, 1)
             t.metrics.write({"step": t.step, "tokens": t.tokens, "elapsed": round(t.elapsed(), 3), **stats})
         self.progress.step(t.step, t.elapsed(), stats)
 

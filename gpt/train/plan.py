@@ -18,6 +18,10 @@ Per process (one GPU, or the CPU), in bytes:
 
 Under DDP (torchrun) every process holds all of the above for its own micro-batch; a bucket of
 gradients on their way to the other processes adds a few tens of MB (torch's 25 MB buckets).
+Under FSDP (--fsdp, N processes) the weights, gradients and optimizer state are 1/N each, and
+beside them: the root's weights (embeddings, final norm, head) whole for the step, two blocks'
+weights whole at a time (the one computing and the next, gathered ahead; in bf16 when the run
+computes in bf16), and one block's whole gradients before they are reduced and split.
 """
 from __future__ import annotations
 
@@ -98,9 +102,10 @@ def saved_bytes(model: torch.nn.Module, block_size: int, half: bool, scores_kept
 
 
 def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_type: str,
-                world_size: int = 1, teacher_parameters: int = 0) -> MemoryPlan:
+                world_size: int = 1, teacher_parameters: int = 0, fsdp: bool = False) -> MemoryPlan:
     """`teacher_parameters`: a distilled run's teacher (--teacher), whose fp32 weights stay
-    alive, and whose logits join the student's for each window."""
+    alive, and whose logits join the student's for each window. `fsdp`: sharded across
+    `world_size` processes (the bigram and Muon are refused under FSDP: not planned for it)."""
     model_cfg: ModelConfig = cfg.model_config(vocab_size)
     with torch.device("meta"):
         model = build_model(model_cfg).train()
@@ -131,44 +136,60 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_ty
         hidden = sum(p.numel() for p in hidden_matrices(model))
         moments = 8 * (n - hidden) + 4 * hidden
     average = 4 * n if cfg.ema else 0
-    extra = (2 * n if half else 0) + (DDP_BUCKETS if world_size > 1 else 0)
+    shards = world_size if fsdp else 1
+    if fsdp and model_cfg.kind == "gpt":
+        block_weights = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+        root = n - sum(p.numel() for p in model.blocks.parameters())
+        gathered = 4 * root + 2 * block_weights * (2 if dtype == torch.bfloat16 else 4)
+        # autocast's half copies of the root's weights; the blocks are gathered in bf16 already
+        extra = gathered + 4 * block_weights + (2 * root if half else 0)
+    else:
+        extra = (2 * n if half else 0) + (DDP_BUCKETS if world_size > 1 else 0)
     if teacher_parameters:
         extra += teacher_parameters * 4  # its weights (autocast keeps no copies of weights without gradients)
         transient += 2 * model_cfg.block_size * vocab_size * 4  # its logits and their log-softmax, fp32
-    return MemoryPlan(parameters=n, weights=4 * n, gradients=4 * n, optimizer=moments + average,
-                      activations_per_window=kept, transient_per_window=transient, fixed_extra=extra)
+    return MemoryPlan(parameters=n, weights=4 * n // shards, gradients=4 * n // shards,
+                      optimizer=(moments + average) // shards, activations_per_window=kept,
+                      transient_per_window=transient, fixed_extra=extra)
 
 
-def describe(plan: MemoryPlan, cfg: TrainConfig, dtype_name: str, world_size: int, budget: int | None,
+def describe(plans: dict[str, MemoryPlan], cfg: TrainConfig, dtype_name: str, world_size: int, budget: int | None,
              budget_of: str) -> str:
-    """The plan as gpt-train --plan prints it."""
+    """The plans (by their column's title: "DDP" and "FSDP", or one for a single process) as
+    gpt-train --plan prints them."""
     windows = cfg.batch_size
     tokens = windows * cfg.block_size
+    first = next(iter(plans.values()))
 
     def mb(x: int) -> str:
         return f"{x / 2**20:,.1f} MB" if x < 10 * 2**30 else f"{x / 2**30:,.2f} GB"
 
+    def row(label: str, value) -> str:
+        return f"  {label:<22}" + "".join(f"{mb(value(p)):>14}" for p in plans.values())
+
     lines = [
-        f"model: {plan.parameters:,} parameters; {dtype_name} products, micro-batch {windows} x {cfg.block_size} "
-        f"= {tokens:,} tokens" + (f", {world_size} processes (DDP)" if world_size > 1 else ""),
-        "memory per process:",
-        f"  weights (fp32)        {mb(plan.weights)}",
-        f"  gradients (fp32)      {mb(plan.gradients)}",
-        f"  optimizer state       {mb(plan.optimizer)}" + (" (with the weights' average)" if cfg.ema else ""),
-        f"  activations           {mb(plan.activations(windows))}"
+        f"model: {first.parameters:,} parameters; {dtype_name} products, micro-batch {windows} x {cfg.block_size} "
+        f"= {tokens:,} tokens" + (f", {world_size} processes" if world_size > 1 else ""),
+        "memory per process:" + " " * 5 + "".join(f"{title:>14}" for title in plans),
+        row("weights (fp32)", lambda p: p.weights),
+        row("gradients (fp32)", lambda p: p.gradients),
+        row("optimizer state", lambda p: p.optimizer) + (" (with the weights' average)" if cfg.ema else ""),
+        row("activations", lambda p: p.activations(windows))
         + (" (blocks recomputed: --activation-checkpointing)" if cfg.activation_checkpointing else ""),
-        f"  other                 {mb(plan.fixed_extra + plan.transient_per_window * windows)}"
-        " (half-precision weight copies, the logits' gradient, DDP's buckets, a --teacher)",
-        f"  peak                  {mb(plan.peak(windows))}",
+        row("other", lambda p: p.fixed_extra + p.transient_per_window * windows)
+        + " (half-precision weight copies, the logits' gradient, DDP's buckets or FSDP's whole weights, a --teacher)",
+        row("peak", lambda p: p.peak(windows)),
     ]
     if budget is not None:
-        fits = plan.largest_windows(budget)
-        lines.append(f"largest micro-batch that fits {mb(budget)} ({budget_of}): {fits} windows"
-                     + ("" if fits else ": the weights and optimizer state alone do not fit"))
+        for title, plan in plans.items():
+            fits = plan.largest_windows(budget)
+            under = f" under {title}" if len(plans) > 1 else ""
+            lines.append(f"largest micro-batch{under} that fits {mb(budget)} ({budget_of}): {fits} windows"
+                         + ("" if fits else ": the weights and optimizer state alone do not fit"))
     return "\n".join(lines)
 
 
-def plan_report(preset: str | None, overrides: dict) -> str:
+def plan_report(preset: str | None, overrides: dict, processes: int = 0) -> str:
     """What `gpt-train --plan` prints for these options: nothing is trained, no folder made."""
     import data_prep
 
@@ -182,16 +203,19 @@ def plan_report(preset: str | None, overrides: dict) -> str:
     cfg = layered_config(preset or default_preset(device.type, overrides.get("model")), overrides)
     vocab_size = len(data_prep.load(cfg.data).tokenizer)
     dtype = resolve_dtype(cfg.dtype, device, training=True)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = processes or int(os.environ.get("WORLD_SIZE", "1"))
     teacher = 0
     if cfg.teacher:
         from ..store.load import load_any_model
 
         teacher = sum(p.numel() for p in load_any_model(cfg.teacher, "cpu")[0].parameters())
-    plan = memory_plan(cfg, vocab_size, dtype, device.type, world_size, teacher)
+    plans = {"DDP" if world_size > 1 else "one process": memory_plan(cfg, vocab_size, dtype, device.type, world_size,
+                                                                     teacher)}
+    if world_size > 1 or cfg.fsdp:
+        plans["FSDP"] = memory_plan(cfg, vocab_size, dtype, device.type, world_size, teacher, fsdp=True)
     if device.type == "cuda":
         budget, of = torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}"
     else:
         budget, of = available_memory(), "this machine's available memory"
     name = next(n for n, d in DTYPES.items() if d == dtype)
-    return describe(plan, cfg, name, world_size, budget, of)
+    return describe(plans, cfg, name, world_size, budget, of)

@@ -154,3 +154,18 @@ def test_torchrun_with_nccl_at_world_size_one(data, tmp_path):
                           env=child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 10
+
+
+def test_fsdp_on_a_gpu_saves_shards_that_load_on_the_cpu_and_resume_without_it(data, tmp_path):
+    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--device", "cuda", "--max-iters", "10", "--quiet",
+            "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
+            "--eval-interval", "5", "--fsdp"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
+                           "gpt.train", *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=child_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert state["step"] == 10 and state["sharded"] and state["model"]["wte.weight"].device.type == "cpu"
+    result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 12, "fsdp": False}, resume=True,
+                   log=lambda s: None)
+    assert result.step == 12 and next(result.model.parameters()).device.type == "cuda"
