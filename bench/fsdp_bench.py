@@ -25,7 +25,9 @@ from gpt.train.plan import memory_plan
 from gpt.train.presets import layered_config
 
 MODES = {"ddp": [], "fsdp": ["--fsdp"], "ddp+ckpt": ["--activation-checkpointing"],
-         "fsdp+ckpt": ["--fsdp", "--activation-checkpointing"]}
+         "fsdp+ckpt": ["--fsdp", "--activation-checkpointing"], "ddp+compile": ["--compile"],
+         "fsdp+compile": ["--fsdp", "--compile"]}
+DEFAULT_MODES = "ddp,fsdp,ddp+ckpt,fsdp+ckpt"
 
 
 def one(data: str, mode: str, args, out: Path) -> dict:
@@ -41,7 +43,7 @@ def one(data: str, mode: str, args, out: Path) -> dict:
     if records and "peak_memory_mb" in records[-1]:
         row["measured_peak_mb"] = records[-1]["peak_memory_mb"]
     overrides = {"data": data, "device": args.device, "optimizer": "adamw", "fsdp": "fsdp" in mode,
-                 "activation_checkpointing": "ckpt" in mode}
+                 "activation_checkpointing": "ckpt" in mode, "compile": "compile" in mode}
     cfg = layered_config(args.preset, overrides)
     device = resolve_device(args.device)
     plan = memory_plan(cfg, len(load(data).tokenizer), resolve_dtype(cfg.dtype, device, training=True), device.type,
@@ -59,7 +61,7 @@ def main() -> None:
     p.add_argument("--preset", default="baby-gpt")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of {', '.join(MODES)}")
     args = p.parse_args()
     result = common.new_result(processes=args.processes, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
