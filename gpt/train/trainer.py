@@ -2,7 +2,8 @@
 
 A `Trainer` holds one run's model, optimizer, data and clocks; `run()` is the loop. It is
 the same code for one process and for many started by torchrun: each rank draws its own
-batches, gradients are averaged by DDP, rank 0 alone writes.
+batches, gradients are averaged by DDP, rank 0 alone writes. Under --fsdp the model is
+sharded instead (sharding.py), and every rank writes its part of each checkpoint.
 """
 from __future__ import annotations
 
