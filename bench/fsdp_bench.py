@@ -21,7 +21,7 @@ import torch
 from bench import common
 from data_prep import load
 from gpt.device import resolve_device, resolve_dtype
-from gpt.train.plan import memory_plan
+from gpt.train.plan import measure_on_gpu, memory_plan
 from gpt.train.presets import layered_config
 
 MODES = {"ddp": [], "fsdp": ["--fsdp"], "ddp+ckpt": ["--activation-checkpointing"],
@@ -46,8 +46,9 @@ def one(data: str, mode: str, args, out: Path) -> dict:
                  "activation_checkpointing": "ckpt" in mode, "compile": "compile" in mode}
     cfg = layered_config(args.preset, overrides)
     device = resolve_device(args.device)
-    plan = memory_plan(cfg, len(load(data).tokenizer), resolve_dtype(cfg.dtype, device, training=True), device.type,
-                       args.processes, fsdp="fsdp" in mode)
+    vocab, dtype = len(load(data).tokenizer), resolve_dtype(cfg.dtype, device, training=True)
+    measured = measure_on_gpu(cfg, vocab, dtype, device) if device.type == "cuda" else None
+    plan = memory_plan(cfg, vocab, dtype, device.type, args.processes, fsdp="fsdp" in mode, measured=measured)
     row["planned_peak_mb"] = round(plan.peak(cfg.batch_size) / 2**20, 1)
     if "measured_peak_mb" in row:
         row["plan_over_measured"] = round(row["planned_peak_mb"] / row["measured_peak_mb"], 3)

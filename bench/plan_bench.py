@@ -7,7 +7,8 @@ Each configuration runs in a fresh process: the model, its optimizer and its wei
 average are built, two steps are taken (the optimizer's state then exists), and the next
 `--steps` steps are measured. On a CPU the measured peak is the process's resident memory at
 its highest during those steps (Linux's VmHWM, reset before them) less its resident memory
-before the model was built; on a GPU it is torch.cuda.max_memory_allocated. The step time is
+before the model was built; on a GPU it is torch.cuda.max_memory_allocated, and the plan is
+gpt-train --plan's there: the step measured at 2 and 4 windows, extrapolated. The step time is
 the median of the measured steps, with and without --activation-checkpointing.
 """
 from __future__ import annotations
@@ -42,20 +43,23 @@ def rss_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def one(name: str, checkpointing: bool, device: str, steps: int) -> dict:
+def one(name: str, checkpointing: bool, device: str, steps: int, dtype_name: str = "fp32") -> dict:
     """Runs in the child process: the measured step of one configuration."""
     from gpt.config import TrainConfig
     from gpt.device import autocast, resolve_dtype
     from gpt.model import build_model
     from gpt.train.average import WeightAverage
     from gpt.train.optim import Optimizers
-    from gpt.train.plan import memory_plan
+    from gpt.train.plan import measure_on_gpu, memory_plan
 
     dev = torch.device(device)
-    cfg = TrainConfig(**CONFIGS[name], activation_checkpointing=checkpointing, dtype="fp32")
+    cfg = TrainConfig(**CONFIGS[name], activation_checkpointing=checkpointing, dtype=dtype_name)
     dtype = resolve_dtype(cfg.dtype, dev, training=True)
-    plan = memory_plan(cfg, VOCAB, dtype, dev.type)
+    # on a GPU the plan measures the step at 2 and 4 windows, as gpt-train --plan does there
+    measured = measure_on_gpu(cfg, VOCAB, dtype, dev) if dev.type == "cuda" else None
+    plan = memory_plan(cfg, VOCAB, dtype, dev.type, measured=measured)
     before = rss_kb("VmRSS") * 1024
+    before_gpu = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0  # what the process held already
     torch.manual_seed(0)
     model = build_model(cfg.model_config(VOCAB)).to(dev).train()
     model.checkpoint_blocks = checkpointing
@@ -84,8 +88,8 @@ def one(name: str, checkpointing: bool, device: str, steps: int) -> dict:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         base = before
     times = [step() for _ in range(steps)]
-    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else rss_kb("VmHWM") * 1024 - base
-    return {"config": name, "activation_checkpointing": checkpointing, **CONFIGS[name],
+    peak = torch.cuda.max_memory_allocated() - before_gpu if dev.type == "cuda" else rss_kb("VmHWM") * 1024 - base
+    return {"config": name, "activation_checkpointing": checkpointing, **CONFIGS[name], "dtype": str(dtype)[6:],
             "planned_peak_mb": round(plan.peak(cfg.batch_size) / 2**20, 1),
             "planned_activations_mb": round(plan.activations(cfg.batch_size) / 2**20, 1),
             "measured_peak_mb": round(peak / 2**20, 1),
@@ -98,17 +102,18 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--dtype", default="fp32", help="the products' precision: fp32, bf16 or auto (gpt-train's)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # NAME:0|1, in the child process
     args = p.parse_args()
     if args.one:
         name, on = args.one.split(":")
-        print(json.dumps(one(name, on == "1", args.device, args.steps)))
+        print(json.dumps(one(name, on == "1", args.device, args.steps, args.dtype)))
         return
-    report = new_result() | {"device": args.device, "runs": []}
+    report = new_result() | {"device": args.device, "dtype": args.dtype, "runs": []}
     for name in args.configs.split(","):
         for on in (False, True):
             cmd = [sys.executable, "-m", "bench.plan_bench", "--device", args.device, "--steps", str(args.steps),
-                   "--one", f"{name}:{int(on)}"]
+                   "--dtype", args.dtype, "--one", f"{name}:{int(on)}"]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env())
             if proc.returncode != 0:
                 raise SystemExit(f"plan_bench: {name} failed:\n{proc.stderr[-2000:]}")

@@ -101,11 +101,53 @@ def saved_bytes(model: torch.nn.Module, block_size: int, half: bool, scores_kept
     return sum(seen.values()), sum(scores.values())
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One training step's forward and backward pass on a GPU, beyond the weights: what grows
+    with the windows (per window) and what does not (gradients, autocast's weight copies,
+    cuBLAS's workspace, at no windows)."""
+    per_window: int
+    fixed: int
+
+
+def measure_on_gpu(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device: torch.device) -> Measured | None:
+    """The step measured by torch's allocator at 2 and 4 windows (a line through the two);
+    None where it does not fit the GPU, whose plan then stays the count's."""
+    from ..device import autocast
+
+    counts, peaks = (2, 4), []
+    try:
+        model = build_model(cfg.model_config(vocab_size)).to(device).train()
+        model.checkpoint_blocks = cfg.activation_checkpointing and cfg.model == "gpt"
+        for windows in counts:
+            x = torch.randint(0, vocab_size, (windows, cfg.block_size), device=device)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            weights = torch.cuda.memory_allocated(device)
+            with autocast(device, dtype):
+                _, loss = model(x, x)
+            loss.backward()
+            torch.cuda.synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated(device) - weights)
+            model.zero_grad(set_to_none=True)
+            del x, loss
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        model = None
+        torch.cuda.empty_cache()
+    per_window = max(0, (peaks[1] - peaks[0]) // (counts[1] - counts[0]))
+    return Measured(per_window, max(0, peaks[0] - per_window * counts[0]))
+
+
 def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_type: str,
-                world_size: int = 1, teacher_parameters: int = 0, fsdp: bool = False) -> MemoryPlan:
+                world_size: int = 1, teacher_parameters: int = 0, fsdp: bool = False,
+                measured: Measured | None = None) -> MemoryPlan:
     """`teacher_parameters`: a distilled run's teacher (--teacher), whose fp32 weights stay
     alive, and whose logits join the student's for each window. `fsdp`: sharded across
-    `world_size` processes (the bigram and Muon are refused under FSDP: not planned for it)."""
+    `world_size` processes (the bigram and Muon are refused under FSDP: not planned for it).
+    `measured` (`measure_on_gpu`): the activations and the backward pass's temporaries as the
+    GPU holds them, in place of the count and the CPU's coefficients."""
     model_cfg: ModelConfig = cfg.model_config(vocab_size)
     with torch.device("meta"):
         model = build_model(model_cfg).train()
@@ -145,6 +187,10 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_ty
         extra = gathered + 4 * block_weights + (2 * root if half else 0)
     else:
         extra = (2 * n if half else 0) + (DDP_BUCKETS if world_size > 1 else 0)
+    if measured is not None:
+        kept, transient = measured.per_window, 0
+        if not fsdp:  # the measured fixed part holds the gradients and autocast's copies, whole
+            extra = max(0, measured.fixed - 4 * n) + (DDP_BUCKETS if world_size > 1 else 0)
     if teacher_parameters:
         extra += teacher_parameters * 4  # its weights (autocast keeps no copies of weights without gradients)
         transient += 2 * model_cfg.block_size * vocab_size * 4  # its logits and their log-softmax, fp32
@@ -154,7 +200,7 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_ty
 
 
 def describe(plans: dict[str, MemoryPlan], cfg: TrainConfig, dtype_name: str, world_size: int, budget: int | None,
-             budget_of: str) -> str:
+             budget_of: str, measured: bool = False) -> str:
     """The plans (by their column's title: "DDP" and "FSDP", or one for a single process) as
     gpt-train --plan prints them."""
     windows = cfg.batch_size
@@ -175,7 +221,8 @@ def describe(plans: dict[str, MemoryPlan], cfg: TrainConfig, dtype_name: str, wo
         row("gradients (fp32)", lambda p: p.gradients),
         row("optimizer state", lambda p: p.optimizer) + (" (with the weights' average)" if cfg.ema else ""),
         row("activations", lambda p: p.activations(windows))
-        + (" (blocks recomputed: --activation-checkpointing)" if cfg.activation_checkpointing else ""),
+        + (" (blocks recomputed: --activation-checkpointing)" if cfg.activation_checkpointing else "")
+        + (" (measured on this GPU at 2 and 4 windows, with the backward pass's temporaries)" if measured else ""),
         row("other", lambda p: p.fixed_extra + p.transient_per_window * windows)
         + " (half-precision weight copies, the logits' gradient, DDP's buckets or FSDP's whole weights, a --teacher)",
         row("peak", lambda p: p.peak(windows)),
@@ -209,13 +256,15 @@ def plan_report(preset: str | None, overrides: dict, processes: int = 0) -> str:
         from ..store.load import load_any_model
 
         teacher = sum(p.numel() for p in load_any_model(cfg.teacher, "cpu")[0].parameters())
+    measured = measure_on_gpu(cfg, vocab_size, dtype, device) if device.type == "cuda" else None
     plans = {"DDP" if world_size > 1 else "one process": memory_plan(cfg, vocab_size, dtype, device.type, world_size,
-                                                                     teacher)}
+                                                                     teacher, measured=measured)}
     if world_size > 1 or cfg.fsdp:
-        plans["FSDP"] = memory_plan(cfg, vocab_size, dtype, device.type, world_size, teacher, fsdp=True)
+        plans["FSDP"] = memory_plan(cfg, vocab_size, dtype, device.type, world_size, teacher, fsdp=True,
+                                    measured=measured)
     if device.type == "cuda":
         budget, of = torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}"
     else:
         budget, of = available_memory(), "this machine's available memory"
     name = next(n for n, d in DTYPES.items() if d == dtype)
-    return describe(plans, cfg, name, world_size, budget, of)
+    return describe(plans, cfg, name, world_size, budget, of, measured is not None)

@@ -169,3 +169,11 @@ def test_fsdp_on_a_gpu_saves_shards_that_load_on_the_cpu_and_resume_without_it(d
     result = train(overrides={"out": str(tmp_path / "run"), "max_iters": 12, "fsdp": False}, resume=True,
                    log=lambda s: None)
     assert result.step == 12 and next(result.model.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_the_plan_on_a_gpu_comes_within_15_percent_of_a_training_steps_peak(checkpointing):
+    from bench.plan_bench import one
+
+    run = one("baby", checkpointing, "cuda", steps=1, dtype_name="auto")
+    assert 0.85 <= run["plan_over_measured"] <= 1.15, run
