@@ -4,6 +4,7 @@ Mixed-precision training and exact resume on the GPU (also with every training l
 Muon), torch.compile, the CUDA-graph decode step against the uncached path (exact tokens in
 fp32, close logits in bf16; also with every lever), torchrun with NCCL, and a damaged
 checkpoint refused before any kernel runs."""
+import json
 import subprocess
 import sys
 
@@ -171,9 +172,12 @@ def test_fsdp_on_a_gpu_saves_shards_that_load_on_the_cpu_and_resume_without_it(d
     assert result.step == 12 and next(result.model.parameters()).device.type == "cuda"
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
-def test_the_plan_on_a_gpu_comes_within_15_percent_of_a_training_steps_peak(checkpointing):
-    from bench.plan_bench import one
-
-    run = one("baby", checkpointing, "cuda", steps=1, dtype_name="auto")
-    assert 0.85 <= run["plan_over_measured"] <= 1.15, run
+def test_the_plan_on_a_gpu_comes_within_15_percent_of_a_training_steps_peak():
+    """In fresh processes, as gpt-train --plan runs: a process's first CUDA work allocates
+    what a warm one already holds."""
+    proc = subprocess.run([sys.executable, "-m", "bench.plan_bench", "--device", "cuda", "--configs", "baby",
+                           "--dtype", "auto", "--steps", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=child_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for run in json.loads(proc.stdout)["runs"]:
+        assert 0.85 <= run["plan_over_measured"] <= 1.15, run
