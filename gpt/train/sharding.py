@@ -76,13 +76,16 @@ def tensors_to_save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, av
     return tensors, optim["param_groups"]
 
 
-def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, average, pointer, record: dict) -> None:
-    """Every rank, together: its parts of a sharded checkpoint, written by any number of ranks."""
+def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, average, pointer, record: dict,
+                 averaged: bool) -> None:
+    """Every rank, together: its parts of a sharded checkpoint, written by any number of ranks.
+    `averaged`: the checkpoint keeps an average, its trained weights beside it (which are
+    what the optimizer continues from, also in a run resumed without --ema)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     weights, optim = get_state_dict(model, optimizer)  # shaped like this rank's parts; AdamW's state made
     tensors = sharded.flat_optimizer(optim["state"])
-    tensors.update({f"{'trained_model' if average is not None else 'model'}/{k}": v for k, v in weights.items()})
+    tensors.update({f"{'trained_model' if averaged else 'model'}/{k}": v for k, v in weights.items()})
     if average is not None:
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         tensors.update({f"model/{n}": a for n, a in zip(names, average.average)})  # filled in place
@@ -117,7 +120,8 @@ def restore(trainer, state: dict) -> None:
     adamw = trainer.optimizers.adamw
     if state.get("sharded"):
         try:
-            load_sharded(trainer.model, adamw, trainer.average, trainer.resume_from, state["sharded"])
+            load_sharded(trainer.model, adamw, trainer.average, trainer.resume_from, state["sharded"],
+                         averaged=state.get("average_updates") is not None)
         except sharded.ShardError as e:
             raise TrainError(str(e)) from None
     else:

@@ -58,7 +58,7 @@ def everything(path):
     state = ck.load_checkpoint(path, shards="all")
     names = {}
     for key in ("model", "trained_model"):
-        names.update({f"{key}/{k}": v for k, v in state[key].items()})
+        names.update({f"{key}/{k}": v for k, v in state.get(key, {}).items()})
     for index, moments in state["optimizer"]["state"].items():
         names.update({f"optim/{index}/{m}": t for m, t in moments.items()})
     return state, names
@@ -179,3 +179,12 @@ def test_what_fsdp_cannot_be_combined_with_is_named(options, fragment):
 
 def test_a_presets_muon_gives_way_to_adamw_under_fsdp():
     assert layered_config("cpu-small", {"fsdp": True}).optimizer == "adamw"
+
+
+def test_a_sharded_run_resumed_without_its_average_continues_from_the_trained_weights(stopped, tmp_path):
+    run = copy_run(stopped, tmp_path / "run")
+    _, before = everything(run / "latest.pt")
+    torchrun(1, tmp_path / "dump", "resume-stop-at-once", {"out": str(run), "ema": 0.0})
+    _, after = everything(run / "latest.pt")
+    trained = {k.split("/", 1)[1]: v for k, v in before.items() if k.startswith("trained_model/")}
+    assert trained and all(torch.equal(after[f"model/{k}"], v) for k, v in trained.items())
