@@ -9,6 +9,8 @@
 # 1. time to quality: recipes under a 60 s budget each, one after another -> ttq.json;
 # 2. bench.gpu_bench from the baby-gpt run of step 1: sampling 1 and 64, the floors -> gpu_bench.json;
 # 3. bench.serve_bench: gpt-serve with 1, 16 and 64 streaming clients -> serve_bench.json;
+#    bench.fsdp_bench (DDP against --fsdp on every GPU) and bench.plan_bench (--plan against
+#    each step's measured peak) -> fsdp_bench.json, plan_bench.json;
 # 4. the whole suite on most of the cores (failures named in suite_failures.txt), and beside it
 #    on the others the default and the best recipe on the second corpus (a check of quality,
 #    not of speed) -> ttq_second.json.
@@ -55,6 +57,8 @@ step ttq 240 $py -m bench.time_to_quality "$work/first" --recipes "$recipes" "${
 step gpu_bench 80 $py -m bench.gpu_bench --run "$work/ttq/$first" --device "$device"
 step serve_bench 60 $py -m bench.serve_bench --clients 1,16,64 --max-batches 64 --max-tokens 256 \
     --requests-each 4 --goal-turns 0 --dtype auto --corpus "$corpus"
+step fsdp_bench 100 $py -m bench.fsdp_bench "$work/first" --steps 50 --device "$device"
+step plan_bench 130 $py -m bench.plan_bench --device "$device" --dtype auto
 
 stdlib=$($py -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 $py -m data_prep.cli "$stdlib"/*.py --out "$work/second" > "$logs/prepare_second.log" 2>&1
