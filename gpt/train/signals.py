@@ -19,9 +19,12 @@ class StopFlag:
                 self._previous[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # a second Ctrl-C: the user really wants out now
+        if self.signum == signum:  # a second Ctrl-C: the user really wants out now
             raise KeyboardInterrupt
-        self.signum = signum
+        # the other signal after the first is the same request: torchrun passes a Ctrl-C on
+        # to its workers and follows it at once with a SIGTERM, which must not cut the save short
+        if self.signum is None:
+            self.signum = signum
 
     def restore(self) -> None:
         for s, h in self._previous.items():

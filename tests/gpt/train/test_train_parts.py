@@ -158,6 +158,18 @@ def test_a_second_ctrl_c_interrupts_at_once():
         stop.restore()
 
 
+def test_a_sigterm_after_a_ctrl_c_is_the_same_request():
+    """torchrun passes Ctrl-C on to its workers, then sends SIGTERM: the run still saves."""
+    stop = StopFlag()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGINT
+    finally:
+        stop.restore()
+
+
 # -- metrics, compile, fp16 ------------------------------------------------------------------
 def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
     log = MetricsLog(tmp_path)
