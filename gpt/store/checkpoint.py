@@ -133,15 +133,21 @@ def read_shards(path: Path, state: dict, optimizer: bool) -> None:
 
 
 def remove_stale_shards(run_dir: Path) -> None:
-    """The shard folders neither latest.pt nor best.pt points to: a --fsdp run's older saves,
-    those a run resumed without --fsdp left, and what a killed save was writing."""
+    """The shard folders no checkpoint in the run folder points to: a --fsdp run's older
+    saves, those a run resumed without --fsdp left, and what a killed save was writing."""
     if (run_dir / SHARDS_FOLDER).is_dir():
         sharded.remove_unreferenced(run_dir, sharded.referenced(run_dir, shard_record))
 
 
 def shard_record(path: Path) -> dict | None:
-    """What a pointer at `path` records of its shards (None for a checkpoint in one file)."""
-    return load_checkpoint(path, shards="none").get("sharded")
+    """What a checkpoint at `path` records of its shards: None for one in a single file, or
+    a file that is no checkpoint. Its tensors are mapped, not read: this costs a sharded
+    pointer's few kilobytes, whatever the size of a checkpoint in one file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return state.get("sharded") if isinstance(state, dict) and state.get("format") == CKPT_FORMAT else None
 
 
 def first_damaged_record(path: Path) -> str | None:

@@ -25,6 +25,7 @@ import os
 import shutil
 import uuid
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -32,13 +33,21 @@ import torch
 from plumbing.atomic import sync_folder, sync_tree
 from plumbing.errors import first_line
 
-from .layout import BEST, LATEST, SHARDS_FOLDER
+from .layout import SHARDS_FOLDER
 
 METADATA = ".metadata"
 
 
 class ShardError(Exception):
     """A sharded checkpoint whose files are missing, truncated or unreadable."""
+
+
+def dcp_failures() -> tuple[type[BaseException], ...]:
+    """What torch.distributed.checkpoint raises for files it cannot read or write: its
+    CheckpointException derives from BaseException, beside whatever it did not wrap."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
 
 
 def new_folder_name(step: int) -> str:
@@ -65,34 +74,54 @@ def write_tensors(tensors: dict, folder: Path) -> None:
     dcp.save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True))
 
 
-def settle(run_dir: Path, name: str) -> dict:
+def checksums(folder: Path, rank: int) -> dict:
+    """Every rank, after writing: the size and CRC-32 of the files it wrote (rank 0's include
+    DCP's index), read back while they are still in the page cache, all ranks at once."""
+    names = sorted(f.name for f in folder.glob(f"__{rank}_*.distcp")) + ([METADATA] if rank == 0 else [])
+    return {name: [(folder / name).stat().st_size, file_crc32(folder / name)] for name in names}
+
+
+def file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def settle(run_dir: Path, name: str, files: dict) -> dict:
     """Rank 0, after every rank has written: the folder renamed into place, and the record
-    the pointer keeps of it (its place, relative to the run folder, and each file's size)."""
+    the pointer keeps of it (its place, relative to the run folder, and each file's size and
+    CRC-32: `files`, every rank's `checksums`). A file no rank accounted for is refused."""
     tmp, final = staging(run_dir, name), run_dir / SHARDS_FOLDER / name
+    unlisted = sorted(f.name for f in tmp.iterdir() if f.name not in files)
+    if unlisted:
+        raise ShardError(f"the new shard folder {tmp} holds files no process wrote: {', '.join(unlisted)}")
     sync_tree(tmp)
-    files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
     os.replace(tmp, final)
     sync_folder(final.parent)
-    return {"folder": f"{SHARDS_FOLDER}/{name}", "files": files}
+    return {"folder": f"{SHARDS_FOLDER}/{name}", "files": dict(sorted(files.items()))}
 
 
-def remove_unreferenced(run_dir: Path, keep: list[str]) -> None:
-    """Rank 0, after the pointer is written: the shard folders neither latest.pt nor best.pt
-    names (`keep`, their records' folders), and any staging a killed save left."""
+def remove_unreferenced(run_dir: Path, keep: set[str]) -> None:
+    """Rank 0, after the pointer is written: the shard folders this toolkit wrote (and the
+    staging a killed save left) that no checkpoint in the run folder names (`keep`). Folders
+    of other names are left alone."""
     root = run_dir / SHARDS_FOLDER
-    kept = {Path(k).name for k in keep}
     for entry in root.iterdir() if root.is_dir() else ():
-        if entry.name not in kept:
+        ours = entry.name.startswith(("step-", ".tmp-step-")) and entry.is_dir()
+        if ours and entry.name not in keep:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def referenced(run_dir: Path, read_pointer) -> list[str]:
-    """The shard folders latest.pt and best.pt name (`read_pointer(path)`: its record, or None)."""
-    out = []
-    for name in (LATEST, BEST):
-        record = read_pointer(run_dir / name) if (run_dir / name).is_file() else None
+def referenced(run_dir: Path, read_pointer) -> set[str]:
+    """The shard folders that some checkpoint file in the run folder names: latest.pt,
+    best.pt, and any copy of them kept beside them (`read_pointer(path)`: its record, or None)."""
+    out = set()
+    for path in run_dir.glob("*.pt"):
+        record = read_pointer(path)
         if record:
-            out.append(record["folder"])
+            out.add(Path(record["folder"]).name)
     return out
 
 
@@ -100,19 +129,23 @@ def folder_of(pointer: Path, record: dict) -> Path:
     return pointer.parent / record["folder"]
 
 
-def check_files(pointer: Path, record: dict) -> Path:
-    """The shard folder `record` names, every file present at the size it was written; else
-    one line naming the first file that is not."""
+def check_files(pointer: Path, record: dict, names: list[str] | None = None) -> Path:
+    """The shard folder `record` names, each of its files (or of `names`) present with the
+    size and CRC-32 it was written with; else one line naming the first that is not."""
     folder = folder_of(pointer, record)
     if not folder.is_dir():
-        raise ShardError(f"{pointer} points to the shard folder {folder}, which is missing")
-    for name, size in record["files"].items():
+        raise ShardError(f"{pointer} points to the shard folder {folder}, which is missing "
+                         "(a checkpoint of a --fsdp run needs its shards/ folder beside it)")
+    for name in record["files"] if names is None else names:
+        size, crc = record["files"][name]
         f = folder / name
         if not f.is_file():
             raise ShardError(f"{pointer}: its shard file {f} is missing")
         if f.stat().st_size != size:
             raise ShardError(f"{pointer}: its shard file {f} is truncated or damaged "
                              f"({f.stat().st_size:,} bytes of {size:,})")
+        if file_crc32(f) != crc:
+            raise ShardError(f"{pointer}: its shard file {f} is damaged: its bytes do not match their checksum")
     return folder
 
 
@@ -131,7 +164,7 @@ def read_tensors(pointer: Path, record: dict, prefixes: tuple[str, ...]) -> dict
         with warnings.catch_warnings():  # that it reads in one process, which is what it is asked to do
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(tensors, storage_reader=reader, no_dist=True)
-    except Exception as e:  # DCP raises its own wrapper types; any failure here is the files'
+    except dcp_failures() as e:  # any failure here is the files'
         raise ShardError(f"{pointer}: its shards in {folder} cannot be read ({first_line(e)})") from None
     return tensors
 
@@ -141,10 +174,10 @@ def load_tensors_into(pointer: Path, record: dict, tensors: dict) -> None:
     rank's part, whatever number of ranks wrote them) from the shard folder."""
     import torch.distributed.checkpoint as dcp
 
-    folder = check_files(pointer, record)
+    folder = folder_of(pointer, record)  # its files checked by the caller, each rank some of them
     try:
         dcp.load(tensors, storage_reader=dcp.FileSystemReader(folder))
-    except Exception as e:
+    except dcp_failures() as e:
         raise ShardError(f"{pointer}: its shards in {folder} cannot be read ({first_line(e)})") from None
 
 

@@ -6,6 +6,7 @@ Also the torchrun entry point: `torchrun --nproc_per_node=N -m gpt.train ...` (o
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -52,6 +53,16 @@ def shown(value) -> str:
     return "none" if value is None else str(value)
 
 
+TORCHRUNS = -1  # --plan without a count: torchrun's world size, else one process
+
+
+def processes(text: str) -> int:
+    n = int(text) if text.lstrip("-").isdigit() else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"plan for 1 process or more, got {text!r}")
+    return n
+
+
 def build_parser() -> Parser:
     d = PresetDefaults()
     p = Parser(prog="gpt-train",
@@ -64,8 +75,9 @@ def build_parser() -> Parser:
     a("--resume", action="store_true",
       help="continue the run in --out (default: the newest run under ./checkpoints) from its latest checkpoint")
     a("--overwrite", action="store_true", help="start a new run in an --out folder that already holds one")
-    a("--plan", nargs="?", type=int, const=0, metavar="PROCESSES", help="print the memory each process of the run "
-      "would need (weights, gradients, optimizer state, activations, the peak), under DDP and under --fsdp for "
+    a("--plan", nargs="?", type=processes, const=TORCHRUNS, metavar="PROCESSES",
+      help="print the memory each process of the run would need (weights, gradients, optimizer state, activations, "
+      "the peak), under DDP and under --fsdp for "
       "PROCESSES processes (default: torchrun's, else 1), and the largest micro-batch that fits; train nothing")
     a("--preset", choices=sorted(PRESETS), help="a named configuration; options given override its values one by one "
       "(default: bigram for --model bigram, else cpu-small on CPU, baby-gpt on CUDA)")
@@ -201,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise TrainError("--plan plans a new run; leave out --resume")
             from .plan import plan_report
 
-            tolerant(print)(plan_report(args.preset, overrides, args.plan))
+            if os.environ.get("RANK", "0") != "0":
+                return 0  # under torchrun, rank 0 alone prints the plan
+            tolerant(print)(plan_report(args.preset, overrides, None if args.plan == TORCHRUNS else args.plan))
             return 0
         result = train(args.preset, overrides, resume=args.resume, overwrite=args.overwrite)
         if result.stopped_by.startswith("signal"):

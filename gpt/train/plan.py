@@ -189,17 +189,22 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_ty
         # autocast's half copies of the root's weights; the blocks are gathered in bf16 already
         extra = gathered + 4 * block_weights + (2 * root if half else 0)
     else:
-        extra = (2 * n if half else 0) + (DDP_BUCKETS if world_size > 1 else 0)
+        extra = (2 * n if half else 0) + ddp_buckets(n, world_size)
     if measured is not None:
         kept, transient = measured.per_window, 0
         if not fsdp:  # the measured fixed part holds the gradients and autocast's copies, whole
-            extra = max(0, measured.fixed - 4 * n) + (DDP_BUCKETS if world_size > 1 else 0)
+            extra = max(0, measured.fixed - 4 * n) + ddp_buckets(n, world_size)
     if teacher_parameters:
         extra += teacher_parameters * 4  # its weights (autocast keeps no copies of weights without gradients)
         transient += 2 * model_cfg.block_size * vocab_size * 4  # its logits and their log-softmax, fp32
     return MemoryPlan(parameters=n, weights=4 * n // shards, gradients=4 * n // shards,
                       optimizer=(moments + average) // shards, activations_per_window=kept,
                       transient_per_window=transient, fixed_extra=extra)
+
+
+def ddp_buckets(parameters: int, world_size: int) -> int:
+    """DDP's gradient buckets in flight, never more than the gradients themselves."""
+    return min(DDP_BUCKETS, 4 * parameters) if world_size > 1 else 0
 
 
 def describe(plans: dict[str, MemoryPlan], cfg: TrainConfig, dtype_name: str, world_size: int, budget: int | None,
@@ -239,10 +244,11 @@ def describe(plans: dict[str, MemoryPlan], cfg: TrainConfig, dtype_name: str, wo
     return "\n".join(lines)
 
 
-def plan_report(preset: str | None, overrides: dict, processes: int = 0) -> str:
+def plan_report(preset: str | None, overrides: dict, processes: int | None = None) -> str:
     """What `gpt-train --plan` prints for these options: nothing is trained, no folder made."""
     import data_prep
 
+    from ..config import FSDP_FP16, ConfigError
     from ..device import DTYPES, available_memory, resolve_device, resolve_dtype
     from .errors import TrainError
     from .presets import default_preset, layered_config
@@ -260,14 +266,29 @@ def plan_report(preset: str | None, overrides: dict, processes: int = 0) -> str:
 
         teacher = sum(p.numel() for p in load_any_model(cfg.teacher, "cpu")[0].parameters())
     measured = measure_on_gpu(cfg, vocab_size, dtype, device) if device.type == "cuda" else None
-    plans = {"DDP" if world_size > 1 else "one process": memory_plan(cfg, vocab_size, dtype, device.type, world_size,
-                                                                     teacher, measured=measured)}
+    plans, refused = {}, ""
+    if not cfg.fsdp:
+        plans["DDP" if world_size > 1 else "one process"] = memory_plan(cfg, vocab_size, dtype, device.type,
+                                                                        world_size, teacher, measured=measured)
     if world_size > 1 or cfg.fsdp:
-        plans["FSDP"] = memory_plan(cfg, vocab_size, dtype, device.type, world_size, teacher, fsdp=True,
-                                    measured=measured)
+        # as --fsdp would train it: a preset's Muon gives way to AdamW, and what it refuses is said
+        sharded_cfg = layered_config(cfg.preset, {**overrides, "fsdp": True})
+        try:
+            sharded_cfg.validate()
+            if dtype == torch.float16:
+                raise ConfigError(f"--fsdp: {FSDP_FP16}")
+            plans["FSDP"] = memory_plan(sharded_cfg, vocab_size, dtype, device.type, world_size, teacher, fsdp=True,
+                                        measured=measured)
+        except ConfigError as e:
+            if cfg.fsdp:
+                raise
+            refused = f"\nFSDP: not planned, {str(e).removeprefix('--fsdp: ')}"
     if device.type == "cuda":
         budget, of = torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}"
-    else:
-        budget, of = available_memory(), "this machine's available memory"
+    else:  # the processes torchrun starts on this machine share its memory
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        budget = available_memory()
+        budget = budget // local if budget is not None else None
+        of = "this machine's available memory" + (f" / {local} processes" if local > 1 else "")
     name = next(n for n, d in DTYPES.items() if d == dtype)
-    return describe(plans, cfg, name, world_size, budget, of, measured is not None)
+    return describe(plans, cfg, name, world_size, budget, of, measured is not None) + refused

@@ -84,6 +84,18 @@ def check_not_stopped_early(cfg: TrainConfig, state: dict) -> None:
                          f"or with --cooldown 0.25 to decay its learning rate from where it stopped")
 
 
+def check_fsdp_resume(cfg: TrainConfig, kept: bool, under_torchrun: bool) -> None:
+    """--fsdp on a resumed run, given now or `kept` from its checkpoint, said in a resume's terms."""
+    if kept and not under_torchrun:
+        raise TrainError(f"{cfg.out} was trained with --fsdp, across the processes torchrun starts: resume it under "
+                         "torchrun (torchrun --nproc_per_node=N -m gpt.train --resume ...), or give --no-fsdp to "
+                         "continue it in this one process")
+    if cfg.optimizer == "muon":
+        raise TrainError(f"--fsdp: {cfg.out} trains with Muon (the cpu-small preset's optimizer), whose state is of "
+                         "whole weight matrices, which FSDP splits, and a resumed run keeps its optimizer: resume it "
+                         "without --fsdp, or start a new run with --fsdp (its preset's Muon then gives way to AdamW)")
+
+
 def check_budget_left(cfg: TrainConfig, step: int, elapsed: float) -> None:
     if (cfg.max_iters and step >= cfg.max_iters) or (cfg.max_time and elapsed >= cfg.max_time):
         budget = " and ".join(f"{k.replace('_', '-')} {getattr(cfg, k)}" for k in BUDGET_FIELDS if getattr(cfg, k))
@@ -145,12 +157,13 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
             if base is not None and run_dir.resolve() == Path(base.ref["path"]).parent:
                 raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); "
                                  "a fine-tuning run needs a folder of its own")
+        if resume and cfg.fsdp:
+            check_fsdp_resume(cfg, overrides.get("fsdp") is None, dist_.enabled)
         cfg.validate()
         if cfg.fsdp and not dist_.enabled:
             raise TrainError("--fsdp shards the model across the processes torchrun starts, and this is one process "
                              "started alone: run it under torchrun (torchrun --nproc_per_node=N -m gpt.train --fsdp "
-                             "...), or leave --fsdp out" + (" (--no-fsdp continues a --fsdp run in one process)"
-                                                            if resume else ""))
+                             "...), or leave --fsdp out")
         check_optimizer(cfg.optimizer)
         trackers.check_installed(trackers.parse(cfg.trackers))  # before a folder is claimed
         with deterministic_algorithms(cfg.deterministic, device):

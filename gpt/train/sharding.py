@@ -119,6 +119,7 @@ def restore(trainer, state: dict) -> None:
     ranks) or from one in a single file (a single process's or DDP's)."""
     adamw = trainer.optimizers.adamw
     if state.get("sharded"):
+        check_shares(trainer.resume_from, state["sharded"], trainer.dist)
         try:
             load_sharded(trainer.model, adamw, trainer.average, trainer.resume_from, state["sharded"],
                          averaged=state.get("average_updates") is not None)
@@ -129,6 +130,20 @@ def restore(trainer, state: dict) -> None:
     if not all_finite(trainer.model, trainer.dist):
         raise TrainError(f"--resume: the weights in {trainer.resume_from} are not finite numbers "
                          "(the files are damaged, or the run diverged before it was saved)")
+
+
+def check_shares(pointer, record: dict, dist_) -> None:
+    """Every rank checks its share of the shard files (sizes and CRC-32s), and every rank
+    stops with the first failure any found."""
+    names = sorted(record["files"])[dist_.rank :: dist_.world_size]
+    try:
+        sharded.check_files(pointer, record, names)
+        found = None
+    except sharded.ShardError as e:
+        found = str(e)
+    failures = [f for f in dist_.gather_objects(found) if f]
+    if failures:
+        raise TrainError(failures[0])
 
 
 def save(trainer, state: dict, best: bool) -> None:
@@ -147,12 +162,16 @@ def save(trainer, state: dict, best: bool) -> None:
     if failed:
         raise sharded.ShardError(failed)
     tensors, groups = tensors_to_save(trainer.model, trainer.optimizers.adamw, trainer.average)
+    folder = sharded.staging(run_dir, name)
     try:
-        sharded.write_tensors(tensors, sharded.staging(run_dir, name))
-    except Exception as e:  # DCP gathers every rank's failure and raises it on every rank
+        sharded.write_tensors(tensors, folder)
+    except sharded.dcp_failures() as e:  # DCP gathers every rank's failure and raises it on every rank
         raise sharded.ShardError(first_line(e)) from None
+    files = {}
+    for part in dist_.gather_objects(sharded.checksums(folder, dist_.rank)):
+        files.update(part)
     if dist_.is_main:
-        record = {**sharded.settle(run_dir, name), "param_groups": groups}
+        record = {**sharded.settle(run_dir, name, files), "param_groups": groups}
         save_checkpoint(run_dir / LATEST, {**state, "sharded": record}, best=best)
 
 

@@ -47,11 +47,11 @@ if mode == "die-while-saving":  # rank 0 dies at the second save, after every ra
 
     settle, saves = sharded.settle, [0]
 
-    def dying_settle(run_dir, name):
+    def dying_settle(*args):
         saves[0] += 1
         if saves[0] == 2:
             os._exit(9)
-        return settle(run_dir, name)
+        return settle(*args)
 
     sharded.settle = dying_settle
 

@@ -3,6 +3,8 @@ sharded checkpoints that resume exactly at any world size and under DDP, that ev
 single-process command loads, and that a killed save or a damaged file cannot pass for whole."""
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from gpt.store.layout import SHARDS_FOLDER
 from gpt.train import train
 from gpt.train.presets import layered_config
 from tests.gpt.train.test_distributed import torchrun, torchrun_failing, weights
-from tests.helpers import TINY_MODEL, assert_one_line_error, prepared, run_cli
+from tests.helpers import ROOT, TINY_MODEL, assert_one_line_error, child_env, prepared, run_cli
 
 # fp32, no dropout and AdamW (a preset's Muon gives way to it under --fsdp): FSDP and DDP then
 # differ only in the order of floating-point sums
@@ -147,15 +149,20 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(data, tmp_path):
     assert not any(p.name.startswith(".tmp-") for p in (run / SHARDS_FOLDER).iterdir())
 
 
-@pytest.mark.parametrize("damage, fragment", [("delete", "is missing"), ("truncate", "is truncated")])
-def test_a_missing_or_truncated_shard_is_named_in_one_line(stopped, tmp_path, damage, fragment):
+@pytest.mark.parametrize("damage, fragment", [("delete", "is missing"), ("truncate", "is truncated"),
+                                              ("flip", "do not match their checksum")])
+def test_a_missing_truncated_or_damaged_shard_is_named_in_one_line(stopped, tmp_path, damage, fragment):
     run = copy_run(stopped, tmp_path / "run")
     folder = run / ck.load_checkpoint(run / "latest.pt", shards="none")["sharded"]["folder"]
     part = folder / "__1_0.distcp"
     if damage == "delete":
         part.unlink()
-    else:
+    elif damage == "truncate":
         part.write_bytes(part.read_bytes()[:1000])
+    else:  # one byte changed, the size kept: what only the checksum sees
+        data = bytearray(part.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        part.write_bytes(bytes(data))
     proc = run_cli("gpt.sample", "--ckpt", run / "latest.pt", "--prompt", "a", "--max-new-tokens", "2")
     assert_one_line_error(proc, "gpt-sample", str(part), fragment)
     proc = run_cli("gpt.train", "--resume", "--out", run, "--no-fsdp", "--max-iters", "8")
@@ -188,3 +195,43 @@ def test_a_sharded_run_resumed_without_its_average_continues_from_the_trained_we
     _, after = everything(run / "latest.pt")
     trained = {k.split("/", 1)[1]: v for k, v in before.items() if k.startswith("trained_model/")}
     assert trained and all(torch.equal(after[f"model/{k}"], v) for k, v in trained.items())
+
+
+def test_a_sharded_resume_under_torchrun_checks_every_shard(stopped, tmp_path):
+    run = copy_run(stopped, tmp_path / "run")
+    part = run / ck.shard_record(run / "latest.pt")["folder"] / ".metadata"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "gpt.train", "--resume", "--out", str(run), "--max-iters", "8"],
+                          capture_output=True, text=True, timeout=300, env=child_env(OMP_NUM_THREADS="1"), cwd=ROOT)
+    lines = proc.stderr.splitlines()
+    # what follows torchrun's first line about the failed workers is its own report
+    ours = lines[: next((i for i, line in enumerate(lines) if "elastic" in line), len(lines))]
+    errors = [line for line in ours if line.startswith("gpt-train: error:")]
+    assert proc.returncode != 0 and not any("Traceback" in line for line in ours), proc.stderr
+    assert len(errors) == 2 and all(f"its shard file {part} is damaged" in line for line in errors)
+
+
+def test_copies_of_a_pointer_in_the_run_folder_and_other_folders_keep_their_shards(stopped, tmp_path):
+    run = copy_run(stopped, tmp_path / "run")
+    shutil.copy(run / "latest.pt", run / "keep-step5.pt")
+    (run / SHARDS_FOLDER / "mine").mkdir()
+    train(overrides={"out": str(run), "max_iters": 8, "fsdp": False}, resume=True, log=lambda s: None)
+    assert ck.load_checkpoint(run / "keep-step5.pt")["step"] == 5
+    assert (run / SHARDS_FOLDER / "mine").is_dir()
+
+
+def test_a_run_that_trains_with_muon_is_not_resumed_under_fsdp(data, tmp_path):
+    run = tmp_path / "run"
+    train(overrides={**TINY_MODEL, "data": str(data), "out": str(run), "device": "cpu", "max_iters": 2},
+          log=lambda s: None)  # cpu-small's Muon
+    proc = run_cli("gpt.train", "--resume", "--out", run, "--fsdp", "--max-iters", "4")
+    assert_one_line_error(proc, "gpt-train", "trains with Muon", "resume it without --fsdp")
+
+
+def test_a_sharded_run_resumed_alone_says_how(stopped, tmp_path):
+    run = copy_run(stopped, tmp_path / "run")
+    proc = run_cli("gpt.train", "--resume", "--out", run, "--max-iters", "8")
+    assert_one_line_error(proc, "gpt-train", "was trained with --fsdp", "--no-fsdp")

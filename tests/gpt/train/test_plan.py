@@ -51,3 +51,25 @@ def test_a_teacher_adds_its_weights_and_its_logits():
     cfg = TrainConfig(**SHAPE)
     alone, taught = (memory_plan(cfg, 80, torch.float32, "cpu", teacher_parameters=t) for t in (0, 10_000))
     assert taught.peak(4) - alone.peak(4) == 10_000 * 4 + 4 * 2 * SHAPE["block_size"] * 80 * 4
+
+
+def test_plan_for_several_processes_shows_fsdp_beside_ddp_as_it_would_train(data, tmp_path):
+    proc = run_cli("gpt.train", "--data", data, "--plan", "4", "--device", "cpu", "--n-layer", "2", "--n-embd", "32",
+                   "--n-head", "2", "--block-size", "32", "--batch-size", "8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("memory per process"))
+    assert header.split()[-2:] == ["DDP", "FSDP"] and "4 processes" in proc.stdout
+
+
+def test_a_plan_fsdp_refuses_is_refused_and_a_bad_count_is_one_line(data, tmp_path):
+    proc = run_cli("gpt.train", "--data", data, "--plan", "2", "--fsdp", "--optimizer", "muon", "--device", "cpu")
+    assert_one_line_error(proc, "gpt-train", "--fsdp", "--optimizer muon")
+    proc = run_cli("gpt.train", "--data", data, "--plan", "-3")
+    assert_one_line_error(proc, "gpt-train", "--plan", "1 process or more")
+
+
+def test_the_fsdp_plan_shards_the_state_and_adds_whole_blocks():
+    cfg = TrainConfig(**SHAPE, optimizer="adamw")
+    ddp, fsdp = (memory_plan(cfg, 80, torch.float32, "cpu", world_size=4, fsdp=f) for f in (False, True))
+    assert fsdp.weights == ddp.weights // 4 and fsdp.optimizer == ddp.optimizer // 4
+    assert fsdp.activations(4) == ddp.activations(4) and fsdp.peak(4) < ddp.peak(4)
