@@ -127,12 +127,15 @@ def test_one_process_resumes_a_sharded_run(stopped, tmp_path):
 def test_every_single_process_command_loads_a_sharded_checkpoint(data, stopped, tmp_path, capsys):
     from gpt.evaluate.cli import main as eval_main
     from gpt.export.cli import main as export_main
+    from gpt.prune.cli import main as prune_main
 
     assert sample_main(["--ckpt", str(stopped), "--prompt", "the", "--max-new-tokens", "8", "--seed", "1"]) == 0
     assert eval_main(["--ckpt", str(stopped)]) == 0
     assert "bits" in capsys.readouterr().out
     assert export_main([str(stopped), "--out", str(tmp_path / "export")]) == 0
     assert (tmp_path / "export" / "model.safetensors").is_file()
+    assert prune_main([str(stopped), "--out", str(tmp_path / "pruned"), "--mlp", "0.5", "--windows", "8"]) == 0
+    assert ck.load_checkpoint(tmp_path / "pruned" / "latest.pt").get("sharded") is None
     result = train(overrides={**BASE, "data": str(data), "init_from": str(stopped), "out": str(tmp_path / "tuned"),
                               "max_iters": 2, "eval_interval": 2}, log=lambda s: None)
     assert result.step == 2
