@@ -21,8 +21,10 @@ from tests.helpers import ROOT, TINY_MODEL, assert_one_line_error, child_env, pr
 
 # fp32, no dropout and AdamW (a preset's Muon gives way to it under --fsdp): FSDP and DDP then
 # differ only in the order of floating-point sums
+# 20 validation windows in batches of 4: three batches for rank 0, two for rank 1, where FSDP
+# must still make the same number of forward passes on each
 BASE = {**TINY_MODEL, "device": "cpu", "dtype": "fp32", "optimizer": "adamw", "max_iters": 20, "eval_interval": 5,
-        "ema": 0.9, "grad_accum": 2, "batch_size": 4}
+        "ema": 0.9, "grad_accum": 2, "batch_size": 4, "eval_windows": 20}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,9 @@ def test_fsdp_takes_the_steps_ddp_takes(data, uninterrupted, tmp_path):
         assert losses(fsdp, rank) == pytest.approx(losses(ddp, rank), rel=1e-5)
     a, b = weights(fsdp, 0), weights(ddp, 0)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in b)
+    val = [[r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+           for run in (uninterrupted / "run", tmp_path / "run")]
+    assert len(val[0]) == 4 and val[0] == pytest.approx(val[1], rel=1e-5)
     assert not (fsdp / "rank1.pt").exists()  # rank 0 alone hands back the whole model
 
 
