@@ -218,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             tolerant(print)(plan_report(args.preset, overrides, None if args.plan == TORCHRUNS else args.plan))
             return 0
         result = train(args.preset, overrides, resume=args.resume, overwrite=args.overwrite)
+        quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone says how the run ended
         if result.stopped_by.startswith("signal"):
             name = result.stopped_by.split()[1]
-            print(f"gpt-train: stopped by {name} at step {result.step}; checkpoint saved in {result.run_dir}; "
-                  f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
+            if not quiet:
+                print(f"gpt-train: stopped by {name} at step {result.step}; checkpoint saved in {result.run_dir}; "
+                      f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
             return 128 + int(getattr(signal, name))
+        if quiet:
+            return 0
         loss = f"final val loss {result.val_loss:.4f}" if result.val_loss is not None else "no evaluation"
         best = ""
         if result.best_val_loss is not None:

@@ -11,9 +11,9 @@ root's, gathered for the whole step.
 What stays as under DDP: each rank's own batches, autocast's mixed precision, the schedule,
 and a step's update (the same global batch gives the same update, up to the order of
 floating-point sums; tested against DDP on CPU). In bf16 the blocks' weights are also
-gathered in bf16 (FSDP's MixedPrecisionPolicy): the product autocast would compute from an
-fp32 copy, without keeping a second copy of every weight alive until the backward pass;
-gradients are reduced in fp32. Gradients are reduced at every micro-step of --grad-accum, so
+gathered in bf16 (FSDP's MixedPrecisionPolicy): the same products autocast computes from fp32
+weights, without autocast's bf16 copy of every weight, which would stay alive until the
+backward pass; gradients are reduced in fp32. Gradients are reduced at every micro-step of --grad-accum, so
 they stay sharded (DDP reduces once per step and keeps whole gradients).
 
 Checkpoints are sharded too (`gpt.store.sharded`): every rank writes its part.
@@ -30,8 +30,6 @@ from ..store import sharded
 from ..store.checkpoint import save_checkpoint
 from ..store.layout import LATEST
 from .errors import TrainError
-
-PARTS = ("model/", "trained_model/", "optim/")
 
 
 def shard_model(model: torch.nn.Module, device: torch.device, world_size: int, dtype: torch.dtype) -> None:
