@@ -33,6 +33,9 @@ OOV_MODES = ("byte", "unk", "error")
 N_CODEPOINTS = 0x110000  # all of Unicode: the length of a dense table of counts per code point
 
 
+LOOKUP_CHUNK = 1 << 16  # code points looked up per numpy call (`encode_codepoints`)
+
+
 def codepoints(text: str) -> np.ndarray:
     """The text's code points as a uint32 array (surrogates pass through unchanged)."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -116,7 +119,11 @@ class CharTokenizer:
                           dtype: np.dtype | None = None) -> np.ndarray:
         """Ids of code points `cps` as int32, or as `dtype` (e.g. a shard's own id type)."""
         lut, outside = self._lookup_table(dtype)
-        ids = lut.take(cps, mode="clip")
+        # a chunk at a time: take() copies its indices to int64 first, and a chunk's copy
+        # stays in cache (a third of the time on a 4 M-character batch, 2-core Intel Xeon)
+        ids = np.empty(len(cps), lut.dtype)
+        for start in range(0, len(cps), LOOKUP_CHUNK):
+            lut.take(cps[start : start + LOOKUP_CHUNK], mode="clip", out=ids[start : start + LOOKUP_CHUNK])
         missing = np.flatnonzero(ids == outside)
         eots = np.asarray(eot_after, dtype=np.int64)
         if len(missing) and self.oov == "error":
