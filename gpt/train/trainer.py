@@ -220,13 +220,15 @@ class Trainer:
     def state(self, val_loss: float | None) -> dict:
         """The checkpoint's contents; under FSDP without the tensors, which `save` writes sharded."""
         ranks = self.dist.gather_objects({"rng": rng_state(), "sampler": self.sampler.state()})
-        with self.averaged():
-            # views of the average's tensors, written before the next step moves them
-            model = self.weights() if not self.fsdp else {}
         average = self.average is not None
+        model = trained = {}
+        if not self.fsdp:
+            with self.averaged():
+                model = self.weights()  # views of the average's tensors, written before the next step moves them
+            trained = self.weights() if average else {}
         return training_state(
             model_config=self.model_cfg.to_dict(), train_config=asdict(self.cfg), model=model,
-            trained_model=(self.weights() if not self.fsdp else {}) if average else None,
+            trained_model=trained if average else None,
             average_updates=self.average.updates if average else None,
             lineage=self.lineage(), optimizers=self.optimizers.state_dict() if not self.fsdp else {},
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
