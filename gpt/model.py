@@ -171,8 +171,9 @@ class GPT(LanguageModel):
         bias = cache.attention_bias(pos) if pos is not None else None  # (1 or B, 1, 1, block): the window so far
         at = Positions(B, T, rope, cache, pos, bias)
         recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
+        sharded = self.sharded_blocks
         for block in self.blocks:
-            run = block if self.sharded_blocks else block.forward
+            run = block if sharded else block.forward
             # non-reentrant checkpointing replays the block with the random state it first
             # ran with, so dropout draws the same masks and the gradients are the same
             x = checkpoint(run, x, at, use_reentrant=False) if recompute else run(x, at)

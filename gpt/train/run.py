@@ -119,9 +119,9 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
         # each rank's part by the Trainer under --fsdp
         resume_state = checkpoint.load_checkpoint(latest, map_location="cpu", shards="none")
         fsdp = overrides.get("fsdp")
-        if not (fsdp if fsdp is not None else resume_state["train_config"].get("fsdp", False)):
-            if resume_state.get("sharded"):
-                checkpoint.read_shards(latest, resume_state, optimizer=True)
+        fsdp = fsdp if fsdp is not None else resume_state["train_config"].get("fsdp", False)
+        if resume_state.get("sharded") and not fsdp:
+            checkpoint.read_shards(latest, resume_state, optimizer=True)
         if "rank_states" not in resume_state:  # a model without a run to continue: gpt-prune's
             raise TrainError(f"--resume: {run_dir} holds a model but no run to continue (no optimizer or sampler "
                              f"state; gpt-prune writes such folders); train it further with "
