@@ -16,6 +16,7 @@ from torch import nn
 from bench.common import best_seconds
 from gpt.model import linear
 from gpt.quantize import Int8Linear
+from gpt.sample.sampling import ContextWindow, SamplingOptions
 
 
 def linear_layers(model: nn.Module) -> list[nn.Module]:
@@ -72,3 +73,53 @@ def bandwidth_sweep(sizes_mb=(4, 16, 24, 32, 48, 96), rows: int = 1536, cols: in
         seconds = best_seconds(lambda mats=mats: [F.linear(x, w) for w in mats], repeats, max(1, 200 // n))
         out[f"{mb}MB"] = round(n * rows * cols * 4 / seconds / 1e9, 1)
     return out
+
+
+@torch.inference_mode()
+def stream_gb_per_s(nbytes: int, repeats: int = 20) -> float:
+    """Plain read bandwidth for a working set of `nbytes`: a sum over that many bytes of fp32
+    on every thread torch uses, the best of `repeats`. Not a product's speed: what reading the
+    bytes alone costs, from whichever cache level (or memory) a set of that size lives in."""
+    x = torch.randn(max(1, nbytes // 4))
+    seconds = best_seconds(lambda: x.sum(), repeats, 1)
+    return x.numel() * 4 / seconds / 1e9
+
+
+@torch.inference_mode()
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+    """The measured matrix-multiply peak in `dtype`: an n x n x n product, best of `repeats`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n ** 3 / best_seconds(lambda: a @ b, repeats, 3) / 1e9
+
+
+def linear_params(model: nn.Module) -> int:
+    """Weights every token multiplies by: every linear layer (a tied head included)."""
+    return sum(m.in_features * m.out_features for m in linear_layers(model))
+
+
+def product_flops_per_token(model: nn.Module, prompt_tokens: int, new_tokens: int) -> float:
+    """The linear layers' FLOPs per generated token over a whole cached sample: 2 per weight
+    for every token the model reads, the prompt's once, then one a step, and each moved
+    window's tokens again (gpt-sample's default slide: a quarter of the context)."""
+    block = model.config.block_size
+    window = ContextWindow(block, SamplingOptions().window_slide(block))  # the schedule gpt-sample keeps
+    window.update(prompt_tokens)
+    read = prompt_tokens - window.start
+    for n in range(prompt_tokens + 1, prompt_tokens + new_tokens):
+        read += n - window.start if window.update(n) else 1
+    return 2 * linear_params(model) * read / new_tokens
+
+
+def decode_floor(model: nn.Module, product_dtype: torch.dtype, prompt_tokens: int, new_tokens: int) -> dict:
+    """The floor of one sample's time per token: the larger of the weight bytes over the
+    plain read bandwidth at their size, and the products' FLOPs over the matrix-multiply peak
+    in the dtype the products run in."""
+    nbytes = weight_bytes_per_token(model)
+    gb_per_s = stream_gb_per_s(nbytes)
+    flops = product_flops_per_token(model, prompt_tokens, new_tokens)
+    gflops = matmul_gflops(product_dtype)
+    memory_ms, compute_ms = nbytes / gb_per_s / 1e6, flops / gflops / 1e6
+    return {"weight_mb_per_token": round(nbytes / 1e6, 2), "stream_gb_per_s": round(gb_per_s, 1),
+            "memory_ms_per_token": round(memory_ms, 3), "product_mflop_per_token": round(flops / 1e6, 1),
+            "matmul_gflop_per_s": round(gflops, 1), "product_dtype": str(product_dtype).removeprefix("torch."),
+            "compute_ms_per_token": round(compute_ms, 3), "floor_ms_per_token": round(max(memory_ms, compute_ms), 3)}

@@ -12,11 +12,20 @@ the same path `gpt-sample` uses (text decoding included). Prints one JSON object
 
 precisions: one sample with the cache, in each precision, interleaved (fp32, bf16, int8,
 fp32, ...) --repeats times, so that a busy machine slows them alike; best and median
-tokens/s, and int8's speed-up over fp32 from both. `floor`: the bytes of weights one token
-reads, the matrix-vector bandwidth of the model's own linear layers in that precision, and
-the tokens/s ceiling they set; `bandwidth_fp32_gb_per_s`: fp32 matrix-vector bandwidth for
-working sets below and above the last-level cache. `quality` (with --ckpt and --data):
-loss and bits per character on the same validation windows in every precision.
+tokens/s, and int8's speed-up over fp32 from both. With --compile, each precision again
+through the compiled step, and `startup_s`: its first (compiling) 20-token run.
+
+`floor`, per precision: the floor of one sample's time per token, the larger of
+- the weight bytes a token reads over this machine's plain read bandwidth at that working
+  set's size (a sum over as many bytes, measured here: the cache level they fit in counts),
+- the products' FLOPs per generated token over the measured matrix-multiply peak in the
+  dtype the products compute in (the prompt once, one token a step, and each moved window
+  read again);
+`time_over_floor` in `one_sample` is the measured time per token over it. `kernel_products`:
+the model's own linear layers timed alone, for one token. `bandwidth_fp32_gb_per_s`: fp32
+matrix-vector bandwidth for working sets below and above the last-level cache. `quality`
+(with --ckpt and --data): loss and bits per character on the same validation windows in
+every precision.
 
 The reference's published rate, 17 tokens/s (a well-known implementation without a cache:
 500 tokens in 28.9 s on another 2-core CPU), is quoted under `reference_tokens_per_s`, never
@@ -36,7 +45,7 @@ import time
 import torch
 
 from bench.common import emit, new_result, quoted
-from bench.memory_floor import bandwidth_sweep, matvec_floor
+from bench.memory_floor import bandwidth_sweep, decode_floor, matvec_floor
 from bench.val_quality import quality, val_windows
 from data_prep import CharTokenizer
 from gpt.config import ModelConfig
@@ -64,6 +73,14 @@ def reference_model() -> tuple[torch.nn.Module, CharTokenizer]:
     tok = CharTokenizer(chars=list(SHAKESPEARE_CHARS), oov="error")  # 65 characters + end-of-text
     cfg = ModelConfig(vocab_size=len(tok), block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0, pos="rope")
     return build_model(cfg).eval(), tok
+
+
+def product_dtype(gen: Generator) -> torch.dtype:
+    """The dtype a generator's products compute in: int8 weights meet bf16 activations
+    where the CPU has bf16 natively (gpt.quantize), else fp32's arithmetic sets the pace."""
+    if gen.dtype == torch.bfloat16 or (gen.quantize and gen.device.type == "cpu" and native_bf16()):
+        return torch.bfloat16
+    return gen.dtype
 
 
 def timed_run(gen: Generator, prompt: str, options: SamplingOptions, num_samples: int) -> dict:
@@ -184,17 +201,28 @@ def main(argv: list[str] | None = None) -> int:
         gens |= {f"{name} compiled": Generator(copy.deepcopy(model).to(dev), tok, dev, *PRECISIONS[name], compile=True)
                  for name in run}
     opts = SamplingOptions(max_new_tokens=args.max_new_tokens, stop_at_eot=False, seed=0)
-    for gen in gens.values():
-        timed_run(gen, args.prompt, SamplingOptions(max_new_tokens=20, stop_at_eot=False, seed=0), 1)  # warm up
+    # the warm-up run of a compiled generator compiles its step: its time is the start-up
+    startup = {name: round(timed_run(gen, args.prompt, SamplingOptions(max_new_tokens=20, stop_at_eot=False, seed=0),
+                                     1)["seconds"], 2) for name, gen in gens.items()}
     one = interleaved(gens, args.prompt, opts, args.repeats)
-    floor = {name: matvec_floor(gen.model, gen.dtype) for name, gen in gens.items() if not name.endswith(" compiled")}
+    prompt_tokens = len(next(iter(gens.values())).encode_prompt(args.prompt))
+    floor = {}
+    for name, gen in gens.items():
+        base = name.removesuffix(" compiled")
+        if base not in floor:
+            floor[base] = decode_floor(gen.model, product_dtype(gen), prompt_tokens, args.max_new_tokens)
+            floor[base]["kernel_products"] = matvec_floor(gen.model, gen.dtype)
+        ms_per_token = 1000 / one[name]["tokens_per_s"]
+        one[name]["time_over_floor"] = round(ms_per_token / floor[base]["floor_ms_per_token"], 2)
+        if gen.compile:
+            one[name]["startup_s"] = startup[name]
     cfg = model.config
     report |= {
         "model": {"weights": args.ckpt or "random", "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                   "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "pos": cfg.pos,
                   "parameters": count_parameters(model)},
         "device": str(dev),
-        "new_tokens": args.max_new_tokens, "prompt_tokens": len(next(iter(gens.values())).encode_prompt(args.prompt)),
+        "new_tokens": args.max_new_tokens, "prompt_tokens": prompt_tokens,
         "reference_tokens_per_s": REFERENCE_TOKENS_PER_S, "target_tokens_per_s": TARGET_TOKENS_PER_S,
         "one_sample": one,
         **({"skipped": skipped} if skipped else {}),

@@ -19,15 +19,31 @@ quantized separately, as a copy, so lookups stay exact.
 """
 from __future__ import annotations
 
+import functools
 import platform
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from plumbing.errors import UserError, first_line
 
+from .device import native_bf16
+
 QUANTIZE_MODES = ("int8",)
 COMPUTE_DTYPE = torch.bfloat16  # the activations' dtype inside the product (see the docstring)
+
+
+# rows from which a CPU with native bf16 multiplies by the int8 values as bf16 (see forward):
+# at 16 rows the kernel was still faster, at 64 the product
+WIDE_ROWS = 32
+
+
+@functools.cache
+def bf16_products(device: torch.device) -> bool:
+    """Whether wide products go through bf16 on `device`: a CPU's that computes bf16 natively
+    (elsewhere bf16 products are emulated, far slower than the int8 kernel)."""
+    return device.type == "cpu" and native_bf16()
 
 
 class QuantizeError(UserError):
@@ -60,8 +76,15 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:  # forward()'s (B, T, C): the kernel takes rows of activations
             return self.forward(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
-        # decoding calls this 25 times per token with one row: as few operations as possible
-        y = torch._weight_int8pack_mm(x.to(COMPUTE_DTYPE).contiguous(), self.qweight, self.scales).to(x.dtype)
+        if x.size(0) >= WIDE_ROWS and bf16_products(x.device):
+            # the kernel passes over the weights once per row, about 8 us a row for the baby
+            # model's MLP on a 2-core Intel Xeon, so a prompt or a moved window (192 rows) took
+            # 1.6 ms a layer; the int8 values as bf16 (exact) in one product, scaled after,
+            # took 0.3-0.4 ms
+            y = F.linear(x.to(COMPUTE_DTYPE), self.qweight.to(COMPUTE_DTYPE)).mul_(self.scales).to(x.dtype)
+        else:
+            # decoding calls this 25 times per token with one row: as few operations as possible
+            y = torch._weight_int8pack_mm(x.to(COMPUTE_DTYPE).contiguous(), self.qweight, self.scales).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
     def _apply(self, fn, recurse=True):

@@ -107,7 +107,7 @@ class DecodeLoop:
         start = self.window.start
         if self.cache is not None and not moved and self.cache.length > 0:
             if self.step is not None:
-                self.step()
+                self.step.advance()
                 return
             x = self.ids[:, n - 1 : n]  # the cache holds the rest of the window
         else:

@@ -31,6 +31,12 @@ from .sampling import GenerationError, SampleText, SamplingOptions
 # a streamed sample uses smaller groups, so text still appears as it is made
 SYNC_EVERY = 32
 STREAM_EVERY = 8
+# with compile=None (gpt-sample's default), a CPU compiles the decode step for a call that
+# asks for at least this many tokens (all samples together). On a 2-core Intel Xeon
+# (2026-12-04) compiling took 35-50 s the first time and about 7 s with Inductor's cache
+# warm from an earlier run, and saved about 1.7 ms a token in fp32 and in int8: it pays
+# for itself after about 20,000 tokens from cold
+COMPILE_MIN_TOKENS = 20_000
 
 
 class Generator:
@@ -46,11 +52,12 @@ class Generator:
     quarter of the bytes to read per token; the model is modified in place."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
-                 quantize: str | None = None, static_decode: bool | None = None, compile: bool = False):
+                 quantize: str | None = None, static_decode: bool | None = None, compile: bool | None = False):
         """`static_decode`: decode through the fixed-shape step (`SampledStep`), replayed as a
-        CUDA graph on a GPU; None chooses it on CUDA, or where `compile` is asked for (on a CPU
+        CUDA graph on a GPU; None chooses it on CUDA, or where the step is compiled (on a CPU
         the plain step is faster uncompiled: it attends to the filled positions only, and
-        there are no launches to save). `compile`: torch.compile that step first."""
+        there are no launches to save). `compile`: torch.compile that step first; None
+        decides per call, on a CPU for calls of at least COMPILE_MIN_TOKENS tokens."""
         if quantize is not None:
             check_supported(quantize, device)
         self.model, self.tokenizer, self.device, self.dtype = model.to(dtype), tokenizer, device, dtype
@@ -58,14 +65,14 @@ class Generator:
             quantize_model(self.model, quantize)
         self.quantize = quantize
         self.block_size = model.config.block_size
-        self.static_decode = (device.type == "cuda" or compile) if static_decode is None else static_decode
+        self.static_decode = device.type == "cuda" if static_decode is None else static_decode
         self.compile = compile
         on_gpu = device.type == "cuda"
         self.sync_every, self.stream_every = (SYNC_EVERY, STREAM_EVERY) if on_gpu else (1, 1)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str = "auto",
-             quantize: str | None = None, compile: bool = False) -> "Generator":
+             quantize: str | None = None, compile: bool | None = False) -> "Generator":
         """From a checkpoint file, a run folder (its best checkpoint), a folder written by
         gpt-export, or None (the newest run under ./checkpoints). Raises CheckpointError,
         ExportError, DeviceError or QuantizeError for the user to read."""
@@ -99,9 +106,16 @@ class Generator:
             raise GenerationError("the prompt has no tokens")
         if options.max_new_tokens == 0:
             return
-        loop = DecodeLoop(self.model, self.device, self.dtype, prompt_ids, options, num_samples, self.static_decode,
-                          self.compile and self.static_decode)
+        compile = self.compiles(options.max_new_tokens * num_samples)
+        loop = DecodeLoop(self.model, self.device, self.dtype, prompt_ids, options, num_samples,
+                          self.static_decode or compile, compile)
         yield from loop.tokens(max(1, sync_every))
+
+    def compiles(self, tokens: int) -> bool:
+        """Whether a call for `tokens` new tokens (all samples together) compiles its step."""
+        if self.compile is None:
+            return self.device.type == "cpu" and tokens >= COMPILE_MIN_TOKENS
+        return self.compile
 
     def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1,
                        sync_every: int = 1) -> Iterator[list[str]]:
