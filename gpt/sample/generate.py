@@ -31,12 +31,13 @@ from .sampling import GenerationError, SampleText, SamplingOptions
 # a streamed sample uses smaller groups, so text still appears as it is made
 SYNC_EVERY = 32
 STREAM_EVERY = 8
-# with compile=None (gpt-sample's default), a CPU compiles the decode step for a call that
-# asks for at least this many tokens (all samples together). On a 2-core Intel Xeon
-# (2026-12-04) compiling took 35-50 s the first time and about 7 s with Inductor's cache
-# warm from an earlier run, and saved about 1.7 ms a token in fp32 and in int8: it pays
-# for itself after about 20,000 tokens from cold
-COMPILE_MIN_TOKENS = 20_000
+# with compile=None (gpt-sample's default), a CPU compiles the decode step for a call whose
+# tokens (all samples together) times the model's weights reach this. Compiling took 20-50 s
+# on a 2-core Intel Xeon (2026-12-04; about 7 s with Inductor's cache warm from an earlier
+# run of the same model), and saved about 1.7 ms a token for the baby model (10.7 million
+# weights) in fp32 and in int8: 20,000 of its tokens pay for a cold compile. A token's saving
+# grows with the model (a 2-layer, 32-channel model saved about 0.05 ms)
+COMPILE_MIN_TOKEN_WEIGHTS = 20_000 * 10_700_000
 
 
 class Generator:
@@ -57,7 +58,8 @@ class Generator:
         CUDA graph on a GPU; None chooses it on CUDA, or where the step is compiled (on a CPU
         the plain step is faster uncompiled: it attends to the filled positions only, and
         there are no launches to save). `compile`: torch.compile that step first; None
-        decides per call, on a CPU for calls of at least COMPILE_MIN_TOKENS tokens."""
+        decides per call: on a CPU, for calls long enough to repay the compiling
+        (COMPILE_MIN_TOKEN_WEIGHTS)."""
         if quantize is not None:
             check_supported(quantize, device)
         self.model, self.tokenizer, self.device, self.dtype = model.to(dtype), tokenizer, device, dtype
@@ -114,7 +116,8 @@ class Generator:
     def compiles(self, tokens: int) -> bool:
         """Whether a call for `tokens` new tokens (all samples together) compiles its step."""
         if self.compile is None:
-            return self.device.type == "cpu" and tokens >= COMPILE_MIN_TOKENS
+            weights = sum(p.numel() for p in self.model.parameters())
+            return self.device.type == "cpu" and tokens * weights >= COMPILE_MIN_TOKEN_WEIGHTS
         return self.compile
 
     def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1,

@@ -1,11 +1,15 @@
 """The fixed-shape decode step (what CUDA graphs replay on a GPU), checked on the CPU:
 the same tokens as recomputing the whole window, across window moves, and the same tokens
 whether they are read back every step or in groups."""
+import shutil
+import warnings
+
 import pytest
 import torch
 
 from gpt.kv_cache import KVCache
 from gpt.sample import Generator, SamplingOptions
+from gpt.sample.generate import COMPILE_MIN_TOKEN_WEIGHTS
 from tests.helpers import assert_fixed_decode_matches_plain, train_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest.py)
@@ -17,8 +21,8 @@ def trained(request):
     return model, tok
 
 
-def tokens(model, tok, options, static=False, num_samples=1, sync_every=1):
-    gen = Generator(model, tok, torch.device("cpu"), torch.float32, static_decode=static)
+def tokens(model, tok, options, static=False, num_samples=1, sync_every=1, compile=False):
+    gen = Generator(model, tok, torch.device("cpu"), torch.float32, static_decode=static, compile=compile)
     return list(gen.token_steps(gen.encode_prompt("the cat"), options, num_samples, sync_every))
 
 
@@ -83,3 +87,31 @@ def test_a_decode_step_that_fails_to_compile_samples_eagerly_with_a_warning(trai
     gen = Generator(model, tok, torch.device("cpu"), torch.float32, compile=True)
     with pytest.warns(UserWarning, match="torch.compile failed .RuntimeError: no C.. compiler.; sampling without it"):
         assert list(gen.token_steps(gen.encode_prompt("the cat"), options)) == eager
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="compiling a CPU step needs a C++ compiler")
+def test_the_compiled_cpu_step_gives_the_tokens_of_the_uncached_path():
+    """fp32 stays exact compiled: frozen weights, the C++ wrapper and autotuned products
+    change how the step runs, not the tokens. Seeded sampling, long enough to refill its
+    noise and move the window (greedy differs from it only in the last operation, and each
+    compile takes tens of seconds)."""
+    model, tok, _ = train_tiny_model()
+    options = dict(max_new_tokens=40, temperature=1.0, seed=7, slide=5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "torch.compile failed")  # else it would sample eagerly
+        compiled = tokens(model, tok, SamplingOptions(**options), num_samples=2, compile=True)
+    assert compiled == tokens(model, tok, SamplingOptions(**options, use_kv_cache=False), num_samples=2)
+
+
+def test_a_cpu_compiles_by_default_only_where_the_tokens_repay_it_and_a_gpu_never(trained):
+    model, tok = trained
+    weights = sum(p.numel() for p in model.parameters())
+    enough = -(-COMPILE_MIN_TOKEN_WEIGHTS // weights)  # tokens of this model that repay a compile
+    auto = Generator(model, tok, torch.device("cpu"), torch.float32, compile=None)
+    assert (auto.compiles(enough - 1), auto.compiles(enough)) == (False, True)
+    assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=False).compiles(10 ** 9) is False
+    assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=True).compiles(1) is True
+    gpu = Generator.__new__(Generator)  # the choice alone: no GPU needed to ask it
+    gpu.model, gpu.device, gpu.compile = model, torch.device("cuda"), None
+    assert gpu.compiles(10 ** 9) is False
