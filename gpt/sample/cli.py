@@ -136,6 +136,10 @@ def sample(args) -> None:
                                compile=args.compile)
     options.validate(generator.block_size)
     generator.encode_prompt(prompt)  # refuse a prompt that cannot be encoded before printing anything
+    if args.beams is None and generator.compiles(options, min(MAX_BATCH, args.num_samples)):
+        # the first token comes eagerly, then the stream pauses while the step compiles
+        print("gpt-sample: compiling the decode step after the first token (up to a minute the first time; "
+              "--no-compile skips it)", file=sys.stderr, flush=True)
     out = sys.stdout
     echo = "" if args.no_echo else prompt
     if args.beams is not None:

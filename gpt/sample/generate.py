@@ -108,15 +108,19 @@ class Generator:
             raise GenerationError("the prompt has no tokens")
         if options.max_new_tokens == 0:
             return
-        compile = self.compiles(options.max_new_tokens * num_samples)
+        compile = self.compiles(options, num_samples)
         loop = DecodeLoop(self.model, self.device, self.dtype, prompt_ids, options, num_samples,
                           self.static_decode or compile, compile)
         yield from loop.tokens(max(1, sync_every))
 
-    def compiles(self, tokens: int) -> bool:
-        """Whether a call for `tokens` new tokens (all samples together) compiles its step."""
+    def compiles(self, options: SamplingOptions, num_samples: int) -> bool:
+        """Whether sampling `num_samples` together with `options` compiles the decode step
+        (only a cached sample has one)."""
+        if not (options.use_kv_cache and getattr(self.model, "supports_kv_cache", False)):
+            return False
         if self.compile is None:
             weights = sum(p.numel() for p in self.model.parameters())
+            tokens = options.max_new_tokens * num_samples
             return self.device.type == "cpu" and tokens * weights >= COMPILE_MIN_TOKEN_WEIGHTS
         return self.compile
 

@@ -108,10 +108,14 @@ def test_a_cpu_compiles_by_default_only_where_the_tokens_repay_it_and_a_gpu_neve
     model, tok = trained
     weights = sum(p.numel() for p in model.parameters())
     enough = -(-COMPILE_MIN_TOKEN_WEIGHTS // weights)  # tokens of this model that repay a compile
+    asked = SamplingOptions(max_new_tokens=enough)
     auto = Generator(model, tok, torch.device("cpu"), torch.float32, compile=None)
-    assert (auto.compiles(enough - 1), auto.compiles(enough)) == (False, True)
-    assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=False).compiles(10 ** 9) is False
-    assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=True).compiles(1) is True
+    assert (auto.compiles(SamplingOptions(max_new_tokens=enough - 1), 1), auto.compiles(asked, 1)) == (False, True)
+    assert auto.compiles(SamplingOptions(max_new_tokens=-(-enough // 4)), 4)  # all samples together
+    assert not auto.compiles(SamplingOptions(max_new_tokens=enough, use_kv_cache=False), 1)  # no step to compile
+    assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=False).compiles(asked, 64) is False
+    assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=True).compiles(
+        SamplingOptions(max_new_tokens=1), 1) is True
     gpu = Generator.__new__(Generator)  # the choice alone: no GPU needed to ask it
     gpu.model, gpu.device, gpu.compile = model, torch.device("cuda"), None
-    assert gpu.compiles(10 ** 9) is False
+    assert gpu.compiles(asked, 64) is False

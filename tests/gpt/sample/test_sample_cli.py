@@ -116,12 +116,25 @@ def test_bad_input_is_one_error_line_and_a_nonzero_exit(error_runs, case):
 
 def test_ctrl_c_exits_quietly_with_130(workdir):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt.sample", "--ckpt", NEW, "--max-new-tokens", "100000000", "--ignore-eot"],
+        [sys.executable, "-m", "gpt.sample", "--ckpt", NEW, "--max-new-tokens", "100000000", "--ignore-eot",
+         "--no-compile"],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
     )
     assert proc.stdout.read(20)  # it is generating
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == b""
+
+
+def test_a_long_sample_says_it_compiles_and_ctrl_c_then_exits_quietly_with_130(workdir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt.sample", "--ckpt", NEW, "--max-new-tokens", "100000000", "--ignore-eot"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+    )
+    notice = proc.stderr.readline()  # enough tokens repay compiling: it says so before it starts
+    proc.send_signal(signal.SIGINT)  # wherever it is now, before or inside the compile
+    _out, err = proc.communicate(timeout=60)
+    assert notice.startswith(b"gpt-sample: compiling the decode step") and "--no-compile" in notice.decode()
     assert proc.returncode == 130 and err == b""
 
 
