@@ -122,6 +122,20 @@ def read_prompt(args) -> str:
         raise GenerationError(f"the prompt file {name} is not UTF-8 text (bad byte at offset {e.start})") from None
 
 
+def compile_notice():
+    """What gpt-sample says, once, as the first decode loop that compiles begins: its first
+    token comes eagerly, then the stream pauses while the step compiles."""
+    said = []
+
+    def announce() -> None:
+        if not said:
+            print("gpt-sample: compiling the decode step after the first token (up to a minute the first time; "
+                  "--no-compile skips it)", file=sys.stderr, flush=True)
+            said.append(True)
+
+    return announce
+
+
 def sample(args) -> None:
     options = SamplingOptions(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -136,10 +150,7 @@ def sample(args) -> None:
                                compile=args.compile)
     options.validate(generator.block_size)
     generator.encode_prompt(prompt)  # refuse a prompt that cannot be encoded before printing anything
-    if args.beams is None and generator.compiles(options, min(MAX_BATCH, args.num_samples)):
-        # the first token comes eagerly, then the stream pauses while the step compiles
-        print("gpt-sample: compiling the decode step after the first token (up to a minute the first time; "
-              "--no-compile skips it)", file=sys.stderr, flush=True)
+    generator.on_compile = compile_notice()
     out = sys.stdout
     echo = "" if args.no_echo else prompt
     if args.beams is not None:

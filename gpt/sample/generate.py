@@ -13,7 +13,7 @@ tokens on each.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -69,6 +69,7 @@ class Generator:
         self.block_size = model.config.block_size
         self.static_decode = device.type == "cuda" if static_decode is None else static_decode
         self.compile = compile
+        self.on_compile: Callable[[], None] | None = None  # called as a decode loop that compiles begins
         on_gpu = device.type == "cuda"
         self.sync_every, self.stream_every = (SYNC_EVERY, STREAM_EVERY) if on_gpu else (1, 1)
 
@@ -111,6 +112,8 @@ class Generator:
         compile = self.compiles(options, num_samples)
         loop = DecodeLoop(self.model, self.device, self.dtype, prompt_ids, options, num_samples,
                           self.static_decode or compile, compile)
+        if compile and self.on_compile is not None:
+            self.on_compile()
         yield from loop.tokens(max(1, sync_every))
 
     def compiles(self, options: SamplingOptions, num_samples: int) -> bool:

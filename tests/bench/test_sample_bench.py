@@ -93,7 +93,13 @@ def test_the_floor_gives_weight_bytes_per_token_and_measured_bandwidth_per_preci
     floor = report["floor"]
     assert set(floor) == set(report["one_sample"])
     for name, f in floor.items():
-        assert f["matvec_gb_per_s"] > 0 and f["floor_tokens_per_s"] > 0, name
+        assert f["stream_gb_per_s"] > 0 and f["matmul_gflop_per_s"] > 0, name
+        # the floor is the larger of reading the weights and computing the products
+        assert f["floor_ms_per_token"] == max(f["memory_ms_per_token"], f["compute_ms_per_token"]) > 0, name
+        assert f["kernel_products"]["matvec_gb_per_s"] > 0, name
+        ms_per_token = 1000 / report["one_sample"][name]["tokens_per_s"]
+        assert report["one_sample"][name]["time_over_floor"] == pytest.approx(
+            ms_per_token / f["floor_ms_per_token"], rel=0.01)
     # int8 reads a quarter of fp32's bytes in the linear layers, plus a bf16 scale per row;
     # the norms and the embedding row stay as they were, so it reads more than a quarter
     assert floor["fp32"]["weight_mb_per_token"] / 4 < floor["int8"]["weight_mb_per_token"]
