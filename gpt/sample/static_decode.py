@@ -1,4 +1,4 @@
-"""The decode step with fixed shapes, replayed as a CUDA graph on GPUs.
+"""The decode step with fixed shapes: replayed as a CUDA graph on GPUs, compiled on CPUs.
 
 Decoding one token of a small model is about ninety tiny kernels; on a GPU each launch costs
 more CPU time (7-18 us) than the kernel takes, so the GPU idles while Python launches.
@@ -6,8 +6,10 @@ The model's forward pass given a position *tensor* (`model(idx, cache=cache, pos
 one token per sequence) has no shape or Python value that changes from token to token (the
 KV cache is a fixed buffer, attention is masked to the positions filled so far), so its
 kernels can be recorded once into a CUDA graph and replayed with one launch per token. On
-a CPU the same step runs eagerly: it is what the tests compare against the uncached path,
-and the graph replays exactly these operations.
+a CPU the same shapes let Inductor compile the whole token (model, sampling, counters) once,
+with the weights frozen in and the kernels called from C++ (`CPU_COMPILE_OPTIONS`); run
+eagerly, the step is what the tests compare against the uncached path, and the graph
+replays exactly these operations.
 
 `SampledStep` records more than the model: the step reads its input token from the ids
 buffer, samples the next one from pre-drawn noise and writes it back, and moves its own
