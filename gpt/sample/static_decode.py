@@ -21,6 +21,7 @@ ahead of the first token it is needed for, so that one-time work never stalls th
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import Callable
 
@@ -162,9 +163,7 @@ def compiled_or_eager(step: nn.Module, device: torch.device) -> Callable[[], Non
         try:
             if compiled[0]:
                 return chosen[0]()
-            with warnings.catch_warnings():
-                # compiling raises torch's own deprecation warnings, which nobody sampling can act on
-                warnings.simplefilter("ignore")
+            with quiet_compiling():
                 out = chosen[0]()
             compiled[0] = True
             return out
@@ -176,3 +175,25 @@ def compiled_or_eager(step: nn.Module, device: torch.device) -> Callable[[], Non
             return step.forward()
 
     return run
+
+
+# torch's loggers that speak while a step compiles: a CPU-only machine with torch's CUDA
+# build is told, at every compile, that no CUDA runtime was found
+COMPILE_LOGGERS = ("torch.utils.cpp_extension",)
+
+
+@contextlib.contextmanager
+def quiet_compiling():
+    """Compiling raises torch's own deprecation warnings and log lines, which nobody sampling
+    can act on: neither reaches the user's terminal while it runs."""
+    loggers = [logging.getLogger(name) for name in COMPILE_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
