@@ -86,11 +86,11 @@ def build_parser() -> Parser:
                    "(faster on a CPU, bits per character within 1%% of fp32; needs AVX2 or AVX-512); "
                    "default: none, the weights stay in --dtype")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the decode step first: fused kernels called from C++, 1.5-1.8x as many "
-                   "tokens/s on a 2-core CPU, after 15-50 s of compiling (about 7 s when an earlier run compiled the "
-                   "same model). Default: on a CPU where the tokens asked for repay it (20,000 of the 10.7-million-weight "
-                   "baby model's, more of a smaller one's); off on a GPU (its CUDA graph already makes a token one "
-                   "launch)")
+                   help="torch.compile the cached decode step first (not --beams or --no-kv-cache, which have none): "
+                   "fused kernels called from C++, 1.5-1.8x as many tokens/s on a 2-core CPU, after 15-50 s of "
+                   "compiling (7-10 s when an earlier run compiled the same model). Default: on a CPU where a "
+                   "batch's tokens (up to 64 samples) repay it (20,000 of the 10.7-million-weight baby model's, more "
+                   "of a smaller one's); off on a GPU (its CUDA graph already makes a token one launch)")
     p.add_argument("--no-kv-cache", action="store_true",
                    help="recompute the whole context for every token (slow; for checking the cache)")
     p.add_argument("--slide", type=int, metavar="N",

@@ -32,9 +32,9 @@ from .sampling import GenerationError, SampleText, SamplingOptions
 SYNC_EVERY = 32
 STREAM_EVERY = 8
 # with compile=None (gpt-sample's default), a CPU compiles the decode step for a call whose
-# tokens (all samples together) times the model's weights reach this. Compiling took 20-50 s
-# on a 2-core Intel Xeon (2026-12-04; about 7 s with Inductor's cache warm from an earlier
-# run of the same model), and saved about 1.7 ms a token for the baby model (10.7 million
+# tokens (all its samples together) times the model's weights reach this. Compiling took
+# 15-50 s on a 2-core Intel Xeon (2026-12-04; 7-10 s with Inductor's cache warm from an
+# earlier run of the same model), and saved about 1.7 ms a token for the baby model (10.7 million
 # weights) in fp32 and in int8: 20,000 of its tokens pay for a cold compile. A token's saving
 # grows with the model (a 2-layer, 32-channel model saved about 0.05 ms)
 COMPILE_MIN_TOKEN_WEIGHTS = 20_000 * 10_700_000
@@ -62,6 +62,8 @@ class Generator:
         (COMPILE_MIN_TOKEN_WEIGHTS)."""
         if quantize is not None:
             check_supported(quantize, device)
+        # the weights a token multiplies by, counted before int8 layers keep theirs as buffers
+        self.weights = sum(p.numel() for p in model.parameters())
         self.model, self.tokenizer, self.device, self.dtype = model.to(dtype), tokenizer, device, dtype
         if quantize is not None:
             quantize_model(self.model, quantize)
@@ -122,9 +124,8 @@ class Generator:
         if not (options.use_kv_cache and getattr(self.model, "supports_kv_cache", False)):
             return False
         if self.compile is None:
-            weights = sum(p.numel() for p in self.model.parameters())
             tokens = options.max_new_tokens * num_samples
-            return self.device.type == "cpu" and tokens * weights >= COMPILE_MIN_TOKEN_WEIGHTS
+            return self.device.type == "cpu" and tokens * self.weights >= COMPILE_MIN_TOKEN_WEIGHTS
         return self.compile
 
     def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1,

@@ -1,6 +1,7 @@
 """The fixed-shape decode step (what CUDA graphs replay on a GPU), checked on the CPU:
 the same tokens as recomputing the whole window, across window moves, and the same tokens
 whether they are read back every step or in groups."""
+import copy
 import shutil
 import warnings
 
@@ -113,9 +114,12 @@ def test_a_cpu_compiles_by_default_only_where_the_tokens_repay_it_and_a_gpu_neve
     assert (auto.compiles(SamplingOptions(max_new_tokens=enough - 1), 1), auto.compiles(asked, 1)) == (False, True)
     assert auto.compiles(SamplingOptions(max_new_tokens=-(-enough // 4)), 4)  # all samples together
     assert not auto.compiles(SamplingOptions(max_new_tokens=enough, use_kv_cache=False), 1)  # no step to compile
+    # int8 layers keep their weights as buffers: they count as the weights they replace
+    int8 = Generator(copy.deepcopy(model), tok, torch.device("cpu"), torch.float32, quantize="int8", compile=None)
+    assert (int8.compiles(SamplingOptions(max_new_tokens=enough - 1), 1), int8.compiles(asked, 1)) == (False, True)
     assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=False).compiles(asked, 64) is False
     assert Generator(model, tok, torch.device("cpu"), torch.float32, compile=True).compiles(
         SamplingOptions(max_new_tokens=1), 1) is True
     gpu = Generator.__new__(Generator)  # the choice alone: no GPU needed to ask it
-    gpu.model, gpu.device, gpu.compile = model, torch.device("cuda"), None
+    gpu.model, gpu.weights, gpu.device, gpu.compile = model, weights, torch.device("cuda"), None
     assert gpu.compiles(asked, 64) is False
