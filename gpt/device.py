@@ -74,7 +74,7 @@ def resolve_dtype(name: str, device: torch.device, training: bool = False) -> to
         raise DeviceError(f"unknown dtype {name!r} (use auto, fp32, bf16 or fp16)")
     dtype = DTYPES[name]
     if device.type == "cpu" and dtype != torch.float32 and not (dtype == torch.bfloat16 and native_bf16()):
-        warnings.warn(f"{name} on CPU: matrix products without native support run much slower than fp32 when training",
+        warnings.warn(f"{name} on CPU: matrix products without native support run much slower than fp32",
                       stacklevel=2)
     return dtype
 
