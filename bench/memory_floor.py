@@ -86,6 +86,21 @@ def stream_gb_per_s(nbytes: int, repeats: int = 20) -> float:
 
 
 @torch.inference_mode()
+def per_matrix_read_gb_per_s(model: nn.Module, repeats: int = 20) -> float:
+    """Plain read bandwidth for the same bytes as `stream_gb_per_s`, read as the decode step
+    reads them: one operation per weight matrix, in decode order (a sum over as many bytes of
+    fp32 as each matrix holds). What it loses against one sum over them all is each
+    operation's own start and end on every thread (handing the work out, the prefetchers
+    starting again on a new matrix, waiting for the last thread), which each product, one
+    operation a matrix, pays too."""
+    sizes = [tensor_bytes(*(m.weight, m.bias) if isinstance(m, nn.Linear) else (m.qweight, m.scales, m.bias))
+             for m in linear_layers(model)]
+    mats = [torch.randn(max(1, n // 4)) for n in sizes]
+    seconds = best_seconds(lambda: [m.sum() for m in mats], repeats, 1)
+    return sum(m.numel() * 4 for m in mats) / seconds / 1e9
+
+
+@torch.inference_mode()
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
     """The measured matrix-multiply peak in `dtype`: an n x n x n product, best of `repeats`."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -120,6 +135,7 @@ def decode_floor(model: nn.Module, product_dtype: torch.dtype, prompt_tokens: in
     gflops = matmul_gflops(product_dtype)
     memory_ms, compute_ms = nbytes / gb_per_s / 1e6, flops / gflops / 1e6
     return {"weight_mb_per_token": round(nbytes / 1e6, 2), "stream_gb_per_s": round(gb_per_s, 1),
+            "per_matrix_read_gb_per_s": round(per_matrix_read_gb_per_s(model), 1),
             "memory_ms_per_token": round(memory_ms, 3), "product_mflop_per_token": round(flops / 1e6, 1),
             "matmul_gflop_per_s": round(gflops, 1), "product_dtype": str(product_dtype).removeprefix("torch."),
             "compute_ms_per_token": round(compute_ms, 3), "floor_ms_per_token": round(max(memory_ms, compute_ms), 3)}

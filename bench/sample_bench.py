@@ -21,7 +21,9 @@ through the compiled step, and `startup_s`: its first (compiling) 20-token run.
 - the products' FLOPs per generated token over the measured matrix-multiply peak in the
   dtype the products compute in (the prompt once, one token a step, and each moved window
   read again);
-`time_over_floor` in `one_sample` is the measured time per token over it. `kernel_products`:
+`time_over_floor` in `one_sample` is the measured time per token over it.
+`per_matrix_read_gb_per_s`: the same plain read, one operation per weight matrix as the
+decode step reads them (what separate operations cost beyond one read). `kernel_products`:
 the model's own linear layers timed alone, for one token. `bandwidth_fp32_gb_per_s`: fp32
 matrix-vector bandwidth for working sets below and above the last-level cache. `quality`
 (with --ckpt and --data): loss and bits per character on the same validation windows in

@@ -93,7 +93,7 @@ def test_the_floor_gives_weight_bytes_per_token_and_measured_bandwidth_per_preci
     floor = report["floor"]
     assert set(floor) == set(report["one_sample"])
     for name, f in floor.items():
-        assert f["stream_gb_per_s"] > 0 and f["matmul_gflop_per_s"] > 0, name
+        assert f["stream_gb_per_s"] > 0 and f["per_matrix_read_gb_per_s"] > 0 and f["matmul_gflop_per_s"] > 0, name
         # the floor is the larger of reading the weights and computing the products
         assert f["floor_ms_per_token"] == max(f["memory_ms_per_token"], f["compute_ms_per_token"]) > 0, name
         assert f["kernel_products"]["matvec_gb_per_s"] > 0, name
