@@ -19,6 +19,30 @@ class Workers:
     def __init__(self, n: int):
         self.n = n
         self.pool = ProcessPoolExecutor(max_workers=n, initializer=start_worker) if n > 1 else None
+        if self.pool is not None:
+            try:
+                self._start()
+            except BaseException as e:
+                self.__exit__(type(e), e, None)
+                raise
+
+    def _start(self) -> None:
+        """Start the workers now, with Ctrl-C and SIGTERM held back while they are forked. A
+        signal in the middle of a fork lands in the fork's own bookkeeping (the after-fork
+        hooks, the pool's manager thread), where Python drops it or leaves the pool half
+        made: the run then went on as if never interrupted, or failed with a traceback or
+        hung. Held back, it is raised here, once the workers exist, and ends the run as
+        anywhere else. The workers start with both held too (a fork keeps the mask), until
+        `start_worker` has set their handlers. Only the main thread runs then: a signal
+        held back by it reaches no other thread."""
+        held = {signal.SIGINT, signal.SIGTERM}
+        mask = getattr(signal, "pthread_sigmask", None)  # not on every system
+        previous = mask(signal.SIG_BLOCK, held) if mask else None
+        try:
+            self.pool.submit(int)  # the first job forks every worker: with fork they all start at once
+        finally:
+            if mask:
+                mask(signal.SIG_SETMASK, previous)  # a held-back signal is raised now
 
     def map(self, fn: Callable, jobs: Iterable) -> Iterator:
         """fn(job) for each job, results in job order, with few jobs in flight (archive
@@ -71,6 +95,8 @@ def start_worker() -> None:
     main process, a kill -9 included, rather than work on for nobody."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # held back while the main process forked (Workers._start)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         import ctypes
 
