@@ -95,9 +95,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     if top_p is not None and top_p < 1:
         ranked, order = logits.sort(-1, descending=True)
         probs = ranked.softmax(-1)
-        # a token is dropped once the more likely tokens before it already reach top_p,
-        # so the most likely token always stays
+        # a token is dropped once the more likely tokens before it already reach top_p;
+        # the most likely token always stays, also where top_p is so small that it is 0 in
+        # float32 (1e-300), which every token's "before" (0 for the first) reaches
         drop_ranked = probs.cumsum(-1) - probs >= top_p
+        drop_ranked[..., 0] = False
         logits = logits.masked_fill(drop_ranked.scatter(-1, order, drop_ranked), -math.inf)
     return (logits + gumbel).argmax(-1, keepdim=True)
 

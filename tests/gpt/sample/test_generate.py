@@ -171,6 +171,10 @@ def test_top_p_keeps_the_fewest_most_likely_tokens_whose_probability_reaches_p()
         assert set(counts) == set(ranked[:k]), top_p
 
 
+def test_a_top_p_too_small_for_float32_keeps_the_most_likely_token():
+    assert draw(200, top_p=1e-300) == Counter({8: 200})  # 0.0 in float32: still the top token
+
+
 def test_top_p_of_one_and_top_k_of_the_vocabulary_leave_sampling_unchanged():
     assert draw(5000, top_p=1.0) == draw(5000) == draw(5000, top_k=len(FIXED_LOGITS))
 
