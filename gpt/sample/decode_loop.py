@@ -40,11 +40,14 @@ class DecodeLoop:
                  options: SamplingOptions, batch: int, static: bool, compile: bool = False):
         B, P, steps = batch, len(prompt_ids), options.max_new_tokens
         self.model, self.device, self.options, self.P, self.steps = model, device, options, P, steps
+        too_many = GenerationError(f"{B} x {P + steps:,} tokens do not fit in memory on {device}; "
+                                   "ask for fewer --max-new-tokens (or --num-samples)")
+        if B * (P + steps) * 8 >= 2**63:  # more bytes than a size can say: torch would fail on the number itself
+            raise too_many
         try:
             self.ids = torch.empty(B, P + steps, dtype=torch.long, device=device)
         except (RuntimeError, MemoryError):  # torch's "can't allocate memory" is a RuntimeError
-            raise GenerationError(f"{B} x {P + steps:,} tokens do not fit in memory on {device}; "
-                                  "ask for fewer --max-new-tokens (or --num-samples)") from None
+            raise too_many from None
         self.ids[:, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=device)
         self.window = ContextWindow(model.config.block_size, options.window_slide(model.config.block_size))
         greedy = options.temperature == 0

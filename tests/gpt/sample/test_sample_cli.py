@@ -84,6 +84,8 @@ ERRORS = {
     "negative max-new-tokens": (["--ckpt", NEW, "--max-new-tokens", "-1"], None, "--max-new-tokens must be >= 0"),
     "more new tokens than memory holds": (["--ckpt", NEW, "--max-new-tokens", str(10**15)], None,
                                           "tokens do not fit in memory"),
+    "more new tokens than a size can say": (["--ckpt", NEW, "--max-new-tokens", str(2**63 - 1)], None,
+                                            "tokens do not fit in memory"),
     "seed no generator takes": (["--ckpt", NEW, "--seed", str(10**20)], None, "--seed must be in [0, 2^63)"),
     "empty prompt file": (["--ckpt", NEW, "--prompt-file", "empty.txt"], None, "prompt file empty.txt is empty"),
     "unreadable prompt file": (["--ckpt", NEW, "--prompt-file", "nope.txt"], None,
