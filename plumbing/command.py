@@ -100,6 +100,11 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
     it goes on when its output or messages can no longer be written (else a reader that
     goes away ends it, quietly: `gpt-sample | head`)."""
     streams = sys.stdout, sys.stderr
+    encoding_errors = []  # each stream's own setting, put back after
+    for stream in streams:
+        errors = getattr(stream, "errors", None)
+        if writable_anything(stream):
+            encoding_errors.append((stream, errors))
     if makes_files:
         sys.stdout, sys.stderr = ReaderMayGo(sys.stdout), ReaderMayGo(sys.stderr)
     try:
@@ -116,6 +121,20 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
                 if isinstance(wrapped, ReaderMayGo) and wrapped.gone:
                     silence(wrapped.stream)  # Python's own flush at exit would fail again
             sys.stdout, sys.stderr = streams
+        for stream, errors in encoding_errors:
+            stream.reconfigure(errors=errors)
+
+
+def writable_anything(stream) -> bool:
+    """Make `stream` write what its encoding cannot as backslash escapes: a file name or a
+    text outside ASCII on a terminal whose encoding is ASCII (PYTHONIOENCODING=ascii, or the C
+    locale without Python's UTF-8 mode) is then a line with an escape in it, not a
+    UnicodeEncodeError's traceback. False for a stream that cannot be changed so."""
+    try:
+        stream.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError, OSError):  # not a text file of Python's own, or already closed
+        return False
+    return True
 
 
 def _run_command(prog: str, work: Callable[[], int | None], interrupted: str | None) -> int:

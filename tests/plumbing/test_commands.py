@@ -351,6 +351,14 @@ def test_a_folder_whose_run_has_not_saved_yet_is_named_as_in_use_not_as_empty(da
     assert "training there" not in str(e.value)
 
 
+def test_text_the_terminal_cannot_encode_is_escaped_not_a_traceback():
+    script = ("import sys; from plumbing.command import run_command\n"
+              "sys.exit(run_command('gpt-x', lambda: print('caf\\u00e9')))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                          env=child_env(PYTHONIOENCODING="ascii"))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"caf\\xe9\n", b"")
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(capsys):
     def starting():
         raise KeyboardInterrupt
