@@ -87,5 +87,5 @@ class Tally:
             self.bad_records += r.bad_records
         warnings += [f"skipped member {m}" for m in self.skipped_members]
         if self.bad_records:
-            warnings.append(f"skipped {self.bad_records} JSON line(s) that are not records")
+            warnings.append(f"skipped {self.bad_records} JSON line(s) that are not records with text")
         return warnings

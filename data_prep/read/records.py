@@ -65,8 +65,10 @@ def lines(stream: BinaryIO) -> Iterator[bytes]:
 
 def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats,
                          strict: bool) -> Iterator[Document]:
-    """One document per line's record; a line that is not a JSON object is skipped and
-    counted (under `strict`, refused). The first record's fields name the ones there are."""
+    """One document per line's record; a line that is not a JSON object, or whose record has
+    no `text_field` or a value there that is not a string, is skipped and counted (under
+    `strict`, refused). null and "" are empty documents, skipped as any empty document is.
+    The first record's fields name the ones there are."""
     fields_checked = False
     for number, line in enumerate(lines(open_content(stream)), 1):
         if not line.strip():
@@ -87,9 +89,22 @@ def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: De
                                   "--text-field")
             fields_checked = True
         value = record.get(text_field)
-        if isinstance(value, str) and value:
+        if not isinstance(value, str) and (value is not None or text_field not in record):
+            if strict:
+                why = "no such field" if text_field not in record else f"a JSON {json_type(value)}"
+                raise SourceError(f"{name}: line {number} has no text in {text_field!r} ({why}); without --strict "
+                                  "it is skipped and counted")
+            stats.bad_records += 1
+            continue
+        if value:
             text = without_lone_surrogates(value, f"{name}: line {number}", stats, strict)
             yield Document(f"{name}#{number}", iter((text,)))
+
+
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type."""
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -40,7 +40,7 @@ class DecodeStats:
 
     def __init__(self) -> None:
         self.invalid_utf8 = 0
-        self.bad_records = 0  # JSON lines that are not records
+        self.bad_records = 0  # JSON lines that are not records with text
         self.skipped: list[str] = []  # "name: reason" for archive members that were skipped
 
 

@@ -217,7 +217,7 @@ def test_malformed_json_lines_are_skipped_and_counted_and_the_rest_read(tmp_path
     summary, data = prepare_data(tmp_path / "r.jsonl")
     assert data.meta["skipped"]["bad_records"] == 3
     assert all_documents(data, read_documents) == sorted(r["text"] for i, r in enumerate(RECORDS) if i not in (3, 10))
-    assert "skipped 3 JSON line(s) that are not records" in summary.warnings
+    assert "skipped 3 JSON line(s) that are not records with text" in summary.warnings
 
 
 def test_a_json_lines_file_whose_first_line_is_bad_is_still_read_as_records(tmp_path, prepare_data, read_documents):
@@ -225,6 +225,17 @@ def test_a_json_lines_file_whose_first_line_is_bad_is_still_read_as_records(tmp_
     _, data = prepare_data(tmp_path / "r.jsonl")
     assert data.meta["skipped"]["bad_records"] == 1
     assert all_documents(data, read_documents) == sorted(r["text"] for r in RECORDS)
+
+
+def test_records_without_text_are_skipped_and_counted_and_empty_ones_are_no_documents(tmp_path, prepare_data,
+                                                                                      read_documents):
+    odd = ['{"other": "x"}', '{"text": 5}', '{"text": ["a"]}', '{"text": null}', '{"text": ""}']
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS) + "\n".join(odd) + "\n")
+    summary, data = prepare_data(tmp_path / "r.jsonl")
+    assert data.meta["skipped"]["bad_records"] == 3  # no field, a number, an array
+    assert all_documents(data, read_documents) == sorted(r["text"] for r in RECORDS)
+    with pytest.raises(DataError, match=r"r.jsonl: line \d+ has no text in 'text' \(no such field\); without --strict"):
+        prepare_data(tmp_path / "r.jsonl", strict=True)
 
 
 def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
