@@ -39,6 +39,14 @@ def saved_options(state: dict) -> dict:
     return {**state["train_config"], **predated}
 
 
+# options a resumed run keeps, each refused where given otherwise, with why
+KEPT_ON_RESUME = {
+    "eval_windows": "its best val loss (best.pt, and the patience) was measured on that many windows, "
+                    "which another count would not compare with",
+    "seed": "its random state goes on from the checkpoint, which a seed given now would not change",
+}
+
+
 def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
     """The saved run's config with the options given now. The model's shape and the
     optimizer (whose saved state must fit) cannot change; a budget given now (--max-iters,
@@ -49,6 +57,10 @@ def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
         raise TrainError(f"options {', '.join('--' + k.replace('_', '-') for k in clash)} do not match the checkpoint "
                          f"({', '.join(f'{k}={saved.get(k)}' for k in clash)}); "
                          "a resumed run keeps its model and optimizer")
+    for k, why in KEPT_ON_RESUME.items():
+        if overrides.get(k) is not None and k in saved and overrides[k] != saved[k]:
+            raise TrainError(f"--{k.replace('_', '-')} {overrides[k]} does not match the checkpoint ({k}={saved[k]}): "
+                             f"a resumed run keeps it, as {why}")
     values = dict(saved)
     if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
         values.update(dict.fromkeys(BUDGET_FIELDS))

@@ -223,6 +223,20 @@ def test_resume_with_other_vocabulary_or_shape_is_refused(data, tmp_path):
               log=lambda s: None)
 
 
+def test_resume_with_other_eval_windows_or_seed_is_refused(data, tmp_path):
+    """Both would change nothing the run does but what it records (the seed), or make its
+    best val loss incomparable with the next (the windows)."""
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, eval_interval=5, eval_windows=4, seed=1),
+          log=lambda s: None)
+    for option, value in (("eval_windows", 5), ("seed", 2)):
+        flag = "--" + option.replace("_", "-")
+        with pytest.raises(TrainError, match=f"{flag} {value} does not match the checkpoint .*a resumed run keeps it"):
+            train(overrides={"out": str(tmp_path / "run"), option: value, "max_iters": 6, "progress": False},
+                  resume=True, log=lambda s: None)
+    train(overrides={"out": str(tmp_path / "run"), "eval_windows": 4, "seed": 1, "max_iters": 6, "progress": False},
+          resume=True, log=lambda s: None)  # the same values are no change
+
+
 def test_a_batch_too_large_for_host_memory_is_refused_before_training(data, tmp_path, monkeypatch):
     """Where memory is overcommitted the allocation would not fail; the process would be killed."""
     monkeypatch.setattr("gpt.train.trainer.available_memory", lambda: 10_000)  # 8 x 33 int64 windows take 2,112 bytes
