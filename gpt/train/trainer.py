@@ -84,7 +84,7 @@ class Trainer:
         # mean nats per token x tokens per character = nats per character, whatever the tokenizer
         self.tokens_per_char = self.data.tokens_per_character("val")
         # under FSDP built whole on the host, then sharded onto the device: each GPU holds its part only
-        self.model = build_model(self.model_cfg).to("cpu" if self.fsdp else device)
+        self.model = self.built_model("cpu" if self.fsdp else device)
         if self.fsdp and dist_.rank:
             torch.manual_seed(cfg.seed + dist_.rank)  # each rank's own dropout masks from here on
         if base is not None:
@@ -309,6 +309,17 @@ class Trainer:
             self.compiled = False
             self.optimizers.zero_grad()
             return self.train_step(lr)
+
+    def built_model(self, device: torch.device | str) -> torch.nn.Module:
+        """The model, initialised on `device`; one that does not fit there is said in one line."""
+        try:
+            return build_model(self.model_cfg).to(device)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            shape = self.model_cfg
+            raise TrainError(f"the model ({shape.n_layer} layers of {shape.n_embd} channels) does not fit in "
+                             f"{device} memory ({first_line(e)}); choose a smaller --n-embd or --n-layer") from None
 
     def too_large(self, where: str) -> str:
         return (f"a batch of {self.cfg.batch_size} x {self.cfg.block_size} tokens does not fit in {where}; "

@@ -246,6 +246,18 @@ def test_a_batch_too_large_for_host_memory_is_refused_before_training(data, tmp_
     assert not (tmp_path / "too-large").exists()
 
 
+def test_a_model_too_large_for_memory_is_one_line_and_leaves_no_folder(data, tmp_path, monkeypatch):
+    def allocation_fails(cfg):  # as torch says it on a CPU
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 252000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr("gpt.train.trainer.build_model", allocation_fails)
+    with pytest.raises(TrainError, match=r"the model \(2 layers of 32 channels\) does not fit in cpu memory .*"
+                                         r"choose a smaller --n-embd or --n-layer"):
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=1), log=lambda s: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_run_is_not_overwritten_without_asking(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=5, eval_interval=5), log=lambda s: None)
     with pytest.raises(TrainError, match="--resume continues it"):
