@@ -32,9 +32,14 @@ class Source:
 
 
 def is_saved_dataset(folder: Path) -> bool:
-    return (folder / "dataset_dict.json").is_file() or (
-        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
-    )
+    """Whether `folder` is a datasets save_to_disk folder (False for one that cannot be looked
+    into: listing it then says why)."""
+    try:
+        return (folder / "dataset_dict.json").is_file() or (
+            (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+        )
+    except OSError:  # a folder without the permission to look inside
+        return False
 
 
 def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Source]:
@@ -52,9 +57,10 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
             if is_saved_dataset(p):
                 found.append(Source(p, "saved"))
                 continue
-            for root, dirs, files in os.walk(p):
+            for root, dirs, files in os.walk(p, onerror=unlisted):
                 rootp = Path(root)
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _left_out(rootp / d, skip))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _left_out(rootp / d, skip)
+                                 and not linked_folder(rootp / d))
                 for d in list(dirs):
                     if is_saved_dataset(rootp / d):
                         found.append(Source(rootp / d, "saved"))
@@ -72,6 +78,21 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
         else:
             found.append(Source(p, "file"))
     return found
+
+
+def unlisted(e: OSError) -> None:
+    """A folder inside an input whose entries cannot be read: skipped with a warning, as an
+    unreadable file is."""
+    warnings.warn(f"skipped the folder {display_name(e.filename)}: {e.strerror or 'cannot be read'}")
+
+
+def linked_folder(folder: Path) -> bool:
+    """A link to a folder, inside an input: not followed (it may lead outside the corpus, or
+    back up into it), and said, so that no folder is left out unseen."""
+    if not folder.is_symlink():
+        return False
+    warnings.warn(f"skipped {display_name(folder)}: a link to a folder, not followed (give it as an input to read it)")
+    return True
 
 
 def readable_twice(path: Path) -> bool:

@@ -203,6 +203,33 @@ def test_a_truncated_archive_fails_under_strict(good_folder, prepare_data):
         prepare_data(good_folder, strict=True)
 
 
+def test_a_link_to_a_folder_inside_an_input_is_not_followed_and_said(good_folder, tmp_path, prepare_data,
+                                                                     read_documents):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "more.txt").write_text(GOOD)
+    (good_folder / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.warns(UserWarning, match="skipped .*linked: a link to a folder, not followed "
+                                         r"\(give it as an input to read it\)"):
+        _, data = prepare_data(good_folder)
+    assert all("more.txt" not in s["path"] for s in data.meta["sources"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists folders whatever their permissions")
+def test_a_folder_that_cannot_be_listed_is_skipped_with_a_warning(good_folder, prepare_data):
+    locked = good_folder / "locked"
+    locked.mkdir()
+    (locked / "x.txt").write_text(GOOD)
+    locked.chmod(0o311)  # entered, not listed
+    try:
+        with pytest.warns(UserWarning, match="skipped the folder .*locked: Permission denied"):
+            prepare_data(good_folder)
+        locked.chmod(0)  # neither
+        with pytest.warns(UserWarning, match="skipped the folder .*locked: Permission denied"):
+            prepare_data(good_folder)
+    finally:
+        locked.chmod(0o755)
+
+
 def test_a_file_that_cannot_be_opened_is_skipped_and_counted(good_folder, prepare_data):
     # a dangling link is listed like a file but cannot be opened, even by root
     (good_folder / "gone.txt").symlink_to(good_folder / "deleted-meanwhile.txt")
