@@ -37,12 +37,11 @@ class BearerAuth:
         return await self.app(scope, receive, send)
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """Request bodies of at most `limit` bytes: 413 beyond, told by Content-Length or counted."""
+    """Request bodies of at most `limit` bytes: 413 beyond. A body with a Content-Length is
+    judged by it (the server holds the client to it); one without (chunked) is read here, up
+    to the limit, and handed on whole: refused while it is read, its 413 comes from here,
+    not from inside the route's own reading, which would answer it as a malformed body."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -51,24 +50,30 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self.refuse(send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                return await self.refuse(send)
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge()
+            if message["type"] != "http.request":  # the client went away before its body ended
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self.refuse(send)
+            more = message.get("more_body", False)
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replayed():
+            nonlocal whole
+            if whole is None:
+                return await receive()  # after the body: a streaming response waits here for a disconnect
+            message, whole = whole, None
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except BodyTooLarge:
-            await self.refuse(send)
-
+        await self.app(scope, replayed, send)
 
     async def refuse(self, send) -> None:
         await send_error(send, 413, f"the request body is over this server's limit of {self.limit} bytes",

@@ -47,9 +47,16 @@ def test_a_malformed_or_mistyped_body_is_a_400_json_error(server, body, fragment
 
 
 def test_a_body_over_the_limit_is_a_413(serve_run):
+    def chunked(body: dict) -> httpx.Response:  # no Content-Length: the body is counted as it comes
+        raw = json.dumps(body).encode()
+        return httpx.post(live.url + "/v1/completions", content=iter([raw[:40], raw[40:]]), timeout=TIMEOUT_S,
+                          headers={"Content-Type": "application/json"})
+
     with LiveServer(serve_run, max_batch=1, max_body=200) as live:
         assert_error(post(live, {"prompt": "a" * 500}), 413, "200 bytes")
+        assert_error(chunked({"prompt": "a" * 500}), 413, "200 bytes")
         assert post(live, {"prompt": "a", "max_tokens": 2}).status_code == 200
+        assert chunked({"prompt": "a" * 50, "max_tokens": 2}).status_code == 200
 
 
 def test_an_unknown_route_is_a_404_json_error(server):
