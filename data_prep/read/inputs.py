@@ -54,6 +54,9 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
         if not p.exists():
             raise DataError(f"input path does not exist: {display_name(p)}")
         if p.is_dir():
+            if is_prepared_data(p):
+                raise DataError(f"{display_name(p)} is a prepared data folder (gpt-prepare's output), not a corpus: "
+                                "give the text it was prepared from")
             if is_saved_dataset(p):
                 found.append(Source(p, "saved"))
                 continue

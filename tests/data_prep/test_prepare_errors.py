@@ -53,6 +53,12 @@ def test_a_pipe_in_a_folder_is_skipped_with_a_warning_and_one_given_is_refused(t
         prepare_data(good_folder / "pipe")
 
 
+def test_a_prepared_data_folder_given_as_input_is_refused_as_such(good_folder, tmp_path, prepare_data):
+    prepare_data(good_folder, out=tmp_path / "data")
+    with pytest.raises(DataError, match="data is a prepared data folder .*not a corpus: give the text"):
+        prepare_data(tmp_path / "data", out=tmp_path / "again")
+
+
 def test_an_input_path_that_does_not_exist_is_an_error(tmp_path, prepare_data):
     with pytest.raises(DataError, match="input path does not exist: .*missing.txt"):
         prepare_data(tmp_path / "missing.txt")
