@@ -39,14 +39,18 @@ def normalised(log_prob: float, length: int, alpha: float) -> float:
     return log_prob / max(1, length) ** alpha
 
 
+def check_beams(beams: int) -> None:
+    if not 1 <= beams <= MAX_BEAMS:
+        raise GenerationError(f"--beams must be between 1 and {MAX_BEAMS}, got {beams}")
+
+
 @torch.inference_mode()
 def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, max_new_tokens: int,
                 eot_id: int | None, alpha: float = 1.0, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32, slide: int | None = None) -> list[Hypothesis]:
     """The best `beams` hypotheses after the prompt, best first. `eot_id` None: the
     end-of-text token is a token like any other (nothing finishes early)."""
-    if not 1 <= beams <= MAX_BEAMS:
-        raise GenerationError(f"--beams must be between 1 and {MAX_BEAMS}, got {beams}")
+    check_beams(beams)
     if max_new_tokens < 1:
         raise GenerationError(f"beam search needs --max-new-tokens of at least 1, got {max_new_tokens}")
     if not alpha >= 0:

@@ -22,7 +22,7 @@ from data_prep import DataError, Tokenizer
 from ..device import resolve_device, resolve_dtype
 from ..quantize import check_supported, quantize_model
 from ..store.load import load_any_model
-from .beam import beam_search
+from .beam import beam_search, check_beams
 from .decode_loop import DecodeLoop
 from .sampling import GenerationError, SampleText, SamplingOptions
 
@@ -153,6 +153,7 @@ class Generator:
         Of `options`, the length, stop strings, end-of-text rule and slide are used; the
         sampling fields are not (the search is deterministic)."""
         options.validate(self.block_size)
+        check_beams(beams)
         if not 1 <= count <= beams:
             raise GenerationError(f"beam search returns between 1 and --beams ({beams}) texts, {count} were asked for")
         eot = self.tokenizer.eot_id if options.stop_at_eot else None

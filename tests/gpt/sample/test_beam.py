@@ -59,3 +59,10 @@ def test_bad_settings_are_refused(tiny, beams, steps, alpha):
     model, tok = tiny
     with pytest.raises(GenerationError):
         beam_search(model, tok.encode("a"), beams=beams, max_new_tokens=steps, eot_id=tok.eot_id, alpha=alpha)
+
+
+def test_zero_beams_are_refused_as_a_beam_count_not_as_a_count_of_texts(tiny):
+    model, tok = tiny
+    generator = Generator(model, tok, torch.device("cpu"), torch.float32)
+    with pytest.raises(GenerationError, match="--beams must be between 1 and 1024, got 0"):
+        generator.beam("a", SamplingOptions(max_new_tokens=5), beams=0)
