@@ -172,7 +172,19 @@ def validation_message(errors: list[dict]) -> tuple[str, str, str | None]:
         return f"unknown field {param!r}", "invalid_request_error", param
     if e.get("type") == "missing" and not loc:
         return "the request needs a JSON body", "invalid_request_error", None
+    # a field of several types (prompt: str | list[str]) that fits none: an error for each,
+    # its type the second part of where
+    where = [[str(p) for p in err.get("loc", ()) if p != "body"] for err in errors]
+    members = list(dict.fromkeys(w[1] for w in where if len(w) > 1 and loc and w[0] == loc[0]))
+    if len(members) > 1:
+        kinds = " or ".join(TYPE_WORDS.get(str(m), str(m)) for m in members)
+        return f"{loc[0]} must be {kinds}", "invalid_request_error", loc[0]
     return f"{param or 'body'}: {e.get('msg')}", "invalid_request_error", param
+
+
+# how pydantic names the types of a field that takes several, in a client's words
+TYPE_WORDS = {"str": "a string", "list[str]": "a list of strings", "int": "an integer",
+              "list[int]": "a list of integers"}
 
 
 # -- a completion request ----------------------------------------------------------------------
