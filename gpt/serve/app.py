@@ -160,6 +160,11 @@ def unknown_model(asked: str, names: list[str]) -> ApiError:
                     f"{', '.join(repr(n) for n in names)}", "model", "model_not_found", kind="not_found_error")
 
 
+# how pydantic names the types of a field that takes several, in a client's words
+TYPE_WORDS = {"str": "a string", "list[str]": "a list of strings", "int": "an integer",
+              "list[int]": "a list of integers"}
+
+
 def validation_message(errors: list[dict]) -> tuple[str, str, str | None]:
     """(message, type, param) for the first of pydantic's errors, in words a client reads."""
     e = errors[0]
@@ -180,11 +185,6 @@ def validation_message(errors: list[dict]) -> tuple[str, str, str | None]:
         kinds = " or ".join(TYPE_WORDS.get(str(m), str(m)) for m in members)
         return f"{loc[0]} must be {kinds}", "invalid_request_error", loc[0]
     return f"{param or 'body'}: {e.get('msg')}", "invalid_request_error", param
-
-
-# how pydantic names the types of a field that takes several, in a client's words
-TYPE_WORDS = {"str": "a string", "list[str]": "a list of strings", "int": "an integer",
-              "list[int]": "a list of integers"}
 
 
 # -- a completion request ----------------------------------------------------------------------
