@@ -108,8 +108,10 @@ def new_folder(out: Path, force: bool, writer: "Writer", error: type[Exception] 
             yield tmp
             check_output(out, force, writer, error)
             move_into_place(tmp, out)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.filename is None:
+                e.filename = display_name(out)  # a write that failed (a full disk) names the folder it was for
             raise
 
 

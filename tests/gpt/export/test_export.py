@@ -187,7 +187,7 @@ def test_with_no_run_to_export_the_message_names_the_commands_own_way_to_give_on
 def test_a_failed_export_removes_the_folders_it_made_above_its_output(run, tmp_path):
     # the weights do not fit
     r = run_cli("gpt.export.cli", run, "--out", tmp_path / "a" / "b" / "out", file_size_limit=1000)
-    assert_one_line_error(r, "gpt-export", "File too large")
+    assert_one_line_error(r, "gpt-export", f"File too large: {tmp_path / 'a' / 'b' / 'out'}")
     assert list(tmp_path.iterdir()) == []
 
 
