@@ -76,7 +76,7 @@ class SplitWriter:
         self.paths = [folder / f"{split}_{i:04d}.bin" for i in range(max(1, -(-total // shard_tokens)))]
         self.sizes = [min(shard_tokens, total - i * shard_tokens) for i in range(len(self.paths))]
         self.sizes[-1] = max(self.sizes[-1], 0)
-        self._fds: dict[int, int] = {}  # shard -> open file, while write_at is in use (see close)
+        self._fds: dict[int, int] = {}  # shard -> its open file (one at a time), while write_at is in use
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fds": {}}  # open files stay with the process that opened them
@@ -93,6 +93,7 @@ class SplitWriter:
             n = min(len(data), self.sizes[shard] - local)
             with writing(self.paths[shard]):
                 if shard not in self._fds:
+                    self.close()  # one open at a time: a range crosses shards in order, and tiny shards are many
                     self._fds[shard] = os.open(self.paths[shard], os.O_WRONLY)
                 at = HEADER_SIZE + local * self.dtype.itemsize
                 os.pwrite(self._fds[shard], data[:n], at)

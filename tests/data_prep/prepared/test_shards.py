@@ -1,6 +1,7 @@
 """Token shards and the prepared-data folder: what is written reads back, and every kind
 of damage or a newer format is refused on load with a DataError that says what is wrong."""
 import json
+import os
 import re
 import struct
 
@@ -34,6 +35,20 @@ def test_a_written_shard_reads_back_memory_mapped(tmp_path, dtype):
     ids = np.arange(1000, dtype=np.int64) % np.iinfo(dtype).max
     back = open_shard(write_shard(tmp_path, ids, dtype))
     assert back.dtype == dtype and np.array_equal(back, ids)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's open files in /proc")
+def test_a_range_across_many_shards_keeps_one_file_open(tmp_path):
+    """Tiny shards (--shard-tokens 200 on a large corpus) are thousands: one range crosses
+    them all, and holding each open ran out of the process's files."""
+    ids = np.arange(500, dtype=np.uint16)
+    w = SplitWriter(tmp_path, "train", total=500, shard_tokens=2, dtype=np.uint16)
+    w.create()
+    before = len(os.listdir("/proc/self/fd"))
+    w.write_at(0, ids)
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+    w.close()
+    assert np.array_equal(np.concatenate([open_shard(p) for p in w.paths]), ids)
 
 
 def test_split_writer_fills_shards_from_disjoint_ranges_in_any_order(tmp_path):
