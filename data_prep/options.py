@@ -1,6 +1,7 @@
 """What `gpt-prepare` can be asked to do, checked before any work starts."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .errors import DataError
@@ -10,6 +11,7 @@ BPE_SPECIALS = 1  # <|endoftext|>
 BPE_BASE = 256 + BPE_SPECIALS  # a byte-level BPE's tokens before any merge
 # options that only a character vocabulary has, and that only a BPE has: left out of a
 # folder's meta.json where they do not apply (so character folders' meta.json is as before)
+WORKERS_PER_CORE = 4  # --workers beyond this many per core is refused (a typo more likely than a wish)
 CHAR_ONLY = ("max_vocab", "min_char_count", "oov")
 BPE_ONLY = ("tokenizer", "vocab_size")
 
@@ -64,3 +66,8 @@ class PrepareOptions:
             raise DataError(f"--shard-tokens must be positive, got {self.shard_tokens}")
         if self.workers < 0:
             raise DataError(f"--workers must be 0 (all cores) or more, got {self.workers}")
+        cores = os.cpu_count() or 1
+        if self.workers > WORKERS_PER_CORE * cores:  # each is a process of its own, tens of MB
+            raise DataError(f"--workers {self.workers} is more than {WORKERS_PER_CORE} per core of this machine "
+                            f"({cores} cores): its work is computing, which more workers than cores do not speed "
+                            f"up; give at most {WORKERS_PER_CORE * cores} (0 uses one per core)")

@@ -84,7 +84,7 @@ def test_a_corpus_too_small_to_split_is_an_error(tmp_path, prepare_data):
 
 
 @pytest.mark.parametrize("option, value", [("val_fraction", 1.5), ("max_vocab", 1), ("min_char_count", 0),
-                                           ("shard_tokens", 0), ("workers", -1)])
+                                           ("shard_tokens", 0), ("workers", -1), ("workers", 100_000)])
 def test_an_invalid_option_is_an_error_naming_it(tmp_path, prepare_data, option, value):
     (tmp_path / "t.txt").write_text(GOOD)
     with pytest.raises(DataError, match="--" + option.replace("_", "-")):
