@@ -17,6 +17,7 @@ from data_prep.prepared.data_folder import is_prepared_data
 from plumbing.atomic import atomic_write_text
 
 from .checkpoint import CheckpointError
+from .export_folder import is_export
 from .layout import BEST, CONFIG_FILE, DEFAULT_ROOT, LATEST, LOCK_FILE, PREVIOUS_RUN, TOKENIZER_FILE
 
 
@@ -41,6 +42,10 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str 
         if is_prepared_data(p):
             raise CheckpointError(f"{p} is a data folder written by gpt-prepare, not a run folder; "
                                   "name a run folder or a checkpoint (gpt-train writes them under checkpoints/)")
+        if is_export(p):
+            raise CheckpointError(f"{p} is an exported model (written by gpt-export), not a run folder: "
+                                  "gpt-sample, gpt-eval and gpt-serve read it as it is; here, name the run folder "
+                                  "it was exported from")
         running = training_process(p)
         if running is not None:
             raise CheckpointError(f"run folder {p} has no checkpoint yet: "

@@ -257,3 +257,9 @@ def test_force_replaces_only_an_export_and_refuses_a_data_folder_naming_what_it_
     assert "meta.json" in proc.stderr and (data / "meta.json").is_file()
     assert run_cli("gpt.export.cli", run, "--out", tmp_path / "e").returncode == 0
     assert run_cli("gpt.export.cli", run, "--out", tmp_path / "e", "--force").returncode == 0
+
+
+def test_an_export_given_where_a_run_is_needed_is_named_as_an_export(exported, tmp_path):
+    r = run_cli("gpt.export.cli", exported, "--out", tmp_path / "again")
+    assert_one_line_error(r, "gpt-export", "is an exported model (written by gpt-export), not a run folder",
+                          "name the run folder it was exported from")
