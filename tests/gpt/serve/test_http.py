@@ -47,6 +47,11 @@ def test_a_malformed_or_mistyped_body_is_a_400_json_error(server, body, fragment
     assert_error(post(server, body), 400, *fragments)
 
 
+def test_a_json_body_sent_as_another_content_type_is_a_400_naming_it(server):
+    assert_error(post(server, {"prompt": "a", "max_tokens": 2}, **{"Content-Type": "text/plain"}), 400,
+                 "must be JSON, sent with Content-Type: application/json", "'text/plain'")
+
+
 def test_a_body_over_the_limit_is_a_413(serve_run):
     def chunked(body: dict) -> httpx.Response:  # no Content-Length: the body is counted as it comes
         raw = json.dumps(body).encode()
