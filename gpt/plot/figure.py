@@ -110,6 +110,8 @@ def draw_runs(runs: list[RunMetrics], x: str = "step"):
 
 
 def picture_format(path: Path) -> str:
+    if path.is_dir():
+        raise PlotError(f"{path} is a folder: --out names the picture file to write (a .png or .svg)")
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise PlotError(f"{path}: pictures are written as .png or .svg, not {path.suffix or 'a file without a suffix'}")

@@ -172,6 +172,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, monkeypatch):
     assert_one_line_error(run_main(capsys, tmp_path / "nope"), "gpt-plot", "does not exist")
     assert_one_line_error(run_main(capsys, tmp_path / "not_a_run"), "gpt-plot", "no metrics.jsonl")
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.jpg"), "gpt-plot", ".png or .svg")
+    assert_one_line_error(run_main(capsys, run, "--out", tmp_path), "gpt-plot", "is a folder: --out names the picture")
     if importlib.util.find_spec("matplotlib"):
         proc = run_main(capsys, run, "--out", tmp_path / "nodir" / "runs.png")
         # not its temporary file
