@@ -33,7 +33,8 @@ def build_parser() -> Parser:
     p.add_argument("inputs", nargs="+", help="corpus files or folders")
     p.add_argument("--out", default="data", help="output folder (default: ./data)")
     p.add_argument("--force", action="store_true",
-                   help="replace an existing non-empty output folder (only once the new one is complete)")
+                   help="replace an existing output folder that gpt-prepare wrote and that holds nothing else "
+                        "(only once the new one is complete)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of documents (by content hash) for validation; a corpus of under 100 documents is split "
                    "inside each document instead (default: %(default)s)")

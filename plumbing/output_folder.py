@@ -164,6 +164,9 @@ class Writer:
 
     command: str  # "gpt-prepare", "gpt-export"
     wrote: Callable[[Path], bool]  # whether a folder is one the command wrote
+    # the names of the entries the command wrote in such a folder (None: not known): any
+    # other entry is the user's, and --force does not replace the folder with it inside
+    entries: Callable[[Path], set[str] | None] = lambda folder: None
 
 
 def check_output(out: Path, force: bool, writer: Writer, error: type[Exception] = OutputFolderError) -> None:
@@ -182,11 +185,18 @@ def check_output(out: Path, force: bool, writer: Writer, error: type[Exception] 
         raise error(f"--force replaces only a folder that {writer.command} wrote, "
                     f"and {display_name(out)} is not one: it holds "
                     f"{listing(out)}; choose another --out, or move that folder away first")
+    ours = writer.entries(out)
+    theirs = None if ours is None else [p for p in out.iterdir() if p.name not in ours]
+    if theirs:
+        raise error(f"--force replaces a folder that {writer.command} wrote, and {display_name(out)} also holds "
+                    f"what it did not write: {listing(out, only=theirs)}; move that out first, "
+                    "or choose another --out")
 
 
-def listing(folder: Path, shown: int = 4) -> str:
-    """A folder's entries in a few words: the first names, then how many more."""
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+def listing(folder: Path, shown: int = 4, only: list[Path] | None = None) -> str:
+    """A folder's entries (or `only` these of them) in a few words: the first names, then how
+    many more."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in (folder.iterdir() if only is None else only))
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(display_name(n) for n in names[:shown]) + more
 

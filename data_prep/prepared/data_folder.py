@@ -65,6 +65,17 @@ def is_prepared_data(folder: Path) -> bool:
         return False
 
 
+def prepared_entries(folder: Path) -> set[str] | None:
+    """The names of what gpt-prepare wrote in `folder`: its metadata, its tokenizer and the
+    shards its metadata lists (None where the metadata cannot be read)."""
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            meta = json.loads(f.read())
+        return {META_FILE, TOKENIZER_FILE, *(name for info in meta["splits"].values() for name in info["shards"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def read_json(path: Path, what: str) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))

@@ -102,6 +102,18 @@ def test_cli_force_refuses_a_folder_gpt_prepare_did_not_write_and_changes_nothin
     assert folder_bytes(tmp_path / "out") == files
 
 
+def test_cli_force_refuses_a_data_folder_that_also_holds_the_users_files(tmp_path, prepare_cli, folder_bytes):
+    (tmp_path / "t.txt").write_text(GOOD)
+    assert prepare_cli("t.txt", "--out", "data", "--quiet", "--workers", "1").returncode == 0
+    assert prepare_cli("t.txt", "--out", "data/inner", "--quiet", "--workers", "1").returncode == 0
+    (tmp_path / "data" / "NOTES.md").write_text("what I did")
+    before = folder_bytes(tmp_path / "data")
+    proc = prepare_cli("t.txt", "--out", "data", "--quiet", "--force", "--workers", "1")
+    assert_one_error_line(proc, "--force replaces a folder that gpt-prepare wrote", "also holds what it did not write",
+                          "NOTES.md, inner/", "move that out first")
+    assert folder_bytes(tmp_path / "data") == before
+
+
 def test_cli_help_describes_inputs_and_output(prepare_cli):
     proc = prepare_cli("--help")
     assert proc.returncode == 0

@@ -305,7 +305,11 @@ def test_an_existing_empty_output_folder_is_used(good_folder, tmp_path, prepare_
 def test_force_replaces_an_existing_output_folder(good_folder, tmp_path, prepare_data):
     out = tmp_path / "out"
     prepare_data(good_folder, out=out)
-    (out / "stale.bin").write_bytes(b"old")  # a data folder is replaced whole, whatever else was put in it
+    (out / "mine.bin").write_bytes(b"old")  # put there by the user: not replaced with the folder
+    with pytest.raises(DataError, match="also holds what it did not write: mine.bin"):
+        prepare_data(good_folder, out=out, force=True)
+    assert (out / "mine.bin").read_bytes() == b"old"
+    (out / "mine.bin").unlink()
     prepare_data(good_folder, out=out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train_0000.bin", "val_0000.bin"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
