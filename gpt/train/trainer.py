@@ -64,8 +64,7 @@ def is_out_of_memory(e: BaseException) -> bool:
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist_: Dist, device: torch.device, resume_state: dict | None, run_dir: Path,
                  log: Callable[[str], None], base: Base | None = None):
-        """`base`: the checkpoint a fine-tuning run starts from (for a LoRA run, also when it
-        resumes: its checkpoints hold the adapters only)."""
+        """`base`: where a fine-tuning run starts from (a LoRA run's, resumed too: it saves adapters only)."""
         self.cfg, self.dist, self.device, self.run_dir, self.log, self.base = cfg, dist_, device, run_dir, log, base
         # where a fine-tuning run came from: its base, or what a resumed run recorded
         self.origin = base.ref if base is not None else (resume_state or {}).get("init_from")
@@ -317,9 +316,9 @@ class Trainer:
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
-            shape = self.model_cfg
-            raise TrainError(f"the model ({shape.n_layer} layers of {shape.n_embd} channels) does not fit in "
-                             f"{device} memory ({first_line(e)}); choose a smaller --n-embd or --n-layer") from None
+            cfg = self.model_cfg
+            raise TrainError(f"the model ({cfg.n_layer} layers of {cfg.n_embd} channels) does not fit in {device} "
+                             f"memory ({first_line(e)}); choose a smaller --n-embd or --n-layer") from None
 
     def too_large(self, where: str) -> str:
         return (f"a batch of {self.cfg.batch_size} x {self.cfg.block_size} tokens does not fit in {where}; "
