@@ -222,7 +222,12 @@ def test_a_sharded_resume_under_torchrun_checks_every_shard(stopped, tmp_path):
     ours = lines[: next((i for i, line in enumerate(lines) if "elastic" in line), len(lines))]
     errors = [line for line in ours if line.startswith("gpt-train: error:")]
     assert proc.returncode != 0 and not any("Traceback" in line for line in ours), proc.stderr
-    assert len(errors) == 2 and all(f"its shard file {part} is damaged" in line for line in errors)
+    # both ranks read the damaged file; once one has failed, torchrun stops the other, which
+    # on a busy machine may not have reached its check yet: it then says nothing, or that
+    # it was stopped
+    damaged = [line for line in errors if f"its shard file {part} is damaged" in line]
+    assert damaged and len(errors) <= 2, proc.stderr
+    assert all(line in damaged or "stopped by SIGTERM" in line for line in errors), proc.stderr
 
 
 def test_copies_of_a_pointer_in_the_run_folder_and_other_folders_keep_their_shards(stopped, tmp_path):
