@@ -122,7 +122,10 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
                     silence(wrapped.stream)  # Python's own flush at exit would fail again
             sys.stdout, sys.stderr = streams
         for stream, errors in encoding_errors:
-            stream.reconfigure(errors=errors)
+            try:
+                stream.reconfigure(errors=errors)  # flushes first: a reader gone, a disk full
+            except (OSError, ValueError):
+                pass
 
 
 def writable_anything(stream) -> bool:
