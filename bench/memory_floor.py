@@ -28,15 +28,20 @@ def tensor_bytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+def linear_bytes(m: nn.Module) -> int:
+    """Bytes of one linear layer's weights (an int8 layer's values and scales) and bias."""
+    if isinstance(m, Int8Linear):
+        return tensor_bytes(m.qweight, m.scales, m.bias)
+    return tensor_bytes(m.weight, m.bias)
+
+
 def weight_bytes_per_token(model: nn.Module) -> int:
     """Bytes of weights one decoded token reads: every linear layer (a head tied to the token
     embedding included: it reads the whole matrix), the norms, and one embedding row."""
     total = 0
     for m in model.modules():
-        if isinstance(m, nn.Linear):
-            total += tensor_bytes(m.weight, m.bias)
-        elif isinstance(m, Int8Linear):
-            total += tensor_bytes(m.qweight, m.scales, m.bias)
+        if isinstance(m, (nn.Linear, Int8Linear)):
+            total += linear_bytes(m)
         elif isinstance(m, nn.LayerNorm):
             total += tensor_bytes(m.weight, m.bias)
         elif isinstance(m, nn.Embedding):
@@ -93,9 +98,7 @@ def per_matrix_read_gb_per_s(model: nn.Module, repeats: int = 20) -> float:
     operation's own start and end on every thread (handing the work out, the prefetchers
     starting again on a new matrix, waiting for the last thread), which each product, one
     operation a matrix, pays too."""
-    sizes = [tensor_bytes(*(m.weight, m.bias) if isinstance(m, nn.Linear) else (m.qweight, m.scales, m.bias))
-             for m in linear_layers(model)]
-    mats = [torch.randn(max(1, n // 4)) for n in sizes]
+    mats = [torch.randn(max(1, linear_bytes(m) // 4)) for m in linear_layers(model)]
     seconds = best_seconds(lambda: [m.sum() for m in mats], repeats, 1)
     return sum(m.numel() * 4 for m in mats) / seconds / 1e9
 

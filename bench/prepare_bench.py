@@ -7,9 +7,9 @@ two kinds of corpus: the OpenWebText-style sample, and many small documents made
 part no reader can skip. gpt-prepare then runs as a user runs it (a subprocess, with
 `--workers`, into a new output folder), while /proc is polled for the resident memory of
 its main process and of its workers; wait4() adds the kernel's peak for the largest process
-of the tree and the CPU seconds of all of them. With `--copies N` the corpus is first copied N times into a
-temporary folder (each copy in its own subfolder), so a small sample becomes a realistic
-size. The small-documents corpus is Python's standard library sources and the HTML
+of the tree and the CPU seconds of all of them. With `--copies N` the corpus is first
+copied N times into a temporary folder (each copy in its own subfolder), so a small sample
+becomes a realistic size. The small-documents corpus is Python's standard library sources and the HTML
 documentation under /usr/share/doc, cut into documents of about 10 KB and packed like
 OpenWebText (xz-compressed tars of 200 documents), then copied `--small-docs` times.
 Prints one JSON object with both corpora's ratios. On a shared machine the timings are

@@ -9,9 +9,9 @@ from .errors import DataError
 TOKENIZERS = ("char", "bpe")
 BPE_SPECIALS = 1  # <|endoftext|>
 BPE_BASE = 256 + BPE_SPECIALS  # a byte-level BPE's tokens before any merge
+WORKERS_PER_CORE = 4  # --workers beyond this many per core is refused (a typo more likely than a wish)
 # options that only a character vocabulary has, and that only a BPE has: left out of a
 # folder's meta.json where they do not apply (so character folders' meta.json is as before)
-WORKERS_PER_CORE = 4  # --workers beyond this many per core is refused (a typo more likely than a wish)
 CHAR_ONLY = ("max_vocab", "min_char_count", "oov")
 BPE_ONLY = ("tokenizer", "vocab_size")
 
