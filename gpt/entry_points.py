@@ -1,11 +1,11 @@
 """The installed commands ([project.scripts] in pyproject.toml): Ctrl-C while they start.
 
 A command spends its first seconds importing torch and numpy (2 to 3 s on a 2-core CPU)
-before its `main`, and `plumbing.command.run_command` in it, can turn Ctrl-C into one
+and parsing its arguments before `plumbing.command.run_command` can turn Ctrl-C into one
 line; Python would print the interrupted import's traceback instead, dozens of lines. So
 each entry point first makes Ctrl-C end the process at once with one line (nothing has
-been written yet), imports its command, then hands Ctrl-C back to Python for the command's
-own handling. This module and `gpt/__init__.py` import only the standard library, so the
+been written yet), and it stays so until `run_command` hands Ctrl-C back to Python for the
+command's own handling (or the command ends without one: `--help`, a usage mistake). This module and `gpt/__init__.py` import only the standard library, so the
 window left is Python's own start. (`python -m gpt.train` imports its package first and
 keeps that window; it is torchrun's way in, not a user's.)
 """
@@ -29,17 +29,18 @@ def entry_point(prog: str, module: str, interrupted: str | None = "interrupted w
             os.write(2, f"{prog}: error: {interrupted}\n".encode())
         os._exit(128 + signum)
 
+    stop_while_starting.while_starting = True  # what run_command looks for
+
     def main(argv: list[str] | None = None) -> int:
         # left alone where Ctrl-C is ignored (a script's background job)
         ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler
         if ours:
             signal.signal(signal.SIGINT, stop_while_starting)
         try:
-            command = importlib.import_module(module)
+            return importlib.import_module(module).main(argv)
         finally:
-            if ours:
+            if ours and signal.getsignal(signal.SIGINT) is stop_while_starting:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-        return command.main(argv)
 
     main.prog, main.module = prog, module
     return main

@@ -99,6 +99,7 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
     stops on purpose). `makes_files`: the command's product is files, not its output, so
     it goes on when its output or messages can no longer be written (else a reader that
     goes away ends it, quietly: `gpt-sample | head`)."""
+    take_ctrl_c()
     streams = sys.stdout, sys.stderr
     encoding_errors = []  # each stream's own setting, put back after
     for stream in streams:
@@ -126,6 +127,16 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
                 stream.reconfigure(errors=errors)  # flushes first: a reader gone, a disk full
             except (OSError, ValueError):
                 pass
+
+
+def take_ctrl_c() -> None:
+    """From here Ctrl-C is a KeyboardInterrupt, which the command answers: until now an
+    installed command's entry point ended the process on it (see gpt/entry_points.py)."""
+    if getattr(signal.getsignal(signal.SIGINT), "while_starting", False):
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:  # not the main thread, which keeps its handler
+            pass
 
 
 def writable_anything(stream) -> bool:

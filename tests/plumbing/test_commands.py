@@ -379,6 +379,25 @@ def test_ctrl_c_while_a_command_is_still_importing_is_one_line_and_exit_130(tmp_
     assert proc.stderr == "gpt-train: error: interrupted while starting; nothing was written\n"
 
 
+@pytest.mark.parametrize("when, said", [
+    ("parsing", "gpt-train: error: interrupted while starting; nothing was written\n"),
+    ("working", "gpt-train: error: stopped\n"),
+])
+def test_ctrl_c_before_the_commands_own_handling_is_the_start_up_line_and_after_it_the_commands(tmp_path, when, said):
+    """Between the import and run_command (parsing the arguments) Ctrl-C still ends the
+    start-up; inside run_command the command answers it."""
+    (tmp_path / "slow_parse.py").write_text(
+        "import os, signal, time\nfrom plumbing.command import run_command\n"
+        "def stop():\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(60)\n"
+        "def main(argv):\n"
+        f"    if {when!r} == 'parsing':\n        stop()\n"
+        "    return run_command('gpt-train', stop, interrupted='stopped')\n")
+    script = "import sys; from gpt.entry_points import entry_point; sys.exit(entry_point('gpt-train', 'slow_parse')())"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env=child_env(PYTHONPATH=f"{child_env()['PYTHONPATH']}{os.pathsep}{tmp_path}"))
+    assert (proc.returncode, proc.stderr) == (130, said)
+
+
 def test_every_installed_command_starts_through_an_entry_point_that_loads_no_torch():
     import importlib
     import re
