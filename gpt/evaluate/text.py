@@ -26,6 +26,7 @@ from data_prep.prepared.shards import check_in_vocabulary
 from data_prep.tokenize.char import codepoints
 from data_prep.tokenize.safe_cuts import safe_pieces
 
+from ..store.runs import load_data
 from .errors import EvalError
 
 PIECE_TOKENS = 1 << 16  # a split's shards are read this many tokens at a time
@@ -169,7 +170,7 @@ def describe_paths(paths: list[str]) -> str:
 def open_split(folder: str | Path, name: str, tokenizer: Tokenizer, model: str | Path = "the model") -> SplitStream:
     """A prepared split, refused when it was encoded with another vocabulary than that of
     `model` (named in the message: with several runs, the data folder is the first's)."""
-    data = data_prep.load(folder)
+    data = load_data(folder)
     if data.tokenizer.fingerprint() != tokenizer.fingerprint():
         raise EvalError(f"{folder} was prepared with another vocabulary than {model}'s; "
                         f"give the text as files instead, and each model encodes them with its own")

@@ -27,7 +27,7 @@ from ..store.export_folder import is_export
 from ..store.hf_folder import is_hf_folder
 from ..store.layout import CONFIG_FILE, LATEST
 from ..store.load import base_reference, load_any_model, model_from_checkpoint
-from ..store.runs import resolve_checkpoint, write_run_files
+from ..store.runs import load_data, resolve_checkpoint, write_run_files
 from ..train.batches import BlockSizeError, fixed_windows
 from .importance import channel_scores, head_costs, layer_costs, mean_loss
 from .shrink import Kept, how_many_removed, shrink, top
@@ -116,7 +116,7 @@ def measuring_batches(opts: PruneOptions, record: dict, model: GPT, tokenizer, d
         raise PruneError(f"the data folder the model was trained on, {folder}, is not there; give --data: a folder "
                          "prepared with the model's vocabulary")
     folder = os.path.abspath(folder)  # recorded so, the folder works from any directory
-    data = data_prep.load(folder)
+    data = load_data(folder)
     if data.tokenizer.fingerprint() != tokenizer.fingerprint():
         raise PruneError(f"data folder {folder} has a different vocabulary from the model; "
                          f"give --data a folder prepared with it (gpt-prepare TEXT --vocab-from MODEL)")

@@ -13,6 +13,8 @@ try:
 except ImportError:  # Windows has no flock: no run locks there (as in run_folder.py)
     fcntl = None
 
+import data_prep
+from data_prep import DataError, PreparedData
 from data_prep.prepared.data_folder import is_prepared_data
 from plumbing.atomic import atomic_write_text
 
@@ -62,6 +64,22 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str 
     return p
 
 
+def load_data(path: str | Path) -> PreparedData:
+    """A prepared data folder (`data_prep.load`); a run folder or an exported model given
+    where one is needed is named as such, with the data folder the run trained on."""
+    p = Path(path)
+    if p.is_dir() and not is_prepared_data(p):
+        if holds_run(p):
+            trained_on = run_config(p).get("train", {}).get("data")
+            hint = f" (this run trained on {trained_on})" if isinstance(trained_on, str) else ""
+            raise DataError(f"{p} is a run folder written by gpt-train, not a data folder; give --data the folder "
+                            f"gpt-prepare wrote{hint}")
+        if is_export(p):
+            raise DataError(f"{p} is an exported model written by gpt-export, not a data folder; give --data the "
+                            "folder gpt-prepare wrote")
+    return data_prep.load(p)
+
+
 def training_process(folder: Path) -> str | None:
     """The process id of the gpt-train run that holds `folder`, or None where none does."""
     if fcntl is None:
@@ -84,11 +102,16 @@ def holds_run(path: Path) -> bool:
     """Whether `path` holds a run: a checkpoint, or the config.json a run writes first."""
     if (path / LATEST).exists() or (path / BEST).exists():
         return True
+    return {"model", "train"} <= run_config(path).keys()
+
+
+def run_config(path: Path) -> dict:
+    """A run folder's config.json, or {} where it has none that reads as one."""
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and {"model", "train"} <= config.keys()
+        return {}
+    return config if isinstance(config, dict) and isinstance(config.get("train", {}), dict) else {}
 
 
 def lora_runs_on(path: Path) -> list[Path]:

@@ -246,10 +246,9 @@ def describe(plans: dict[str, MemoryPlan], cfg: TrainConfig, dtype_name: str, wo
 
 def plan_report(preset: str | None, overrides: dict, processes: int | None = None) -> str:
     """What `gpt-train --plan` prints for these options: nothing is trained, no folder made."""
-    import data_prep
-
     from ..config import FSDP_FP16, ConfigError
     from ..device import DTYPES, available_memory, resolve_device, resolve_dtype
+    from ..store.runs import load_data
     from .errors import TrainError
     from .presets import default_preset, layered_config
 
@@ -257,7 +256,7 @@ def plan_report(preset: str | None, overrides: dict, processes: int | None = Non
         raise TrainError("--plan plans a run from scratch; leave out --init-from and --lora")
     device = resolve_device(overrides.get("device") or "auto")
     cfg = layered_config(preset or default_preset(device.type, overrides.get("model")), overrides)
-    vocab_size = len(data_prep.load(cfg.data).tokenizer)
+    vocab_size = len(load_data(cfg.data).tokenizer)
     dtype = resolve_dtype(cfg.dtype, device, training=True)
     world_size = processes or int(os.environ.get("WORLD_SIZE", "1"))
     teacher = 0

@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-import data_prep
 from data_prep import tokenizer_from_json
 from plumbing.errors import first_line
 
@@ -29,6 +28,7 @@ from ..plot.live import ProgressPicture
 from ..store import sharded
 from ..store.checkpoint import plain_state_dict, remove_stale_shards, save_checkpoint, training_state
 from ..store.layout import LATEST
+from ..store.runs import load_data
 from . import sharding, trackers
 from .average import WeightAverage
 from .base import Base
@@ -72,7 +72,7 @@ class Trainer:
         if cfg.fsdp and self.dtype == torch.float16:  # --dtype auto on a GPU without bf16
             raise TrainError(f"--fsdp on {device}: {FSDP_FP16}")
         configure_backends(device)
-        self.data = data_prep.load(cfg.data)
+        self.data = load_data(cfg.data)
         self.tokenizer = self.data.tokenizer
         self.model_cfg = self.model_config(resume_state, base)
         self.fsdp = cfg.fsdp

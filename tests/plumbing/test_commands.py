@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from data_prep import DataError
+from gpt.export.write import export_model
 from gpt.store import checkpoint as ck
 from gpt.store.run_folder import RunFolder, RunFolderError
-from gpt.store.runs import resolve_checkpoint
+from gpt.store.runs import load_data, resolve_checkpoint
 from gpt.train import TrainError, train
 from gpt.train.cli import INTERRUPTED
 from gpt.train.progress import Progress
@@ -316,6 +318,16 @@ def test_resuming_a_spent_budget_says_so_and_a_new_budget_continues(data, tmp_pa
 def test_a_data_folder_given_as_a_run_is_named_as_a_data_folder(data):
     with pytest.raises(ck.CheckpointError, match="is a data folder written by gpt-prepare, not a run folder"):
         resolve_checkpoint(data)
+
+
+def test_a_run_or_an_export_given_as_data_is_named_as_such(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
+    proc = run_cli("gpt.train", "--data", str(tmp_path / "run"), "--out", str(tmp_path / "again"), "--quiet")
+    assert_one_line_error(proc, "gpt-train", f"is a run folder written by gpt-train, not a data folder; give --data "
+                                             f"the folder gpt-prepare wrote (this run trained on {data})")
+    export_model(tmp_path / "run", tmp_path / "exported")
+    with pytest.raises(DataError, match="is an exported model written by gpt-export, not a data folder"):
+        load_data(tmp_path / "exported")
 
 
 def test_resume_with_nothing_to_resume_names_gpt_trains_own_option(tmp_path):
