@@ -177,6 +177,7 @@ def check_output(out: Path, force: bool, writer: Writer, error: type[Exception] 
     if out.exists() and not out.is_dir():
         raise error(f"output {display_name(out)} is a file, not a folder; "
                     "choose another --out (--force replaces only a folder)")
+    check_not_dangling(out, error)
     if not out.exists() or not any(out.iterdir()):
         return
     if not force:
@@ -191,6 +192,14 @@ def check_output(out: Path, force: bool, writer: Writer, error: type[Exception] 
         raise error(f"--force replaces a folder that {writer.command} wrote, and {display_name(out)} also holds "
                     f"what it did not write: {listing(out, only=theirs)}; move that out first, "
                     "or choose another --out")
+
+
+def check_not_dangling(out: Path, error: type[Exception]) -> None:
+    """Refuse an --out that is a link to nothing: neither creating nor renaming can make the
+    folder it points to, and either would fail naming something else."""
+    if out.is_symlink() and not out.exists():
+        raise error(f"--out {display_name(out)} is a symbolic link to {display_name(os.readlink(out))}, which does "
+                    "not exist; make that folder first, or choose another --out")
 
 
 def listing(folder: Path, shown: int = 4, only: list[Path] | None = None) -> str:

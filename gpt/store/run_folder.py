@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from plumbing.errors import UserError
-from plumbing.output_folder import missing_parents, remove_empty
+from plumbing.output_folder import check_not_dangling, missing_parents, remove_empty
 
 from .layout import BEST, LATEST, LOCK_FILE, PREVIOUS_RUN, RUN_FILES
 from .runs import holds_run
@@ -56,6 +56,7 @@ class RunFolder:
         unless `overwrite`; the old run's files are then cleared by `clear_previous_run`."""
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"--out {path} is a file, not a folder; name a folder for the run")
+        check_not_dangling(path, RunFolderError)
         created = not path.exists()
         made_parents = missing_parents(path)
         lock_made = not (path / LOCK_FILE).exists()

@@ -130,6 +130,15 @@ def test_cli_refuses_a_regular_file_as_output_in_one_line(tmp_path, prepare_cli,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_cli_refuses_a_link_to_nothing_as_output_in_one_line(tmp_path, prepare_cli):
+    (tmp_path / "t.txt").write_text(GOOD)
+    (tmp_path / "data").symlink_to(tmp_path / "nowhere")
+    proc = prepare_cli("t.txt", "--out", "data", "--quiet", "--workers", "1")
+    assert_one_error_line(proc, "is a symbolic link to")
+    assert (tmp_path / "data").is_symlink() and not (tmp_path / "nowhere").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_cli_reports_a_read_only_output_location_in_one_line(tmp_path, monkeypatch, capsys):
     import errno
     import pathlib

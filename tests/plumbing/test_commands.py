@@ -148,6 +148,13 @@ def test_out_naming_a_file_is_one_line(data, tmp_path):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_out_naming_a_link_to_nothing_is_one_line(data, tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "link", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", f"is a symbolic link to {tmp_path / 'nowhere'}, which does not exist")
+    assert (tmp_path / "link").is_symlink() and not (tmp_path / "nowhere").exists()
+
+
 def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
     proc = run_cli("gpt.train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--max-iters", "2",
                    "--quiet", *TINY_ARGS)
