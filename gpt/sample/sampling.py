@@ -85,23 +85,31 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     every decoding path given the same noise picks the same tokens."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    scale = 1 / temperature
-    if top_k is None and top_p is None:  # g + logits / T in one kernel (fp32, as g is)
-        return torch.add(gumbel, logits, alpha=scale).argmax(-1, keepdim=True)
-    logits = logits.float() * scale
-    if top_k is not None and top_k < logits.size(-1):
+    if top_k is not None and top_k < logits.size(-1):  # the ranking does not depend on T
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
     if top_p is not None and top_p < 1:
-        ranked, order = logits.sort(-1, descending=True)
-        probs = ranked.softmax(-1)
+        ranked, order = logits.float().sort(-1, descending=True)
+        # softmax(logits / T) from the gaps to the largest (0 or less), 1 / T kept within
+        # float32's normal numbers (past them it would become inf or 0, and inf * 0 or
+        # -inf * 0 is nan): a gap other than 0 times the largest is -inf already
+        probs = ((ranked - ranked[:, :1]) * min(max(1 / temperature, TINY), 1 / TINY)).softmax(-1)
         # a token is dropped once the more likely tokens before it already reach top_p;
         # the most likely token always stays, also where top_p is so small that it is 0 in
         # float32 (1e-300), which every token's "before" (0 for the first) reaches
         drop_ranked = probs.cumsum(-1) - probs >= top_p
         drop_ranked[..., 0] = False
         logits = logits.masked_fill(drop_ranked.scatter(-1, order, drop_ranked), -math.inf)
-    return (logits + gumbel).argmax(-1, keepdim=True)
+    # argmax(logits / T + g) is argmax(logits + T g): each in one kernel, in fp32 as g is. Below
+    # T = 1 the noise is scaled down rather than the logits up, which 1 / T (1e40 for 1e-40)
+    # would take past float32's largest number: a tiny T draws the most likely token. Above
+    # it, 1 / T stays a normal number, so a token dropped above (-inf) stays dropped
+    if temperature < 1:
+        return torch.add(logits, gumbel, alpha=temperature).argmax(-1, keepdim=True)
+    return torch.add(gumbel, logits, alpha=max(1 / temperature, TINY)).argmax(-1, keepdim=True)
+
+
+TINY = torch.finfo(torch.float32).tiny
 
 
 def to_gumbel(u: torch.Tensor) -> torch.Tensor:

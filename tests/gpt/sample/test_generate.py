@@ -184,6 +184,17 @@ def test_temperature_zero_is_argmax_even_with_top_k_and_top_p():
         assert draw(50, temperature=0.0, **kwargs) == Counter({8: 50})
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-40, 1e-38])
+def test_a_temperature_too_small_for_float32_draws_the_most_likely_token(temperature):
+    for kwargs in ({}, {"top_k": 2}, {"top_p": 0.5}):
+        assert draw(50, temperature=temperature, **kwargs) == Counter({8: 50}), kwargs
+
+
+def test_a_huge_temperature_is_uniform_over_the_tokens_top_k_keeps():
+    counts = draw(3000, temperature=1e300, top_k=3)
+    assert set(counts) == {8, 0, 1} and min(counts.values()) > 800
+
+
 def test_invalid_sampling_options_are_refused_with_the_option_named():
     for bad, match in [
         ({"temperature": -0.1}, "--temperature"),

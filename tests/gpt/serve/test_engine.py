@@ -114,6 +114,21 @@ def test_greedy_sequences_never_see_each_others_tokens(tiny, short_reach):
     assert len({tuple(t) for t in texts}) > 1  # the neighbours did generate other text
 
 
+def test_a_temperature_too_small_for_float32_is_greedy_and_ends_no_neighbour(tiny):
+    model, tok = tiny
+    options = lambda t: SamplingOptions(max_new_tokens=40, temperature=t, stop_at_eot=False, seed=1)  # noqa: E731
+    greedy = run_alone(model, tok, "a dog ", options(0))
+    engine = Engine(model, CPU, torch.float32, max_batch=4).start()
+    try:
+        neighbour, tiny_t = Reader(tok, "the cat ", options(1.0)), Reader(tok, "a dog ", options(1e-300))
+        engine.submit([neighbour.seq, tiny_t.seq])
+        ends = [r.finish().finish_reason for r in (neighbour, tiny_t)]
+    finally:
+        engine.stop()
+    assert ends == ["length", "length"]
+    assert tiny_t.generated == greedy
+
+
 def test_greedy_tokens_through_the_engine_are_the_uncached_models_past_the_context(tiny):
     model, tok = tiny
     greedy = SamplingOptions(max_new_tokens=80, temperature=0, stop_at_eot=False)
