@@ -22,6 +22,7 @@ from .adapters import load_adapters
 from .api import Limits
 
 API_KEY_ENV = "GPT_SERVE_API_KEY"
+ANSWER_CANCELLED_S = 5.0  # after --grace: the handlers' time to answer the requests cancelled
 
 EPILOG = f"""
 the API: POST /v1/completions (OpenAI's completions; "stream": true for server-sent events),
@@ -183,18 +184,25 @@ def serve(args) -> int:
     app = create_app(served)
     quiet_logs(args.access_log)
     config = uvicorn.Config(app, log_config=None, access_log=args.access_log, lifespan="off",
-                            timeout_graceful_shutdown=args.grace, timeout_keep_alive=5)
+                            timeout_graceful_shutdown=args.grace + ANSWER_CANCELLED_S, timeout_keep_alive=5)
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     print(f"gpt-serve: serving {name} ({generator.device}, {str(generator.dtype).removeprefix('torch.')}"
           f"{', int8' if args.quantize else ''}, batches of {args.max_batch})"
           f"{''.join(f' and {n}' for n in lora_names)} at http://{shown}:{port}", flush=True)
     # The engine runs on this, the main thread (see Engine.run), and the web server on a
-    # second one. Ctrl-C and SIGTERM ask the web server to stop: it takes no new connection,
-    # lets requests in flight finish for up to --grace seconds and cancels the rest; then
-    # the engine stops, and the command exits 0.
+    # second one. Ctrl-C and SIGTERM ask the web server to stop: it takes no new connection
+    # and lets requests in flight finish for up to --grace seconds. Then the engine stops,
+    # ending the rest as cancelled, which their handlers answer (a 503, a stream's error
+    # event) before the web server's own deadline, a few seconds later, would cut them off
+    # mid-reply; and the command exits 0.
+    cancel_the_rest = threading.Timer(args.grace, served.engine.stop)
+    cancel_the_rest.daemon = True
+
     def stop_serving(signum, frame) -> None:
         server.should_exit = True
+        if cancel_the_rest.ident is None:  # the first signal starts the grace
+            cancel_the_rest.start()
 
     def web() -> None:
         try:
@@ -209,7 +217,8 @@ def serve(args) -> int:
         served.engine.run()
     finally:
         server.should_exit = True
-        web_thread.join(args.grace + 10)
+        web_thread.join(args.grace + ANSWER_CANCELLED_S + 10)
+        cancel_the_rest.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()

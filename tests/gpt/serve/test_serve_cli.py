@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -80,19 +81,34 @@ def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(serve_run):
         proc.communicate(timeout=TIMEOUT_S)
 
 
-def test_past_the_grace_period_requests_are_cancelled_and_it_still_exits_0(serve_run):
+def wait_for_active(url: str, n: int) -> None:
+    """Until the server's batch holds n sequences (bounded in count and time)."""
+    for _ in range(1000):
+        metrics = httpx.get(url + "/metrics", timeout=TIMEOUT_S).text
+        if re.search(rf"^gpt_serve_active_sequences {n}\.0$", metrics, re.M):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server's batch never held {n} sequences")
+
+
+def test_past_the_grace_period_requests_in_flight_are_answered_as_cancelled_and_it_still_exits_0(serve_run):
     proc, url = start(str(serve_run), "--grace", "0.5", "--max-tokens", "10000000")
+    body = {"prompt": "the ", "max_tokens": 10_000_000, "ignore_eos": True}
     try:
-        body = {"prompt": "the ", "max_tokens": 10_000_000, "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=TIMEOUT_S) as r:
-            lines = r.iter_lines()
-            next(lines)
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            with pytest.raises(httpx.HTTPError):
-                for _ in lines:  # the server closes the stream once the grace period is over
-                    assert time.monotonic() - started < TIMEOUT_S
+        with ThreadPoolExecutor(1) as pool:
+            whole = pool.submit(httpx.post, url + "/v1/completions", json=body, timeout=TIMEOUT_S)
+            wait_for_active(url, 1)  # the whole request is in the batch before the stop
+            with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=TIMEOUT_S) as r:
+                lines = r.iter_lines()
+                next(lines)
+                proc.send_signal(signal.SIGTERM)
+                rest = [line for line in lines if line]  # bounded: the stream ends at the grace's end
+            assert json.loads(rest[-1][len("data: "):])["error"]["message"] == "the server is shutting down"
+            answer = whole.result(timeout=TIMEOUT_S)
+        assert answer.status_code == 503
+        assert answer.json()["error"]["message"] == "the server is shutting down"
         assert proc.wait(timeout=TIMEOUT_S) == 0
+        assert "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
         proc.communicate(timeout=TIMEOUT_S)
