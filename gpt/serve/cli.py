@@ -69,8 +69,9 @@ def build_parser() -> Parser:
                    help="sequences that may wait for a slot; beyond, 429 (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="N",
                    help="the most max_tokens a request may ask for (default: %(default)s)")
-    p.add_argument("--max-n", type=int, default=d.max_n, metavar="N",
-                   help="the most completions one request may ask for, n x prompts (default: %(default)s)")
+    p.add_argument("--max-n", type=int, metavar="N",
+                   help=f"the most completions one request may ask for, n x prompts (default: {d.max_n}, or "
+                   "--max-queue where that is fewer: a request's completions all wait for slots at first)")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=RUN",
                    help="also serve the LoRA run RUN, trained on this model, as the model NAME (repeatable): "
                    "requests for any of them share each batch")
@@ -87,13 +88,21 @@ def build_parser() -> Parser:
 
 def check(args) -> None:
     for name in ("max_batch", "max_queue", "max_tokens", "max_n", "max_body"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_n is not None and args.max_n > args.max_queue:
+        raise UserError(f"--max-n {args.max_n} is more than --max-queue {args.max_queue}: a request's completions "
+                        "all wait for slots at first, so one of that many could never be taken; give --max-queue "
+                        f"at least {args.max_n}, or a smaller --max-n")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.grace >= 0:
         raise UserError(f"--grace must be >= 0 seconds, got {args.grace}")
     adapters(args)
+
+
+def max_n(args) -> int:
+    return args.max_n if args.max_n is not None else min(Limits().max_n, args.max_queue)
 
 
 def adapters(args) -> list[tuple[str, str]]:
@@ -178,7 +187,7 @@ def serve(args) -> int:
         print(f"gpt-serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               "machine can use the model", file=sys.stderr)
     settings = Settings(name=name, max_batch=args.max_batch, max_waiting=args.max_queue,
-                        limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n), api_key=api_key,
+                        limits=Limits(max_tokens=args.max_tokens, max_n=max_n(args)), api_key=api_key,
                         max_body=args.max_body, cors_origins=tuple(args.cors_origin), adapters=tuple(lora_names))
     served = Served(generator, settings)
     app = create_app(served)

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from gpt.serve.cli import is_loopback
+from gpt.serve.api import Limits
+from gpt.serve.cli import build_parser, is_loopback, max_n
 from tests.helpers import ROOT, assert_one_line_error, run_cli
 
 TIMEOUT_S = 60
@@ -49,6 +50,16 @@ def test_a_run_that_does_not_load_is_one_line_before_any_port_opens(tmp_path):
                                               (["--port", "70000"], "--port")])
 def test_a_bad_option_is_one_line(serve_run, option, fragment):
     assert_one_line_error(run_cli("gpt.serve", serve_run, *option), "gpt-serve", fragment)
+
+
+def test_a_max_n_the_queue_cannot_hold_is_one_line(serve_run):
+    r = run_cli("gpt.serve", serve_run, "--max-queue", "2", "--max-n", "3")
+    assert_one_line_error(r, "gpt-serve", "--max-n 3 is more than --max-queue 2", "give --max-queue at least 3")
+
+
+def test_without_max_n_a_request_may_ask_for_as_many_completions_as_the_queue_holds():
+    assert max_n(build_parser().parse_args(["--max-queue", "2"])) == 2
+    assert max_n(build_parser().parse_args([])) == Limits().max_n
 
 
 def test_a_port_in_use_is_one_line(serve_run):
