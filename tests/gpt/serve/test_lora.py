@@ -122,3 +122,23 @@ def test_the_page_offers_the_adapters_and_generates_with_the_one_picked(lora_run
         expected = httpx.post(live.url + "/v1/completions", timeout=TIMEOUT_S, json={
             "model": "law", "prompt": "the cat ", "max_tokens": 300, "temperature": 0}).json()["choices"][0]["text"]
         assert browser.find_element(By.ID, "generated").text.strip() == expected.strip()
+
+
+def test_behind_an_api_key_the_page_shows_the_model_and_adapters_once_the_key_is_given(lora_runs, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    served = Served(banked(lora_runs), Settings(name="base", adapters=("poems", "law"), limits=Limits(),
+                                                api_key="sekret"))
+    with LiveServer(None, served=served) as live:
+        browser.get(live.url + "/")
+        wait = WebDriverWait(browser, TIMEOUT_S)
+        model = browser.find_element(By.ID, "model")
+        wait.until(lambda b: "API key" in model.text)
+        browser.find_element(By.ID, "api-key").send_keys("sekret", Keys.TAB)  # leaving the field is a change
+        wait.until(lambda b: model.text.startswith("base"))
+        choice = browser.find_element(By.ID, "model-choice")
+        wait.until(lambda b: choice.is_displayed())
+        assert [o.get_attribute("value") for o in choice.find_elements(By.TAG_NAME, "option")] == ["base", "poems",
+                                                                                                   "law"]
