@@ -10,6 +10,7 @@ it is a start for `gpt-train --init-from`, which heals it, not a run to resume.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,16 @@ class PruneOptions:
             raise PruneError(f"--layers is a number of layers to remove, 0 or more; got {self.layers}")
         if self.heads is None and self.mlp is None and not self.layers:
             raise PruneError("nothing to remove: give --heads, --mlp or --layers (or several)")
-        if self.windows < 1 or self.batch_size < 1:
-            raise PruneError("--windows and --batch-size must be at least 1")
+        for name in ("windows", "batch_size"):
+            if getattr(self, name) < 1:
+                raise PruneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+def ceil_3_digits(x: float) -> float:
+    """`x` rounded up at its third significant digit: a least value shown short that is still
+    enough (0.5 / 256 = 0.001953125 shows as 0.00196, where 0.00195 would fall short)."""
+    unit = 10.0 ** (math.floor(math.log10(x)) - 2)
+    return round(math.ceil(x / unit) * unit, 12)
 
 
 # --force replaces only a folder gpt-prune wrote
@@ -145,7 +154,7 @@ def choose(model: GPT, opts: PruneOptions, batches: list) -> tuple[GPT, Kept]:
                                            (opts.mlp, drop_channels, cfg.mlp_hidden, "mlp")):
         if fraction is not None and removed == 0:  # rounded to none: a copy, not what was asked
             raise PruneError(f"--{name} {fraction:g} of {total} rounds to none removed; give at least "
-                             f"{0.5 / total:.3g}")
+                             f"{ceil_3_digits(0.5 / total):g}")
     all_heads, all_channels = list(range(cfg.n_head)), list(range(cfg.mlp_hidden))
     layers = list(range(cfg.n_layer))
     if opts.layers:

@@ -10,8 +10,8 @@ import torch
 from gpt.config import ModelConfig
 from gpt.model import GPT, build_model, count_parameters
 from gpt.prune.importance import channel_scores, head_costs, layer_costs
-from gpt.prune.prune import PruneError, PruneOptions, prune
-from gpt.prune.shrink import Kept, shrink
+from gpt.prune.prune import PruneError, PruneOptions, ceil_3_digits, prune
+from gpt.prune.shrink import Kept, how_many_removed, shrink
 from gpt.store.load import load_any_model
 from gpt.train import TrainError, train
 from tests.gpt.train.test_finetune import another_vocabulary
@@ -206,11 +206,18 @@ def test_transformers_loads_a_model_whose_mlp_was_pruned_and_one_with_fewer_head
     (["--layers", "-1"], "0 or more"), ([], "nothing to remove"),
     (["--heads", "1"], "would leave no head"), (["--mlp", "1"], "would leave no MLP channel"),
     (["--layers", "3"], "would leave no layer"), (["--heads", "0.1"], "rounds to none removed"),
+    (["--heads", "0.5", "--windows", "0"], "--windows must be at least 1, got 0"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(trained, tmp_path, args, says):
     proc = run_cli("gpt.prune", trained, "--out", tmp_path / "new", "--device", "cpu", *args)
     assert_one_line_error(proc, "gpt-prune", says)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("total", [3, 7, 256, 1536])
+def test_the_least_fraction_a_refusal_names_removes_one(total):
+    named = float(f"{ceil_3_digits(0.5 / total):g}")  # as the message shows it
+    assert how_many_removed(named, total) == 1
 
 
 def test_a_bigram_and_a_lora_run_are_refused_saying_what_to_do(data, trained, tmp_path):
