@@ -31,7 +31,11 @@ def claim(out: Path) -> Path:
     busy(out)
     tmp = beside(out, "partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:  # a file above, a read-only place: named as the --out given, not as the hidden copy
+        e.filename = display_name(out)
+        raise
     try:
         busy(out)
     except OutputFolderError:

@@ -191,6 +191,13 @@ def test_a_failed_export_removes_the_folders_it_made_above_its_output(run, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_out_below_a_file_is_named_as_given(run, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    r = run_cli("gpt.export.cli", run, "--out", tmp_path / "afile" / "sub")
+    assert_one_line_error(r, "gpt-export", f"Not a directory: {tmp_path / 'afile' / 'sub'}")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_a_swap_that_fails_puts_the_old_folder_back(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
