@@ -75,16 +75,18 @@ def apply(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -
     returns the number of trainable parameters."""
     if rank < 1:
         raise LoRAError(f"--lora must be a rank of at least 1, got {rank}")
+    found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
+             if name in targets and isinstance(child, nn.Linear)]
+    if not found:
+        raise LoRAError(f"--lora-targets {','.join(targets)} matches no linear layer of this model")
+    full = max(min(child.in_features, child.out_features) for _, _, child in found)
+    if rank > full:  # adapters past a matrix's own rank only add weights
+        raise LoRAError(f"--lora {rank} is more than the rank of any matrix it adapts ({full} at most here, which "
+                        f"is already a full update); give at most {full}")
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if name in targets and isinstance(child, nn.Linear):
-                setattr(module, name, LoRALinear(child, rank, alpha))
-                wrapped += 1
-    if not wrapped:
-        raise LoRAError(f"--lora-targets {','.join(targets)} matches no linear layer of this model")
+    for module, name, child in found:
+        setattr(module, name, LoRALinear(child, rank, alpha))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -200,6 +200,17 @@ INTERRUPTED = ("interrupted before a step boundary; a run that had saved a check
                "and a new one that had not leaves nothing (an --overwrite puts back the run it replaced)")
 
 
+# options that shape another one's work, and that option: given without it they would do nothing
+NEEDS = {"lora_alpha": "lora", "lora_targets": "lora", "distill_weight": "teacher", "distill_temperature": "teacher"}
+
+
+def check_companions(overrides: dict) -> None:
+    for option, needed in NEEDS.items():
+        if option in overrides and not overrides.get(needed):
+            raise TrainError(f"--{option.replace('_', '-')} shapes what --{needed} does, and no --{needed} is "
+                             f"given here; give --{needed} too, or leave --{option.replace('_', '-')} out")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
@@ -208,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["progress"] = False
 
     def work() -> int:
+        if not args.resume:  # a resumed run keeps its own options
+            check_companions(overrides)
         if args.plan is not None:
             if args.resume:
                 raise TrainError("--plan plans a new run; leave out --resume")

@@ -179,6 +179,24 @@ def test_a_lora_layer_computes_w_x_plus_scaled_b_a_x_and_its_gradients():
                                torch.autograd.grad(want, (x, a, b), g))
 
 
+def test_a_lora_rank_past_every_adapted_matrixs_own_is_refused(data, base, tmp_path):
+    from gpt.lora import LoRAError
+
+    with pytest.raises(LoRAError, match="--lora 33 is more than the rank of any matrix it adapts .32 at most"):
+        train(overrides=tune(data, base, tmp_path / "lora", max_iters=1, lora=33), log=lambda s: None)
+    assert not (tmp_path / "lora").exists()
+
+
+@pytest.mark.parametrize("given, needed", [(["--lora-alpha", "4"], "--lora"), (["--lora-targets", "qkv"], "--lora"),
+                                           (["--distill-weight", "0.3"], "--teacher"),
+                                           (["--distill-temperature", "3"], "--teacher")])
+def test_an_option_whose_companion_is_not_given_is_one_line(data, base, tmp_path, given, needed):
+    proc = run_cli("gpt.train", "--data", data, "--init-from", base, "--out", tmp_path / "run", "--max-iters", "1",
+                   "--device", "cpu", "--quiet", *given)
+    assert_one_line_error(proc, "gpt-train", f"{given[0]} shapes what {needed} does")
+    assert not (tmp_path / "run").exists()
+
+
 def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_path):
     result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2), log=lambda s: None)
     state = ck.load_checkpoint(tmp_path / "lora" / "latest.pt")
