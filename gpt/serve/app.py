@@ -105,10 +105,11 @@ def create_app(served: Served) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
-        given = request.headers.get("content-type", "")
-        if given.split(";")[0].strip().lower() not in ("application/json", ""):  # read as no JSON at all
+        given = request.headers.get("content-type")
+        if given is None or given.split(";")[0].strip().lower() != "application/json":  # read as no JSON at all
+            sent = "without a Content-Type" if given is None else f"as {given!r}"
             return JSONResponse(api.error_body(f"the request body must be JSON, sent with Content-Type: "
-                                               f"application/json (this one was sent as {given!r})",
+                                               f"application/json (this one was sent {sent})",
                                                "invalid_request_error", None), 400)
         return JSONResponse(api.error_body(*validation_message(e.errors())), 400)
 

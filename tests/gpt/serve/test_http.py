@@ -52,6 +52,12 @@ def test_a_json_body_sent_as_another_content_type_is_a_400_naming_it(server):
                  "must be JSON, sent with Content-Type: application/json", "'text/plain'")
 
 
+def test_a_json_body_sent_without_a_content_type_is_a_400_saying_so(server):
+    r = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a", "max_tokens": 2}', timeout=TIMEOUT_S)
+    assert "content-type" not in r.request.headers
+    assert_error(r, 400, "must be JSON, sent with Content-Type: application/json", "without a Content-Type")
+
+
 def test_a_body_over_the_limit_is_a_413(serve_run):
     def chunked(body: dict) -> httpx.Response:  # no Content-Length: the body is counted as it comes
         raw = json.dumps(body).encode()
