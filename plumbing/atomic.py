@@ -23,7 +23,7 @@ def atomic_write_bytes(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename == str(tmp):
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):  # a write's error has no file name
             e.filename = str(path)  # the message names the file the user asked for, not the temporary one
         raise
     sync_folder(path.parent)

@@ -21,8 +21,8 @@ from pathlib import Path
 from plumbing.errors import UserError
 from plumbing.output_folder import check_not_dangling, missing_parents, remove_empty
 
-from .layout import BEST, LATEST, LOCK_FILE, PREVIOUS_RUN, RUN_FILES
-from .runs import holds_run
+from .layout import LATEST, LOCK_FILE, PREVIOUS_RUN, RUN_FILES
+from .runs import has_checkpoint, holds_run
 
 try:
     import fcntl
@@ -62,10 +62,15 @@ class RunFolder:
         lock_made = not (path / LOCK_FILE).exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            remove_empty(made_parents)
+            raise RunFolderError(f"cannot create the run folder {path} ({e.strerror})") from None
+        try:
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             remove_empty(([path] if created else []) + made_parents)
-            raise RunFolderError(f"cannot create the run folder {path} ({e.strerror})") from None
+            raise RunFolderError(f"cannot open {path / LOCK_FILE}, the lock of the run folder ({e.strerror}); "
+                                 "a run writes in its folder") from None
         folder = cls(path, created, fd, made_parents)
         if fcntl is not None:
             try:
@@ -75,15 +80,17 @@ class RunFolder:
                 os.close(fd)
                 raise RunFolderError(f"run folder {path} is in use by another gpt-train run (process {holder}); "
                                  f"wait for it, or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             folder.remove_stale_temporaries()
             folder.settle()  # what a killed --overwrite run left aside
             if new_run and holds_run(path):
                 if not overwrite:
                     raise RunFolderError(f"run folder {path} already holds a run; "
-                                         "--resume continues it, --overwrite starts it over")
+                                         + ("--resume continues it, --overwrite starts it over" if has_checkpoint(path)
+                                            else "it stopped before its first checkpoint, so there is nothing to "
+                                            "resume; --overwrite starts it over"))
                 folder.replaces_run = True
             elif new_run and any(not p.name.startswith(".") for p in path.iterdir()):
                 if lock_made:
@@ -91,8 +98,10 @@ class RunFolder:
                 raise RunFolderError(f"--out {path} holds other files and no run; "
                                      "name a new or empty folder for the run")
             folder.was_empty = new_run and not folder.replaces_run
-        except BaseException:
+        except BaseException as e:
             folder.release(failed=True)
+            if isinstance(e, OSError) and e.filename is None:  # a full disk: named as the run folder
+                e.filename = str(path)
             raise
         return folder
 
@@ -157,7 +166,7 @@ class RunFolder:
         the folder if this run created it, else the files it wrote there."""
         if self.lock_fd is not None:
             self.settle()
-        if failed and not any((self.path / n).exists() for n in (LATEST, BEST)):
+        if failed and not has_checkpoint(self.path):
             if self.created:
                 shutil.rmtree(self.path, ignore_errors=True)
                 remove_empty(self.made_parents)

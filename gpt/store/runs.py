@@ -58,7 +58,9 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = BEST, option: str 
                                   f"an --overwrite run stopped before its first one; "
                                   f"the run it replaced waits in {p / PREVIOUS_RUN} and comes back at the next "
                                   "gpt-train on the folder")
-        raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST})")
+        stopped = (": its run stopped before saving one; start it over with gpt-train --overwrite --out "
+                   f"{p}") if holds_run(p) else ""
+        raise CheckpointError(f"run folder {p} has no checkpoint ({BEST} or {LATEST}){stopped}")
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     return p
@@ -100,9 +102,11 @@ def training_process(folder: Path) -> str | None:
 
 def holds_run(path: Path) -> bool:
     """Whether `path` holds a run: a checkpoint, or the config.json a run writes first."""
-    if (path / LATEST).exists() or (path / BEST).exists():
-        return True
-    return {"model", "train"} <= run_config(path).keys()
+    return has_checkpoint(path) or {"model", "train"} <= run_config(path).keys()
+
+
+def has_checkpoint(path: Path) -> bool:
+    return (path / LATEST).exists() or (path / BEST).exists()
 
 
 def run_config(path: Path) -> dict:

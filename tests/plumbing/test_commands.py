@@ -294,6 +294,31 @@ def test_a_full_disk_at_the_first_save_is_one_line_and_leaves_no_folder(data, tm
     assert not (tmp_path / "run").exists()
 
 
+def test_a_full_disk_before_the_first_step_is_one_line_naming_the_file_and_leaves_no_folder(data, tmp_path):
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS,
+                   file_size_limit=2)  # the process id in .lock is cut short, and config.json fails
+    assert_one_line_error(proc, "gpt-train", f"File too large: {tmp_path / 'run' / 'config.json'}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_lock_that_cannot_be_opened_is_named_as_the_lock(data, tmp_path):
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", f"cannot open {tmp_path / 'run' / '.lock'}, the lock of the run folder")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_named_so_with_the_way_to_start_it_over(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
+    for name in ("latest.pt", "best.pt"):  # as a run killed before its first save leaves it
+        (tmp_path / "run" / name).unlink(missing_ok=True)
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", "stopped before its first checkpoint, so there is nothing to resume",
+                          "--overwrite starts it over")
+    proc = run_cli("gpt.train", "--resume", "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(proc, "gpt-train", "its run stopped before saving one",
+                          f"gpt-train --overwrite --out {tmp_path / 'run'}")
+
+
 def test_overwrite_also_removes_the_old_runs_picture(data, tmp_path):
     pytest.importorskip("matplotlib")
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=4, eval_interval=2), log=lambda s: None)
