@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from . import sharding
-from .errors import NonFiniteLoss, TrainError
+from .errors import NonFiniteLoss, TrainError, kept
 from .metrics import LossWindow, Throughput
 from .progress import Progress
 from .signals import StopFlag
@@ -146,7 +146,7 @@ class Loop:
         val_loss = t.evaluate()
         if not math.isfinite(val_loss):
             raise NonFiniteLoss(f"the validation loss became {val_loss} at step {t.step}; stopped without saving; "
-                                f"{t.run_dir} keeps what was saved before it")
+                                f"{kept(t.run_dir)}")
         bpc = val_loss / math.log(2) * t.tokens_per_char
         train_loss = self.losses.recent_mean(t.cfg.log_interval)
         t.metrics.write({"step": t.step, "tokens": t.tokens, "elapsed": round(t.elapsed(), 3), "train_loss": train_loss,

@@ -15,7 +15,7 @@ import torch
 from plumbing.atomic import atomic_write_text
 
 from ..store.layout import METRICS_FILE
-from .errors import NonFiniteLoss
+from .errors import NonFiniteLoss, kept
 
 
 def logged_by(line: str, step: int) -> bool:
@@ -79,7 +79,7 @@ class LossWindow:
         for (s, _), v in zip(self.pending, values):
             if not math.isfinite(v):
                 raise NonFiniteLoss(f"the loss became {v} at step {s}; stopped without saving; "
-                                    f"{self.run_dir} keeps what was saved before it (try a lower --lr)")
+                                    f"{kept(self.run_dir)} (try a lower --lr)")
         self.history.extend((s, v) for (s, _), v in zip(self.pending, values))
         self.pending.clear()
         return values

@@ -202,12 +202,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
         return loss * float("nan") if self.step >= 13 else loss
 
     monkeypatch.setattr(Trainer, "train_step", goes_bad)
-    with pytest.raises(NonFiniteLoss, match="at step 14"):
+    with pytest.raises(NonFiniteLoss, match="at step 14.*keeps what was saved before it"):
         train(overrides={"out": str(tmp_path / "run"), "max_iters": 40, "progress": False}, resume=True,
               log=lambda s: None)
     kept = ck.load_checkpoint(tmp_path / "run" / "latest.pt")
     assert kept["step"] == good["step"] == 10
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_nothing_was_kept(data, tmp_path):
+    with pytest.raises(NonFiniteLoss, match="no checkpoint had been saved, so .* is left as the run found it"):
+        train(overrides=tiny_run(data, tmp_path / "run", max_iters=10, lr=1e6, warmup_iters=0), log=lambda s: None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_other_vocabulary_or_shape_is_refused(data, tmp_path):
