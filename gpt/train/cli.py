@@ -204,11 +204,18 @@ INTERRUPTED = ("interrupted before a step boundary; a run that had saved a check
 NEEDS = {"lora_alpha": "lora", "lora_targets": "lora", "distill_weight": "teacher", "distill_temperature": "teacher"}
 
 
-def check_companions(overrides: dict) -> None:
+def check_companions(overrides: dict, preset: str | None) -> None:
+    """Refuse options that would do nothing: without the option they shape, or for a bigram."""
     for option, needed in NEEDS.items():
         if option in overrides and not overrides.get(needed):
             raise TrainError(f"--{option.replace('_', '-')} shapes what --{needed} does, and no --{needed} is "
                              f"given here; give --{needed} too, or leave --{option.replace('_', '-')} out")
+    if overrides.get("model", PRESETS.get(preset or "", {}).get("model")) == "bigram":
+        given = [f"--{k.replace('_', '-')}" for k in overrides if k in GPT_ONLY - {"optimizer"}]
+        if given:
+            raise TrainError(f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} a transformer, and the "
+                             "bigram model is one table of next-token scores; leave "
+                             f"{'it' if len(given) == 1 else 'them'} out, or train --model gpt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         if not args.resume:  # a resumed run keeps its own options
-            check_companions(overrides)
+            check_companions(overrides, args.preset)
         if args.plan is not None:
             if args.resume:
                 raise TrainError("--plan plans a new run; leave out --resume")

@@ -301,6 +301,14 @@ def test_a_full_disk_before_the_first_step_is_one_line_naming_the_file_and_leave
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("model", [["--model", "bigram"], ["--preset", "bigram"]])
+def test_a_transformers_shape_given_to_a_bigram_is_one_line(data, tmp_path, model):
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "1", "--quiet", *model,
+                   "--n-layer", "3", "--pos", "learned")
+    assert_one_line_error(proc, "gpt-train", "--n-layer", "--pos", "shape a transformer", "--model gpt")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_lock_that_cannot_be_opened_is_named_as_the_lock(data, tmp_path):
     (tmp_path / "run" / ".lock").mkdir(parents=True)
     proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
