@@ -19,10 +19,12 @@ class StopFlag:
                 self._previous[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum == signum:  # a second Ctrl-C: the user really wants out now
+        if self.signum == signum == signal.SIGINT:  # a second Ctrl-C: the user really wants out now
             raise KeyboardInterrupt
-        # the other signal after the first is the same request: torchrun passes a Ctrl-C on
-        # to its workers and follows it at once with a SIGTERM, which must not cut the save short
+        # any other signal after the first is the same request, which must not cut the save
+        # short: torchrun passes a Ctrl-C on to its workers and follows it at once with a
+        # SIGTERM, and may send its workers SIGTERM twice (a service manager that wants a run
+        # gone at once sends SIGKILL)
         if self.signum is None:
             self.signum = signum
 

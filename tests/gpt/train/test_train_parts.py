@@ -170,6 +170,18 @@ def test_a_sigterm_after_a_ctrl_c_is_the_same_request():
         stop.restore()
 
 
+def test_a_second_sigterm_is_the_same_request():
+    """torchrun may send its workers SIGTERM twice: the run still saves."""
+    stop = StopFlag()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+    finally:
+        stop.restore()
+
+
 # -- metrics, compile, fp16 ------------------------------------------------------------------
 def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
     log = MetricsLog(tmp_path)
