@@ -144,7 +144,7 @@ def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers:
 def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, workers: Workers,
                   base: Tokenizer | None) -> Summary:
     tally, warnings = _read_pass(sources, tmp / "work", opts, workers)
-    split = _plan_split(tally, opts)
+    split = _plan_split(tally, opts, warnings)
     tokenizer, in_vocab = _tokenizer(split.units, split.total, split.val_tails, opts, workers, base)
     tokens, documents, shards = _write_shards(split, tokenizer, tmp, opts, workers)
     (tmp / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
@@ -172,7 +172,7 @@ class Split:
     total: dict  # per split, the count of each code point
 
 
-def _plan_split(tally: Tally, opts: PrepareOptions) -> Split:
+def _plan_split(tally: Tally, opts: PrepareOptions, warnings: list[str]) -> Split:
     units = [r for r in tally.units if r.documents]
     n_docs = sum(r.documents for r in units)
     if n_docs == 0:
@@ -192,6 +192,10 @@ def _plan_split(tally: Tally, opts: PrepareOptions) -> Split:
     if n_docs >= MIN_DOCS_FOR_DOCUMENT_SPLIT and 0 < n_val_docs < n_docs:
         split = Split(units, None, None, tally.totals)
     else:
+        if n_docs >= MIN_DOCS_FOR_DOCUMENT_SPLIT:
+            warnings.append(f"{'none' if n_val_docs == 0 else 'all'} of the {n_docs:,} documents went to val at "
+                            f"--val-fraction {opts.val_fraction:g}; split inside each document instead, so train "
+                            "and val share documents (a larger corpus or --val-fraction splits by document)")
         unit_counts = [recount_text_split(r.scratch, opts.val_fraction) for r in units]
         split = Split(units, opts.val_fraction, unit_counts, summed(unit_counts))
     chars = {s: int(split.total[s].sum()) for s in SPLITS}
