@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+from data_prep.prepared.data_folder import is_prepared_data
 from plumbing.errors import UserError
 from plumbing.output_folder import check_not_dangling, missing_parents, remove_empty
 
@@ -95,8 +96,9 @@ class RunFolder:
             elif new_run and any(not p.name.startswith(".") for p in path.iterdir()):
                 if lock_made:
                     (path / LOCK_FILE).unlink()  # the user's folder, as it was
-                raise RunFolderError(f"--out {path} holds other files and no run; "
-                                     "name a new or empty folder for the run")
+                what = ("is a data folder written by gpt-prepare, not a run folder" if is_prepared_data(path)
+                        else "holds other files and no run")
+                raise RunFolderError(f"--out {path} {what}; name a new or empty folder for the run")
             folder.was_empty = new_run and not folder.replaces_run
         except BaseException as e:
             folder.release(failed=True)

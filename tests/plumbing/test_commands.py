@@ -309,6 +309,13 @@ def test_a_transformers_shape_given_to_a_bigram_is_one_line(data, tmp_path, mode
     assert not (tmp_path / "run").exists()
 
 
+def test_a_data_folder_given_as_out_is_named_as_a_data_folder(data):
+    before = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
+    proc = run_cli("gpt.train", "--data", data, "--out", data, "--max-iters", "1", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", "is a data folder written by gpt-prepare, not a run folder")
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before
+
+
 def test_a_lock_that_cannot_be_opened_is_named_as_the_lock(data, tmp_path):
     (tmp_path / "run" / ".lock").mkdir(parents=True)
     proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
