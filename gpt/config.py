@@ -230,8 +230,8 @@ class TrainConfig:
                 raise ConfigError("--muon-lr must be positive and --muon-weight-decay not negative (both finite)")
         if not 0 < self.distill_weight <= 1:  # also refuses NaN
             raise ConfigError(f"--distill-weight must be in (0, 1], got {self.distill_weight}")
-        if not 0 < self.distill_temperature < math.inf:
-            raise ConfigError(f"--distill-temperature must be positive and finite, got {self.distill_temperature}")
+        if not 1e-3 <= self.distill_temperature <= 1e3:  # past these, logits / T or T^2 leave float32's range
+            raise ConfigError(f"--distill-temperature must be between 0.001 and 1000, got {self.distill_temperature}")
         if self.activation_checkpointing and self.model != "gpt":
             raise ConfigError("--activation-checkpointing recomputes a transformer's blocks; "
                               "the bigram model has none (leave it out)")

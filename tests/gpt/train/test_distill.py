@@ -104,6 +104,7 @@ def test_a_teacher_of_another_vocabulary_is_one_line_naming_vocab_from(teacher, 
     (["--distill-weight", "1.5"], "--distill-weight"),
     (["--distill-temperature", "0"], "--distill-temperature"),
     (["--distill-temperature", "nan"], "--distill-temperature"),
+    (["--distill-temperature", "1e-300"], "between 0.001 and 1000"),
 ])
 def test_bad_distillation_options_are_one_line(data, teacher, tmp_path, args, fragment):
     full = ["--teacher", str(teacher), *args] if args[0] != "--teacher" else args
