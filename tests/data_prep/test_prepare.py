@@ -87,7 +87,7 @@ def test_when_no_document_goes_to_val_the_split_is_inside_the_text_and_a_warning
 def test_unk_mode_maps_characters_outside_the_vocabulary_to_one_token(tmp_path, prepare_data):
     text = "ab" * 500 + "🙂東"
     (tmp_path / "t.txt").write_text(text)
-    _, data = prepare_data(tmp_path / "t.txt", oov="unk", max_vocab=4, val_fraction=0.003)
+    _, data = prepare_data(tmp_path / "t.txt", oov="unk", max_vocab=4, val_fraction=0.5)
     tok = data.tokenizer
     assert data.meta["coverage"]["unknown_token"] and tok.chars == ["a", "b"] and len(tok) == 4
     val = np.concatenate(data.split("val")).tolist()
@@ -159,7 +159,7 @@ def test_identical_documents_always_share_a_split(tmp_path, prepare_data, read_d
     for i in range(150):
         (tmp_path / "docs").mkdir(exist_ok=True)
         (tmp_path / "docs" / f"{i:03d}.txt").write_text(f"document number {i % 50}\n" * 5)
-    _, data = prepare_data(tmp_path / "docs", val_fraction=0.003)
+    _, data = prepare_data(tmp_path / "docs", val_fraction=0.3)
     train, val = read_documents(data, "train"), read_documents(data, "val")
     assert len(train) + len(val) == 150 and val and train
     assert not set(train) & set(val)
