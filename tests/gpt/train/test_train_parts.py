@@ -158,26 +158,16 @@ def test_a_second_ctrl_c_interrupts_at_once():
         stop.restore()
 
 
-def test_a_sigterm_after_a_ctrl_c_is_the_same_request():
-    """torchrun passes Ctrl-C on to its workers, then sends SIGTERM: the run still saves."""
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_a_sigterm_after_the_first_signal_is_the_same_request(first):
+    """torchrun passes Ctrl-C on to its workers, then sends SIGTERM, and may send SIGTERM
+    twice: the run still saves."""
     stop = StopFlag()
     stop.install()
     try:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), first)
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signum == signal.SIGINT
-    finally:
-        stop.restore()
-
-
-def test_a_second_sigterm_is_the_same_request():
-    """torchrun may send its workers SIGTERM twice: the run still saves."""
-    stop = StopFlag()
-    stop.install()
-    try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signum == signal.SIGTERM
+        assert stop.signum == first
     finally:
         stop.restore()
 
