@@ -7,8 +7,8 @@ each entry point first makes Ctrl-C end the process at once with one line (nothi
 been written yet), and it stays so until `run_command` hands Ctrl-C back to Python for the
 command's own handling (or the command ends without one: `--help`, a usage mistake). This
 module and `gpt/__init__.py` import only the standard library, so the window left is
-Python's own start. (`python -m gpt.train` imports its package first and
-keeps that window; it is torchrun's way in, not a user's.)
+Python's own start. (`python -m gpt.train` imports its package first and keeps that
+window; it is torchrun's way in, not a user's.)
 """
 from __future__ import annotations
 
