@@ -13,7 +13,7 @@ from plumbing.errors import first_line
 from ..options import PrepareOptions
 from ..read import documents as src
 from ..read.inputs import Source
-from ..read.records import datasets_documents, json_lines_documents
+from ..read.records import datasets_documents, json_documents
 from ..read.streams import DECODE_ERRORS, HashingReader, SourceError
 from ..read.tar import TarError
 from ..read.utf8 import DecodeStats, Document
@@ -30,7 +30,7 @@ class Unit:
     source: int
     name: str
     size: int
-    kind: str  # a file: "stream", "json lines", "datasets" (records) or "saved" (a saved
+    kind: str  # a file: "stream", "json", "datasets" (records) or "saved" (a saved
     # dataset folder); a member of an archive of archives: "member" (payload) or "spilled"
     path: str | None = None
     payload: bytes | None = None  # a member's content; or a small file's, read already
@@ -90,9 +90,10 @@ def make_units(sources: list[Source], source_info: list[dict], work: Path) -> It
 def unit_documents(unit: Unit, reader: HashingReader | None, opts: PrepareOptions,
                    stats: DecodeStats) -> Iterator[Document]:
     if unit.kind in ("datasets", "saved"):
-        yield from datasets_documents(Path(unit.path), unit.name, unit.kind == "saved", opts.text_field)
-    elif unit.kind == "json lines":
-        yield from json_lines_documents(reader, unit.name, opts.text_field, stats, opts.strict)
+        yield from datasets_documents(Path(unit.path), unit.name, unit.kind == "saved", opts.text_field, stats,
+                                      opts.strict)
+    elif unit.kind == "json":
+        yield from json_documents(reader, unit.name, opts.text_field, stats, opts.strict)
     elif unit.kind in ("member", "spilled"):
         member = unit.payload if unit.kind == "member" else reader
         yield from src.member_documents(member, unit.name, stats, opts.strict, depth=1)

@@ -87,5 +87,6 @@ class Tally:
             self.bad_records += r.bad_records
         warnings += [f"skipped member {m}" for m in self.skipped_members]
         if self.bad_records:
-            warnings.append(f"skipped {self.bad_records} JSON line(s) that are not records with text")
+            warnings.append(f"skipped {self.bad_records} record(s) without text (not a JSON object, no such "
+                            "field, or a value that is not a string)")
         return warnings

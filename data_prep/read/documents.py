@@ -14,7 +14,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from ..errors import writing
 from .inputs import Source
-from .records import datasets_documents, json_lines_documents, record_format
+from .records import datasets_documents, json_documents, record_format
 from .streams import (
     DECODE_ERRORS,
     MAX_NESTING,
@@ -90,10 +90,11 @@ HEAD_BYTES = 1 << 13  # a file's first bytes, read once to tell what it holds
 def file_kind(path: Path) -> tuple[str, bytes | None]:
     """What a file holds, from one look at its first bytes: "archive of archives" (a tar
     whose first file is itself compressed or a tar, like the OpenWebText release: split
-    into one unit of work per member, in parallel), "json lines", "datasets" (JSON or
-    Parquet records) or "stream" (text or an archive of text, read as one unit). A file that
-    cannot be read is a "stream": reading it reports why. Returned with it: the whole file,
-    when the look saw all of it (a small file is then not opened again)."""
+    into one unit of work per member, in parallel), "json" (JSON lines or an array of
+    records), "datasets" (Parquet, or JSON of another shape) or "stream" (text or an
+    archive of text, read as one unit). A file that cannot be read is a "stream": reading
+    it reports why. Returned with it: the whole file, when the look saw all of it (a small
+    file is then not opened again)."""
     raw = b""
     try:
         with open(path, "rb") as f:
@@ -155,14 +156,14 @@ def file_documents(source: Source, text_field: str, stats: DecodeStats, strict: 
     (gpt-prepare reads the same formats, but splits an archive of archives into one unit of
     work per member for its workers)."""
     if source.kind == "saved":
-        yield from datasets_documents(source.path, source.name, True, text_field)
+        yield from datasets_documents(source.path, source.name, True, text_field, stats, strict)
         return
     kind, _whole = file_kind(source.path)
     if kind == "datasets":
-        yield from datasets_documents(source.path, source.name, False, text_field)
+        yield from datasets_documents(source.path, source.name, False, text_field, stats, strict)
         return
     with open(source.path, "rb") as f:
-        if kind == "json lines":
-            yield from json_lines_documents(f, source.name, text_field, stats, strict)
+        if kind == "json":
+            yield from json_documents(f, source.name, text_field, stats, strict)
         else:  # text, or archives of text nested to any depth
             yield from stream_documents(f, source.name, stats, strict)

@@ -1,11 +1,12 @@
 """Records as documents, one per record's text field: JSON lines read here, line by line;
 JSON, Parquet files and `datasets.save_to_disk` folders through the `datasets` library.
 
-JSON lines are read with the json module rather than `datasets` because a corpus of them
-is often scraped and a little broken: one malformed line should cost that line, not the
-file (and `datasets` would log its own lines about it first), and a stream of lines needs
-no table machinery to stay in bounded memory. Parquet and saved datasets stay on
-`datasets`: it streams Parquet by row group and memory-maps saved Arrow files.
+JSON lines and JSON arrays are read with the json module rather than `datasets` because a
+corpus of them is often scraped and a little broken: one malformed record should cost that
+record, not the file (and `datasets` would log its own lines about it first, and turns a
+column of mixed types into JSON text, quotes and all), and a stream of lines needs no table
+machinery to stay in bounded memory. Parquet and saved datasets stay on `datasets`: it
+streams Parquet by row group and memory-maps saved Arrow files.
 """
 from __future__ import annotations
 
@@ -33,23 +34,32 @@ def work_offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put first
+
+
 def record_format(path: Path, raw: bytes, content: bytes) -> str | None:
-    """"json lines", "datasets" (JSON or Parquet) or None (not records), from a file's first
-    bytes (`raw`) and the content they begin (`content`: compression undone). JSON is
-    recognised by its extension (after any compression suffix) and its first byte, JSON
-    lines by a line of the head that starts a record (a bad first line is one bad record,
-    not a sign of plain text); Parquet by its magic bytes."""
+    """"json" (JSON lines, or a JSON array of records), "datasets" (Parquet, or a JSON file
+    of another shape) or None (not records), from a file's first bytes (`raw`) and the
+    content they begin (`content`: compression undone). JSON is recognised by its extension
+    (after any compression suffix) and its first byte past a byte order mark: an array of
+    records, or lines of records (a bad first line is one bad record, not a sign of plain
+    text); an object whose first line is only its brace is one pretty-printed object, for
+    `datasets`. Parquet by its magic bytes."""
     if raw[:4] == b"PAR1":
         return "datasets"
     suffixes = [s.lower() for s in path.suffixes]
     while suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
         suffixes.pop()
-    if suffixes and suffixes[-1] in JSON_SUFFIXES:
-        first = content.lstrip()[:1]
-        if suffixes[-1] in JSON_LINES_SUFFIXES and any(line.lstrip()[:1] == b"{" for line in content.split(b"\n")):
-            return "json lines"
-        return "datasets" if first in (b"{", b"[") else None
-    return None
+    if not suffixes or suffixes[-1] not in JSON_SUFFIXES:
+        return None
+    content = content.removeprefix(BOM).lstrip()
+    if content[:1] == b"[":
+        return "json"
+    if suffixes[-1] in JSON_LINES_SUFFIXES:
+        return "json" if any(line.lstrip()[:1] == b"{" for line in content.split(b"\n")) else None
+    if content[:1] != b"{":
+        return None
+    return "json" if content.split(b"\n", 1)[0].strip() != b"{" else "datasets"
 
 
 def lines(stream: BinaryIO) -> Iterator[bytes]:
@@ -63,23 +73,33 @@ def lines(stream: BinaryIO) -> Iterator[bytes]:
         yield rest
 
 
-def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats,
-                         strict: bool) -> Iterator[Document]:
-    """One document per line's record; a line that is not a JSON object, or whose record has
-    no `text_field` or a value there that is not a string, is skipped and counted (under
-    `strict`, refused). null and "" are empty documents, skipped as any empty document is.
-    The first record's fields name the ones there are."""
-    fields_checked = False
-    for number, line in enumerate(lines(open_content(stream)), 1):
-        if not line.strip():
-            continue
+def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats,
+                   strict: bool) -> Iterator[Document]:
+    """One document per record of a JSON lines file, line by line, or of a JSON array (read
+    whole: an array's records are known only at its end). A line or an element that is not
+    a JSON object, or whose record has no `text_field` or a value there that is not a
+    string, is skipped and counted (under `strict`, refused). null and "" are empty
+    documents, skipped as any empty document is. The first record's fields name the ones
+    there are."""
+    content = open_content(stream)
+    if content.peek(1 << 12).removeprefix(BOM).lstrip()[:1] == b"[":
         try:
-            record = json.loads(line)
+            records = json.loads(content.read())  # bytes: a byte order mark is allowed
+        except ValueError as e:
+            raise SourceError(f"{name}: not valid JSON ({first_line(e)})") from None
+        numbered = ((f"record {i}", record, None) for i, record in enumerate(records, 1))
+    else:
+        numbered = ((f"line {n}", None, line) for n, line in enumerate(lines(content), 1) if line.strip())
+    fields_checked = False
+    for where, record, line in numbered:
+        try:
+            if line is not None:
+                record = json.loads(line)
             if not isinstance(record, dict):
-                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+                raise ValueError(f"a JSON {json_type(record)}, not an object")
         except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             if strict:
-                raise SourceError(f"{name}: line {number} is not a JSON record ({first_line(e)}); without --strict "
+                raise SourceError(f"{name}: {where} is not a JSON record ({first_line(e)}); without --strict "
                                   "it is skipped and counted") from None
             stats.bad_records += 1
             continue
@@ -92,13 +112,13 @@ def json_lines_documents(stream: BinaryIO, name: str, text_field: str, stats: De
         if not isinstance(value, str) and (value is not None or text_field not in record):
             if strict:
                 why = "no such field" if text_field not in record else f"a JSON {json_type(value)}"
-                raise SourceError(f"{name}: line {number} has no text in {text_field!r} ({why}); without --strict "
+                raise SourceError(f"{name}: {where} has no text in {text_field!r} ({why}); without --strict "
                                   "it is skipped and counted")
             stats.bad_records += 1
             continue
         if value:
-            text = without_lone_surrogates(value, f"{name}: line {number}", stats, strict)
-            yield Document(f"{name}#{number}", iter((text,)))
+            text = without_lone_surrogates(value, f"{name}: {where}", stats, strict)
+            yield Document(f"{name}#{where.split()[1]}", iter((text,)))
 
 
 def json_type(value) -> str:
@@ -125,9 +145,11 @@ def without_lone_surrogates(text: str, where: str, stats: DecodeStats, strict: b
     return LONE_SURROGATE.sub("\ufffd", text)
 
 
-def datasets_documents(path: Path, name: str, saved: bool, text_field: str) -> Iterator[Document]:
-    """Records of a JSON / JSON lines / Parquet file or (`saved`) a saved dataset, one
-    document each."""
+def datasets_documents(path: Path, name: str, saved: bool, text_field: str, stats: DecodeStats,
+                       strict: bool) -> Iterator[Document]:
+    """Records of a Parquet or JSON file or (`saved`) a saved dataset, one document each; a
+    value that is not a string is skipped and counted (under `strict`, refused), and a
+    null or "" is an empty document."""
     try:
         import datasets
     except ImportError:
@@ -153,6 +175,11 @@ def datasets_documents(path: Path, name: str, saved: bool, text_field: str) -> I
                     index += 1
                     if isinstance(value, str) and value:
                         yield Document(f"{name}#{index}", iter((value,)))
+                    elif value is not None and not isinstance(value, str):
+                        if strict:
+                            raise SourceError(f"{name}: record {index} has no text in {text_field!r} (a "
+                                              f"{type(value).__name__}); without --strict it is skipped and counted")
+                        stats.bad_records += 1
     except SourceError:
         raise
     except Exception as e:  # the datasets library raises many kinds; all mean "unreadable"

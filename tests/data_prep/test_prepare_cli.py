@@ -209,7 +209,8 @@ def test_cli_skips_and_counts_a_malformed_json_line_without_library_chatter(tmp_
     (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
     proc = prepare_cli("r.jsonl", "--out", "data", "--quiet", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "gpt-prepare: warning: skipped 1 JSON line(s) that are not records with text\n"
+    assert proc.stderr == ("gpt-prepare: warning: skipped 1 record(s) without text (not a JSON object, no such "
+                           "field, or a value that is not a string)\n")
     meta = data_prep.load(tmp_path / "data").meta
     assert meta["skipped"]["bad_records"] == 1
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 196

@@ -217,7 +217,7 @@ def test_malformed_json_lines_are_skipped_and_counted_and_the_rest_read(tmp_path
     summary, data = prepare_data(tmp_path / "r.jsonl")
     assert data.meta["skipped"]["bad_records"] == 3
     assert all_documents(data, read_documents) == sorted(r["text"] for i, r in enumerate(RECORDS) if i not in (3, 10))
-    assert "skipped 3 JSON line(s) that are not records with text" in summary.warnings
+    assert [w.split(" (")[0] for w in summary.warnings] == ["skipped 3 record(s) without text"]
 
 
 def test_a_json_lines_file_whose_first_line_is_bad_is_still_read_as_records(tmp_path, prepare_data, read_documents):
@@ -236,6 +236,44 @@ def test_records_without_text_are_skipped_and_counted_and_empty_ones_are_no_docu
     assert all_documents(data, read_documents) == sorted(r["text"] for r in RECORDS)
     with pytest.raises(DataError, match=r"r.jsonl: line \d+ has no text in 'text' \(no such field\); without --strict"):
         prepare_data(tmp_path / "r.jsonl", strict=True)
+
+
+def test_a_json_arrays_records_without_text_are_skipped_and_counted_and_its_text_kept_as_it_is(tmp_path,
+                                                                                              prepare_data,
+                                                                                              read_documents):
+    (tmp_path / "r.json").write_text(json.dumps([*RECORDS, {"text": 5}, {"other": "x"}, ["a"]]))
+    _, data = prepare_data(tmp_path / "r.json")
+    assert data.meta["skipped"]["bad_records"] == 3
+    assert all_documents(data, read_documents) == TEXTS  # no quotes added around the text
+    with pytest.raises(DataError, match=r"r.json: record 121 has no text in 'text' \(a JSON number\)"):
+        prepare_data(tmp_path / "r.json", strict=True)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("array.json", json.dumps(RECORDS)), ("lines.jsonl", "".join(json.dumps(r) + "\n" for r in RECORDS)),
+    ("lines.json", "".join(json.dumps(r) + "\n" for r in RECORDS)), ("one.jsonl", json.dumps(RECORDS[0]))])
+def test_records_after_a_byte_order_mark_or_as_json_lines_in_a_json_file_are_records(tmp_path, prepare_data,
+                                                                                       read_documents, name, content):
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + content.encode())
+    _, data = prepare_data(tmp_path / name)
+    if name == "one.jsonl":  # one document, split inside its text: train's part, then val's
+        assert "".join(read_documents(data, "train") + read_documents(data, "val")) == RECORDS[0]["text"]
+    else:
+        assert all_documents(data, read_documents) == TEXTS
+
+
+@needs_datasets
+def test_parquet_values_that_are_not_text_are_skipped_and_counted(tmp_path, prepare_data, read_documents):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([1, 2, 3])}), tmp_path / "numbers.parquet")
+    pq.write_table(pa.Table.from_pylist(RECORDS), tmp_path / "records.parquet")
+    _, data = prepare_data(tmp_path)
+    assert data.meta["skipped"]["bad_records"] == 3
+    assert all_documents(data, read_documents) == TEXTS
+    with pytest.raises(DataError, match=r"numbers.parquet: record 1 has no text in 'text' \(a int\)"):
+        prepare_data(tmp_path, strict=True)
 
 
 def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
