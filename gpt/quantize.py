@@ -37,6 +37,10 @@ COMPUTE_DTYPE = torch.bfloat16  # the activations' dtype inside the product (see
 # rows from which a CPU with native bf16 multiplies by the int8 values as bf16 (see forward):
 # at 16 rows the kernel was still faster, at 64 the product
 WIDE_ROWS = 32
+# the int8 kernel's rows are read KERNEL_K values at a time: with another input width (a
+# model whose heads gpt-prune cut to 24 channels) torch 2.13's CPU kernel returned wrong
+# sums for one row and crashed the process for more (2-core Intel Xeon, 2026-12-05)
+KERNEL_K = 16
 
 
 @functools.cache
@@ -66,6 +70,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", qweight.contiguous())  # (out, in) int8
         self.register_buffer("scales", scales.to(COMPUTE_DTYPE).contiguous())  # (out,)
         self.register_buffer("bias", bias)  # (out,) in the model's dtype, or None
+        self.fits_kernel = self.in_features % KERNEL_K == 0
 
     @classmethod
     def from_linear(cls, layer: nn.Linear) -> "Int8Linear":
@@ -76,12 +81,13 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:  # forward()'s (B, T, C): the kernel takes rows of activations
             return self.forward(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
-        if x.size(0) >= WIDE_ROWS and bf16_products(x.device):
+        if not self.fits_kernel or (x.size(0) >= WIDE_ROWS and bf16_products(x.device)):
             # the kernel passes over the weights once per row, about 8 us a row for the baby
             # model's MLP on a 2-core Intel Xeon, so a prompt or a moved window (192 rows) took
             # 1.6 ms a layer; the int8 values as bf16 (exact) in one product, scaled after,
-            # took 0.3-0.4 ms
-            y = F.linear(x.to(COMPUTE_DTYPE), self.qweight.to(COMPUTE_DTYPE)).mul_(self.scales).to(x.dtype)
+            # took 0.3-0.4 ms. A CPU without native bf16 takes this way in fp32
+            dtype = COMPUTE_DTYPE if x.device.type != "cpu" or bf16_products(x.device) else torch.float32
+            y = F.linear(x.to(dtype), self.qweight.to(dtype)).mul_(self.scales).to(x.dtype)
         else:
             # decoding calls this 25 times per token with one row: as few operations as possible
             y = torch._weight_int8pack_mm(x.to(COMPUTE_DTYPE).contiguous(), self.qweight, self.scales).to(x.dtype)

@@ -62,6 +62,19 @@ def test_an_int8_layer_takes_any_activation_shape_and_keeps_its_bias():
             assert (q(x) - layer(x)).abs().max() <= 0.02 * layer(x).abs().max()
 
 
+@pytest.mark.parametrize("width", [8, 24, 40])
+def test_an_int8_layer_whose_input_width_the_kernel_cannot_take_is_still_right(width):
+    """A model gpt-prune narrowed (heads of 24 channels): torch's kernel gave wrong sums or
+    crashed for such widths."""
+    torch.manual_seed(0)
+    layer = nn.Linear(width, 48, bias=False)
+    q = Int8Linear.from_linear(layer)
+    for rows in (1, 6):
+        x = torch.randn(rows, width)
+        with torch.inference_mode():
+            assert (q(x) - layer(x)).abs().max() <= 0.02 * layer(x).abs().max()
+
+
 def test_int8_logits_are_close_to_fp32_logits(tiny):
     """int8 rounds each weight by at most half a step, 1/254 of its row's largest weight, and
     the products see bf16 activations (8 significant bits); over this 2-layer model the errors
