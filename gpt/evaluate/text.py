@@ -117,11 +117,15 @@ class TextStream(TokenStream):
         eot = np.array([self.tokenizer.eot_id], dtype=np.int64)
         yield eot
         for _name, texts in read_documents(self.paths, self.notes, self.text_field):
-            self.notes.documents += 1
             # characters encode alike however the text is cut; a BPE's ids only where safe_pieces cuts
+            read = False
             for text in (texts if self.inside is not None else safe_pieces(texts)):
-                yield self.encode(text)
-            yield eot
+                if text:
+                    read = True
+                    yield self.encode(text)
+            if read:  # as in gpt-prepare, an empty file or a skipped one (binary) is no document
+                self.notes.documents += 1
+                yield eot
 
     def encode(self, text: str) -> np.ndarray:
         if self.inside is None:

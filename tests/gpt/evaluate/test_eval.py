@@ -198,6 +198,20 @@ def test_archives_and_folders_are_read_as_gpt_prepare_reads_them(ckpt, tmp_path)
     assert folder.score.tokens == archive.score.tokens + len(DOCUMENTS) - 1  # one end-of-text token per document
 
 
+def test_empty_and_binary_files_in_a_folder_are_no_documents_and_add_no_tokens(ckpt, tmp_path):
+    (tmp_path / "plain").mkdir()
+    for i, doc in enumerate(DOCUMENTS):
+        (tmp_path / "plain" / f"{i}.txt").write_text(doc, encoding="utf-8")
+    run = load_run(ckpt, CPU)
+    clean = evaluate(run, TextStream([str(tmp_path / "plain")], run.tokenizer), stride=8)
+    (tmp_path / "plain" / "__init__.py").write_text("")
+    (tmp_path / "plain" / "x.pyc").write_bytes(b"\x00\x01binary")
+    with pytest.warns(UserWarning, match="x.pyc"):
+        mixed = evaluate(run, TextStream([str(tmp_path / "plain")], run.tokenizer), stride=8)
+    assert mixed.stream.notes.documents == clean.stream.notes.documents == len(DOCUMENTS)
+    assert (mixed.score.tokens, mixed.score.nats) == (clean.score.tokens, clean.score.nats)
+
+
 # -- agreement with training -----------------------------------------------------------------------
 def test_val_split_score_agrees_with_the_val_loss_gpt_train_logged(tmp_path, capsys):
     """gpt-train's val loss is the mean over windows of block_size + 1 tokens, every position
