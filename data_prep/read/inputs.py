@@ -80,7 +80,32 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
                             "than once; save its content to a file first")
         else:
             found.append(Source(p, "file"))
-    return found
+    return each_once(found)
+
+
+def each_once(found: list[Source]) -> list[Source]:
+    """Each file read once, where it is first found: one given twice, inside a folder also
+    given, or reached again through a link (a hard link is the same file too) would be read
+    twice, its documents doubled in the corpus. Said in one warning."""
+    first: dict = {}
+    kept, again = [], []
+    for source in found:
+        try:
+            st = os.stat(source.path)
+            key = (st.st_dev, st.st_ino)
+        except OSError:  # reading it says why
+            key = os.path.realpath(source.path)
+        if key in first:
+            again.append((source, first[key]))
+        else:
+            first[key] = source
+            kept.append(source)
+    if again:
+        source, earlier = again[0]
+        more = f"; {len(again) - 1} more like it" if len(again) > 1 else ""
+        warnings.warn(f"read once: {source.name} is {earlier.name} again (given twice, inside a folder also given, "
+                      f"or a link){more}")
+    return kept
 
 
 def unlisted(e: OSError) -> None:

@@ -220,6 +220,18 @@ def test_a_link_to_a_folder_inside_an_input_is_not_followed_and_said(good_folder
     assert all("more.txt" not in s["path"] for s in data.meta["sources"])
 
 
+def test_a_file_reached_twice_is_read_once_and_said(good_folder, prepare_data):
+    _, once = prepare_data(good_folder)
+    first = sorted(good_folder.iterdir())[0]
+    os.link(first, good_folder / "hard-link.txt")
+    (good_folder / "soft-link.txt").symlink_to(first.name)
+    with pytest.warns(UserWarning, match=r"read once: .*hard-link.txt is .*good0.txt again \(given twice, inside a "
+                                         r"folder also given, or a link\); 7 more like it"):
+        _, again = prepare_data(good_folder, first, good_folder)
+    assert [s["path"] for s in again.meta["sources"]] == [s["path"] for s in once.meta["sources"]]
+    assert again.meta["splits"] == once.meta["splits"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root lists folders whatever their permissions")
 def test_a_folder_that_cannot_be_listed_is_skipped_with_a_warning(good_folder, prepare_data):
     locked = good_folder / "locked"
