@@ -117,7 +117,7 @@ def read_prompt(args) -> str:
     if not data:
         raise GenerationError(f"the prompt file {name} is empty (for an unconditional sample, give no prompt)")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte order mark is no text, as in gpt-prepare
     except UnicodeDecodeError as e:
         raise GenerationError(f"the prompt file {name} is not UTF-8 text (bad byte at offset {e.start})") from None
 

@@ -200,6 +200,13 @@ def test_the_prompt_can_come_from_standard_input_and_need_not_be_echoed(sample_m
     assert out == library(NEW, "the rain", temperature=0, max_new_tokens=20)[0] + "\n"
 
 
+def test_a_byte_order_mark_before_the_prompt_is_no_part_of_it(sample_main):
+    status, out, _ = sample_main("--prompt-file", "-", "--temperature", "0", "--max-new-tokens", "20", "--no-echo",
+                                 stdin="\ufeffthe rain")
+    assert status == 0
+    assert out == library(NEW, "the rain", temperature=0, max_new_tokens=20)[0] + "\n"
+
+
 def test_stop_strings_understand_escapes_and_cut_the_output(sample_main):
     status, out, _ = sample_main("--prompt", "the", "--seed", "5", "--max-new-tokens", "80", "--stop", "xyz",
                                  "--stop", r"\x20")
