@@ -28,7 +28,16 @@ from .streams import (
     sniff_compression,
 )
 from .tar import MemberStream, TarError, iter_tar
-from .utf8 import BINARY_PROBE, BinaryContent, DecodeStats, Document, decode_text, is_binary, text_chunks
+from .utf8 import (
+    BINARY_PROBE,
+    BinaryContent,
+    DecodeStats,
+    Document,
+    binary_reason,
+    decode_text,
+    is_binary,
+    text_chunks,
+)
 
 Member = bytes | BinaryIO  # an archive member's content: small ones as bytes, large ones streamed
 
@@ -64,8 +73,8 @@ def _skip_binary(head: bytes, name: str, stats: DecodeStats, strict: bool) -> bo
     if not is_binary(head):
         return False
     if strict:
-        raise BinaryContent(f"{name}: binary content, not text")
-    stats.skipped.append(f"{name}: binary content, not text")
+        raise BinaryContent(binary_reason(name, head))
+    stats.skipped.append(binary_reason(name, head))
     return True
 
 

@@ -83,14 +83,27 @@ class Utf8Decoder:
 
 
 def is_binary(head: bytes) -> bool:
-    return head.find(b"\x00", 0, BINARY_PROBE) >= 0
+    """NUL bytes in the first BINARY_PROBE bytes, which no text has, or a known binary format."""
+    return head.find(b"\x00", 0, BINARY_PROBE) >= 0 or head.startswith(tuple(KNOWN_BINARY))
+
+
+# binary formats a corpus often holds, named in the warning with what to do about them
+KNOWN_BINARY = {b"\x28\xb5\x2f\xfd": "zstd-compressed, which gpt-prepare does not read (zstd -d it first)",
+                b"PK\x03\x04": "a zip archive, which gpt-prepare does not read (unzip it first)",
+                b"7z\xbc\xaf": "a 7-Zip archive, which gpt-prepare does not read (extract it first)"}
+
+
+def binary_reason(name: str, head: bytes) -> str:
+    """Why a file with NUL bytes is skipped, in words."""
+    known = next((why for magic, why in KNOWN_BINARY.items() if head.startswith(magic)), "binary content, not text")
+    return f"{name}: {known}"
 
 
 def text_chunks(stream: Peekable, name: str, stats: DecodeStats, strict: bool) -> Iterator[str]:
     """Decode a byte stream as UTF-8 in chunks, without a leading byte order mark. Binary
     content (NUL bytes) is refused."""
     if is_binary(stream.peek(BINARY_PROBE)):
-        raise BinaryContent(f"{name}: binary content, not text")
+        raise BinaryContent(binary_reason(name, stream.peek(BINARY_PROBE)))
     decoder = Utf8Decoder(name, stats, strict)
     first = True
     while True:

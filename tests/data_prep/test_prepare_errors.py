@@ -99,6 +99,16 @@ def test_a_binary_file_among_good_ones_is_skipped_with_a_warning_and_counted(goo
     assert sum(map(len, read_documents(data, "train") + read_documents(data, "val"))) == 3 * len(f"0: {GOOD}")
 
 
+@pytest.mark.parametrize("name, head, says", [("c.zst", b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+                                              ("z.zip", b"PK\x03\x04", "a zip archive")])
+def test_a_compressed_format_gpt_prepare_does_not_read_is_named_even_without_nul_bytes(good_folder, prepare_data,
+                                                                                      name, head, says):
+    (good_folder / name).write_bytes(head + b"no NUL byte follows" * 10)
+    summary, data = prepare_data(good_folder)
+    assert data.meta["skipped"]["files"] == 1
+    assert any(f"{name}: {says}, which gpt-prepare does not read" in w for w in summary.warnings), summary.warnings
+
+
 def test_a_binary_file_fails_under_strict(good_folder, prepare_data):
     (good_folder / "image.png").write_bytes(b"\x00\x01\x02" * 100)
     with pytest.raises(DataError, match="image.png: binary content.*--strict"):
