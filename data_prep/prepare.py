@@ -193,9 +193,11 @@ def _plan_split(tally: Tally, opts: PrepareOptions, warnings: list[str]) -> Spli
         split = Split(units, None, None, tally.totals)
     else:
         if n_docs >= MIN_DOCS_FOR_DOCUMENT_SPLIT:
-            warnings.append(f"{'none' if n_val_docs == 0 else 'all'} of the {n_docs:,} documents went to val at "
-                            f"--val-fraction {opts.val_fraction:g}; split inside each document instead, so train "
-                            "and val share documents (a larger corpus or --val-fraction splits by document)")
+            none = n_val_docs == 0
+            warnings.append(f"{'none' if none else 'all'} of the {n_docs:,} documents went to val at --val-fraction "
+                            f"{opts.val_fraction:g}; split inside each document instead, so train and val share "
+                            f"documents (a larger corpus or a {'larger' if none else 'smaller'} --val-fraction "
+                            "splits by document)")
         unit_counts = [recount_text_split(r.scratch, opts.val_fraction) for r in units]
         split = Split(units, opts.val_fraction, unit_counts, summed(unit_counts))
     chars = {s: int(split.total[s].sum()) for s in SPLITS}

@@ -70,9 +70,10 @@ def parse_targets(text: str) -> tuple[str, ...]:
     return names
 
 
-def apply(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> int:
+def apply(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...], new: bool = False) -> int:
     """Freeze the model and wrap every linear layer whose attribute name is in `targets`;
-    returns the number of trainable parameters."""
+    returns the number of trainable parameters. `new`: a run that starts, whose rank is
+    checked against the matrices (a saved run loads with the rank it has)."""
     if rank < 1:
         raise LoRAError(f"--lora must be a rank of at least 1, got {rank}")
     found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
@@ -80,7 +81,7 @@ def apply(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -
     if not found:
         raise LoRAError(f"--lora-targets {','.join(targets)} matches no linear layer of this model")
     full = max(min(child.in_features, child.out_features) for _, _, child in found)
-    if rank > full:  # adapters past a matrix's own rank only add weights
+    if new and rank > full:  # adapters past a matrix's own rank only add weights
         raise LoRAError(f"--lora {rank} is more than the rank of any matrix it adapts ({full} at most here, which "
                         f"is already a full update); give at most {full}")
     for p in model.parameters():

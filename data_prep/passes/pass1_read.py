@@ -30,7 +30,7 @@ class Unit:
     source: int
     name: str
     size: int
-    kind: str  # a file: "stream", "json", "datasets" (records) or "saved" (a saved
+    kind: str  # a file: "stream", "json lines", "json array", "datasets" (records) or "saved" (a saved
     # dataset folder); a member of an archive of archives: "member" (payload) or "spilled"
     path: str | None = None
     payload: bytes | None = None  # a member's content; or a small file's, read already
@@ -92,8 +92,8 @@ def unit_documents(unit: Unit, reader: HashingReader | None, opts: PrepareOption
     if unit.kind in ("datasets", "saved"):
         yield from datasets_documents(Path(unit.path), unit.name, unit.kind == "saved", opts.text_field, stats,
                                       opts.strict)
-    elif unit.kind == "json":
-        yield from json_documents(reader, unit.name, opts.text_field, stats, opts.strict)
+    elif unit.kind in ("json lines", "json array"):
+        yield from json_documents(reader, unit.name, opts.text_field, stats, opts.strict, unit.kind == "json array")
     elif unit.kind in ("member", "spilled"):
         member = unit.payload if unit.kind == "member" else reader
         yield from src.member_documents(member, unit.name, stats, opts.strict, depth=1)

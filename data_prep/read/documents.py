@@ -99,7 +99,7 @@ HEAD_BYTES = 1 << 13  # a file's first bytes, read once to tell what it holds
 def file_kind(path: Path) -> tuple[str, bytes | None]:
     """What a file holds, from one look at its first bytes: "archive of archives" (a tar
     whose first file is itself compressed or a tar, like the OpenWebText release: split
-    into one unit of work per member, in parallel), "json" (JSON lines or an array of
+    into one unit of work per member, in parallel), "json lines", "json array" (of
     records), "datasets" (Parquet, or JSON of another shape) or "stream" (text or an
     archive of text, read as one unit). A file that cannot be read is a "stream": reading
     it reports why. Returned with it: the whole file, when the look saw all of it (a small
@@ -172,7 +172,7 @@ def file_documents(source: Source, text_field: str, stats: DecodeStats, strict: 
         yield from datasets_documents(source.path, source.name, False, text_field, stats, strict)
         return
     with open(source.path, "rb") as f:
-        if kind == "json":
-            yield from json_documents(f, source.name, text_field, stats, strict)
+        if kind in ("json lines", "json array"):
+            yield from json_documents(f, source.name, text_field, stats, strict, kind == "json array")
         else:  # text, or archives of text nested to any depth
             yield from stream_documents(f, source.name, stats, strict)

@@ -38,13 +38,14 @@ BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put first
 
 
 def record_format(path: Path, raw: bytes, content: bytes) -> str | None:
-    """"json" (JSON lines, or a JSON array of records), "datasets" (Parquet, or a JSON file
-    of another shape) or None (not records), from a file's first bytes (`raw`) and the
-    content they begin (`content`: compression undone). JSON is recognised by its extension
-    (after any compression suffix) and its first byte past a byte order mark: an array of
-    records, or lines of records (a bad first line is one bad record, not a sign of plain
-    text); an object whose first line is only its brace is one pretty-printed object, for
-    `datasets`. Parquet by its magic bytes."""
+    """"json lines", "json array" (of records), "datasets" (Parquet, or a JSON file of
+    another shape) or None (not records), from a file's first bytes (`raw`) and the content
+    they begin (`content`: compression undone). JSON is recognised by its extension (after
+    any compression suffix) and its content past a byte order mark: a .jsonl or .ndjson file
+    with a line that starts a record is JSON lines (a bad first line is one bad record, not a
+    sign of plain text); a .json file is an array by its first byte, JSON lines where its
+    first line is a whole object, else one object, for `datasets`. Parquet by its magic
+    bytes."""
     if raw[:4] == b"PAR1":
         return "datasets"
     suffixes = [s.lower() for s in path.suffixes]
@@ -53,13 +54,17 @@ def record_format(path: Path, raw: bytes, content: bytes) -> str | None:
     if not suffixes or suffixes[-1] not in JSON_SUFFIXES:
         return None
     content = content.removeprefix(BOM).lstrip()
-    if content[:1] == b"[":
-        return "json"
     if suffixes[-1] in JSON_LINES_SUFFIXES:
-        return "json" if any(line.lstrip()[:1] == b"{" for line in content.split(b"\n")) else None
+        return "json lines" if any(line.lstrip()[:1] == b"{" for line in content.split(b"\n")) else None
+    if content[:1] == b"[":
+        return "json array"
     if content[:1] != b"{":
         return None
-    return "json" if content.split(b"\n", 1)[0].strip() != b"{" else "datasets"
+    try:
+        whole_object = isinstance(json.loads(content.split(b"\n", 1)[0]), dict)
+    except ValueError:  # a line that goes on, or longer than the look
+        whole_object = False
+    return "json lines" if whole_object else "datasets"
 
 
 def lines(stream: BinaryIO) -> Iterator[bytes]:
@@ -73,8 +78,8 @@ def lines(stream: BinaryIO) -> Iterator[bytes]:
         yield rest
 
 
-def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats,
-                   strict: bool) -> Iterator[Document]:
+def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats, strict: bool,
+                   array: bool) -> Iterator[Document]:
     """One document per record of a JSON lines file, line by line, or of a JSON array (read
     whole: an array's records are known only at its end). A line or an element that is not
     a JSON object, or whose record has no `text_field` or a value there that is not a
@@ -82,7 +87,7 @@ def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeSt
     documents, skipped as any empty document is. The first record's fields name the ones
     there are."""
     content = open_content(stream)
-    if content.peek(1 << 12).removeprefix(BOM).lstrip()[:1] == b"[":
+    if array:
         try:
             records = json.loads(content.read())  # bytes: a byte order mark is allowed
         except ValueError as e:

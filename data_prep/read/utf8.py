@@ -88,13 +88,13 @@ def is_binary(head: bytes) -> bool:
 
 
 # binary formats a corpus often holds, named in the warning with what to do about them
-KNOWN_BINARY = {b"\x28\xb5\x2f\xfd": "zstd-compressed, which gpt-prepare does not read (zstd -d it first)",
-                b"PK\x03\x04": "a zip archive, which gpt-prepare does not read (unzip it first)",
-                b"7z\xbc\xaf": "a 7-Zip archive, which gpt-prepare does not read (extract it first)"}
+KNOWN_BINARY = {b"\x28\xb5\x2f\xfd": "zstd-compressed, a format not read here (zstd -d it first)",
+                b"PK\x03\x04": "a zip archive, a format not read here (unzip it first)",
+                b"7z\xbc\xaf": "a 7-Zip archive, a format not read here (extract it first)"}
 
 
 def binary_reason(name: str, head: bytes) -> str:
-    """Why a file with NUL bytes is skipped, in words."""
+    """Why binary content (see is_binary) is skipped, in words."""
     known = next((why for magic, why in KNOWN_BINARY.items() if head.startswith(magic)), "binary content, not text")
     return f"{name}: {known}"
 

@@ -106,7 +106,11 @@ def create_app(served: Served) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         given = request.headers.get("content-type")
-        if given is None or given.split(";")[0].strip().lower() != "application/json":  # read as no JSON at all
+        # a body sent as anything but JSON is read as no JSON at all: the body as a whole is
+        # what fails (FastAPI before 0.132 took a body without a Content-Type as JSON, and
+        # then a field's own error is the one to say)
+        unread = all(tuple(err.get("loc", ())) == ("body",) for err in e.errors())
+        if unread and (given is None or given.split(";")[0].strip().lower() != "application/json"):
             sent = "without a Content-Type" if given is None else f"as {given!r}"
             return JSONResponse(api.error_body(f"the request body must be JSON, sent with Content-Type: "
                                                f"application/json (this one was sent {sent})",

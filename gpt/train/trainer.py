@@ -74,8 +74,7 @@ class Trainer:
         configure_backends(device)
         self.data = load_data(cfg.data)
         self.tokenizer = self.data.tokenizer
-        self.model_cfg = self.model_config(resume_state, base)
-        self.fsdp = cfg.fsdp
+        self.model_cfg, self.fsdp = self.model_config(resume_state, base), cfg.fsdp
         # under FSDP each rank keeps its part of the weights it initialised: every rank must
         # initialise the same ones (DDP gives every rank rank 0's instead)
         torch.manual_seed(cfg.seed + (0 if self.fsdp else dist_.rank))
@@ -92,7 +91,8 @@ class Trainer:
         if self.fsdp:
             sharding.shard_model(self.model, device, dist_.world_size, self.dtype)
         if cfg.lora:
-            lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets))
+            lora.apply(self.model, cfg.lora, cfg.lora_scale_alpha, lora.parse_targets(cfg.lora_targets),
+                       new=resume_state is None)
         if cfg.activation_checkpointing:
             self.model.checkpoint_blocks = True
         self.teacher = None

@@ -106,7 +106,7 @@ def test_a_compressed_format_gpt_prepare_does_not_read_is_named_even_without_nul
     (good_folder / name).write_bytes(head + b"no NUL byte follows" * 10)
     summary, data = prepare_data(good_folder)
     assert data.meta["skipped"]["files"] == 1
-    assert any(f"{name}: {says}, which gpt-prepare does not read" in w for w in summary.warnings), summary.warnings
+    assert any(f"{name}: {says}, a format not read here" in w for w in summary.warnings), summary.warnings
 
 
 def test_a_binary_file_fails_under_strict(good_folder, prepare_data):

@@ -276,6 +276,20 @@ def test_parquet_values_that_are_not_text_are_skipped_and_counted(tmp_path, prep
         prepare_data(tmp_path, strict=True)
 
 
+def test_a_json_lines_file_whose_first_line_is_an_array_is_still_read_line_by_line(tmp_path, prepare_data,
+                                                                                     read_documents):
+    (tmp_path / "r.jsonl").write_text('["id", "text"]\n' + "".join(json.dumps(r) + "\n" for r in RECORDS))
+    _, data = prepare_data(tmp_path / "r.jsonl")
+    assert data.meta["skipped"]["bad_records"] == 1
+    assert all_documents(data, read_documents) == TEXTS
+
+
+def test_a_pretty_printed_json_object_is_not_read_as_json_lines(tmp_path, prepare_data):
+    (tmp_path / "obj.json").write_text('{"version": 1,\n "data": [\n  {"text": "a"},\n  {"text": "b"}\n ]}\n')
+    with pytest.raises(DataError, match="no text found"):  # not one record, found on a line of its own
+        prepare_data(tmp_path / "obj.json")
+
+
 def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
     (tmp_path / "r.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
     with pytest.raises(DataError, match=r"r.jsonl: line 2 is not a JSON record .*--strict"):
