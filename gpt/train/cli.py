@@ -16,7 +16,7 @@ from ..config import ACTIVATIONS, DEFAULT_PATIENCE, OPTIMIZERS, TrainConfig
 from .errors import TrainError
 from .presets import FINETUNE, FINETUNE_LORA, PRESETS, describe, short
 from .progress import tolerant
-from .run import train
+from .run import check_companions, train
 
 EPILOG = """presets ({names}); a run always starts from one, and explicit options override
 its values. Without --preset: bigram for --model bigram, else cpu-small on a CPU, baby-gpt on CUDA.
@@ -200,16 +200,10 @@ INTERRUPTED = ("interrupted before a step boundary; a run that had saved a check
                "and a new one that had not leaves nothing (an --overwrite puts back the run it replaced)")
 
 
-# options that shape another one's work, and that option: given without it they would do nothing
-NEEDS = {"lora_alpha": "lora", "lora_targets": "lora", "distill_weight": "teacher", "distill_temperature": "teacher"}
-
-
-def check_companions(overrides: dict, preset: str | None) -> None:
-    """Refuse options that would do nothing: without the option they shape, or for a bigram."""
-    for option, needed in NEEDS.items():
-        if option in overrides and not overrides.get(needed):
-            raise TrainError(f"--{option.replace('_', '-')} shapes what --{needed} does, and no --{needed} is "
-                             f"given here; give --{needed} too, or leave --{option.replace('_', '-')} out")
+def check_new_run_options(overrides: dict, preset: str | None) -> None:
+    """Refuse options that would do nothing: without the option they shape (see
+    `check_companions`), or for a bigram."""
+    check_companions(overrides, overrides)
     if overrides.get("model", PRESETS.get(preset or "", {}).get("model")) == "bigram":
         given = [f"--{k.replace('_', '-')}" for k in overrides if k in GPT_ONLY - {"optimizer"}]
         if given:
@@ -226,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["progress"] = False
 
     def work() -> int:
-        if not args.resume:  # a resumed run keeps its own options
-            check_companions(overrides, args.preset)
+        if not args.resume:  # a resumed run's are checked against what it saved (run.resumed_config)
+            check_new_run_options(overrides, args.preset)
         if args.plan is not None:
             if args.resume:
                 raise TrainError("--plan plans a new run; leave out --resume")

@@ -65,7 +65,20 @@ def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
     if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
         values.update(dict.fromkeys(BUDGET_FIELDS))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    check_companions(overrides, values)
     return TrainConfig.from_dict(values)
+
+
+# options that shape another one's work, and that option: given without it they would do nothing
+NEEDS = {"lora_alpha": "lora", "lora_targets": "lora", "distill_weight": "teacher", "distill_temperature": "teacher"}
+
+
+def check_companions(given: dict, values: dict) -> None:
+    """Refuse an option `given` whose companion `values` (the run's options) lack."""
+    for option, needed in NEEDS.items():
+        if given.get(option) is not None and not values.get(needed):
+            raise TrainError(f"--{option.replace('_', '-')} shapes what --{needed} does, and no --{needed} is "
+                             f"given here; give --{needed} too, or leave --{option.replace('_', '-')} out")
 
 
 def check_resume_options(preset: str | None, overrides: dict, overwrite: bool) -> None:

@@ -200,6 +200,12 @@ def test_an_option_whose_companion_is_not_given_is_one_line(data, base, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resume_given_an_option_whose_companion_the_run_lacks_is_refused(base):
+    with pytest.raises(TrainError, match="--distill-temperature shapes what --teacher does"):
+        train(overrides={"out": str(base), "distill_temperature": 3.0, "max_iters": 31, "progress": False},
+              resume=True, log=lambda s: None)
+
+
 def test_lora_trains_only_small_adapters_and_saves_only_them(data, base, tmp_path):
     result = train(overrides=tune(data, base, tmp_path / "lora", max_iters=10, lora=2), log=lambda s: None)
     state = ck.load_checkpoint(tmp_path / "lora" / "latest.pt")
