@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..sample.sampling import SamplingOptions
 
@@ -69,6 +69,13 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, Any] | None = None
     suffix: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def nulls_are_defaults(cls, body: Any) -> Any:
+        """OpenAI's API takes null for any optional field, as leaving it out: a client that
+        writes every field of its request object sends them."""
+        return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)

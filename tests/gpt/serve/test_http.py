@@ -47,6 +47,16 @@ def test_a_malformed_or_mistyped_body_is_a_400_json_error(server, body, fragment
     assert_error(post(server, body), 400, *fragments)
 
 
+def test_null_for_an_optional_field_is_its_default_as_in_openais_api(server):
+    nulls = dict.fromkeys(["model", "max_tokens", "temperature", "top_p", "top_k", "stop", "n", "stream", "echo",
+                           "stream_options", "best_of", "logprobs", "presence_penalty", "frequency_penalty",
+                           "logit_bias", "suffix", "user", "ignore_eos"])
+    plain = post(server, {"prompt": "the ", "seed": 3})
+    with_nulls = post(server, {"prompt": "the ", "seed": 3, **nulls})
+    assert plain.status_code == with_nulls.status_code == 200, with_nulls.text
+    assert with_nulls.json()["choices"] == plain.json()["choices"]
+
+
 def test_a_json_body_sent_as_another_content_type_is_a_400_naming_it(server):
     assert_error(post(server, {"prompt": "a", "max_tokens": 2}, **{"Content-Type": "text/plain"}), 400,
                  "must be JSON, sent with Content-Type: application/json", "'text/plain'")
