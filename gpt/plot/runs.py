@@ -64,6 +64,9 @@ def read_run(run: str | Path, name: str | None = None) -> RunMetrics:
         record = numbers(record)
         if "step" in record:
             (metrics.evals if "val_loss" in record else metrics.logged).append(record)
+    # a run that ends between two log lines has its last train loss in its last evaluation only
+    last_logged = max((r["step"] for r in metrics.logged), default=-1)
+    metrics.logged += [r for r in metrics.evals if r["step"] > last_logged and "train_loss" in r]
     return metrics
 
 
