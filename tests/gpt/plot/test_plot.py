@@ -108,7 +108,7 @@ def test_a_line_cut_short_by_a_crash_is_left_out(tmp_path):
 def test_the_last_train_loss_of_a_run_that_ends_between_log_lines_is_drawn(tmp_path):
     run = write_metrics(tmp_path / "run", steps=20)
     with open(run / "metrics.jsonl", "a") as f:  # the run's end, at step 23: an evaluation only
-        f.write(json.dumps({"step": 23, "tokens": 23 * 256, "elapsed": 11.5, "train_loss": 1.05, "val_loss": 1.2}) + "\n")
+        f.write(json.dumps({"step": 23, "tokens": 5888, "elapsed": 11.5, "train_loss": 1.05, "val_loss": 1.2}) + "\n")
     metrics = read_run(run)
     assert metrics.series(metrics.logged, "step", "train_loss") == ([5, 10, 15, 20, 23], [1.6, 1.3, 1.2, 1.15, 1.05])
     assert metrics.series(metrics.logged, "step", "lr")[0] == [5, 10, 15, 20]  # nothing else is made up
