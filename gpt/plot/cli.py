@@ -37,9 +37,10 @@ def plot(args) -> None:
     if out.is_dir():
         raise PlotError(f"--out {out} is a folder; name a .png or .svg file")
     runs = [read_run(r) for r in args.runs]
-    empty = [r.name for r in runs if not r.logged and not r.evals]
-    if empty:
-        raise PlotError(f"nothing logged yet in {', '.join(empty)}")
+    empty = [r.path for r in runs if not r.logged and not r.evals]
+    if empty:  # a run's file before its first log line, or a file of something else
+        raise PlotError(f"no gpt-train metrics records (JSON lines with a step) in {', '.join(map(str, empty))}: a run "
+                        "that has not logged yet, or not a run's metrics.jsonl")
     save_figure(draw_runs(runs, args.x), out)
     print(f"wrote {out}: {len(runs)} run(s) against {args.x}")
 

@@ -180,6 +180,9 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "not_a_run").mkdir()
     assert_one_line_error(run_main(capsys, tmp_path / "nope"), "gpt-plot", "does not exist")
     assert_one_line_error(run_main(capsys, tmp_path / "not_a_run"), "gpt-plot", "no metrics.jsonl")
+    (tmp_path / "notes.txt").write_text("some words, not a run's metrics\n")
+    assert_one_line_error(run_main(capsys, tmp_path / "notes.txt"), "gpt-plot",
+                          f"no gpt-train metrics records (JSON lines with a step) in {tmp_path / 'notes.txt'}")
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.jpg"), "gpt-plot", ".png or .svg")
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path), "gpt-plot", "is a folder: --out names the picture")
     if importlib.util.find_spec("matplotlib"):
