@@ -32,6 +32,8 @@ def build_parser() -> Parser:
 
 
 def plot(args) -> None:
+    if not args.out:  # Path("") is the current folder
+        raise PlotError("--out is empty: name the picture file to write (a .png or .svg)")
     out = Path(args.out)
     picture_format(out)  # refuse a wrong suffix before reading anything
     if out.is_dir():

@@ -185,6 +185,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, monkeypatch):
                           f"no gpt-train metrics records (JSON lines with a step) in {tmp_path / 'notes.txt'}")
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path / "runs.jpg"), "gpt-plot", ".png or .svg")
     assert_one_line_error(run_main(capsys, run, "--out", tmp_path), "gpt-plot", "is a folder: --out names the picture")
+    assert_one_line_error(run_main(capsys, run, "--out", ""), "gpt-plot", "--out is empty")
     if importlib.util.find_spec("matplotlib"):
         proc = run_main(capsys, run, "--out", tmp_path / "nodir" / "runs.png")
         # not its temporary file
