@@ -80,6 +80,16 @@ class BodyLimit:
                          "invalid_request_error")
 
 
+def route_of(path: str) -> str:
+    """A request's route in the metrics: a known path, one model's, or "other" (each unknown
+    path its own label would grow the metrics without bound)."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/v1/models/") and "/" not in path.removeprefix("/v1/models/"):
+        return "/v1/models/{id}"
+    return "other"
+
+
 class Counted:
     """gpt_serve_requests{route, status}: unknown paths are counted as one route, "other"."""
 
@@ -89,7 +99,7 @@ class Counted:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in ROUTES else "other"
+        route = route_of(scope["path"])
 
         async def counting(message):
             if message["type"] == "http.response.start":

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from gpt.serve.api import Limits
+from gpt.serve.middleware import route_of
 from tests.live_server import LONG, LiveServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,6 +122,11 @@ def test_cors_is_off_unless_an_origin_is_allowed(server, serve_run):
     with LiveServer(serve_run, max_batch=1, cors_origins=("http://example.test",)) as live:
         r = httpx.options(live.url + "/v1/completions", headers=preflight, timeout=TIMEOUT_S)
         assert r.headers["access-control-allow-origin"] == "http://example.test"
+
+
+def test_a_models_route_is_counted_as_one_route_and_unknown_paths_as_other():
+    assert route_of("/v1/models/tiny") == route_of("/v1/models/other") == "/v1/models/{id}"
+    assert route_of("/v1/models") == "/v1/models" and route_of("/v1/models/a/b") == route_of("/v1/nope") == "other"
 
 
 def test_the_metrics_count_requests_tokens_and_latencies(serve_run):
