@@ -7,7 +7,7 @@ from pathlib import Path
 
 from plumbing.errors import UserError, display_name
 
-from ..store.layout import METRICS_FILE
+from ..store.layout import CONFIG_FILE, LOCK_FILE, METRICS_FILE
 
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # what a picture's x axis can be: the record key
 
@@ -40,6 +40,10 @@ def metrics_path(run: str | Path) -> Path:
     p = Path(run)
     if p.is_dir():
         p = p / METRICS_FILE
+        # a run writes its config.json and .lock before its first step (gpt.store.runs, which
+        # would bring torch into this command's start, tells a run apart more fully)
+        if not p.is_file() and (p.parent / CONFIG_FILE).is_file() and (p.parent / LOCK_FILE).exists():
+            raise PlotError(f"run folder {run} has no {METRICS_FILE} yet: its run has logged no step so far")
         if not p.is_file():
             raise PlotError(f"{run} has no {METRICS_FILE}: is it a gpt-train run folder?")
     elif not p.exists():

@@ -180,6 +180,11 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "not_a_run").mkdir()
     assert_one_line_error(run_main(capsys, tmp_path / "nope"), "gpt-plot", "does not exist")
     assert_one_line_error(run_main(capsys, tmp_path / "not_a_run"), "gpt-plot", "no metrics.jsonl")
+    (tmp_path / "starting").mkdir()  # a run before its first step: config.json and .lock, no metrics yet
+    (tmp_path / "starting" / "config.json").write_text('{"model": {}, "train": {}}')
+    (tmp_path / "starting" / ".lock").touch()
+    assert_one_line_error(run_main(capsys, tmp_path / "starting"), "gpt-plot", "has no metrics.jsonl yet: its run has "
+                                                                               "logged no step so far")
     (tmp_path / "notes.txt").write_text("some words, not a run's metrics\n")
     assert_one_line_error(run_main(capsys, tmp_path / "notes.txt"), "gpt-plot",
                           f"no gpt-train metrics records (JSON lines with a step) in {tmp_path / 'notes.txt'}")
