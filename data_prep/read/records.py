@@ -4,12 +4,13 @@ JSON, Parquet files and `datasets.save_to_disk` folders through the `datasets` l
 JSON lines and JSON arrays are read with the json module rather than `datasets` because a
 corpus of them is often scraped and a little broken: one malformed record should cost that
 record, not the file (and `datasets` would log its own lines about it first, and turns a
-column of mixed types into JSON text, quotes and all), and a stream of lines needs no table
-machinery to stay in bounded memory. Parquet and saved datasets stay on `datasets`: it
+column of mixed types into JSON text, quotes and all), and a stream of lines or of an
+array's elements needs no table machinery to stay in bounded memory. Parquet and saved datasets stay on `datasets`: it
 streams Parquet by row group and memory-maps saved Arrow files.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -80,19 +81,15 @@ def lines(stream: BinaryIO) -> Iterator[bytes]:
 
 def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeStats, strict: bool,
                    array: bool) -> Iterator[Document]:
-    """One document per record of a JSON lines file, line by line, or of a JSON array (read
-    whole: an array's records are known only at its end). A line or an element that is not
+    """One document per record of a JSON lines file, line by line, or of a JSON array,
+    element by element. A line or an element that is not
     a JSON object, or whose record has no `text_field` or a value there that is not a
     string, is skipped and counted (under `strict`, refused). null and "" are empty
     documents, skipped as any empty document is. The first record's fields name the ones
     there are."""
     content = open_content(stream)
     if array:
-        try:
-            records = json.loads(content.read())  # bytes: a byte order mark is allowed
-        except ValueError as e:
-            raise SourceError(f"{name}: not valid JSON ({first_line(e)})") from None
-        numbered = ((f"record {i}", record, None) for i, record in enumerate(records, 1))
+        numbered = ((f"record {i}", record, None) for i, record in enumerate(array_elements(content, name), 1))
     else:
         numbered = ((f"line {n}", None, line) for n, line in enumerate(lines(content), 1) if line.strip())
     fields_checked = False
@@ -124,6 +121,57 @@ def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeSt
         if value:
             text = without_lone_surrogates(value, f"{name}: {where}", stats, strict)
             yield Document(f"{name}#{where.split()[1]}", iter((text,)))
+
+
+def array_elements(content: BinaryIO, name: str) -> Iterator:
+    """The elements of a JSON array, one at a time, so that memory holds one record and a
+    chunk of text whatever the file's size (json.loads would hold the whole array). A
+    record that ends past the text read so far makes the next read as large again, so a
+    huge record is parsed a few times, not once per chunk."""
+    decode = codecs.getincrementaldecoder("utf-8-sig")().decode  # a byte order mark is allowed
+    decoder = json.JSONDecoder()
+    text, pos, eof = "", 0, False
+
+    def more() -> None:
+        nonlocal text, pos, eof
+        data = content.read(max(CHUNK_BYTES, len(text) - pos))
+        eof = not data
+        text, pos = text[pos:] + decode(data, final=eof), 0
+
+    def next_char() -> str:  # past whitespace, reading on as needed; "" at the end
+        nonlocal pos
+        while True:
+            while pos < len(text) and text[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(text) or eof:
+                return text[pos : pos + 1]
+            more()
+
+    try:
+        if next_char() != "[":
+            raise ValueError("not an array")
+        pos += 1
+        first = True
+        while (c := next_char()) != "]":
+            if not first:
+                if c != ",":
+                    raise ValueError(f"expected ',' or ']' but found {c!r}" if c else "the array is not closed")
+                pos += 1
+                next_char()
+            while True:  # the element may go on past the text read so far
+                try:
+                    element, end = decoder.raw_decode(text, pos)
+                    if end < len(text) or eof:  # a number that ends the text may go on, too
+                        pos = end
+                        break
+                except ValueError:
+                    if eof:
+                        raise
+                more()
+            first = False
+            yield element
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise SourceError(f"{name}: not valid JSON ({first_line(e)})") from None
 
 
 def json_type(value) -> str:

@@ -3,6 +3,7 @@ Parquet, save_to_disk folders) and compressed or archived text."""
 import bz2
 import gzip
 import importlib.util
+import io
 import json
 import lzma
 import tarfile
@@ -10,6 +11,7 @@ import tarfile
 import pytest
 
 from data_prep import DataError
+from data_prep.read.streams import SourceError
 from tests.helpers import tar_bytes
 
 RECORDS = [{"id": i, "text": f"record {i}: some text with ünïcödé 🙂\n" * (1 + i % 3), "title": f"title {i}"}
@@ -288,6 +290,19 @@ def test_a_pretty_printed_json_object_is_not_read_as_json_lines(tmp_path, prepar
     (tmp_path / "obj.json").write_text('{"version": 1,\n "data": [\n  {"text": "a"},\n  {"text": "b"}\n ]}\n')
     with pytest.raises(DataError, match="no text found"):  # not one record, found on a line of its own
         prepare_data(tmp_path / "obj.json")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_a_json_array_is_read_element_by_element_whatever_the_chunks(monkeypatch, chunk):
+    from data_prep.read import records
+
+    monkeypatch.setattr(records, "CHUNK_BYTES", chunk)
+    value = [RECORDS[0], 12345, 'a "quoted" ü', [1, [2]], None, True, -0.5e10, {"text": "x" * 50}]
+    raw = "\ufeff [ " + " ,\n ".join(json.dumps(v) for v in value) + " ]\n"
+    assert list(records.array_elements(io.BytesIO(raw.encode()), "a.json")) == value
+    for bad in ("[1, 2", "[1 2]", "{}", "[1,]"):
+        with pytest.raises(SourceError, match="a.json: not valid JSON"):
+            list(records.array_elements(io.BytesIO(bad.encode()), "a.json"))
 
 
 def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
