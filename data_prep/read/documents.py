@@ -63,7 +63,7 @@ def member_documents(member: Member, name: str, stats: DecodeStats, strict: bool
     if kind is not None:
         yield from member_documents(decompressor(content, kind), name, stats, strict, depth + 1)
     elif is_tar(head):
-        for inner, payload in iter_tar(content):
+        for inner, payload in iter_tar(content, on_link=stats.link_skipped(name)):
             yield from member_documents(payload, f"{name}::{inner}", stats, strict, depth + 1)
     elif not _skip_binary(content.peek(BINARY_PROBE), name, stats, strict):
         yield Document(name, text_chunks(content, name, stats, strict))
@@ -84,7 +84,7 @@ def stream_documents(raw: BinaryIO, name: str, stats: DecodeStats, strict: bool)
     content = open_content(raw)
     head = content.peek(512)
     if is_tar(head):
-        for member, payload in iter_tar(content):
+        for member, payload in iter_tar(content, on_link=stats.link_skipped(name)):
             yield from member_documents(payload, f"{name}::{member}", stats, strict, 1)
     elif head[:4] == b"PAR1":
         raise SourceError(f"{name}: a compressed Parquet file is not supported; decompress it first")

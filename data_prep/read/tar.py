@@ -9,7 +9,7 @@ corrupt or truncated archive from a good one.
 """
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 BLOCK = 512
 INLINE_MEMBER = 1 << 20  # files up to this size come as bytes: most are small, and bytes are fastest
@@ -71,10 +71,16 @@ class MemberStream:
         return data
 
 
-def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, bytes | MemberStream]]:
+LINKS = {b"1": "a hard link", b"2": "a symbolic link"}
+
+
+def iter_tar(stream: BinaryIO, head: int | None = None,
+             on_link: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, bytes | MemberStream]]:
     """(name, content) of each regular file: bytes for files of up to INLINE_MEMBER bytes, a
     MemberStream, valid until the next file, for larger ones. With `head`, only each file's
-    first `head` bytes (the rest is read past), which is enough to tell what a file is."""
+    first `head` bytes (the rest is read past), which is enough to tell what a file is.
+    A link is not followed (its target, where the archive holds it, is read as itself):
+    `on_link(name, what it is)` is told of each, so none is dropped without a word."""
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
@@ -100,6 +106,9 @@ def iter_tar(stream: BinaryIO, head: int | None = None) -> Iterator[tuple[str, b
         name = pax.get("path") or long_name or _header_name(header)
         long_name, pax = None, {}
         read = 0
+        if kind in LINKS and on_link is not None:
+            target = pax.get("linkpath") or header[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
+            on_link(name, f"{LINKS[kind]} to {target}, not followed (a target inside the archive is read as itself)")
         if kind in (b"0", b"\0", b"7"):
             read = size if head is None else min(size, head)
             if read <= INLINE_MEMBER:

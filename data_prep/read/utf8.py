@@ -43,6 +43,10 @@ class DecodeStats:
         self.bad_records = 0  # JSON lines that are not records with text
         self.skipped: list[str] = []  # "name: reason" for archive members that were skipped
 
+    def link_skipped(self, archive: str):
+        """What a tar reader calls for a link inside `archive`: a skipped member, named."""
+        return lambda member, what: self.skipped.append(f"{archive}::{member}: {what}")
+
 
 class Utf8Decoder:
     """Decodes one document's bytes, piece by piece: an incomplete sequence at the end of a

@@ -38,6 +38,8 @@ def plot(args) -> None:
     picture_format(out)  # refuse a wrong suffix before reading anything
     if out.is_dir():
         raise PlotError(f"--out {out} is a folder; name a .png or .svg file")
+    if not out.absolute().parent.is_dir():  # said before any run is read, naming the folder, not the file
+        raise PlotError(f"--out {out}: the folder {out.absolute().parent} does not exist (or is not a folder)")
     runs = [read_run(r) for r in args.runs]
     empty = [r.path for r in runs if not r.logged and not r.evals]
     if empty:  # a run's file before its first log line, or a file of something else

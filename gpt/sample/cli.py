@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -103,7 +104,9 @@ def unescape(text: str) -> str:
     try:
         return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError:
-        raise GenerationError(f"--stop {text!r} has a malformed backslash escape") from None
+        # shown as the shell takes it (repr would double the very backslash at fault)
+        raise GenerationError(f"--stop {shlex.quote(text)} has a malformed backslash escape "
+                              "(a backslash itself is written \\\\)") from None
 
 
 def read_prompt(args) -> str:

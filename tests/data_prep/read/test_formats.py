@@ -163,6 +163,28 @@ def test_pax_archives_with_long_unicode_names_and_folder_entries_yield_their_fil
     assert whole_documents(data) == sorted(texts)
 
 
+def test_links_inside_a_tar_are_skipped_members_named_and_counted(tmp_path, prepare_data, whole_documents):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        text = b"the linked text\n" * 40
+        info = tarfile.TarInfo("a.txt")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+        for name, kind, target in (("soft.txt", tarfile.SYMTYPE, "a.txt"), ("hard.txt", tarfile.LNKTYPE, "a.txt"),
+                                   ("out.txt", tarfile.SYMTYPE, "/etc/passwd")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    (tmp_path / "links.tar").write_bytes(buf.getvalue())
+    summary, data = prepare_data(tmp_path / "links.tar")
+    assert whole_documents(data) == [text.decode()]  # read once, where the archive stores it
+    assert data.meta["skipped"]["members"] == 3
+    said = "\n".join(summary.warnings)
+    for name, what in (("soft.txt", "a symbolic link to a.txt"), ("hard.txt", "a hard link to a.txt"),
+                       ("out.txt", "a symbolic link to /etc/passwd")):
+        assert f"links.tar::{name}: {what}, not followed" in said, said
+
+
 def test_reading_only_the_head_of_each_tar_member_still_walks_the_whole_archive():
     import io
 

@@ -246,7 +246,7 @@ def test_help_documents_streaming_and_how_samples_are_separated(sample_main):
     (["--stop", ""], None, "--stop needs some text to stop at"),
     (["--num-samples", "0"], None, "--num-samples must be at least 1"),
     (["--device", "tpu"], None, "unknown device 'tpu'"),
-    (["--stop", "\\"], None, "malformed backslash escape"),
+    (['--stop', '\\'], None, "--stop '\\' has a malformed backslash escape"),  # shown as typed, not doubled
     (["--top-k", "many"], None, "argument --top-k: invalid int value: 'many'"),
 ])
 
