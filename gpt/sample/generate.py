@@ -148,8 +148,9 @@ class Generator:
 
     def beam(self, prompt: str, options: SamplingOptions, beams: int, count: int = 1,
              alpha: float = 1.0) -> list[tuple[str, int, bool]]:
-        """The `count` best continuations by beam search with `beams` beams (length-normalised
-        by alpha), best first: (text, tokens generated, whether it ended before max_new_tokens).
+        """The `count` best distinct continuations by beam search with `beams` beams
+        (length-normalised by alpha), best first: (text, tokens generated, whether it ended
+        before max_new_tokens); fewer where stop strings leave fewer distinct texts.
         Of `options`, the length, stop strings, end-of-text rule and slide are used; the
         sampling fields are not (the search is deterministic)."""
         options.validate(self.block_size)
@@ -159,12 +160,18 @@ class Generator:
         eot = self.tokenizer.eot_id if options.stop_at_eot else None
         found = beam_search(self.model, self.encode_prompt(prompt), beams, options.max_new_tokens, eot, alpha,
                             self.device, self.dtype, options.slide)
-        results = []
-        for hypothesis in found[:count]:
+        results, seen = [], set()
+        for hypothesis in found:
             text = SampleText(self.tokenizer, options)
             pieces = [text.push(token) for token in hypothesis.tokens]
             stopped = text.done
-            results.append(("".join(pieces) + text.finish(), len(hypothesis.tokens), stopped))
+            cut = "".join(pieces) + text.finish()
+            if cut in seen:  # beams that differ only past a stop string are one text, the better's
+                continue
+            seen.add(cut)
+            results.append((cut, len(hypothesis.tokens), stopped))
+            if len(results) == count:
+                break
         return results
 
     def generate(self, prompt: str, options: SamplingOptions, num_samples: int = 1) -> list[str]:

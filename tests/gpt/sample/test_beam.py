@@ -66,3 +66,13 @@ def test_zero_beams_are_refused_as_a_beam_count_not_as_a_count_of_texts(tiny):
     generator = Generator(model, tok, torch.device("cpu"), torch.float32)
     with pytest.raises(GenerationError, match="--beams must be between 1 and 1024, got 0"):
         generator.beam("a", SamplingOptions(max_new_tokens=5), beams=0)
+
+
+def test_beams_that_differ_only_past_a_stop_string_are_one_text(tiny):
+    model, tok = tiny
+    generator = Generator(model, tok, torch.device("cpu"), torch.float32)
+    options = SamplingOptions(max_new_tokens=6, stop_at_eot=False)
+    assert len(generator.beam("the ", options, beams=6, count=6)) == 6
+    every_character = SamplingOptions(max_new_tokens=6, stop_at_eot=False, stop=list(tok.chars))
+    cut = [text for text, _, _ in generator.beam("the ", every_character, beams=6, count=6)]
+    assert cut[0] == "" and len(cut) < 6 and len(set(cut)) == len(cut)  # "" once: the best beam's
