@@ -28,8 +28,10 @@ FORMATS = {
     "hf": Format(write_hf_folder, hf_folder.FILES, HF_EXPORT_FOLDER),
 }
 EXPORT_FORMATS = tuple(FORMATS)
-# --force replaces a folder of either format: both are gpt-export's, and nothing else is
-EXPORTER = Writer("gpt-export", lambda path: written_by_export(path) or written_as_hf(path))
+# --force replaces a folder of either format: both are gpt-export's, and nothing else is; and
+# only with no other file inside (the user's, put there since)
+EXPORTER = Writer("gpt-export", lambda path: written_by_export(path) or written_as_hf(path),
+                  entries=lambda path: {name for f in FORMATS.values() for name in f.files})
 
 
 def export_model(ckpt: str | Path | None, out: str | Path, force: bool = False, merge: bool = False,

@@ -26,7 +26,7 @@ from ..model import GPT, count_parameters
 from ..store.checkpoint import load_checkpoint, save_checkpoint
 from ..store.export_folder import is_export
 from ..store.hf_folder import is_hf_folder
-from ..store.layout import CONFIG_FILE, LATEST
+from ..store.layout import BEST, CONFIG_FILE, EXPORT_FOLDER, HF_EXPORT_FOLDER, LATEST, TOKENIZER_FILE
 from ..store.load import base_reference, load_any_model, model_from_checkpoint
 from ..store.runs import load_data, resolve_checkpoint, write_run_files
 from ..train.batches import BlockSizeError, fixed_windows
@@ -74,8 +74,11 @@ def ceil_3_digits(x: float) -> float:
     return round(math.ceil(x / unit) * unit, 12)
 
 
-# --force replaces only a folder gpt-prune wrote
-PRUNER = Writer("gpt-prune", lambda path: MARK in read_config(path))
+# --force replaces only a folder gpt-prune wrote, and only with nothing else inside: its files,
+# and gpt-export's default outputs for it, made from the model being replaced (as a gpt-train
+# --overwrite run's go with it); a user's notes, or a run trained inside it, stop it
+PRUNED_ENTRIES = {LATEST, BEST, CONFIG_FILE, TOKENIZER_FILE, EXPORT_FOLDER, HF_EXPORT_FOLDER}
+PRUNER = Writer("gpt-prune", lambda path: MARK in read_config(path), entries=lambda path: PRUNED_ENTRIES)
 
 
 def read_config(folder: Path) -> dict:

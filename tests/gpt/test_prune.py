@@ -4,6 +4,8 @@ command, heals with --init-from and exports to transformers where it can; and ba
 one line with nothing changed."""
 import json
 
+import shutil
+
 import pytest
 import torch
 
@@ -238,6 +240,12 @@ def test_an_existing_folder_is_not_replaced_and_force_replaces_only_a_pruned_one
             prune(str(trained), tmp_path / "mine", PruneOptions(heads=0.5, force=force))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     prune(str(trained), tmp_path / "small", PruneOptions(heads=0.5))
+    (tmp_path / "small" / "healed").mkdir()  # a run trained inside the pruned folder: the user's
+    (tmp_path / "small" / "healed" / "best.pt").write_bytes(b"a trained model")
+    with pytest.raises(PruneError, match="also holds what it did not write: healed"):
+        prune(str(trained), tmp_path / "small", PruneOptions(heads=0.25, force=True))
+    assert (tmp_path / "small" / "healed" / "best.pt").read_bytes() == b"a trained model"
+    shutil.rmtree(tmp_path / "small" / "healed")
     prune(str(trained), tmp_path / "small", PruneOptions(heads=0.25, force=True))
     assert load_any_model(tmp_path / "small")[0].config.n_head == 3
 

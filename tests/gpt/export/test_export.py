@@ -149,6 +149,10 @@ def test_exporting_over_an_existing_folder_needs_force_and_loses_nothing(run, tm
     assert snapshot(out) == {"mine.txt": b"keep me"}
     (out / "mine.txt").unlink()
     assert run_cli("gpt.export.cli", run, "--out", out).returncode == 0  # an empty folder is anyone's
+    (out / "mine.txt").write_text("put there since")  # an export with a file of the user's inside
+    r = run_cli("gpt.export.cli", run, "--out", out, "--force")
+    assert_one_line_error(r, "gpt-export", "also holds what it did not write: mine.txt")
+    (out / "mine.txt").unlink()
     (out / "config.json").write_text((out / "config.json").read_text().replace('"step"', '"an older step"'))
     r = run_cli("gpt.export.cli", run, "--out", out, "--force")  # an export of its own: replaced whole
     assert r.returncode == 0, r.stderr
