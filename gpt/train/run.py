@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from plumbing.errors import first_line
+from plumbing.output_folder import first_inside
 
 from ..config import BUDGET_FIELDS, MODEL_FIELDS, ModelConfig, TrainConfig
 from ..device import DeviceError, resolve_device
@@ -128,6 +129,18 @@ def check_budget_left(cfg: TrainConfig, step: int, elapsed: float) -> None:
                          f"give a larger one with --max-iters or --max-time (the whole run's total)")
 
 
+def check_keeps_its_sources(run_dir: Path, base: Base | None, init_from: str | None, teacher: str | None) -> None:
+    """A new run's folder must not hold the model it starts from or learns from: --overwrite
+    would delete it, and the run's record of it would point at nothing (a folder inside, an
+    export say, counts as much as the folder itself). The base is checked by the file it was
+    read from, the options are named as given."""
+    sources = (("--init-from", init_from, base.ref["path"] if base else None, "the base model"),
+               ("--teacher", teacher, teacher, "the teacher"))
+    for option, given, path, what in sources:
+        if path and first_inside(run_dir, [path]):
+            raise TrainError(f"--out {run_dir} holds {what} ({option} {given}); this run needs a folder of its own")
+
+
 def train(preset: str | None = None, overrides: dict | None = None, resume: bool = False, overwrite: bool = False,
           should_stop: Callable[[int], bool] | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Start (or with `resume`, continue) a run. `overrides` are explicit option values;
@@ -178,10 +191,7 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                 cfg = layered_config(preset, overrides)
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
-            # --overwrite would delete the base
-            if base is not None and run_dir.resolve() == Path(base.ref["path"]).parent:
-                raise TrainError(f"--out {run_dir} is the folder of the base run (--init-from); "
-                                 "a fine-tuning run needs a folder of its own")
+            check_keeps_its_sources(run_dir, base, overrides.get("init_from"), cfg.teacher)
         if resume and cfg.fsdp:
             check_fsdp_resume(cfg, overrides.get("fsdp") is None, dist_.enabled)
         cfg.validate()

@@ -152,14 +152,21 @@ def test_a_refused_start_with_overwrite_leaves_the_old_run_as_it_was(data, base,
     assert {p.name: p.read_bytes() for p in old.iterdir() if p.name != ".lock"} == before
 
 
-def test_the_base_run_s_own_folder_is_refused_as_out_even_with_overwrite(data, base, tmp_path):
+@pytest.mark.parametrize("source", ["--init-from", "--teacher"])
+@pytest.mark.parametrize("where", ["the folder", "inside it"])
+def test_a_folder_holding_the_base_or_the_teacher_is_refused_as_out_even_with_overwrite(data, base, tmp_path, source,
+                                                                                         where):
     copy = tmp_path / "base"
     shutil.copytree(base, copy)
-    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.name != ".lock"}
-    proc = run_cli("gpt.train", "--data", data, "--out", copy, "--overwrite", "--init-from", copy, "--device", "cpu",
+    if where == "inside it":  # a model kept inside the run folder (an export, a run of its own) goes with it too
+        shutil.copytree(base, copy / "inner")
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != ".lock"}
+    model = copy if where == "the folder" else copy / "inner"
+    proc = run_cli("gpt.train", "--data", data, "--out", copy, "--overwrite", source, model, "--device", "cpu",
                    "--quiet")
-    assert_one_line_error(proc, "gpt-train", "is the folder of the base run")
-    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.name != ".lock"} == before
+    what = "the base model" if source == "--init-from" else "the teacher"
+    assert_one_line_error(proc, "gpt-train", f"holds {what} ({source} {model})", "a folder of its own")
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 # -- LoRA ------------------------------------------------------------------------------------
