@@ -235,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone says how the run ended
         if result.stopped_by.startswith("signal"):
             name = result.stopped_by.split()[1]
-            if not quiet:
+            if not quiet and result.previous_run_restored:
+                print(f"gpt-train: stopped by {name} at step {result.step}, before this run's first evaluation: "
+                      f"nothing of it is kept, and the run it was to replace (--overwrite) is back in "
+                      f"{result.run_dir} as it was", file=sys.stderr)
+            elif not quiet:
                 print(f"gpt-train: stopped by {name} at step {result.step}; checkpoint saved in {result.run_dir}; "
                       f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
             return 128 + int(getattr(signal, name))

@@ -288,7 +288,7 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
                                   f"and loads only on that exact file: once this run replaces it, "
                                   f"{other} no longer loads (gpt-export --merge {other} first keeps its model)")
             folder.set_aside_previous_run()  # only now: a refused start leaves an --overwrite folder's old run in place
-            trainer.after_save = folder.settle  # the first checkpoint of its own: the run it replaced goes
+            trainer.after_save = folder.discard_previous_run  # its first evaluated save: the run it replaced goes
             if resuming:
                 trainer.metrics.trim_after(trainer.step)
             write_run_files(run_dir, {
@@ -309,7 +309,8 @@ def run_in_folder(cfg: TrainConfig, dist_: Dist, device, resume_state: dict | No
                 + (f"; evaluates and saves the weights' moving average (--ema {cfg.ema})" if cfg.ema else ""))
         result = Loop(trainer).run(should_stop)
         failed = False
-        return result
     finally:
         if folder is not None:
             folder.release(failed=failed)
+    result.previous_run_restored = folder is not None and folder.restored_previous_run
+    return result

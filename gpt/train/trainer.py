@@ -1,9 +1,8 @@
 """The training loop: batches -> model -> optimizer steps -> evaluations -> checkpoints.
 
-A `Trainer` holds one run's model, optimizer, data and clocks; `run()` is the loop. It is
-the same code for one process and for many started by torchrun: each rank draws its own
-batches, gradients are averaged by DDP, rank 0 alone writes. Under --fsdp the model is
-sharded instead (sharding.py), and every rank writes its part of each checkpoint.
+A `Trainer` holds one run's model, optimizer, data and clocks (`loop.Loop` runs it), the same
+code for one process and for many started by torchrun: each rank draws its own batches, DDP
+averages gradients, rank 0 alone writes; under --fsdp every rank writes its part (sharding.py).
 """
 from __future__ import annotations
 
@@ -53,6 +52,7 @@ class TrainResult:
     history: list = field(default_factory=list)  # (step, train loss) of every step
     model: torch.nn.Module | None = None  # the trained model (this rank's copy; under FSDP rank 0's, on its host)
     best_step: int | None = None  # the step best.pt was saved at
+    previous_run_restored: bool = False  # an --overwrite run stopped before its first evaluation
 
 
 def is_out_of_memory(e: BaseException) -> bool:

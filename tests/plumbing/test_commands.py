@@ -3,6 +3,7 @@ full disks, files where folders belong, and every expected failure in one line."
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,55 @@ def test_an_overwrite_frees_the_old_run_at_its_first_checkpoint_not_at_its_end(d
     assert seen[:3] == [(0, True), (1, True), (2, False)]  # step 2's evaluation saved the first checkpoint
 
 
+def test_an_overwrite_stopped_before_its_first_evaluation_gets_the_old_run_back(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
+    before = run_files(tmp_path / "run")
+    result = train(overrides=tiny_run(data, tmp_path / "run", max_iters=50, eval_interval=40), overwrite=True,
+                   should_stop=lambda step: step == 3, log=lambda s: None)  # its stop saves an unevaluated checkpoint
+    assert result.previous_run_restored and run_files(tmp_path / "run") == before
+    assert not (tmp_path / "run" / ".previous-run").exists()
+
+
+def test_ctrl_c_soon_after_an_overwrite_says_the_old_run_is_back(data, tmp_path):
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
+    before = run_files(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--out", str(tmp_path / "run"),
+                             "--overwrite", "--max-iters", "100000", "--eval-interval", "50000", *TINY_ARGS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=child_env(PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:  # the old run is set aside before this line: stop the new one after it
+        if line.startswith("training into"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "before this run's first evaluation" in err and "is back in" in err and "Traceback" not in err
+    assert run_files(tmp_path / "run") == before
+
+
+def test_the_old_run_is_deleted_as_a_whole_once_the_new_one_stands(data, tmp_path):
+    """Renamed before it is deleted: a kill in the middle of the deletion leaves a folder of
+    discarded files, never a part of the old run to be put back over the new one."""
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=4), log=lambda s: None)
+    now = run_files(tmp_path / "run")
+    left = tmp_path / "run" / ".previous-run.discarded"  # as a kill during the deletion left it
+    left.mkdir()
+    (left / "latest.pt").write_bytes(b"the old run's, half deleted")
+    RunFolder.claim(tmp_path / "run", new_run=False, overwrite=False).release()
+    assert run_files(tmp_path / "run") == now and not left.exists()
+
+
+def test_a_folder_of_hidden_files_only_is_refused_and_left_as_it_was(data, tmp_path):
+    folder = tmp_path / "dots"
+    folder.mkdir()
+    (folder / ".lock").write_text("the user's own notes")  # not a process id: no lock of a run
+    (folder / ".report.txt.tmp-1").write_text("a draft")
+    proc = run_cli("gpt.train", "--data", data, "--out", folder, "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", "holds other files and no run (.lock, .report.txt.tmp-1)")
+    assert run_files(folder) == {".report.txt.tmp-1": b"a draft"}
+    assert (folder / ".lock").read_text() == "the user's own notes"
+
+
 def test_resume_after_an_overwrite_killed_before_its_first_checkpoint_continues_the_run_it_replaced(data, tmp_path):
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
     aside = tmp_path / "run" / ".previous-run"  # as a killed --overwrite run leaves it
@@ -317,9 +367,15 @@ def test_a_data_folder_given_as_out_is_named_as_a_data_folder(data):
 
 
 def test_a_lock_that_cannot_be_opened_is_named_as_the_lock(data, tmp_path):
-    (tmp_path / "run" / ".lock").mkdir(parents=True)
-    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    train(overrides=tiny_run(data, tmp_path / "run", max_iters=2), log=lambda s: None)
+    (tmp_path / "run" / ".lock").unlink()
+    (tmp_path / "run" / ".lock").mkdir()
+    proc = run_cli("gpt.train", "--resume", "--out", tmp_path / "run", "--max-iters", "4", "--quiet")
     assert_one_line_error(proc, "gpt-train", f"cannot open {tmp_path / 'run' / '.lock'}, the lock of the run folder")
+    (tmp_path / "other").mkdir()  # in a folder without a run, it is no lock of a run's at all
+    (tmp_path / "other" / ".lock").mkdir()
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "other", "--max-iters", "2", "--quiet", *TINY_ARGS)
+    assert_one_line_error(proc, "gpt-train", "holds other files and no run (.lock)")
 
 
 def test_a_run_stopped_before_its_first_checkpoint_is_named_so_with_the_way_to_start_it_over(data, tmp_path):
