@@ -189,6 +189,10 @@ def train(preset: str | None = None, overrides: dict | None = None, resume: bool
                 cfg = finetune_config(preset, base.state["model_config"], overrides, pruned="pruned" in base.state)
             else:
                 cfg = layered_config(preset, overrides)
+            # recorded whole: resumed, evaluated or pruned from another folder, the run still
+            # names its own data and teacher, not whatever a relative path finds there
+            cfg.data = os.path.abspath(cfg.data) if cfg.data else cfg.data
+            cfg.teacher = os.path.abspath(cfg.teacher) if cfg.teacher else cfg.teacher
             # every rank must use the folder that rank 0 named
             run_dir = Path(cfg.out) if cfg.out else Path(dist_.broadcast_object(str(default_run_dir(cfg.model))))
             check_keeps_its_sources(run_dir, base, overrides.get("init_from"), cfg.teacher)

@@ -1,6 +1,7 @@
 """gpt-train: learning, exact resume, crash-safe checkpoints, and clear errors."""
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -376,3 +377,15 @@ def test_a_time_budget_that_runs_out_just_after_an_evaluation_is_recorded_as_spe
                    log=lambda s: None)
     assert result.stopped_by == "max_time" and result.step == 10
     assert ck.load_checkpoint(tmp_path / "run" / "latest.pt")["elapsed"] >= 1.0
+
+
+def test_a_run_records_its_data_folder_whole_so_it_means_the_same_from_any_folder(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(data, tmp_path)
+    train(overrides=tiny_run(relative, tmp_path / "run", max_iters=2), log=lambda s: None)
+    (tmp_path / "elsewhere" / relative).mkdir(parents=True)  # a folder by the same relative name, seen from elsewhere
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["data"]
+    assert recorded == os.path.abspath(data)
+    assert train(overrides={"out": str(tmp_path / "run"), "max_iters": 3, "progress": False}, resume=True,
+                 log=lambda s: None).step == 3  # resumed on its own data, not on the empty folder found here
