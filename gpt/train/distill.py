@@ -37,9 +37,10 @@ class Teacher:
 
     @classmethod
     def load(cls, path: str, fingerprint: str, data: str, device: torch.device, weight: float, temperature: float,
-             recorded: dict | None = None) -> "Teacher":
-        """The teacher at `path`, refused where its vocabulary is not the data's (`fingerprint`)
-        or, for a resumed run (`recorded`: the reference it saved), where its file changed."""
+             recorded: dict | None = None, context: int | None = None) -> "Teacher":
+        """The teacher at `path`, refused where its vocabulary is not the data's (`fingerprint`),
+        where it cannot read the student's `context` of tokens at once, or, for a resumed run
+        (`recorded`: the reference it saved), where its file changed."""
         if not Path(path).exists():
             raise TrainError(f"--teacher {path}: no such run, checkpoint or model folder")
         model, tokenizer, file, _ = load_any_model(path, device)
@@ -47,6 +48,9 @@ class Teacher:
             raise TrainError(f"--teacher {path} has a different vocabulary from data folder {data}; "
                              f"a student learns the teacher's tokens: prepare the text with its vocabulary, "
                              f"gpt-prepare TEXT --vocab-from {path}")
+        if context is not None and context > model.config.block_size:
+            raise TrainError(f"--teacher {path} reads at most {model.config.block_size} tokens at once, and the "
+                             f"student's context is {context}: give --block-size {model.config.block_size} or less")
         ref = {"path": str(Path(file).resolve()), "sha256": file_sha256(Path(file))}
         if recorded is not None and recorded.get("sha256") != ref["sha256"]:
             raise TrainError(f"--teacher {path}: {ref['path']} is not the file this run was distilled from "

@@ -99,7 +99,7 @@ class Trainer:
         if cfg.teacher:
             recorded = resume_state.get("teacher") if resume_state is not None else None
             self.teacher = Teacher.load(cfg.teacher, self.tokenizer.fingerprint(), cfg.data, device,
-                                        cfg.distill_weight, cfg.distill_temperature, recorded)
+                                        cfg.distill_weight, cfg.distill_temperature, recorded, cfg.block_size)
         self.optimizers = Optimizers(self.model, cfg, device, self.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.resume_from = Path(resume_state["path"]) if resume_state is not None and "path" in resume_state else None

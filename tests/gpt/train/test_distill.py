@@ -111,3 +111,12 @@ def test_bad_distillation_options_are_one_line(data, teacher, tmp_path, args, fr
     proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--max-iters", "2", *full, cwd=tmp_path)
     assert_one_line_error(proc, "gpt-train", fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_teacher_with_a_shorter_context_than_the_student_is_one_line(data, teacher, tmp_path):
+    context = json.loads((teacher / "config.json").read_text())["model"]["block_size"]
+    proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "run", "--teacher", teacher, "--max-iters", "2",
+                   "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", str(2 * context),
+                   "--device", "cpu")
+    assert_one_line_error(proc, "gpt-train", f"reads at most {context} tokens", f"--block-size {context} or less")
+    assert not (tmp_path / "run").exists()
