@@ -105,3 +105,10 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says memory ran out: torch words it differently per device and allocator."""
+    msg = str(e).lower()
+    return (isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg
+            or "can't allocate memory" in msg or "not enough memory" in msg)

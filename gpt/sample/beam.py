@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ..kv_cache import KVCache
 from .sampling import ContextWindow, GenerationError
+
+
+class SearchCancelled(Exception):
+    """A beam search ended before its end, as its caller asked."""
+
 
 MAX_BEAMS = 1024  # each beam is a row of the KV cache (4.7 MB for the baby model, 4.8 GB for 1,024): a bound
 
@@ -47,9 +52,12 @@ def check_beams(beams: int) -> None:
 @torch.inference_mode()
 def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, max_new_tokens: int,
                 eot_id: int | None, alpha: float = 1.0, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32, slide: int | None = None) -> list[Hypothesis]:
+                dtype: torch.dtype = torch.float32, slide: int | None = None,
+                cancelled: Callable[[], bool] = lambda: False) -> list[Hypothesis]:
     """The best `beams` hypotheses after the prompt, best first. `eot_id` None: the
-    end-of-text token is a token like any other (nothing finishes early)."""
+    end-of-text token is a token like any other (nothing finishes early). `cancelled` is
+    asked before every step: True ends the search with SearchCancelled (a server's client
+    that went away, or the server stopping)."""
     check_beams(beams)
     if max_new_tokens < 1:
         raise GenerationError(f"beam search needs --max-new-tokens of at least 1, got {max_new_tokens}")
@@ -63,6 +71,8 @@ def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, m
     finished: list[Hypothesis] = []
     cache = None
     for step in range(max_new_tokens):
+        if cancelled():
+            raise SearchCancelled()
         n = len(prompt) + step  # tokens so far; predicting token n
         moved = window.update(n)
         if use_cache and cache is not None and not moved:  # the cache holds the rest: the last tokens only

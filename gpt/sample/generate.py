@@ -146,8 +146,8 @@ class Generator:
             if pieces[0]:
                 yield pieces[0]
 
-    def beam(self, prompt: str, options: SamplingOptions, beams: int, count: int = 1,
-             alpha: float = 1.0) -> list[tuple[str, int, bool]]:
+    def beam(self, prompt: str, options: SamplingOptions, beams: int, count: int = 1, alpha: float = 1.0,
+             cancelled: Callable[[], bool] = lambda: False) -> list[tuple[str, int, bool]]:
         """The `count` best distinct continuations by beam search with `beams` beams
         (length-normalised by alpha), best first: (text, tokens generated, whether it ended
         before max_new_tokens); fewer where stop strings leave fewer distinct texts.
@@ -159,7 +159,7 @@ class Generator:
             raise GenerationError(f"beam search returns between 1 and --beams ({beams}) texts, {count} were asked for")
         eot = self.tokenizer.eot_id if options.stop_at_eot else None
         found = beam_search(self.model, self.encode_prompt(prompt), beams, options.max_new_tokens, eot, alpha,
-                            self.device, self.dtype, options.slide)
+                            self.device, self.dtype, options.slide, cancelled)
         results, seen = [], set()
         for hypothesis in found:
             text = SampleText(self.tokenizer, options)

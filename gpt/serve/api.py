@@ -39,9 +39,20 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def nulls_dropped(body: Any) -> Any:
+    """OpenAI's API takes null for any optional field, as leaving it out: a client that
+    writes every field of its request object sends them."""
+    return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def nulls_are_defaults(cls, body: Any) -> Any:
+        return nulls_dropped(body)
 
 
 class CompletionRequest(BaseModel):
@@ -73,9 +84,7 @@ class CompletionRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def nulls_are_defaults(cls, body: Any) -> Any:
-        """OpenAI's API takes null for any optional field, as leaving it out: a client that
-        writes every field of its request object sends them."""
-        return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
+        return nulls_dropped(body)
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -93,6 +102,14 @@ class CompletionRequest(BaseModel):
                 raise ApiError(400, f"{field} is not supported by this server", field, "unsupported_parameter")
         if not self.prompts():
             raise ApiError(400, "prompt is an empty list: give at least one prompt", "prompt")
+        for field, texts in (("prompt", self.prompts()), ("stop", self.stops())):
+            if any(not is_unicode_text(t) for t in texts):  # JSON can carry one; no answer in UTF-8 could echo it
+                raise ApiError(400, f"{field} holds a lone surrogate (a \\ud800-\\udfff escape not in a pair), "
+                               "which is no character", field)
+        if "max_tokens" not in self.model_fields_set:  # the default fits under the operator's limit
+            self.max_tokens = min(self.max_tokens, limits.max_tokens)
+        if self.stream_options is not None and not self.stream:
+            raise ApiError(400, "stream_options is only allowed when stream is true", "stream_options")
         if not 0 <= self.max_tokens <= limits.max_tokens:
             raise ApiError(400, f"max_tokens must be between 0 and {limits.max_tokens} (this server's limit), "
                            f"got {self.max_tokens}", "max_tokens")
@@ -131,6 +148,14 @@ class CompletionRequest(BaseModel):
         return SamplingOptions(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
                                top_p=None if self.top_p == 1 else self.top_p, stop=self.stops(), seed=seed,
                                stop_at_eot=not self.ignore_eos)
+
+
+def is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Limits(BaseModel):

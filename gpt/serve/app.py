@@ -14,6 +14,7 @@ queue is full, 503 while shutting down.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from ..sample.beam import SearchCancelled
 from ..sample.generate import Generator
 from ..sample.sampling import GenerationError
 from . import api
@@ -32,7 +34,7 @@ from .api import ApiError, CompletionRequest, Limits
 from .engine import Engine, EngineFull, EngineStopped
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import BearerAuth, BodyLimit, Counted
-from .run import Mailbox, Run
+from .run import Mailbox, Run, disconnected
 from .sequence import Event, Sequence
 
 RETRY_AFTER_S = 1
@@ -62,6 +64,7 @@ class Served:
         self.models = [settings.name, *settings.adapters]  # a request's `model` picks one; index = adapter
         self._mailbox: Mailbox | None = None
         self._beam_lock: asyncio.Lock | None = None
+        self.beam_requests = 0  # beam searches running or waiting for the lock
 
     def mailbox(self, loop: asyncio.AbstractEventLoop) -> "Mailbox":
         """The mailbox to `loop`, one per loop (a server runs one)."""
@@ -96,7 +99,9 @@ class Served:
 
 def create_app(served: Served) -> FastAPI:
     s = served.settings
-    app = FastAPI(title="gpt-serve", docs_url=None, redoc_url=None, openapi_url=None)
+    # no redirects for a trailing slash: an empty 307 that clients built on httpx do not
+    # follow; "/v1/completions/" is an unknown route, a 404 with the JSON error
+    app = FastAPI(title="gpt-serve", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     @app.exception_handler(ApiError)
@@ -126,7 +131,7 @@ def create_app(served: Served) -> FastAPI:
     async def index():
         return HTMLResponse(page)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what some load balancers probe with
     async def health():
         return {"status": "ok"}
 
@@ -205,7 +210,7 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
     prompts = body.prompts()
     ids = [served.encode(p, "prompt") for p in prompts]
     if body.beams:
-        return await beam_completion(served, body, prompts, ids, adapter)
+        return await beam_completion(served, body, prompts, ids, adapter, request)
     mailbox = served.mailbox(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     gen = served.generator
@@ -214,11 +219,9 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
     try:
         served.engine.submit(seqs)
     except EngineFull:
-        raise ApiError(429, "the server is busy: every slot is taken and the queue is full; retry shortly",
-                       code="server_busy", kind="rate_limit_error",
-                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        raise server_busy() from None
     except EngineStopped:
-        raise ApiError(503, "the server is shutting down", kind="server_error") from None
+        raise shutting_down() from None
     prompt_tokens = sum(len(p) for p in ids)
     served.metrics.prompt_tokens.inc(prompt_tokens)
     echoes = [p for p in prompts for _ in range(body.n)]
@@ -230,25 +233,63 @@ async def complete(served: Served, body: CompletionRequest, request: Request) ->
     return await run.whole(request)
 
 
+def server_busy() -> ApiError:
+    return ApiError(429, "the server is busy: every slot is taken and the queue is full; retry shortly",
+                    code="server_busy", kind="rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", kind="server_error")
+
+
 async def beam_completion(served: Served, body: CompletionRequest, prompts: list[str],
-                          ids: list[list[int]], adapter: int) -> JSONResponse:
+                          ids: list[list[int]], adapter: int, request: Request) -> Response:
     """best_of > 1: the n best of best_of beams for each prompt, by beam search, on a worker
-    thread, one search at a time (the engine's batch goes on meanwhile)."""
+    thread, one search at a time (the engine's batch goes on meanwhile). Searches count
+    against the queue (one running and --max-queue waiting; past that a 429), and a search
+    ends within a step when its client goes away (499) or the server stops (503)."""
+    if served.beam_requests > served.settings.max_waiting:
+        raise server_busy()
+    served.beam_requests += 1
+    stop = threading.Event()
+
     def search(prompt: str) -> list[tuple[str, int, bool]]:
         with using(adapter):
-            return served.generator.beam(prompt, body.options(0), body.beams, body.n)
+            return served.generator.beam(prompt, body.options(0), body.beams, body.n,
+                                         cancelled=lambda: stop.is_set() or served.engine.stopping)
 
     choices, generated = [], 0
-    for i, prompt in enumerate(prompts):
-        async with served.beam_lock():
-            try:
-                found = await asyncio.to_thread(search, prompt)
-            except GenerationError as e:  # e.g. more beams than the search allows
-                raise ApiError(400, str(e), "best_of") from None
-        for j, (text, tokens, stopped) in enumerate(found):
-            choices.append(api.choice(i * body.n + j, (prompt if body.echo else "") + text,
-                                      "stop" if stopped else "length"))
-            generated += tokens
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        for i, prompt in enumerate(prompts):
+            async with served.beam_lock():
+                if gone.done():  # went away while it waited: no search for nobody
+                    return JSONResponse(api.error_body("the client disconnected"), 499)
+                if served.engine.stopping:
+                    raise shutting_down()
+                searching = asyncio.ensure_future(asyncio.to_thread(search, prompt))
+                await asyncio.wait({searching, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not searching.done():
+                    stop.set()
+                    await asyncio.wait({searching})  # the thread ends at its next step, then the lock is free
+                    return JSONResponse(api.error_body("the client disconnected"), 499)
+                try:
+                    found = searching.result()
+                except SearchCancelled:
+                    raise shutting_down() from None
+                except GenerationError as e:  # e.g. more beams than the search allows
+                    raise ApiError(400, str(e), "best_of") from None
+            for j, (text, tokens, stopped) in enumerate(found):
+                choices.append(api.choice(i * body.n + j, (prompt if body.echo else "") + text,
+                                          "stop" if stopped else "length"))
+                served.metrics.completions.labels("stop" if stopped else "length").inc()
+                generated += tokens
+    except asyncio.CancelledError:  # the web server gave up on the request: so does its search
+        stop.set()
+        raise
+    finally:
+        gone.cancel()
+        served.beam_requests -= 1
     served.metrics.prompt_tokens.inc(sum(len(p) for p in ids))
     served.metrics.generated_tokens.inc(generated)
     usage = api.usage(sum(len(p) for p in ids), generated)

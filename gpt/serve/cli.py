@@ -9,11 +9,12 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plumbing.command import Parser, command
 from plumbing.errors import UserError
 
-from ..device import resolve_device, resolve_dtype
+from ..device import is_out_of_memory, resolve_device, resolve_dtype
 from ..quantize import QUANTIZE_MODES, check_supported
 from ..sample.generate import Generator
 from ..store.load import load_any_model
@@ -21,8 +22,12 @@ from ..store.runs import resolve_checkpoint
 from .adapters import load_adapters
 from .api import Limits
 
+if TYPE_CHECKING:  # the serve extra's web side, imported where it is used
+    from .app import Served, Settings
+
 API_KEY_ENV = "GPT_SERVE_API_KEY"
 ANSWER_CANCELLED_S = 5.0  # after --grace: the handlers' time to answer the requests cancelled
+MAX_GRACE_S = 86_400
 
 EPILOG = f"""
 the API: POST /v1/completions (OpenAI's completions; "stream": true for server-sent events),
@@ -96,9 +101,25 @@ def check(args) -> None:
                         f"at least {args.max_n}, or a smaller --max-n")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
-    if not args.grace >= 0:
-        raise UserError(f"--grace must be >= 0 seconds, got {args.grace}")
+    if not 0 <= args.grace <= MAX_GRACE_S:  # a timer past that overflows the system's clock (inf, 1e10)
+        raise UserError(f"--grace must be between 0 and {MAX_GRACE_S:,} seconds (a day), got {args.grace}")
     adapters(args)
+
+
+def with_its_cache(generator: Generator, settings: Settings) -> Served:
+    """The model served, with the KV cache of --max-batch sequences made at once: one too
+    large for memory is said here, in one line, before the port opens."""
+    from .app import Served  # the serve extra, checked to be installed by then
+
+    try:
+        return Served(generator, settings)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        c = generator.model.config
+        size = 2 * c.n_layer * settings.max_batch * c.block_size * c.n_embd * generator.dtype.itemsize
+        raise UserError(f"--max-batch {settings.max_batch}: the KV cache of that many sequences ({size / 1e9:,.1f} GB) "
+                        f"does not fit in memory on {generator.device}; give a smaller --max-batch") from None
 
 
 def max_n(args) -> int:
@@ -176,20 +197,20 @@ def serve(args) -> int:
     try:  # after the checks: a mistake is reported before the web stack loads
         import uvicorn
 
-        from .app import Served, Settings, create_app
+        from .app import Settings, create_app
     except ImportError as e:
         raise UserError(f"gpt-serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     generator, name, lora_names = load(args)  # a model that fails to load: one line, before the port opens
+    settings = Settings(name=name, max_batch=args.max_batch, max_waiting=args.max_queue,
+                        limits=Limits(max_tokens=args.max_tokens, max_n=max_n(args)), api_key=api_key,
+                        max_body=args.max_body, cors_origins=tuple(args.cors_origin), adapters=tuple(lora_names))
+    served = with_its_cache(generator, settings)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     if not is_loopback(args.host) and not api_key:
         print(f"gpt-serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               "machine can use the model", file=sys.stderr)
-    settings = Settings(name=name, max_batch=args.max_batch, max_waiting=args.max_queue,
-                        limits=Limits(max_tokens=args.max_tokens, max_n=max_n(args)), api_key=api_key,
-                        max_body=args.max_body, cors_origins=tuple(args.cors_origin), adapters=tuple(lora_names))
-    served = Served(generator, settings)
     app = create_app(served)
     quiet_logs(args.access_log)
     config = uvicorn.Config(app, log_config=None, access_log=args.access_log, lifespan="off",

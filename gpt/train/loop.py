@@ -16,12 +16,13 @@ from typing import Callable
 
 import torch
 
+from ..device import is_out_of_memory
 from . import sharding
 from .errors import NonFiniteLoss, TrainError, kept
 from .metrics import LossWindow, Throughput
 from .progress import Progress
 from .signals import StopFlag
-from .trainer import Trainer, TrainResult, is_out_of_memory
+from .trainer import Trainer, TrainResult
 
 
 class Loop:

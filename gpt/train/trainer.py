@@ -21,7 +21,7 @@ from plumbing.errors import first_line
 
 from .. import lora
 from ..config import FSDP_FP16, ModelConfig, TrainConfig
-from ..device import autocast, available_memory, configure_backends, resolve_dtype
+from ..device import autocast, available_memory, configure_backends, is_out_of_memory, resolve_dtype
 from ..model import build_model
 from ..plot.live import ProgressPicture
 from ..store import sharded
@@ -53,12 +53,6 @@ class TrainResult:
     model: torch.nn.Module | None = None  # the trained model (this rank's copy; under FSDP rank 0's, on its host)
     best_step: int | None = None  # the step best.pt was saved at
     previous_run_restored: bool = False  # an --overwrite run stopped before its first evaluation
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    msg = str(e).lower()
-    return (isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg
-            or "can't allocate memory" in msg or "not enough memory" in msg)
 
 
 class Trainer:

@@ -3,7 +3,6 @@ parts; the measures remove what contributes nothing first; the new folder loads 
 command, heals with --init-from and exports to transformers where it can; and bad input is
 one line with nothing changed."""
 import json
-
 import shutil
 
 import pytest

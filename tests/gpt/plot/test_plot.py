@@ -2,7 +2,6 @@
 once how to get it); gpt-plot overlays runs against steps, tokens or time, as PNG or SVG."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys

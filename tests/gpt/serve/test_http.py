@@ -43,6 +43,10 @@ def assert_error(r: httpx.Response, status: int, *fragments: str) -> dict:
     (b'{"prompt": "a", "n": 0}', ["n must be"]),
     (b'{"prompt": "a", "temperature": 1e400}', ["temperature"]),
     (b'{"prompt": [], "max_tokens": 3}', ["empty list"]),
+    (b'{"prompt": "h\\u00e9llo \\ud800 x", "echo": true}', ["prompt holds a lone surrogate"]),  # no UTF-8 answer holds it
+    (b'{"prompt": ["a", "\\udfff"], "stream": true, "echo": true}', ["prompt holds a lone surrogate"]),
+    (b'{"prompt": "a", "stop": "\\ud800"}', ["stop holds a lone surrogate"]),
+    (b'{"prompt": "a", "stream_options": {"include_usage": true}}', ["stream_options is only allowed when stream"]),
 ])
 def test_a_malformed_or_mistyped_body_is_a_400_json_error(server, body, fragments):
     assert_error(post(server, body), 400, *fragments)
@@ -56,6 +60,20 @@ def test_null_for_an_optional_field_is_its_default_as_in_openais_api(server):
     with_nulls = post(server, {"prompt": "the ", "seed": 3, **nulls})
     assert plain.status_code == with_nulls.status_code == 200, with_nulls.text
     assert with_nulls.json()["choices"] == plain.json()["choices"]
+    streamed = post(server, {"prompt": "the ", "stream": True, "stream_options": {"include_usage": None}})
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")  # nested nulls too
+
+
+def test_without_max_tokens_a_request_gets_the_default_or_the_operators_limit_if_lower(serve_run):
+    with LiveServer(serve_run, limits=Limits(max_tokens=5)) as live:
+        r = post(live, {"prompt": "the ", "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 5
+
+
+def test_a_trailing_slash_is_an_unknown_route_and_health_answers_head(server):
+    assert_error(httpx.post(server.url + "/v1/completions/", json={"prompt": "a"}, timeout=TIMEOUT_S), 404)
+    assert httpx.head(server.url + "/health", timeout=TIMEOUT_S).status_code == 200
 
 
 def test_a_json_body_sent_as_another_content_type_is_a_400_naming_it(server):
@@ -170,3 +188,49 @@ def test_more_beams_than_the_search_allows_is_a_400_even_where_the_operator_allo
                        json={"prompt": "a", "max_tokens": 2, "best_of": MAX_BEAMS + 1})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "best_of" and str(MAX_BEAMS) in r.json()["error"]["message"]
+
+
+def send_raw(port: int, body: dict) -> socket.socket:
+    """A request sent on a connection of its own, its answer left unread."""
+    request = json.dumps(body).encode()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+    raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(request)).encode() + b"\r\n\r\n" + request)
+    return raw
+
+
+ENDLESS_BEAMS = {"prompt": "the ", "max_tokens": LONG, "ignore_eos": True, "best_of": 4}  # runs until stopped
+
+
+def test_a_beam_search_whose_client_goes_away_ends_and_frees_the_server(serve_run):
+    with LiveServer(serve_run, max_batch=1) as live:
+        with send_raw(live.port, ENDLESS_BEAMS):
+            assert live.wait_for(lambda: live.served.beam_requests == 1)
+        assert live.wait_for(lambda: live.served.beam_requests == 0)  # ended at its next step, not at a million tokens
+        r = httpx.post(live.url + "/v1/completions", timeout=TIMEOUT_S,
+                       json={"prompt": "a", "max_tokens": 3, "best_of": 2})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 1
+
+
+def test_beam_searches_past_the_queue_are_a_429(serve_run):
+    with LiveServer(serve_run, max_batch=1, max_waiting=1) as live:
+        with send_raw(live.port, ENDLESS_BEAMS), send_raw(live.port, ENDLESS_BEAMS):  # one searching, one waiting
+            assert live.wait_for(lambda: live.served.beam_requests == 2)
+            assert_error(post(live, {"prompt": "a", "max_tokens": 3, "best_of": 2}), 429, "busy")
+        assert live.wait_for(lambda: live.served.beam_requests == 0)
+
+
+def test_a_beam_search_running_when_the_server_stops_is_answered_503(serve_run):
+    with LiveServer(serve_run, max_batch=1) as live:
+        with send_raw(live.port, ENDLESS_BEAMS) as raw:
+            assert live.wait_for(lambda: live.served.beam_requests == 1)
+            live.served.engine.stop()  # what the end of gpt-serve's --grace does
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                more = raw.recv(4096)
+                if not more:
+                    break
+                answer += more
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503")
+    assert json.loads(body)["error"]["message"] == "the server is shutting down"

@@ -46,10 +46,15 @@ def test_a_run_that_does_not_load_is_one_line_before_any_port_opens(tmp_path):
     assert "serving" not in r.stdout
 
 
-@pytest.mark.parametrize("option, fragment", [(["--max-batch", "0"], "--max-batch"), (["--grace", "-1"], "--grace"),
-                                              (["--port", "70000"], "--port")])
+@pytest.mark.parametrize("option, fragment", [
+    (["--max-batch", "0"], "--max-batch"), (["--grace", "-1"], "--grace"), (["--port", "70000"], "--port"),
+    (["--grace", "inf"], "--grace must be between 0 and 86,400"), (["--grace", "1e10"], "--grace must be between"),
+    (["--max-batch", "100000000"], "the KV cache of that many sequences"),  # terabytes: refused before the port opens
+])
 def test_a_bad_option_is_one_line(serve_run, option, fragment):
-    assert_one_line_error(run_cli("gpt.serve", serve_run, *option), "gpt-serve", fragment)
+    r = run_cli("gpt.serve", serve_run, *option)
+    assert_one_line_error(r, "gpt-serve", fragment)
+    assert "serving" not in r.stdout
 
 
 def test_a_max_n_the_queue_cannot_hold_is_one_line(serve_run):
