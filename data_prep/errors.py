@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from plumbing.errors import UserError, display_name, first_line
+from plumbing.errors import UserError, first_line
+from plumbing.output_folder import for_the_user
 
 
 class DataError(UserError):
@@ -19,4 +20,4 @@ def writing(path):
     try:
         yield
     except OSError as e:
-        raise DataError(f"cannot write {display_name(path)}: {e.strerror or first_line(e)}") from None
+        raise DataError(f"cannot write {for_the_user(path)}: {e.strerror or first_line(e)}") from None

@@ -22,8 +22,11 @@ def atomic_write_bytes(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename in (None, str(tmp)):  # a write's error has no file name
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even this: the first error is the one to say
+            pass
+        if isinstance(e, OSError) and e.filename in (None, tmp, str(tmp)):  # a write's error has no file name
             e.filename = str(path)  # the message names the file the user asked for, not the temporary one
         raise
     sync_folder(path.parent)

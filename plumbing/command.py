@@ -23,6 +23,7 @@ import warnings
 from typing import Callable
 
 from .errors import UserError, first_line
+from .output_folder import for_the_user
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,7 +39,7 @@ class Parser(argparse.ArgumentParser):
 
 def os_error_line(e: OSError) -> str:
     """An operating-system error in words: what failed, on which file."""
-    where = f": {e.filename}" if e.filename else ""
+    where = f": {for_the_user(e.filename)}" if e.filename else ""  # a file of an unfinished output: the output
     return f"{e.strerror or first_line(e)}{where}"
 
 

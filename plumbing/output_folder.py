@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,20 @@ def claim(out: Path) -> Path:
 def beside(out: Path, kind: str) -> Path:
     """This process's `.OUT.KIND-PID` folder beside `out` (KIND: partial or old)."""
     return out.parent / f".{beside_stem(out)}.{kind}-{os.getpid()}"
+
+
+def for_the_user(path: str | Path) -> str:
+    """`path` as the user knows it: a file inside an unfinished copy (`.OUT.partial-PID/...`)
+    is named as the output folder OUT, the one the user gave (a full disk is theirs to free,
+    a hidden work file is not theirs to look for)."""
+    if not isinstance(path, (str, os.PathLike)):  # an OSError's filename may be bytes, or a descriptor
+        return str(path)
+    parts = Path(os.path.abspath(path)).parts
+    for i, part in enumerate(parts):
+        match = re.fullmatch(r"\.(.+)\.partial-\d+", part)
+        if match:
+            return display_name(Path(*parts[:i], match.group(1)))
+    return display_name(path)
 
 
 def beside_stem(out: Path) -> str:

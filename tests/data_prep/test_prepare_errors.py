@@ -28,7 +28,7 @@ def test_a_full_disk_while_reading_stops_the_run_instead_of_skipping_the_input(t
     rng = __import__("random").Random(0)
     (good_folder / "big.txt").write_text("".join(rng.choice("abcdefgh \n") for _ in range(600_000)))
     r = run_cli("data_prep.cli", good_folder, "--out", tmp_path / "out", "--quiet", file_size_limit=200_000)
-    assert_one_line_error(r, "gpt-prepare", "cannot write ", "/work/0000000.cp: File too large")
+    assert_one_line_error(r, "gpt-prepare", f"cannot write {tmp_path / 'out'}: File too large")  # not its work file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
 
 
@@ -38,7 +38,7 @@ def test_a_full_disk_while_writing_the_shards_is_one_line_naming_the_file(tmp_pa
     for i in range(4):  # each unit's scratch fits the limit; the shards (2 bytes a token) do not
         (good_folder / f"big{i}.txt").write_text("".join(rng.choice("abcdefgh \n") for _ in range(120_000)))
     r = run_cli("data_prep.cli", good_folder, "--out", tmp_path / "out", "--quiet", *tokenizer, file_size_limit=300_000)
-    assert_one_line_error(r, "gpt-prepare", "cannot write ", "File too large")
+    assert_one_line_error(r, "gpt-prepare", f"cannot write {tmp_path / 'out'}: File too large")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
 
 

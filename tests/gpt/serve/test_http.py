@@ -43,7 +43,7 @@ def assert_error(r: httpx.Response, status: int, *fragments: str) -> dict:
     (b'{"prompt": "a", "n": 0}', ["n must be"]),
     (b'{"prompt": "a", "temperature": 1e400}', ["temperature"]),
     (b'{"prompt": [], "max_tokens": 3}', ["empty list"]),
-    (b'{"prompt": "h\\u00e9llo \\ud800 x", "echo": true}', ["prompt holds a lone surrogate"]),  # no UTF-8 answer holds it
+    (b'{"prompt": "h\\u00e9llo \\ud800 x", "echo": true}', ["prompt holds a lone surrogate"]),  # no UTF-8 echo
     (b'{"prompt": ["a", "\\udfff"], "stream": true, "echo": true}', ["prompt holds a lone surrogate"]),
     (b'{"prompt": "a", "stop": "\\ud800"}', ["stop holds a lone surrogate"]),
     (b'{"prompt": "a", "stream_options": {"include_usage": true}}', ["stream_options is only allowed when stream"]),
