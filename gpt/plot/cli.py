@@ -6,7 +6,7 @@ from pathlib import Path
 
 from plumbing.command import Parser, command
 
-from .figure import draw_runs, picture_format, save_figure
+from .figure import draw_runs, picture_format, save_figure, written_by_gpt_plot
 from .runs import X_AXES, PlotError, read_run
 
 EPILOG = """
@@ -26,6 +26,8 @@ def build_parser() -> Parser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.jsonl files)")
     p.add_argument("--out", default="runs.png", metavar="FILE",
                    help="the picture to write, .png or .svg (default: %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an --out that gpt-plot did not write (a picture of its own is replaced anyway)")
     p.add_argument("--x", choices=tuple(X_AXES), default="step",
                    help="the x axis: steps, tokens seen or training time (default: %(default)s)")
     return p
@@ -40,6 +42,9 @@ def plot(args) -> None:
         raise PlotError(f"--out {out} is a folder; name a .png or .svg file")
     if not out.absolute().parent.is_dir():  # said before any run is read, naming the folder, not the file
         raise PlotError(f"--out {out}: the folder {out.absolute().parent} does not exist (or is not a folder)")
+    if (out.exists() or out.is_symlink()) and not args.force and not written_by_gpt_plot(out):
+        what = "a link" if out.is_symlink() else "a file gpt-plot did not write"
+        raise PlotError(f"--out {out} is {what}; choose another --out, or --force to replace it")
     runs = [read_run(r) for r in args.runs]
     empty = [r.path for r in runs if not r.logged and not r.evals]
     if empty:  # a run's file before its first log line, or a file of something else

@@ -118,8 +118,26 @@ def picture_format(path: Path) -> str:
     return fmt
 
 
+MARK = "chargpt gpt-plot"  # in every picture's metadata: what tells a picture gpt-plot may replace
+MARK_FIELD = {"png": "Software", "svg": "Creator"}  # where each format keeps it, near the file's start
+MARK_WITHIN = 1 << 16  # bytes: matplotlib writes a PNG's text chunks and an SVG's metadata first
+
+
+def written_by_gpt_plot(path: Path) -> bool:
+    """Whether `path` is a picture gpt-plot (or gpt-train's progress.png) wrote: a file, not
+    a link, with the mark in its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MARK_WITHIN)
+    except OSError:
+        return False
+    return not path.is_symlink() and MARK.encode() in head
+
+
 def save_figure(fig, path: Path) -> None:
-    """Write the picture atomically (a reader never sees half a file), PNG or SVG by suffix."""
+    """Write the picture atomically (a reader never sees half a file), PNG or SVG by suffix,
+    with the mark that lets gpt-plot replace it later."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=picture_format(path), dpi=DPI)
+    fmt = picture_format(path)
+    fig.savefig(buf, format=fmt, dpi=DPI, metadata={MARK_FIELD[fmt]: MARK})
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))

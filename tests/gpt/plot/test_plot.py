@@ -168,6 +168,23 @@ def test_svg_when_asked(tmp_path):
     assert b"<svg" in out.read_bytes()[:2000]
 
 
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_a_picture_of_its_own_is_replaced_and_anything_else_only_with_force(tmp_path, capsys, suffix):
+    pytest.importorskip("matplotlib")
+    run = write_metrics(tmp_path / "run")
+    out = tmp_path / f"runs{suffix}"
+    for _ in range(2):  # drawn again: its own picture, replaced
+        assert run_main(capsys, run, "--out", out).returncode == 0
+    mine, link = tmp_path / f"essay{suffix}", tmp_path / f"link{suffix}"
+    mine.write_bytes(b"the user's own file")
+    link.symlink_to(tmp_path / "notes.txt")
+    for path, what in ((mine, "a file gpt-plot did not write"), (link, "a link")):
+        assert_one_line_error(run_main(capsys, run, "--out", path), "gpt-plot", f"is {what}", "--force")
+    assert mine.read_bytes() == b"the user's own file" and link.is_symlink()
+    assert run_main(capsys, run, "--out", mine, "--force").returncode == 0
+    assert mine.read_bytes() != b"the user's own file"
+
+
 def run_main(capsys, *args) -> subprocess.CompletedProcess:
     code = main([*map(str, args)])
     out, err = capsys.readouterr()
