@@ -48,7 +48,7 @@ from .passes.workers import Workers, grouped
 from .prepared.data_folder import META_FILE, SPLITS, is_prepared_data, prepared_entries
 from .prepared.meta import build_meta
 from .prepared.shards import SplitWriter
-from .read.inputs import Source, discover
+from .read.inputs import Source, check_exist, discover
 from .read.records import work_offline
 from .tokenize.char import utf8_length
 from .tokenize.char_vocabulary import build_tokenizer
@@ -82,6 +82,7 @@ class Summary:
 def prepare(inputs: list[str | Path], out: str | Path, opts: PrepareOptions) -> Summary:
     """Prepare `inputs` into the folder `out`; see the module docstring."""
     opts.validate()
+    check_exist(inputs)  # a mistyped input before anything about the output
     out = Path(os.path.abspath(out))  # the new folder is written beside it: ".." has no name to write beside
     try:
         check_replaceable(out)

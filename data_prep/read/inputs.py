@@ -42,6 +42,13 @@ def is_saved_dataset(folder: Path) -> bool:
         return False
 
 
+def check_exist(paths: list[str | Path]) -> None:
+    """Refuse an input that is not there: a mistyped path is said as such, first."""
+    for given in paths:
+        if not Path(given).exists():
+            raise DataError(f"input path does not exist: {display_name(Path(given))}")
+
+
 def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Source]:
     """Every input file under `paths`, folders searched recursively, in a stable order so
     the same inputs always give the same output. Hidden entries (gpt-prepare's own
@@ -49,10 +56,9 @@ def discover(paths: list[str | Path], exclude: Path | None = None) -> list[Sourc
     folder) are left out of the search."""
     found: list[Source] = []
     skip = os.path.realpath(exclude) if exclude is not None else None
+    check_exist(paths)
     for given in paths:
         p = Path(given)
-        if not p.exists():
-            raise DataError(f"input path does not exist: {display_name(p)}")
         if p.is_dir():
             if is_prepared_data(p):
                 raise DataError(f"{display_name(p)} is a prepared data folder (gpt-prepare's output), not a corpus: "

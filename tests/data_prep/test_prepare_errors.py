@@ -62,6 +62,9 @@ def test_a_prepared_data_folder_given_as_input_is_refused_as_such(good_folder, t
 def test_an_input_path_that_does_not_exist_is_an_error(tmp_path, prepare_data):
     with pytest.raises(DataError, match="input path does not exist: .*missing.txt"):
         prepare_data(tmp_path / "missing.txt")
+    (tmp_path / "data" / "made").mkdir(parents=True)  # an output folder there already: the typo is said first
+    with pytest.raises(DataError, match="input path does not exist: .*missing.txt"):
+        prepare_data(tmp_path / "missing.txt", out=tmp_path / "data")
 
 
 def test_an_empty_folder_is_an_error(tmp_path, prepare_data):
