@@ -67,8 +67,9 @@ def build_parser() -> Parser:
 
 
 def run(args) -> None:
-    if args.files and args.split:
-        raise EvalError("give either text FILEs or --split, not both")
+    if args.files and (args.split or args.data):
+        given = "--split" if args.split else "--data"
+        raise EvalError(f"give either text FILEs or {given} (a prepared split to score), not both")
     check_sizes(args.stride, args.batch_size)
     device = resolve_device(args.device)
     data = args.data

@@ -71,8 +71,11 @@ def notes(results: list[RunScore]) -> list[str]:
                        f"{how}: {named}{more}")
     s = results[0].stream
     if s.notes.skipped:
-        out.append(f"skipped {len(s.notes.skipped)} unreadable file(s): "
+        out.append(f"skipped {len(s.notes.skipped)} file(s) or member(s): "
                    f"{s.notes.skipped[0]}{', ...' if len(s.notes.skipped) > 1 else ''}")
+    if s.notes.bad_records:
+        out.append(f"skipped {s.notes.bad_records:,} record(s) without text (not a JSON object, no such field, or a "
+                   "value that is not a string), as gpt-prepare does")
     if s.notes.invalid_utf8:
         out.append(f"{s.notes.invalid_utf8:,} invalid UTF-8 sequence(s) were read as U+FFFD")
     return out
@@ -95,5 +98,6 @@ def as_json(results: list[RunScore]) -> str:
             "oov_examples": dict(s.oov_examples.most_common(OOV_SHOWN)),
         })
     text = {"description": first.description, "characters": first.characters_read, "documents": first.notes.documents,
-            "skipped": first.notes.skipped, "invalid_utf8": first.notes.invalid_utf8}
+            "skipped": first.notes.skipped, "bad_records": first.notes.bad_records,
+            "invalid_utf8": first.notes.invalid_utf8}
     return json.dumps({"text": text, "runs": runs}, indent=1, ensure_ascii=False)

@@ -40,6 +40,7 @@ class ReadNotes:
 
     skipped: list[str] = field(default_factory=list)  # "name: reason"
     invalid_utf8: int = 0
+    bad_records: int = 0  # JSON or Parquet records without text, as gpt-prepare counts them
     documents: int = 0
 
 
@@ -77,6 +78,7 @@ def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text")
             skip(source, e)
         notes.skipped += stats.skipped
         notes.invalid_utf8 += stats.invalid_utf8
+        notes.bad_records += stats.bad_records
 
 
 @dataclass

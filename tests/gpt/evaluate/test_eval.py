@@ -260,6 +260,16 @@ def test_json_output_has_every_number_of_the_table(ckpt, tmp_path, capsys):
     assert run["bits_per_char"] == pytest.approx(run["nats"] / math.log(2) / run["characters"])
 
 
+def test_records_without_text_are_skipped_and_counted_as_gpt_prepare_does(ckpt, tmp_path, capsys):
+    records = [{"text": DOCUMENTS[0]}, {"text": 5}, {"body": "no text field"}, ["not", "an object"]]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    assert main(["--ckpt", str(ckpt), str(tmp_path / "r.jsonl"), "--json", "--quiet", "--device", "cpu"]) == 0
+    text = json.loads(capsys.readouterr().out)["text"]
+    assert (text["documents"], text["bad_records"]) == (1, 3)
+    assert main(["--ckpt", str(ckpt), str(tmp_path / "r.jsonl"), "--quiet", "--device", "cpu"]) == 0
+    assert "skipped 3 record(s) without text" in capsys.readouterr().out
+
+
 # -- int8 ------------------------------------------------------------------------------------------
 def test_quantize_int8_scores_the_model_gpt_sample_quantize_int8_samples_from(ckpt):
     fp32 = load_run(ckpt, CPU)
@@ -331,6 +341,8 @@ def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
     ("no tokenizer", ("{bad}/no_tokenizer.pt", "{bad}/good.txt"), ("has no tokenizer",)),
     ("stride above the context", ("{ckpt}", "{bad}/good.txt", "--stride", "17"), ("--stride 17", "context", "16")),
     ("stride below 1", ("{ckpt}", "{bad}/good.txt", "--stride", "0"), ("--stride must be at least 1",)),
+    ("files and a data folder", ("{ckpt}", "{bad}/good.txt", "--data", "{bad}"), ("text FILEs or --data", "not both")),
+    ("files and a split", ("{ckpt}", "{bad}/good.txt", "--split", "val"), ("text FILEs or --split", "not both")),
     ("nothing in the vocabulary", ("{bad}/strict", "{bad}/foreign.txt"), ("none of the 7 characters", "vocabulary")),
     ("nothing in the vocabulary, byte fallback", ("{ckpt}", "{bad}/foreign.txt"),
      ("none of the 7 characters", "vocabulary")),
