@@ -238,7 +238,8 @@ class TrainConfig:
         if self.fsdp:
             self.check_fsdp()
         if self.lora < 0:
-            raise ConfigError(f"--lora must be a rank of at least 1 (or 0 for full fine-tuning), got {self.lora}")
+            raise ConfigError(f"--lora must be a rank of at least 1, got {self.lora} (leave --lora out to train every "
+                              "weight)")
         self.model_config(vocab_size=1).validate()  # a bad model option stops the run before it claims a folder
 
     def check_fsdp(self) -> None:

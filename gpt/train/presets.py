@@ -125,6 +125,10 @@ def finetune_config(preset: str, base_model: dict, overrides: dict, pruned: bool
     if fixed:
         raise ConfigError(f"options {', '.join('--' + k.replace('_', '-') for k in fixed)} do not match the base model "
                           f"({', '.join(f'{k}={shape[k]}' for k in fixed)}); the shape comes from --init-from")
+    made_for = PRESETS.get(preset, {}).get("model", shape["model"])
+    if made_for != shape["model"]:  # the bigram preset's settings are for a table, not for the base's layers
+        raise ConfigError(f"--preset {preset} is for a {made_for} model and the base is a {shape['model']}; "
+                          "leave --preset out (fine-tuning has its own defaults) or choose a preset of its kind")
     if overrides.get("block_size") is not None and overrides["block_size"] > shape["block_size"]:
         raise ConfigError(f"--block-size {overrides['block_size']} is longer than the base model's context "
                           f"({shape['block_size']})")

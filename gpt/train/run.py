@@ -76,6 +76,9 @@ NEEDS = {"lora_alpha": "lora", "lora_targets": "lora", "distill_weight": "teache
 
 def check_companions(given: dict, values: dict) -> None:
     """Refuse an option `given` whose companion `values` (the run's options) lack."""
+    if given.get("lora") is not None and given["lora"] < 1:  # 0 is no rank: it would be a full fine-tune, unasked
+        raise TrainError(f"--lora must be a rank of at least 1, got {given['lora']} (leave --lora out to train "
+                         "every weight)")
     for option, needed in NEEDS.items():
         if given.get(option) is not None and not values.get(needed):
             raise TrainError(f"--{option.replace('_', '-')} shapes what --{needed} does, and no --{needed} is "

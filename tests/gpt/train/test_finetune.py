@@ -362,6 +362,10 @@ def test_a_lora_run_as_init_from_is_refused_naming_its_base(data, base, tmp_path
     (["--lora", "4"], "--lora adapts a trained model: give it one with --init-from"),
     (["--lora", "4", "--lora-targets", "head", "--init-from", "BASE"], "'head': head matches no layer"),
     (["--lora", "4", "--lora-targets", ",", "--init-from", "BASE"], "',' names no layer (choose from qkv, proj, fc)"),
+    (["--lora", "0", "--init-from", "BASE"], "--lora must be a rank of at least 1, got 0"),  # no silent full fine-tune
+    (["--lora", "0"], "--lora must be a rank of at least 1, got 0"),
+    (["--lora", "-3", "--init-from", "BASE"], "leave --lora out to train every weight"),
+    (["--preset", "bigram", "--init-from", "BASE"], "--preset bigram is for a bigram model and the base is a gpt"),
 ])
 def test_bad_lora_options_are_one_line(data, base, tmp_path, args, fragment):
     args = [str(base) if a == "BASE" else a for a in args]
