@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(char_only)} {verb} for --tokenizer char; a BPE is sized by --vocab-size")
     if args.vocab_size is not None and args.tokenizer != "bpe":
         parser.error("--vocab-size is for --tokenizer bpe; a character vocabulary is sized by --max-vocab")
+    if args.tokenizer == "bpe" and args.vocab_size is None and args.vocab_from is None:  # a usage error: exit 2
+        parser.error("--tokenizer bpe needs --vocab-size N (the tokens to learn, the 256 byte tokens and "
+                     "<|endoftext|> included)")
     opts = PrepareOptions(
         val_fraction=args.val_fraction, **{k: v for k, v in vocab_options.items() if v is not None},
         text_field=args.text_field, shard_tokens=args.shard_tokens, workers=args.workers, strict=args.strict,

@@ -27,7 +27,7 @@ PREPARE_CASES = {
     "vocab size with char": (["--vocab-size", "300"], 2, ["--vocab-size is for --tokenizer bpe"]),
     "vocab size with an explicit char": (["--tokenizer", "char", "--vocab-size", "300"], 2,
                                          ["--vocab-size is for --tokenizer bpe"]),
-    "bpe without a vocab size": (["--tokenizer", "bpe"], 1, ["--tokenizer bpe needs --vocab-size"]),
+    "bpe without a vocab size": (["--tokenizer", "bpe"], 2, ["--tokenizer bpe needs --vocab-size"]),
     "a char option with bpe": (["--tokenizer", "bpe", "--vocab-size", "300", "--max-vocab", "100"], 2,
                                ["--max-vocab", "a BPE is sized by --vocab-size"]),
     "tokenizer with vocab-from": (["--tokenizer", "bpe", "--vocab-size", "300", "--vocab-from", "corpus"], 2,
