@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from dataclasses import replace
@@ -111,6 +112,11 @@ def unescape(text: str) -> str:
 
 def read_prompt(args) -> str:
     if args.prompt_file is None:
+        try:  # bytes that are not UTF-8 reach Python's argv as lone surrogates (surrogateescape)
+            os.fsencode(args.prompt).decode("utf-8")
+        except UnicodeError as e:
+            raise GenerationError(f"--prompt is not UTF-8 text (bad byte at offset {e.start}); the model's text "
+                                  "is UTF-8") from None
         return args.prompt
     name = "standard input" if args.prompt_file == "-" else args.prompt_file
     try:

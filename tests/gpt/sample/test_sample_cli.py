@@ -248,6 +248,7 @@ def test_help_documents_streaming_and_how_samples_are_separated(sample_main):
     (["--device", "tpu"], None, "unknown device 'tpu'"),
     (['--stop', '\\'], None, "--stop '\\' has a malformed backslash escape"),  # shown as typed, not doubled
     (["--top-k", "many"], None, "argument --top-k: invalid int value: 'many'"),
+    (["--prompt", "ab\udcffcd"], None, "--prompt is not UTF-8 text (bad byte at offset 2)"),  # argv's byte 0xff
 ])
 
 def test_other_mistakes_are_one_error_line_too(sample_main, args, stdin, message):
