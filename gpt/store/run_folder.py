@@ -82,7 +82,8 @@ class RunFolder:
     @classmethod
     def claim(cls, path: Path, new_run: bool, overwrite: bool) -> "RunFolder":
         """Create (if needed) and lock `path`. A new run refuses a folder that holds a run,
-        unless `overwrite`; the old run's files are then cleared by `clear_previous_run`."""
+        unless `overwrite` (the old run's files are then set aside by `set_aside_previous_run`
+        and deleted or put back by `settle`), and one that holds anything no run wrote."""
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"--out {path} is a file, not a folder; name a folder for the run")
         check_not_dangling(path, RunFolderError)
