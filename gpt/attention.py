@@ -5,8 +5,8 @@ T tokens per sequence; cached decoding gives it new tokens whose earlier keys an
 wait in a `KVCache`; the fixed-shape step a CUDA graph replays gives it one token at a
 position *tensor* (`Positions.pos`), so that no shape or Python number changes from token
 to token. The few branches inside are about cost, not about what is computed: one position
-per sequence is rotated by one matrix product rather than by pairs of channels, and the
-cache's state chooses the attention kernel and its mask.
+shared by the batch is rotated by one matrix product rather than by pairs of channels, and
+the cache's state chooses the attention kernel and its mask.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class Rotary(nn.Module):
 def rotate(qkv: torch.Tensor, rope: Rope, batch: int) -> torch.Tensor:
     """Queries, keys and values (3, B, nh, T, hs) from qkv (B*T, 3, nh, hs), with the
     queries and keys turned by their positions' angles and the values as they were."""
-    if isinstance(rope, torch.Tensor):  # one position per sequence: (3, hs, hs) matrices
+    if isinstance(rope, torch.Tensor):  # one position shared by the batch: (3, hs, hs) matrices
         qkv = torch.matmul(qkv, rope)  # a 4-dim product: torch takes a 5-dim one by a path twice as slow
     qkv = qkv.view(batch, -1, *qkv.shape[1:]).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
     if isinstance(rope, tuple):

@@ -238,8 +238,7 @@ class TrainConfig:
         if self.fsdp:
             self.check_fsdp()
         if self.lora < 0:
-            raise ConfigError(f"--lora must be a rank of at least 1, got {self.lora} (leave --lora out to train every "
-                              "weight)")
+            raise ConfigError(lora_rank_refused(self.lora))
         self.model_config(vocab_size=1).validate()  # a bad model option stops the run before it claims a folder
 
     def check_fsdp(self) -> None:
@@ -281,3 +280,8 @@ class TrainConfig:
 
 
 MODEL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("model"))
+
+
+def lora_rank_refused(rank: int) -> str:
+    """What a rank below 1 is told: 0 would be no adapter at all, a full fine-tune not asked for."""
+    return f"--lora must be a rank of at least 1, got {rank} (leave --lora out to train every weight)"

@@ -105,7 +105,7 @@ def run_command(prog: str, work: Callable[[], int | None], interrupted: str | No
     encoding_errors = []  # each stream's own setting, put back after
     for stream in streams:
         errors = getattr(stream, "errors", None)
-        if writable_anything(stream):
+        if escape_unencodable(stream):
             encoding_errors.append((stream, errors))
     if makes_files:
         sys.stdout, sys.stderr = ReaderMayGo(sys.stdout), ReaderMayGo(sys.stderr)
@@ -140,11 +140,12 @@ def take_ctrl_c() -> None:
             pass
 
 
-def writable_anything(stream) -> bool:
+def escape_unencodable(stream) -> bool:
     """Make `stream` write what its encoding cannot as backslash escapes: a file name or a
     text outside ASCII on a terminal whose encoding is ASCII (PYTHONIOENCODING=ascii, or the C
     locale without Python's UTF-8 mode) is then a line with an escape in it, not a
-    UnicodeEncodeError's traceback. False for a stream that cannot be changed so."""
+    UnicodeEncodeError's traceback. Returns whether the stream was changed (False for one that
+    cannot be)."""
     try:
         stream.reconfigure(errors="backslashreplace")
     except (AttributeError, ValueError, OSError):  # not a text file of Python's own, or already closed

@@ -1,5 +1,5 @@
 """An output folder replaced whole or not at all, for every command that writes one
-(gpt-prepare's data folder, gpt-export's): it is written beside its place as
+(gpt-prepare's data folder, gpt-export's, gpt-prune's): it is written beside its place as
 `.OUT.partial-PID` and renamed into place when complete; an old folder is set aside as
 `.OUT.old-PID` for the swap and removed after it. What a killed run (kill -9, a power cut)
 left beside the folder is cleaned up by the next run."""
@@ -138,7 +138,7 @@ def busy(out: Path) -> None:
     for p, kind, pid in leftovers(out):
         if kind == "partial" and pid != os.getpid() and process_exists(pid):
             raise OutputFolderError(f"another process (pid {pid}) is writing {display_name(out)}; "
-                                    f"wait for it to finish (or, if that process is no gpt-prepare or gpt-export, "
+                                    f"wait for it to finish (or, if that process is none of this toolkit's commands, "
                                     f"remove {display_name(p)})")
 
 
@@ -181,7 +181,7 @@ def process_exists(pid: int) -> bool:
 class Writer:
     """The command that writes a kind of folder, and how to tell its folders from others."""
 
-    command: str  # "gpt-prepare", "gpt-export"
+    command: str  # "gpt-prepare", "gpt-export", "gpt-prune"
     wrote: Callable[[Path], bool]  # whether a folder is one the command wrote
     # the names of the entries the command wrote in such a folder (None: not known): any
     # other entry is the user's, and --force does not replace the folder with it inside

@@ -27,14 +27,11 @@ bytes whatever the installed library's version.
 """
 from __future__ import annotations
 
-import re
-
 from ..errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"  # its name in every data folder, and beside every run's checkpoints
 HF_FORMAT_VERSION = "1.0"
 UNK = "<|unk|>"
-BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 DECODER = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]}
 
 

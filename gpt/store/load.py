@@ -20,7 +20,7 @@ from .. import lora
 from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from .checkpoint import CheckpointError, all_finite, load_checkpoint
-from .export_folder import WEIGHTS, ExportError, is_export, load_export, read_export_config
+from .export_folder import WEIGHTS, is_export, load_export, read_export_config
 from .hf_folder import is_hf_folder
 from .hf_read import read_hf_folder
 from .runs import resolve_checkpoint
@@ -41,7 +41,7 @@ def load_any_model(path: str | Path | None, device="cpu") -> tuple[torch.nn.Modu
     ckpt = resolve_checkpoint(path)
     record = load_checkpoint(ckpt)
     if not record.get("tokenizer"):
-        raise ExportError(f"{ckpt} has no tokenizer, so no text can be encoded for its model "
+        raise CheckpointError(f"{ckpt} has no tokenizer, so no text can be encoded for its model "
                           "(was it written by gpt-train?)")
     return (*model_from_checkpoint(record, device, ckpt), ckpt, record)
 

@@ -75,8 +75,9 @@ class BatchSampler:
 
 def fixed_windows(shards: list[np.ndarray], block_size: int, count: int, seed: int = 1234,
                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same `count` windows of the val split every time (evenly spread if it is small), so
-    evaluations during a run, and across runs on the same data, are comparable."""
+    """The same `count` windows of the val split every time (every window where there are no
+    more than `count`, else `count` drawn with a fixed seed), so evaluations during a run, and
+    across runs on the same data, are comparable."""
     index = WindowIndex(shards, block_size, vocab_size, split="val")
     if index.num_windows <= count:
         flat = np.arange(index.num_windows)

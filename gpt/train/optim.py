@@ -1,4 +1,4 @@
-"""The optimizers (AdamW, or Muon beside it) and the learning-rate schedule."""
+"""The optimizers: AdamW, or Muon for the matrices beside AdamW for the rest (the schedule is schedule.py)."""
 from __future__ import annotations
 
 import torch

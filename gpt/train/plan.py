@@ -75,7 +75,7 @@ def saved_bytes(model: torch.nn.Module, block_size: int, half: bool, scores_kept
     log-sum-exp per query instead, so scores count only where a path that keeps them runs
     (`scores_kept`). Returns (all bytes, the scores' part)."""
     weights = {id(p) for p in model.parameters()}
-    head_size = getattr(model.config, "head_size", None)
+    head_size = model.config.head_size
     seen: dict[int, int] = {}
     scores: dict[int, int] = {}
 
@@ -162,7 +162,7 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype, device_ty
     scores = device_type == "cpu" and (
         model_cfg.dropout > 0 or (dtype == torch.bfloat16 and model_cfg.block_size <= PLAIN_ATTENTION_MAX_T))
     kept, kept_scores = saved_bytes(model, model_cfg.block_size, half, scores)
-    layers = max(1, getattr(model_cfg, "n_layer", 1))
+    layers = model_cfg.n_layer if model_cfg.kind == "gpt" else 1  # a bigram has no blocks (n_layer is a default)
     recompute = cfg.activation_checkpointing and model_cfg.kind == "gpt"
     block, block_scores = kept // layers, kept_scores // layers  # one block's, as kept without checkpointing
     if recompute:

@@ -14,7 +14,7 @@ import torch
 from plumbing.errors import first_line
 from plumbing.output_folder import first_inside
 
-from ..config import BUDGET_FIELDS, MODEL_FIELDS, ModelConfig, TrainConfig
+from ..config import BUDGET_FIELDS, MODEL_FIELDS, ModelConfig, TrainConfig, lora_rank_refused
 from ..device import DeviceError, resolve_device
 from ..model import count_parameters
 from ..store import checkpoint
@@ -76,9 +76,8 @@ NEEDS = {"lora_alpha": "lora", "lora_targets": "lora", "distill_weight": "teache
 
 def check_companions(given: dict, values: dict) -> None:
     """Refuse an option `given` whose companion `values` (the run's options) lack."""
-    if given.get("lora") is not None and given["lora"] < 1:  # 0 is no rank: it would be a full fine-tune, unasked
-        raise TrainError(f"--lora must be a rank of at least 1, got {given['lora']} (leave --lora out to train "
-                         "every weight)")
+    if given.get("lora") is not None and given["lora"] < 1:  # the config's default, 0, is "no --lora"
+        raise TrainError(lora_rank_refused(given["lora"]))
     for option, needed in NEEDS.items():
         if given.get(option) is not None and not values.get(needed):
             raise TrainError(f"--{option.replace('_', '-')} shapes what --{needed} does, and no --{needed} is "

@@ -1,4 +1,4 @@
-"""The training loop: batches -> model -> optimizer steps -> evaluations -> checkpoints.
+"""One run's training state and its step: batches -> model -> optimizer -> evaluations -> checkpoints.
 
 A `Trainer` holds one run's model, optimizer, data and clocks (`loop.Loop` runs it), the same
 code for one process and for many started by torchrun: each rank draws its own batches, DDP

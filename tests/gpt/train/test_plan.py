@@ -42,6 +42,12 @@ def test_a_larger_batch_plans_more_activations_and_a_smaller_largest_fit():
     assert large.peak(8) > small.peak(4) and small.largest_windows(small.peak(4)) == 4
 
 
+def test_a_bigrams_plan_does_not_depend_on_layers_it_does_not_have():
+    plans = [memory_plan(TrainConfig(model="bigram", block_size=32, batch_size=4, n_layer=n), 80, torch.float32, "cpu")
+             for n in (1, 6, 12)]
+    assert len({p.peak(4) for p in plans}) == 1
+
+
 def test_plan_with_resume_is_one_line(data, tmp_path):
     proc = run_cli("gpt.train", "--data", data, "--plan", "--resume", "--out", tmp_path / "run")
     assert_one_line_error(proc, "gpt-train", "--plan")
