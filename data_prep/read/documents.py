@@ -18,6 +18,7 @@ from .records import datasets_documents, json_documents, record_format
 from .streams import (
     DECODE_ERRORS,
     MAX_NESTING,
+    SNIFF_BYTES,
     HashingReader,
     Peekable,
     SourceError,
@@ -49,7 +50,7 @@ def member_documents(member: Member, name: str, stats: DecodeStats, strict: bool
     if depth > MAX_NESTING:
         raise SourceError(f"{name}: archives nested more than {MAX_NESTING} deep")
     if isinstance(member, bytes):
-        if sniff_compression(member[:6]) is None and not is_tar(member):
+        if sniff_compression(member[:SNIFF_BYTES]) is None and not is_tar(member):
             # the common case, a small text file: decoded in one go, no stream layers
             if not _skip_binary(member, name, stats, strict):
                 text = decode_text(member, name, stats, strict)
@@ -59,7 +60,7 @@ def member_documents(member: Member, name: str, stats: DecodeStats, strict: bool
         member = io.BytesIO(member)
     content = Peekable(member)
     head = content.peek(512)
-    kind = sniff_compression(head[:6])
+    kind = sniff_compression(head[:SNIFF_BYTES])
     if kind is not None:
         yield from member_documents(decompressor(content, kind), name, stats, strict, depth + 1)
     elif is_tar(head):
@@ -127,7 +128,7 @@ def archive_of_archives(path: Path, head: bytes) -> bool:
                 with open(path, "rb") as f:
                     head = content_head(f, n=4 * out, out=out)
             for _name, data in iter_tar(io.BytesIO(head), head=512):
-                return sniff_compression(data[:6]) is not None or is_tar(data)
+                return sniff_compression(data[:SNIFF_BYTES]) is not None or is_tar(data)
             return False
         except TarError:
             continue  # the look ended among the entries before the first file: look further

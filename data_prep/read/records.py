@@ -10,7 +10,6 @@ streams Parquet by row group and memory-maps saved Arrow files.
 """
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from typing import BinaryIO, Iterator
 from plumbing.errors import first_line
 
 from .streams import SourceError, open_content
-from .utf8 import CHUNK_BYTES, DecodeStats, Document
+from .utf8 import CHUNK_BYTES, DecodeStats, Document, Utf8Decoder, decode_text
 
 JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
 JSON_LINES_SUFFIXES = {".jsonl", ".ndjson"}
@@ -89,14 +88,15 @@ def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeSt
     there are."""
     content = open_content(stream)
     if array:
-        numbered = ((f"record {i}", record, None) for i, record in enumerate(array_elements(content, name), 1))
+        elements = array_elements(content, name, stats, strict)
+        numbered = ((f"record {i}", record, None) for i, record in enumerate(elements, 1))
     else:
         numbered = ((f"line {n}", None, line) for n, line in enumerate(lines(content), 1) if line.strip())
     fields_checked = False
     for where, record, line in numbered:
         try:
-            if line is not None:
-                record = json.loads(line)
+            if line is not None:  # invalid UTF-8 is replaced and counted, as in text files
+                record = json.loads(decode_text(line, f"{name}: {where}", stats, strict))
             if not isinstance(record, dict):
                 raise ValueError(f"a JSON {json_type(record)}, not an object")
         except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -123,20 +123,25 @@ def json_documents(stream: BinaryIO, name: str, text_field: str, stats: DecodeSt
             yield Document(f"{name}#{where.split()[1]}", iter((text,)))
 
 
-def array_elements(content: BinaryIO, name: str) -> Iterator:
+def array_elements(content: BinaryIO, name: str, stats: DecodeStats | None = None,
+                   strict: bool = False) -> Iterator:
     """The elements of a JSON array, one at a time, so that memory holds one record and a
     chunk of text whatever the file's size (json.loads would hold the whole array). A
     record that ends past the text read so far makes the next read as large again, so a
-    huge record is parsed a few times, not once per chunk."""
-    decode = codecs.getincrementaldecoder("utf-8-sig")().decode  # a byte order mark is allowed
+    huge record is parsed a few times, not once per chunk. Invalid UTF-8 is replaced and
+    counted in `stats`, as in text files (under `strict`, refused)."""
+    utf8 = Utf8Decoder(name, stats if stats is not None else DecodeStats(), strict)
     decoder = json.JSONDecoder()
-    text, pos, eof = "", 0, False
+    text, pos, eof, started = "", 0, False, False
 
     def more() -> None:
-        nonlocal text, pos, eof
+        nonlocal text, pos, eof, started
         data = content.read(max(CHUNK_BYTES, len(text) - pos))
         eof = not data
-        text, pos = text[pos:] + decode(data, final=eof), 0
+        piece = utf8.decode(data, final=eof)
+        if not started and piece:  # a byte order mark is allowed before the array
+            piece, started = piece.removeprefix("\ufeff"), True
+        text, pos = text[pos:] + piece, 0
 
     def next_char() -> str:  # past whitespace, reading on as needed; "" at the end
         nonlocal pos

@@ -38,13 +38,20 @@ COMPRESSIONS = {
 
 
 MAGICS = tuple(c.magic for c in COMPRESSIONS.values())
+SNIFF_BYTES = 10  # what sniff_compression needs to see of a stream's start
+# bzip2's "BZh" is plain text too ("BZhang wrote..."): a real stream goes on with its block
+# size (1-9) and the magic of a first block (pi's digits) or of the end of an empty stream
+BZIP2_NEXT = (b"1AY&SY", b"\x17rE8P\x90")
 
 
 def sniff_compression(head: bytes) -> str | None:
+    """The compression whose signature `head` (a stream's first SNIFF_BYTES bytes) starts with."""
     if not head.startswith(MAGICS):  # the common answer, in one C call
         return None
     for kind, c in COMPRESSIONS.items():
         if head.startswith(c.magic):
+            if kind == "bz2" and not (head[3:4].isdigit() and head[3:4] != b"0" and head[4:10] in BZIP2_NEXT):
+                return None
             return kind
     return None
 
@@ -119,7 +126,7 @@ def content_head(stream: BinaryIO, n: int, out: int) -> bytes:
     that much of the first `n` bytes: a cheap look at what a file holds."""
     data = stream.read(n)
     for _ in range(MAX_NESTING):
-        kind = sniff_compression(data[:6])
+        kind = sniff_compression(data[:SNIFF_BYTES])
         if kind is None:
             break
         data = COMPRESSIONS[kind].incremental().decompress(data, out)
@@ -130,7 +137,7 @@ def open_content(stream: BinaryIO) -> Peekable:
     """Undo any layers of compression: the returned stream yields the content itself."""
     s = Peekable(stream)
     for _ in range(MAX_NESTING):
-        kind = sniff_compression(s.peek(6))
+        kind = sniff_compression(s.peek(SNIFF_BYTES)[:SNIFF_BYTES])
         if kind is None:
             return s
         s = Peekable(decompressor(s, kind))

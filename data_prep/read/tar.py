@@ -104,11 +104,11 @@ def iter_tar(stream: BinaryIO, head: int | None = None,
                 pax = _parse_pax(data)
             continue
         name = pax.get("path") or long_name or _header_name(header)
+        link = pax.get("linkpath") or header[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
         long_name, pax = None, {}
         read = 0
         if kind in LINKS and on_link is not None:
-            target = pax.get("linkpath") or header[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
-            on_link(name, f"{LINKS[kind]} to {target}, not followed (a target inside the archive is read as itself)")
+            on_link(name, f"{LINKS[kind]} to {link}, not followed (a target inside the archive is read as itself)")
         if kind in (b"0", b"\0", b"7"):
             read = size if head is None else min(size, head)
             if read <= INLINE_MEMBER:

@@ -163,25 +163,36 @@ def test_pax_archives_with_long_unicode_names_and_folder_entries_yield_their_fil
     assert whole_documents(data) == sorted(texts)
 
 
+def test_text_that_starts_like_bzip2_is_text(tmp_path, prepare_data, whole_documents):
+    texts = ["BZh is how a bzip2 stream starts; this is text.\n", "BZhang Wei wrote this member.\n" * 3]
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "plain.txt").write_text(texts[0])
+    (tmp_path / "corpus" / "docs.tar").write_bytes(tar_bytes([("m.txt", texts[1].encode())]))
+    (tmp_path / "corpus" / "real.txt.bz2").write_bytes(bz2.compress(b"real bzip2 text\n" * 5))
+    _, data = prepare_data(tmp_path / "corpus")
+    assert whole_documents(data) == sorted([*texts, "real bzip2 text\n" * 5])
+
+
 def test_links_inside_a_tar_are_skipped_members_named_and_counted(tmp_path, prepare_data, whole_documents):
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         text = b"the linked text\n" * 40
         info = tarfile.TarInfo("a.txt")
         info.size = len(text)
         tar.addfile(info, io.BytesIO(text))
+        far = "d/" + "x" * 120 + "/target.txt"  # past the header's 100 bytes: a pax record holds it
         for name, kind, target in (("soft.txt", tarfile.SYMTYPE, "a.txt"), ("hard.txt", tarfile.LNKTYPE, "a.txt"),
-                                   ("out.txt", tarfile.SYMTYPE, "/etc/passwd")):
+                                   ("out.txt", tarfile.SYMTYPE, "/etc/passwd"), ("far.txt", tarfile.SYMTYPE, far)):
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, target
             tar.addfile(info)
     (tmp_path / "links.tar").write_bytes(buf.getvalue())
     summary, data = prepare_data(tmp_path / "links.tar")
     assert whole_documents(data) == [text.decode()]  # read once, where the archive stores it
-    assert data.meta["skipped"]["members"] == 3
+    assert data.meta["skipped"]["members"] == 4
     said = "\n".join(summary.warnings)
     for name, what in (("soft.txt", "a symbolic link to a.txt"), ("hard.txt", "a hard link to a.txt"),
-                       ("out.txt", "a symbolic link to /etc/passwd")):
+                       ("out.txt", "a symbolic link to /etc/passwd"), ("far.txt", f"a symbolic link to {far}")):
         assert f"links.tar::{name}: {what}, not followed" in said, said
 
 
@@ -239,9 +250,10 @@ def test_malformed_json_lines_are_skipped_and_counted_and_the_rest_read(tmp_path
     lines.insert(20, "")  # a blank line is no record, and no error either
     (tmp_path / "r.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "bad \xff utf-8"}\n')
     summary, data = prepare_data(tmp_path / "r.jsonl")
-    assert data.meta["skipped"]["bad_records"] == 3
-    assert all_documents(data, read_documents) == sorted(r["text"] for i, r in enumerate(RECORDS) if i not in (3, 10))
-    assert [w.split(" (")[0] for w in summary.warnings] == ["skipped 3 record(s) without text"]
+    assert data.meta["skipped"]["bad_records"] == 2  # the bad byte's record is kept, the byte replaced
+    kept = [r["text"] for i, r in enumerate(RECORDS) if i not in (3, 10)] + ["bad \ufffd utf-8"]
+    assert all_documents(data, read_documents) == sorted(kept)
+    assert [w.split(" (")[0] for w in summary.warnings] == ["skipped 2 record(s) without text"]
 
 
 def test_a_json_lines_file_whose_first_line_is_bad_is_still_read_as_records(tmp_path, prepare_data, read_documents):
@@ -325,6 +337,21 @@ def test_a_json_array_is_read_element_by_element_whatever_the_chunks(monkeypatch
     for bad in ("[1, 2", "[1 2]", "{}", "[1,]"):
         with pytest.raises(SourceError, match="a.json: not valid JSON"):
             list(records.array_elements(io.BytesIO(bad.encode()), "a.json"))
+
+
+@pytest.mark.parametrize("shape", ["lines", "array"])
+def test_invalid_utf8_inside_json_is_replaced_and_counted_as_in_text_files(tmp_path, prepare_data, read_documents,
+                                                                           shape):
+    records = [{"text": f"record {i} with a bad byte X here\n" if i == 7 else f"record {i}\n"} for i in range(120)]
+    raw = ("".join(json.dumps(r) + "\n" for r in records) if shape == "lines" else json.dumps(records)).encode()
+    path = tmp_path / ("r.jsonl" if shape == "lines" else "r.json")
+    path.write_bytes(raw.replace(b"X", b"\xff"))
+    _, data = prepare_data(path)
+    texts = sorted(read_documents(data, "train") + read_documents(data, "val"))
+    assert len(texts) == 120 and "record 7 with a bad byte \ufffd here\n" in texts
+    assert data.meta["skipped"]["invalid_utf8_replaced"] == 1 and "bad_records" not in data.meta["skipped"]
+    with pytest.raises(DataError, match="UTF-8"):
+        prepare_data(path, strict=True)
 
 
 def test_a_malformed_json_line_fails_under_strict_naming_the_line(tmp_path, prepare_data):
