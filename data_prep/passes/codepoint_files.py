@@ -82,9 +82,14 @@ def sparse(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return nz.astype(np.uint32), dense[nz].astype(np.int64)
 
 
+HASH_CHARS = 1 << 22  # a document's split is decided by a hash of at most its first this many characters
+
+
 def in_val(crc: int, val_fraction: float) -> bool:
-    """A document goes to val by a hash of its content (crc32 of its code points), so
-    identical texts always share a split."""
+    """A document goes to val by a hash of its content (crc32 of the code points of its
+    first HASH_CHARS characters, or all of a shorter one), so identical texts always share a
+    split, however they were stored (a file, a tar member, a record) and read (whole or in
+    pieces); and a long document's split is known before its end."""
     h = (crc * 0x9E3779B1) & 0xFFFFFFFF  # crc32, bits mixed by a Fibonacci multiplier
     return h < val_fraction * 2**32
 
@@ -149,16 +154,13 @@ class ScratchWriter:
         self.docs_chars, self.docs_val = array("q"), bytearray()
         self.all_counts = np.zeros(0, np.int64)
         self.val_counts = np.zeros(0, np.int64)
-        # the document being written: its characters, hash scope, running crc32, split
-        # (None until decided) and the counts of its characters stored before that
-        self.doc_chars, self.hash_whole, self.crc, self.val = 0, True, 0, None
-        self.at_start = True  # the next chunk flushed is a document's first
+        # the document being written: its characters, those hashed, the running crc32, its
+        # split (None until decided) and the counts of its characters stored before that
+        self.doc_chars, self.hashed, self.crc, self.val = 0, 0, 0, None
         self.open_counts = np.zeros(0, np.int64)
 
-    def start_document(self, hash_whole: bool) -> None:
-        if hash_whole != self.hash_whole and self.events:
-            self.flush()  # the documents waiting were hashed the other way
-        self.doc_chars, self.hash_whole = 0, hash_whole
+    def start_document(self) -> None:
+        self.doc_chars = 0
 
     def add(self, text: str) -> None:
         if text:
@@ -192,7 +194,7 @@ class ScratchWriter:
     def split_chunks(self, cps: np.ndarray, stored: np.ndarray) -> tuple[list, list]:
         """The batch's chunks (slices of `stored`) that go to val, and those of a document
         whose split is still open at the batch's end. Each chunk feeds its document's hash
-        until the split is decided: by the first chunk, or at the document's end."""
+        until the split is decided: at its HASH_CHARS-th character, or at its end."""
         val_parts, undecided, end = [], [], 0
         for event in self.events:
             if event is None:
@@ -201,10 +203,12 @@ class ScratchWriter:
                 continue
             start, end = end, end + len(event)
             if self.val is None:
-                self.crc = zlib.crc32(cps[start:end], self.crc)  # of the uint32 code points, whatever is stored
-                if not self.hash_whole and self.at_start:  # hashed by its first chunk alone
+                take = min(end - start, HASH_CHARS - self.hashed)
+                # of the uint32 code points, whatever is stored
+                self.crc = zlib.crc32(cps[start : start + take], self.crc)
+                self.hashed += take
+                if self.hashed == HASH_CHARS:
                     self.val = in_val(self.crc, self.val_fraction)
-            self.at_start = False
             (undecided if self.val is None else val_parts if self.val else []).append(stored[start:end])
         return val_parts, undecided
 
@@ -217,7 +221,7 @@ class ScratchWriter:
             self.val_counts = add_counts(self.val_counts, self.open_counts)  # its chunks from earlier batches
         self.docs_val.append(self.val)
         to_val = undecided if self.val else []
-        self.crc, self.val, self.open_counts, self.at_start = 0, None, np.zeros(0, np.int64), True
+        self.crc, self.hashed, self.val, self.open_counts = 0, 0, None, np.zeros(0, np.int64)
         return to_val
 
     def close(self) -> tuple[ScratchIndex, dict]:

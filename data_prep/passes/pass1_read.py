@@ -109,7 +109,7 @@ def scan_unit(unit: Unit, work: Path, opts: PrepareOptions) -> UnitResult:
     try:
         with open_unit(unit) as reader:
             for doc in unit_documents(unit, reader, opts, stats):
-                scratch.start_document(doc.hash_whole)
+                scratch.start_document()
                 for chunk in doc.chunks:
                     scratch.add(chunk)
                 scratch.end_document()

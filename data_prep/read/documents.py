@@ -90,7 +90,7 @@ def stream_documents(raw: BinaryIO, name: str, stats: DecodeStats, strict: bool)
     elif head[:4] == b"PAR1":
         raise SourceError(f"{name}: a compressed Parquet file is not supported; decompress it first")
     else:
-        yield Document(name, text_chunks(content, name, stats, strict), hash_whole=False)
+        yield Document(name, text_chunks(content, name, stats, strict))
     content.drain()
 
 

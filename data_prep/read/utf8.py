@@ -25,14 +25,11 @@ class BinaryContent(SourceError):
 
 @dataclass
 class Document:
-    """A document's text, in chunks so that one of any size streams through. Its split is
-    decided by a hash of its text: all of it, or (`hash_whole` false: a file read as one
-    stream) its first chunk only, as gpt-prepare always has, so the same corpus keeps
-    giving the same split."""
+    """A document's text, in chunks so that one of any size streams through (its split is
+    decided by a hash of its first characters: `codepoint_files.in_val`)."""
 
     name: str
     chunks: Iterator[str]
-    hash_whole: bool = True
 
 
 class DecodeStats:

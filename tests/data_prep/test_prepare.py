@@ -55,7 +55,7 @@ def test_one_byte_code_points_counted_in_pairs_match_bincount(n):
 def test_a_batch_of_one_byte_characters_is_stored_one_byte_each(tmp_path):
     writer = scratch_module.ScratchWriter(tmp_path / "unit.cp", 0.1)
     for text in ("plain ascii and Latin-1: café", "wider: € and 🙂"):
-        writer.start_document(True)
+        writer.start_document()
         writer.add(text)
         writer.end_document()
         writer.flush()  # one batch per document
@@ -282,8 +282,10 @@ def test_a_compressed_stream_that_expands_a_thousandfold_streams_through_in_boun
 
     # the fixed part (character count tables over all of Unicode, buffers) is the same for
     # both; what would grow with the document must not
-    small, large = peak_memory(5_000_000), peak_memory(50_000_000)
-    assert large < small + 10_000_000, (f"{small / 1e6:.0f} MB held at once for a 5 MB document, "
+    # both longer than the characters a document's split is hashed on (HASH_CHARS), so both
+    # are written as they come once the first 4 M characters have decided it
+    small, large = peak_memory(10_000_000), peak_memory(50_000_000)
+    assert large < small + 10_000_000, (f"{small / 1e6:.0f} MB held at once for a 10 MB document, "
                                         f"{large / 1e6:.0f} MB for 50 MB")
 
 
@@ -471,3 +473,25 @@ def test_every_file_of_the_output_reaches_the_disk_before_the_rename(tmp_path, p
     (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
     prepare_data(tmp_path / "a.txt", out=tmp_path / "data")
     assert (tmp_path / "data" / "meta.json").is_file() and unsynced_at_rename == []
+
+
+def test_a_long_document_stored_as_a_file_and_as_a_tar_member_lands_in_one_split(tmp_path, prepare_data,
+                                                                                 read_documents, monkeypatch):
+    """Its split is hashed on its first characters however it is read: a file in pieces, a
+    member whole (here with pieces and the hashed prefix made small, so short texts stand
+    in for documents of many megabytes)."""
+    from data_prep.read import utf8
+    from tests.helpers import tar_bytes
+
+    monkeypatch.setattr(utf8, "CHUNK_BYTES", 1 << 11)
+    monkeypatch.setattr(scratch_module, "HASH_CHARS", 1000)
+    rng = np.random.default_rng(0)
+    # 120 documents: split by document
+    texts = ["".join(rng.choice(list(string.ascii_lowercase + " "), 5000)) + "\n" for _ in range(60)]
+    (tmp_path / "corpus").mkdir()
+    for i, text in enumerate(texts):
+        (tmp_path / "corpus" / f"{i}.txt").write_text(text)
+    (tmp_path / "corpus" / "all.tar").write_bytes(tar_bytes([(f"{i}.txt", t.encode()) for i, t in enumerate(texts)]))
+    _, data = prepare_data(tmp_path / "corpus", val_fraction=0.5)
+    train, val = set(read_documents(data, "train")), set(read_documents(data, "val"))
+    assert train | val == set(texts) and not train & val  # each text in one split, both copies with it
