@@ -53,11 +53,15 @@ def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text")
 
     unreadable = (sources.SourceError, *sources.DECODE_ERRORS)
 
+    read = [0]  # documents of the current source handed on: scored, even where the source fails after them
+
     def skip(source, e: BaseException) -> None:
         if isinstance(e, OSError) and e.filename and not isinstance(e, EOFError):
             raise e  # a file that cannot be opened at all is the user's to fix
         reason = (str(e) if isinstance(e, sources.SourceError)
                   else f"{source.path}: unreadable ({type(e).__name__}: {e})")
+        if read[0]:  # streamed, its first documents are scored already (gpt-prepare drops the whole file)
+            reason += f"; read in part: the {read[0]:,} document(s) read before it failed are scored"
         if reason not in notes.skipped:
             notes.skipped.append(reason)
             warnings.warn(f"skipped {reason}")
@@ -71,8 +75,10 @@ def read_documents(paths: list[str], notes: ReadNotes, text_field: str = "text")
 
     for source in discover(paths):
         stats = sources.DecodeStats()
+        read[0] = 0
         try:
             for doc in sources.file_documents(source, text_field, stats, strict=False):
+                read[0] += 1
                 yield doc.name, guarded(source, doc.chunks)
         except unreadable as e:
             skip(source, e)

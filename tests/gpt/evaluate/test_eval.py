@@ -376,3 +376,19 @@ def test_the_command_fails_as_a_user_sees_it(bad):
     assert_one_line_error(proc, "gpt-eval", "has no tokenizer")
     usage = run_cli("gpt.evaluate", "--split", "test")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_a_file_that_fails_partway_is_said_to_be_read_in_part(tmp_path):
+    import warnings
+
+    from gpt.evaluate.text import ReadNotes, read_documents
+    from tests.helpers import tar_bytes
+
+    raw = tar_bytes([(f"m{i}.txt", f"member {i} text\n".encode() * 200) for i in range(5)])
+    (tmp_path / "cut.tar").write_bytes(raw[: len(raw) * 3 // 4])  # truncated in a later member
+    notes = ReadNotes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read = [(name, "".join(chunks)) for name, chunks in read_documents([str(tmp_path / "cut.tar")], notes)]
+    assert read and len(notes.skipped) == 1  # scored as far as it goes, and said
+    assert f"read in part: the {len(read)} document(s) read before it failed are scored" in notes.skipped[0]
