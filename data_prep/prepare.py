@@ -204,7 +204,8 @@ def _plan_split(tally: Tally, opts: PrepareOptions, warnings: list[str]) -> Spli
     chars = {s: int(split.total[s].sum()) for s in SPLITS}
     if chars["train"] == 0 or chars["val"] == 0:
         raise DataError(f"the corpus is too small to split into train and val at --val-fraction {opts.val_fraction:g} "
-                        f"({chars['train'] + chars['val']:,} characters, {chars['val']:,} of them for val)")
+                        f"({chars['train'] + chars['val']:,} characters, {chars['val']:,} of them for val); give a "
+                        "larger --val-fraction")
     return split
 
 
