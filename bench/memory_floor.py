@@ -16,7 +16,7 @@ from torch import nn
 from bench.common import best_seconds
 from gpt.model import linear
 from gpt.quantize import Int8Linear
-from gpt.sample.sampling import ContextWindow, SamplingOptions
+from gpt.sample.sampling import ContextWindow, window_slide
 
 
 def linear_layers(model: nn.Module) -> list[nn.Module]:
@@ -120,7 +120,7 @@ def product_flops_per_token(model: nn.Module, prompt_tokens: int, new_tokens: in
     for every token the model reads, the prompt's once, then one a step, and each moved
     window's tokens again (gpt-sample's default slide: a quarter of the context)."""
     block = model.config.block_size
-    window = ContextWindow(block, SamplingOptions().window_slide(block))  # the schedule gpt-sample keeps
+    window = ContextWindow(block, window_slide(block))  # the schedule gpt-sample keeps
     window.update(prompt_tokens)
     read = prompt_tokens - window.start
     for n in range(prompt_tokens + 1, prompt_tokens + new_tokens):

@@ -44,7 +44,7 @@ from .passes.pass1_totals import Tally
 from .passes.pass2_bpe import BpePass
 from .passes.pass2_char import CharPass, EncodeJob
 from .passes.segments import LearnBpe, recount_text_split, segment_counts, summed
-from .passes.workers import Workers, grouped
+from .passes.workers import GROUP_BYTES, GROUP_CHARS, UNIT_COST, Workers, grouped
 from .prepared.data_folder import META_FILE, SPLITS, is_prepared_data, prepared_entries
 from .prepared.meta import build_meta
 from .prepared.shards import SplitWriter
@@ -59,9 +59,6 @@ from .tokenize.vocab_from import load_base_tokenizer
 __all__ = ["PrepareOptions", "Summary", "prepare"]
 
 MIN_DOCS_FOR_DOCUMENT_SPLIT = 100  # fewer documents than this: split inside the text
-GROUP_BYTES = 1 << 20  # pass-1 units go to a worker in groups of about this much input
-GROUP_CHARS = 1 << 21  # and pass-2 units in groups of about this many characters (a short tail)
-UNIT_COST = 1 << 15  # a unit's fixed cost (files to open, write and remove), in bytes of input
 # --force replaces a data folder gpt-prepare wrote, never a trained run or anything else the user had
 PREPARER = Writer("gpt-prepare", wrote=is_prepared_data, entries=prepared_entries)
 

@@ -106,6 +106,18 @@ FSDP_FP16 = ("fp16's gradient scaler would look for overflows in this process's 
 BUDGET_FIELDS = ("max_iters", "max_time")
 
 
+def layered(values: dict, overrides: dict) -> dict:
+    """`values` (a preset's, or a resumed run's) with the options given laid on top (None:
+    not given). A budget given replaces the old one as a whole: --max-iters 60 on a preset
+    with a time budget would otherwise keep its clock, and with it a learning rate that
+    follows the clock."""
+    values = dict(values)
+    if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
+        values.update(dict.fromkeys(BUDGET_FIELDS))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
 @dataclass
 class TrainConfig:
     data: str = "data"

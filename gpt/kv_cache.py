@@ -58,6 +58,11 @@ class KVCache:
         view.block_size = length
         return view
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep sequence rows[i] as sequence i (beam search: each beam follows its parent)."""
+        self.kv = self.kv.index_select(2, rows)
+        self.layers = self.kv.unbind(0)
+
     def reset(self) -> None:
         self.length = 0
 

@@ -28,12 +28,10 @@ from ..tokenize.kinds import worker_tokenizer
 from .codepoint_files import ScratchIndex
 from .pass2_char import EncodeJob
 from .segments import segment_pieces
-from .workers import Workers, grouped
+from .workers import GROUP_CHARS, UNIT_COST, Workers, grouped
 
 BATCH_CHARS = 1 << 20  # characters handed to one encode_batch call (the library's threads share them)
 COPY_TOKENS = 1 << 22  # tokens copied into the shards at a time
-GROUP_CHARS = 1 << 21  # units go to a worker in groups of about this many characters
-UNIT_COST = 1 << 15  # a unit's fixed cost, in characters
 
 
 def ids_path(scratch: ScratchIndex, split: str) -> Path:

@@ -107,6 +107,11 @@ def start_worker() -> None:
         os._exit(1)
 
 
+GROUP_BYTES = 1 << 20  # pass-1 units go to a worker in groups of about this much input
+GROUP_CHARS = 1 << 21  # and pass-2 units in groups of about this many characters (a short tail)
+UNIT_COST = 1 << 15  # a unit's fixed cost (files to open, write and remove), in bytes or characters
+
+
 def grouped(items: Iterable, size: Callable, limit: int) -> Iterator[list]:
     """Consecutive items in groups of about `limit` by `size`: small units of work (an
     archive member, a small file) would otherwise cost more in process hand-offs than in work."""

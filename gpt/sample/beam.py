@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..kv_cache import KVCache
-from .sampling import ContextWindow, GenerationError
+from .sampling import ContextWindow, GenerationError, window_slide
 
 
 class SearchCancelled(Exception):
@@ -64,7 +64,7 @@ def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, m
     if not alpha >= 0:
         raise GenerationError(f"the length penalty must be >= 0, got {alpha}")
     block = model.config.block_size
-    window = ContextWindow(block, slide if slide is not None else max(1, block // 4))
+    window = ContextWindow(block, window_slide(block, slide))
     use_cache = getattr(model, "supports_kv_cache", False)
     prompt = list(prompt_ids)
     live: list[tuple[tuple[int, ...], float]] = [((), 0.0)]  # (generated tokens, log-probability)
@@ -101,8 +101,7 @@ def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, m
             break
         parents = torch.tensor([p for (p, _), _ in grown], dtype=torch.long, device=device)
         if cache is not None:  # each row's keys and values follow its hypothesis
-            cache.kv = cache.kv.index_select(2, parents)
-            cache.layers = cache.kv.unbind(0)
+            cache.reorder(parents)
         live = [(live[p][0] + (t,), v) for (p, t), v in grown]
     finished.sort(key=lambda h: h.score, reverse=True)
     return finished[:beams]

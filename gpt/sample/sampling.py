@@ -51,7 +51,12 @@ class SamplingOptions:
                                   "an empty string would end every sample before it began")
 
     def window_slide(self, block_size: int) -> int:
-        return self.slide if self.slide is not None else max(1, block_size // 4)
+        return window_slide(block_size, self.slide)
+
+
+def window_slide(block_size: int, slide: int | None = None) -> int:
+    """How far a full window moves: `slide`, or by default a quarter of the context."""
+    return slide if slide is not None else max(1, block_size // 4)
 
 
 class ContextWindow:

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..config import BUDGET_FIELDS, ConfigError, ModelConfig, TrainConfig
+from ..config import ConfigError, ModelConfig, TrainConfig, layered
 
 PRESETS: dict[str, dict] = {
     # The well-known "baby GPT" Shakespeare configuration, for GPUs: about 10.7M parameters,
@@ -95,12 +95,7 @@ def layered_config(preset: str, overrides: dict) -> TrainConfig:
     """Defaults, then the preset, then explicit options (None means not given)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    values = {**PRESETS[preset], "preset": preset}
-    if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
-        # a budget given replaces the preset's as a whole: --max-iters 60 on a preset with a time
-        # budget would otherwise keep its clock, and with it a learning rate that follows the clock
-        values.update(dict.fromkeys(BUDGET_FIELDS))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = layered({**PRESETS[preset], "preset": preset}, overrides)
     if values.get("optimizer") == "muon" and overrides.get("optimizer") is None and not muon_fits(values):
         values["optimizer"] = "adamw"  # a preset's choice, not the user's: where Muon cannot run, AdamW does
     return TrainConfig.from_dict(values)

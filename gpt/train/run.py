@@ -14,7 +14,7 @@ import torch
 from plumbing.errors import first_line
 from plumbing.output_folder import first_inside
 
-from ..config import BUDGET_FIELDS, MODEL_FIELDS, ModelConfig, TrainConfig, lora_rank_refused
+from ..config import BUDGET_FIELDS, MODEL_FIELDS, ModelConfig, TrainConfig, layered, lora_rank_refused
 from ..device import DeviceError, resolve_device
 from ..model import count_parameters
 from ..store import checkpoint
@@ -62,10 +62,7 @@ def resumed_config(saved: dict, overrides: dict) -> TrainConfig:
         if overrides.get(k) is not None and k in saved and overrides[k] != saved[k]:
             raise TrainError(f"--{k.replace('_', '-')} {overrides[k]} does not match the checkpoint ({k}={saved[k]}): "
                              f"a resumed run keeps it, as {why}")
-    values = dict(saved)
-    if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
-        values.update(dict.fromkeys(BUDGET_FIELDS))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = layered(saved, overrides)
     check_companions(overrides, values)
     return TrainConfig.from_dict(values)
 
