@@ -24,10 +24,11 @@ from plumbing.errors import UserError, check_version, first_line
 from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from .checkpoint import all_finite, plain_state_dict
+from .layout import CONFIG_FILE, TOKENIZER_FILE
 
 EXPORT_FORMAT = "chargpt-safetensors"
 EXPORT_VERSION = 1
-WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", CONFIG_FILE, TOKENIZER_FILE
 
 
 class ExportError(UserError):

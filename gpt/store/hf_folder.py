@@ -39,13 +39,14 @@ from data_prep import Tokenizer
 
 from ..config import ModelConfig
 from .checkpoint import plain_state_dict
-from .export_folder import ExportError, safetensors_module
+from .export_folder import WEIGHTS, ExportError, safetensors_module
+from .layout import CONFIG_FILE, TOKENIZER_FILE
 
 HF_FORMAT = "chargpt-hf"
 HF_VERSION = 1
 MARK = "chargpt"  # config.json's key for what only this toolkit reads: the format and where the export came from
-CONFIG, GENERATION_CONFIG, WEIGHTS = "config.json", "generation_config.json", "model.safetensors"
-TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
+CONFIG, GENERATION_CONFIG = CONFIG_FILE, "generation_config.json"
+TOKENIZER, TOKENIZER_CONFIG = TOKENIZER_FILE, "tokenizer_config.json"
 FILES = (CONFIG, GENERATION_CONFIG, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG)
 OTHER_WEIGHTS = ("model.safetensors.index.json", "pytorch_model.bin")  # what transformers may save instead
 EOT, UNK = "<|endoftext|>", "<|unk|>"

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_prep.tokenize.tokenizer_file import TOKENIZER_FILE  # the one name, data folders' and runs'
+
 LATEST, BEST = "latest.pt", "best.pt"
 SHARDS_FOLDER = "shards"
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 PICTURE_FILE = "progress.png"
 EXPORT_FOLDER = "safetensors"
