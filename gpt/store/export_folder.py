@@ -126,6 +126,15 @@ def load_export(folder: str | Path, device="cpu") -> tuple[torch.nn.Module, Toke
     return model.to(device).eval(), tokenizer
 
 
+def read_export_state(folder: str | Path) -> dict:
+    """An export folder as the state a checkpoint holds (as `hf_read.read_hf_folder` gives a
+    Hugging Face folder's): what fine-tuning from it, or a LoRA run on it, starts from."""
+    model, tokenizer = load_export(folder)
+    source = read_export_config(folder).get("source") or {}
+    return {"model_config": model.config.to_dict(), "model": plain_state_dict(model), "tokenizer": tokenizer.to_json(),
+            "step": source.get("step"), "val_loss": source.get("val_loss"), "source": source}
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     st = safetensors_module()
     try:

@@ -20,7 +20,7 @@ from .. import lora
 from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from .checkpoint import CheckpointError, all_finite, load_checkpoint
-from .export_folder import WEIGHTS, is_export, load_export, read_export_config
+from .export_folder import WEIGHTS, is_export, load_export, read_export_config, read_export_state
 from .hf_folder import is_hf_folder
 from .hf_read import read_hf_folder
 from .runs import resolve_checkpoint
@@ -99,7 +99,7 @@ def base_reference(path: Path, state: dict) -> dict:
 
 def load_base(ref: dict) -> dict:
     """The base checkpoint a LoRA run's adapters belong to, exactly as it was (or, for a base
-    that is a Hugging Face folder, its weights file, read as a checkpoint's state)."""
+    that is a Hugging Face or gpt-export folder, its weights file, read as a checkpoint's state)."""
     path = Path(ref["path"])
     if not path.is_file():
         raise CheckpointError(f"the base checkpoint of this LoRA run is missing: expected {path} "
@@ -109,4 +109,6 @@ def load_base(ref: dict) -> dict:
                               f"(SHA-256 {ref['sha256'][:16]}... expected)")
     if path.name == WEIGHTS and is_hf_folder(path.parent):
         return read_hf_folder(path.parent)
+    if path.name == WEIGHTS and is_export(path.parent):
+        return read_export_state(path.parent)
     return load_checkpoint(path)

@@ -17,6 +17,7 @@ import data_prep
 from data_prep import DataError, PreparedData
 from data_prep.prepared.data_folder import is_prepared_data
 from plumbing.atomic import atomic_write_text
+from plumbing.output_folder import first_inside
 
 from .checkpoint import CheckpointError
 from .export_folder import is_export
@@ -120,7 +121,8 @@ def run_config(path: Path) -> dict:
 
 def lora_runs_on(path: Path) -> list[Path]:
     """The LoRA runs beside `path` (in the same parent folder) whose base checkpoint is in
-    it: a LoRA checkpoint holds only its adapters, and loads only on that exact base."""
+    it, or in a folder inside it (an export): a LoRA checkpoint holds only its adapters, and
+    loads only on that exact base."""
     found = []
     for config_file in sorted(path.parent.glob(f"*/{CONFIG_FILE}")):
         if config_file.parent == path:
@@ -130,7 +132,7 @@ def lora_runs_on(path: Path) -> list[Path]:
             base = Path(config["lora"]["base"]["path"])
         except (OSError, ValueError, TypeError, KeyError):
             continue
-        if base.parent == path.resolve():
+        if first_inside(path, [base]):
             found.append(config_file.parent)
     return found
 

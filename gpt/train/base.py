@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..store import load
 from ..store.checkpoint import all_finite, load_checkpoint
+from ..store.export_folder import is_export, read_export_state
 from ..store.hf_folder import WEIGHTS, is_hf_folder
 from ..store.hf_read import read_hf_folder
 from ..store.runs import resolve_checkpoint
@@ -34,10 +35,12 @@ class Base:
 
     @classmethod
     def from_run(cls, path: str | Path) -> "Base":
-        """A run folder (its best checkpoint), a checkpoint file, or a Hugging Face folder
-        (gpt-export --format hf's, or a GPT-2 or GPT-NeoX model saved by transformers)."""
-        if is_hf_folder(path):
-            state = read_hf_folder(path)  # checked whole, its weights finite: refused in one line otherwise
+        """A run folder (its best checkpoint), a checkpoint file, a gpt-export folder (a LoRA
+        run merged, say) or a Hugging Face folder (gpt-export --format hf's, or a GPT-2 or
+        GPT-NeoX model saved by transformers)."""
+        if is_hf_folder(path) or is_export(path):
+            # checked whole, its weights finite: refused in one line otherwise
+            state = read_hf_folder(path) if is_hf_folder(path) else read_export_state(path)
             return cls(state, load.base_reference(Path(path) / WEIGHTS, state))
         ckpt = resolve_checkpoint(path)
         state = load_checkpoint(ckpt)

@@ -274,3 +274,24 @@ def test_an_export_given_where_a_run_is_needed_is_named_as_an_export(exported, t
     r = run_cli("gpt.export.cli", exported, "--out", tmp_path / "again")
     assert_one_line_error(r, "gpt-export", "is an exported model (written by gpt-export), not a run folder",
                           "name the run folder it was exported from")
+
+
+@pytest.mark.parametrize("lora", [None, 2])
+def test_an_export_folder_is_a_base_to_fine_tune_or_adapt(exported, tmp_path, lora):
+    """A merged LoRA run's export, say: fine-tuned further from it, or adapted with LoRA
+    and sampled, the adapters loading on its exact weights file."""
+    from data_prep.prepare import PrepareOptions, prepare
+    from gpt.store.load import load_any_model
+    from gpt.train import train
+    from tests.helpers import write_corpus
+
+    data = tmp_path / "data"
+    prepare([write_corpus(tmp_path / "text", n_docs=40, seed=1)], data,
+            PrepareOptions(workers=1, progress=False, vocab_from=str(exported)))
+    train(overrides={"data": str(data), "out": str(tmp_path / "tuned"), "device": "cpu", "init_from": str(exported),
+                     "lora": lora, "progress": False, "max_iters": 2, "eval_interval": 2, "eval_windows": 4,
+                     "batch_size": 4, "max_time": 0}, log=lambda s: None)
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["init_from"]["path"] == str((exported / "model.safetensors").resolve())
+    model, _, _, _ = load_any_model(tmp_path / "tuned")
+    assert model.config.n_embd == load_export(exported)[0].config.n_embd

@@ -371,3 +371,15 @@ def test_bad_lora_options_are_one_line(data, base, tmp_path, args, fragment):
     args = [str(base) if a == "BASE" else a for a in args]
     proc = run_cli("gpt.train", "--data", data, "--out", tmp_path / "ft", "--device", "cpu", "--quiet", *args)
     assert_one_line_error(proc, "gpt-train", fragment)
+
+
+def test_the_lora_runs_an_overwrite_would_break_include_those_on_an_export_inside_the_run(tmp_path):
+    from gpt.store.runs import lora_runs_on
+
+    (tmp_path / "base" / "hf").mkdir(parents=True)
+    for name, base in (("on_run", "base/best.pt"), ("on_export", "base/hf/model.safetensors"),
+                       ("elsewhere", "other/best.pt")):
+        (tmp_path / name).mkdir()
+        config = {"lora": {"base": {"path": str(tmp_path / base)}}}
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    assert lora_runs_on(tmp_path / "base") == [tmp_path / "on_export", tmp_path / "on_run"]
