@@ -143,7 +143,7 @@ def create_app(served: Served) -> FastAPI:
     async def models():
         return {"object": "list", "data": [model_card(served, name) for name in served.models]}
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name:path}")  # an id may hold a slash, as "org/model" ids do
     async def model(name: str):
         served.adapter(name)  # 404 for a model not served
         return model_card(served, name)
@@ -164,7 +164,7 @@ def create_app(served: Served) -> FastAPI:
 
 def model_card(served: Served, name: str) -> dict:
     card = {"id": name, "object": "model", "created": 0, "owned_by": "gpt-serve",
-            "context_length": served.generator.block_size}
+            "context_length": served.generator.block_size, "max_tokens": served.limits.max_tokens}
     if name != served.settings.name:  # a LoRA adapter: its base, as vLLM names it
         card.update(root=served.settings.name, parent=served.settings.name)
     return card

@@ -234,3 +234,10 @@ def test_a_beam_search_running_when_the_server_stops_is_answered_503(serve_run):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503")
     assert json.loads(body)["error"]["message"] == "the server is shutting down"
+
+
+def test_a_model_id_with_a_slash_is_found_by_its_own_route(serve_run):
+    with LiveServer(serve_run, name="org/tiny") as live:
+        card = httpx.get(live.url + "/v1/models/org/tiny", timeout=TIMEOUT_S)
+        assert card.status_code == 200 and card.json()["id"] == "org/tiny"
+        assert_error(httpx.get(live.url + "/v1/models/org/other", timeout=TIMEOUT_S), 404, "org/other")

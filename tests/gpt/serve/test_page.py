@@ -57,3 +57,19 @@ def test_the_stop_button_ends_a_long_generation_and_frees_its_slot(browser, serv
     assert browser.find_element(By.ID, "status").text == "stopped"
     assert server.wait_for(lambda: server.served.engine.load() == (0, 0))
     assert not browser.find_element(By.ID, "generate").get_attribute("disabled")
+
+
+def test_the_length_asked_stays_within_the_servers_limit(browser, serve_run):
+    from gpt.serve.api import Limits
+    from tests.live_server import LiveServer
+
+    with LiveServer(serve_run, limits=Limits(max_tokens=50)) as live:
+        browser.get(live.url + "/")
+        wait = WebDriverWait(browser, TIMEOUT_S)
+        wait.until(lambda b: b.find_element(By.ID, "max-tokens").get_attribute("max") == "50")
+        assert browser.find_element(By.ID, "max-tokens").get_attribute("value") == "50"  # the default, 300, capped
+        browser.find_element(By.ID, "prompt").send_keys("the ")
+        browser.find_element(By.ID, "generate").click()
+        output = browser.find_element(By.ID, "output")
+        wait.until(lambda b: output.get_attribute("data-state") != "running")
+        assert output.get_attribute("data-state") == "done", browser.find_element(By.ID, "status").text
