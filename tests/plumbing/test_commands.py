@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,12 +257,18 @@ def test_ctrl_c_soon_after_an_overwrite_says_the_old_run_is_back(data, tmp_path)
     train(overrides=tiny_run(data, tmp_path / "run", max_iters=12), log=lambda s: None)
     before = run_files(tmp_path / "run")
     proc = subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(data), "--out", str(tmp_path / "run"),
-                             "--overwrite", "--max-iters", "100000", "--eval-interval", "50000", *TINY_ARGS],
+                             "--overwrite", "--max-iters", "100000", *TINY_ARGS, "--eval-interval", "50000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=child_env(PYTHONUNBUFFERED="1"))
     for line in proc.stdout:  # the old run is set aside before this line: stop the new one after it
         if line.startswith("training into"):
             break
+    # and once it has logged a step: the loop then takes Ctrl-C at a step boundary (before, the
+    # start-up's own handler answers it, putting the old run back as well, in other words)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
