@@ -110,10 +110,13 @@ def layered(values: dict, overrides: dict) -> dict:
     """`values` (a preset's, or a resumed run's) with the options given laid on top (None:
     not given). A budget given replaces the old one as a whole: --max-iters 60 on a preset
     with a time budget would otherwise keep its clock, and with it a learning rate that
-    follows the clock."""
+    follows the clock. A learning rate given without --min-lr ends at a tenth of itself, not
+    at the preset's floor."""
     values = dict(values)
     if any(overrides.get(k) is not None for k in BUDGET_FIELDS):
         values.update(dict.fromkeys(BUDGET_FIELDS))
+    if overrides.get("lr") is not None and overrides.get("min_lr") is None:
+        values["min_lr"] = None  # the floor follows the rate given: lr / 10, as --min-lr's default says
     values.update({k: v for k, v in overrides.items() if v is not None})
     return values
 
@@ -196,8 +199,9 @@ class TrainConfig:
         if self.max_iters is None and self.max_time is None:
             raise ConfigError("give --max-iters or --max-time (or both)")
         if self.deterministic and self.max_time is not None:
-            raise ConfigError("--deterministic needs a step budget alone (--max-iters, and --max-time 0 to drop "
-                              "a preset's): under a time budget the learning rate and the last step follow the clock")
+            raise ConfigError("--deterministic needs a step budget alone: give --max-iters N, which replaces a "
+                              "preset's time budget (under a time budget the learning rate and the last step follow "
+                              "the clock)")
         if self.max_iters is not None and self.max_iters < 1:
             raise ConfigError(f"--max-iters must be at least 1, got {self.max_iters}")
         if self.max_time is not None and not 0 < self.max_time < math.inf:

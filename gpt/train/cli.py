@@ -114,7 +114,8 @@ def build_parser() -> Parser:
                    f"(default: {d.max_time}). 0 for none. --max-iters or --max-time given replace a preset's budget, "
                    "or with --resume the saved one, as a whole (give both to have both)")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr})")
-    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default: lr / 10)")
+    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default: the preset's, "
+                   "or lr / 10 where --lr is given)")
     g.add_argument("--warmup-iters", type=int, help=f"linear warmup steps (default: {d.warmup_iters})")
     g.add_argument("--weight-decay", type=float,
                    help=f"AdamW weight decay on matrices (with --optimizer muon: the embedding and head) "
@@ -212,6 +213,17 @@ def check_new_run_options(overrides: dict, preset: str | None) -> None:
                              f"{'it' if len(given) == 1 else 'them'} out, or train --model gpt")
 
 
+def resume_command(run_dir) -> str:
+    """How to continue a run as it was started: alone, or under torchrun with as many
+    processes (an --fsdp run is refused alone, and a DDP run alone halves its global batch)."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world <= 1:
+        return f"gpt-train --resume --out {run_dir}"
+    if world == local:
+        return f"torchrun --nproc_per_node={local} -m gpt.train --resume --out {run_dir}"
+    return f"torchrun with this run's {world} processes, as it was started, -m gpt.train --resume --out {run_dir}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{result.run_dir} as it was", file=sys.stderr)
             elif not quiet:
                 print(f"gpt-train: stopped by {name} at step {result.step}; checkpoint saved in {result.run_dir}; "
-                      f"continue with: gpt-train --resume --out {result.run_dir}", file=sys.stderr)
+                      f"continue with: {resume_command(result.run_dir)}", file=sys.stderr)
             return 128 + int(getattr(signal, name))
         if quiet:
             return 0

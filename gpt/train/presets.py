@@ -128,4 +128,6 @@ def finetune_config(preset: str, base_model: dict, overrides: dict, pruned: bool
         raise ConfigError(f"--block-size {overrides['block_size']} is longer than the base model's context "
                           f"({shape['block_size']})")
     tuning = FINETUNE_LORA if overrides.get("lora") else HEAL if pruned else FINETUNE
+    if overrides.get("lr") is not None and overrides.get("min_lr") is None:
+        tuning = {k: v for k, v in tuning.items() if k != "min_lr"}  # the floor follows the --lr given
     return layered_config(preset, {**tuning, **shape, **{k: v for k, v in overrides.items() if v is not None}})

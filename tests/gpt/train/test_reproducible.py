@@ -40,6 +40,17 @@ def test_a_budget_given_replaces_the_presets_as_a_whole():
     assert (both.max_iters, both.max_time) == (60, 30)
 
 
+def test_a_learning_rate_given_alone_decays_to_a_tenth_of_itself_as_min_lr_says():
+    from gpt.train.presets import PRESETS, finetune_config
+
+    assert layered_config("cpu-small", {}).final_lr == PRESETS["cpu-small"]["min_lr"]  # the preset's own floor
+    assert layered_config("cpu-small", {"lr": 1e-2}).final_lr == pytest.approx(1e-3)
+    assert layered_config("cpu-small", {"lr": 1e-2, "min_lr": 1e-5}).final_lr == 1e-5
+    base = layered_config("cpu-small", {}).model_config(vocab_size=40).to_dict()
+    assert finetune_config("cpu-small", base, {}).final_lr == pytest.approx(3e-5)  # fine-tuning's 3e-4 -> 3e-5
+    assert finetune_config("cpu-small", base, {"lr": 1e-3}).final_lr == pytest.approx(1e-4)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_two_runs_with_the_same_seed_and_options_are_bitwise_equal(data, tmp_path, dtype):
     for name in ("a", "b"):

@@ -401,3 +401,19 @@ def test_optimizer_options_given_on_resume_apply(data, tmp_path):
     assert [g["weight_decay"] for g in trainer.optimizers.adamw.param_groups] == [0.0, 0.0]
     assert all(g["betas"] == (0.9, 0.9) for g in trainer.optimizers.adamw.param_groups)
     assert trainer.optimizers.adamw.state  # the moments themselves were restored
+
+
+@pytest.mark.parametrize("world, local, said", [
+    (None, None, "gpt-train --resume --out runs/a"),
+    ("2", "2", "torchrun --nproc_per_node=2 -m gpt.train --resume --out runs/a"),
+    ("4", "2", "torchrun with this run's 4 processes"),
+])
+def test_a_stopped_run_is_told_to_resume_as_it_was_started(monkeypatch, world, local, said):
+    from gpt.train.cli import resume_command
+
+    for name, value in (("WORLD_SIZE", world), ("LOCAL_WORLD_SIZE", local)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert said in resume_command("runs/a")
