@@ -48,7 +48,8 @@ class Loop:
                     break
                 self.one_step(elapsed, window)
                 if t.step % cfg.eval_interval == 0:
-                    val_loss = self.evaluate_and_save()
+                    with window.paused():
+                        val_loss = self.evaluate_and_save()
             val_loss = self.finish(stopped_by, val_loss)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if is_out_of_memory(e):

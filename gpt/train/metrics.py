@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -94,13 +96,23 @@ class LossWindow:
 
 
 class Throughput:
-    """Tokens per second since the last reading."""
+    """Tokens per second of training since the last reading: the time spent `paused` (an
+    evaluation, a checkpoint, the picture) is left out, or the line after each evaluation
+    would show a collapse of speed that training never had."""
 
     def __init__(self) -> None:
         self.t, self.tokens = time.perf_counter(), 0
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t += time.perf_counter() - start
 
     def rate(self) -> float:
         now = time.perf_counter()

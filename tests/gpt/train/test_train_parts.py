@@ -417,3 +417,18 @@ def test_a_stopped_run_is_told_to_resume_as_it_was_started(monkeypatch, world, l
         else:
             monkeypatch.setenv(name, value)
     assert said in resume_command("runs/a")
+
+
+def test_throughput_leaves_out_the_time_spent_evaluating_and_saving(monkeypatch):
+    from gpt.train import metrics
+
+    now = [0.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    window = metrics.Throughput()
+    window.add(1000)
+    now[0] = 1.0
+    with window.paused():  # an evaluation and a checkpoint: 10 s
+        now[0] = 11.0
+    window.add(1000)
+    now[0] = 12.0
+    assert window.rate() == pytest.approx(2000 / 2.0)  # two seconds of training, not twelve
