@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..kv_cache import KVCache
-from .sampling import ContextWindow, GenerationError, window_slide
+from .sampling import NOT_FINITE, ContextWindow, GenerationError, window_slide
 
 
 class SearchCancelled(Exception):
@@ -84,6 +84,8 @@ def beam_search(model: torch.nn.Module, prompt_ids: Sequence[int], beams: int, m
             if use_cache:
                 cache = KVCache.for_model(model, len(live), device, dtype)
             logits = model(rows, cache=cache, last_only=True)[0][:, -1]
+        if not torch.isfinite(logits).all():  # a broken model: said, not searched into an empty text
+            raise GenerationError(NOT_FINITE)
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (K, V)
         totals = torch.tensor([lp for _, lp in live], device=device)[:, None] + log_probs
         if eot_id is not None:  # each live hypothesis ended here is a finished one

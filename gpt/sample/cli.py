@@ -172,9 +172,17 @@ def sample(args) -> None:
     if args.num_samples == 1:
         out.write(echo)
         out.flush()
-        for piece in generator.stream(prompt, options):
-            out.write(piece)
-            out.flush()
+        last = echo
+        try:
+            for piece in generator.stream(prompt, options):
+                out.write(piece)
+                out.flush()
+                last = piece or last
+        except GenerationError:  # the sample so far ends its line: the error's line is its own
+            if last and not last.endswith("\n"):
+                out.write("\n")
+                out.flush()
+            raise
         out.write("\n")
     else:
         for first, texts in sample_batches(generator, prompt, options, args.num_samples):

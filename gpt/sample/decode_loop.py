@@ -27,12 +27,10 @@ import torch
 from torch.nn.attention import SDPBackend
 
 from ..kv_cache import KVCache
-from .sampling import ContextWindow, GenerationError, NoiseSource, SamplingOptions, sample_next
+from .sampling import NOT_FINITE, ContextWindow, GenerationError, NoiseSource, SamplingOptions, sample_next
 from .static_decode import SampledStep, attention_backends
 
 FILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-NOT_FINITE = ("the model's next-token scores are not finite numbers (inf or nan): "
-              "its weights are broken, or it was trained into overflow; sample from an earlier checkpoint")
 
 
 class DecodeLoop:

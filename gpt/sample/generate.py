@@ -52,14 +52,21 @@ class Generator:
     With `quantize="int8"` the linear layers then keep int8 weights (`gpt.quantize`), a
     quarter of the bytes to read per token; the model is modified in place."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
-                 quantize: str | None = None, static_decode: bool | None = None, compile: bool | None = False):
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, device: torch.device | str,
+                 dtype: torch.dtype | str, quantize: str | None = None, static_decode: bool | None = None,
+                 compile: bool | None = False):
         """`static_decode`: decode through the fixed-shape step (`SampledStep`), replayed as a
         CUDA graph on a GPU; None chooses it on CUDA, or where the step is compiled (on a CPU
         the plain step is faster uncompiled: it attends to the filled positions only, and
         there are no launches to save). `compile`: torch.compile that step first; None
         decides per call: on a CPU, for calls long enough to repay the compiling
-        (COMPILE_MIN_TOKEN_WEIGHTS)."""
+        (COMPILE_MIN_TOKEN_WEIGHTS). `device` and `dtype` may be given as `load` takes them
+        ("cpu", "auto", "fp32"...); the model is moved to the device."""
+        if isinstance(device, str):
+            device = resolve_device(device)
+        if isinstance(dtype, str):
+            dtype = resolve_dtype(dtype, device)
+        model = model.to(device)
         if quantize is not None:
             check_supported(quantize, device)
         # the weights a token multiplies by, counted before int8 layers keep theirs as buffers

@@ -18,6 +18,10 @@ class GenerationError(UserError):
     """Sampling options or a prompt that cannot be used: the message is meant for the user."""
 
 
+NOT_FINITE = ("the model's next-token scores are not finite numbers (inf or nan): "
+              "its weights are broken, or it was trained into overflow; sample from an earlier checkpoint")
+
+
 @dataclass
 class SamplingOptions:
     max_new_tokens: int = 500
@@ -29,6 +33,10 @@ class SamplingOptions:
     seed: int | None = None  # None: a different sample every time
     use_kv_cache: bool = True
     slide: int | None = None  # tokens the window jumps when it moves; None: block_size // 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # one stop string, not one per character
+            self.stop = (self.stop,)
 
     def validate(self, block_size: int | None = None) -> None:
         """Raise GenerationError for a bad value; --slide is checked against block_size once known."""
@@ -88,11 +96,13 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     softmax(logits / T). With the noise drawn beforehand, a step has fixed shapes, no
     random-number state and no read back to the host, so a CUDA graph can record it; and
     every decoding path given the same noise picks the same tokens."""
-    if temperature == 0:
+    if temperature == 0 or top_k == 1:  # one token left to draw from: the most likely, as greedy takes it
         return logits.argmax(-1, keepdim=True)
     if top_k is not None and top_k < logits.size(-1):  # the ranking does not depend on T
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
+        # k tokens by index, not every one as likely as the k-th: tied scores (frequent in
+        # bf16) would otherwise let more than k through
+        kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~kept, -math.inf)
     if top_p is not None and top_p < 1:
         ranked, order = logits.float().sort(-1, descending=True)
         # softmax(logits / T) from the gaps to the largest (0 or less), 1 / T kept within

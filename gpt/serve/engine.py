@@ -30,8 +30,7 @@ import torch
 from plumbing.errors import first_line
 
 from ..kv_cache import KVCache
-from ..sample.decode_loop import NOT_FINITE
-from ..sample.sampling import sample_next
+from ..sample.sampling import NOT_FINITE, sample_next
 from .adapters import using
 from .sequence import Sequence, State
 

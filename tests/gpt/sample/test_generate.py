@@ -317,3 +317,34 @@ def test_a_generator_loads_from_a_run_folder_and_samples_in_bf16(tmp_path, monke
     assert gen.dtype == torch.bfloat16 and gen.model.head.weight.dtype == torch.bfloat16  # cast once, not autocast
     steps = all_tokens(gen, "the", SamplingOptions(max_new_tokens=40, seed=0, stop_at_eot=False), num_samples=2)
     assert len(steps) == 40 and all(len(s) == 2 for s in steps)
+
+
+# -- review: ties, a single stop string, the constructor's strings ------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_top_k_keeps_k_tokens_even_where_scores_tie(dtype):
+    tied = torch.tensor([[5.1875, 5.1875, 5.1875, 4.9688]], dtype=dtype)  # three top scores equal, as bf16 rounds
+    for seed in range(20):
+        noise = to_gumbel(torch.rand(1, 4, generator=torch.Generator().manual_seed(seed)))
+        assert sample_next(tied, 1.0, 1, None, noise).item() == tied.argmax().item()  # k = 1 is greedy
+        assert sample_next(tied, 1.0, 2, None, noise).item() in tied.topk(2).indices[0].tolist()
+
+
+def test_a_single_stop_string_is_one_stop_not_one_per_character():
+    assert SamplingOptions(stop="\n\n").stop == ("\n\n",)
+
+
+def test_the_constructor_takes_device_and_dtype_as_load_does():
+    model, tok, _cfg = train_tiny_model(steps=0)
+    gen = Generator(model, tok, "cpu", "fp32", quantize="int8")
+    assert (gen.device, gen.dtype) == (torch.device("cpu"), torch.float32)
+    assert gen.generate("a", SamplingOptions(max_new_tokens=3, seed=0))
+
+
+def test_beam_search_on_scores_that_are_not_finite_says_so(rope_generator):
+    from gpt.sample.beam import beam_search
+
+    broken = torch.nn.Module()
+    broken.config = rope_generator.model.config
+    broken.forward = lambda idx, **kw: (torch.full((idx.size(0), idx.size(1), broken.config.vocab_size), math.nan),)
+    with pytest.raises(GenerationError, match="not finite"):
+        beam_search(broken, [0], beams=2, max_new_tokens=3, eot_id=None)

@@ -276,3 +276,9 @@ def test_a_sample_that_compiles_says_so_once_and_one_that_does_not_says_nothing(
         "--no-compile skips it)"]
     status, plain, err = sample_main(*args, "--no-compile")
     assert status == 0 and err == "" and plain == compiled
+
+
+def test_an_error_after_the_prompt_is_echoed_leaves_the_prompt_on_a_line_of_its_own(sample_main):
+    status, out, err = sample_main("--ckpt", NEW, "--prompt", "ab", "--max-new-tokens", "100000000000")
+    assert status == 1 and out == "ab\n"  # the error is the next line of the terminal, not the prompt's
+    assert err.startswith("gpt-sample: error: ") and "do not fit in memory" in err
