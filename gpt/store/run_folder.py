@@ -179,6 +179,7 @@ class RunFolder:
         one step, so that a kill in the middle of the deletion cannot leave a part of the old
         run to be put back over the new one."""
         if self.stands():
+            shutil.rmtree(self.path / DISCARDED, ignore_errors=True)  # a rename cannot replace a folder with files
             os.replace(self.path / PREVIOUS_RUN, self.path / DISCARDED)
             shutil.rmtree(self.path / DISCARDED, ignore_errors=True)
 
