@@ -7,7 +7,7 @@ one token per sequence) has no shape or Python value that changes from token to 
 KV cache is a fixed buffer, attention is masked to the positions filled so far), so its
 kernels can be recorded once into a CUDA graph and replayed with one launch per token. On
 a CPU the same shapes let Inductor compile the whole token (model, sampling, counters) once,
-with the weights frozen in and the kernels called from C++ (`CPU_COMPILE_OPTIONS`); run
+with the weights frozen in and the kernels called from C++ (`compiled_step`); run
 eagerly, the step is what the tests compare against the uncached path, and the graph
 replays exactly these operations.
 
@@ -21,17 +21,14 @@ ahead of the first token it is needed for, so that one-time work never stalls th
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from plumbing.errors import first_line
-
 from ..kv_cache import KVCache
+from .compiled_step import CompiledStep
 from .sampling import sample_next
 
 WARMUP_STEPS = 2  # eager runs on a side stream before capture (lazy initialisations happen there)
@@ -90,7 +87,8 @@ class SampledStep(nn.Module):
 
     It is a module that owns the model so that, compiled on a CPU, Inductor's freezing sees
     the weights as the step's own parameters: it folds them in as constants and packs them
-    once for the CPU's matrix kernels (see `compiled_or_eager`)."""
+    once for the CPU's matrix kernels. The buffers it moves are `forward`'s arguments, not
+    its attributes (see `compiled_step`)."""
 
     def __init__(self, model: torch.nn.Module, cache: KVCache, ids: torch.Tensor, noise: torch.Tensor | None,
                  sampling: tuple, scores: torch.Tensor, use_graph: bool, compile: bool = False):
@@ -99,16 +97,15 @@ class SampledStep(nn.Module):
         self.sampling, self.scores = sampling, scores
         # the counters in one tensor, so that one kernel moves them all: n - 1, n, pos, slot
         self.counters = torch.zeros(4, dtype=torch.long, device=ids.device)
-        self.last, self.n = self.counters[0:1], self.counters[1:2]
-        self.pos, self.slot = self.counters[2], self.counters[3:4]
         self.period = 1 if noise is None else noise.size(0)
         self._saved: list[torch.Tensor] = []
         # compiled, the step's element-wise kernels (norms, the activation, the sampling
         # arithmetic) fuse, after tens of seconds of compiling; with this step, already
         # written for few kernels, an H200 ran the compiled one no faster (99 kernels against
         # 91), so there it is an option, not the default (on a CPU see Generator)
-        step = compiled_or_eager(self, ids.device) if compile else self.forward
-        self.replay = Replay(step, use_graph and ids.device.type == "cuda", self._restore)
+        step = CompiledStep(self, ids.device) if compile else self.forward
+        state = (self.counters, self.ids, self.scores, self.noise, self.cache)
+        self.replay = Replay(lambda: step(*state), use_graph and ids.device.type == "cuda", self._restore)
 
     def sync(self, n: int, pos: int, slot: int) -> None:
         self.counters.copy_(torch.tensor([n - 1, n, pos, slot]), non_blocking=True)
@@ -130,70 +127,13 @@ class SampledStep(nn.Module):
         for t, saved in zip((self.counters, self.scores), self._saved):
             t.copy_(saved)
 
-    def forward(self) -> None:
-        tokens = self.ids.index_select(1, self.last)  # (B, 1)
-        logits = self.model(tokens, cache=self.cache, pos=self.pos)[0][:, 0]  # (B, V)
-        noise = None if self.noise is None else self.noise.index_select(0, self.slot)[0]
-        self.scores.add_(logits.sum(dtype=torch.float32))
-        self.ids.index_copy_(1, self.n, sample_next(logits, *self.sampling, noise))
-        self.counters.add_(1)
-        self.slot.remainder_(self.period)
-
-
-# How a CPU's step is compiled. freezing: the weights become constants, packed once for the
-# CPU's matrix kernels; cpp_wrapper: the kernels are called from C++, not from Python, so a
-# token pays no interpreter time between them; max_autotune: each product is timed against
-# Inductor's own generated kernels (weight-only int8 among them) and the fastest kept. On a
-# 2-core Intel Xeon (AVX-512, 2026-12-04) the baby model's step then took 1.73 ms in fp32
-# and 1.02 ms in int8, against 3.55 and 2.67 ms eagerly; without max_autotune 1.22 ms in
-# int8, with half the compile time. No autotuning tables are printed to the user's terminal
-CPU_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True, "max_autotune": True,
-                       "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
-
-
-def compiled_or_eager(step: nn.Module, device: torch.device) -> Callable[[], None]:
-    """`step` compiled on its first call; where compiling fails (no C++ compiler for a CPU, an
-    operation the compiler does not take), a warning and `step` as it is, as training does.
-    A failed compile runs nothing, so the step's counters have not moved."""
-    options = CPU_COMPILE_OPTIONS if device.type == "cpu" else None
-    chosen = [torch.compile(step, dynamic=False, options=options)]
-    compiled = [False]
-
-    def run():
-        try:
-            if compiled[0]:
-                return chosen[0]()
-            with quiet_compiling():
-                out = chosen[0]()
-            compiled[0] = True
-            return out
-        except Exception as e:
-            if chosen[0] is step.forward:
-                raise
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); sampling without it")
-            chosen[0] = step.forward
-            return step.forward()
-
-    return run
-
-
-# torch's loggers that speak while a step compiles: a CPU-only machine with torch's CUDA
-# build is told, at every compile, that no CUDA runtime was found
-COMPILE_LOGGERS = ("torch.utils.cpp_extension",)
-
-
-@contextlib.contextmanager
-def quiet_compiling():
-    """Compiling raises torch's own deprecation warnings and log lines, which nobody sampling
-    can act on: neither reaches the user's terminal while it runs."""
-    loggers = [logging.getLogger(name) for name in COMPILE_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    try:
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    def forward(self, counters: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor, noise: torch.Tensor | None,
+                cache: KVCache) -> None:
+        last, n, pos, slot = counters[0:1], counters[1:2], counters[2], counters[3:4]
+        tokens = ids.index_select(1, last)  # (B, 1)
+        logits = self.model(tokens, cache=cache, pos=pos)[0][:, 0]  # (B, V)
+        drawn = None if noise is None else noise.index_select(0, slot)[0]
+        scores.add_(logits.sum(dtype=torch.float32))
+        ids.index_copy_(1, n, sample_next(logits, *self.sampling, drawn))
+        counters.add_(1)
+        slot.remainder_(self.period)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpt.kv_cache import KVCache
-from gpt.sample import Generator, SamplingOptions
+from gpt.sample import Generator, SamplingOptions, compiled_step
 from gpt.sample.generate import COMPILE_MIN_TOKEN_WEIGHTS
 from tests.helpers import assert_fixed_decode_matches_plain, train_tiny_model
 
@@ -80,7 +80,7 @@ def test_a_decode_step_that_fails_to_compile_samples_eagerly_with_a_warning(trai
     eager = tokens(model, tok, options, static=True)
 
     def broken_compile(fn, **kwargs):
-        def run():
+        def run(*state):
             raise RuntimeError("no C++ compiler\nmore detail")
         return run
 
@@ -103,6 +103,17 @@ def test_the_compiled_cpu_step_gives_the_tokens_of_the_uncached_path():
         warnings.filterwarnings("error", "torch.compile failed")  # else it would sample eagerly
         compiled = tokens(model, tok, SamplingOptions(**options), num_samples=2, compile=True)
     assert compiled == tokens(model, tok, SamplingOptions(**options, use_kv_cache=False), num_samples=2)
+    # the graph is kept for the model: the next decode loop calls it from its first token
+    (kept,) = compiled_step.COMPILED[model].values()
+    graph, picks = kept
+    calls = []
+    compiled_step.COMPILED[model] = {key: (lambda *inputs: calls.append(1) or graph(*inputs), picks)
+                                     for key in compiled_step.COMPILED[model]}
+    fills = []  # the model runs eagerly only for the window's fills
+    hook = model.register_forward_pre_hook(lambda module, args: fills.append(1))
+    again = tokens(model, tok, SamplingOptions(**options), num_samples=2, compile=True)
+    hook.remove()
+    assert again == compiled and len(calls) + len(fills) == 40 and len(calls) > len(fills)
 
 
 def test_a_cpu_compiles_by_default_only_where_the_tokens_repay_it_and_a_gpu_never(trained):

@@ -268,7 +268,7 @@ def test_a_sample_that_compiles_says_so_once_and_one_that_does_not_says_nothing(
     """Two batches (64 and 6 samples) are two decode loops that compile: one line on stderr.
     The compile itself is left out (the step runs as written): what is checked is what
     gpt-sample says, and that the samples are those of the uncompiled path."""
-    monkeypatch.setattr(static_decode, "compiled_or_eager", lambda step, device: step.forward)
+    monkeypatch.setattr(static_decode, "CompiledStep", lambda step, device: step.forward)
     args = ("--ckpt", NEW, "--prompt", "a", "--seed", "4", "--max-new-tokens", "5", "--num-samples", "70")
     status, compiled, err = sample_main(*args, "--compile")
     assert status == 0 and err.splitlines() == [
