@@ -89,9 +89,9 @@ def build_parser() -> Parser:
                    "default: none, the weights stay in --dtype")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the cached decode step first (not --beams or --no-kv-cache, which have none): "
-                   "fused kernels called from C++, 1.5-1.8x as many tokens/s on a 2-core CPU, after 15-50 s of "
-                   "compiling (7-10 s when an earlier run compiled the same model). Default: on a CPU where a "
-                   "batch's tokens (up to 64 samples) repay it (20,000 of the 10.7-million-weight baby model's, more "
+                   "fused kernels called from C++, 1.7-2.3x as many tokens/s on a 2-core CPU, after 40-60 s of "
+                   "compiling (int8: about 5 s when an earlier run compiled the same model). Default: on a CPU where "
+                   "a batch's tokens (up to 64 samples) repay it (50,000 of the 10.7-million-weight baby model's, more "
                    "of a smaller one's); off on a GPU (its CUDA graph already makes a token one launch)")
     p.add_argument("--no-kv-cache", action="store_true",
                    help="recompute the whole context for every token (slow; for checking the cache)")
@@ -138,7 +138,7 @@ def compile_notice():
 
     def announce() -> None:
         if not said:
-            print("gpt-sample: compiling the decode step after the first token (up to a minute the first time; "
+            print("gpt-sample: compiling the decode step after the first token (a minute or so the first time; "
                   "--no-compile skips it)", file=sys.stderr, flush=True)
             said.append(True)
 

@@ -33,11 +33,12 @@ SYNC_EVERY = 32
 STREAM_EVERY = 8
 # with compile=None (gpt-sample's default), a CPU compiles the decode step for a call whose
 # tokens (all its samples together) times the model's weights reach this. Compiling took
-# 15-50 s on a 2-core Intel Xeon (2026-12-04; 7-10 s with Inductor's cache warm from an
-# earlier run of the same model), and saved about 1.7 ms a token for the baby model (10.7 million
-# weights) in fp32 and in int8: 20,000 of its tokens pay for a cold compile. A token's saving
-# grows with the model (a 2-layer, 32-channel model saved about 0.05 ms)
-COMPILE_MIN_TOKEN_WEIGHTS = 20_000 * 10_700_000
+# 38-56 s on a 2-core Intel Xeon from cold (2026-12-05; a later run of the same model about 5
+# s in int8, 23 s in fp32, whose packed weights Inductor does not keep on disk), and saved
+# about 1.1 ms a token for the baby model (10.7 million weights) in fp32 and in int8: 50,000
+# of its tokens pay for a cold compile. A token's saving grows with the model (a 2-layer,
+# 32-channel model saved about 0.05 ms)
+COMPILE_MIN_TOKEN_WEIGHTS = 50_000 * 10_700_000
 
 
 class Generator:

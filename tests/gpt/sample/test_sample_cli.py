@@ -272,7 +272,7 @@ def test_a_sample_that_compiles_says_so_once_and_one_that_does_not_says_nothing(
     args = ("--ckpt", NEW, "--prompt", "a", "--seed", "4", "--max-new-tokens", "5", "--num-samples", "70")
     status, compiled, err = sample_main(*args, "--compile")
     assert status == 0 and err.splitlines() == [
-        "gpt-sample: compiling the decode step after the first token (up to a minute the first time; "
+        "gpt-sample: compiling the decode step after the first token (a minute or so the first time; "
         "--no-compile skips it)"]
     status, plain, err = sample_main(*args, "--no-compile")
     assert status == 0 and err == "" and plain == compiled
