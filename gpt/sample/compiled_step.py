@@ -59,6 +59,22 @@ def signature(step: nn.Module, tensors: list[torch.Tensor]) -> tuple:
             tuple((t.shape, t.stride(), t.storage_offset(), t.dtype, t.device) for t in tensors))
 
 
+class Inductor:
+    """Inductor with `CPU_COMPILE_OPTIONS`, as a `torch.compile` backend that keeps the graphs
+    it compiled, with their inputs, until `CompiledStep.keep` takes them. Dynamo keeps the
+    backend as long as its compiled frame: it holds no step, so it keeps no model alive."""
+
+    def __init__(self):
+        self.graphs: list[tuple[Callable, list[torch.Tensor]]] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
+        from torch._inductor.compile_fx import compile_fx
+
+        graph = compile_fx(gm, example_inputs, config_patches=CPU_COMPILE_OPTIONS)
+        self.graphs.append((graph, list(example_inputs)))
+        return graph
+
+
 class CompiledStep:
     """`step` compiled on its first call, then called as described in the module docstring;
     on a GPU through `torch.compile` alone (its CUDA graph replays the whole token anyway).
@@ -68,18 +84,11 @@ class CompiledStep:
 
     def __init__(self, step: nn.Module, device: torch.device):
         self.step, self.cpu = step, device.type == "cpu"
+        self.inductor = Inductor()
         self.compiled = (torch.compile(step, dynamic=False, fullgraph=True, backend=self.inductor) if self.cpu
                          else torch.compile(step, dynamic=False))
         self.direct: Callable[[], None] | None = None
-        self.graphs: list[tuple[Callable, list[torch.Tensor]]] = []  # compiled by this call
         self.ran_compiled = False
-
-    def inductor(self, gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
-        from torch._inductor.compile_fx import compile_fx
-
-        graph = compile_fx(gm, example_inputs, config_patches=CPU_COMPILE_OPTIONS)
-        self.graphs.append((graph, list(example_inputs)))
-        return graph
 
     def __call__(self, *state) -> None:
         if self.direct is not None:
@@ -108,7 +117,7 @@ class CompiledStep:
     def keep(self, tensors: list[torch.Tensor]) -> None:
         """Keep the graph Inductor compiled for `tensors`, if it was one graph whose inputs
         are all among them (else later tokens go on through `torch.compile`)."""
-        graphs, self.graphs = self.graphs, []
+        graphs, self.inductor.graphs = self.inductor.graphs, []
         if len(graphs) != 1:
             return
         graph, inputs = graphs[0]
