@@ -116,20 +116,12 @@ def test_the_compiled_cpu_step_gives_the_tokens_of_the_uncached_path():
     again = tokens(model, tok, SamplingOptions(**options), num_samples=2, compile=True)
     hook.remove()
     assert again == compiled and len(calls) + len(fills) == 40 and len(calls) > len(fills)
-
-
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="compiling a CPU step needs a C++ compiler")
-def test_a_model_whose_step_was_compiled_is_freed_with_its_kept_graph():
-    model, tok, _ = train_tiny_model()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", "torch.compile failed")
-        tokens(model, tok, SamplingOptions(max_new_tokens=5, seed=1), compile=True)
-    assert model in compiled_step.COMPILED
+    # and is freed with the model (checked here, where a step is compiled already: a compile
+    # takes seconds): torch's cache of compiled frames keeps no model alive
     alive = weakref.ref(model)
     del model
     gc.collect()
-    assert alive() is None  # and with it its entry in COMPILED, a weak dictionary
+    assert alive() is None
 
 
 def test_a_cpu_compiles_by_default_only_where_the_tokens_repay_it_and_a_gpu_never(trained):
