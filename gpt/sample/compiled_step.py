@@ -19,6 +19,7 @@ weights with the wrong inputs and the compile failed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import warnings
 import weakref
@@ -40,9 +41,10 @@ from plumbing.errors import first_line
 CPU_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True, "max_autotune": True,
                        "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
-# a model's compiled steps, by what each was compiled for (`signature`): its Inductor graph,
-# and for each of the graph's inputs, its index in `state_tensors`. Kept while the model lives
-COMPILED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+# a model's compiled steps: the weights they froze in (`weights`), and by what each step was
+# compiled for (`signature`), its Inductor graph and for each of the graph's inputs its index
+# in `state_tensors`. Kept while the model lives, and until its weights change
+COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
 
 
 def state_tensors(state: tuple) -> list[torch.Tensor]:
@@ -57,6 +59,14 @@ def signature(step: nn.Module, tensors: list[torch.Tensor]) -> tuple:
     buffers' layouts (views of one cache keep their offsets into it)."""
     return (step.sampling, step.period, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
             tuple((t.shape, t.stride(), t.storage_offset(), t.dtype, t.device) for t in tensors))
+
+
+def weights(model: nn.Module) -> tuple:
+    """Which weights a graph froze in: each of the model's tensors, and how often it was
+    changed in place (its version: a copy into it, an optimizer's step), so that a model
+    changed after its step compiled (trained on, loaded into, quantized) compiles again."""
+    return tuple((id(t), t.data_ptr(), t._version, t.shape, t.dtype)
+                 for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 class Inductor:
@@ -124,13 +134,18 @@ class CompiledStep:
         where = {id(t): i for i, t in enumerate(tensors)}
         if not all(id(t) in where for t in inputs):
             return
-        picks = [where[id(t)] for t in inputs]
-        COMPILED.setdefault(self.step.model, {})[signature(self.step, tensors)] = (graph, picks)
+        model, frozen = self.step.model, weights(self.step.model)
+        kept_for, graphs = COMPILED.get(model, (None, {}))
+        graphs = graphs if kept_for == frozen else {}  # those of older weights are dropped
+        graphs[signature(self.step, tensors)] = (graph, [where[id(t)] for t in inputs])
+        COMPILED[model] = (frozen, graphs)
         self.bind(tensors)
 
     def bind(self, tensors: list[torch.Tensor]) -> bool:
-        """Whether a graph was kept for this model and these buffers: then `direct` calls it."""
-        kept = COMPILED.get(self.step.model, {}).get(signature(self.step, tensors))
+        """Whether a graph was kept for this model, as its weights are now, and these buffers:
+        then `direct` calls it."""
+        kept_for, graphs = COMPILED.get(self.step.model, (None, {}))
+        kept = graphs.get(signature(self.step, tensors)) if kept_for == weights(self.step.model) else None
         if kept is None:
             return False
         graph, picks = kept

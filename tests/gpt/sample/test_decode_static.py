@@ -106,11 +106,10 @@ def test_the_compiled_cpu_step_gives_the_tokens_of_the_uncached_path():
         compiled = tokens(model, tok, SamplingOptions(**options), num_samples=2, compile=True)
     assert compiled == tokens(model, tok, SamplingOptions(**options, use_kv_cache=False), num_samples=2)
     # the graph is kept for the model: the next decode loop calls it from its first token
-    (kept,) = compiled_step.COMPILED[model].values()
-    graph, picks = kept
+    frozen, graphs = compiled_step.COMPILED[model]
+    ((key, (graph, picks)),) = graphs.items()
     calls = []
-    compiled_step.COMPILED[model] = {key: (lambda *inputs: calls.append(1) or graph(*inputs), picks)
-                                     for key in compiled_step.COMPILED[model]}
+    compiled_step.COMPILED[model] = (frozen, {key: (lambda *inputs: calls.append(1) or graph(*inputs), picks)})
     fills = []  # the model runs eagerly only for the window's fills
     hook = model.register_forward_pre_hook(lambda module, args: fills.append(1))
     again = tokens(model, tok, SamplingOptions(**options), num_samples=2, compile=True)
@@ -122,6 +121,24 @@ def test_the_compiled_cpu_step_gives_the_tokens_of_the_uncached_path():
     del model
     gc.collect()
     assert alive() is None
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="compiling a CPU step needs a C++ compiler")
+def test_a_model_changed_in_place_after_its_step_compiled_samples_with_its_new_weights():
+    """The compiled step holds the weights as constants: a model trained on, or loaded into,
+    after a sample compiles again rather than sampling with the weights it had."""
+    model, tok, _ = train_tiny_model()
+    options = SamplingOptions(max_new_tokens=12, temperature=1.0, seed=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "torch.compile failed")
+        before = tokens(model, tok, options, compile=True)
+        with torch.no_grad():
+            model.blocks[-1].mlp.proj.weight.mul_(-3.0)  # in place: the same tensors, new values
+        after = tokens(model, tok, options, compile=True)
+    assert after != before
+    assert after == tokens(model, tok, SamplingOptions(max_new_tokens=12, temperature=1.0, seed=3,
+                                                       use_kv_cache=False))
 
 
 def test_a_cpu_compiles_by_default_only_where_the_tokens_repay_it_and_a_gpu_never(trained):
