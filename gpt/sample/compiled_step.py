@@ -9,7 +9,8 @@ never change between tokens (the same few buffers, moved in place), which is wha
 check; so the graph Inductor compiled is kept, with where each of its inputs sits among the
 step's buffers (`state_tensors`), and each later token calls it with those buffers directly.
 A later decode loop of the same model whose buffers and sampling match what a kept graph
-was compiled for (`signature`) calls that graph directly from its first token.
+was compiled for (`signature`), its weights unchanged since (`weights`), calls that graph
+directly from its first token.
 
 Freezing needs Inductor's `freezing` flag while Dynamo traces, not only while Inductor
 compiles (Dynamo then hands the weights over as constants), and the step's changing buffers
