@@ -9,7 +9,7 @@ never change between tokens (the same few buffers, moved in place), which is wha
 check; so the graph Inductor compiled is kept, with where each of its inputs sits among the
 step's buffers (`state_tensors`), and each later token calls it with those buffers directly.
 A later decode loop of the same model whose buffers and sampling match what a kept graph
-was compiled for (`signature`), its weights unchanged since (`weights`), calls that graph
+was compiled for (`signature`), its weights unchanged since (`Weights`), calls that graph
 directly from its first token.
 
 Freezing needs Inductor's `freezing` flag while Dynamo traces, not only while Inductor
@@ -42,10 +42,10 @@ from plumbing.errors import first_line
 CPU_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True, "max_autotune": True,
                        "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
-# a model's compiled steps: the weights they froze in (`weights`), and by what each step was
+# a model's compiled steps: the weights they froze in (`Weights`), and by what each step was
 # compiled for (`signature`), its Inductor graph and for each of the graph's inputs its index
 # in `state_tensors`. Kept while the model lives, and until its weights change
-COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
+COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple["Weights", dict]] = weakref.WeakKeyDictionary()
 
 
 def state_tensors(state: tuple) -> list[torch.Tensor]:
@@ -56,18 +56,33 @@ def state_tensors(state: tuple) -> list[torch.Tensor]:
 
 
 def signature(step: nn.Module, tensors: list[torch.Tensor]) -> tuple:
-    """What a compiled graph holds fixed besides the weights: the sampling settings and the
-    buffers' layouts (views of one cache keep their offsets into it)."""
+    """What a compiled graph holds fixed besides the weights, as Dynamo's guards would check
+    it: the sampling settings, the buffers' layouts (views of one cache keep their offsets
+    into it), each module's training flag, and the global state the kernels were compiled
+    under (threads, autocast, grad and inference modes, the default dtype). Other plain
+    Python attributes of the model are taken as fixed once it samples."""
+    cpu_autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
     return (step.sampling, step.period, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            torch.get_num_threads(), cpu_autocast, torch.get_default_dtype(),
+            tuple(m.training for m in step.model.modules()),
             tuple((t.shape, t.stride(), t.storage_offset(), t.dtype, t.device) for t in tensors))
 
 
-def weights(model: nn.Module) -> tuple:
-    """Which weights a graph froze in: each of the model's tensors, and how often it was
-    changed in place (its version: a copy into it, an optimizer's step), so that a model
-    changed after its step compiled (trained on, loaded into, quantized) compiles again."""
-    return tuple((id(t), t.data_ptr(), t._version, t.shape, t.dtype)
-                 for t in itertools.chain(model.parameters(), model.buffers()))
+class Weights:
+    """Which weights a graph froze in: each of the model's tensors (held weakly), and how often
+    it had been changed in place (its version: a copy into it, an optimizer's step), so that
+    a model changed after its step compiled (trained on, loaded into, quantized) compiles
+    again. A change through `.data` moves no version and is not seen."""
+
+    def __init__(self, model: nn.Module):
+        tensors = list(itertools.chain(model.parameters(), model.buffers()))
+        self.refs = [weakref.ref(t) for t in tensors]
+        self.versions = [t._version for t in tensors]
+
+    def match(self, model: nn.Module) -> bool:
+        tensors = list(itertools.chain(model.parameters(), model.buffers()))
+        return len(tensors) == len(self.refs) and all(
+            ref() is t and t._version == v for ref, t, v in zip(self.refs, tensors, self.versions))
 
 
 class Inductor:
@@ -98,7 +113,7 @@ class CompiledStep:
         self.inductor = Inductor()
         self.compiled = (torch.compile(step, dynamic=False, fullgraph=True, backend=self.inductor) if self.cpu
                          else torch.compile(step, dynamic=False))
-        self.direct: Callable[[], None] | None = None
+        self.direct: Callable[[], object] | None = None
         self.ran_compiled = False
 
     def __call__(self, *state) -> None:
@@ -127,29 +142,39 @@ class CompiledStep:
 
     def keep(self, tensors: list[torch.Tensor]) -> None:
         """Keep the graph Inductor compiled for `tensors`, if it was one graph whose inputs
-        are all among them (else later tokens go on through `torch.compile`)."""
-        graphs, self.inductor.graphs = self.inductor.graphs, []
-        if len(graphs) != 1:
+        are all among them (else later tokens go on through `torch.compile`). Dynamo's own
+        cache of the step's frame is then cleared: each decode loop that compiles adds an
+        entry to it (its backend is new), and past Dynamo's limit of 8 entries compiling
+        would fail. (Dynamo's other records of the trace still hold its graph, and with it
+        the weights it froze, until `torch._dynamo.reset()`: a process that compiles many
+        models keeps a copy of each one's weights.)"""
+        compiled, self.inductor.graphs = self.inductor.graphs, []
+        if len(compiled) != 1:
             return
-        graph, inputs = graphs[0]
+        graph, inputs = compiled[0]
         where = {id(t): i for i, t in enumerate(tensors)}
         if not all(id(t) in where for t in inputs):
             return
-        model, frozen = self.step.model, weights(self.step.model)
-        kept_for, graphs = COMPILED.get(model, (None, {}))
-        graphs = graphs if kept_for == frozen else {}  # those of older weights are dropped
-        graphs[signature(self.step, tensors)] = (graph, [where[id(t)] for t in inputs])
-        COMPILED[model] = (frozen, graphs)
+        model = self.step.model
+        frozen, kept = COMPILED.get(model, (None, {}))
+        if frozen is None or not frozen.match(model):
+            frozen, kept = Weights(model), {}  # the graphs of older weights are dropped
+        kept[signature(self.step, tensors)] = (graph, [where[id(t)] for t in inputs])
+        COMPILED[model] = (frozen, kept)
+        import torch._dynamo
+
+        torch._dynamo.reset_code(type(self.step).forward.__code__)
         self.bind(tensors)
 
     def bind(self, tensors: list[torch.Tensor]) -> bool:
         """Whether a graph was kept for this model, as its weights are now, and these buffers:
         then `direct` calls it."""
-        kept_for, graphs = COMPILED.get(self.step.model, (None, {}))
-        kept = graphs.get(signature(self.step, tensors)) if kept_for == weights(self.step.model) else None
-        if kept is None:
+        model = self.step.model
+        frozen, kept = COMPILED.get(model, (None, {}))
+        found = kept.get(signature(self.step, tensors)) if frozen is not None and frozen.match(model) else None
+        if found is None:
             return False
-        graph, picks = kept
+        graph, picks = found
         inputs = [tensors[i] for i in picks]
         self.direct = lambda: graph(*inputs)
         return True

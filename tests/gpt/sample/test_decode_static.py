@@ -109,25 +109,30 @@ def test_the_compiled_cpu_step_gives_the_tokens_of_the_uncached_path():
     frozen, graphs = compiled_step.COMPILED[model]
     ((key, (graph, picks)),) = graphs.items()
     calls = []
-    compiled_step.COMPILED[model] = (frozen, {key: (lambda *inputs: calls.append(1) or graph(*inputs), picks)})
+    compiled_step.COMPILED[model] = (frozen, {key: (lambda *inputs, graph=graph: calls.append(1) or graph(*inputs),
+                                                    picks)})
     fills = []  # the model runs eagerly only for the window's fills
     hook = model.register_forward_pre_hook(lambda module, args: fills.append(1))
     again = tokens(model, tok, SamplingOptions(**options), num_samples=2, compile=True)
     hook.remove()
     assert again == compiled and len(calls) + len(fills) == 40 and len(calls) > len(fills)
     # and is freed with the model (checked here, where a step is compiled already: a compile
-    # takes seconds): torch's cache of compiled frames keeps no model alive
+    # takes seconds): torch's cache of compiled frames keeps no model alive (Dynamo's own
+    # records still hold the traced graph, and with it the weights it froze: see compiled_step)
     alive = weakref.ref(model)
-    del model
+    del model, graph, graphs, frozen
     gc.collect()
     assert alive() is None
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="compiling a CPU step needs a C++ compiler")
-def test_a_model_changed_in_place_after_its_step_compiled_samples_with_its_new_weights():
+def test_a_model_changed_in_place_after_its_step_compiled_samples_with_its_new_weights(monkeypatch):
     """The compiled step holds the weights as constants: a model trained on, or loaded into,
-    after a sample compiles again rather than sampling with the weights it had."""
+    after a sample compiles again rather than sampling with the weights it had. Inductor is
+    left out: its stand-in runs a copy of the traced graph, weights included, as freezing
+    keeps them."""
+    import torch._inductor.compile_fx
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", lambda gm, inputs, **kwargs: copy.deepcopy(gm))
     model, tok, _ = train_tiny_model()
     options = SamplingOptions(max_new_tokens=12, temperature=1.0, seed=3)
     with warnings.catch_warnings():
@@ -139,6 +144,23 @@ def test_a_model_changed_in_place_after_its_step_compiled_samples_with_its_new_w
     assert after != before
     assert after == tokens(model, tok, SamplingOptions(max_new_tokens=12, temperature=1.0, seed=3,
                                                        use_kv_cache=False))
+
+
+def test_a_process_compiles_a_step_more_times_than_dynamo_keeps_entries_for_one(trained, monkeypatch):
+    """Each decode loop that compiles (here: a new temperature each) brings a new backend, and
+    Dynamo counts an entry per backend against its limit of 8 for the step's frame; past it,
+    with fullgraph, compiling fails. The kept graph takes over from Dynamo's entry, which is
+    cleared. Inductor itself is left out (its graph runs as traced), so this takes seconds."""
+    import torch._inductor.compile_fx
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", lambda gm, inputs, **kwargs: gm.forward)
+    model, tok = trained
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "torch.compile failed")
+        for i in range(9):
+            options = SamplingOptions(max_new_tokens=4, temperature=0.5 + i / 10, seed=i)
+            assert tokens(model, tok, options, compile=True) == tokens(model, tok, options, static=True)
+    assert len(compiled_step.COMPILED[model][1]) == 9
 
 
 def test_a_cpu_compiles_by_default_only_where_the_tokens_repay_it_and_a_gpu_never(trained):
