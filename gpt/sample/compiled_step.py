@@ -121,18 +121,17 @@ class CompiledStep:
             return self.direct()
         if self.compiled is None:
             return self.step(*state)
+        if self.ran_compiled:  # nothing was kept (a GPU, or a graph keep() refused): torch.compile's way
+            return self.compiled(*state)
         tensors = state_tensors(state) if self.cpu else []
         if self.cpu and self.bind(tensors):
             return self.direct()
         import torch._inductor.config as inductor_config
 
         try:
-            with quiet_compiling() if not self.ran_compiled else contextlib.nullcontext():
-                with inductor_config.patch(freezing=True) if self.cpu else contextlib.nullcontext():
-                    self.compiled(*state)
+            with quiet_compiling(), inductor_config.patch(freezing=True) if self.cpu else contextlib.nullcontext():
+                self.compiled(*state)
         except Exception as e:
-            if self.ran_compiled:
-                raise
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); sampling without it")
             self.compiled = None
             return self.step(*state)
