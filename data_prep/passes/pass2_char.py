@@ -23,6 +23,14 @@ from .codepoint_files import ScratchIndex
 from .segments import document_segments
 from .workers import Workers, grouped
 
+# A block that holds at most this many segments (documents, or their parts) is looked up
+# piece by piece straight into place; one that holds more, as one array gathered by a mask,
+# with its end-of-text tokens inserted after (two more copies), whose cost does not grow
+# with the count of segments, where thousands of tiny records would pay Python's cost per
+# piece thousands of times. On the small-documents bench (10 KB documents, one worker,
+# 2-core Intel Xeon) piece by piece took pass 2 from 1.95-2.14 s to 1.49-1.60 s.
+PIECES = 64
+
 
 @dataclass
 class EncodeJob:
@@ -49,20 +57,26 @@ def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO)
     start = 0
     for block in job.scratch.blocks(f=f):
         end = start + len(block)
-        # the segments this block overlaps, and how much of each it holds
+        # the segments this block overlaps, and which part of the block each holds
         lo = int(np.searchsorted(seg_end, start, "right"))
         hi = min(int(np.searchsorted(seg_end, end, "left")), len(seg_end) - 1) + 1
         ends = seg_end[lo:hi]
-        piece = np.minimum(ends, end) - np.maximum(ends - seg_chars[lo:hi], start)
+        first, last = np.maximum(ends - seg_chars[lo:hi], start) - start, np.minimum(ends, end) - start
         closed = ends <= end  # segments that end in this block: an end-of-text token follows
         val = seg_val[lo:hi]
-        chars_in_val = np.repeat(val, piece) if val.any() and not val.all() else None
+        by_piece = len(ends) <= PIECES
+        chars_in_val = None if by_piece or val.all() or not val.any() else np.repeat(val, last - first)
         for split, flag in zip(SPLITS, (False, True)):
             sel = val == flag
             if not sel.any():
                 continue
-            cps = block if chars_in_val is None else block[chars_in_val if flag else ~chars_in_val]
-            ids = tok.encode_codepoints(cps, np.cumsum(piece[sel])[closed[sel]], dtype=writers[split].dtype)
+            if by_piece:
+                pieces = [block[a:b] for a, b in zip(first[sel].tolist(), last[sel].tolist())]
+                ids = tok.encode_pieces(pieces, closed[sel].tolist(), dtype=writers[split].dtype)
+            else:
+                cps = block if chars_in_val is None else block[chars_in_val if flag else ~chars_in_val]
+                eots = np.cumsum((last - first)[sel])[closed[sel]]
+                ids = tok.encode_codepoints(cps, eots, dtype=writers[split].dtype)
             writers[split].write_at(offsets[split], ids)
             offsets[split] += len(ids)
         start = end

@@ -1,4 +1,5 @@
 """prepare(): corpus -> vocabulary -> train/val shards, checked by decoding what it wrote."""
+import json
 import os
 import string
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from data_prep import prepare as prepare_module
 from data_prep.errors import DataError
 from data_prep.passes import codepoint_files as scratch_module
+from data_prep.passes import pass2_char
 from data_prep.read import utf8 as decode
 from plumbing.output_folder import beside_stem
 from tests.helpers import dead_pid
@@ -45,11 +47,30 @@ def test_text_read_in_many_chunks_and_batches_round_trips(tmp_path, prepare_data
     assert train + val == text
 
 
-@pytest.mark.parametrize("n", [(1 << 17) + 1, 1 << 18])  # odd and even: counted in pairs
-def test_one_byte_code_points_counted_in_pairs_match_bincount(n):
-    cps = np.random.default_rng(n).integers(0, 256, n).astype(np.uint8)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("n", [100, (1 << 16) + 1, 1 << 18])  # one call, a chunk and one more, whole chunks
+def test_code_points_counted_in_chunks_match_bincount(n, dtype):
+    cps = np.random.default_rng(n).integers(0, 256 if dtype == np.uint8 else 3000, n).astype(dtype)
     counts, top = scratch_module.count(cps), int(cps.max()) + 1
     assert np.array_equal(counts[:top], np.bincount(cps)) and not counts[top:].any()
+
+
+@pytest.mark.parametrize("options", [{}, {"min_char_count": 3}, {"val_fraction": 0.999}])
+def test_pass_2_writes_the_same_bytes_piece_by_piece_and_gathered(tmp_path, prepare_data, monkeypatch, options):
+    # one JSON lines file of 600 short records in batches of 3,000 characters: blocks of
+    # fewer and of more segments than PIECES, documents across blocks, rare characters
+    # through byte fallback ({"min_char_count": 3}), documents split inside ({"val_fraction"})
+    rng = np.random.default_rng(5)
+    alphabet = list(string.ascii_letters + " .,\n") * 20 + list("éü東🙂ñ")
+    docs = ["".join(rng.choice(alphabet, size=int(rng.integers(5, 150)))) for _ in range(600)]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    monkeypatch.setattr(scratch_module, "BATCH_CHARS", 3000)
+    made = {}
+    for pieces in (0, 10**9):  # every block gathered; every block piece by piece
+        monkeypatch.setattr(pass2_char, "PIECES", pieces)
+        _, data = prepare_data(tmp_path / "records.jsonl", **options)
+        made[pieces] = {p.name: p.read_bytes() for p in sorted(data.path.iterdir())}
+    assert made[0] == made[10**9]
 
 
 def test_a_batch_of_one_byte_characters_is_stored_one_byte_each(tmp_path):

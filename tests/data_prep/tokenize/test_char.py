@@ -132,3 +132,20 @@ def test_encoding_straight_to_a_narrow_id_type_gives_the_same_ids(oov, n_chars):
         if len(tok) <= np.iinfo(dtype).max + 1:
             narrow = tok.encode_codepoints(cps, eots, dtype=dtype)
             assert narrow.dtype == dtype and np.array_equal(narrow, wide)
+
+
+@pytest.mark.parametrize("oov", ["byte", "unk"])
+@pytest.mark.parametrize("dtype", [None, np.uint16])
+def test_pieces_encode_as_their_code_points_joined(oov, dtype):
+    # pieces longer than a lookup call, empty-free, some closed; characters outside the
+    # vocabulary in some runs (the joined fallback), none in others (looked up into place)
+    rng = np.random.default_rng(1)
+    tok = CharTokenizer(chars=[chr(0x100 + i) for i in range(50)], oov=oov)
+    inside = [0x100 + i for i in range(50)]
+    for outside in ([], [0x41, 0x1F642]):
+        pieces = [rng.choice(inside + outside, size=n).astype(np.uint32) for n in (3, 70_000, 1, 500)]
+        closed = [True, False, True, True]
+        eots = np.cumsum([len(p) for p in pieces])[np.array(closed)]
+        joined = tok.encode_codepoints(np.concatenate(pieces), eots, dtype=dtype)
+        made = tok.encode_pieces(pieces, closed, dtype=dtype)
+        assert made.dtype == joined.dtype and np.array_equal(made, joined)
