@@ -9,6 +9,7 @@ per-character arrays wait on disk, so its memory does not grow with the corpus.
 """
 from __future__ import annotations
 
+import mmap
 import zlib
 from array import array
 from contextlib import nullcontext
@@ -120,15 +121,19 @@ class ScratchIndex:
         """Code points [start, start + n) as arrays of at most one batch each."""
         starts = np.concatenate(([0], np.cumsum(self.batches[:, 1])))
         n = int(starts[-1] - start if n is None else n)
+        if n <= 0:
+            return
         with nullcontext(f) if f is not None else self.open() as f:
-            b = int(np.searchsorted(starts, start, "right") - 1)
-            while n > 0:
-                offset, chars, width = (int(x) for x in self.batches[b])
-                local = start - int(starts[b])
-                take = min(n, chars - local)
-                f.seek(offset + local * width)
-                yield np.fromfile(f, dtype=WIDTHS[width], count=take)
-                start, n, b = start + take, n - take, b + 1
+            # mapped, not read: the blocks are the page cache's own pages, no copy of them is
+            # made (the file is this run's, and no one else's, until pass 2 removes it)
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        b = int(np.searchsorted(starts, start, "right") - 1)
+        while n > 0:
+            offset, chars, width = (int(x) for x in self.batches[b])
+            local = start - int(starts[b])
+            take = min(n, chars - local)
+            yield np.frombuffer(mapped, WIDTHS[width], take, offset + local * width)
+            start, n, b = start + take, n - take, b + 1
 
 
 class ScratchWriter:
