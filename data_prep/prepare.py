@@ -50,7 +50,7 @@ from .prepared.meta import build_meta
 from .prepared.shards import SplitWriter
 from .read.inputs import Source, check_exist, discover
 from .read.records import work_offline
-from .tokenize.char import utf8_length
+from .tokenize.char import present, utf8_length
 from .tokenize.char_vocabulary import build_tokenizer
 from .tokenize.kinds import Tokenizer, tokenizer_from_json
 from .tokenize.tokenizer_file import TOKENIZER_FILE
@@ -155,8 +155,8 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
         total=split.total, in_vocab=in_vocab, sources=tally.sources, skipped=skipped,
     )
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    all_cps = np.flatnonzero(split.total["train"] + split.total["val"])
-    text_bytes = int(((split.total["train"] + split.total["val"])[all_cps] * utf8_length(all_cps)).sum())
+    seen = present(split.total)
+    text_bytes = int((sum(split.total[s][seen] for s in SPLITS) * utf8_length(seen)).sum())
     return Summary(out=tmp, meta=meta, seconds=0.0, text_bytes=text_bytes, warnings=warnings)
 
 

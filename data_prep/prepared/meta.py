@@ -11,6 +11,7 @@ from dataclasses import asdict
 import numpy as np
 
 from ..options import BPE_BASE, BPE_ONLY, CHAR_ONLY, PrepareOptions
+from ..tokenize.char import present
 from ..tokenize.kinds import Tokenizer
 from ..tokenize.tokenizer_file import TOKENIZER_FILE
 from .data_folder import DATA_FORMAT, DATA_VERSIONS, SPLITS
@@ -50,17 +51,20 @@ def build_meta(
 
 
 def char_coverage(tokenizer: Tokenizer, total: dict, in_vocab: np.ndarray) -> dict:
-    chars = {s: int(total[s].sum()) for s in SPLITS}
+    seen = present(total)
+    inside = in_vocab[seen]
+    counts = {s: total[s][seen] for s in SPLITS}
+    chars = {s: int(counts[s].sum()) for s in SPLITS}
     return {
-        **{s: float((total[s] * in_vocab).sum() / chars[s]) for s in SPLITS},
-        "distinct_characters": int(((total["train"] + total["val"]) > 0).sum()),
+        **{s: float(counts[s][inside].sum() / chars[s]) for s in SPLITS},
+        "distinct_characters": len(seen),
         "vocabulary_characters": len(tokenizer.chars),
         "byte_fallback": tokenizer.oov == "byte",
         "unknown_token": tokenizer.oov == "unk",
         # characters the vocabulary lacks (bytes or the unknown token stand in for them)
         "outside_characters": {
-            **{s: int((total[s] * ~in_vocab).sum()) for s in SPLITS},
-            "distinct": int(((total["train"] + total["val"]) * ~in_vocab > 0).sum()),
+            **{s: int(counts[s][~inside].sum()) for s in SPLITS},
+            "distinct": int((~inside).sum()),
         },
     }
 
@@ -69,6 +73,6 @@ def bpe_coverage(total: dict) -> dict:
     """A byte-level BPE encodes every character (as its bytes at worst): nothing is outside."""
     return {
         **{s: 1.0 for s in SPLITS},
-        "distinct_characters": int(((total["train"] + total["val"]) > 0).sum()),
+        "distinct_characters": len(present(total)),
         "byte_level": True,
     }

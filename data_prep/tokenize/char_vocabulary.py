@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..options import PrepareOptions
-from .char import N_CODEPOINTS, CharTokenizer, build_vocab
+from .char import N_CODEPOINTS, CharTokenizer, build_vocab, present
 
 
 def build_tokenizer(total: dict, opts: PrepareOptions,
@@ -18,14 +18,14 @@ def build_tokenizer(total: dict, opts: PrepareOptions,
     if base is not None:
         return base, base_vocabulary_fits(base, total)
     train_cps = np.flatnonzero(total["train"])
-    val_only = bool((total["val"] * (total["train"] == 0)).any())
+    val_only = bool((total["train"][np.flatnonzero(total["val"])] == 0).any())
     asked = opts.oov is not None  # a fallback asked for is kept even where this corpus needs none
     oov = opts.oov or "byte"
     vocab = build_vocab(train_cps, total["train"][train_cps], max_vocab=opts.max_vocab, min_count=opts.min_char_count,
                         oov=oov, others_outside=val_only or asked)
     in_vocab = np.zeros(N_CODEPOINTS, bool)
     in_vocab[[ord(c) for c in vocab]] = True
-    outside = bool(((total["train"] + total["val"]) * ~in_vocab).any())
+    outside = not in_vocab[present(total)].all()
     return CharTokenizer(chars=vocab, oov=oov if outside or asked else "error"), in_vocab
 
 
@@ -34,7 +34,8 @@ def base_vocabulary_fits(base: CharTokenizer, total: dict) -> np.ndarray:
     was fully covered) cannot encode new characters, and that is said up front."""
     in_vocab = np.zeros(N_CODEPOINTS, bool)
     in_vocab[[ord(c) for c in base.chars]] = True
-    outside = np.flatnonzero((total["train"] + total["val"]) * ~in_vocab)
+    seen = present(total)
+    outside = seen[~in_vocab[seen]]
     if len(outside) and base.oov == "error":
         shown = " ".join(f"{chr(c)!r} (U+{c:04X})" for c in outside[:10].tolist())
         shown += " ..." if len(outside) > 10 else ""
