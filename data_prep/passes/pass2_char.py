@@ -12,7 +12,6 @@ or the train or val part of one: `segments`). Two kinds of pass, one shape (`cou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 
@@ -46,16 +45,17 @@ class EncodeJob:
 
 
 def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
-    with job.scratch.open() as f:
-        return _encode_unit(job, tok, writers, f)
+    made = _encode_unit(job, tok, writers)  # its views of the mapped file end with it
+    job.scratch.path.unlink()  # done with it: frees the disk now, and in parallel, not at the end
+    return made
 
 
-def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO) -> dict:
-    seg_val, seg_chars = document_segments(job.scratch, job.val_tails, f)
+def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
+    seg_val, seg_chars = document_segments(job.scratch, job.val_tails)
     seg_end = np.cumsum(seg_chars)
     offsets = dict(job.offsets)
     start = 0
-    for block in job.scratch.blocks(f=f):
+    for block in job.scratch.blocks():
         end = start + len(block)
         # the segments this block overlaps, and which part of the block each holds
         lo = int(np.searchsorted(seg_end, start, "right"))
@@ -84,7 +84,6 @@ def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO)
     for s in SPLITS:
         if made[s] != job.expected[s]:
             raise RuntimeError(f"unit {job.index}: {s} produced {made[s]} tokens, expected {job.expected[s]}")
-    job.scratch.path.unlink()  # done with it: frees the disk now, and in parallel, not at the end
     return made
 
 

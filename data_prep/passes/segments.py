@@ -53,10 +53,10 @@ def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
     for cps, n in counts:
         whole[cps] += n
     val = np.zeros(0, np.int64)
-    start = 0
+    start, mapped = 0, scratch.mapped()  # mapped once: a call per segment would map it anew
     for is_val, n in zip(*(a.tolist() for a in document_segments(scratch, val_tails))):
         if is_val:
-            for block in scratch.blocks(start, n):
+            for block in scratch.blocks(start, n, mapped):
                 val = add_counts(val, np.bincount(block))
         start += n
     whole[: len(val)] -= val
@@ -85,7 +85,7 @@ def segment_chunks(scratch: ScratchIndex, val_tails: float | None, f: BinaryIO) 
     seg_val, seg_chars = document_segments(scratch, val_tails, f)
     seg_end = np.cumsum(seg_chars)
     start = 0
-    for block in scratch.blocks(f=f):
+    for block in scratch.blocks():
         end = start + len(block)
         lo = int(np.searchsorted(seg_end, start, "right"))
         hi = int(np.searchsorted(seg_end, end, "left"))

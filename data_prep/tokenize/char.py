@@ -167,11 +167,11 @@ class CharTokenizer:
         """`encode_codepoints` of the pieces laid end to end, an end-of-text token after each
         closed one, each piece looked up straight into its place: no joined copy of the
         pieces, and no insertion that copies the ids again. Where a character is outside the
-        vocabulary, the pieces are joined and encoded as one."""
+        vocabulary, the pieces are joined and encoded as one (their lookups made twice)."""
         lut, outside = self._lookup_table(dtype)
         ids = np.empty(sum(len(p) for p in pieces) + sum(closed), lut.dtype)
         at = 0
-        for piece, eot in zip(pieces, closed):
+        for piece, eot in zip(pieces, closed, strict=True):
             for start in range(0, len(piece), LOOKUP_CHUNK):
                 chunk = piece[start : start + LOOKUP_CHUNK]
                 lut.take(chunk, mode="clip", out=ids[at : at + len(chunk)])

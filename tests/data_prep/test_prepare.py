@@ -55,21 +55,30 @@ def test_code_points_counted_in_chunks_match_bincount(n, dtype):
     assert np.array_equal(counts[:top], np.bincount(cps)) and not counts[top:].any()
 
 
-@pytest.mark.parametrize("options", [{}, {"min_char_count": 3}, {"val_fraction": 0.999}])
-def test_pass_2_writes_the_same_bytes_piece_by_piece_and_gathered(tmp_path, prepare_data, monkeypatch, options):
-    # one JSON lines file of 600 short records in batches of 3,000 characters: blocks of
-    # fewer and of more segments than PIECES, documents across blocks, rare characters
-    # through byte fallback ({"min_char_count": 3}), documents split inside ({"val_fraction"})
+PASS_2_CASES = {  # (documents, options, what meta.json must show the case reached)
+    "by document": (600, {}, {"split_mode": "document"}),
+    "byte fallback": (600, {"min_char_count": 300}, {"split_mode": "document", "byte_fallback": True}),
+    "split inside": (60, {}, {"split_mode": "text"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PASS_2_CASES))
+def test_pass_2_writes_the_same_bytes_piece_by_piece_and_gathered(tmp_path, prepare_data, monkeypatch, case):
+    # one JSON lines file of short records, in batches of 3,000 characters so that documents
+    # cross blocks; the rare characters fall out of the vocabulary at --min-char-count 300
+    n_docs, options, reached = PASS_2_CASES[case]
     rng = np.random.default_rng(5)
     alphabet = list(string.ascii_letters + " .,\n") * 20 + list("éü東🙂ñ")
-    docs = ["".join(rng.choice(alphabet, size=int(rng.integers(5, 150)))) for _ in range(600)]
+    docs = ["".join(rng.choice(alphabet, size=int(rng.integers(5, 150)))) for _ in range(n_docs)]
     (tmp_path / "records.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     monkeypatch.setattr(scratch_module, "BATCH_CHARS", 3000)
     made = {}
-    for pieces in (0, 10**9):  # every block gathered; every block piece by piece
+    for pieces in (0, 10**9):  # PIECES forced: every block gathered; every block piece by piece
         monkeypatch.setattr(pass2_char, "PIECES", pieces)
         _, data = prepare_data(tmp_path / "records.jsonl", **options)
         made[pieces] = {p.name: p.read_bytes() for p in sorted(data.path.iterdir())}
+    shown = {"split_mode": data.meta["split_mode"], "byte_fallback": data.meta["coverage"]["byte_fallback"]}
+    assert {k: shown[k] for k in reached} == reached
     assert made[0] == made[10**9]
 
 
