@@ -233,8 +233,8 @@ class ScratchWriter:
     def close(self) -> tuple[ScratchIndex, dict]:
         """Store the trailer; returns the index and split -> (code points, counts)."""
         self.flush()
-        train = self.all_counts.copy()
-        train[: len(self.val_counts)] -= self.val_counts
+        train = self.all_counts  # made in place: a copy of a table up to an emoji's code point
+        train[: len(self.val_counts)] -= self.val_counts  # (1 MB, fresh pages) took 0.5 ms a unit
         counts = {"train": sparse(train), "val": sparse(self.val_counts)}
         trailer = {
             "docs_chars": np.frombuffer(self.docs_chars, np.int64) if self.docs_chars else np.zeros(0, np.int64),
