@@ -53,12 +53,13 @@ def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
     for cps, n in counts:
         whole[cps] += n
     val = np.zeros(0, np.int64)
-    start, mapped = 0, scratch.mapped()  # mapped once: a call per segment would map it anew
-    for is_val, n in zip(*(a.tolist() for a in document_segments(scratch, val_tails))):
-        if is_val:
-            for block in scratch.blocks(start, n, mapped):
-                val = add_counts(val, np.bincount(block))
-        start += n
+    start = 0
+    with scratch.open() as f:  # opened once, not once per segment
+        for is_val, n in zip(*(a.tolist() for a in document_segments(scratch, val_tails, f))):
+            if is_val:
+                for block in scratch.blocks(start, n, f):
+                    val = add_counts(val, np.bincount(block))
+            start += n
     whole[: len(val)] -= val
     return {"train": sparse(whole), "val": sparse(val)}
 

@@ -95,6 +95,32 @@ def test_a_batch_of_one_byte_characters_is_stored_one_byte_each(tmp_path):
     assert read == "plain ascii and Latin-1: café" + "wider: € and 🙂"
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc")
+def test_a_code_point_file_is_mapped_a_block_at_a_time(tmp_path, monkeypatch):
+    # pass 2 reads a unit's code points as views of the file mapped: however large the unit,
+    # a process holds no more of it than the blocks it keeps
+    monkeypatch.setattr(scratch_module, "BATCH_CHARS", 1 << 16)
+    writer = scratch_module.ScratchWriter(tmp_path / "unit.cp", 0.1)
+    for i in range(8):  # eight batches, one a document
+        writer.start_document()
+        writer.add(f"document {i} " + "x" * (1 << 16))
+        writer.end_document()
+    index, _counts = writer.close()
+
+    def mapped_bytes() -> int:
+        lines = [line.split() for line in Path("/proc/self/maps").read_text().splitlines() if "unit.cp" in line]
+        return sum(int(end, 16) - int(start, 16) for start, end in (line[0].split("-") for line in lines))
+
+    seen, text = [], []
+    for block in index.blocks():
+        seen.append(mapped_bytes())
+        text.append(block.tobytes().decode("latin-1"))
+    del block
+    assert "".join(text) == "".join(f"document {i} " + "x" * (1 << 16) for i in range(8))
+    assert len(seen) == 8 and max(seen) < 2 * (1 << 16) + 2 * 4096  # this block's pages, and the last's at most
+    assert mapped_bytes() == 0
+
+
 def test_a_single_file_is_split_inside_its_text_last_tenth_to_val(tmp_path, prepare_data, read_documents):
     text = "".join(f"line {i}: the quick brown fox\n" for i in range(1000))
     (tmp_path / "one.txt").write_text(text)
