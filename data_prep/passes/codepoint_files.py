@@ -122,9 +122,10 @@ class ScratchIndex:
         file opened, if given). Each is a read-only view of its own bytes of the file
         mapped: the page cache's pages, with no copy made (pass 2 took a fifth less time
         than reading them), and unmapped when the view is dropped, so a process holds no
-        more of the file than the blocks it keeps. The file is this run's alone until pass
-        2 removes it; a read error in it would end the worker with a signal, which the run
-        reports as a worker that died."""
+        more of the file than the blocks it keeps. Where the file system cannot map files
+        (some FUSE mounts), the blocks are read instead. The file is this run's alone until
+        pass 2 removes it; a read error in a mapped block would end the worker with a
+        signal, which the run reports as a worker that died."""
         starts = np.concatenate(([0], np.cumsum(self.batches[:, 1])))
         n = int(starts[-1] - start if n is None else n)
         with nullcontext(f) if f is not None else self.open() as f:
@@ -133,11 +134,20 @@ class ScratchIndex:
                 offset, chars, width = (int(x) for x in self.batches[b])
                 local = start - int(starts[b])
                 take = min(n, chars - local)
-                at = offset + local * width
-                page = at - at % mmap.ALLOCATIONGRANULARITY  # a mapping starts at a page
-                view = mmap.mmap(f.fileno(), at + take * width - page, offset=page, access=mmap.ACCESS_READ)
-                yield np.frombuffer(view, WIDTHS[width], take, at - page)
+                yield block_at(f, offset + local * width, take, WIDTHS[width])
                 start, n, b = start + take, n - take, b + 1
+
+
+def block_at(f: BinaryIO, at: int, n: int, dtype: type) -> np.ndarray:
+    """`n` values of `dtype` at byte `at` of the file `f`: mapped (see `ScratchIndex.blocks`),
+    or read where the file system cannot map files."""
+    page = at - at % mmap.ALLOCATIONGRANULARITY  # a mapping starts at a page
+    try:
+        view = mmap.mmap(f.fileno(), at + n * np.dtype(dtype).itemsize - page, offset=page, access=mmap.ACCESS_READ)
+    except OSError:
+        f.seek(at)
+        return np.fromfile(f, dtype=dtype, count=n)
+    return np.frombuffer(view, dtype, n, at - page)
 
 
 class ScratchWriter:

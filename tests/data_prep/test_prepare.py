@@ -1,4 +1,5 @@
 """prepare(): corpus -> vocabulary -> train/val shards, checked by decoding what it wrote."""
+import errno
 import json
 import os
 import string
@@ -15,7 +16,7 @@ from data_prep.passes import codepoint_files as scratch_module
 from data_prep.passes import pass2_char
 from data_prep.read import utf8 as decode
 from plumbing.output_folder import beside_stem
-from tests.helpers import dead_pid
+from tests.helpers import dead_pid, write_corpus
 
 UNICODE = (
     "Plain ASCII, then accents: naïve café Zürich; CJK 東京 한국어; emoji 🙂🎉👩‍👩‍👧; "
@@ -119,6 +120,26 @@ def test_a_code_point_file_is_mapped_a_block_at_a_time(tmp_path, monkeypatch):
     assert "".join(text) == "".join(f"document {i} " + "x" * (1 << 16) for i in range(8))
     assert len(seen) == 8 and max(seen) < 2 * (1 << 16) + 2 * 4096  # this block's pages, and the last's at most
     assert mapped_bytes() == 0
+
+
+@pytest.mark.parametrize("corpus", ["documents", "one file"])  # pass 2 alone; and the split inside's recount
+def test_where_files_cannot_be_mapped_the_blocks_are_read_to_the_same_output(tmp_path, monkeypatch, corpus):
+    if corpus == "documents":
+        source = write_corpus(tmp_path / "corpus")
+    else:
+        source = tmp_path / "one.txt"
+        source.write_text("".join(f"line {i}: the quick brown fox\n" for i in range(3000)))
+    options = prepare_module.PrepareOptions(workers=1, progress=False)
+    prepare_module.prepare([source], tmp_path / "mapped", options)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    with monkeypatch.context() as m:  # as a FUSE mount without mmap answers
+        m.setattr(scratch_module.mmap, "mmap", refuse)
+        prepare_module.prepare([source], tmp_path / "read", options)
+    made = [{p.name: p.read_bytes() for p in sorted((tmp_path / out).iterdir())} for out in ("mapped", "read")]
+    assert made[0] == made[1] and "meta.json" in made[0]
 
 
 def test_a_single_file_is_split_inside_its_text_last_tenth_to_val(tmp_path, prepare_data, read_documents):
