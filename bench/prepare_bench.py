@@ -127,14 +127,16 @@ def compile_sources() -> None:
     PYTHONDONTWRITEBYTECODE is set (as on the machines these figures come from) every run
     would compile them again: 0.04-0.06 s of start-up that a user's runs after the first
     do not pay."""
-    for package in ("data_prep", "plumbing"):
+    for package in ("data_prep", "plumbing", "gpt"):
         if not compileall.compile_dir(ROOT / package, quiet=1):
             raise SystemExit(f"prepare_bench: {package} does not compile")
 
 
 def run_prepare(corpus: Path, out: Path, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "data_prep.cli", str(corpus), "--out", str(out), "--force", "--quiet",
-           "--workers", str(workers)]
+    # the gpt-prepare command's own entry point (the one the installed script calls), from
+    # this tree's sources: python -c puts the working folder first on the path
+    start = "import sys; from gpt.entry_points import prepare; sys.exit(prepare())"
+    cmd = [sys.executable, "-c", start, str(corpus), "--out", str(out), "--force", "--quiet", "--workers", str(workers)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     poller = MemoryPoller(proc.pid)

@@ -520,6 +520,21 @@ def test_ctrl_c_before_the_commands_own_handling_is_the_start_up_line_and_after_
     assert (proc.returncode, proc.stderr) == (130, said)
 
 
+@pytest.mark.parametrize("given, seen", [(None, "1"), ("3", "3")])
+def test_gpt_prepare_starts_numpy_with_one_blas_thread_unless_told_otherwise(tmp_path, given, seen):
+    (tmp_path / "probe.py").write_text("import os\ndef main(argv):\n    print(os.environ['OPENBLAS_NUM_THREADS'])\n"
+                                       "    return 0\n")
+    script = ("import sys; from gpt.entry_points import PREPARE_ENVIRON, entry_point, prepare; "
+              "assert prepare.environ == PREPARE_ENVIRON; "
+              "sys.exit(entry_point('gpt-prepare', 'probe', environ=PREPARE_ENVIRON)())")
+    env = child_env(PYTHONPATH=f"{child_env()['PYTHONPATH']}{os.pathsep}{tmp_path}")
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert (proc.returncode, proc.stdout.strip()) == (0, seen), proc.stderr
+
+
 def test_every_installed_command_starts_through_an_entry_point_that_loads_no_torch():
     import importlib
     import re
