@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from plumbing.errors import display_name, first_line
 from plumbing.output_folder import (
@@ -48,6 +47,7 @@ from .passes.workers import GROUP_BYTES, GROUP_CHARS, UNIT_COST, Workers, groupe
 from .prepared.data_folder import META_FILE, SPLITS, is_prepared_data, prepared_entries
 from .prepared.meta import build_meta
 from .prepared.shards import SplitWriter
+from .progress import progress_bar
 from .read.inputs import Source, check_exist, discover
 from .read.records import work_offline
 from .tokenize.char import present, utf8_length
@@ -128,8 +128,7 @@ def check_not_an_input(out: Path, inputs: list[str | Path]) -> None:
 
 def _read_pass(sources: list[Source], work: Path, opts: PrepareOptions, workers: Workers) -> tuple[Tally, list[str]]:
     tally = Tally(sources, opts.strict)
-    bar = tqdm(total=sum(i["bytes"] for i in tally.sources), unit="B", unit_scale=True, desc="reading",
-               disable=None if opts.progress else True, leave=False)  # None: on a terminal only
+    bar = progress_bar(sum(i["bytes"] for i in tally.sources), "B", "reading", None if opts.progress else False)
     units = grouped(make_units(sources, tally.sources, work), lambda u: u.size + UNIT_COST, GROUP_BYTES)
     for group in workers.map(Scan(work, opts), units):
         for r in group:
@@ -225,8 +224,7 @@ def _write_shards(split: Split, tokenizer: Tokenizer, tmp: Path, opts: PrepareOp
                   {s: int(expected[s][i]) for s in SPLITS})
         for i, r in enumerate(split.units)
     )
-    bar = tqdm(total=sum(tokens.values()), unit="tok", unit_scale=True, desc=pass2.writing,
-               disable=None if opts.progress else True, leave=False)
+    bar = progress_bar(sum(tokens.values()), "tok", pass2.writing, None if opts.progress else False)
     for produced in workers.map(pass2.writer(writers), grouped(jobs, lambda j: j.chars + UNIT_COST, GROUP_CHARS)):
         bar.update(sum(produced.values()))
     bar.close()

@@ -9,9 +9,18 @@ command's own handling (or the command ends without one: `--help`, a usage mista
 module and `gpt/__init__.py` import only the standard library, so the window left is
 Python's own start. (`python -m gpt.train` imports its package first and keeps that
 window; it is torchrun's way in, not a user's.)
+
+The import also runs with the cyclic garbage collector paused, then freezes what it made:
+importing torch makes about 250,000 objects, and the collections that many allocations
+set off walked them all, again and again, to find no garbage (0.15-0.35 s of gpt-sample's
+start, 20-30 ms of gpt-prepare's, 2-core Intel Xeon). Frozen, they are left out of every
+later collection too, and gpt-prepare's worker processes, forked after, do not write to
+the pages that hold them (Python's documentation for `gc.freeze` recommends exactly this
+before a fork).
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
@@ -46,13 +55,26 @@ def entry_point(prog: str, module: str, interrupted: str | None = "interrupted w
         if ours:
             signal.signal(signal.SIGINT, stop_while_starting)
         try:
-            return importlib.import_module(module).main(argv)
+            return load(module).main(argv)
         finally:
             if ours and signal.getsignal(signal.SIGINT) is stop_while_starting:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
 
     main.prog, main.module, main.environ = prog, module, dict(environ or {})
     return main
+
+
+def load(module: str):
+    """`module` imported with the collector paused, then its objects frozen (see above)."""
+    enabled = gc.isenabled()  # a caller that turned it off keeps it off
+    gc.disable()
+    try:
+        loaded = importlib.import_module(module)
+    finally:
+        if enabled:
+            gc.freeze()
+            gc.enable()
+    return loaded
 
 
 prepare = entry_point("gpt-prepare", "data_prep.cli", environ=PREPARE_ENVIRON)

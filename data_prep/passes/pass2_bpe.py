@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import writing
 from ..prepared.data_folder import SPLITS
+from ..progress import progress_bar
 from ..tokenize.bpe import BpeTokenizer
 from ..tokenize.kinds import worker_tokenizer
 from .codepoint_files import ScratchIndex
@@ -161,8 +161,7 @@ class BpePass:
               progress: bool) -> dict:
         """split -> each unit's tokens, by encoding it (its segments, `n_seg`, are among them)."""
         expected = {s: np.zeros(len(units), np.int64) for s in SPLITS}
-        bar = tqdm(total=sum(r.scratch.chars for r in units), unit="char", unit_scale=True, desc="encoding",
-                   disable=None if progress else True, leave=False)  # None: on a terminal only
+        bar = progress_bar(sum(r.scratch.chars for r in units), "char", "encoding", None if progress else False)
         groups = list(grouped(range(len(units)), lambda i: units[i].scratch.chars + UNIT_COST, GROUP_CHARS))
         counted = workers.map(EncodeUnits(self.tokenizer, val_tails), ([units[i].scratch for i in g] for g in groups))
         for group, counts in zip(groups, counted):

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from tqdm import tqdm
-
 from ..errors import DataError
 from ..options import BPE_BASE
+from ..progress import progress_bar
 from .bpe import BpeTokenizer
 from .char import EOT
 from .tokenizer_file import BYTE_LEVEL
@@ -34,8 +33,7 @@ def learn_bpe(texts: Iterable[str], vocab_size: int, progress_chars: int | None 
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # a worker inherits its parent's bars, whose places it must not keep
-    bar = tqdm(total=progress_chars, unit="char", unit_scale=True, desc="learning BPE",
-               disable=True if progress_chars is None else None, leave=False, position=0)
+    bar = progress_bar(progress_chars, "char", "learning BPE", False if progress_chars is None else None, position=0)
     lib.train_from_iterator(counted(texts, bar), trainer=trainer)
     bar.close()
     model = json.loads(lib.to_str())["model"]
@@ -53,7 +51,7 @@ def learn_bpe(texts: Iterable[str], vocab_size: int, progress_chars: int | None 
     return BpeTokenizer([EOT], tokens[1:], merges)
 
 
-def counted(texts: Iterable[str], bar: tqdm) -> Iterator[str]:
+def counted(texts: Iterable[str], bar) -> Iterator[str]:
     for text in texts:
         bar.update(len(text))
         yield text

@@ -520,6 +520,17 @@ def test_ctrl_c_before_the_commands_own_handling_is_the_start_up_line_and_after_
     assert (proc.returncode, proc.stderr) == (130, said)
 
 
+def test_a_command_is_imported_with_the_collector_paused_and_runs_with_it_on_its_imports_frozen(tmp_path):
+    (tmp_path / "probe.py").write_text("import gc\nimported = (gc.isenabled(), gc.get_freeze_count())\n"
+                                       "def main(argv):\n"
+                                       "    print(*imported, gc.isenabled(), gc.get_freeze_count() > 0)\n"
+                                       "    return 0\n")
+    script = "import sys; from gpt.entry_points import entry_point; sys.exit(entry_point('gpt-train', 'probe')())"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env=child_env(PYTHONPATH=f"{child_env()['PYTHONPATH']}{os.pathsep}{tmp_path}"))
+    assert (proc.returncode, proc.stdout.split()) == (0, ["False", "0", "True", "True"]), proc.stderr
+
+
 @pytest.mark.parametrize("given, seen", [(None, "1"), ("3", "3")])
 def test_gpt_prepare_starts_numpy_with_one_blas_thread_unless_told_otherwise(tmp_path, given, seen):
     (tmp_path / "probe.py").write_text("import os\ndef main(argv):\n    print(os.environ['OPENBLAS_NUM_THREADS'])\n"
