@@ -10,7 +10,6 @@ per-character arrays wait on disk, so its memory does not grow with the corpus.
 from __future__ import annotations
 
 import mmap
-import zlib
 from array import array
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
+
+from plumbing.checksum import crc32
 
 from ..errors import writing
 from ..prepared.data_folder import SPLITS
@@ -219,7 +220,7 @@ class ScratchWriter:
             if self.val is None:
                 take = min(end - start, HASH_CHARS - self.hashed)
                 # of the uint32 code points, whatever is stored
-                self.crc = zlib.crc32(cps[start : start + take], self.crc)
+                self.crc = crc32(cps[start : start + take], self.crc)
                 self.hashed += take
                 if self.hashed == HASH_CHARS:
                     self.val = in_val(self.crc, self.val_fraction)

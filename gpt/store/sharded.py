@@ -25,12 +25,12 @@ import os
 import shutil
 import uuid
 import warnings
-import zlib
 from pathlib import Path
 
 import torch
 
 from plumbing.atomic import sync_folder, sync_tree
+from plumbing.checksum import crc32
 from plumbing.errors import first_line
 
 from .layout import SHARDS_FOLDER
@@ -85,7 +85,7 @@ def file_crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            crc = zlib.crc32(block, crc)
+            crc = crc32(block, crc)
     return crc
 
 
