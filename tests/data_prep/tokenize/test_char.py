@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from data_prep import CharTokenizer, DataError
-from data_prep.tokenize.char import EOT, build_vocab, codepoints, smallest_dtype
+from data_prep.tokenize.char import EOT, build_vocab, codepoints, present, smallest_dtype
 
 UNICODE = "héllo wörld\r\n\tcafé 東京 🙂🎉 e\u0301 \U0001d11e \U0010fffd naïve — “ok”"
 
@@ -158,3 +158,9 @@ def test_pieces_with_a_character_outside_a_vocabulary_without_fallback_are_refus
                           tok.encode_codepoints(np.array([97, 98], np.uint8), [1]))
     with pytest.raises(DataError, match="not in the vocabulary"):
         tok.encode_pieces([np.array([97, 99], np.uint8)], [True], np.uint8)
+
+
+def test_present_lists_each_counted_code_point_once_in_order():
+    total = {"train": np.array([0, 3, 0, 1, 0, 5, 0]), "val": np.array([2, 0, 0, 1, 0, 0, 9])}
+    assert present(total).tolist() == [0, 1, 3, 5, 6]
+    assert present({s: np.zeros(4, np.int64) for s in total}).tolist() == []
