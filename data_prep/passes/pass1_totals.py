@@ -80,6 +80,10 @@ class Tally:
                 warnings.append(f"skipped {info['error']}")
         bad = {i for i, info in enumerate(self.sources) if info["error"]}
         self.units = [r for r in self.units if r.source not in bad]
+        # the counts end at the largest code point counted: what follows asks them whole a
+        # few times (sums, the characters present), and all of Unicode is 1.1 M entries
+        top = max((r.max_codepoint for r in self.units), default=0)
+        self.totals = {s: t[: top + 1] for s, t in self.totals.items()}
         for r in self.units:
             self.sources[r.source]["documents"] += r.documents
             self.skipped_members += r.skipped

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..prepared.data_folder import SPLITS
 from ..tokenize.bpe_training import learn_bpe
-from ..tokenize.char import N_CODEPOINTS
 from ..tokenize.safe_cuts import safe_pieces
 from .codepoint_files import ScratchIndex, add_counts, sparse
 
@@ -65,8 +64,10 @@ def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
 
 
 def summed(unit_counts: list[dict]) -> dict:
-    """split -> dense counts over all code points, from units' split -> (code points, counts)."""
-    total = {s: np.zeros(N_CODEPOINTS, np.int64) for s in SPLITS}
+    """split -> dense counts up to the largest code point counted (as `Tally.finish` leaves
+    them), from units' split -> (code points, counts)."""
+    top = max((int(c[s][0][-1]) for c in unit_counts for s in SPLITS if len(c[s][0])), default=0)
+    total = {s: np.zeros(top + 1, np.int64) for s in SPLITS}
     for counts in unit_counts:
         for s in SPLITS:
             total[s][counts[s][0]] += counts[s][1]

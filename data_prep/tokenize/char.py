@@ -40,11 +40,11 @@ def codepoints(text: str) -> np.ndarray:
 
 
 def present(total: dict) -> np.ndarray:
-    """The code points counted in any split of `total` (split -> dense counts over all of
-    Unicode), ascending. What is asked of the counts is then asked of these few: an
-    operation on a whole dense array makes another of 1.1 M entries (9 MB), which fresh
-    from the system costs more than a lookup at a few hundred places. (Not np.unique: in
-    numpy 2 its first call imports numpy.ma, 20 ms of the main process's serial work.)"""
+    """The code points counted in any split of `total` (split -> dense counts, of the same
+    length), ascending. What is asked of the counts is then asked of these few: an
+    operation on a whole dense array makes another as long (up to 1.1 M entries, 9 MB),
+    which fresh from the system costs more than a lookup at a few hundred places. (Not
+    np.unique: in numpy 2 its first call imports numpy.ma, 20 ms of serial work.)"""
     cps = np.sort(np.concatenate([np.flatnonzero(n) for n in total.values()]))
     return cps[np.concatenate(([True], cps[1:] != cps[:-1]))] if len(cps) else cps
 
