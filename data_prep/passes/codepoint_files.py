@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from plumbing.checksum import crc32
+from plumbing.fast_zlib import crc32
 
 from ..errors import writing
 from ..prepared.data_folder import SPLITS

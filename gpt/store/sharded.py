@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from plumbing.atomic import sync_folder, sync_tree
-from plumbing.checksum import crc32
 from plumbing.errors import first_line
+from plumbing.fast_zlib import crc32
 
 from .layout import SHARDS_FOLDER
 
