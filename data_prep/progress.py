@@ -22,7 +22,7 @@ class NoBar:
 def progress_bar(total: int | None, unit: str, desc: str, show: bool | None, **options):
     """A tqdm bar, or a NoBar: `show` True always shows one, None on a terminal only (tqdm's
     own rule, for its default stream), False never."""
-    if show is False or (show is None and not sys.stderr.isatty()):
+    if show is False or (show is None and not (sys.stderr is not None and sys.stderr.isatty())):
         return NoBar()
     from tqdm import tqdm
 
