@@ -12,11 +12,13 @@ window; it is torchrun's way in, not a user's.)
 
 The import also runs with the cyclic garbage collector paused, then freezes what it made:
 importing torch makes about 250,000 objects, and the collections that many allocations
-set off walked them all, again and again, to find no garbage (0.15-0.35 s of gpt-sample's
+set off walked them all, again and again, to find no garbage (0.3-0.4 s of gpt-sample's
 start, 20-30 ms of gpt-prepare's, 2-core Intel Xeon). Frozen, they are left out of every
 later collection too, and gpt-prepare's worker processes, forked after, do not write to
 the pages that hold them (Python's documentation for `gc.freeze` recommends exactly this
-before a fork).
+before a fork). The garbage that was there before is collected first, while there is
+little to walk (a full collection after importing torch took 0.1 s), so that a caller's
+garbage is never frozen; the import's own few thousand cyclic objects stay.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import gc
 import importlib
 import os
 import signal
+import sys
 from collections.abc import Callable  # 0.1 ms, where typing takes 2-3 ms
 
 # gpt-prepare does no linear algebra, and numpy's OpenBLAS starts a thread per core as it is
@@ -65,16 +68,17 @@ def entry_point(prog: str, module: str, interrupted: str | None = "interrupted w
 
 
 def load(module: str):
-    """`module` imported with the collector paused, then its objects frozen (see above)."""
-    enabled = gc.isenabled()  # a caller that turned it off keeps it off
+    """`module` imported with the collector paused, then its objects frozen (see above): on
+    its first import, and where the caller has not turned the collector off."""
+    if module in sys.modules or not gc.isenabled():
+        return importlib.import_module(module)
+    gc.collect()
     gc.disable()
     try:
-        loaded = importlib.import_module(module)
+        return importlib.import_module(module)
     finally:
-        if enabled:
-            gc.freeze()
-            gc.enable()
-    return loaded
+        gc.freeze()
+        gc.enable()
 
 
 prepare = entry_point("gpt-prepare", "data_prep.cli", environ=PREPARE_ENVIRON)

@@ -31,8 +31,9 @@ class IdTable:
         return self.table.dtype
 
     def into(self, cps: np.ndarray, out: np.ndarray) -> None:
-        """out[:] = the ids of the code points `cps` (out: contiguous, of the table's type)."""
-        if cps.dtype != np.uint8 or len(cps) < PAIRS_FROM:
+        """out[:] = the ids of the code points `cps` (out: of the table's type)."""
+        if (cps.dtype != np.uint8 or len(cps) < PAIRS_FROM or self.dtype.itemsize > 4
+                or not (cps.flags.c_contiguous and out.flags.c_contiguous)):  # pairs are views of both
             self._one_by_one(cps, out)
             return
         pairs = self.pair_table()

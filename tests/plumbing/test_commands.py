@@ -531,6 +531,19 @@ def test_a_command_is_imported_with_the_collector_paused_and_runs_with_it_on_its
     assert (proc.returncode, proc.stdout.split()) == (0, ["False", "0", "True", "True"]), proc.stderr
 
 
+def test_a_callers_garbage_is_collected_not_frozen_and_a_second_call_freezes_nothing(tmp_path):
+    (tmp_path / "probe.py").write_text("def main(argv):\n    return 0\n")
+    script = ("import gc, sys, weakref\nfrom gpt.entry_points import entry_point\n"
+              "class Node: pass\n"
+              "a, b = Node(), Node()\na.other, b.other = b, a\ngone = weakref.ref(a)\ndel a, b\n"
+              "entry_point('gpt-train', 'probe')()\nfrozen = gc.get_freeze_count()\n"
+              "entry_point('gpt-train', 'probe')()\ngc.collect()\n"
+              "print(gone() is None, frozen > 0, gc.get_freeze_count() == frozen)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env=child_env(PYTHONPATH=f"{child_env()['PYTHONPATH']}{os.pathsep}{tmp_path}"))
+    assert (proc.returncode, proc.stdout.split()) == (0, ["True", "True", "True"]), proc.stderr
+
+
 @pytest.mark.parametrize("given, seen", [(None, "1"), ("3", "3")])
 def test_gpt_prepare_starts_numpy_with_one_blas_thread_unless_told_otherwise(tmp_path, given, seen):
     (tmp_path / "probe.py").write_text("import os\ndef main(argv):\n    print(os.environ['OPENBLAS_NUM_THREADS'])\n"

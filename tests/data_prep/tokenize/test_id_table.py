@@ -33,3 +33,12 @@ def test_wider_code_points_are_looked_up_one_by_one():
     out = np.empty(len(cps), np.uint16)
     IdTable(lut).into(cps, out)
     assert out.tolist() == lut.take(cps, mode="clip").tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint64])
+def test_strided_arrays_and_wide_ids_are_looked_up_one_by_one(dtype):
+    cps = np.arange(4 * PAIRS_FROM, dtype=np.uint8)
+    lut = table(dtype, 256)
+    out = np.zeros(4 * PAIRS_FROM, dtype)
+    IdTable(lut).into(cps[::2], out[::2])
+    assert np.array_equal(out[::2], lut.take(cps[::2], mode="clip")) and not out[1::2].any()
