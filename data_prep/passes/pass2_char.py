@@ -12,6 +12,7 @@ or the train or val part of one: `segments`). Two kinds of pass, one shape (`cou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -45,17 +46,18 @@ class EncodeJob:
 
 
 def encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
-    made = _encode_unit(job, tok, writers)  # its views of the mapped file end with it
+    with job.scratch.open() as f:  # opened once, for the trailer and the blocks
+        made = _encode_unit(job, tok, writers, f)  # its views of the mapped file end with it
     job.scratch.path.unlink()  # done with it: frees the disk now, and in parallel, not at the end
     return made
 
 
-def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict) -> dict:
-    seg_val, seg_chars = document_segments(job.scratch, job.val_tails)
+def _encode_unit(job: EncodeJob, tok: CharTokenizer, writers: dict, f: BinaryIO) -> dict:
+    seg_val, seg_chars = document_segments(job.scratch, job.val_tails, f)
     seg_end = np.cumsum(seg_chars)
     offsets = dict(job.offsets)
     start = 0
-    for block in job.scratch.blocks():
+    for block in job.scratch.blocks(f=f):
         end = start + len(block)
         # the segments this block overlaps, and which part of the block each holds
         lo = int(np.searchsorted(seg_end, start, "right"))

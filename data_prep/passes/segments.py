@@ -87,7 +87,7 @@ def segment_chunks(scratch: ScratchIndex, val_tails: float | None, f: BinaryIO) 
     seg_val, seg_chars = document_segments(scratch, val_tails, f)
     seg_end = np.cumsum(seg_chars)
     start = 0
-    for block in scratch.blocks():
+    for block in scratch.blocks(f=f):
         end = start + len(block)
         lo = int(np.searchsorted(seg_end, start, "right"))
         hi = int(np.searchsorted(seg_end, end, "left"))
