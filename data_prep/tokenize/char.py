@@ -161,25 +161,15 @@ class CharTokenizer:
             ids = np.insert(ids, eots, self.eot_id)
         return ids if dtype is None or ids.dtype == dtype else ids.astype(dtype)
 
-    def encode_pieces(self, pieces: Sequence[np.ndarray], closed: Sequence[bool],
-                      dtype: np.dtype | None = None) -> np.ndarray:
-        """`encode_codepoints` of the pieces laid end to end, an end-of-text token after each
-        closed one, each piece looked up straight into its place: no joined copy of the
-        pieces, and no insertion that copies the ids again. Where a character is outside the
-        vocabulary, the pieces are joined and encoded as one (their lookups made twice)."""
+    def lookup(self, cps: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+        """The ids of code points `cps` in `dtype`, one each; None where a character is
+        outside the vocabulary (whose ids need more than a lookup: `encode_codepoints`)."""
         lut, outside = self._lookup_table(dtype)
-        ids = np.empty(sum(len(p) for p in pieces) + sum(closed), lut.dtype)
-        at = 0
-        for piece, eot in zip(pieces, closed, strict=True):
-            lut.into(piece, ids[at : at + len(piece)])
-            at += len(piece)
-            if eot:
-                ids[at] = self.eot_id
-                at += 1
+        ids = np.empty(len(cps), lut.dtype)
+        lut.into(cps, ids)
         if (ids == outside).any():  # an end-of-text id never is
-            eots = np.cumsum([len(p) for p in pieces])[np.asarray(closed, dtype=bool)]
-            return self.encode_codepoints(np.concatenate(pieces), eots, dtype)
-        return ids if dtype is None or ids.dtype == dtype else ids.astype(dtype)
+            return None
+        return ids if ids.dtype == dtype else ids.astype(dtype)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()

@@ -63,6 +63,20 @@ def test_split_writer_fills_shards_from_disjoint_ranges_in_any_order(tmp_path):
     assert np.array_equal(np.concatenate(shards), ids)
 
 
+@pytest.mark.parametrize("offset, lengths", [(2, [3, 1, 0, 4]), (7, [3, 1, 0, 4]), (0, [1] * 2000)],
+                         ids=["within a shard", "across a shard's end", "more parts than one call takes"])
+def test_parts_are_written_end_to_end(tmp_path, offset, lengths):
+    parts = [np.full(n, i, np.uint16) for i, n in enumerate(lengths, start=1)]
+    joined = np.concatenate(parts)
+    w = SplitWriter(tmp_path, "train", total=offset + len(joined), shard_tokens=10 if offset else 2000,
+                    dtype=np.uint16)
+    w.create()
+    w.write_at(0, np.zeros(offset, np.uint16))
+    assert w.write_parts(offset, parts) == len(joined)
+    w.close()
+    assert np.array_equal(np.concatenate([open_shard(p) for p in w.paths]), np.concatenate(([0] * offset, joined)))
+
+
 def test_an_empty_shard_opens_as_an_empty_array(tmp_path):
     assert len(open_shard(write_shard(tmp_path, np.zeros(0), np.uint8))) == 0
 

@@ -135,29 +135,23 @@ def test_encoding_straight_to_a_narrow_id_type_gives_the_same_ids(oov, n_chars):
 
 
 @pytest.mark.parametrize("oov, n_chars, dtype", [
-    ("byte", 50, None), ("byte", 50, np.uint16), ("unk", 50, np.uint8), ("unk", 254, None), ("unk", 254, np.uint8)])
-def test_pieces_encode_as_their_code_points_joined(oov, n_chars, dtype):
-    # pieces longer than a lookup call, an empty one, some closed; characters outside the
-    # vocabulary in some runs (the joined fallback), none in others (looked up into place).
-    # ("unk", 254) makes exactly 256 ids: uint8 then has no spare value to mark outside ones
+    ("byte", 50, np.uint16), ("unk", 50, np.uint8), ("unk", 254, np.uint8), ("unk", 254, np.uint16)])
+def test_a_lookup_gives_the_ids_of_its_code_points_in_the_type_asked(oov, n_chars, dtype):
+    # one- and four-byte code points, long enough for the pair lookup; ("unk", 254) makes
+    # exactly 256 ids: uint8 then has no spare value to mark outside ones
     rng = np.random.default_rng(1)
-    tok = CharTokenizer(chars=[chr(0x100 + i) for i in range(n_chars)], oov=oov)
-    inside = [0x100 + i for i in range(n_chars)]
-    for outside in ([], [0x41, 0x1F642]):
-        pieces = [rng.choice(inside + outside, size=n).astype(np.uint32) for n in (3, 70_000, 0, 1, 500)]
-        closed = [True, False, True, True, True]
-        eots = np.cumsum([len(p) for p in pieces])[np.array(closed)]
-        joined = tok.encode_codepoints(np.concatenate(pieces), eots, dtype=dtype)
-        made = tok.encode_pieces(pieces, closed, dtype=dtype)
-        assert made.dtype == joined.dtype and np.array_equal(made, joined)
+    tok = CharTokenizer(chars=[chr(0x20 + i) for i in range(n_chars)], oov=oov)
+    for stored in (np.uint8, np.uint32):
+        cps = rng.integers(0x20, 0x20 + min(n_chars, 0xE0), size=70_001).astype(stored)
+        made = tok.lookup(cps, dtype)
+        assert made.dtype == dtype and np.array_equal(made, tok.encode_codepoints(cps, dtype=dtype))
 
 
-def test_pieces_with_a_character_outside_a_vocabulary_without_fallback_are_refused():
-    tok = CharTokenizer(chars=list("ab"), oov="error")
-    assert np.array_equal(tok.encode_pieces([np.array([97], np.uint8), np.array([98], np.uint8)], [True, False]),
-                          tok.encode_codepoints(np.array([97, 98], np.uint8), [1]))
-    with pytest.raises(DataError, match="not in the vocabulary"):
-        tok.encode_pieces([np.array([97, 99], np.uint8)], [True], np.uint8)
+@pytest.mark.parametrize("oov", ["byte", "unk", "error"])
+def test_a_lookup_with_a_character_outside_the_vocabulary_gives_none(oov):
+    tok = CharTokenizer(chars=list("ab"), oov=oov)
+    assert tok.lookup(np.array([97, 98] * 5000, np.uint8), np.uint16) is not None
+    assert tok.lookup(np.array([97, 98] * 5000 + [99], np.uint8), np.uint16) is None
 
 
 def test_present_lists_each_counted_code_point_once_in_order():
