@@ -45,15 +45,20 @@ CHUNK = 1 << 16  # code points per np.bincount call (see `count`)
 
 def count(stored: np.ndarray) -> np.ndarray:
     """np.bincount of code points. np.bincount first copies its input to int64, eight bytes
-    a code point, through fresh memory: one- and two-byte code points are counted a chunk at
-    a time, whose copy stays in cache. (Bytes were once counted two at a time, into a
-    65,536-entry table; once both were chunked, counting them one by one took as long or
-    less: 0.79-0.88 s against 0.87-0.88 s for the 372 M code points of the small-documents
-    bench, 2-core Intel Xeon.) Four-byte code points are rare, and their table too large to
-    add up per chunk."""
-    if stored.dtype == np.uint32 or len(stored) < CHUNK:
+    a code point, through fresh memory: code points are counted a chunk at a time, whose
+    copy stays in cache. (Bytes were once counted two at a time, into a 65,536-entry table;
+    once both were chunked, counting them one by one took as long or less: 0.79-0.88 s
+    against 0.87-0.88 s for the 372 M code points of the small-documents bench, 2-core
+    Intel Xeon.) A chunk's counts go as far as its own largest code point: one emoji widens
+    the table of its own chunk to 1 MB, not every chunk's of its four-byte batch."""
+    if len(stored) < CHUNK:
         return np.bincount(stored)
-    return chunked_bincount(stored, 256 if stored.dtype == np.uint8 else int(stored.max()) + 1)
+    if stored.dtype == np.uint8:
+        return chunked_bincount(stored, 256)
+    counts = np.zeros(0, np.int64)
+    for start in range(0, len(stored), CHUNK):
+        counts = add_counts(counts, np.bincount(stored[start : start + CHUNK]))
+    return counts
 
 
 def chunked_bincount(values: np.ndarray, length: int) -> np.ndarray:

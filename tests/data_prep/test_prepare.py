@@ -48,10 +48,12 @@ def test_text_read_in_many_chunks_and_batches_round_trips(tmp_path, prepare_data
     assert train + val == text
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
 @pytest.mark.parametrize("n", [100, (1 << 16) + 1, 1 << 18])  # one call, a chunk and one more, whole chunks
 def test_code_points_counted_in_chunks_match_bincount(n, dtype):
     cps = np.random.default_rng(n).integers(0, 256 if dtype == np.uint8 else 3000, n).astype(dtype)
+    if dtype == np.uint32:
+        cps[n // 2] = 0x1F642  # one wide character, in one chunk: the others' tables stay short
     counts, top = scratch_module.count(cps), int(cps.max()) + 1
     assert np.array_equal(counts[:top], np.bincount(cps)) and not counts[top:].any()
 
