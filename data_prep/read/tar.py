@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import BinaryIO, Callable, Iterator
 
+from plumbing import fast_zlib
+
 BLOCK = 512
 INLINE_MEMBER = 1 << 20  # files up to this size come as bytes: most are small, and bytes are fastest
 MAX_METADATA = 1 << 20  # a long name or pax header is read whole into memory; real ones are a few hundred bytes
@@ -39,7 +41,16 @@ def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
 
 def _checksum_ok(header: bytes) -> bool:
     stored = _number(header[148:156])
-    return stored == sum(header) - sum(header[148:156]) + 8 * 32  # its own field counts as spaces
+    # the sum of the header's bytes, its own field counted as spaces
+    return stored == _byte_sum(header[:148]) + _byte_sum(header[156:412]) + _byte_sum(header[412:]) + 8 * 32
+
+
+def _byte_sum(data: bytes) -> int:
+    """sum(data), for at most 256 bytes, in one C call: Adler-32's low half is one plus
+    the bytes' sum modulo 65,521, which 256 bytes (at most 65,280) never reach. sum() walks
+    a header's 512 bytes one int at a time, 2 us of the 9 us a member of many small
+    documents cost beyond its decompression (2-core Intel Xeon); this takes 0.1 us."""
+    return (fast_zlib.zlib.adler32(data) & 0xFFFF) - 1
 
 
 def _skip(stream: BinaryIO, n: int, what: str) -> None:
@@ -104,11 +115,11 @@ def iter_tar(stream: BinaryIO, head: int | None = None,
                 pax = _parse_pax(data)
             continue
         name = pax.get("path") or long_name or _header_name(header)
-        link = pax.get("linkpath") or header[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if kind in LINKS and on_link is not None:
+            link = pax.get("linkpath") or header[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
+            on_link(name, f"{LINKS[kind]} to {link}, not followed (a target inside the archive is read as itself)")
         long_name, pax = None, {}
         read = 0
-        if kind in LINKS and on_link is not None:
-            on_link(name, f"{LINKS[kind]} to {link}, not followed (a target inside the archive is read as itself)")
         if kind in (b"0", b"\0", b"7"):
             read = size if head is None else min(size, head)
             if read <= INLINE_MEMBER:

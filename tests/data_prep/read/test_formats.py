@@ -364,3 +364,16 @@ def test_a_corpus_without_bad_records_has_no_bad_records_entry_in_meta(tmp_path,
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     _, data = prepare_data(tmp_path / "r.jsonl")
     assert data.meta["skipped"] == {"files": 0, "members": 0, "invalid_utf8_replaced": 0}
+
+
+@pytest.mark.parametrize("fill", [0x00, 0x7F, 0xFF])
+def test_a_tar_header_checksum_is_the_sum_of_its_bytes_however_high(fill):
+    # 0xFF throughout: the largest sum a header can have, where a sum taken modulo anything
+    # short of 512 x 255 would wrap
+    from data_prep.read.tar import _checksum_ok
+
+    header = bytearray([fill] * 512)
+    header[148:156] = b"%07o\0" % (sum(header[:148]) + sum(header[156:]) + 8 * 32)
+    assert _checksum_ok(bytes(header))
+    header[300] ^= 1
+    assert not _checksum_ok(bytes(header))
