@@ -48,8 +48,9 @@ def _checksum_ok(header: bytes) -> bool:
 def _byte_sum(data: bytes) -> int:
     """sum(data), for at most 256 bytes, in one C call: Adler-32's low half is one plus
     the bytes' sum modulo 65,521, which 256 bytes (at most 65,280) never reach. sum() walks
-    a header's 512 bytes one int at a time, 2 us of the 9 us a member of many small
-    documents cost beyond its decompression (2-core Intel Xeon); this takes 0.1 us."""
+    a header's 512 bytes one int at a time: 2 us of the 9 us a member of many small
+    documents cost beyond its decompression (2-core Intel Xeon), where the three sums of
+    `_checksum_ok` take 0.3 us."""
     return (fast_zlib.zlib.adler32(data) & 0xFFFF) - 1
 
 

@@ -167,7 +167,7 @@ class CharTokenizer:
         lut, outside = self._lookup_table(dtype)
         ids = np.empty(len(cps), lut.dtype)
         lut.into(cps, ids)
-        if (ids == outside).any():  # an end-of-text id never is
+        if (ids == outside).any():
             return None
         return ids if ids.dtype == dtype else ids.astype(dtype)
 
