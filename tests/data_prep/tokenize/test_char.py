@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from data_prep import CharTokenizer, DataError
+from data_prep.tokenize import char as char_module
 from data_prep.tokenize.char import EOT, build_vocab, codepoints, present, smallest_dtype
 
 UNICODE = "héllo wörld\r\n\tcafé 東京 🙂🎉 e\u0301 \U0001d11e \U0010fffd naïve — “ok”"
@@ -158,3 +159,13 @@ def test_present_lists_each_counted_code_point_once_in_order():
     total = {"train": np.array([0, 3, 0, 1, 0, 5, 0]), "val": np.array([2, 0, 0, 1, 0, 0, 9])}
     assert present(total).tolist() == [0, 1, 3, 5, 6]
     assert present({s: np.zeros(4, np.int64) for s in total}).tolist() == []
+
+
+@pytest.mark.parametrize("text", ["", "ascii\0", "café", "wider: € and ’", "an emoji 🙂 and U+10FFFF \U0010FFFF",
+                                  "a lone surrogate \ud800, trailing NULs \0\0"])
+@pytest.mark.parametrize("longest", [None, 3])  # 3: numpy's item too short for these, the codec instead
+def test_code_points_are_the_characters_as_numbers(monkeypatch, text, longest):
+    if longest is not None:
+        monkeypatch.setattr(char_module, "NUMPY_STR_MAX", longest)
+    cps = codepoints(text)
+    assert cps.dtype == np.uint32 and cps.tolist() == [ord(c) for c in text]
