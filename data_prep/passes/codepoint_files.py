@@ -77,10 +77,17 @@ def narrowest(cps: np.ndarray) -> np.ndarray:
 WIDTHS = {1: np.uint8, 2: np.uint16, 4: np.uint32}  # bytes per code point -> its type
 
 
-def sparse(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(code points, counts) of the non-zero entries."""
-    nz = np.flatnonzero(dense)
-    return nz.astype(np.uint32), dense[nz].astype(np.int64)
+def split_sparse(whole: np.ndarray, val: np.ndarray) -> dict:
+    """split -> (code points, counts), from the dense counts of all characters and of val's
+    (no longer than all's). One search for the code points counted, in all's table alone:
+    a table reaches an emoji's code point (1 MB), and each search is a pass over it."""
+    nz = np.flatnonzero(whole)
+    counted = whole[nz]
+    in_val = np.zeros(len(nz), np.int64)
+    inside = nz < len(val)
+    in_val[inside] = val[nz[inside]]
+    cps, train = nz.astype(np.uint32), counted - in_val
+    return {"train": (cps[train > 0], train[train > 0]), "val": (cps[in_val > 0], in_val[in_val > 0])}
 
 
 HASH_CHARS = 1 << 22  # a document's split is decided by a hash of at most its first this many characters
@@ -247,9 +254,7 @@ class ScratchWriter:
     def close(self) -> tuple[ScratchIndex, dict]:
         """Store the trailer; returns the index and split -> (code points, counts)."""
         self.flush()
-        train = self.all_counts  # made in place: a copy of a table up to an emoji's code point
-        train[: len(self.val_counts)] -= self.val_counts  # (1 MB, fresh pages) took 0.5 ms a unit
-        counts = {"train": sparse(train), "val": sparse(self.val_counts)}
+        counts = split_sparse(self.all_counts, self.val_counts)
         trailer = {
             "docs_chars": np.frombuffer(self.docs_chars, np.int64) if self.docs_chars else np.zeros(0, np.int64),
             "docs_val": np.frombuffer(bytes(self.docs_val), np.uint8),

@@ -15,7 +15,7 @@ import numpy as np
 from ..prepared.data_folder import SPLITS
 from ..tokenize.bpe_training import learn_bpe
 from ..tokenize.safe_cuts import safe_pieces
-from .codepoint_files import ScratchIndex, add_counts, sparse
+from .codepoint_files import ScratchIndex, add_counts, split_sparse
 
 
 def document_segments(scratch: ScratchIndex, val_tails: float | None,
@@ -59,8 +59,7 @@ def recount_text_split(scratch: ScratchIndex, val_tails: float) -> dict:
                 for block in scratch.blocks(start, n, f):
                     val = add_counts(val, np.bincount(block))
             start += n
-    whole[: len(val)] -= val
-    return {"train": sparse(whole), "val": sparse(val)}
+    return split_sparse(whole, val)
 
 
 def summed(unit_counts: list[dict]) -> dict:

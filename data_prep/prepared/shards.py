@@ -102,7 +102,8 @@ class SplitWriter:
         written. Pass 2 writes a block's pieces and the end-of-text tokens between them so."""
         n = sum(len(p) for p in parts)
         shard, local = divmod(offset, self.shard_tokens)
-        if n and local + n <= self.sizes[shard] and len(parts) <= IOV_MAX and hasattr(os, "pwritev"):
+        if (n and local + n <= self.sizes[shard] and len(parts) <= IOV_MAX and hasattr(os, "pwritev")
+                and all(p.dtype == self.dtype.newbyteorder("<") for p in parts)):  # else made little-endian first
             self._write(shard, local, parts, n)
         elif n:
             self.write_at(offset, np.concatenate(parts))

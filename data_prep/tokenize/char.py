@@ -43,7 +43,8 @@ def codepoints(text: str) -> np.ndarray:
     wider, which the codec also took at 0.08, is rare in a batch of 256 K characters (one
     curly quote is past U+00FF), and only its kind would tell it apart in less than a pass."""
     if text.isascii() or len(text) > NUMPY_STR_MAX:  # isascii: known without a look at the characters
-        return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        # little-endian bytes: a copy in the machine's own order only where that differs
+        return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint32, copy=False)
     return np.array(text).reshape(1).view(np.uint32)  # a str of n characters: one n-character item
 
 

@@ -85,6 +85,17 @@ def test_pass_2_writes_the_same_bytes_piece_by_piece_and_gathered(tmp_path, prep
     assert made[0] == made[10**9]
 
 
+@pytest.mark.parametrize("val", [[0, 1, 0, 5], [], [0, 3]])  # part of some, all of one; none; all of one
+def test_counts_split_into_train_and_val_list_each_counted_code_point_once(val):
+    whole, val = np.array([0, 3, 0, 5, 2]), np.array(val, dtype=np.int64)
+    made = scratch_module.split_sparse(whole, val)
+    train = whole - np.pad(val, (0, len(whole) - len(val)))
+    for split, dense in (("train", train), ("val", val)):
+        cps, counts = made[split]
+        assert cps.dtype == np.uint32 and counts.dtype == np.int64
+        assert cps.tolist() == np.flatnonzero(dense).tolist() and counts.tolist() == dense[dense > 0].tolist()
+
+
 def test_a_batch_of_one_byte_characters_is_stored_one_byte_each(tmp_path):
     writer = scratch_module.ScratchWriter(tmp_path / "unit.cp", 0.1)
     for text in ("plain ascii and Latin-1: café", "wider: € and 🙂"):

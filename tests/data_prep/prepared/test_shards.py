@@ -77,6 +77,16 @@ def test_parts_are_written_end_to_end(tmp_path, offset, lengths):
     assert np.array_equal(np.concatenate([open_shard(p) for p in w.paths]), np.concatenate(([0] * offset, joined)))
 
 
+def test_parts_in_another_byte_order_are_written_little_endian(tmp_path):
+    # a big-endian machine's own uint16 arrays, as pass 2 would hand them over there
+    w = SplitWriter(tmp_path, "train", total=4, shard_tokens=4, dtype=np.uint16)
+    w.create()
+    w.write_parts(0, [np.array([1, 2], ">u2"), np.array([3], ">u2")])
+    w.write_at(3, np.array([4], ">u2"))
+    w.close()
+    assert open_shard(w.paths[0]).tolist() == [1, 2, 3, 4]
+
+
 def test_an_empty_shard_opens_as_an_empty_array(tmp_path):
     assert len(open_shard(write_shard(tmp_path, np.zeros(0), np.uint8))) == 0
 
