@@ -50,7 +50,7 @@ from .prepared.shards import SplitWriter
 from .progress import progress_bar
 from .read.inputs import Source, check_exist, discover
 from .read.records import work_offline
-from .tokenize.char import present, utf8_length
+from .tokenize.char import Totals, utf8_length
 from .tokenize.char_vocabulary import build_tokenizer
 from .tokenize.kinds import Tokenizer, tokenizer_from_json
 from .tokenize.tokenizer_file import TOKENIZER_FILE
@@ -154,7 +154,7 @@ def _prepare_into(sources: list[Source], tmp: Path, opts: PrepareOptions, worker
         total=split.total, in_vocab=in_vocab, sources=tally.sources, skipped=skipped,
     )
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    seen = present(split.total)
+    seen = split.total.seen
     text_bytes = int((sum(split.total[s][seen] for s in SPLITS) * utf8_length(seen)).sum())
     return Summary(out=tmp, meta=meta, seconds=0.0, text_bytes=text_bytes, warnings=warnings)
 
@@ -166,7 +166,7 @@ class Split:
     units: list  # pass 1's results for the units that hold documents
     val_tails: float | None
     unit_counts: list | None  # per unit, its characters per split (a split inside the text only)
-    total: dict  # per split, the count of each code point
+    total: Totals  # per split, the count of each code point
 
 
 def _plan_split(tally: Tally, opts: PrepareOptions, warnings: list[str]) -> Split:
@@ -197,7 +197,7 @@ def _plan_split(tally: Tally, opts: PrepareOptions, warnings: list[str]) -> Spli
                             "splits by document)")
         unit_counts = [recount_text_split(r.scratch, opts.val_fraction) for r in units]
         split = Split(units, opts.val_fraction, unit_counts, summed(unit_counts))
-    chars = {s: int(split.total[s].sum()) for s in SPLITS}
+    chars = {s: int(split.total[s][split.total.seen].sum()) for s in SPLITS}
     if chars["train"] == 0 or chars["val"] == 0:
         raise DataError(f"the corpus is too small to split into train and val at --val-fraction {opts.val_fraction:g} "
                         f"({chars['train'] + chars['val']:,} characters, {chars['val']:,} of them for val); give a "
@@ -232,7 +232,7 @@ def _write_shards(split: Split, tokenizer: Tokenizer, tmp: Path, opts: PrepareOp
     return tokens, documents, {s: [p.name for p in writers[s].paths] for s in SPLITS}
 
 
-def _tokenizer(units: list, total: dict, val_tails: float | None, opts: PrepareOptions, workers: Workers,
+def _tokenizer(units: list, total: Totals, val_tails: float | None, opts: PrepareOptions, workers: Workers,
                base: Tokenizer | None) -> tuple[Tokenizer, np.ndarray | None]:
     """The tokenizer, and (for a character vocabulary) which code points it holds: a base's as
     it is, a BPE learned from the training text, or characters from the training counts."""

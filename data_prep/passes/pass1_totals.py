@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import DataError
 from ..prepared.data_folder import SPLITS
 from ..read.inputs import Source
-from ..tokenize.char import N_CODEPOINTS
+from ..tokenize.char import N_CODEPOINTS, Totals
 from .pass1_read import UnitResult
 
 
@@ -83,7 +83,7 @@ class Tally:
         # the counts end at the largest code point counted: what follows asks them whole a
         # few times (sums, the characters present), and all of Unicode is 1.1 M entries
         top = max((r.max_codepoint for r in self.units), default=0)
-        self.totals = {s: t[: top + 1] for s, t in self.totals.items()}
+        self.totals = Totals({s: t[: top + 1] for s, t in self.totals.items()})
         for r in self.units:
             self.sources[r.source]["documents"] += r.documents
             self.skipped_members += r.skipped

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..prepared.data_folder import SPLITS
 from ..tokenize.bpe_training import learn_bpe
+from ..tokenize.char import Totals
 from ..tokenize.safe_cuts import safe_pieces
 from .codepoint_files import ScratchIndex, add_counts, split_sparse
 
@@ -70,7 +71,7 @@ def summed(unit_counts: list[dict]) -> dict:
     for counts in unit_counts:
         for s in SPLITS:
             total[s][counts[s][0]] += counts[s][1]
-    return total
+    return Totals(total)
 
 
 # -- segments as text ------------------------------------------------------------------------

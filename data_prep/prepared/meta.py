@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 
 from ..options import BPE_BASE, BPE_ONLY, CHAR_ONLY, PrepareOptions
-from ..tokenize.char import present
+from ..tokenize.char import Totals
 from ..tokenize.kinds import Tokenizer
 from ..tokenize.tokenizer_file import TOKENIZER_FILE
 from .data_folder import DATA_FORMAT, DATA_VERSIONS, SPLITS
@@ -19,7 +19,7 @@ from .data_folder import DATA_FORMAT, DATA_VERSIONS, SPLITS
 
 def build_meta(
     tokenizer: Tokenizer, opts: PrepareOptions, *, doc_split: bool, tokens: dict, documents: dict,
-    shards: dict, total: dict, in_vocab: np.ndarray | None, sources: list[dict], skipped: dict,
+    shards: dict, total: Totals, in_vocab: np.ndarray | None, sources: list[dict], skipped: dict,
 ) -> dict:
     """`total`: split -> dense character counts; `shards`: split -> shard file names;
     `in_vocab`: which code points a character vocabulary holds (None for a BPE)."""
@@ -50,8 +50,8 @@ def build_meta(
     return {**meta, "sources": sources, "skipped": skipped, "options": options}
 
 
-def char_coverage(tokenizer: Tokenizer, total: dict, in_vocab: np.ndarray) -> dict:
-    seen = present(total)
+def char_coverage(tokenizer: Tokenizer, total: Totals, in_vocab: np.ndarray) -> dict:
+    seen = total.seen
     inside = in_vocab[seen]
     counts = {s: total[s][seen] for s in SPLITS}
     chars = {s: int(counts[s].sum()) for s in SPLITS}
@@ -69,10 +69,10 @@ def char_coverage(tokenizer: Tokenizer, total: dict, in_vocab: np.ndarray) -> di
     }
 
 
-def bpe_coverage(total: dict) -> dict:
+def bpe_coverage(total: Totals) -> dict:
     """A byte-level BPE encodes every character (as its bytes at worst): nothing is outside."""
     return {
         **{s: 1.0 for s in SPLITS},
-        "distinct_characters": len(present(total)),
+        "distinct_characters": len(total.seen),
         "byte_level": True,
     }

@@ -4,7 +4,7 @@ import pytest
 
 from data_prep import CharTokenizer, DataError
 from data_prep.tokenize import char as char_module
-from data_prep.tokenize.char import EOT, build_vocab, codepoints, present, smallest_dtype
+from data_prep.tokenize.char import EOT, Totals, build_vocab, codepoints, present, smallest_dtype
 
 UNICODE = "héllo wörld\r\n\tcafé 東京 🙂🎉 e\u0301 \U0001d11e \U0010fffd naïve — “ok”"
 
@@ -158,6 +158,8 @@ def test_a_lookup_with_a_character_outside_the_vocabulary_gives_none(oov):
 def test_present_lists_each_counted_code_point_once_in_order():
     total = {"train": np.array([0, 3, 0, 1, 0, 5, 0]), "val": np.array([2, 0, 0, 1, 0, 0, 9])}
     assert present(total).tolist() == [0, 1, 3, 5, 6]
+    totals = Totals(total)  # found once, kept with the counts
+    assert totals.seen.tolist() == [0, 1, 3, 5, 6] and totals["val"] is total["val"]
     assert present({s: np.zeros(4, np.int64) for s in total}).tolist() == []
 
 
