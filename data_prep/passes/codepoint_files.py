@@ -87,6 +87,8 @@ def split_sparse(whole: np.ndarray, val: np.ndarray) -> dict:
     inside = nz < len(val)
     in_val[inside] = val[nz[inside]]
     cps, train = nz.astype(np.uint32), counted - in_val
+    if len(val) > len(whole) or (train < 0).any():  # val's characters are some of all's: never more
+        raise RuntimeError("a unit's val counts exceed its counts of all characters")
     return {"train": (cps[train > 0], train[train > 0]), "val": (cps[in_val > 0], in_val[in_val > 0])}
 
 

@@ -96,6 +96,12 @@ def test_counts_split_into_train_and_val_list_each_counted_code_point_once(val):
         assert cps.tolist() == np.flatnonzero(dense).tolist() and counts.tolist() == dense[dense > 0].tolist()
 
 
+@pytest.mark.parametrize("val", [[0, 4], [0, 1, 0, 1, 0, 7]])  # more of a character than all; a longer table
+def test_counts_whose_val_exceeds_all_are_refused(val):
+    with pytest.raises(RuntimeError, match="exceed"):
+        scratch_module.split_sparse(np.array([0, 3, 0, 5, 2]), np.array(val, dtype=np.int64))
+
+
 def test_a_batch_of_one_byte_characters_is_stored_one_byte_each(tmp_path):
     writer = scratch_module.ScratchWriter(tmp_path / "unit.cp", 0.1)
     for text in ("plain ascii and Latin-1: café", "wider: € and 🙂"):
