@@ -51,20 +51,9 @@ def count(stored: np.ndarray) -> np.ndarray:
     against 0.87-0.88 s for the 372 M code points of the small-documents bench, 2-core
     Intel Xeon.) A chunk's counts go as far as its own largest code point: one emoji widens
     the table of its own chunk to 1 MB, not every chunk's of its four-byte batch."""
-    if len(stored) < CHUNK:
-        return np.bincount(stored)
-    if stored.dtype == np.uint8:
-        return chunked_bincount(stored, 256)
     counts = np.zeros(0, np.int64)
     for start in range(0, len(stored), CHUNK):
         counts = add_counts(counts, np.bincount(stored[start : start + CHUNK]))
-    return counts
-
-
-def chunked_bincount(values: np.ndarray, length: int) -> np.ndarray:
-    counts = np.zeros(length, np.int64)
-    for start in range(0, len(values), CHUNK):
-        counts += np.bincount(values[start : start + CHUNK], minlength=length)
     return counts
 
 

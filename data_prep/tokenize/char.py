@@ -34,6 +34,9 @@ OOV_MODES = ("byte", "unk", "error")
 N_CODEPOINTS = 0x110000  # all of Unicode: the length of a dense table of counts per code point
 
 
+NUMPY_STR_MAX = (1 << 29) - 1  # characters numpy stores as one item at most (2 GB)
+
+
 def codepoints(text: str) -> np.ndarray:
     """The text's code points as a uint32 array (surrogates pass through unchanged). ASCII
     goes through the UTF-32 codec, 0.08 ns a character; any wider text through numpy's own
@@ -47,8 +50,6 @@ def codepoints(text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint32, copy=False)
     return np.array(text).reshape(1).view(np.uint32)  # a str of n characters: one n-character item
 
-
-NUMPY_STR_MAX = (1 << 29) - 1  # characters numpy stores as one item at most (2 GB)
 
 
 def present(total: dict) -> np.ndarray:
