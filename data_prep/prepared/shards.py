@@ -74,6 +74,7 @@ class SplitWriter:
 
     def __init__(self, folder: Path, split: str, total: int, shard_tokens: int, dtype: np.dtype):
         self.dtype = np.dtype(dtype)
+        self.stored = self.dtype.newbyteorder("<")  # the shard's byte order, whatever the machine's
         self.shard_tokens = shard_tokens
         self.paths = [folder / f"{split}_{i:04d}.bin" for i in range(max(1, -(-total // shard_tokens)))]
         self.sizes = [min(shard_tokens, total - i * shard_tokens) for i in range(len(self.paths))]
@@ -89,7 +90,7 @@ class SplitWriter:
                 create_shard(path, n, self.dtype)
 
     def write_at(self, offset: int, ids: np.ndarray) -> None:
-        data = np.ascontiguousarray(ids, dtype=self.dtype.newbyteorder("<"))
+        data = np.ascontiguousarray(ids, dtype=self.stored)
         while len(data):
             shard, local = divmod(offset, self.shard_tokens)
             n = min(len(data), self.sizes[shard] - local)
@@ -103,7 +104,7 @@ class SplitWriter:
         n = sum(len(p) for p in parts)
         shard, local = divmod(offset, self.shard_tokens)
         if (n and local + n <= self.sizes[shard] and len(parts) <= IOV_MAX and hasattr(os, "pwritev")
-                and all(p.dtype == self.dtype.newbyteorder("<") for p in parts)):  # else made little-endian first
+                and all(p.dtype == self.stored for p in parts)):  # else made little-endian first
             self._write(shard, local, parts, n)
         elif n:
             self.write_at(offset, np.concatenate(parts))
