@@ -115,23 +115,61 @@ def linear_params(model: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in linear_layers(model))
 
 
+def rows_read(block: int, prompt_tokens: int, new_tokens: int) -> tuple[int, int]:
+    """Rows a cached sample reads, as gpt-sample's window schedule reads them (its default
+    slide, a quarter of the context): (rows read whole: the prompt once and each moved
+    window again; rows read one a step)."""
+    window = ContextWindow(block, window_slide(block))
+    window.update(prompt_tokens)
+    whole, single = prompt_tokens - window.start, 0
+    for n in range(prompt_tokens + 1, prompt_tokens + new_tokens):
+        if window.update(n):
+            whole += n - window.start
+        else:
+            single += 1
+    return whole, single
+
+
 def product_flops_per_token(model: nn.Module, prompt_tokens: int, new_tokens: int) -> float:
     """The linear layers' FLOPs per generated token over a whole cached sample: 2 per weight
-    for every token the model reads, the prompt's once, then one a step, and each moved
-    window's tokens again (gpt-sample's default slide: a quarter of the context)."""
-    block = model.config.block_size
-    window = ContextWindow(block, window_slide(block))  # the schedule gpt-sample keeps
-    window.update(prompt_tokens)
-    read = prompt_tokens - window.start
-    for n in range(prompt_tokens + 1, prompt_tokens + new_tokens):
-        read += n - window.start if window.update(n) else 1
-    return 2 * linear_params(model) * read / new_tokens
+    for every row the model reads (`rows_read`)."""
+    return 2 * linear_params(model) * sum(rows_read(model.config.block_size, prompt_tokens, new_tokens)) / new_tokens
 
 
-def decode_floor(model: nn.Module, product_dtype: torch.dtype, prompt_tokens: int, new_tokens: int) -> dict:
+def cache_bytes_per_step(model: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one decode step reads: the fixed-shape step attends over the
+    whole cache, every layer's keys and values for the full context (none for a model
+    without a cache)."""
+    if not getattr(model, "supports_kv_cache", False):
+        return 0
+    c = model.config
+    return c.n_layer * 2 * c.block_size * c.n_head * c.head_size * torch.finfo(dtype).bits // 8
+
+
+def one_after_another(model: nn.Module, dtype: torch.dtype, prompt_tokens: int, new_tokens: int,
+                      memory_ms: float, gflops: float) -> dict:
+    """What a cached sample's schedule pays per token even with no other work, its parts added
+    up because it does them one after another: the weights read once a step (`memory_ms`),
+    the rows read whole (a moved window's fill) at the matrix-multiply peak, and the cache
+    read once a step. The floor, the larger of reading and computing, counts neither the
+    fills' time beside the reading nor the cache."""
+    whole, _ = rows_read(model.config.block_size, prompt_tokens, new_tokens)
+    fill_ms = 2 * linear_params(model) * whole / new_tokens / gflops / 1e6
+    nbytes = cache_bytes_per_step(model, dtype)
+    gb_per_s = stream_gb_per_s(nbytes) if nbytes else float("inf")
+    cache_ms = nbytes / gb_per_s / 1e6
+    return {"fill_rows_per_token": round(whole / new_tokens, 3), "fill_ms_per_token": round(fill_ms, 3),
+            "cache_mb_per_token": round(nbytes / 1e6, 2),
+            "cache_gb_per_s": round(gb_per_s, 1) if nbytes else None, "cache_ms_per_token": round(cache_ms, 3),
+            "ms_per_token": round(memory_ms + fill_ms + cache_ms, 3)}
+
+
+def decode_floor(model: nn.Module, product_dtype: torch.dtype, prompt_tokens: int, new_tokens: int,
+                 cache_dtype: torch.dtype = torch.float32) -> dict:
     """The floor of one sample's time per token: the larger of the weight bytes over the
     plain read bandwidth at their size, and the products' FLOPs over the matrix-multiply peak
-    in the dtype the products run in."""
+    in the dtype the products run in; and beside it `one_after_another` (the cache in
+    `cache_dtype`)."""
     nbytes = weight_bytes_per_token(model)
     gb_per_s = stream_gb_per_s(nbytes)
     flops = product_flops_per_token(model, prompt_tokens, new_tokens)
@@ -141,4 +179,5 @@ def decode_floor(model: nn.Module, product_dtype: torch.dtype, prompt_tokens: in
             "per_matrix_read_gb_per_s": round(per_matrix_read_gb_per_s(model), 1),
             "memory_ms_per_token": round(memory_ms, 3), "product_mflop_per_token": round(flops / 1e6, 1),
             "matmul_gflop_per_s": round(gflops, 1), "product_dtype": str(product_dtype).removeprefix("torch."),
-            "compute_ms_per_token": round(compute_ms, 3), "floor_ms_per_token": round(max(memory_ms, compute_ms), 3)}
+            "compute_ms_per_token": round(compute_ms, 3), "floor_ms_per_token": round(max(memory_ms, compute_ms), 3),
+            "one_after_another": one_after_another(model, cache_dtype, prompt_tokens, new_tokens, memory_ms, gflops)}

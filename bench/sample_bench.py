@@ -22,6 +22,12 @@ through the compiled step, and `startup_s`: its first (compiling) 20-token run.
   dtype the products compute in (the prompt once, one token a step, and each moved window
   read again);
 `time_over_floor` in `one_sample` is the measured time per token over it.
+`one_after_another`, per precision: what the cached sample's schedule pays per token even
+with no other work, since it does these one after another: the weights read once a step,
+the rows read whole (the prompt, each moved window's fill) at the matrix-multiply peak, and
+the cache's keys and values read once a step (the fixed-shape step attends over all of
+them). The floor counts neither the fills beside the reading nor the cache;
+`time_over_one_after_another` is the time per token over this sum.
 `per_matrix_read_gb_per_s`: the same plain read, one operation per weight matrix as the
 decode step reads them (what separate operations cost beyond one read). `kernel_products`:
 the model's own linear layers timed alone, for one token. `bandwidth_fp32_gb_per_s`: fp32
@@ -212,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, gen in gens.items():
         base = name.removesuffix(" compiled")
         if base not in floor:
-            floor[base] = decode_floor(gen.model, product_dtype(gen), prompt_tokens, args.max_new_tokens)
+            floor[base] = decode_floor(gen.model, product_dtype(gen), prompt_tokens, args.max_new_tokens, gen.dtype)
             floor[base]["kernel_products"] = matvec_floor(gen.model, gen.dtype)
         ms_per_token = 1000 / one[name]["tokens_per_s"]
         one[name]["time_over_floor"] = round(ms_per_token / floor[base]["floor_ms_per_token"], 2)
+        one[name]["time_over_one_after_another"] = round(
+            ms_per_token / floor[base]["one_after_another"]["ms_per_token"], 2)
         if gen.compile:
             one[name]["startup_s"] = startup[name]
     cfg = model.config

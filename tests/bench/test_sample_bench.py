@@ -23,7 +23,9 @@ from torch import nn
 import data_prep
 from bench import sample_bench
 from bench.common import PROVENANCE, emit, git_commit, last_level_cache_mb, new_result
-from bench.memory_floor import weight_bytes_per_token
+from bench.memory_floor import cache_bytes_per_step, rows_read, weight_bytes_per_token
+from gpt.config import ModelConfig
+from gpt.model import build_model
 from gpt.sample import Generator
 from gpt.train import train
 from tests.helpers import ROOT, TINY_MODEL, prepared
@@ -91,6 +93,20 @@ def test_a_token_reads_every_linear_and_norm_weight_and_one_embedding_row():
     assert weight_bytes_per_token(model) == 4 * (4 + 40 + 16 + 80)
 
 
+def test_a_sample_reads_the_prompt_and_each_moved_window_whole_and_one_row_a_step_between():
+    # context 8, slide 2: the window moves at tokens 9, 11, ..., 19, each time reading its
+    # last 7 tokens again; the other 13 steps read one row each
+    assert rows_read(8, 1, 20) == (1 + 6 * 7, 13)
+    assert rows_read(256, 10, 100) == (10, 99)  # no move: the prompt, then one row a step
+
+
+def test_a_step_reads_every_layers_keys_and_values_for_the_whole_context():
+    cfg = ModelConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.0)
+    model = build_model(cfg)
+    assert cache_bytes_per_step(model, torch.float32) == 2 * 2 * 8 * 8 * 4  # layers, K and V, positions, width
+    assert cache_bytes_per_step(model, torch.bfloat16) == 2 * 2 * 8 * 8 * 2
+
+
 def test_the_floor_gives_weight_bytes_per_token_and_measured_bandwidth_per_precision(report):
     floor = report["floor"]
     assert set(floor) == set(report["one_sample"])
@@ -102,6 +118,15 @@ def test_the_floor_gives_weight_bytes_per_token_and_measured_bandwidth_per_preci
         ms_per_token = 1000 / report["one_sample"][name]["tokens_per_s"]
         assert report["one_sample"][name]["time_over_floor"] == pytest.approx(
             ms_per_token / f["floor_ms_per_token"], rel=0.01)
+        # beside it, the schedule's parts added up: the reading, the whole rows' products, the cache
+        paid = f["one_after_another"]
+        assert paid["ms_per_token"] == pytest.approx(
+            f["memory_ms_per_token"] + paid["fill_ms_per_token"] + paid["cache_ms_per_token"], abs=0.002), name
+        assert paid["cache_mb_per_token"] > 0 and paid["cache_ms_per_token"] > 0, name
+        # no window moved in so short a sample: the prompt is all that was read whole
+        assert paid["fill_rows_per_token"] == pytest.approx(report["prompt_tokens"] / NEW_TOKENS, abs=0.001), name
+        assert report["one_sample"][name]["time_over_one_after_another"] == pytest.approx(
+            ms_per_token / paid["ms_per_token"], rel=0.01)
     # int8 reads a quarter of fp32's bytes in the linear layers, plus a bf16 scale per row;
     # the norms and the embedding row stay as they were, so it reads more than a quarter
     assert floor["fp32"]["weight_mb_per_token"] / 4 < floor["int8"]["weight_mb_per_token"]
