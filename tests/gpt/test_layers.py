@@ -38,17 +38,44 @@ def test_through_onednn_a_product_and_a_residual_one_are_those_of_f_linear(onedn
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_training_bf16_and_autocast_keep_torchs_own_product(onednn):
-    x = torch.randn(2, 16)
-    assert not on_onednn(x)  # gradients on: a product oneDNN's op cannot differentiate
-    layer = nn.Linear(16, 8)
-    linear(layer, x.requires_grad_()).sum().backward()
-    assert x.grad is not None
+def test_a_bias_that_is_a_strided_view_is_added_as_it_reads(onednn):
+    layer = nn.Linear(16, 4)
     with torch.no_grad():
-        assert on_onednn(x.detach())
-        assert not on_onednn(x.detach().bfloat16())
+        layer.bias = nn.Parameter(torch.arange(8.0)[::2], requires_grad=False)  # 0, 2, 4, 6
+        x = torch.randn(3, 16)
+        torch.testing.assert_close(linear(layer, x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_training_bf16_autocast_and_other_shapes_keep_torchs_own_product(onednn, monkeypatch):
+    torch.manual_seed(0)
+    x, layer = torch.randn(2, 16), nn.Linear(16, 8)
+    assert not on_onednn(x)  # gradients on: a product oneDNN's op cannot differentiate
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    linear(layer, x1).square().sum().backward()
+    F.linear(x2, layer.weight, layer.bias).square().sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    with torch.no_grad():
+        assert on_onednn(x)
+        assert not on_onednn(x.bfloat16())
+        assert not on_onednn(x.view(1, 2, 16))  # the model's products take rows (N, C)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not on_onednn(x.detach())  # autocast's product is a bf16 one
+            assert not on_onednn(x)  # autocast's product is a bf16 one
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # oneDNN switched off
+        assert not on_onednn(x)
+
+
+def test_traced_by_torch_compile_the_product_is_torchs_own(onednn):
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    layer = nn.Linear(16, 8)
+    with torch.no_grad():
+        torch.compile(lambda x: linear(layer, x), backend=keep, fullgraph=True)(torch.randn(2, 16))
+    targets = {node.target for gm in graphs for node in gm.graph.nodes}
+    assert F.linear in targets and not any("mkldnn" in str(t) for t in targets)
 
 
 @pytest.fixture
@@ -71,5 +98,5 @@ def test_deciding_draws_nothing_from_the_seeded_generator(monkeypatch, decide_ag
     torch.manual_seed(0)
     expected = torch.rand(4)
     torch.manual_seed(0)
-    layers.onednn_products()
+    assert layers.onednn_products() == onednn_runs()  # a CPU not made by Intel takes oneDNN where it runs
     assert torch.equal(torch.rand(4), expected)
