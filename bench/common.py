@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gpt.device import resolve_dtype
+from gpt.device import cpuinfo, resolve_dtype
 from plumbing.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,14 +33,7 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 
 # -- the machine -----------------------------------------------------------------------------
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def last_level_cache_mb(caches: Path = CPU_CACHES) -> float | None:

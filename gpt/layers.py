@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import cpuinfo
+
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
@@ -94,11 +96,4 @@ def onednn_products() -> bool:
 @functools.cache
 def cpu_vendor() -> str:
     """The CPU's vendor as Linux names it (GenuineIntel, AuthenticAMD...), or "" elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo("vendor_id")
