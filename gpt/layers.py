@@ -64,7 +64,7 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
 # a matrix at about 11 GB/s whatever its threads or instruction settings. On a 2-core AMD
 # EPYC (2026-12-05), the baby model's 25 products took 3.7 ms a token through MKL and 2.0 ms
 # through oneDNN (1.2-2.5x for 1 to 32 rows, 1.2-1.5x for the 64 to 256 rows of a prompt or a
-# moved window), and eager fp32 sampling went from 171-179 to 238-249 tokens/s with the same
+# moved window), and eager fp32 sampling went from 166-182 to 222-252 tokens/s with the same
 # text. On an Intel Xeon, MKL's was the faster (29 against 19-24 GB/s for one row).
 def on_onednn(x: torch.Tensor) -> bool:
     """Whether the product of `x`'s rows goes through oneDNN (see above): not traced by
@@ -85,10 +85,14 @@ def onednn_products() -> bool:
     if cpu_vendor() in ("", "GenuineIntel") or not torch.backends.mkldnn.is_available():
         return False
     try:
-        # fixed values, not random ones: drawing here would move the seeded generator
-        x, w, b = torch.linspace(-1, 1, 16).view(1, 16), torch.linspace(-2, 2, 128).cos().view(8, 16), torch.ones(8)
-        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-        return torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-5)
+        # fixed values, not random ones: drawing here would move the seeded generator. On the
+        # CPU in fp32 whatever the defaults of the moment (a planner's meta device, say)
+        cpu = dict(device="cpu", dtype=torch.float32)
+        x, w = torch.linspace(-1, 1, 16, **cpu).view(1, 16), torch.linspace(-2, 2, 128, **cpu).cos().view(8, 16)
+        b = torch.ones(8, **cpu)
+        with torch.no_grad():
+            y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+            return torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-5)
     except (AttributeError, RuntimeError, NotImplementedError):  # an op this build lacks or refuses
         return False
 

@@ -93,6 +93,13 @@ def test_intel_cpus_and_other_systems_keep_mkl(monkeypatch, decide_again):
         assert not layers.onednn_products()
 
 
+def test_deciding_under_a_meta_device_context_still_tries_the_cpu(monkeypatch, decide_again):
+    monkeypatch.setattr(layers, "cpu_vendor", lambda: "AuthenticAMD")
+    expected = onednn_runs()
+    with torch.device("meta"):  # as the memory planner builds a model
+        assert layers.onednn_products() == expected
+
+
 def test_deciding_draws_nothing_from_the_seeded_generator(monkeypatch, decide_again):
     monkeypatch.setattr(layers, "cpu_vendor", lambda: "AuthenticAMD")
     torch.manual_seed(0)
