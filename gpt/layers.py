@@ -21,11 +21,7 @@ from .device import cpuinfo
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
-        if on_onednn(x):
-            # oneDNN reads a bias as if contiguous, whatever its strides
-            bias = None if layer.bias is None else layer.bias.contiguous()
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, bias, "none", [], "")
-        return F.linear(x, layer.weight, layer.bias)
+        return onednn_linear(layer, x) if on_onednn(x) else F.linear(x, layer.weight, layer.bias)
     # a layer with no float weight (gpt.quantize.Int8Linear, gpt.lora.LoRALinear) computes
     # its own product: dispatching here keeps quantization and adapters out of the model
     return layer.forward(x)
@@ -38,8 +34,11 @@ def linear_residual(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor, d
     residual stream is fp32, which addmm would cast down; the plain sum keeps it fp32."""
     if dropout:
         return residual + F.dropout(linear(layer, x), dropout)
-    if isinstance(layer, nn.Linear) and layer.bias is None and x.dtype == residual.dtype and not on_onednn(x):
-        return torch.addmm(residual, x, layer.weight.t())
+    if isinstance(layer, nn.Linear):
+        if on_onednn(x):  # decided once here, not again in linear()
+            return residual + onednn_linear(layer, x)
+        if layer.bias is None and x.dtype == residual.dtype:
+            return torch.addmm(residual, x, layer.weight.t())
     return residual + linear(layer, x)
 
 
@@ -76,6 +75,12 @@ def on_onednn(x: torch.Tensor) -> bool:
     return (not torch.compiler.is_compiling() and onednn_products() and torch.backends.mkldnn.enabled
             and x.is_cpu and x.dtype == torch.float32 and x.dim() == 2
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+
+
+def onednn_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # oneDNN reads a bias as if contiguous, whatever its strides
+    bias = None if layer.bias is None else layer.bias.contiguous()
+    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, bias, "none", [], "")
 
 
 @functools.cache
