@@ -130,10 +130,10 @@ def rows_read(block: int, prompt_tokens: int, new_tokens: int) -> tuple[int, int
     return whole, single
 
 
-def product_flops_per_token(model: nn.Module, prompt_tokens: int, new_tokens: int) -> float:
-    """The linear layers' FLOPs per generated token over a whole cached sample: 2 per weight
-    for every row the model reads (`rows_read`)."""
-    return 2 * linear_params(model) * sum(rows_read(model.config.block_size, prompt_tokens, new_tokens)) / new_tokens
+def product_flops_per_token(model: nn.Module, rows: int, new_tokens: int) -> float:
+    """The linear layers' FLOPs per generated token over a whole cached sample that reads
+    `rows` rows (`rows_read`): 2 per weight a row."""
+    return 2 * linear_params(model) * rows / new_tokens
 
 
 def cache_bytes_per_step(model: nn.Module, dtype: torch.dtype) -> int:
@@ -146,15 +146,14 @@ def cache_bytes_per_step(model: nn.Module, dtype: torch.dtype) -> int:
     return c.n_layer * 2 * c.block_size * c.n_head * c.head_size * torch.finfo(dtype).bits // 8
 
 
-def one_after_another(model: nn.Module, dtype: torch.dtype, prompt_tokens: int, new_tokens: int,
+def one_after_another(model: nn.Module, dtype: torch.dtype, whole: int, new_tokens: int,
                       memory_ms: float, gflops: float) -> dict:
     """What a cached sample's schedule pays per token even with no other work, its parts added
     up because it does them one after another: the weights read once a step (`memory_ms`),
     the rows read whole (a moved window's fill) at the matrix-multiply peak, and the cache
-    read once a step. The floor, the larger of reading and computing, counts neither the
-    fills' time beside the reading nor the cache."""
-    whole, _ = rows_read(model.config.block_size, prompt_tokens, new_tokens)
-    fill_ms = 2 * linear_params(model) * whole / new_tokens / gflops / 1e6
+    read once a step (`whole`: the rows read whole). The floor, the larger of reading and
+    computing, counts neither the fills' time beside the reading nor the cache."""
+    fill_ms = product_flops_per_token(model, whole, new_tokens) / gflops / 1e6
     nbytes = cache_bytes_per_step(model, dtype)
     gb_per_s = stream_gb_per_s(nbytes) if nbytes else float("inf")
     cache_ms = nbytes / gb_per_s / 1e6
@@ -172,7 +171,8 @@ def decode_floor(model: nn.Module, product_dtype: torch.dtype, prompt_tokens: in
     `cache_dtype`)."""
     nbytes = weight_bytes_per_token(model)
     gb_per_s = stream_gb_per_s(nbytes)
-    flops = product_flops_per_token(model, prompt_tokens, new_tokens)
+    whole, single = rows_read(model.config.block_size, prompt_tokens, new_tokens)
+    flops = product_flops_per_token(model, whole + single, new_tokens)
     gflops = matmul_gflops(product_dtype)
     memory_ms, compute_ms = nbytes / gb_per_s / 1e6, flops / gflops / 1e6
     return {"weight_mb_per_token": round(nbytes / 1e6, 2), "stream_gb_per_s": round(gb_per_s, 1),
@@ -180,4 +180,4 @@ def decode_floor(model: nn.Module, product_dtype: torch.dtype, prompt_tokens: in
             "memory_ms_per_token": round(memory_ms, 3), "product_mflop_per_token": round(flops / 1e6, 1),
             "matmul_gflop_per_s": round(gflops, 1), "product_dtype": str(product_dtype).removeprefix("torch."),
             "compute_ms_per_token": round(compute_ms, 3), "floor_ms_per_token": round(max(memory_ms, compute_ms), 3),
-            "one_after_another": one_after_another(model, cache_dtype, prompt_tokens, new_tokens, memory_ms, gflops)}
+            "one_after_another": one_after_another(model, cache_dtype, whole, new_tokens, memory_ms, gflops)}
